@@ -1,0 +1,585 @@
+//! The two halves of an endpoint and their blocking and async waits.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+
+use super::{RecvError, SendError, TryRecvError, TrySendError};
+use crate::ring::wait::{self, Spinner, WaitStrategy, LIVENESS_INTERVAL, WAIT_BELL};
+use crate::ring::{Consumer, PeekError, Producer, ReadGrant, ReserveError, WaitError};
+use crate::sync::AtomicU32;
+use crate::sys::Doorbell;
+
+/// Who is at the other end, and how to tell that it is gone.
+#[derive(Debug)]
+pub(crate) enum Peer {
+    /// Another thread or task of this process: alive as long as we are.
+    SameProcess,
+    /// Another process, connected by this socket: its hang-up means the peer died.
+    Socket(UnixStream),
+}
+
+impl Peer {
+    pub(crate) fn is_alive(&self) -> bool {
+        match self {
+            Peer::SameProcess => true,
+            Peer::Socket(s) => {
+                use rustix::event::{poll, PollFd, PollFlags};
+                let mut fds = [PollFd::new(s, PollFlags::RDHUP)];
+                let zero = rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                match poll(&mut fds, Some(&zero)) {
+                    Ok(0) => true,
+                    Ok(_) => !fds[0]
+                        .revents()
+                        .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+                    Err(_) => true,
+                }
+            }
+        }
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self {
+            Peer::SameProcess => Some(std::process::id()),
+            Peer::Socket(s) => crate::sys::fdpass::peer_credentials(s.as_fd())
+                .ok()
+                .map(|(pid, _)| pid),
+        }
+    }
+}
+
+/// The doorbell this half waits on: plain until the first async wait registers it with
+/// the runtime.
+#[derive(Debug)]
+enum Bell {
+    Plain(Doorbell),
+    Async(AsyncFd<Doorbell>),
+    /// Only while switching from `Plain` to `Async`.
+    Gone,
+}
+
+impl Bell {
+    fn registered(&mut self) -> std::io::Result<&AsyncFd<Doorbell>> {
+        if let Bell::Plain(_) = self {
+            let Bell::Plain(b) = std::mem::replace(self, Bell::Gone) else {
+                unreachable!("checked above")
+            };
+            // On failure the doorbell is lost, and so is the ability to wait: callers turn
+            // the error into a failed operation, and the endpoint stays usable with try_*.
+            *self = Bell::Async(b.into_async()?);
+        }
+        match self {
+            Bell::Async(a) => Ok(a),
+            _ => Err(std::io::Error::other("doorbell lost")),
+        }
+    }
+}
+
+/// Waits asynchronously until `ready()`: spin in the task up to the spinner's budget
+/// (yielding to the runtime between rounds, so a peer task on the same thread can run),
+/// then arm the waiting word as `WAIT_BELL` and await the doorbell.
+async fn wait_async(
+    word: &AtomicU32,
+    bell: &mut Bell,
+    spinner: &mut Spinner,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut() -> bool,
+    peer: &Peer,
+) -> Result<(), WaitError> {
+    if spinner.strategy() != WaitStrategy::Park {
+        let budget = spinner.budget();
+        let start = Instant::now();
+        let mut spun = false;
+        loop {
+            if wait::spin_until(Some(Duration::from_micros(2)), deadline, &mut ready) {
+                spun = true;
+                break;
+            }
+            let elapsed = start.elapsed();
+            if budget.is_some_and(|b| elapsed >= b) || deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                break;
+            }
+            if budget.is_none() && elapsed >= LIVENESS_INTERVAL {
+                // Pure spin: still notice a dead peer now and then.
+                if !peer.is_alive() {
+                    return Err(WaitError::PeerGone);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        spinner.record(spun);
+        if spun {
+            return Ok(());
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(WaitError::TimedOut);
+        }
+    }
+    let afd = bell.registered().map_err(|_| WaitError::PeerGone)?;
+    loop {
+        wait::arm(word, WAIT_BELL);
+        if ready() {
+            wait::disarm(word);
+            return Ok(());
+        }
+        let nap = match deadline {
+            None => LIVENESS_INTERVAL,
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    wait::disarm(word);
+                    return Err(WaitError::TimedOut);
+                }
+                (d - now).min(LIVENESS_INTERVAL)
+            }
+        };
+        if let Ok(Ok(mut guard)) = tokio::time::timeout(nap, afd.readable()).await {
+            // Drain the eventfd; if it was already empty, the readiness was stale.
+            if !matches!(afd.get_ref().drain(), Ok(true)) {
+                guard.clear_ready();
+            }
+        }
+        wait::disarm(word);
+        if ready() {
+            return Ok(());
+        }
+        if !peer.is_alive() {
+            return Err(WaitError::PeerGone);
+        }
+    }
+}
+
+/// The sending half of an endpoint.
+#[derive(Debug)]
+pub struct Sender {
+    producer: Producer,
+    bell: Bell,
+    spinner: Spinner,
+    peer: Arc<Peer>,
+}
+
+impl Sender {
+    pub(crate) fn new(
+        producer: Producer,
+        bell: Doorbell,
+        wait: WaitStrategy,
+        peer: Arc<Peer>,
+    ) -> Self {
+        Self {
+            producer,
+            bell: Bell::Plain(bell),
+            spinner: Spinner::new(wait),
+            peer,
+        }
+    }
+
+    /// The largest message this channel carries.
+    pub fn max_message(&self) -> usize {
+        self.producer.max_payload()
+    }
+
+    /// Sends `msg` if there is room now.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] when there is no room now; otherwise as [`send`](Self::send).
+    #[inline]
+    pub fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
+        self.producer.try_push(0, msg)
+    }
+
+    /// Sends `msg` with a caller-defined `tag`, waiting for room per the wait strategy.
+    ///
+    /// # Errors
+    /// See [`SendError`].
+    #[inline]
+    pub fn send_tagged(&mut self, tag: u32, msg: &[u8]) -> Result<(), SendError> {
+        self.send_until(tag, msg, None)
+    }
+
+    /// Sends `msg`, waiting for room per the wait strategy.
+    ///
+    /// # Errors
+    /// See [`SendError`].
+    #[inline]
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        self.send_until(0, msg, None)
+    }
+
+    /// Sends `msg`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// See [`SendError`]; [`SendError::TimedOut`] when the time ran out.
+    pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<(), SendError> {
+        self.send_until(0, msg, Some(Instant::now() + timeout))
+    }
+
+    fn send_until(
+        &mut self,
+        tag: u32,
+        msg: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        loop {
+            match self.producer.try_push(tag, msg) {
+                Ok(()) => return Ok(()),
+                Err(ReserveError::Full) => {}
+                Err(e) => return Err(convert_reserve(e)),
+            }
+            let peer = &self.peer;
+            self.producer
+                .wait_for_space(msg.len(), &mut self.spinner, deadline, || peer.is_alive())?;
+        }
+    }
+
+    /// Sends `msg` from an async task, awaiting room per the wait strategy.
+    ///
+    /// # Errors
+    /// See [`SendError`].
+    pub async fn send_async(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        self.send_async_until(0, msg, None).await
+    }
+
+    /// [`send_async`](Self::send_async) with a tag and an optional deadline.
+    ///
+    /// # Errors
+    /// See [`SendError`].
+    pub async fn send_tagged_async(
+        &mut self,
+        tag: u32,
+        msg: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        self.send_async_until(tag, msg, deadline).await
+    }
+
+    async fn send_async_until(
+        &mut self,
+        tag: u32,
+        msg: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        loop {
+            match self.producer.try_push(tag, msg) {
+                Ok(()) => return Ok(()),
+                Err(ReserveError::Full) => {}
+                Err(e) => return Err(convert_reserve(e)),
+            }
+            if let Bell::Plain(_) = self.bell {
+                self.bell.registered().map_err(SendError::Io)?;
+            }
+            let (p, peer) = (&self.producer, &self.peer);
+            wait_async(
+                p.wait_word(),
+                &mut self.bell,
+                &mut self.spinner,
+                deadline,
+                || p.space_or_closed(msg.len()),
+                peer,
+            )
+            .await?;
+        }
+    }
+
+    /// Reserves room for a `len`-byte message to be written in place (zero-copy), waiting
+    /// per the wait strategy. Commit the grant with a tag to send it.
+    ///
+    /// # Errors
+    /// See [`SendError`].
+    pub fn reserve(&mut self, len: usize) -> Result<crate::ring::WriteGrant<'_>, SendError> {
+        loop {
+            match self.producer.try_reserve(len) {
+                Ok(_) => break,
+                Err(ReserveError::Full) => {}
+                Err(e) => return Err(convert_reserve(e)),
+            }
+            let peer = &self.peer;
+            self.producer
+                .wait_for_space(len, &mut self.spinner, None, || peer.is_alive())?;
+        }
+        // Room was there a moment ago and only we consume it: this cannot fail with Full.
+        self.producer.try_reserve(len).map_err(convert_reserve)
+    }
+
+    /// Direct access to the ring's producer (zero-copy `try_reserve`, batched commits).
+    pub fn producer(&mut self) -> &mut Producer {
+        &mut self.producer
+    }
+
+    /// Whether the peer process is still there.
+    pub fn peer_alive(&self) -> bool {
+        self.peer.is_alive()
+    }
+
+    /// Closes the sending direction: the receiver drains what was sent, then sees `Closed`.
+    pub fn close(&mut self) {
+        self.producer.close();
+    }
+}
+
+fn convert_reserve(e: ReserveError) -> SendError {
+    match e {
+        // Callers handle Full themselves; it can only get here through a lost race, which
+        // for a single producer means the ring shrank under us: report it as corrupt-free
+        // timeout rather than panic.
+        ReserveError::Full => SendError::TimedOut,
+        ReserveError::TooLarge { len, max } => SendError::TooLarge { len, max },
+        ReserveError::Closed => SendError::Closed,
+        ReserveError::Corrupt(c) => SendError::Corrupt(c),
+    }
+}
+
+fn convert_peek(e: PeekError) -> RecvError {
+    match e {
+        PeekError::Empty => RecvError::TimedOut,
+        PeekError::Closed => RecvError::Closed,
+        PeekError::Corrupt(c) => RecvError::Corrupt(c),
+    }
+}
+
+/// A received message, read in place from shared memory. Dereferences to its bytes;
+/// dropping it frees its space in the ring.
+pub type Message<'a> = ReadGrant<'a>;
+
+/// The receiving half of an endpoint.
+#[derive(Debug)]
+pub struct Receiver {
+    consumer: Consumer,
+    bell: Bell,
+    spinner: Spinner,
+    peer: Arc<Peer>,
+}
+
+impl Receiver {
+    pub(crate) fn new(
+        consumer: Consumer,
+        bell: Doorbell,
+        wait: WaitStrategy,
+        peer: Arc<Peer>,
+    ) -> Self {
+        Self {
+            consumer,
+            bell: Bell::Plain(bell),
+            spinner: Spinner::new(wait),
+            peer,
+        }
+    }
+
+    /// Receives a message if one is there now.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] when nothing is there; `Closed` once the sender closed and
+    /// everything was received; `Corrupt` if the peer broke the ring.
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<Message<'_>, TryRecvError> {
+        self.consumer.try_peek()
+    }
+
+    /// Receives the next message, waiting per the wait strategy. It never returns
+    /// "nothing": it waits until a message, the close, the peer's death, or corruption.
+    ///
+    /// # Errors
+    /// See [`RecvError`].
+    #[inline]
+    pub fn recv(&mut self) -> Result<Message<'_>, RecvError> {
+        self.wait_blocking(None)?;
+        self.consumer.try_peek().map_err(convert_peek)
+    }
+
+    /// [`recv`](Self::recv), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// See [`RecvError`]; [`RecvError::TimedOut`] when the time ran out.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+        self.wait_blocking(Some(Instant::now() + timeout))?;
+        self.consumer.try_peek().map_err(convert_peek)
+    }
+
+    /// Waits (blocking) until up to `max` messages can be read, then hands each to `f` and
+    /// frees their space once for the whole batch. Returns how many were read (at least 1).
+    ///
+    /// # Errors
+    /// See [`RecvError`].
+    pub fn recv_batch(
+        &mut self,
+        max: usize,
+        f: impl FnMut(u32, &[u8]),
+    ) -> Result<usize, RecvError> {
+        self.wait_blocking(None)?;
+        self.consumer.try_read_batch(max, f).map_err(convert_peek)
+    }
+
+    /// Receives up to `max` messages that are there now (see [`recv_batch`](Self::recv_batch)).
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_batch(
+        &mut self,
+        max: usize,
+        f: impl FnMut(u32, &[u8]),
+    ) -> Result<usize, TryRecvError> {
+        self.consumer.try_read_batch(max, f)
+    }
+
+    /// Blocks until a record (or the close, or corruption) is there to be seen. A padding
+    /// record counts as an event; `try_peek` skips it, so loop until it yields something.
+    fn wait_blocking(&mut self, deadline: Option<Instant>) -> Result<(), RecvError> {
+        loop {
+            match self.consumer.probe() {
+                Err(PeekError::Empty) => {}
+                _ => return Ok(()),
+            }
+            let peer = &self.peer;
+            self.consumer
+                .wait(&mut self.spinner, deadline, || peer.is_alive())?;
+        }
+    }
+
+    /// Receives the next message from an async task, awaiting per the wait strategy.
+    ///
+    /// # Errors
+    /// See [`RecvError`].
+    pub async fn recv_async(&mut self) -> Result<Message<'_>, RecvError> {
+        self.wait_async(None).await?;
+        self.consumer.try_peek().map_err(convert_peek)
+    }
+
+    /// [`recv_async`](Self::recv_async) with a timeout.
+    ///
+    /// # Errors
+    /// See [`RecvError`].
+    pub async fn recv_async_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Message<'_>, RecvError> {
+        self.wait_async(Some(Instant::now() + timeout)).await?;
+        self.consumer.try_peek().map_err(convert_peek)
+    }
+
+    async fn wait_async(&mut self, deadline: Option<Instant>) -> Result<(), RecvError> {
+        loop {
+            match self.consumer.probe() {
+                Err(PeekError::Empty) => {}
+                _ => return Ok(()),
+            }
+            if let Bell::Plain(_) = self.bell {
+                self.bell.registered().map_err(RecvError::Io)?;
+            }
+            let (c, peer) = (&self.consumer, &self.peer);
+            wait_async(
+                c.wait_word(),
+                &mut self.bell,
+                &mut self.spinner,
+                deadline,
+                || c.has_event(),
+                peer,
+            )
+            .await?;
+        }
+    }
+
+    /// Direct access to the ring's consumer.
+    pub fn consumer(&mut self) -> &mut Consumer {
+        &mut self.consumer
+    }
+
+    /// Whether the peer process is still there.
+    pub fn peer_alive(&self) -> bool {
+        self.peer.is_alive()
+    }
+}
+
+/// One end of a duplex channel: a [`Sender`] and a [`Receiver`].
+#[derive(Debug)]
+pub struct Endpoint {
+    tx: Sender,
+    rx: Receiver,
+}
+
+impl Endpoint {
+    pub(crate) fn from_halves(tx: Sender, rx: Receiver) -> Self {
+        Self { tx, rx }
+    }
+
+    /// Splits into halves that can be used by different threads or tasks.
+    pub fn split(self) -> (Sender, Receiver) {
+        (self.tx, self.rx)
+    }
+
+    /// The sending half.
+    pub fn sender(&mut self) -> &mut Sender {
+        &mut self.tx
+    }
+
+    /// The receiving half.
+    pub fn receiver(&mut self) -> &mut Receiver {
+        &mut self.rx
+    }
+
+    /// The peer's process id, if known.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.tx.peer.pid()
+    }
+
+    /// See [`Sender::send`].
+    ///
+    /// # Errors
+    /// See [`SendError`].
+    pub fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        self.tx.send(msg)
+    }
+
+    /// See [`Sender::try_send`].
+    ///
+    /// # Errors
+    /// See [`TrySendError`].
+    pub fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
+        self.tx.try_send(msg)
+    }
+
+    /// See [`Sender::send_async`].
+    ///
+    /// # Errors
+    /// See [`SendError`].
+    pub async fn send_async(&mut self, msg: &[u8]) -> Result<(), SendError> {
+        self.tx.send_async(msg).await
+    }
+
+    /// See [`Receiver::recv`].
+    ///
+    /// # Errors
+    /// See [`RecvError`].
+    pub fn recv(&mut self) -> Result<Message<'_>, RecvError> {
+        self.rx.recv()
+    }
+
+    /// See [`Receiver::recv_timeout`].
+    ///
+    /// # Errors
+    /// See [`RecvError`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message<'_>, RecvError> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// See [`Receiver::try_recv`].
+    ///
+    /// # Errors
+    /// See [`TryRecvError`].
+    pub fn try_recv(&mut self) -> Result<Message<'_>, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// See [`Receiver::recv_async`].
+    ///
+    /// # Errors
+    /// See [`RecvError`].
+    pub async fn recv_async(&mut self) -> Result<Message<'_>, RecvError> {
+        self.rx.recv_async().await
+    }
+}

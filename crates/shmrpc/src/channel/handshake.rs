@@ -1,0 +1,337 @@
+//! Handing a channel to another process: a Unix socket in the per-user runtime directory,
+//! a uid check, and the segment plus doorbells passed as fds with a versioned hello.
+//!
+//! ```text
+//! server                                   client
+//! bind <runtime>/<name>.sock (0600)
+//! accept  ─────────────────────────────── connect
+//! SO_PEERCRED: uid must be ours            SO_PEERCRED: uid must be ours
+//! create memfd segment + 4 eventfds
+//! send HELLO + 5 fds (SCM_RIGHTS) ───────► validate hello, seals, segment, rings
+//!                               ◄──────── send ACK
+//! the socket stays open: its hang-up is the kernel's word that the peer died
+//! ```
+//!
+//! HELLO is 32 bytes, little-endian: magic `"SHMRPCH1"`, version u32, side u32 (1 = you
+//! are side B), ring 0 capacity u64, ring 1 capacity u64.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::endpoint::Peer;
+use super::{attach, create_segment, ChannelConfig, ChannelError, Endpoint, Side};
+use crate::sys::{fdpass, names, Doorbell, Segment};
+
+const HELLO_MAGIC: [u8; 8] = *b"SHMRPCH1";
+/// Version of the handshake; bumped on any change to HELLO or the channel layout.
+pub const HANDSHAKE_VERSION: u32 = 1;
+const HELLO_LEN: usize = 32;
+const ACK: [u8; 8] = *b"SHMRPCOK";
+/// How long either side waits for the other's handshake message.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of [`Listener::bind`].
+#[derive(Debug, Error)]
+pub enum BindError {
+    /// The name is not acceptable.
+    #[error("invalid name: {0}")]
+    InvalidName(#[from] names::NameError),
+    /// A live server already listens on this name.
+    #[error("a live server already listens on {0}")]
+    AddrInUse(PathBuf),
+    /// A system call failed.
+    #[error("{op} failed")]
+    Io {
+        /// Operation.
+        op: &'static str,
+        /// OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Errors of [`Listener::accept`].
+#[derive(Debug, Error)]
+pub enum AcceptError {
+    /// The connecting process runs as another user.
+    #[error("client uid {found} refused (only uid {expected} may connect)")]
+    WrongUid {
+        /// Its uid.
+        found: u32,
+        /// Ours.
+        expected: u32,
+    },
+    /// The client did not acknowledge the handshake.
+    #[error("client did not complete the handshake: {0}")]
+    Handshake(String),
+    /// Building the channel failed.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// A system call failed.
+    #[error("{op} failed")]
+    Io {
+        /// Operation.
+        op: &'static str,
+        /// OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Errors of [`connect`].
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// The name is not acceptable.
+    #[error("invalid name: {0}")]
+    InvalidName(#[from] names::NameError),
+    /// No server listens on this name.
+    #[error("no server listens on {0}")]
+    NotFound(PathBuf),
+    /// The server runs as another user.
+    #[error("server uid {found} is not ours ({expected})")]
+    WrongUid {
+        /// Its uid.
+        found: u32,
+        /// Ours.
+        expected: u32,
+    },
+    /// The server's hello is malformed or of another version.
+    #[error("bad handshake: {0}")]
+    BadHello(String),
+    /// The channel the server passed is invalid.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// A system call failed.
+    #[error("{op} failed")]
+    Io {
+        /// Operation.
+        op: &'static str,
+        /// OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn socket_path(name: &str) -> Result<PathBuf, names::NameError> {
+    names::validate(name)?;
+    // The runtime dir is created lazily; its errors surface in bind/connect.
+    Ok(names::runtime_dir()
+        .unwrap_or_else(|_| PathBuf::from(format!("/tmp/shmrpc-{}", names::uid())))
+        .join(format!("{name}.sock")))
+}
+
+/// Accepts processes that connect to a name and hands each a new duplex channel.
+#[derive(Debug)]
+pub struct Listener {
+    listener: UnixListener,
+    path: PathBuf,
+    cfg: ChannelConfig,
+    /// (dev, ino) of our socket file, so Drop removes only ours.
+    ident: (u64, u64),
+}
+
+impl Listener {
+    /// Listens on `<runtime dir>/<name>.sock` (mode 0600). A socket file left by a dead
+    /// server is replaced; a live server is an [`BindError::AddrInUse`] error.
+    ///
+    /// # Errors
+    /// See [`BindError`].
+    pub fn bind(name: &str, cfg: ChannelConfig) -> Result<Self, BindError> {
+        let dir = names::runtime_dir().map_err(|source| BindError::Io {
+            op: "runtime dir",
+            source,
+        })?;
+        names::validate(name)?;
+        let path = dir.join(format!("{name}.sock"));
+        let listener = match UnixListener::bind(&path) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                // Someone's socket file. Live if something accepts on it.
+                if UnixStream::connect(&path).is_ok() {
+                    return Err(BindError::AddrInUse(path));
+                }
+                let _ = std::fs::remove_file(&path);
+                UnixListener::bind(&path).map_err(|source| BindError::Io {
+                    op: "bind",
+                    source,
+                })?
+            }
+            Err(source) => return Err(BindError::Io { op: "bind", source }),
+        };
+        let set_mode = std::fs::set_permissions(
+            &path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        );
+        let meta = std::fs::symlink_metadata(&path);
+        let (set_mode, meta) = match (set_mode, meta) {
+            (Ok(()), Ok(m)) => ((), m),
+            (Err(source), _) | (_, Err(source)) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(BindError::Io {
+                    op: "chmod socket",
+                    source,
+                });
+            }
+        };
+        let () = set_mode;
+        Ok(Self {
+            listener,
+            path,
+            cfg,
+            ident: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for the next client and sets up its channel. The returned endpoint is side A.
+    ///
+    /// # Errors
+    /// See [`AcceptError`]. A failed client does not affect the listener: accept again.
+    pub fn accept(&self) -> Result<Endpoint, AcceptError> {
+        let (sock, _) = self.listener.accept().map_err(|source| AcceptError::Io {
+            op: "accept",
+            source,
+        })?;
+        let (_pid, uid) =
+            fdpass::peer_credentials(sock.as_fd()).map_err(|source| AcceptError::Io {
+                op: "SO_PEERCRED",
+                source,
+            })?;
+        if uid != names::uid() {
+            return Err(AcceptError::WrongUid {
+                found: uid,
+                expected: names::uid(),
+            });
+        }
+        let (seg, bells) = create_segment(&self.cfg)?;
+        let cap = self.cfg.capacity as u64;
+        let mut hello = [0u8; HELLO_LEN];
+        hello[..8].copy_from_slice(&HELLO_MAGIC);
+        hello[8..12].copy_from_slice(&HANDSHAKE_VERSION.to_le_bytes());
+        hello[12..16].copy_from_slice(&1u32.to_le_bytes());
+        hello[16..24].copy_from_slice(&cap.to_le_bytes());
+        hello[24..32].copy_from_slice(&cap.to_le_bytes());
+        let fds = [
+            seg.fd(),
+            bells[0].as_fd(),
+            bells[1].as_fd(),
+            bells[2].as_fd(),
+            bells[3].as_fd(),
+        ];
+        let io = |op| move |source| AcceptError::Io { op, source };
+        fdpass::send_with_fds(sock.as_fd(), &hello, &fds).map_err(io("send hello"))?;
+        sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(io("set timeout"))?;
+        let mut ack = [0u8; 8];
+        (&sock)
+            .read_exact(&mut ack)
+            .map_err(|e| AcceptError::Handshake(e.to_string()))?;
+        if ack != ACK {
+            return Err(AcceptError::Handshake(format!("bad ack {ack:02x?}")));
+        }
+        sock.set_read_timeout(None).map_err(io("set timeout"))?;
+        Ok(attach(&seg, Side::A, bells, &self.cfg, Peer::Socket(sock))?)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Remove the socket file only if it is still ours (not a successor's).
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if (m.dev(), m.ino()) == self.ident {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Connects to the server listening on `name` and returns this process's end (side B).
+/// The wait strategy comes from `cfg`; the ring sizes are the server's.
+///
+/// # Errors
+/// See [`ConnectError`]. Everything the server sends is validated.
+pub fn connect(name: &str, cfg: &ChannelConfig) -> Result<Endpoint, ConnectError> {
+    let path = socket_path(name)?;
+    let sock = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ConnectError::NotFound(path))
+        }
+        Err(source) => {
+            return Err(ConnectError::Io {
+                op: "connect",
+                source,
+            })
+        }
+    };
+    let io = |op| move |source| ConnectError::Io { op, source };
+    let (_pid, uid) = fdpass::peer_credentials(sock.as_fd()).map_err(io("SO_PEERCRED"))?;
+    if uid != names::uid() {
+        return Err(ConnectError::WrongUid {
+            found: uid,
+            expected: names::uid(),
+        });
+    }
+    sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io("set timeout"))?;
+    let mut hello = [0u8; HELLO_LEN];
+    let (n, fds) = fdpass::recv_with_fds(sock.as_fd(), &mut hello).map_err(io("recv hello"))?;
+    let (seg_fd, bells) = parse_hello(&hello[..n], fds)?;
+    let seg = Arc::new(Segment::from_fd(seg_fd).map_err(ChannelError::from)?);
+    let endpoint = attach(&seg, Side::B, bells, cfg, Peer::Socket(sock.try_clone().map_err(io("dup"))?))?;
+    (&sock).write_all(&ACK).map_err(io("send ack"))?;
+    Ok(endpoint)
+}
+
+/// Validates a hello and its fds: exact length, magic, version, side, sizes, fd count.
+fn parse_hello(hello: &[u8], fds: Vec<OwnedFd>) -> Result<(OwnedFd, [Doorbell; 4]), ConnectError> {
+    let bad = |m: String| ConnectError::BadHello(m);
+    if hello.len() != HELLO_LEN {
+        return Err(bad(format!("{} bytes, expected {HELLO_LEN}", hello.len())));
+    }
+    if hello[..8] != HELLO_MAGIC {
+        return Err(bad(format!("magic {:02x?}", &hello[..8])));
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(hello[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(hello[i..i + 8].try_into().expect("8 bytes"));
+    if u32_at(8) != HANDSHAKE_VERSION {
+        return Err(bad(format!(
+            "server speaks handshake version {}, we speak {HANDSHAKE_VERSION}",
+            u32_at(8)
+        )));
+    }
+    if u32_at(12) != 1 {
+        return Err(bad(format!("side {} (expected 1)", u32_at(12))));
+    }
+    for cap in [u64_at(16), u64_at(24)] {
+        if !crate::ring::valid_capacity(cap) {
+            return Err(bad(format!("ring capacity {cap}")));
+        }
+    }
+    if fds.len() != 5 {
+        return Err(bad(format!("{} fds, expected 5", fds.len())));
+    }
+    let mut it = fds.into_iter();
+    let seg = it.next().expect("5 fds");
+    let mut bell = || {
+        Doorbell::from_fd(it.next().expect("5 fds"))
+            .map_err(|e| ConnectError::Channel(ChannelError::Doorbell(e)))
+    };
+    Ok((seg, [bell()?, bell()?, bell()?, bell()?]))
+}

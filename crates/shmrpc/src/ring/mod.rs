@@ -1,0 +1,347 @@
+//! A lock-free single-producer single-consumer ring of variable-length records in shared
+//! memory.
+//!
+//! # Layout
+//!
+//! ```text
+//! +0    meta        magic "RING", version, capacity (power of two), key   (read-only)
+//! +128  write_pos   total bytes published; producer writes, nobody polls it
+//! +256  read_pos    total bytes released; consumer writes, producer reads when "full"
+//! +384  wait words  consumer_waiting, producer_waiting (futex words), closed flags
+//! +512  data        capacity bytes of records
+//! ```
+//!
+//! A record is a 16-byte header — `stamp: u64`, `len: u32` (bit 31 = padding), `tag: u32` —
+//! followed by the payload, padded to 16 bytes. A record never crosses the end of the data
+//! area: when it would, the producer first writes a padding record that fills the rest.
+//!
+//! # Publishing without a shared index per message
+//!
+//! The producer writes the payload and the length word, then stores the record's stamp,
+//! `position ^ key`, with Release. The consumer polls the stamp at its own position with
+//! Acquire: a match means the record is complete. So the consumer never reads the
+//! producer's index on its hot path, and the only cache lines that move per message are the
+//! ones holding the message itself — this is what makes small-message streaming run at tens
+//! of millions of records per second instead of one cache-line round trip per record.
+//! Stamps from an earlier lap, zeroed memory, or old payload bytes cannot match, because
+//! they were written for a different position (and the random key makes an accidental
+//! payload match as unlikely as guessing 64 random bits).
+//!
+//! The consumer releases space by storing `read_pos` with Release; the producer reads it
+//! with Acquire only when its cached copy says the ring is full.
+//!
+//! # The peer is untrusted
+//!
+//! Everything read from shared memory — stamps, length words, `read_pos` — is loaded once
+//! into a local, validated, and only then used: a record must lie inside the data area, a
+//! padding record must end exactly at the end, and `read_pos` must lie between the last
+//! position we know was released and the one we wrote. A violation is a
+//! [`CorruptError`]: never a panic, an out-of-bounds access, or a hang. A peer can still
+//! scribble over payload bytes it has handed to us (it shares the memory), but it can never
+//! move our reads or writes outside the data area.
+//!
+//! # Waking
+//!
+//! See [`wait`] for the park/wake protocol (futex for threads, eventfd for async tasks).
+
+mod consumer;
+mod layout;
+mod producer;
+pub mod wait;
+
+use thiserror::Error;
+
+pub use consumer::{Consumer, PeekError, ReadGrant};
+pub use layout::{
+    record_size, ring_size, MAX_CAPACITY, MIN_CAPACITY, RECORD_ALIGN, RECORD_HEADER,
+    RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
+};
+pub use producer::{Producer, ReserveError, WriteGrant};
+pub use wait::{Spinner, WaitError, WaitStrategy};
+
+use crate::sync::Ordering;
+use layout::RingMem;
+
+/// Shared memory broke the ring's invariants: the peer is buggy or hostile. The connection
+/// must be closed; nothing read from it can be trusted any more.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CorruptError {
+    /// `read_pos` moved backwards or beyond what was written.
+    #[error("read position {read} outside [{released}, {written}]")]
+    ReadPosition {
+        /// Value read.
+        read: u64,
+        /// Last value seen before.
+        released: u64,
+        /// Producer's position.
+        written: u64,
+    },
+    /// A record's length runs past the end of the data area or above the maximum.
+    #[error("record at position {pos} claims {len} bytes, past the end of the data area")]
+    RecordLength {
+        /// Record position.
+        pos: u64,
+        /// Length claimed.
+        len: u32,
+    },
+    /// A padding record that does not end exactly at the end of the data area.
+    #[error("padding record at position {pos} claims {len} bytes; {expected} expected")]
+    Padding {
+        /// Record position.
+        pos: u64,
+        /// Length claimed.
+        len: u32,
+        /// The length that would end at the data area's end.
+        expected: u64,
+    },
+    /// Positions recorded in the header are inconsistent (seen when attaching).
+    #[error("header positions inconsistent: read {read}, write {write}, capacity {capacity}")]
+    Positions {
+        /// read_pos.
+        read: u64,
+        /// write_pos.
+        write: u64,
+        /// capacity.
+        capacity: u64,
+    },
+}
+
+/// Errors of attaching to (or initialising) a ring in a segment.
+#[derive(Debug, Error)]
+pub enum AttachError {
+    /// The ring would not fit in the segment at that offset, or is misaligned.
+    #[error("ring of {size} bytes at offset {offset} does not fit a {segment}-byte segment (or is not 128-aligned)")]
+    OutOfBounds {
+        /// Offset requested.
+        offset: usize,
+        /// Ring size (header + data).
+        size: usize,
+        /// Segment payload size.
+        segment: usize,
+    },
+    /// Not a ring.
+    #[error("bad ring magic {0:#010x}")]
+    BadMagic(u32),
+    /// Incompatible ring version.
+    #[error("ring version {found}, this library speaks {expected}")]
+    VersionMismatch {
+        /// Found.
+        found: u32,
+        /// Expected.
+        expected: u32,
+    },
+    /// Capacity not a power of two in range, or different from what was expected.
+    #[error("ring capacity {0} is not a power of two in [{MIN_CAPACITY}, {MAX_CAPACITY}]")]
+    BadCapacity(u64),
+    /// The header's positions are inconsistent.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptError),
+}
+
+/// Whether `cap` is a valid data-area size.
+pub fn valid_capacity(cap: u64) -> bool {
+    cap.is_power_of_two() && cap >= MIN_CAPACITY as u64 && cap <= MAX_CAPACITY as u64
+}
+
+/// A random 64-bit key for a new ring.
+fn new_key() -> u64 {
+    #[cfg(not(shmrpc_loom))]
+    {
+        let mut b = [0u8; 8];
+        if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_ok() {
+            return u64::from_ne_bytes(b) | 1;
+        }
+        // No entropy: any key works for correctness; it only guards against coincidences.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        (t ^ u64::from(std::process::id()).rotate_left(32)) | 1
+    }
+    #[cfg(shmrpc_loom)]
+    0x9e37_79b9_7f4a_7c15
+}
+
+fn init_header(mem: &RingMem, capacity: usize) {
+    let h = mem.header();
+    // Relaxed: the ring is published to others by whatever publishes the memory it lives
+    // in (the segment's READY store, or handing the pair to another thread).
+    h.meta.0.magic.store(RING_MAGIC, Ordering::Relaxed);
+    h.meta.0.version.store(RING_VERSION, Ordering::Relaxed);
+    h.meta.0.capacity.store(capacity as u64, Ordering::Relaxed);
+    h.meta.0.key.store(new_key(), Ordering::Relaxed);
+    h.write_pos.0.store(0, Ordering::Relaxed);
+    h.read_pos.0.store(0, Ordering::Relaxed);
+    h.wait.0.consumer_waiting.store(0, Ordering::Relaxed);
+    h.wait.0.producer_waiting.store(0, Ordering::Relaxed);
+    h.wait.0.closed.store(0, Ordering::Relaxed);
+}
+
+/// What both ends learn when attaching: validated once, then kept in locals.
+pub(crate) struct Attached {
+    mem: RingMem,
+    key: u64,
+    read: u64,
+    write: u64,
+}
+
+fn validate_attach(mem: RingMem, expected_capacity: usize) -> Result<Attached, AttachError> {
+    let h = mem.header();
+    let magic = h.meta.0.magic.load(Ordering::Acquire);
+    if magic != RING_MAGIC {
+        return Err(AttachError::BadMagic(magic));
+    }
+    let version = h.meta.0.version.load(Ordering::Relaxed);
+    if version != RING_VERSION {
+        return Err(AttachError::VersionMismatch {
+            found: version,
+            expected: RING_VERSION,
+        });
+    }
+    let cap = mem.load_capacity_checked();
+    if !valid_capacity(cap) || cap != expected_capacity as u64 {
+        return Err(AttachError::BadCapacity(cap));
+    }
+    let key = h.meta.0.key.load(Ordering::Relaxed);
+    // Acquire: pairs with the Release stores of the last producer/consumer attached, so a
+    // re-attaching side sees the records and space they published.
+    let read = h.read_pos.0.load(Ordering::Acquire);
+    let write = h.write_pos.0.load(Ordering::Acquire);
+    let align = RECORD_ALIGN as u64;
+    if read > write || write - read > cap || read % align != 0 || write % align != 0 {
+        return Err(CorruptError::Positions {
+            read,
+            write,
+            capacity: cap,
+        }
+        .into());
+    }
+    Ok(Attached {
+        mem,
+        key,
+        read,
+        write,
+    })
+}
+
+#[cfg(not(shmrpc_loom))]
+mod in_segment {
+    use super::*;
+    use std::sync::Arc;
+    use std::ptr::NonNull;
+    use crate::sys::Segment;
+
+    /// Checks that a ring of `capacity` fits at `offset` and returns its base address.
+    fn locate(seg: &Segment, offset: usize, capacity: usize) -> Result<NonNull<u8>, AttachError> {
+        let (base, len) = seg.payload_raw();
+        let size = ring_size(capacity);
+        let fits = offset
+            .checked_add(size)
+            .is_some_and(|end| end <= len && offset % 128 == 0);
+        if !fits || !valid_capacity(capacity as u64) {
+            return Err(AttachError::OutOfBounds {
+                offset,
+                size,
+                segment: len,
+            });
+        }
+        // SAFETY: offset + size <= len (checked), so the result stays inside the payload.
+        Ok(unsafe { base.add(offset) })
+    }
+
+    fn view(seg: &Arc<Segment>, offset: usize, capacity: usize) -> Result<RingMem, AttachError> {
+        let base = locate(seg, offset, capacity)?;
+        let owner: Arc<dyn Send + Sync> = seg.clone();
+        // SAFETY: `locate` checked that the ring lies inside the segment's payload; the
+        // payload starts SEGMENT_HEADER_SIZE (256) bytes into a page-aligned mapping and
+        // the offset is a multiple of 128, so the ring is 128-aligned; the Arc<Segment>
+        // clone keeps the mapping alive as long as the view.
+        Ok(unsafe { RingMem::new(base, capacity, owner) })
+    }
+
+    /// Writes a fresh ring header of `capacity` data bytes at `offset` in `seg`. Call it
+    /// from the segment's initialiser (before the segment is published to anyone else),
+    /// never on a live ring: it resets the positions.
+    ///
+    /// # Errors
+    /// [`AttachError::OutOfBounds`] if it does not fit or the capacity is invalid.
+    pub fn init(seg: &Segment, offset: usize, capacity: usize) -> Result<(), AttachError> {
+        let base = locate(seg, offset, capacity)?;
+        // The view only lives inside this function, while the borrow of `seg` keeps the
+        // mapping alive, so it needs no owner of its own.
+        let owner: Arc<dyn Send + Sync> = Arc::new(());
+        // SAFETY: bounds and alignment checked by `locate` (see `view`); the mapping
+        // outlives the view as explained above.
+        let mem = unsafe { RingMem::new(base, capacity, owner) };
+        init_header(&mem, capacity);
+        Ok(())
+    }
+
+    /// Attaches the producing end to the ring at `offset` in `seg`, continuing from the
+    /// positions recorded there.
+    ///
+    /// # Errors
+    /// See [`AttachError`].
+    pub fn producer(
+        seg: &Arc<Segment>,
+        offset: usize,
+        capacity: usize,
+    ) -> Result<Producer, AttachError> {
+        Ok(Producer::new(validate_attach(view(seg, offset, capacity)?, capacity)?))
+    }
+
+    /// Attaches the consuming end to the ring at `offset` in `seg`, continuing from the
+    /// positions recorded there.
+    ///
+    /// # Errors
+    /// See [`AttachError`].
+    pub fn consumer(
+        seg: &Arc<Segment>,
+        offset: usize,
+        capacity: usize,
+    ) -> Result<Consumer, AttachError> {
+        Ok(Consumer::new(validate_attach(view(seg, offset, capacity)?, capacity)?))
+    }
+
+    /// Errors of [`channel`].
+    #[derive(Debug, Error)]
+    pub enum ChannelError {
+        /// Invalid capacity.
+        #[error("ring capacity {0} is not a power of two in [{MIN_CAPACITY}, {MAX_CAPACITY}]")]
+        BadCapacity(usize),
+        /// Creating the anonymous segment failed.
+        #[error(transparent)]
+        Segment(#[from] crate::sys::CreateError),
+    }
+
+    /// A ring in a fresh anonymous segment, and both of its ends (for two threads or
+    /// tasks of this process; the same code serves two processes).
+    ///
+    /// # Errors
+    /// See [`ChannelError`].
+    pub fn channel(capacity: usize) -> Result<(Producer, Consumer), ChannelError> {
+        if !valid_capacity(capacity as u64) {
+            return Err(ChannelError::BadCapacity(capacity));
+        }
+        let seg = Arc::new(Segment::anonymous(ring_size(capacity), 0, |s| {
+            init(s, 0, capacity).map_err(|e| e.to_string())
+        })?);
+        let p = producer(&seg, 0, capacity).map_err(|_| ChannelError::BadCapacity(capacity))?;
+        let c = consumer(&seg, 0, capacity).map_err(|_| ChannelError::BadCapacity(capacity))?;
+        Ok((p, c))
+    }
+}
+
+#[cfg(not(shmrpc_loom))]
+pub use in_segment::{channel, consumer, init, producer, ChannelError};
+
+/// Under loom: a ring on the heap with loom atomics, and both ends.
+#[cfg(shmrpc_loom)]
+pub fn channel(capacity: usize) -> (Producer, Consumer) {
+    let mem = RingMem::new_heap(capacity);
+    init_header(&mem, capacity);
+    let other = mem.clone_view();
+    let p = Producer::new(validate_attach(mem, capacity).expect("fresh ring"));
+    let c = Consumer::new(validate_attach(other, capacity).expect("fresh ring"));
+    (p, c)
+}

@@ -1,0 +1,346 @@
+//! The producing end of a ring.
+
+use std::ops::{Deref, DerefMut};
+
+use thiserror::Error;
+
+use super::layout::{
+    record_size, RingMem, CLOSED_BY_CONSUMER, CLOSED_BY_PRODUCER, PAD_FLAG, RECORD_HEADER,
+};
+use super::wait;
+use super::{Attached, CorruptError};
+use crate::sync::{AtomicU32, Ordering};
+use crate::sys::Doorbell;
+
+/// Why a record could not be reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReserveError {
+    /// Not enough free space now; retry after the consumer has read.
+    #[error("ring is full")]
+    Full,
+    /// The record can never fit in this ring.
+    #[error("record of {len} bytes can never fit; the largest is {max}")]
+    TooLarge {
+        /// Length asked for.
+        len: usize,
+        /// Largest payload this ring carries.
+        max: usize,
+    },
+    /// The consumer closed its end.
+    #[error("ring closed by the consumer")]
+    Closed,
+    /// The consumer wrote an impossible `read_pos`.
+    #[error("ring corrupt: {0}")]
+    Corrupt(#[from] CorruptError),
+}
+
+/// The producing end of an SPSC ring. Exactly one per ring.
+///
+/// Dropping it closes the ring: the consumer drains what was sent, then sees `Closed`.
+/// Use [`detach`](Self::detach) to leave the ring open for a later producer instead.
+pub struct Producer {
+    mem: RingMem,
+    cap: u64,
+    mask: u64,
+    key: u64,
+    /// Next position to write (local truth; published as `write_pos`).
+    write: u64,
+    /// Last `read_pos` we loaded and validated.
+    read_cache: u64,
+    /// Rung when the consumer waits as an async task.
+    consumer_bell: Option<Doorbell>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("capacity", &self.cap)
+            .field("write", &self.write)
+            .field("read_cache", &self.read_cache)
+            .finish()
+    }
+}
+
+impl Producer {
+    pub(crate) fn new(a: Attached) -> Self {
+        let cap = a.mem.capacity() as u64;
+        Self {
+            mem: a.mem,
+            cap,
+            mask: cap - 1,
+            key: a.key,
+            write: a.write,
+            read_cache: a.read,
+            consumer_bell: None,
+            closed: false,
+        }
+    }
+
+    /// The data area's size in bytes.
+    pub fn capacity(&self) -> usize {
+        self.cap as usize
+    }
+
+    /// The largest payload a record can carry: the data area less one record header.
+    pub fn max_payload(&self) -> usize {
+        self.cap as usize - RECORD_HEADER
+    }
+
+    /// Total bytes written so far (the position of the next record).
+    pub fn position(&self) -> u64 {
+        self.write
+    }
+
+    /// Sets the doorbell rung when the consumer waits as an async task.
+    pub fn set_consumer_bell(&mut self, bell: Doorbell) {
+        self.consumer_bell = Some(bell);
+    }
+
+    /// Whether the consumer has closed its end.
+    pub fn is_closed(&self) -> bool {
+        // Relaxed: a hint; the flag only ever goes from clear to set.
+        self.mem.header().wait.0.closed.load(Ordering::Relaxed) & CLOSED_BY_CONSUMER != 0
+    }
+
+    /// Reserves room for a record with `len` payload bytes and returns a grant to write it
+    /// in place. Nothing is visible to the consumer until the grant is committed.
+    ///
+    /// # Errors
+    /// [`ReserveError::Full`] (retry later), [`TooLarge`](ReserveError::TooLarge) (never
+    /// fits), [`Closed`](ReserveError::Closed), or [`Corrupt`](ReserveError::Corrupt).
+    #[inline]
+    pub fn try_reserve(&mut self, len: usize) -> Result<WriteGrant<'_>, ReserveError> {
+        if len > self.max_payload() {
+            return Err(ReserveError::TooLarge {
+                len,
+                max: self.max_payload(),
+            });
+        }
+        if self.closed || self.is_closed() {
+            return Err(ReserveError::Closed);
+        }
+        let rec = record_size(len) as u64;
+        let off = self.write & self.mask;
+        let to_end = self.cap - off;
+        // A record that would cross the end needs a padding record first.
+        let need = if rec <= to_end { rec } else { to_end + rec };
+        if !self.has_room(need)? {
+            return Err(ReserveError::Full);
+        }
+        if rec > to_end {
+            self.write_padding(off, to_end);
+        }
+        Ok(WriteGrant {
+            off: (self.write & self.mask) as usize,
+            len,
+            rec,
+            producer: self,
+        })
+    }
+
+    /// Copies `payload` into a new record tagged `tag` and publishes it.
+    ///
+    /// # Errors
+    /// As [`try_reserve`](Self::try_reserve).
+    #[inline]
+    pub fn try_push(&mut self, tag: u32, payload: &[u8]) -> Result<(), ReserveError> {
+        let mut g = self.try_reserve(payload.len())?;
+        g.copy_from_slice(payload);
+        g.commit(tag);
+        Ok(())
+    }
+
+    /// Whether `need` bytes are free, reloading `read_pos` if the cached copy says no.
+    #[inline]
+    fn has_room(&mut self, need: u64) -> Result<bool, CorruptError> {
+        if self.write + need - self.read_cache <= self.cap {
+            return Ok(true);
+        }
+        // Acquire: pairs with the consumer's Release store of `read_pos` in `release`, so
+        // the consumer's reads of the space we are about to reuse happened before.
+        let read = self.mem.header().read_pos.0.load(Ordering::Acquire);
+        // Validate once: it may only move forward, never past what we wrote, and stays on
+        // the record grid.
+        if read < self.read_cache || read > self.write || read % 16 != 0 {
+            return Err(CorruptError::ReadPosition {
+                read,
+                released: self.read_cache,
+                written: self.write,
+            });
+        }
+        self.read_cache = read;
+        Ok(self.write + need - read <= self.cap)
+    }
+
+    /// Whether a record of `len` payload bytes would fit now, or the ring was closed: the
+    /// waiters' condition. Loads `read_pos` without validating or caching it; the retried
+    /// reserve does both.
+    pub(crate) fn space_or_closed(&self, len: usize) -> bool {
+        let rec = record_size(len) as u64;
+        let to_end = self.cap - (self.write & self.mask);
+        let need = if rec <= to_end { rec } else { to_end + rec };
+        // Acquire: pairs with the consumer's Release store in `release_to`.
+        let read = self.mem.header().read_pos.0.load(Ordering::Acquire);
+        // Wrapping: a corrupt value counts as "ready" one way or the other, and the retried
+        // reserve reports it.
+        self.write.wrapping_add(need).wrapping_sub(read) <= self.cap || self.is_closed()
+    }
+
+    #[cold]
+    fn write_padding(&mut self, off: u64, to_end: u64) {
+        let off = off as usize;
+        let len = (to_end as usize - RECORD_HEADER) as u32;
+        self.mem
+            .word(off + 8)
+            .store(u64::from(len | PAD_FLAG), Ordering::Relaxed);
+        // Release: pairs with the consumer's Acquire load of the stamp in `try_peek`.
+        self.mem
+            .word(off)
+            .store(self.write ^ self.key, Ordering::Release);
+        self.write += to_end;
+    }
+
+    /// Wakes the consumer if it sleeps. Needed only after [`WriteGrant::commit_deferred`];
+    /// [`WriteGrant::commit`] does it itself.
+    #[inline]
+    pub fn notify(&self) {
+        wait::notify(
+            &self.mem.header().wait.0.consumer_waiting,
+            self.consumer_bell.as_ref(),
+        );
+    }
+
+    /// Blocks until a record of `len` payload bytes fits (or the ring is closed), per
+    /// `spinner`'s strategy, until `deadline`; `alive` is asked every
+    /// [`LIVENESS_INTERVAL`](wait::LIVENESS_INTERVAL) while asleep.
+    ///
+    /// # Errors
+    /// [`WaitError::TimedOut`] or [`WaitError::PeerGone`].
+    pub fn wait_for_space(
+        &mut self,
+        len: usize,
+        spinner: &mut wait::Spinner,
+        deadline: Option<std::time::Instant>,
+        alive: impl FnMut() -> bool,
+    ) -> Result<(), wait::WaitError> {
+        let me = &*self;
+        wait::block_until(
+            me.wait_word(),
+            spinner,
+            deadline,
+            || me.space_or_closed(len),
+            alive,
+        )
+    }
+
+    /// The word this producer sleeps on when the ring is full.
+    pub(crate) fn wait_word(&self) -> &AtomicU32 {
+        &self.mem.header().wait.0.producer_waiting
+    }
+
+    /// Closes the ring: the consumer reads what was sent, then sees `Closed`.
+    pub fn close(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            // Release: pairs with the consumer's Acquire load of `closed`, so it sees every
+            // record published before the close.
+            self.mem
+                .header()
+                .wait
+                .0
+                .closed
+                .fetch_or(CLOSED_BY_PRODUCER, Ordering::Release);
+            self.notify();
+        }
+    }
+
+    /// Leaves the ring open (positions and records intact) for a producer that attaches
+    /// later, e.g. after this process restarts.
+    pub fn detach(mut self) {
+        self.closed = true; // suppress the close in Drop
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A reserved, not yet published record. Write the payload through `DerefMut`, then
+/// [`commit`](Self::commit). Dropping it without committing abandons the record.
+pub struct WriteGrant<'a> {
+    producer: &'a mut Producer,
+    off: usize,
+    len: usize,
+    rec: u64,
+}
+
+impl<'a> WriteGrant<'a> {
+    /// Publishes the record with `tag` and wakes the consumer if it sleeps.
+    #[inline]
+    pub fn commit(self, tag: u32) {
+        let p = self.publish(tag);
+        p.notify();
+    }
+
+    /// Publishes the record without checking whether the consumer sleeps; call
+    /// [`Producer::notify`] after a batch. Saves one fence per record.
+    #[inline]
+    pub fn commit_deferred(self, tag: u32) {
+        self.publish(tag);
+    }
+
+    #[inline]
+    fn publish(self, tag: u32) -> &'a Producer {
+        let p = self.producer;
+        let word = u64::from(self.len as u32) | (u64::from(tag) << 32);
+        p.mem.word(self.off + 8).store(word, Ordering::Relaxed);
+        // Release: pairs with the consumer's Acquire load of the stamp, which makes the
+        // payload and length word above visible before the record is seen.
+        p.mem
+            .word(self.off)
+            .store(p.write ^ p.key, Ordering::Release);
+        p.write += self.rec;
+        // Release: pairs with the Acquire load in `validate_attach` (a consumer attaching
+        // later) and with inspectors. Nobody polls it, so the line stays in our cache.
+        p.mem
+            .header()
+            .write_pos
+            .0
+            .store(p.write, Ordering::Release);
+        p
+    }
+
+    /// The payload's length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Deref for WriteGrant<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let ptr = self.producer.mem.bytes_ptr(self.off + RECORD_HEADER, self.len);
+        // SAFETY: `try_reserve` checked that the record lies inside the data area and
+        // that the consumer has released it (it is between read_pos + capacity and our
+        // write position), so nobody else reads or writes these bytes until we publish; the
+        // slice borrows the grant, which borrows the producer, which keeps the memory alive.
+        unsafe { std::slice::from_raw_parts(ptr, self.len) }
+    }
+}
+
+impl DerefMut for WriteGrant<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let ptr = self.producer.mem.bytes_ptr(self.off + RECORD_HEADER, self.len);
+        // SAFETY: as in `deref`; the range is exclusively ours until published, and the
+        // `&mut self` borrow makes this the only slice.
+        unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }
+    }
+}
