@@ -1,0 +1,2 @@
+//! Shared helpers for the cross-process tests (spawning `peer`, checksums, names).
+#![forbid(unsafe_code)]
