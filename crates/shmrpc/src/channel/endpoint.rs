@@ -95,6 +95,7 @@ async fn wait_async(
     if spinner.strategy() != WaitStrategy::Park {
         let budget = spinner.budget();
         let start = Instant::now();
+        let mut last_check = start;
         let mut spun = false;
         loop {
             if wait::spin_until(Some(Duration::from_micros(2)), deadline, &mut ready) {
@@ -106,8 +107,9 @@ async fn wait_async(
             {
                 break;
             }
-            if budget.is_none() && elapsed >= LIVENESS_INTERVAL {
+            if budget.is_none() && last_check.elapsed() >= LIVENESS_INTERVAL {
                 // Pure spin: still notice a dead peer now and then.
+                last_check = Instant::now();
                 if !peer.is_alive() {
                     return Err(WaitError::PeerGone);
                 }

@@ -199,6 +199,13 @@ impl Producer {
             .word(off)
             .store(self.write ^ self.key, Ordering::Release);
         self.write += to_end;
+        // Release: as in `publish`; a producer re-attaching after a detach must not start
+        // before this padding record, which the consumer may already have skipped.
+        self.mem
+            .header()
+            .write_pos
+            .0
+            .store(self.write, Ordering::Release);
     }
 
     /// Wakes the consumer if it sleeps. Needed only after [`WriteGrant::commit_deferred`];
