@@ -39,6 +39,8 @@ pub struct Consumer {
     /// Rung when the producer waits for space as an async task.
     producer_bell: Option<Doorbell>,
     closed: bool,
+    /// How many times we had to wake the producer (each is a system call).
+    wakes: u64,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -71,6 +73,7 @@ impl Consumer {
             released: a.read,
             producer_bell: None,
             closed: false,
+            wakes: 0,
         }
     }
 
@@ -229,10 +232,17 @@ impl Consumer {
         // Release: pairs with the producer's Acquire load of `read_pos` in `has_room`, so
         // our reads of the released records happen before it overwrites them.
         self.mem.header().read_pos.0.store(pos, Ordering::Release);
-        wait::notify(
+        if wait::notify(
             &self.mem.header().wait.0.producer_waiting,
             self.producer_bell.as_ref(),
-        );
+        ) {
+            self.wakes += 1;
+        }
+    }
+
+    /// How many times this consumer found the producer asleep on a full ring and woke it.
+    pub fn wakes(&self) -> u64 {
+        self.wakes
     }
 
     /// Blocks until a record (or the close) is there, per `spinner`'s strategy, until

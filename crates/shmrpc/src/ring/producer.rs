@@ -50,6 +50,8 @@ pub struct Producer {
     /// Rung when the consumer waits as an async task.
     consumer_bell: Option<Doorbell>,
     closed: bool,
+    /// How many times we had to wake the consumer (each is a system call).
+    wakes: u64,
 }
 
 impl std::fmt::Debug for Producer {
@@ -74,6 +76,7 @@ impl Producer {
             read_cache: a.read,
             consumer_bell: None,
             closed: false,
+            wakes: 0,
         }
     }
 
@@ -211,11 +214,19 @@ impl Producer {
     /// Wakes the consumer if it sleeps. Needed only after [`WriteGrant::commit_deferred`];
     /// [`WriteGrant::commit`] does it itself.
     #[inline]
-    pub fn notify(&self) {
-        wait::notify(
+    pub fn notify(&mut self) {
+        if wait::notify(
             &self.mem.header().wait.0.consumer_waiting,
             self.consumer_bell.as_ref(),
-        );
+        ) {
+            self.wakes += 1;
+        }
+    }
+
+    /// How many times this producer found the consumer asleep and woke it (a system call
+    /// each). Zero for a stream whose consumer keeps up without sleeping.
+    pub fn wakes(&self) -> u64 {
+        self.wakes
     }
 
     /// Blocks until a record of `len` payload bytes fits (or the ring is closed), per
@@ -300,7 +311,7 @@ impl<'a> WriteGrant<'a> {
     }
 
     #[inline]
-    fn publish(self, tag: u32) -> &'a Producer {
+    fn publish(self, tag: u32) -> &'a mut Producer {
         let p = self.producer;
         let word = u64::from(self.len as u32) | (u64::from(tag) << 32);
         p.mem.word(self.off + 8).store(word, Ordering::Relaxed);

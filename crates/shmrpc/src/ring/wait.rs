@@ -172,13 +172,16 @@ pub(crate) fn disarm(word: &AtomicU32) {
 }
 
 /// The notifier's half: call after publishing. No system call unless the peer sleeps.
+/// Returns whether the peer was waiting (and so was woken).
 #[inline]
-pub(crate) fn notify(word: &AtomicU32, bell: Option<&Doorbell>) {
+pub(crate) fn notify(word: &AtomicU32, bell: Option<&Doorbell>) -> bool {
     // Pairs with the fence in `arm`: orders the caller's publish before our flag load.
     fence(Ordering::SeqCst);
     if word.load(Ordering::Relaxed) != WAIT_NONE {
         wake(word, bell);
+        return true;
     }
+    false
 }
 
 #[cold]
