@@ -74,8 +74,15 @@ fn a_spinning_stream_makes_no_wake_up_calls() {
         tx.send(&i.to_le_bytes()).unwrap();
     }
     let consumer_wakes = reader.join().unwrap();
-    assert_eq!(tx.producer().wakes(), 0, "producer issued wake-ups to a spinning consumer");
-    assert_eq!(consumer_wakes, 0, "consumer issued wake-ups to a spinning producer");
+    assert_eq!(
+        tx.producer().wakes(),
+        0,
+        "producer issued wake-ups to a spinning consumer"
+    );
+    assert_eq!(
+        consumer_wakes, 0,
+        "consumer issued wake-ups to a spinning producer"
+    );
     done.send(()).unwrap();
 }
 
@@ -124,8 +131,7 @@ fn async_tasks_in_one_current_thread_runtime_wake_each_other() {
                 spin: Duration::from_micros(20),
             },
         ] {
-            let (mut a, mut b) =
-                channel::pair(&ChannelConfig::default().with_wait(wait)).unwrap();
+            let (mut a, mut b) = channel::pair(&ChannelConfig::default().with_wait(wait)).unwrap();
             let server = tokio::spawn(async move {
                 loop {
                     let v = match b.recv_async().await {

@@ -158,17 +158,12 @@ impl Listener {
                     return Err(BindError::AddrInUse(path));
                 }
                 let _ = std::fs::remove_file(&path);
-                UnixListener::bind(&path).map_err(|source| BindError::Io {
-                    op: "bind",
-                    source,
-                })?
+                UnixListener::bind(&path).map_err(|source| BindError::Io { op: "bind", source })?
             }
             Err(source) => return Err(BindError::Io { op: "bind", source }),
         };
-        let set_mode = std::fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        );
+        let set_mode =
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
         let meta = std::fs::symlink_metadata(&path);
         let (set_mode, meta) = match (set_mode, meta) {
             (Ok(()), Ok(m)) => ((), m),
@@ -294,7 +289,13 @@ pub fn connect(name: &str, cfg: &ChannelConfig) -> Result<Endpoint, ConnectError
     let (n, fds) = fdpass::recv_with_fds(sock.as_fd(), &mut hello).map_err(io("recv hello"))?;
     let (seg_fd, bells) = parse_hello(&hello[..n], fds)?;
     let seg = Arc::new(Segment::from_fd(seg_fd).map_err(ChannelError::from)?);
-    let endpoint = attach(&seg, Side::B, bells, cfg, Peer::Socket(sock.try_clone().map_err(io("dup"))?))?;
+    let endpoint = attach(
+        &seg,
+        Side::B,
+        bells,
+        cfg,
+        Peer::Socket(sock.try_clone().map_err(io("dup"))?),
+    )?;
     (&sock).write_all(&ACK).map_err(io("send ack"))?;
     Ok(endpoint)
 }

@@ -192,8 +192,12 @@ fn create_segment(cfg: &ChannelConfig) -> Result<(Arc<Segment>, [Doorbell; 4]), 
     }
     let (o0, o1) = ring_offsets(cap);
     let seg = Segment::anonymous(o1 + ring_size(cap), SEGMENT_KIND_DUPLEX, |s| {
-        s.param(0).expect("param 0").store(cap as u64, std::sync::atomic::Ordering::Relaxed);
-        s.param(1).expect("param 1").store(cap as u64, std::sync::atomic::Ordering::Relaxed);
+        s.param(0)
+            .expect("param 0")
+            .store(cap as u64, std::sync::atomic::Ordering::Relaxed);
+        s.param(1)
+            .expect("param 1")
+            .store(cap as u64, std::sync::atomic::Ordering::Relaxed);
         ring::init(s, o0, cap).map_err(|e| e.to_string())?;
         ring::init(s, o1, cap).map_err(|e| e.to_string())
     })?;
@@ -259,7 +263,12 @@ fn attach(
 pub fn pair(cfg: &ChannelConfig) -> Result<(Endpoint, Endpoint), ChannelError> {
     let (seg, bells) = create_segment(cfg)?;
     let dup = |b: &Doorbell| b.try_clone().map_err(ChannelError::Doorbell);
-    let bells_b = [dup(&bells[0])?, dup(&bells[1])?, dup(&bells[2])?, dup(&bells[3])?];
+    let bells_b = [
+        dup(&bells[0])?,
+        dup(&bells[1])?,
+        dup(&bells[2])?,
+        dup(&bells[3])?,
+    ];
     let fd = seg.fd().try_clone_to_owned().map_err(ChannelError::Dup)?;
     let seg_b = Arc::new(Segment::from_fd(fd)?);
     let a = attach(&seg, Side::A, bells, cfg, endpoint::Peer::SameProcess)?;

@@ -227,9 +227,9 @@ fn validate_attach(mem: RingMem, expected_capacity: usize) -> Result<Attached, A
 #[cfg(not(shmrpc_loom))]
 mod in_segment {
     use super::*;
-    use std::sync::Arc;
-    use std::ptr::NonNull;
     use crate::sys::Segment;
+    use std::ptr::NonNull;
+    use std::sync::Arc;
 
     /// Checks that a ring of `capacity` fits at `offset` and returns its base address.
     fn locate(seg: &Segment, offset: usize, capacity: usize) -> Result<NonNull<u8>, AttachError> {
@@ -287,7 +287,10 @@ mod in_segment {
         offset: usize,
         capacity: usize,
     ) -> Result<Producer, AttachError> {
-        Ok(Producer::new(validate_attach(view(seg, offset, capacity)?, capacity)?))
+        Ok(Producer::new(validate_attach(
+            view(seg, offset, capacity)?,
+            capacity,
+        )?))
     }
 
     /// Attaches the consuming end to the ring at `offset` in `seg`, continuing from the
@@ -300,7 +303,10 @@ mod in_segment {
         offset: usize,
         capacity: usize,
     ) -> Result<Consumer, AttachError> {
-        Ok(Consumer::new(validate_attach(view(seg, offset, capacity)?, capacity)?))
+        Ok(Consumer::new(validate_attach(
+            view(seg, offset, capacity)?,
+            capacity,
+        )?))
     }
 
     /// Errors of [`channel`].

@@ -323,11 +323,7 @@ impl<'a> WriteGrant<'a> {
         p.write += self.rec;
         // Release: pairs with the Acquire load in `validate_attach` (a consumer attaching
         // later) and with inspectors. Nobody polls it, so the line stays in our cache.
-        p.mem
-            .header()
-            .write_pos
-            .0
-            .store(p.write, Ordering::Release);
+        p.mem.header().write_pos.0.store(p.write, Ordering::Release);
         p
     }
 
@@ -345,7 +341,10 @@ impl<'a> WriteGrant<'a> {
 impl Deref for WriteGrant<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        let ptr = self.producer.mem.bytes_ptr(self.off + RECORD_HEADER, self.len);
+        let ptr = self
+            .producer
+            .mem
+            .bytes_ptr(self.off + RECORD_HEADER, self.len);
         // SAFETY: `try_reserve` checked that the record lies inside the data area and
         // that the consumer has released it (it is between read_pos + capacity and our
         // write position), so nobody else reads or writes these bytes until we publish; the
@@ -356,7 +355,10 @@ impl Deref for WriteGrant<'_> {
 
 impl DerefMut for WriteGrant<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        let ptr = self.producer.mem.bytes_ptr(self.off + RECORD_HEADER, self.len);
+        let ptr = self
+            .producer
+            .mem
+            .bytes_ptr(self.off + RECORD_HEADER, self.len);
         // SAFETY: as in `deref`; the range is exclusively ours until published, and the
         // `&mut self` borrow makes this the only slice.
         unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }

@@ -140,7 +140,10 @@ mod tests {
         assert_eq!(validate(""), Err(NameError::BadLength(0)));
         assert!(matches!(validate("a/b"), Err(NameError::BadChar(_))));
         assert!(matches!(validate(".."), Err(NameError::BadChar(_))));
-        assert!(matches!(validate(&"x".repeat(201)), Err(NameError::BadLength(201))));
+        assert!(matches!(
+            validate(&"x".repeat(201)),
+            Err(NameError::BadLength(201))
+        ));
     }
 
     #[test]
