@@ -27,7 +27,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use endpoint::{Endpoint, Message, Receiver, Sender};
-pub use handshake::{connect, AcceptError, ConnectError, Listener};
+pub use handshake::{connect, AcceptError, BindError, ConnectError, Listener, HANDSHAKE_VERSION};
 
 pub use crate::ring::{CorruptError, PeekError as TryRecvError, ReserveError as TrySendError};
 pub use crate::ring::{WaitError, WaitStrategy};
