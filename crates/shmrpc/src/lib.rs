@@ -32,6 +32,8 @@
 
 #[cfg(not(shmrpc_loom))]
 pub mod channel;
+#[cfg(not(shmrpc_loom))]
+pub mod frame;
 pub mod ring;
 mod sync;
 #[cfg(not(shmrpc_loom))]

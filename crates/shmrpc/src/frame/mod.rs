@@ -1,0 +1,457 @@
+//! Frames: the versioned, checksummed unit the RPC layer sends over a channel (one frame per
+//! ring record) or a byte stream (TCP), and the fragmentation of large messages.
+//!
+//! # Header (32 bytes, little-endian)
+//!
+//! ```text
+//! 0   magic      "SRPC"
+//! 4   version    u8  (FRAME_VERSION)
+//! 5   kind       u8  (Kind)
+//! 6   flags      u16 (bit 0: more fragments follow)
+//! 8   method     u32 (method id, per connection)
+//! 12  len        u32 payload bytes after the header
+//! 16  call_id    u64
+//! 24  crc        u32 CRC32C of the header (with this field zero) and the payload
+//! 28  reserved   u32 zero
+//! ```
+//!
+//! Everything is checked on decode, in order: length, magic, version, kind, flags,
+//! reserved, payload length, CRC. A frame that fails any check is a [`FrameError`] naming
+//! what differs; the connection it came from is not to be trusted further.
+#![forbid(unsafe_code)]
+
+use thiserror::Error;
+
+/// First four bytes of every frame.
+pub const FRAME_MAGIC: [u8; 4] = *b"SRPC";
+/// Version of the frame format.
+pub const FRAME_VERSION: u8 = 1;
+/// Bytes in a frame header.
+pub const FRAME_HEADER_LEN: usize = 32;
+/// Flag: more fragments of this message follow.
+pub const FLAG_MORE: u16 = 1;
+const KNOWN_FLAGS: u16 = FLAG_MORE;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// A call's request.
+    Request = 1,
+    /// A unary call's response.
+    Response = 2,
+    /// One item of a streamed response.
+    StreamItem = 3,
+    /// The end of a streamed response.
+    StreamEnd = 4,
+    /// A call failed (payload: error code and message).
+    Error = 5,
+    /// The caller abandoned the call.
+    Cancel = 6,
+    /// Heartbeat request.
+    Ping = 7,
+    /// Heartbeat answer.
+    Pong = 8,
+    /// The sender is shutting the connection down.
+    Goodbye = 9,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Kind::Request,
+            2 => Kind::Response,
+            3 => Kind::StreamItem,
+            4 => Kind::StreamEnd,
+            5 => Kind::Error,
+            6 => Kind::Cancel,
+            7 => Kind::Ping,
+            8 => Kind::Pong,
+            9 => Kind::Goodbye,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded (or to-be-encoded) frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// What the frame carries.
+    pub kind: Kind,
+    /// `FLAG_*` bits.
+    pub flags: u16,
+    /// Method id.
+    pub method: u32,
+    /// Call id.
+    pub call_id: u64,
+    /// Payload length.
+    pub len: u32,
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrameError {
+    /// Fewer bytes than a header.
+    #[error("frame of {0} bytes is shorter than its {FRAME_HEADER_LEN}-byte header")]
+    Truncated(usize),
+    /// Not a frame.
+    #[error("bad frame magic {0:02x?}")]
+    BadMagic([u8; 4]),
+    /// A frame version we do not speak.
+    #[error("frame version {found}, we speak {FRAME_VERSION}")]
+    Version {
+        /// Version found.
+        found: u8,
+    },
+    /// Unknown kind byte.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// Unknown flag bits.
+    #[error("unknown frame flags {0:#06x}")]
+    UnknownFlags(u16),
+    /// Reserved bytes not zero.
+    #[error("reserved frame bytes are not zero")]
+    Reserved,
+    /// The header's length differs from the bytes that follow it.
+    #[error("frame header says {header} payload bytes, {actual} follow")]
+    Length {
+        /// Length in the header.
+        header: u32,
+        /// Bytes present.
+        actual: usize,
+    },
+    /// Checksum mismatch.
+    #[error("frame CRC32C {found:#010x}, computed {computed:#010x}")]
+    Crc {
+        /// CRC in the header.
+        found: u32,
+        /// CRC computed.
+        computed: u32,
+    },
+    /// The payload does not fit in a frame (more than `u32::MAX` bytes).
+    #[error("payload of {0} bytes does not fit a frame")]
+    PayloadTooLong(usize),
+}
+
+fn crc(header: &[u8; FRAME_HEADER_LEN], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(header), payload)
+}
+
+/// Writes the frame (header, then `payload`) into `out`, which must hold exactly
+/// `FRAME_HEADER_LEN + payload.len()` bytes (e.g. a ring write grant). `h.len` is ignored
+/// and taken from `payload`.
+///
+/// # Errors
+/// [`FrameError::PayloadTooLong`] above `u32::MAX` bytes; [`FrameError::Length`] if `out`
+/// has the wrong size.
+pub fn encode_into(out: &mut [u8], h: &FrameHeader, payload: &[u8]) -> Result<(), FrameError> {
+    let len =
+        u32::try_from(payload.len()).map_err(|_| FrameError::PayloadTooLong(payload.len()))?;
+    if out.len() != FRAME_HEADER_LEN + payload.len() {
+        return Err(FrameError::Length {
+            header: len,
+            actual: out.len().saturating_sub(FRAME_HEADER_LEN),
+        });
+    }
+    let mut hdr = [0u8; FRAME_HEADER_LEN];
+    hdr[0..4].copy_from_slice(&FRAME_MAGIC);
+    hdr[4] = FRAME_VERSION;
+    hdr[5] = h.kind as u8;
+    hdr[6..8].copy_from_slice(&h.flags.to_le_bytes());
+    hdr[8..12].copy_from_slice(&h.method.to_le_bytes());
+    hdr[12..16].copy_from_slice(&len.to_le_bytes());
+    hdr[16..24].copy_from_slice(&h.call_id.to_le_bytes());
+    let c = crc(&hdr, payload);
+    hdr[24..28].copy_from_slice(&c.to_le_bytes());
+    out[..FRAME_HEADER_LEN].copy_from_slice(&hdr);
+    out[FRAME_HEADER_LEN..].copy_from_slice(payload);
+    Ok(())
+}
+
+/// Encodes a frame into a new vector.
+///
+/// # Errors
+/// As [`encode_into`].
+pub fn encode(h: &FrameHeader, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let mut v = vec![0u8; FRAME_HEADER_LEN + payload.len()];
+    encode_into(&mut v, h, payload)?;
+    Ok(v)
+}
+
+/// Decodes a frame: the header, and the payload that follows it (borrowed).
+///
+/// # Errors
+/// See [`FrameError`]; every field is checked, the CRC last.
+pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
+    let h = decode_header(bytes)?;
+    let payload = &bytes[FRAME_HEADER_LEN..];
+    if payload.len() != h.len as usize {
+        return Err(FrameError::Length {
+            header: h.len,
+            actual: payload.len(),
+        });
+    }
+    let mut hdr: [u8; FRAME_HEADER_LEN] = bytes[..FRAME_HEADER_LEN].try_into().expect("checked");
+    let found = u32::from_le_bytes(hdr[24..28].try_into().expect("4 bytes"));
+    hdr[24..28].fill(0);
+    let computed = crc(&hdr, payload);
+    if found != computed {
+        return Err(FrameError::Crc { found, computed });
+    }
+    Ok((h, payload))
+}
+
+/// Decodes and checks a header alone (for byte streams, to learn how much payload to read).
+/// The CRC can only be checked with the payload, by [`decode`].
+///
+/// # Errors
+/// See [`FrameError`].
+pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
+    if bytes.len() < FRAME_HEADER_LEN {
+        return Err(FrameError::Truncated(bytes.len()));
+    }
+    let b = &bytes[..FRAME_HEADER_LEN];
+    let magic: [u8; 4] = b[0..4].try_into().expect("4 bytes");
+    if magic != FRAME_MAGIC {
+        return Err(FrameError::BadMagic(magic));
+    }
+    if b[4] != FRAME_VERSION {
+        return Err(FrameError::Version { found: b[4] });
+    }
+    let kind = Kind::from_u8(b[5]).ok_or(FrameError::UnknownKind(b[5]))?;
+    let flags = u16::from_le_bytes([b[6], b[7]]);
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(FrameError::UnknownFlags(flags));
+    }
+    if b[28..32] != [0; 4] {
+        return Err(FrameError::Reserved);
+    }
+    Ok(FrameHeader {
+        kind,
+        flags,
+        method: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+        len: u32::from_le_bytes(b[12..16].try_into().expect("4 bytes")),
+        call_id: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+    })
+}
+
+/// Errors of reassembling fragments.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReassemblyError {
+    /// The message grew past the configured maximum.
+    #[error("message exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The maximum.
+        max: usize,
+    },
+    /// A fragment of another call or kind arrived in the middle of a message.
+    #[error("fragment of call {got} arrived while call {expected} was incomplete")]
+    Interleaved {
+        /// The call being assembled.
+        expected: u64,
+        /// The call of the stray fragment.
+        got: u64,
+    },
+}
+
+/// Joins fragments (frames with [`FLAG_MORE`]) of one direction of a connection back into
+/// messages, bounded by a maximum size. Senders never interleave the fragments of two
+/// messages on one ring, so one buffer suffices.
+#[derive(Debug)]
+pub struct Reassembler {
+    max: usize,
+    buf: Vec<u8>,
+    current: Option<(u64, Kind, u32)>,
+}
+
+impl Reassembler {
+    /// A reassembler that refuses messages above `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            buf: Vec::new(),
+            current: None,
+        }
+    }
+
+    /// Feeds one decoded frame. Returns the whole message once its last fragment arrived
+    /// (the header of the last fragment, and the joined payload), `None` while incomplete.
+    ///
+    /// # Errors
+    /// See [`ReassemblyError`]; the partial message is dropped.
+    pub fn push<'a>(
+        &'a mut self,
+        h: &FrameHeader,
+        payload: &'a [u8],
+    ) -> Result<Option<(FrameHeader, std::borrow::Cow<'a, [u8]>)>, ReassemblyError> {
+        let more = h.flags & FLAG_MORE != 0;
+        match self.current {
+            None if !more => {
+                if payload.len() > self.max {
+                    return Err(ReassemblyError::TooLarge { max: self.max });
+                }
+                Ok(Some((*h, std::borrow::Cow::Borrowed(payload))))
+            }
+            Some((call, kind, method))
+                if call != h.call_id || kind != h.kind || method != h.method =>
+            {
+                self.reset();
+                Err(ReassemblyError::Interleaved {
+                    expected: call,
+                    got: h.call_id,
+                })
+            }
+            _ => {
+                if self.buf.len() + payload.len() > self.max {
+                    self.reset();
+                    return Err(ReassemblyError::TooLarge { max: self.max });
+                }
+                self.current = Some((h.call_id, h.kind, h.method));
+                self.buf.extend_from_slice(payload);
+                if more {
+                    return Ok(None);
+                }
+                self.current = None;
+                let mut whole = *h;
+                whole.len = self.buf.len() as u32;
+                let msg = std::mem::take(&mut self.buf);
+                Ok(Some((whole, std::borrow::Cow::Owned(msg))))
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = None;
+        self.buf.clear();
+    }
+}
+
+/// Splits `payload` into fragment payloads of at most `max_fragment` bytes, each paired
+/// with its flags (`FLAG_MORE` on all but the last). An empty payload is one empty fragment.
+pub fn fragments(payload: &[u8], max_fragment: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    let max_fragment = max_fragment.max(1);
+    let n = payload.len().div_ceil(max_fragment).max(1);
+    (0..n).map(move |i| {
+        let start = i * max_fragment;
+        let end = (start + max_fragment).min(payload.len());
+        let flags = if i + 1 < n { FLAG_MORE } else { 0 };
+        (flags, &payload[start..end])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(kind: Kind, call_id: u64) -> FrameHeader {
+        FrameHeader {
+            kind,
+            flags: 0,
+            method: 7,
+            call_id,
+            len: 0,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let f = encode(&hdr(Kind::Request, 42), b"payload").unwrap();
+        let (h, p) = decode(&f).unwrap();
+        assert_eq!(
+            (h.kind, h.method, h.call_id, h.len),
+            (Kind::Request, 7, 42, 7)
+        );
+        assert_eq!(p, b"payload");
+    }
+
+    #[test]
+    fn every_field_is_checked() {
+        let good = encode(&hdr(Kind::Response, 1), b"abc").unwrap();
+        let mut f = good.clone();
+        f[0] = b'X';
+        assert!(matches!(decode(&f), Err(FrameError::BadMagic(_))));
+        let mut f = good.clone();
+        f[4] = 9;
+        assert_eq!(decode(&f), Err(FrameError::Version { found: 9 }));
+        let mut f = good.clone();
+        f[5] = 200;
+        assert_eq!(decode(&f), Err(FrameError::UnknownKind(200)));
+        let mut f = good.clone();
+        f[6] = 0x80;
+        assert!(matches!(decode(&f), Err(FrameError::UnknownFlags(_))));
+        let mut f = good.clone();
+        f[30] = 1;
+        assert_eq!(decode(&f), Err(FrameError::Reserved));
+        let mut f = good.clone();
+        f[12] = 200; // lying length
+        assert!(matches!(
+            decode(&f),
+            Err(FrameError::Length { header: 200, .. })
+        ));
+        let mut f = good.clone();
+        *f.last_mut().unwrap() ^= 1; // payload flipped
+        assert!(matches!(decode(&f), Err(FrameError::Crc { .. })));
+        let mut f = good.clone();
+        f[16] ^= 1; // call id flipped: the CRC covers the header too
+        assert!(matches!(decode(&f), Err(FrameError::Crc { .. })));
+        assert_eq!(decode(&good[..10]), Err(FrameError::Truncated(10)));
+    }
+
+    #[test]
+    fn fragments_reassemble_and_the_limit_holds() {
+        let msg: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut r = Reassembler::new(20_000);
+        let mut out = None;
+        for (flags, part) in fragments(&msg, 3000) {
+            let h = FrameHeader {
+                flags,
+                len: part.len() as u32,
+                ..hdr(Kind::Request, 5)
+            };
+            if let Some((h, m)) = r.push(&h, part).unwrap() {
+                out = Some((h, m.into_owned()));
+            }
+        }
+        let (h, m) = out.expect("complete");
+        assert_eq!(h.len, 10_000);
+        assert_eq!(m, msg);
+
+        let mut small = Reassembler::new(5_000);
+        let mut err = None;
+        for (flags, part) in fragments(&msg, 3000) {
+            let h = FrameHeader {
+                flags,
+                ..hdr(Kind::Request, 5)
+            };
+            if let Err(e) = small.push(&h, part) {
+                err = Some(e);
+                break;
+            }
+        }
+        assert_eq!(err, Some(ReassemblyError::TooLarge { max: 5_000 }));
+    }
+
+    #[test]
+    fn interleaved_fragments_are_refused() {
+        let mut r = Reassembler::new(1 << 20);
+        let first = FrameHeader {
+            flags: FLAG_MORE,
+            ..hdr(Kind::Request, 1)
+        };
+        assert_eq!(r.push(&first, b"a").unwrap(), None);
+        let other = hdr(Kind::Request, 2);
+        assert_eq!(
+            r.push(&other, b"b"),
+            Err(ReassemblyError::Interleaved {
+                expected: 1,
+                got: 2
+            })
+        );
+    }
+
+    #[test]
+    fn empty_payload_is_one_fragment() {
+        let v: Vec<_> = fragments(b"", 10).collect();
+        assert_eq!(v, vec![(0, &b""[..])]);
+    }
+}
