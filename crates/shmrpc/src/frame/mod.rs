@@ -254,6 +254,10 @@ pub enum ReassemblyError {
     },
 }
 
+/// A reassembled message: the last fragment's header (with the total length) and the
+/// payload, borrowed when it came in one frame.
+pub type Whole<'a> = (FrameHeader, std::borrow::Cow<'a, [u8]>);
+
 /// Joins fragments (frames with [`FLAG_MORE`]) of one direction of a connection back into
 /// messages, bounded by a maximum size. Senders never interleave the fragments of two
 /// messages on one ring, so one buffer suffices.
@@ -283,7 +287,7 @@ impl Reassembler {
         &'a mut self,
         h: &FrameHeader,
         payload: &'a [u8],
-    ) -> Result<Option<(FrameHeader, std::borrow::Cow<'a, [u8]>)>, ReassemblyError> {
+    ) -> Result<Option<Whole<'a>>, ReassemblyError> {
         let more = h.flags & FLAG_MORE != 0;
         match self.current {
             None if !more => {
