@@ -27,3 +27,38 @@ fn thread_ping_pong_and_close() {
     assert_eq!(t.join().unwrap(), 10_000);
     assert!(matches!(rx.try_recv(), Err(TryRecvError::Closed)));
 }
+
+#[test]
+fn a_refused_second_bind_does_not_disturb_the_live_listener() {
+    use shmrpc::channel::{BindError, Listener};
+    let name = format!("bind-twice-{}", std::process::id());
+    let cfg = ChannelConfig::default().with_capacity(4096);
+    let live = Listener::bind(&name, cfg.clone()).unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            Listener::bind(&name, cfg.clone()),
+            Err(BindError::AddrInUse(_))
+        ));
+    }
+    let client = std::thread::spawn({
+        let name = name.clone();
+        let cfg = cfg.clone();
+        move || {
+            let mut c = channel::connect(&name, &cfg).unwrap();
+            c.send(b"first client").unwrap();
+            c
+        }
+    });
+    // The first connection the live listener sees is the real client, not a probe.
+    let mut server = live.accept().unwrap();
+    assert_eq!(&*server.recv().unwrap(), b"first client");
+    drop(client.join().unwrap());
+    let sock = live.path().to_owned();
+    drop(server);
+    drop(live);
+    assert!(!sock.exists(), "socket file left behind");
+    assert!(
+        !sock.with_extension("lock").exists(),
+        "lock file left behind"
+    );
+}

@@ -135,39 +135,45 @@ pub struct Listener {
     cfg: ChannelConfig,
     /// (dev, ino) of our socket file, so Drop removes only ours.
     ident: (u64, u64),
+    /// Our claim on the name; released (and its file removed) after the socket file.
+    _lock: names::NameLock,
 }
 
 impl Listener {
-    /// Listens on `<runtime dir>/<name>.sock` (mode 0600). A socket file left by a dead
-    /// server is replaced; a live server is an [`BindError::AddrInUse`] error.
+    /// Listens on `<runtime dir>/<name>.sock` (mode 0600), holding `<name>.lock` (`flock`)
+    /// while it lives. A socket file left by a dead server is replaced; a live server is an
+    /// [`BindError::AddrInUse`] error (and is not disturbed).
     ///
     /// # Errors
     /// See [`BindError`].
     pub fn bind(name: &str, cfg: ChannelConfig) -> Result<Self, BindError> {
-        let dir = names::runtime_dir().map_err(|source| BindError::Io {
-            op: "runtime dir",
-            source,
-        })?;
+        let io = |op| move |source| BindError::Io { op, source };
+        let dir = names::runtime_dir().map_err(io("runtime dir"))?;
         names::validate(name)?;
         let path = dir.join(format!("{name}.sock"));
-        let listener = match UnixListener::bind(&path) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                // Someone's socket file. Live if something accepts on it.
-                if UnixStream::connect(&path).is_ok() {
-                    return Err(BindError::AddrInUse(path));
-                }
-                let _ = std::fs::remove_file(&path);
-                UnixListener::bind(&path).map_err(|source| BindError::Io { op: "bind", source })?
+        // The lock, not the socket file, says whether a server is alive: probing the socket
+        // by connecting would hand the live server a bogus client.
+        let lock = names::NameLock::try_lock(&dir.join(format!("{name}.lock")))
+            .map_err(io("lock"))?
+            .ok_or_else(|| BindError::AddrInUse(path.clone()))?;
+        // We hold the name: any socket file left there is a dead server's.
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(BindError::Io {
+                    op: "remove stale socket",
+                    source,
+                })
             }
-            Err(source) => return Err(BindError::Io { op: "bind", source }),
-        };
-        let set_mode =
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
-        let meta = std::fs::symlink_metadata(&path);
-        let (set_mode, meta) = match (set_mode, meta) {
-            (Ok(()), Ok(m)) => ((), m),
-            (Err(source), _) | (_, Err(source)) => {
+        }
+        let listener = UnixListener::bind(&path).map_err(io("bind"))?;
+        let meta =
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .and_then(|()| std::fs::symlink_metadata(&path));
+        let meta = match meta {
+            Ok(m) => m,
+            Err(source) => {
                 let _ = std::fs::remove_file(&path);
                 return Err(BindError::Io {
                     op: "chmod socket",
@@ -175,12 +181,12 @@ impl Listener {
                 });
             }
         };
-        let () = set_mode;
         Ok(Self {
             listener,
             path,
             cfg,
             ident: (meta.dev(), meta.ino()),
+            _lock: lock,
         })
     }
 

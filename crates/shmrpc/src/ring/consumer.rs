@@ -132,6 +132,9 @@ impl Consumer {
                     .into());
                 }
                 self.read += to_end;
+                // Release the padding's space at once: the producer may be waiting for it
+                // to write the record that follows.
+                self.release_to(self.read);
                 continue;
             }
             let len = len_field as usize;

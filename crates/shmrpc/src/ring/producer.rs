@@ -126,13 +126,17 @@ impl Producer {
         let rec = record_size(len) as u64;
         let off = self.write & self.mask;
         let to_end = self.cap - off;
-        // A record that would cross the end needs a padding record first.
-        let need = if rec <= to_end { rec } else { to_end + rec };
-        if !self.has_room(need)? {
-            return Err(ReserveError::Full);
-        }
         if rec > to_end {
+            // The record would cross the end: pad to the end first, on its own. Asking for
+            // room for padding and record at once would refuse, forever, any record larger
+            // than both halves around the current offset (up to half the ring).
+            if !self.has_room(to_end)? {
+                return Err(ReserveError::Full);
+            }
             self.write_padding(off, to_end);
+        }
+        if !self.has_room(rec)? {
+            return Err(ReserveError::Full);
         }
         Ok(WriteGrant {
             off: (self.write & self.mask) as usize,
@@ -182,7 +186,8 @@ impl Producer {
     pub(crate) fn space_or_closed(&self, len: usize) -> bool {
         let rec = record_size(len) as u64;
         let to_end = self.cap - (self.write & self.mask);
-        let need = if rec <= to_end { rec } else { to_end + rec };
+        // As in `try_reserve`: padding first (the retry writes it), then the record.
+        let need = if rec <= to_end { rec } else { to_end };
         // Acquire: pairs with the consumer's Release store in `release_to`.
         let read = self.mem.header().read_pos.0.load(Ordering::Acquire);
         // Wrapping: a corrupt value counts as "ready" one way or the other, and the retried
@@ -209,6 +214,9 @@ impl Producer {
             .write_pos
             .0
             .store(self.write, Ordering::Release);
+        // The record that follows may not fit yet, and the consumer may be asleep: it
+        // must see the padding, skip it and release the space we are about to wait for.
+        self.notify();
     }
 
     /// Wakes the consumer if it sleeps. Needed only after [`WriteGrant::commit_deferred`];

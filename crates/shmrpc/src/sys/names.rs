@@ -130,6 +130,59 @@ pub fn runtime_dir() -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// An exclusive claim on a name in the runtime directory: an `flock`ed lock file. The
+/// kernel drops the lock when its holder dies, so a crashed server's name is free again at
+/// once, without anyone probing the live server's socket.
+#[derive(Debug)]
+pub struct NameLock {
+    fd: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl NameLock {
+    /// Takes the lock at `path` without blocking. `Ok(None)` if a live process holds it.
+    ///
+    /// # Errors
+    /// The OS error of opening or locking the file.
+    pub fn try_lock(path: &std::path::Path) -> io::Result<Option<Self>> {
+        use rustix::fs::{FlockOperation, Mode, OFlags};
+        loop {
+            let fd = rustix::fs::open(
+                path,
+                OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            // The previous holder may have unlinked the file between our open and our lock;
+            // then we hold a lock on a file nobody else will ever open. Retry on the new one.
+            let ours = rustix::fs::fstat(&fd)?;
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.dev() == ours.st_dev && m.ino() == ours.st_ino => {
+                    return Ok(Some(Self {
+                        fd,
+                        path: path.to_owned(),
+                    }))
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for NameLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock (see the re-check in `try_lock`).
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.fd;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
