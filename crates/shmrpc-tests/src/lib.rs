@@ -1,2 +1,745 @@
-//! Shared helpers for the cross-process tests (spawning `peer`, checksums, names).
+//! Shared helpers for the cross-process tests: spawning the `peer` helper binary under a
+//! guard that always kills and reaps it, a whole-test watchdog, unique names with a leak
+//! check, a deterministic PRNG, a checksum, and the message formats both sides agree on.
+//!
+//! The `peer` binary (`src/bin/peer.rs`) and the integration tests (`tests/*.rs`) both use
+//! this library, so a message built by one process is checked by the same code in the other.
 #![forbid(unsafe_code)]
+
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------
+// Deterministic randomness and checksums
+// ---------------------------------------------------------------------------------------
+
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The SplitMix64 finaliser: a bijective 64-bit mix.
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// SplitMix64: a tiny deterministic PRNG, the same in every process for the same seed.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator starting from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    #[inline]
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(GOLDEN);
+        mix64(self.0)
+    }
+
+    /// A value in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// A 64-bit checksum of `data`, eight bytes at a time. Every step is a bijection of the
+/// running state for a given input word, so any single changed word (or byte) changes the
+/// result; the length is mixed in, so truncation does too.
+#[inline]
+pub fn checksum64(data: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ (data.len() as u64).wrapping_mul(GOLDEN);
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(0x0000_0100_0000_01b3);
+    mix64(h)
+}
+
+/// FNV-1a, byte by byte (for short strings where speed does not matter).
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Fills `buf` with the pseudo-random bytes of stream `base`, starting at word `first`.
+#[inline]
+fn fill_prng(buf: &mut [u8], base: u64) {
+    let mut chunks = buf.chunks_exact_mut(8);
+    let mut k = 0u64;
+    for c in &mut chunks {
+        k += 1;
+        c.copy_from_slice(&mix64(base.wrapping_add(k.wrapping_mul(GOLDEN))).to_le_bytes());
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        k += 1;
+        let w = mix64(base.wrapping_add(k.wrapping_mul(GOLDEN))).to_le_bytes();
+        let n = rest.len();
+        rest.copy_from_slice(&w[..n]);
+    }
+}
+
+/// Whether `buf` holds exactly the bytes [`fill_prng`] writes for `base`.
+#[inline]
+fn check_prng(buf: &[u8], base: u64) -> bool {
+    let mut chunks = buf.chunks_exact(8);
+    let mut k = 0u64;
+    for c in &mut chunks {
+        k += 1;
+        let want = mix64(base.wrapping_add(k.wrapping_mul(GOLDEN)));
+        if u64::from_le_bytes(c.try_into().expect("8 bytes")) != want {
+            return false;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        k += 1;
+        let w = mix64(base.wrapping_add(k.wrapping_mul(GOLDEN))).to_le_bytes();
+        return rest == &w[..rest.len()];
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------------------
+// Request/response (the two scenarios of the failed attempt)
+// ---------------------------------------------------------------------------------------
+
+/// Payload size of a request in the request/response scenarios.
+pub const REQUEST_LEN: usize = 45;
+
+/// Request number `seq`: 45 bytes, the sequence number then bytes derived from it.
+pub fn make_request(seq: u64) -> [u8; REQUEST_LEN] {
+    let mut r = [0u8; REQUEST_LEN];
+    r[..8].copy_from_slice(&seq.to_le_bytes());
+    fill_prng(&mut r[8..], mix64(seq ^ 0x5151_5151));
+    r
+}
+
+/// What the server answers to `request`: its bytes reversed, then the request's sequence
+/// number plus one and its checksum. A server that echoed, lost, mixed up or garbled
+/// requests produces a different answer.
+pub fn transform(request: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = request.iter().rev().copied().collect();
+    let seq = request
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .unwrap_or(u64::MAX);
+    out.extend_from_slice(&seq.wrapping_add(1).to_le_bytes());
+    out.extend_from_slice(&checksum64(request).to_le_bytes());
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Stream messages: sequence-numbered, checksummed, of random sizes
+// ---------------------------------------------------------------------------------------
+
+/// How the sizes of a stream's messages are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeProfile {
+    /// Mostly small (8..=64 bytes), some up to 4 KiB, a few up to 16 KiB, and one in five
+    /// hundred within 64 bytes of `max` (all capped at `max`).
+    Mixed {
+        /// The largest size.
+        max: usize,
+    },
+    /// Alternating small (8..=256) and large (`lo..=max`) messages.
+    Large {
+        /// Smallest large size.
+        lo: usize,
+        /// Largest size.
+        max: usize,
+    },
+}
+
+impl SizeProfile {
+    /// Parses `mixed:<max>` or `large:<lo>:<max>`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split(':');
+        match (it.next()?, it.next(), it.next()) {
+            ("mixed", Some(m), None) => Some(Self::Mixed {
+                max: m.parse().ok()?,
+            }),
+            ("large", Some(lo), Some(m)) => Some(Self::Large {
+                lo: lo.parse().ok()?,
+                max: m.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The form [`parse`](Self::parse) reads.
+    pub fn to_arg(&self) -> String {
+        match self {
+            Self::Mixed { max } => format!("mixed:{max}"),
+            Self::Large { lo, max } => format!("large:{lo}:{max}"),
+        }
+    }
+
+    /// The size of message `seq` of the stream seeded with `seed`.
+    #[inline]
+    pub fn len(&self, seed: u64, seq: u64) -> usize {
+        let r = mix64(seed ^ seq.wrapping_mul(GOLDEN));
+        let pick = |lo: usize, hi: usize| lo + ((r >> 32) as usize) % (hi - lo + 1);
+        match *self {
+            Self::Mixed { max } => {
+                let n = match r % 1000 {
+                    0..=879 => pick(8, 64),
+                    880..=979 => pick(65, 4096),
+                    980..=997 => pick(4097, 16384),
+                    _ => max - ((r >> 32) as usize) % 64,
+                };
+                n.min(max)
+            }
+            Self::Large { lo, max } => {
+                if seq % 2 == 0 {
+                    pick(8, 256)
+                } else {
+                    pick(lo, max)
+                }
+            }
+        }
+    }
+}
+
+/// Writes message `seq` of the stream seeded with `seed` into `buf` (whose length is the
+/// message's size, at least 8) and returns the tag to send it with.
+///
+/// Layout: `seq: u64`; if the size is at least 24: `len: u32`, pseudo-random bytes derived
+/// from `seed` and `seq`, and the checksum of everything before it in the last 8 bytes;
+/// shorter messages carry only pseudo-random bytes after `seq`. The tag is the low 32 bits
+/// of the checksum of the whole payload, so even the shortest message is checksummed.
+#[inline]
+pub fn fill_stream_message(seed: u64, seq: u64, buf: &mut [u8]) -> u32 {
+    let n = buf.len();
+    assert!(n >= 8, "stream messages are at least 8 bytes");
+    buf[..8].copy_from_slice(&seq.to_le_bytes());
+    let base = mix64(seed.wrapping_add(seq));
+    if n >= 24 {
+        buf[8..12].copy_from_slice(&(n as u32).to_le_bytes());
+        fill_prng(&mut buf[12..n - 8], base);
+        let sum = checksum64(&buf[..n - 8]);
+        buf[n - 8..].copy_from_slice(&sum.to_le_bytes());
+    } else {
+        fill_prng(&mut buf[8..], base);
+    }
+    checksum64(buf) as u32
+}
+
+/// Checks that `(tag, payload)` is exactly message `seq` of the stream seeded with `seed`,
+/// whose size is `len`. The error says what is wrong: a sequence number ahead of the
+/// expected one means messages were lost, one behind means duplicated or reordered.
+#[inline]
+pub fn check_stream_message(
+    seed: u64,
+    seq: u64,
+    len: usize,
+    tag: u32,
+    payload: &[u8],
+) -> Result<(), String> {
+    if payload.len() >= 8 {
+        let got = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+        if got != seq {
+            let what = if got > seq {
+                "lost"
+            } else {
+                "duplicated or reordered"
+            };
+            return Err(format!(
+                "expected message {seq}, got {got} ({what}; {} bytes)",
+                payload.len()
+            ));
+        }
+    }
+    if payload.len() != len {
+        return Err(format!(
+            "message {seq} has {} bytes, expected {len}",
+            payload.len()
+        ));
+    }
+    if checksum64(payload) as u32 != tag {
+        return Err(format!(
+            "message {seq}: tag {tag:#x} is not the payload's checksum"
+        ));
+    }
+    let base = mix64(seed.wrapping_add(seq));
+    if len >= 24 {
+        let field = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes"));
+        if field as usize != len {
+            return Err(format!(
+                "message {seq}: length field {field}, expected {len}"
+            ));
+        }
+        let sum = u64::from_le_bytes(payload[len - 8..].try_into().expect("8 bytes"));
+        if sum != checksum64(&payload[..len - 8]) {
+            return Err(format!("message {seq}: embedded checksum mismatch"));
+        }
+        if !check_prng(&payload[12..len - 8], base) {
+            return Err(format!("message {seq}: payload bytes differ"));
+        }
+    } else if !check_prng(&payload[8..], base) {
+        return Err(format!("message {seq}: payload bytes differ"));
+    }
+    Ok(())
+}
+
+/// Checks a stream of messages arriving in order, remembering the first error.
+#[derive(Debug)]
+pub struct StreamChecker {
+    seed: u64,
+    profile: SizeProfile,
+    /// The next expected sequence number (= messages accepted so far).
+    pub next: u64,
+    /// Payload bytes accepted so far.
+    pub bytes: u64,
+    /// The first problem seen; later messages are not checked.
+    pub error: Option<String>,
+}
+
+impl StreamChecker {
+    /// A checker for the stream `(seed, profile)`, expecting message 0 first.
+    pub fn new(seed: u64, profile: SizeProfile) -> Self {
+        Self {
+            seed,
+            profile,
+            next: 0,
+            bytes: 0,
+            error: None,
+        }
+    }
+
+    /// Checks the next message.
+    #[inline]
+    pub fn accept(&mut self, tag: u32, payload: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        let len = self.profile.len(self.seed, self.next);
+        match check_stream_message(self.seed, self.next, len, tag, payload) {
+            Ok(()) => {
+                self.next += 1;
+                self.bytes += payload.len() as u64;
+            }
+            Err(e) => self.error = Some(e),
+        }
+    }
+
+    /// The size of the next expected message (for failure messages).
+    pub fn next_len(&self) -> usize {
+        self.profile.len(self.seed, self.next)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Names and leak checks
+// ---------------------------------------------------------------------------------------
+
+static NAME_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name no other test (or test run) uses: `xp-<word>-<pid>-<n>`.
+pub fn unique_name(word: &str) -> String {
+    let n = NAME_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("xp-{word}-{}-{n}", std::process::id())
+}
+
+/// The `/dev/shm` file of the named segment `name`.
+pub fn segment_file(name: &str) -> PathBuf {
+    shmrpc::sys::names::segment_path(name).expect("valid name")
+}
+
+/// The socket file a `Listener` bound to `name` uses.
+pub fn socket_file(name: &str) -> PathBuf {
+    shmrpc::sys::names::runtime_dir()
+        .expect("runtime dir")
+        .join(format!("{name}.sock"))
+}
+
+/// The names one test uses. [`assert_clean`](Self::assert_clean) checks that none of them
+/// is left in `/dev/shm` or the runtime directory; dropping the set removes leftovers (so a
+/// failed test does not leave files behind for the next run).
+#[derive(Debug, Default)]
+pub struct TestNames {
+    names: Vec<String>,
+}
+
+impl TestNames {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new unique name (for a segment, a socket, or both), remembered for the check.
+    pub fn name(&mut self, word: &str) -> String {
+        let n = unique_name(word);
+        self.names.push(n.clone());
+        n
+    }
+
+    /// Files of ours that still exist.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        self.names
+            .iter()
+            .flat_map(|n| [segment_file(n), socket_file(n)])
+            .filter(|p| std::fs::symlink_metadata(p).is_ok())
+            .collect()
+    }
+
+    /// Panics if any of our segment or socket files still exists.
+    pub fn assert_clean(&self) {
+        let left = self.leftovers();
+        assert!(left.is_empty(), "leaked files: {left:?}");
+    }
+}
+
+impl Drop for TestNames {
+    fn drop(&mut self) {
+        for p in self.leftovers() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Watchdog and peer processes
+// ---------------------------------------------------------------------------------------
+
+type Registry = Arc<Mutex<Vec<u32>>>;
+
+thread_local! {
+    /// Pids of the live peers spawned by the current watchdog's test body.
+    static REGISTRY: RefCell<Option<Registry>> = const { RefCell::new(None) };
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `body` on its own thread and fails the test if it takes longer than `limit`: the
+/// peers it spawned are then SIGKILLed (which also unblocks a body stuck waiting on them)
+/// and the test panics instead of hanging. A panic in `body` is passed on unchanged.
+pub fn with_watchdog<T: Send + 'static>(
+    limit: Duration,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let registry: Registry = Arc::default();
+    let reg = registry.clone();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let name = std::thread::current().name().unwrap_or("test").to_owned();
+    let handle = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            REGISTRY.with(|r| *r.borrow_mut() = Some(reg));
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+            let _ = done_tx.send(());
+            out
+        })
+        .expect("spawn test body");
+    let timed_out = matches!(
+        done_rx.recv_timeout(limit),
+        Err(mpsc::RecvTimeoutError::Timeout)
+    );
+    if timed_out {
+        for pid in lock(&registry).drain(..) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+        // Give the body a moment to unwind (its guards reap the peers and remove files).
+        let _ = done_rx.recv_timeout(Duration::from_secs(5));
+        panic!("watchdog: {name} did not finish within {limit:?}; its peers were killed");
+    }
+    match handle.join() {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) | Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// Serialises the CPU-heavy tests of one test binary, so two of them do not fight over the
+/// two cores of the CI machine (they would still pass, only slower).
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    lock(&HEAVY)
+}
+
+/// Spawns the `peer` helper binary with the given arguments (a macro so that
+/// `CARGO_BIN_EXE_peer` is read in the integration test that calls it).
+#[macro_export]
+macro_rules! spawn_peer {
+    ($($arg:expr),* $(,)?) => {
+        $crate::PeerProcess::spawn(env!("CARGO_BIN_EXE_peer"), &[$(AsRef::<str>::as_ref(&$arg)),*])
+    };
+}
+
+/// A running peer process. Dropping it kills (SIGKILL) and reaps it if it is still there,
+/// so no test leaves a process behind, even when it fails.
+#[derive(Debug)]
+pub struct PeerProcess {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    /// Everything the peer printed so far (for failure messages).
+    seen: Vec<String>,
+    pid: u32,
+    label: String,
+    registry: Option<Registry>,
+}
+
+impl PeerProcess {
+    /// Starts `exe` with `args`, stdin and stdout piped (stderr is inherited).
+    pub fn spawn(exe: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {exe}: {e}"));
+        let pid = child.id();
+        let registry = REGISTRY.with(|r| r.borrow().clone());
+        if let Some(r) = &registry {
+            lock(r).push(pid);
+        }
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            stdin: child.stdin.take(),
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+            pid,
+            label: format!("peer {} (pid {pid})", args.first().copied().unwrap_or("")),
+            registry,
+        }
+    }
+
+    /// The peer's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits up to `timeout` for a line starting with `prefix` and returns it; earlier
+    /// lines are skipped. Panics (killing the peer via `Drop`) on timeout or if the peer
+    /// closed its stdout.
+    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "{}: no line starting with {prefix:?} within {timeout:?}; it printed {:?}",
+                    self.label, self.seen
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten());
+                    panic!(
+                        "{}: exited ({status:?}) before printing {prefix:?}; it printed {:?}",
+                        self.label, self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    /// Sends one line to the peer's stdin.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("{}: writing {line:?}: {e}", self.label));
+    }
+
+    /// SIGKILLs the peer and reaps it (so that its pid is really gone, not a zombie).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            self.unregister();
+        }
+        self.stdin = None;
+    }
+
+    /// Closes the peer's stdin and waits up to `timeout` for it to exit; panics on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.stdin = None;
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("peer not yet reaped");
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    self.unregister();
+                    return status;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok(None) => panic!("{}: did not exit within {timeout:?}", self.label),
+                Err(e) => panic!("{}: wait: {e}", self.label),
+            }
+        }
+    }
+
+    /// Waits for the peer to exit and asserts that it succeeded.
+    pub fn assert_exits_ok(&mut self, timeout: Duration) {
+        let status = self.wait_exit(timeout);
+        assert!(
+            status.success(),
+            "{} failed: {status}; it printed {:?}",
+            self.label,
+            self.seen
+        );
+    }
+
+    fn unregister(&self) {
+        if let Some(r) = &self.registry {
+            lock(r).retain(|&p| p != self.pid);
+        }
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The value of `key=value` in a whitespace-separated line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_ascii_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// [`field`], parsed.
+pub fn field_parse<T: std::str::FromStr>(line: &str, key: &str) -> T {
+    field(line, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no parsable {key}= in {line:?}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared parameters of peer and tests
+// ---------------------------------------------------------------------------------------
+
+/// Segment kind of the ring segments `peer ring-writer` creates ("XPRW").
+pub const RING_SEGMENT_KIND: u32 = u32::from_le_bytes(*b"XPRW");
+
+/// Sizes of the records `peer ring-writer` writes.
+pub const RING_WRITER_PROFILE: SizeProfile = SizeProfile::Mixed { max: 200 };
+
+/// Parses a wait strategy: `spin`, `park`, `stp` (spin-then-park, 50 µs) or `stp:<µs>`.
+pub fn parse_wait(s: &str) -> Option<shmrpc::channel::WaitStrategy> {
+    use shmrpc::channel::WaitStrategy;
+    match s {
+        "spin" => Some(WaitStrategy::Spin),
+        "park" => Some(WaitStrategy::Park),
+        "stp" => Some(WaitStrategy::SpinThenPark {
+            spin: Duration::from_micros(50),
+        }),
+        _ => {
+            let us = s.strip_prefix("stp:")?.parse().ok()?;
+            Some(WaitStrategy::SpinThenPark {
+                spin: Duration::from_micros(us),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_messages_round_trip_and_detect_damage() {
+        let profile = SizeProfile::Mixed { max: 32752 };
+        for seq in 0..2000u64 {
+            let len = profile.len(7, seq);
+            assert!((8..=32752).contains(&len));
+            let mut buf = vec![0u8; len];
+            let tag = fill_stream_message(7, seq, &mut buf);
+            check_stream_message(7, seq, len, tag, &buf).unwrap();
+            assert!(check_stream_message(7, seq + 1, len, tag, &buf).is_err());
+            let i = (mix64(seq) as usize) % len;
+            buf[i] ^= 0x10;
+            assert!(
+                check_stream_message(7, seq, len, tag, &buf).is_err(),
+                "flip at {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_cover_the_ranges() {
+        let p = SizeProfile::Mixed { max: 32752 };
+        let lens: Vec<usize> = (0..100_000).map(|s| p.len(1, s)).collect();
+        assert!(lens.iter().any(|&l| l < 24));
+        assert!(lens.iter().any(|&l| l > 4096));
+        assert!(lens.iter().any(|&l| l > 32752 - 64));
+        assert_eq!(SizeProfile::parse(&p.to_arg()), Some(p));
+        let q = SizeProfile::Large {
+            lo: 30000,
+            max: 65520,
+        };
+        assert_eq!(SizeProfile::parse(&q.to_arg()), Some(q));
+    }
+
+    #[test]
+    fn watchdog_fails_a_hung_test_and_kills_its_peers() {
+        let pid = Arc::new(Mutex::new(0u32));
+        let p2 = pid.clone();
+        let r = std::panic::catch_unwind(|| {
+            with_watchdog(Duration::from_millis(300), move || {
+                let mut peer = PeerProcess::spawn("sleep", &["30"]);
+                *lock(&p2) = peer.pid();
+                peer.expect("never printed", Duration::from_secs(60));
+            })
+        });
+        let msg = r.expect_err("a hung body must fail");
+        let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.starts_with("watchdog"), "{msg}");
+        let pid = *lock(&pid);
+        assert_ne!(pid, 0);
+        // Killed by the watchdog and reaped by the body's guard while it unwound.
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn transform_depends_on_every_byte() {
+        let r = make_request(5);
+        let mut s = r;
+        s[44] ^= 1;
+        assert_ne!(transform(&r), transform(&s));
+        assert_ne!(transform(&r), transform(&make_request(6)));
+        assert_eq!(field("ready a=1 b=xy", "b"), Some("xy"));
+    }
+}
