@@ -135,8 +135,13 @@ pub struct Listener {
     cfg: ChannelConfig,
     /// (dev, ino) of our socket file, so Drop removes only ours.
     ident: (u64, u64),
+<<<<<<< ours
     /// Our claim on the name; released (and its file removed) after the socket file.
     _lock: names::NameLock,
+=======
+    /// The same socket registered with tokio, on first async accept.
+    async_listener: std::sync::OnceLock<tokio::net::UnixListener>,
+>>>>>>> theirs
 }
 
 impl Listener {
@@ -186,7 +191,11 @@ impl Listener {
             path,
             cfg,
             ident: (meta.dev(), meta.ino()),
+<<<<<<< ours
             _lock: lock,
+=======
+            async_listener: std::sync::OnceLock::new(),
+>>>>>>> theirs
         })
     }
 
@@ -200,50 +209,102 @@ impl Listener {
     /// # Errors
     /// See [`AcceptError`]. A failed client does not affect the listener: accept again.
     pub fn accept(&self) -> Result<Endpoint, AcceptError> {
-        let (sock, _) = self.listener.accept().map_err(|source| AcceptError::Io {
-            op: "accept",
-            source,
-        })?;
-        let (_pid, uid) =
-            fdpass::peer_credentials(sock.as_fd()).map_err(|source| AcceptError::Io {
-                op: "SO_PEERCRED",
-                source,
-            })?;
-        if uid != names::uid() {
-            return Err(AcceptError::WrongUid {
-                found: uid,
-                expected: names::uid(),
-            });
-        }
-        let (seg, bells) = create_segment(&self.cfg)?;
-        let cap = self.cfg.capacity as u64;
-        let mut hello = [0u8; HELLO_LEN];
-        hello[..8].copy_from_slice(&HELLO_MAGIC);
-        hello[8..12].copy_from_slice(&HANDSHAKE_VERSION.to_le_bytes());
-        hello[12..16].copy_from_slice(&1u32.to_le_bytes());
-        hello[16..24].copy_from_slice(&cap.to_le_bytes());
-        hello[24..32].copy_from_slice(&cap.to_le_bytes());
-        let fds = [
-            seg.fd(),
-            bells[0].as_fd(),
-            bells[1].as_fd(),
-            bells[2].as_fd(),
-            bells[3].as_fd(),
-        ];
-        let io = |op| move |source| AcceptError::Io { op, source };
-        fdpass::send_with_fds(sock.as_fd(), &hello, &fds).map_err(io("send hello"))?;
-        sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(io("set timeout"))?;
-        let mut ack = [0u8; 8];
-        (&sock)
-            .read_exact(&mut ack)
-            .map_err(|e| AcceptError::Handshake(e.to_string()))?;
-        if ack != ACK {
-            return Err(AcceptError::Handshake(format!("bad ack {ack:02x?}")));
-        }
-        sock.set_read_timeout(None).map_err(io("set timeout"))?;
-        Ok(attach(&seg, Side::A, bells, &self.cfg, Peer::Socket(sock))?)
+        let sock = loop {
+            match self.listener.accept() {
+                Ok((sock, _)) => break sock,
+                // The listener is non-blocking once an async accept registered it.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    use rustix::event::{poll, PollFd, PollFlags};
+                    let mut fds = [PollFd::new(&self.listener, PollFlags::IN)];
+                    let _ = poll(&mut fds, None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(AcceptError::Io {
+                        op: "accept",
+                        source,
+                    })
+                }
+            }
+        };
+        server_handshake(sock, &self.cfg)
     }
+
+    /// Waits (asynchronously) for the next client's connection, without the handshake.
+    /// Complete it with [`server_handshake`] (blocking: run it with `spawn_blocking`, so a
+    /// slow client cannot stall the accept loop).
+    ///
+    /// # Errors
+    /// The OS error of `accept`, or of registering with the runtime.
+    pub async fn accept_socket_async(&self) -> io::Result<UnixStream> {
+        let tl = match self.async_listener.get() {
+            Some(l) => l,
+            None => {
+                let dup = self.listener.try_clone()?;
+                dup.set_nonblocking(true)?;
+                let l = tokio::net::UnixListener::from_std(dup)?;
+                // A concurrent initialiser may have won; either listener works.
+                let _ = self.async_listener.set(l);
+                self.async_listener.get().expect("just set")
+            }
+        };
+        let (sock, _) = tl.accept().await?;
+        let sock = sock.into_std()?;
+        sock.set_nonblocking(false)?;
+        Ok(sock)
+    }
+
+    /// The configuration each accepted channel gets.
+    pub fn config(&self) -> &ChannelConfig {
+        &self.cfg
+    }
+}
+
+/// The server's half of the handshake on an accepted socket: checks the client's uid,
+/// creates the channel, passes it, and waits (up to [`HANDSHAKE_TIMEOUT`]) for the ack.
+/// Blocking.
+///
+/// # Errors
+/// See [`AcceptError`].
+pub fn server_handshake(sock: UnixStream, cfg: &ChannelConfig) -> Result<Endpoint, AcceptError> {
+    let (_pid, uid) = fdpass::peer_credentials(sock.as_fd()).map_err(|source| AcceptError::Io {
+        op: "SO_PEERCRED",
+        source,
+    })?;
+    if uid != names::uid() {
+        return Err(AcceptError::WrongUid {
+            found: uid,
+            expected: names::uid(),
+        });
+    }
+    let (seg, bells) = create_segment(cfg)?;
+    let cap = cfg.capacity as u64;
+    let mut hello = [0u8; HELLO_LEN];
+    hello[..8].copy_from_slice(&HELLO_MAGIC);
+    hello[8..12].copy_from_slice(&HANDSHAKE_VERSION.to_le_bytes());
+    hello[12..16].copy_from_slice(&1u32.to_le_bytes());
+    hello[16..24].copy_from_slice(&cap.to_le_bytes());
+    hello[24..32].copy_from_slice(&cap.to_le_bytes());
+    let fds = [
+        seg.fd(),
+        bells[0].as_fd(),
+        bells[1].as_fd(),
+        bells[2].as_fd(),
+        bells[3].as_fd(),
+    ];
+    let io = |op| move |source| AcceptError::Io { op, source };
+    fdpass::send_with_fds(sock.as_fd(), &hello, &fds).map_err(io("send hello"))?;
+    sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(io("set timeout"))?;
+    let mut ack = [0u8; 8];
+    (&sock)
+        .read_exact(&mut ack)
+        .map_err(|e| AcceptError::Handshake(e.to_string()))?;
+    if ack != ACK {
+        return Err(AcceptError::Handshake(format!("bad ack {ack:02x?}")));
+    }
+    sock.set_read_timeout(None).map_err(io("set timeout"))?;
+    Ok(attach(&seg, Side::A, bells, cfg, Peer::Socket(sock))?)
 }
 
 impl Drop for Listener {

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use endpoint::{Endpoint, Message, Receiver, Sender};
-pub use handshake::{connect, AcceptError, BindError, ConnectError, Listener, HANDSHAKE_VERSION};
+pub use handshake::{
+    connect, server_handshake, AcceptError, BindError, ConnectError, Listener, HANDSHAKE_VERSION,
+};
 
 pub use crate::ring::{CorruptError, PeekError as TryRecvError, ReserveError as TrySendError};
 pub use crate::ring::{WaitError, WaitStrategy};
