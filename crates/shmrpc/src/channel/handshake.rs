@@ -135,13 +135,10 @@ pub struct Listener {
     cfg: ChannelConfig,
     /// (dev, ino) of our socket file, so Drop removes only ours.
     ident: (u64, u64),
-<<<<<<< ours
-    /// Our claim on the name; released (and its file removed) after the socket file.
-    _lock: names::NameLock,
-=======
     /// The same socket registered with tokio, on first async accept.
     async_listener: std::sync::OnceLock<tokio::net::UnixListener>,
->>>>>>> theirs
+    /// Our claim on the name; released (and its file removed) after the socket file.
+    _lock: names::NameLock,
 }
 
 impl Listener {
@@ -191,11 +188,8 @@ impl Listener {
             path,
             cfg,
             ident: (meta.dev(), meta.ino()),
-<<<<<<< ours
-            _lock: lock,
-=======
             async_listener: std::sync::OnceLock::new(),
->>>>>>> theirs
+            _lock: lock,
         })
     }
 
