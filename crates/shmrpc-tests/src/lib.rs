@@ -368,6 +368,13 @@ pub fn socket_file(name: &str) -> PathBuf {
         .join(format!("{name}.sock"))
 }
 
+/// The lock file a `Listener` bound to `name` holds (`flock`) while it lives.
+pub fn lock_file(name: &str) -> PathBuf {
+    shmrpc::sys::names::runtime_dir()
+        .expect("runtime dir")
+        .join(format!("{name}.lock"))
+}
+
 /// The names one test uses. [`assert_clean`](Self::assert_clean) checks that none of them
 /// is left in `/dev/shm` or the runtime directory; dropping the set removes leftovers (so a
 /// failed test does not leave files behind for the next run).
@@ -403,11 +410,29 @@ impl TestNames {
         let left = self.leftovers();
         assert!(left.is_empty(), "leaked files: {left:?}");
     }
+
+    /// Files of ours that still exist, counting the listeners' lock files too.
+    pub fn leftovers_with_locks(&self) -> Vec<PathBuf> {
+        let mut left = self.leftovers();
+        left.extend(
+            self.names
+                .iter()
+                .map(|n| lock_file(n))
+                .filter(|p| std::fs::symlink_metadata(p).is_ok()),
+        );
+        left
+    }
+
+    /// Panics if any of our segment, socket or lock files still exists.
+    pub fn assert_clean_with_locks(&self) {
+        let left = self.leftovers_with_locks();
+        assert!(left.is_empty(), "leaked files: {left:?}");
+    }
 }
 
 impl Drop for TestNames {
     fn drop(&mut self) {
-        for p in self.leftovers() {
+        for p in self.leftovers_with_locks() {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -501,8 +526,21 @@ pub struct PeerProcess {
 impl PeerProcess {
     /// Starts `exe` with `args`, stdin and stdout piped (stderr is inherited).
     pub fn spawn(exe: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(exe)
-            .args(args)
+        let mut cmd = Command::new(exe);
+        cmd.args(args);
+        Self::spawn_command(cmd)
+    }
+
+    /// Starts a prepared command (e.g. with another uid or environment), stdin and stdout
+    /// piped (stderr is inherited), under the same guard as [`spawn`](Self::spawn).
+    pub fn spawn_command(mut cmd: Command) -> Self {
+        let exe = cmd.get_program().to_string_lossy().into_owned();
+        let first = cmd
+            .get_args()
+            .next()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -529,7 +567,7 @@ impl PeerProcess {
             lines,
             seen: Vec::new(),
             pid,
-            label: format!("peer {} (pid {pid})", args.first().copied().unwrap_or("")),
+            label: format!("peer {first} (pid {pid})"),
             registry,
         }
     }
@@ -672,6 +710,108 @@ pub fn parse_wait(s: &str) -> Option<shmrpc::channel::WaitStrategy> {
                 spin: Duration::from_micros(us),
             })
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// RPC: what `peer rpc-server` serves, and helpers for the tests that call it
+// ---------------------------------------------------------------------------------------
+
+/// Arguments of `peer rpc-server`'s streaming `chat` method: a seed (the tokens depend on
+/// it), the number of tokens, and the pause before each token in milliseconds.
+pub type ChatRequest = (u64, u32, u32);
+
+/// Token `i` of the chat stream seeded with `seed`.
+pub fn chat_token(seed: u64, i: u32) -> String {
+    format!("tok-{seed:x}-{i}-{:x}", mix64(seed ^ u64::from(i)) & 0xffff)
+}
+
+/// A field of `/proc/<pid>/status` in kB (or a plain count, e.g. `Threads`); `pid` may be
+/// `"self"`.
+pub fn proc_status(pid: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// CPU time (user and system) the process `pid` (or `"self"`) has used so far.
+pub fn cpu_time(pid: &str) -> Option<Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start at the state, field 3.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// How many file descriptors the process `pid` (or `"self"`) has open.
+pub fn open_fds(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Raises this process's soft limit on open files to at least `want` (up to the hard
+/// limit) and returns the soft limit now in force.
+pub fn raise_nofile(want: u64) -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    if lim.current.is_some_and(|c| c < want) {
+        lim.current = Some(want.min(hard));
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// A tokio runtime for a test's RPC client (two workers, all drivers).
+pub fn rpc_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Awaits `f`, failing the test with `what` if it takes longer than `limit`.
+pub async fn within<T>(what: &str, limit: Duration, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("watchdog: {what} did not finish within {limit:?}"),
+    }
+}
+
+/// Asks a `peer rpc-server` for its `stats` line (`key=value ...`).
+pub async fn rpc_stats(client: &shmrpc::rpc::Client) -> String {
+    let opts = shmrpc::rpc::CallOptions::timeout(Duration::from_secs(10));
+    client
+        .call::<(), String>("stats", &(), opts)
+        .await
+        .unwrap_or_else(|e| panic!("stats call failed: {e}"))
+}
+
+/// Polls a `peer rpc-server`'s stats until `pred` holds, for at most `limit` (then panics
+/// with the last stats line and `what`).
+pub async fn rpc_wait_stats(
+    client: &shmrpc::rpc::Client,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = rpc_stats(client).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watchdog: {what} not seen within {limit:?}; last stats: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

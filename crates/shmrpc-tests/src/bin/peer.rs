@@ -9,6 +9,12 @@
 //! peer stream <name> <wait> <cap> <count> <seed> <profile>
 //! peer flood <name> <wait> <cap>
 //! peer sink <name> <wait> <cap>
+//! peer rpc-server <name|tcp> <cap> <heartbeat-ms> <max-message> [<max-in-flight>]
+//! peer rpc-clients <name> <clients> <calls>       (stdin: "check", "exit")
+//! peer rpc-caller <name> <calls>
+//! peer rpc-garbage <name>
+//! peer rpc-foreign <name> <server-socket-path>    (run as another user)
+//! peer rpc-bad-server <name> <frame-version|hello-version>
 //! ```
 //!
 //! Each prints `ready ...` on stdout once set up, then does its job. The one-client
@@ -20,14 +26,20 @@
 
 use std::io::BufRead;
 use std::process::exit;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmrpc::channel::{ChannelConfig, Endpoint, Listener, RecvError, SendError};
+use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener, RecvError, SendError};
+use shmrpc::frame::{self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION};
 use shmrpc::ring;
+use shmrpc::rpc::{
+    method_id, CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig,
+};
 use shmrpc::sys::Segment;
 use shmrpc_tests::{
-    fill_stream_message, parse_wait, transform, SizeProfile, RING_SEGMENT_KIND, RING_WRITER_PROFILE,
+    chat_token, fill_stream_message, make_request, parse_wait, transform, ChatRequest, SizeProfile,
+    RING_SEGMENT_KIND, RING_WRITER_PROFILE,
 };
 
 /// A peer that outlives this is forgotten: end it.
@@ -111,6 +123,12 @@ fn main() {
             wait_for_exit();
             drop(ep);
         }
+        "rpc-server" => rpc_server(&args),
+        "rpc-clients" => rpc_clients(&args),
+        "rpc-caller" => rpc_caller(&args),
+        "rpc-garbage" => rpc_garbage(&args),
+        "rpc-foreign" => rpc_foreign(&args),
+        "rpc-bad-server" => rpc_bad_server(&args),
         _ => fail(format!("unknown subcommand {cmd:?}")),
     }
 }
@@ -296,4 +314,607 @@ fn flood(args: &[String]) {
             fail(format!("flood send {seq}: {e}"));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// RPC roles
+// ---------------------------------------------------------------------------------------
+
+fn rpc_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(format!("runtime: {e}")))
+}
+
+/// Stdin lines, forwarded to async code; the channel ends at "exit" or end of file.
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        serve_stdin(|line| tx.send(line.to_owned()).is_ok());
+    });
+    rx
+}
+
+/// What the `rpc-server` counts, reported by its `stats` method.
+#[derive(Default)]
+struct RpcCounters {
+    /// `slow` handlers running now.
+    slow_in_flight: AtomicI64,
+    /// `slow` handlers started.
+    slow_started: AtomicU64,
+    /// `slow` handlers that observed their call's cancellation.
+    slow_cancels: AtomicU64,
+    /// `chat` handlers that observed their call's cancellation.
+    chat_cancels: AtomicU64,
+    /// `chat` tokens sent.
+    chat_tokens: AtomicU64,
+    /// `chat` streams that ran to their end.
+    chat_done: AtomicU64,
+    /// Calls of `echo`, `transform` and `add`.
+    calls: AtomicU64,
+}
+
+/// Decrements `slow_in_flight` however the handler ends (returns, or is aborted).
+struct InFlight(Arc<RpcCounters>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.slow_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn stats_line(c: &RpcCounters) -> String {
+    let st = |k| shmrpc_tests::proc_status("self", k).unwrap_or(0);
+    format!(
+        "pid={} rss_kb={} rss_anon_kb={} rss_shmem_kb={} threads={} fds={} cpu_us={} \
+         slow_in_flight={} slow_started={} slow_cancels={} chat_cancels={} chat_tokens={} \
+         chat_done={} calls={}",
+        std::process::id(),
+        st("VmRSS"),
+        st("RssAnon"),
+        st("RssShmem"),
+        st("Threads"),
+        shmrpc_tests::open_fds("self"),
+        shmrpc_tests::cpu_time("self").map_or(0, |d| d.as_micros()),
+        c.slow_in_flight.load(Ordering::SeqCst),
+        c.slow_started.load(Ordering::SeqCst),
+        c.slow_cancels.load(Ordering::SeqCst),
+        c.chat_cancels.load(Ordering::SeqCst),
+        c.chat_tokens.load(Ordering::SeqCst),
+        c.chat_done.load(Ordering::SeqCst),
+        c.calls.load(Ordering::SeqCst),
+    )
+}
+
+/// The routes of `rpc-server`:
+/// - `echo` (raw): the request;
+/// - `transform` (raw): [`transform`] of the request;
+/// - `add` ((u64, u64) -> u64);
+/// - `slow` (raw): waits (up to a minute) for its call to be cancelled, counting it;
+/// - `chat` ([`ChatRequest`] -> stream of (u32, String)): tokens over time, counting a
+///   cancellation it observes;
+/// - `blob` (u32 -> raw): that many bytes;
+/// - `stats` (() -> String): counters, memory and descriptors of this process.
+fn rpc_routes(cfg: ServerConfig, c: Arc<RpcCounters>) -> ServerBuilder {
+    let (c1, c2, c3, c4, c5, c6) = (
+        c.clone(),
+        c.clone(),
+        c.clone(),
+        c.clone(),
+        c.clone(),
+        c.clone(),
+    );
+    ServerBuilder::new(cfg)
+        .unary_raw("echo", move |_ctx, req| {
+            c1.calls.fetch_add(1, Ordering::Relaxed);
+            async move { Ok(req) }
+        })
+        .unary_raw("transform", move |_ctx, req| {
+            c2.calls.fetch_add(1, Ordering::Relaxed);
+            async move { Ok(transform(&req)) }
+        })
+        .unary("add", move |_ctx, (a, b): (u64, u64)| {
+            c3.calls.fetch_add(1, Ordering::Relaxed);
+            async move { Ok(a.wrapping_add(b)) }
+        })
+        .unary_raw("slow", move |ctx, req| {
+            let c = c4.clone();
+            async move {
+                c.slow_started.fetch_add(1, Ordering::SeqCst);
+                c.slow_in_flight.fetch_add(1, Ordering::SeqCst);
+                let _guard = InFlight(c.clone());
+                tokio::select! {
+                    _ = ctx.cancelled() => {
+                        c.slow_cancels.fetch_add(1, Ordering::SeqCst);
+                        Err(RpcError::new(Code::Cancelled, "slow: saw the cancel"))
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => Ok(req),
+                }
+            }
+        })
+        .streaming("chat", move |ctx, (seed, n, pause): ChatRequest, sink| {
+            let c = c5.clone();
+            async move {
+                for i in 0..n {
+                    let think = async {
+                        if pause == 0 {
+                            tokio::task::yield_now().await;
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(u64::from(pause))).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = ctx.cancelled() => {
+                            c.chat_cancels.fetch_add(1, Ordering::SeqCst);
+                            return Err(RpcError::new(Code::Cancelled, "chat: saw the cancel"));
+                        }
+                        _ = think => {}
+                    }
+                    if let Err(e) = sink.send(&(i, chat_token(seed, i))).await {
+                        if ctx.is_cancelled() {
+                            c.chat_cancels.fetch_add(1, Ordering::SeqCst);
+                        }
+                        return Err(e);
+                    }
+                    c.chat_tokens.fetch_add(1, Ordering::SeqCst);
+                }
+                c.chat_done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .unary("blob", |_ctx, n: u32| async move {
+            Ok::<_, RpcError>(vec![0xb1u8; n as usize])
+        })
+        .unary("stats", move |_ctx, (): ()| {
+            let line = stats_line(&c6);
+            async move { Ok(line) }
+        })
+}
+
+/// Serves the routes above on a shared-memory name (or `tcp`: 127.0.0.1, any port) until
+/// "exit" or end of stdin, then shuts down gracefully and prints `done`.
+fn rpc_server(args: &[String]) {
+    let target: String = arg(args, 1, "name or tcp");
+    let cap: usize = arg(args, 2, "ring capacity");
+    let hb: u64 = arg(args, 3, "heartbeat ms");
+    let max_message: usize = arg(args, 4, "max message");
+    let mut cfg = ServerConfig {
+        channel: ChannelConfig::default().with_capacity(cap),
+        heartbeat: Duration::from_millis(hb),
+        max_message,
+        ..ServerConfig::default()
+    };
+    if args.len() > 5 {
+        cfg.max_in_flight = arg(args, 5, "max in flight");
+    }
+    let rt = rpc_runtime();
+    rt.block_on(async move {
+        let counters = Arc::new(RpcCounters::default());
+        let builder = rpc_routes(cfg, counters);
+        let (server, ready) = if target == "tcp" {
+            let s = builder
+                .bind_tcp("127.0.0.1:0".parse().expect("address"))
+                .await
+                .unwrap_or_else(|e| fail(format!("bind_tcp: {e}")));
+            let addr = s.local_addr().expect("tcp address");
+            (s, format!("ready addr={addr}"))
+        } else {
+            let s = builder
+                .bind(&target)
+                .unwrap_or_else(|e| fail(format!("bind {target}: {e}")));
+            (s, "ready".to_owned())
+        };
+        let handle = server.handle();
+        let serving = tokio::spawn(server.serve());
+        say(ready);
+        let mut lines = stdin_lines();
+        while lines.recv().await.is_some() {}
+        // A shutdown requested before `serve` has started is lost (see the test
+        // `a_shutdown_requested_before_serve_runs_is_not_lost`): ask again until it ends.
+        let mut serving = serving;
+        let finished = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                handle.shutdown();
+                if tokio::time::timeout(Duration::from_millis(100), &mut serving)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        })
+        .await;
+        match finished {
+            Ok(()) => say("done"),
+            Err(_) => say("done shutdown-timed-out"),
+        }
+    });
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        reconnect_for: Duration::from_secs(10),
+        ..ClientConfig::default()
+    }
+}
+
+/// One call of `transform` with a request unique to (`who`, `k`), checked.
+async fn checked_transform(c: &Client, who: u64, k: u64) -> Result<(), String> {
+    let req = make_request((who << 20) | k);
+    let opts = CallOptions::timeout(Duration::from_secs(20));
+    match c.call_raw("transform", &req, opts).await {
+        Ok(r) if r == transform(&req) => Ok(()),
+        Ok(_) => Err(format!("wrong answer to request {k} of client {who}")),
+        Err(e) => Err(format!("client {who} call {k}: {e}")),
+    }
+}
+
+/// Connects `clients` clients to the server and makes `calls` checked calls on each; prints
+/// `ready connected=<n> calls=<n>` and keeps every connection open. `check`: one more call
+/// on every client (`checked ok=<n>`); `exit` or end of stdin: disconnect and leave.
+fn rpc_clients(args: &[String]) {
+    let name: String = arg(args, 1, "name");
+    let n: usize = arg(args, 2, "clients");
+    let calls: u64 = arg(args, 3, "calls");
+    // Each shared-memory connection holds about seven descriptors on this side.
+    let limit = shmrpc_tests::raise_nofile(64 + 8 * n as u64);
+    let me = u64::from(std::process::id()) << 12;
+    let rt = rpc_runtime();
+    rt.block_on(async move {
+        let mut clients = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = Client::connect(&name, client_config())
+                .await
+                .unwrap_or_else(|e| fail(format!("connect {i} (fd limit {limit}): {e}")));
+            clients.push(c);
+        }
+        let mut tasks = Vec::new();
+        for (i, c) in clients.iter().enumerate() {
+            let c = c.clone();
+            let who = me | i as u64;
+            tasks.push(tokio::spawn(async move {
+                for k in 0..calls {
+                    checked_transform(&c, who, k).await?;
+                    let s: u64 = c
+                        .call("add", &(who, k), CallOptions::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if s != who + k {
+                        return Err(format!("add({who}, {k}) = {s}"));
+                    }
+                }
+                Ok::<u64, String>(calls * 2)
+            }));
+        }
+        let mut done = 0;
+        for t in tasks {
+            match t.await {
+                Ok(Ok(k)) => done += k,
+                Ok(Err(e)) => fail(e),
+                Err(e) => fail(format!("task: {e}")),
+            }
+        }
+        say(format!("ready connected={} calls={done}", clients.len()));
+        let mut lines = stdin_lines();
+        let mut round = calls;
+        while let Some(line) = lines.recv().await {
+            if line == "check" {
+                let mut ok = 0;
+                for (i, c) in clients.iter().enumerate() {
+                    match checked_transform(c, me | i as u64, round).await {
+                        Ok(()) => ok += 1,
+                        Err(e) => eprintln!("peer {}: {e}", std::process::id()),
+                    }
+                }
+                round += 1;
+                say(format!("checked ok={ok}"));
+            }
+        }
+        drop(clients);
+        say("done");
+    });
+}
+
+/// Connects and starts `calls` calls of `slow` (which never answer unless cancelled);
+/// prints `calling n=<calls>`, then waits to be killed.
+fn rpc_caller(args: &[String]) {
+    let name: String = arg(args, 1, "name");
+    let n: usize = arg(args, 2, "calls");
+    let rt = rpc_runtime();
+    rt.block_on(async move {
+        let c = Client::connect(&name, client_config())
+            .await
+            .unwrap_or_else(|e| fail(format!("connect: {e}")));
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = c.call_raw("slow", b"zzz", CallOptions::default()).await;
+                say(format!("returned call={i} result={r:?}"));
+            }));
+        }
+        say(format!("calling n={n}"));
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
+/// A frame as a client would send it.
+fn frame_bytes(kind: Kind, flags: u16, method: u32, call_id: u64, payload: &[u8]) -> Vec<u8> {
+    let h = FrameHeader {
+        kind,
+        flags,
+        method,
+        call_id,
+        len: 0,
+    };
+    frame::encode(&h, payload).unwrap_or_else(|e| fail(format!("encode: {e}")))
+}
+
+/// Recomputes the CRC of a frame after its header was edited.
+fn fix_crc(f: &mut [u8]) {
+    f[24..28].fill(0);
+    let c = crc32c::crc32c_append(
+        crc32c::crc32c(&f[..FRAME_HEADER_LEN]),
+        &f[FRAME_HEADER_LEN..],
+    );
+    f[24..28].copy_from_slice(&c.to_le_bytes());
+}
+
+/// A well-formed `echo` request (deadline prefix 0).
+fn echo_request(call_id: u64, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 4];
+    p.extend_from_slice(body);
+    frame_bytes(Kind::Request, 0, method_id("echo"), call_id, &p)
+}
+
+/// The messages of one kind of garbage (each sent as one ring record).
+fn garbage(kind: &str) -> Vec<Vec<u8>> {
+    let mut rng = shmrpc_tests::SplitMix64::new(0x6a7b);
+    let good = echo_request(7, b"garbage follows");
+    let edited = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut g = good.clone();
+        f(&mut g);
+        g
+    };
+    match kind {
+        "random" => vec![(0..100).map(|_| rng.next() as u8).collect()],
+        "short" => vec![good[..FRAME_HEADER_LEN - 5].to_vec()],
+        "magic" => vec![edited(&|g| {
+            g[0] = b'X';
+            fix_crc(g);
+        })],
+        "version" => vec![edited(&|g| {
+            g[4] = FRAME_VERSION + 1;
+            fix_crc(g);
+        })],
+        "kind" => vec![edited(&|g| {
+            g[5] = 200;
+            fix_crc(g);
+        })],
+        "flags" => vec![edited(&|g| {
+            g[6] = 0x80;
+            fix_crc(g);
+        })],
+        "reserved" => vec![edited(&|g| {
+            g[29] = 1;
+            fix_crc(g);
+        })],
+        // The header claims more payload than follows, and less.
+        "length-long" => vec![edited(&|g| {
+            let n = (g.len() - FRAME_HEADER_LEN + 1000) as u32;
+            g[12..16].copy_from_slice(&n.to_le_bytes());
+            fix_crc(g);
+        })],
+        "length-short" => vec![edited(&|g| {
+            g[12..16].copy_from_slice(&3u32.to_le_bytes());
+            fix_crc(g);
+        })],
+        "crc" => vec![edited(&|g| {
+            let last = g.len() - 1;
+            g[last] ^= 0x20;
+        })],
+        // Valid frames a client must not send.
+        "response" => vec![frame_bytes(Kind::Response, 0, method_id("echo"), 7, b"x")],
+        // A fragment of one call, then a frame of another.
+        "interleaved" => vec![
+            frame_bytes(Kind::Request, FLAG_MORE, method_id("echo"), 8, &[0u8; 64]),
+            echo_request(9, b"in the middle"),
+        ],
+        _ => fail(format!("unknown garbage {kind}")),
+    }
+}
+
+/// For each kind of garbage: connects a raw channel to the RPC server, checks that a
+/// well-formed `echo` works on it, sends the garbage, and reports how the connection ended:
+/// `garbage kind=<k> echo=ok end=<closed|peer-gone|timeout|frame>`.
+fn rpc_garbage(args: &[String]) {
+    let name: String = arg(args, 1, "name");
+    for kind in [
+        "random",
+        "short",
+        "magic",
+        "version",
+        "kind",
+        "flags",
+        "reserved",
+        "length-long",
+        "length-short",
+        "crc",
+        "response",
+        "interleaved",
+    ] {
+        let mut ep = channel::connect(&name, &ChannelConfig::default())
+            .unwrap_or_else(|e| fail(format!("connect: {e}")));
+        // Control: the same connection answers a well-formed request.
+        ep.send(&echo_request(1, b"hello"))
+            .unwrap_or_else(|e| fail(format!("{kind}: send echo: {e}")));
+        let echo = match ep.recv_timeout(Duration::from_secs(10)) {
+            Ok(m) => match frame::decode(&m) {
+                Ok((h, p)) if h.kind == Kind::Response && h.call_id == 1 && p == b"hello" => {
+                    "ok".to_owned()
+                }
+                Ok((h, p)) => format!("unexpected-{:?}-{}-{}", h.kind, h.call_id, p.len()),
+                Err(e) => format!("undecodable-{e}").replace(' ', "_"),
+            },
+            Err(e) => format!("{e}").replace(' ', "_"),
+        };
+        for g in garbage(kind) {
+            if let Err(e) = ep.send(&g) {
+                let e = e.to_string().replace(' ', "_");
+                say(format!(
+                    "garbage kind={kind} echo={echo} end=send-failed-{e}"
+                ));
+            }
+        }
+        let end = match ep.recv_timeout(Duration::from_secs(5)) {
+            Ok(m) => match frame::decode(&m) {
+                Ok((h, _)) => format!("frame-{:?}", h.kind),
+                Err(_) => "undecodable-frame".to_owned(),
+            },
+            Err(RecvError::Closed) => "closed".to_owned(),
+            Err(RecvError::PeerGone) => "peer-gone".to_owned(),
+            Err(RecvError::TimedOut) => "timeout".to_owned(),
+            Err(e) => format!("error-{e}").replace(' ', "_"),
+        };
+        say(format!("garbage kind={kind} echo={echo} end={end}"));
+    }
+    say("done");
+}
+
+/// Run as another user (the test sets uid, gid and `XDG_RUNTIME_DIR`). Tries to reach the
+/// server and reports each outcome on its own line:
+/// 1. `direct`: connects to the server's socket path itself (in the server user's 0700
+///    runtime directory);
+/// 2. `rpc`: `Client::connect(name)`, which looks in this user's own runtime directory;
+/// 3. on `again` (once the test has linked the server's socket into this user's runtime
+///    directory and opened its mode): `rpc-linked`, `Client::connect(name)` again, then
+///    `raw`: a plain socket connection, reporting how many bytes of hello the server sends.
+fn rpc_foreign(args: &[String]) {
+    let name: String = arg(args, 1, "name");
+    let path: String = arg(args, 2, "socket path");
+    let one_line = |s: String| s.replace(['\n', ' '], "_");
+    let direct = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(_) => "connected".to_owned(),
+        Err(e) => format!("{:?}", e.kind()),
+    };
+    say(format!(
+        "direct uid={} result={direct}",
+        shmrpc::sys::names::uid()
+    ));
+    let rt = rpc_runtime();
+    let cfg = ClientConfig {
+        reconnect_for: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    let attempt = |label: &str| {
+        let r = rt.block_on(Client::connect(&name, cfg.clone()));
+        match r {
+            Ok(_) => say(format!("{label} result=connected")),
+            Err(e) => say(format!(
+                "{label} code={:?} message={}",
+                e.code,
+                one_line(e.message)
+            )),
+        }
+    };
+    attempt("rpc");
+    serve_stdin(|line| {
+        if line != "again" {
+            return true;
+        }
+        attempt("rpc-linked");
+        // Raw: connect to the socket and read what the server sends a foreign uid.
+        let sock = shmrpc::sys::names::runtime_dir()
+            .map(|d| d.join(format!("{name}.sock")))
+            .and_then(std::os::unix::net::UnixStream::connect);
+        match sock {
+            Err(e) => say(format!("raw connect={:?}", e.kind())),
+            Ok(mut s) => {
+                use std::io::Read;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 64];
+                match s.read(&mut buf) {
+                    Ok(n) => say(format!("raw connect=ok read={n}")),
+                    Err(e) => say(format!("raw connect=ok read-error={:?}", e.kind())),
+                }
+            }
+        }
+        false
+    });
+    say("done");
+}
+
+/// A server that breaks the protocol for a client to notice:
+/// - `frame-version`: accepts one client, answers its first request with a frame of the
+///   next frame version;
+/// - `hello-version`: listens on the name's socket path and sends each client a hello of
+///   the next handshake version (no descriptors).
+///
+/// Prints `ready`; leaves (removing its socket) on "exit" or end of stdin.
+fn rpc_bad_server(args: &[String]) {
+    let name: String = arg(args, 1, "name");
+    let mode: String = arg(args, 2, "mode");
+    match mode.as_str() {
+        "frame-version" => {
+            let l = bind(&name, ChannelConfig::default().with_capacity(64 * 1024));
+            say("ready");
+            let mut ep = accept(&l);
+            drop(l);
+            let (h, _) = {
+                let m = ep
+                    .recv_timeout(Duration::from_secs(10))
+                    .unwrap_or_else(|e| fail(format!("recv request: {e}")));
+                let (h, p) = frame::decode(&m).unwrap_or_else(|e| fail(format!("decode: {e}")));
+                (h, p.to_vec())
+            };
+            let mut f = frame_bytes(Kind::Response, 0, h.method, h.call_id, b"from the future");
+            f[4] = FRAME_VERSION + 1;
+            fix_crc(&mut f);
+            ep.send(&f)
+                .unwrap_or_else(|e| fail(format!("send reply: {e}")));
+            say("answered");
+            wait_for_exit();
+            drop(ep);
+        }
+        "hello-version" => {
+            let path = shmrpc_tests::socket_file(&name);
+            let l = std::os::unix::net::UnixListener::bind(&path)
+                .unwrap_or_else(|e| fail(format!("bind {}: {e}", path.display())));
+            l.set_nonblocking(true)
+                .unwrap_or_else(|e| fail(format!("nonblocking: {e}")));
+            say("ready");
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let s2 = stop.clone();
+            std::thread::spawn(move || {
+                wait_for_exit();
+                s2.store(true, Ordering::SeqCst);
+            });
+            let mut hellos = 0;
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        use std::io::Write;
+                        let mut hello = [0u8; 32];
+                        hello[..8].copy_from_slice(b"SHMRPCH1");
+                        let v = channel::HANDSHAKE_VERSION + 1;
+                        hello[8..12].copy_from_slice(&v.to_le_bytes());
+                        hello[12..16].copy_from_slice(&1u32.to_le_bytes());
+                        hello[16..24].copy_from_slice(&65536u64.to_le_bytes());
+                        hello[24..32].copy_from_slice(&65536u64.to_le_bytes());
+                        let _ = s.write_all(&hello);
+                        hellos += 1;
+                        say(format!("sent hellos={hellos}"));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        _ => fail(format!("unknown mode {mode}")),
+    }
+    say("done");
 }
