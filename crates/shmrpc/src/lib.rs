@@ -35,6 +35,8 @@ pub mod channel;
 #[cfg(not(shmrpc_loom))]
 pub mod frame;
 pub mod ring;
+#[cfg(not(shmrpc_loom))]
+pub mod rpc;
 mod sync;
 #[cfg(not(shmrpc_loom))]
 pub mod sys;

@@ -1,0 +1,485 @@
+//! The client: one connection shared by many tasks, calls matched by id, cancel on drop,
+//! reconnect with backoff.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::mpsc;
+
+use super::transport::{FrameRx, FrameTx};
+use super::{decode, encode, method_id, Code, RpcError, DEADLINE_PREFIX};
+use crate::channel::{self, ChannelConfig};
+use crate::frame::Kind;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Wait strategy of the channel (ring sizes are the server's).
+    pub channel: ChannelConfig,
+    /// Largest message sent or accepted (default 16 MiB).
+    pub max_message: usize,
+    /// Ping after this much silence; three silent periods mean the server is gone.
+    pub heartbeat: Duration,
+    /// How long a call keeps trying to (re)connect before failing `Unavailable`.
+    pub reconnect_for: Duration,
+    /// First reconnect back-off; doubles up to one second.
+    pub backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            channel: ChannelConfig::default(),
+            max_message: 16 << 20,
+            heartbeat: Duration::from_secs(2),
+            reconnect_for: Duration::from_secs(5),
+            backoff: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Per-call options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    /// Give up (and cancel the call on the server) after this long.
+    pub timeout: Option<Duration>,
+}
+
+impl CallOptions {
+    /// Options with a timeout.
+    pub fn timeout(d: Duration) -> Self {
+        Self { timeout: Some(d) }
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Response(Vec<u8>),
+    Item(Vec<u8>),
+    End,
+    Error(RpcError),
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Shm(String),
+    Tcp(SocketAddr),
+}
+
+/// One live connection.
+struct Conn {
+    tx: tokio::sync::Mutex<FrameTx>,
+    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
+    alive: AtomicBool,
+}
+
+impl Conn {
+    fn fail_all(&self, e: &RpcError) {
+        self.alive.store(false, Ordering::Release);
+        for (_, p) in self.pending.lock().expect("poisoned").drain() {
+            let _ = p.send(Event::Error(e.clone()));
+        }
+    }
+}
+
+struct Inner {
+    target: Target,
+    cfg: ClientConfig,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    next_id: AtomicU64,
+}
+
+/// An RPC client. Cheap to clone; all clones share one connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("target", &self.inner.target)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to the shared-memory server `name`.
+    ///
+    /// # Errors
+    /// [`Code::Unavailable`] if no server answers within `cfg.reconnect_for`.
+    pub async fn connect(name: &str, cfg: ClientConfig) -> Result<Self, RpcError> {
+        Self::start(Target::Shm(name.to_owned()), cfg).await
+    }
+
+    /// Connects to a server over TCP.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_tcp(addr: SocketAddr, cfg: ClientConfig) -> Result<Self, RpcError> {
+        Self::start(Target::Tcp(addr), cfg).await
+    }
+
+    async fn start(target: Target, cfg: ClientConfig) -> Result<Self, RpcError> {
+        let c = Self {
+            inner: Arc::new(Inner {
+                target,
+                cfg,
+                conn: tokio::sync::Mutex::new(None),
+                next_id: AtomicU64::new(1),
+            }),
+        };
+        c.conn().await?;
+        Ok(c)
+    }
+
+    /// The live connection, reconnecting (with back-off) if it is gone.
+    async fn conn(&self) -> Result<Arc<Conn>, RpcError> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| c.alive.load(Ordering::Acquire)) {
+            return Ok(c.clone());
+        }
+        let give_up = Instant::now() + self.inner.cfg.reconnect_for;
+        let mut backoff = self.inner.cfg.backoff;
+        loop {
+            match self.dial().await {
+                Ok(c) => {
+                    *slot = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(e) if Instant::now() + backoff >= give_up => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    async fn dial(&self) -> Result<Arc<Conn>, RpcError> {
+        let cfg = &self.inner.cfg;
+        let unavailable =
+            |e: &dyn std::fmt::Display| RpcError::new(Code::Unavailable, e.to_string());
+        let (tx, rx) = match &self.inner.target {
+            Target::Shm(name) => {
+                let (name, ch) = (name.clone(), cfg.channel.clone());
+                let ep = tokio::task::spawn_blocking(move || channel::connect(&name, &ch))
+                    .await
+                    .map_err(|e| unavailable(&e))?
+                    .map_err(|e| unavailable(&e))?;
+                let (tx, rx) = ep.split();
+                (
+                    FrameTx::Shm(tx, Vec::new()),
+                    FrameRx::shm(rx, cfg.max_message),
+                )
+            }
+            Target::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                let _ = s.set_nodelay(true);
+                let (r, w) = s.into_split();
+                (
+                    FrameTx::Tcp(w, Vec::new()),
+                    FrameRx::tcp(r, cfg.max_message),
+                )
+            }
+        };
+        let conn = Arc::new(Conn {
+            tx: tokio::sync::Mutex::new(tx),
+            pending: Mutex::default(),
+            alive: AtomicBool::new(true),
+        });
+        tokio::spawn(read_loop(conn.clone(), rx, cfg.heartbeat));
+        Ok(conn)
+    }
+
+    /// Sends a request; returns the connection, the call id and its event queue.
+    async fn start_call(
+        &self,
+        method: &str,
+        body: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<(Arc<Conn>, u64, mpsc::UnboundedReceiver<Event>), RpcError> {
+        if body.len() + DEADLINE_PREFIX > self.inner.cfg.max_message {
+            return Err(RpcError::new(
+                Code::TooLarge,
+                format!(
+                    "request of {} bytes exceeds the maximum message size {}",
+                    body.len(),
+                    self.inner.cfg.max_message - DEADLINE_PREFIX
+                ),
+            ));
+        }
+        let conn = self.conn().await?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (etx, erx) = mpsc::unbounded_channel();
+        conn.pending.lock().expect("poisoned").insert(id, etx);
+        let ms = timeout.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+        let mut payload = Vec::with_capacity(DEADLINE_PREFIX + body.len());
+        payload.extend_from_slice(&ms.to_le_bytes());
+        payload.extend_from_slice(body);
+        let sent = conn
+            .tx
+            .lock()
+            .await
+            .send(Kind::Request, method_id(method), id, &payload)
+            .await;
+        if let Err(e) = sent {
+            conn.pending.lock().expect("poisoned").remove(&id);
+            let e = RpcError::from(e);
+            conn.fail_all(&e);
+            return Err(e);
+        }
+        Ok((conn, id, erx))
+    }
+
+    /// Calls a unary method with raw bytes.
+    ///
+    /// # Errors
+    /// The server's error, or `DeadlineExceeded`, `PeerGone`, `TooLarge`, `Unavailable`.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        body: &[u8],
+        opts: CallOptions,
+    ) -> Result<Vec<u8>, RpcError> {
+        let (conn, id, mut events) = self.start_call(method, body, opts.timeout).await?;
+        let mut guard = CancelOnDrop::new(conn, id, method_id(method));
+        let next = async {
+            match events.recv().await {
+                Some(Event::Response(b)) => Ok(b),
+                Some(Event::Error(e)) => Err(e),
+                Some(_) => Err(RpcError::new(
+                    Code::Protocol,
+                    "stream frames for a unary call",
+                )),
+                None => Err(RpcError::new(Code::PeerGone, "connection closed")),
+            }
+        };
+        let r = match opts.timeout {
+            Some(d) => tokio::time::timeout(d, next).await.unwrap_or_else(|_| {
+                Err(RpcError::new(Code::DeadlineExceeded, "deadline exceeded"))
+            }),
+            None => next.await,
+        };
+        if r.is_ok() || r.as_ref().is_err_and(|e| e.code != Code::DeadlineExceeded) {
+            guard.done();
+        }
+        r
+    }
+
+    /// Calls a unary method with typed request and response.
+    ///
+    /// # Errors
+    /// As [`call_raw`](Self::call_raw), or `BadRequest` for codec failures.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        req: &Req,
+        opts: CallOptions,
+    ) -> Result<Resp, RpcError> {
+        decode(&self.call_raw(method, &encode(req)?, opts).await?)
+    }
+
+    /// Calls a server-streaming method with raw bytes. Dropping the stream before its end
+    /// cancels the call on the server.
+    ///
+    /// # Errors
+    /// As [`call_raw`](Self::call_raw) for starting the call.
+    pub async fn call_stream_raw(
+        &self,
+        method: &str,
+        body: &[u8],
+        opts: CallOptions,
+    ) -> Result<CallStream, RpcError> {
+        let (conn, id, events) = self.start_call(method, body, opts.timeout).await?;
+        Ok(CallStream {
+            events,
+            guard: CancelOnDrop::new(conn, id, method_id(method)),
+            deadline: opts.timeout.map(|d| Instant::now() + d),
+            finished: false,
+        })
+    }
+
+    /// Calls a server-streaming method with a typed request.
+    ///
+    /// # Errors
+    /// As [`call_stream_raw`](Self::call_stream_raw).
+    pub async fn call_stream<Req: Serialize>(
+        &self,
+        method: &str,
+        req: &Req,
+        opts: CallOptions,
+    ) -> Result<CallStream, RpcError> {
+        self.call_stream_raw(method, &encode(req)?, opts).await
+    }
+}
+
+/// Sends `Cancel` for a call that is dropped before it finished.
+struct CancelOnDrop {
+    conn: Arc<Conn>,
+    id: u64,
+    method: u32,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn new(conn: Arc<Conn>, id: u64, method: u32) -> Self {
+        Self {
+            conn,
+            id,
+            method,
+            armed: true,
+        }
+    }
+
+    fn done(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.conn.pending.lock().expect("poisoned").remove(&self.id);
+        if self.armed && self.conn.alive.load(Ordering::Acquire) {
+            let (conn, id, method) = (self.conn.clone(), self.id, self.method);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = conn
+                        .tx
+                        .lock()
+                        .await
+                        .send(Kind::Cancel, method, id, &[])
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+/// The items of a streaming call, in order.
+pub struct CallStream {
+    events: mpsc::UnboundedReceiver<Event>,
+    guard: CancelOnDrop,
+    deadline: Option<Instant>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for CallStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallStream")
+            .field("call_id", &self.guard.id)
+            .finish()
+    }
+}
+
+impl CallStream {
+    /// The next raw item; `None` at the end of the stream.
+    ///
+    /// # Errors
+    /// The server's error, `DeadlineExceeded` or `PeerGone`; the stream is over after one.
+    pub async fn next_raw(&mut self) -> Option<Result<Vec<u8>, RpcError>> {
+        if self.finished {
+            return None;
+        }
+        let ev = match self.deadline {
+            Some(d) => match tokio::time::timeout_at(d.into(), self.events.recv()).await {
+                Ok(ev) => ev,
+                Err(_) => {
+                    self.finished = true;
+                    return Some(Err(RpcError::new(
+                        Code::DeadlineExceeded,
+                        "deadline exceeded",
+                    )));
+                }
+            },
+            None => self.events.recv().await,
+        };
+        let out = match ev {
+            Some(Event::Item(b)) => return Some(Ok(b)),
+            Some(Event::End) => None,
+            Some(Event::Error(e)) => Some(Err(e)),
+            Some(Event::Response(_)) => Some(Err(RpcError::new(
+                Code::Protocol,
+                "unary response to a streaming call",
+            ))),
+            None => Some(Err(RpcError::new(Code::PeerGone, "connection closed"))),
+        };
+        self.finished = true;
+        self.guard.done();
+        out
+    }
+
+    /// The next item decoded with the default codec.
+    ///
+    /// # Errors
+    /// As [`next_raw`](Self::next_raw), or `BadRequest` for an undecodable item.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Option<Result<T, RpcError>> {
+        Some(self.next_raw().await?.and_then(|b| decode(&b)))
+    }
+
+    /// Cancels the call now (same as dropping the stream).
+    pub fn cancel(self) {}
+}
+
+/// Dispatches frames from the server to the calls waiting for them; fails every pending
+/// call when the connection ends.
+async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
+    let mut last_heard = Instant::now();
+    let end = loop {
+        let frame = tokio::select! {
+            f = rx.recv() => f,
+            _ = tokio::time::sleep(hb) => {
+                if last_heard.elapsed() > hb * 3 {
+                    break RpcError::new(Code::PeerGone, "server stopped answering heartbeats");
+                }
+                if let Err(e) = conn.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await {
+                    break e.into();
+                }
+                continue;
+            }
+        };
+        let (h, payload) = match frame {
+            Ok(f) => f,
+            Err(e) => break e.into(),
+        };
+        last_heard = Instant::now();
+        let ev = match h.kind {
+            Kind::Response => Event::Response(payload),
+            Kind::StreamItem => Event::Item(payload),
+            Kind::StreamEnd => Event::End,
+            Kind::Error => Event::Error(RpcError::decode(&payload)),
+            Kind::Ping => {
+                if let Err(e) = conn.tx.lock().await.send(Kind::Pong, 0, 0, &[]).await {
+                    break e.into();
+                }
+                continue;
+            }
+            Kind::Pong => continue,
+            Kind::Goodbye => {
+                // The server drains: calls in flight still get their answers, but new calls
+                // must go to a new connection.
+                conn.alive.store(false, Ordering::Release);
+                continue;
+            }
+            Kind::Request | Kind::Cancel => {
+                break RpcError::new(Code::Protocol, "server sent a client frame");
+            }
+        };
+        let pending = conn.pending.lock().expect("poisoned");
+        let last = matches!(ev, Event::Response(_) | Event::End | Event::Error(_));
+        if let Some(p) = pending.get(&h.call_id) {
+            let _ = p.send(ev);
+        }
+        drop(pending);
+        if last {
+            conn.pending.lock().expect("poisoned").remove(&h.call_id);
+        }
+    };
+    conn.fail_all(&end);
+}

@@ -1,0 +1,158 @@
+//! The RPC runtime: servers that route calls by method name to typed or raw handlers,
+//! clients that call them, over a shared-memory channel (same host) or TCP (another host),
+//! with the same frames either way.
+//!
+//! - Unary calls ([`Client::call`]) and server-streaming calls ([`Client::call_stream`]);
+//!   many calls in flight per connection, from many tasks.
+//! - Cancellation: dropping a call (or its stream) sends `Cancel`; the handler sees it on
+//!   [`CallContext::cancelled`]. A client's death cancels all its calls.
+//! - Deadlines per call, enforced on both sides.
+//! - Bounded concurrency per connection: when it is reached the server stops reading that
+//!   connection, so the ring fills and the client waits (backpressure, not a queue).
+//! - Heartbeats; graceful shutdown that finishes in-flight calls.
+//! - Errors carry a [`Code`].
+//!
+//! Wire format: see `docs/protocol.md`.
+#![forbid(unsafe_code)]
+
+mod blocking;
+mod client;
+mod server;
+mod transport;
+
+use std::fmt;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use blocking::BlockingClient;
+pub use client::{CallOptions, CallStream, Client, ClientConfig};
+pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerConfig, ServerHandle};
+
+/// Why a call failed. The numeric values are part of the wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Code {
+    /// No handler for the method.
+    UnknownMethod = 1,
+    /// The request could not be decoded.
+    BadRequest = 2,
+    /// The handler returned an error or panicked.
+    HandlerFailed = 3,
+    /// The deadline passed.
+    DeadlineExceeded = 4,
+    /// The call was cancelled.
+    Cancelled = 5,
+    /// A message is larger than the configured maximum.
+    TooLarge = 6,
+    /// The connection to the peer is gone.
+    PeerGone = 7,
+    /// The server is shutting down and takes no new calls.
+    ShuttingDown = 8,
+    /// The peer broke the protocol (garbage frames, wrong version).
+    Protocol = 9,
+    /// Could not connect.
+    Unavailable = 10,
+}
+
+impl Code {
+    fn from_u16(v: u16) -> Code {
+        match v {
+            1 => Code::UnknownMethod,
+            2 => Code::BadRequest,
+            3 => Code::HandlerFailed,
+            4 => Code::DeadlineExceeded,
+            5 => Code::Cancelled,
+            6 => Code::TooLarge,
+            7 => Code::PeerGone,
+            8 => Code::ShuttingDown,
+            10 => Code::Unavailable,
+            _ => Code::Protocol,
+        }
+    }
+}
+
+/// An RPC error: a code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcError {
+    /// What kind of failure.
+    pub code: Code,
+    /// Details.
+    pub message: String,
+}
+
+impl RpcError {
+    /// An error with `code` and `message`.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A handler failure with `message`.
+    pub fn handler(message: impl Into<String>) -> Self {
+        Self::new(Code::HandlerFailed, message)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(2 + self.message.len());
+        v.extend_from_slice(&(self.code as u16).to_le_bytes());
+        v.extend_from_slice(self.message.as_bytes());
+        v
+    }
+
+    fn decode(b: &[u8]) -> Self {
+        if b.len() < 2 {
+            return Self::new(Code::Protocol, "error frame without a code");
+        }
+        Self::new(
+            Code::from_u16(u16::from_le_bytes([b[0], b[1]])),
+            String::from_utf8_lossy(&b[2..]).into_owned(),
+        )
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// The method id carried in frames: FNV-1a of the method name. Servers refuse to register
+/// two names with one id.
+pub fn method_id(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// Encodes a value with the default codec (postcard: compact, varint-based).
+///
+/// # Errors
+/// [`Code::BadRequest`] if the value cannot be serialised.
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
+    postcard::to_stdvec(v).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))
+}
+
+/// Decodes a value with the default codec.
+///
+/// # Errors
+/// [`Code::BadRequest`] if the bytes are not a `T`.
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, RpcError> {
+    postcard::from_bytes(b).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))
+}
+
+/// Request payloads start with the call's remaining time budget in milliseconds
+/// (0 = no deadline), so the server enforces the caller's deadline too.
+const DEADLINE_PREFIX: usize = 4;
+
+fn split_deadline(payload: &[u8]) -> Option<(Option<std::time::Duration>, &[u8])> {
+    let ms = u32::from_le_bytes(payload.get(..DEADLINE_PREFIX)?.try_into().ok()?);
+    let d = (ms != 0).then(|| std::time::Duration::from_millis(u64::from(ms)));
+    Some((d, &payload[DEADLINE_PREFIX..]))
+}

@@ -1,0 +1,625 @@
+//! The server: routes, per-connection dispatch, concurrency limits, shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::transport::{FrameRx, FrameTx, TransportError};
+use super::{decode, encode, method_id, split_deadline, Code, RpcError};
+use crate::channel::{self, ChannelConfig, Listener};
+use crate::frame::Kind;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type Handler = Arc<
+    dyn Fn(CallContext, Vec<u8>, ItemSink) -> BoxFuture<Result<Option<Vec<u8>>, RpcError>>
+        + Send
+        + Sync,
+>;
+
+/// Server settings. The defaults suit an editor talking to a local engine.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Ring sizes and wait strategy of each accepted connection.
+    pub channel: ChannelConfig,
+    /// Calls in flight per connection before the server stops reading it (backpressure).
+    pub max_in_flight: usize,
+    /// Largest message accepted or sent (default 16 MiB).
+    pub max_message: usize,
+    /// A ping is sent after this much silence; a peer silent for three of these is gone.
+    pub heartbeat: Duration,
+    /// How long a cancelled handler may run on before it is aborted.
+    pub cancel_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            channel: ChannelConfig::default().with_capacity(64 * 1024),
+            max_in_flight: 256,
+            max_message: 16 << 20,
+            heartbeat: Duration::from_secs(2),
+            cancel_grace: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What a handler knows about its call.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    call_id: u64,
+    deadline: Option<Instant>,
+    token: CancellationToken,
+    peer_pid: Option<u32>,
+}
+
+impl CallContext {
+    /// The call's id on its connection.
+    pub fn call_id(&self) -> u64 {
+        self.call_id
+    }
+
+    /// When the caller stops waiting, if it set a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Completes when the caller cancelled, died, or the deadline passed.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Whether the call has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// The calling process's pid (for shared-memory connections).
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer_pid
+    }
+}
+
+/// Where a streaming handler sends its items.
+#[derive(Clone)]
+pub struct ItemSink {
+    tx: Arc<tokio::sync::Mutex<FrameTx>>,
+    method: u32,
+    call_id: u64,
+    max_message: usize,
+    token: CancellationToken,
+}
+
+impl std::fmt::Debug for ItemSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItemSink")
+            .field("call_id", &self.call_id)
+            .finish()
+    }
+}
+
+impl ItemSink {
+    /// Sends one raw item to the caller.
+    ///
+    /// # Errors
+    /// `Cancelled` once the call is cancelled, `TooLarge`, or `PeerGone`.
+    pub async fn send_raw(&self, item: &[u8]) -> Result<(), RpcError> {
+        if self.token.is_cancelled() {
+            return Err(RpcError::new(Code::Cancelled, "call cancelled"));
+        }
+        if item.len() > self.max_message {
+            return Err(RpcError::new(
+                Code::TooLarge,
+                format!("item of {} bytes", item.len()),
+            ));
+        }
+        let mut tx = self.tx.lock().await;
+        tx.send(Kind::StreamItem, self.method, self.call_id, item)
+            .await
+            .map_err(RpcError::from)
+    }
+
+    /// Sends one item encoded with the default codec.
+    ///
+    /// # Errors
+    /// As [`send_raw`](Self::send_raw), or `BadRequest` if it cannot be encoded.
+    pub async fn send<T: Serialize>(&self, item: &T) -> Result<(), RpcError> {
+        self.send_raw(&encode(item)?).await
+    }
+}
+
+/// Builds a [`Server`]: add routes, then bind.
+pub struct ServerBuilder {
+    cfg: ServerConfig,
+    routes: HashMap<u32, (String, Handler)>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.routes.values().map(|(n, _)| n).collect();
+        f.debug_struct("ServerBuilder")
+            .field("routes", &names)
+            .finish()
+    }
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self::new(ServerConfig::default())
+    }
+}
+
+impl ServerBuilder {
+    /// A builder with `cfg`.
+    pub fn new(cfg: ServerConfig) -> Self {
+        Self {
+            cfg,
+            routes: HashMap::new(),
+        }
+    }
+
+    fn add(mut self, name: &str, h: Handler) -> Self {
+        let id = method_id(name);
+        if let Some((other, _)) = self.routes.get(&id) {
+            assert!(
+                other == name,
+                "method names {other:?} and {name:?} have the same id; rename one"
+            );
+        }
+        self.routes.insert(id, (name.to_owned(), h));
+        self
+    }
+
+    /// A unary method on raw bytes.
+    ///
+    /// # Panics
+    /// If another registered name has the same [`method_id`] (a programming error, found at
+    /// start-up).
+    pub fn unary_raw<F, Fut>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(CallContext, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            name,
+            Arc::new(move |ctx, req, _sink| {
+                let fut = f(ctx, req);
+                Box::pin(async move { fut.await.map(Some) })
+            }),
+        )
+    }
+
+    /// A unary method with typed request and response (default codec).
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn unary<Req, Resp, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            name,
+            Arc::new(move |ctx, req, _sink| {
+                let f = f.clone();
+                Box::pin(async move {
+                    let req: Req = decode(&req)?;
+                    let resp = f(ctx, req).await?;
+                    encode(&resp).map(Some)
+                })
+            }),
+        )
+    }
+
+    /// A server-streaming method on raw bytes: the handler sends items through the sink;
+    /// returning `Ok` ends the stream.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn streaming_raw<F, Fut>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(CallContext, Vec<u8>, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            name,
+            Arc::new(move |ctx, req, sink| {
+                let fut = f(ctx, req, sink);
+                Box::pin(async move { fut.await.map(|()| None) })
+            }),
+        )
+    }
+
+    /// A server-streaming method with a typed request.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn streaming<Req, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        F: Fn(CallContext, Req, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            name,
+            Arc::new(move |ctx, req, sink| {
+                let f = f.clone();
+                Box::pin(async move {
+                    let req: Req = decode(&req)?;
+                    f(ctx, req, sink).await.map(|()| None)
+                })
+            }),
+        )
+    }
+
+    /// Listens on the shared-memory name `name` (see [`channel::Listener::bind`]).
+    ///
+    /// # Errors
+    /// [`Code::Unavailable`] with the bind error (e.g. a live server has the name).
+    pub fn bind(self, name: &str) -> Result<Server, RpcError> {
+        raise_fd_limit();
+        let listener = Listener::bind(name, self.cfg.channel.clone())
+            .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
+        Ok(Server::new(self, Acceptor::Shm(Arc::new(listener))))
+    }
+
+    /// Listens on a TCP address (for peers on other hosts); same frames, same handlers.
+    ///
+    /// # Errors
+    /// [`Code::Unavailable`] with the bind error.
+    pub async fn bind_tcp(self, addr: SocketAddr) -> Result<Server, RpcError> {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
+        Ok(Server::new(self, Acceptor::Tcp(l)))
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: each shared-memory connection
+/// holds six descriptors, and a server should hold a thousand connections and more.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+}
+
+enum Acceptor {
+    Shm(Arc<Listener>),
+    Tcp(tokio::net::TcpListener),
+}
+
+struct Shared {
+    cfg: ServerConfig,
+    routes: HashMap<u32, (String, Handler)>,
+    /// Set once shutdown starts: no new calls.
+    draining: watch::Sender<bool>,
+    /// Live connections, to wait for at shutdown.
+    conns: tokio_util::task::TaskTracker,
+}
+
+/// A bound server. Run it with [`serve`](Self::serve); stop it with a [`ServerHandle`].
+pub struct Server {
+    shared: Arc<Shared>,
+    acceptor: Acceptor,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+/// Stops a running server gracefully.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    draining: watch::Sender<bool>,
+}
+
+impl ServerHandle {
+    /// Starts a graceful shutdown: no new connections or calls (they get
+    /// `ShuttingDown`); calls in flight finish; then `serve` returns.
+    pub fn shutdown(&self) {
+        let _ = self.draining.send(true);
+    }
+}
+
+impl Server {
+    fn new(b: ServerBuilder, acceptor: Acceptor) -> Self {
+        let (draining, _) = watch::channel(false);
+        Self {
+            shared: Arc::new(Shared {
+                cfg: b.cfg,
+                routes: b.routes,
+                draining,
+                conns: tokio_util::task::TaskTracker::new(),
+            }),
+            acceptor,
+        }
+    }
+
+    /// A builder with default settings.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// A handle to stop the server.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            draining: self.shared.draining.clone(),
+        }
+    }
+
+    /// The local TCP address, for a TCP server.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.acceptor {
+            Acceptor::Tcp(l) => l.local_addr().ok(),
+            Acceptor::Shm(_) => None,
+        }
+    }
+
+    /// Accepts and serves connections until [`ServerHandle::shutdown`], then waits for the
+    /// calls in flight to finish.
+    pub async fn serve(self) {
+        let mut draining = self.shared.draining.subscribe();
+        loop {
+            if *draining.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = draining.changed() => {}
+                conn = self.accept() => {
+                    if let Some((tx, rx, pid)) = conn {
+                        let shared = self.shared.clone();
+                        self.shared.conns.spawn(serve_conn(shared, tx, rx, pid));
+                    }
+                }
+            }
+        }
+        self.shared.conns.close();
+        self.shared.conns.wait().await;
+    }
+
+    /// The next connection, handshake done; `None` if this client failed (keep going).
+    async fn accept(&self) -> Option<(FrameTx, FrameRx, Option<u32>)> {
+        let max = self.shared.cfg.max_message;
+        match &self.acceptor {
+            Acceptor::Shm(l) => {
+                let sock = match l.accept_socket_async().await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        // Out of fds or similar: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        return None;
+                    }
+                };
+                let l = l.clone();
+                // The handshake blocks (up to its timeout): keep it off the accept loop.
+                let (tx, rx) =
+                    oneshot_spawn_blocking(move || channel::server_handshake(sock, l.config()))
+                        .await?
+                        .ok()?
+                        .split_with_pid();
+                Some((FrameTx::Shm(tx.0, Vec::new()), FrameRx::shm(rx, max), tx.1))
+            }
+            Acceptor::Tcp(l) => {
+                let (s, _) = l.accept().await.ok()?;
+                let _ = s.set_nodelay(true);
+                let (r, w) = s.into_split();
+                Some((FrameTx::Tcp(w, Vec::new()), FrameRx::tcp(r, max), None))
+            }
+        }
+    }
+}
+
+async fn oneshot_spawn_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+trait SplitWithPid {
+    fn split_with_pid(self) -> ((channel::Sender, Option<u32>), channel::Receiver);
+}
+
+impl SplitWithPid for channel::Endpoint {
+    fn split_with_pid(self) -> ((channel::Sender, Option<u32>), channel::Receiver) {
+        let pid = self.peer_pid();
+        let (tx, rx) = self.split();
+        ((tx, pid), rx)
+    }
+}
+
+/// Serves one connection until the peer leaves, dies, breaks the protocol, or the server
+/// has drained.
+async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid: Option<u32>) {
+    let tx = Arc::new(tokio::sync::Mutex::new(tx));
+    let conn_token = CancellationToken::new();
+    let calls: Arc<Mutex<HashMap<u64, CancellationToken>>> = Arc::default();
+    let limit = Arc::new(Semaphore::new(shared.cfg.max_in_flight));
+    let in_flight = tokio_util::task::TaskTracker::new();
+    let mut draining = shared.draining.subscribe();
+    let hb = shared.cfg.heartbeat;
+    let mut last_heard = Instant::now();
+    loop {
+        if *draining.borrow() {
+            // Tell the client, let its calls in flight finish, then close.
+            let _ = tx.lock().await.send(Kind::Goodbye, 0, 0, &[]).await;
+            break;
+        }
+        // Backpressure: with `max_in_flight` calls running, stop reading this connection
+        // until one finishes; the client's sends then wait on a full ring.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("never closed"),
+            _ = draining.changed() => continue,
+        };
+        let frame = tokio::select! {
+            f = rx.recv() => f,
+            _ = tokio::time::sleep(hb) => {
+                if last_heard.elapsed() > hb * 3 {
+                    break; // silent peer (stopped, or hung): treat as gone
+                }
+                if tx.lock().await.send(Kind::Ping, 0, 0, &[]).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            _ = draining.changed() => continue,
+        };
+        let (h, payload) = match frame {
+            Ok(f) => f,
+            Err(TransportError::Gone(_)) | Err(TransportError::Protocol(_)) => break,
+        };
+        last_heard = Instant::now();
+        match h.kind {
+            Kind::Request => {
+                let Some((deadline, body)) = split_deadline(&payload) else {
+                    reply_error(
+                        &tx,
+                        h.method,
+                        h.call_id,
+                        RpcError::new(Code::BadRequest, "request without deadline prefix"),
+                    )
+                    .await;
+                    continue;
+                };
+                let Some((_, handler)) = shared.routes.get(&h.method) else {
+                    reply_error(
+                        &tx,
+                        h.method,
+                        h.call_id,
+                        RpcError::new(
+                            Code::UnknownMethod,
+                            format!("no method with id {:#010x}", h.method),
+                        ),
+                    )
+                    .await;
+                    continue;
+                };
+                let token = conn_token.child_token();
+                calls
+                    .lock()
+                    .expect("poisoned")
+                    .insert(h.call_id, token.clone());
+                let ctx = CallContext {
+                    call_id: h.call_id,
+                    deadline: deadline.map(|d| Instant::now() + d),
+                    token: token.clone(),
+                    peer_pid,
+                };
+                let sink = ItemSink {
+                    tx: tx.clone(),
+                    method: h.method,
+                    call_id: h.call_id,
+                    max_message: shared.cfg.max_message,
+                    token: token.clone(),
+                };
+                let fut = handler(ctx, body.to_vec(), sink);
+                let (tx2, calls2) = (tx.clone(), calls.clone());
+                let grace = shared.cfg.cancel_grace;
+                let max = shared.cfg.max_message;
+                in_flight.spawn(async move {
+                    let outcome = run_handler(fut, token, deadline, grace).await;
+                    calls2.lock().expect("poisoned").remove(&h.call_id);
+                    let mut tx = tx2.lock().await;
+                    let _ = match outcome {
+                        Ok(Some(resp)) if resp.len() > max => {
+                            let e = RpcError::new(
+                                Code::TooLarge,
+                                format!("response of {} bytes exceeds {max}", resp.len()),
+                            );
+                            tx.send(Kind::Error, h.method, h.call_id, &e.encode()).await
+                        }
+                        Ok(Some(resp)) => tx.send(Kind::Response, h.method, h.call_id, &resp).await,
+                        Ok(None) => tx.send(Kind::StreamEnd, h.method, h.call_id, &[]).await,
+                        Err(e) => tx.send(Kind::Error, h.method, h.call_id, &e.encode()).await,
+                    };
+                    drop(permit);
+                });
+            }
+            Kind::Cancel => {
+                if let Some(t) = calls.lock().expect("poisoned").get(&h.call_id) {
+                    t.cancel();
+                }
+            }
+            Kind::Ping => {
+                if tx.lock().await.send(Kind::Pong, 0, 0, &[]).await.is_err() {
+                    break;
+                }
+            }
+            Kind::Pong => {}
+            Kind::Goodbye => break,
+            // A client does not send responses: protocol violation.
+            _ => break,
+        }
+    }
+    // The client is gone or we are done: cancel whatever still runs, let it wind down.
+    in_flight.close();
+    if !*draining.borrow() {
+        conn_token.cancel();
+    }
+    in_flight.wait().await;
+}
+
+async fn reply_error(tx: &tokio::sync::Mutex<FrameTx>, method: u32, call_id: u64, e: RpcError) {
+    let _ = tx
+        .lock()
+        .await
+        .send(Kind::Error, method, call_id, &e.encode())
+        .await;
+}
+
+/// Runs a handler in its own task (so a panic fails only this call), racing it against
+/// cancellation and the deadline. A cancelled handler gets `grace` to notice and return
+/// before it is aborted.
+async fn run_handler(
+    fut: BoxFuture<Result<Option<Vec<u8>>, RpcError>>,
+    token: CancellationToken,
+    deadline: Option<Duration>,
+    grace: Duration,
+) -> Result<Option<Vec<u8>>, RpcError> {
+    let mut task = tokio::spawn(fut);
+    let expired = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let why = tokio::select! {
+        r = &mut task => return flatten(r),
+        _ = token.cancelled() => RpcError::new(Code::Cancelled, "call cancelled"),
+        _ = expired => {
+            token.cancel();
+            RpcError::new(Code::DeadlineExceeded, "deadline exceeded")
+        }
+    };
+    match tokio::time::timeout(grace, &mut task).await {
+        Ok(_) => {}
+        Err(_) => task.abort(),
+    }
+    Err(why)
+}
+
+fn flatten(
+    r: Result<Result<Option<Vec<u8>>, RpcError>, tokio::task::JoinError>,
+) -> Result<Option<Vec<u8>>, RpcError> {
+    match r {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err(RpcError::handler("handler panicked")),
+        Err(_) => Err(RpcError::new(Code::Cancelled, "handler aborted")),
+    }
+}

@@ -1,0 +1,152 @@
+//! Frames over a connection: a shared-memory channel or a TCP stream.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::{Code, RpcError};
+use crate::channel::{self, RecvError, SendError};
+use crate::frame::{self, FrameHeader, Kind, Reassembler, FRAME_HEADER_LEN};
+
+/// Largest frame on a TCP connection (larger messages are fragmented).
+const TCP_MAX_FRAGMENT: usize = 1 << 20;
+
+/// Why a connection cannot carry frames any more.
+#[derive(Debug)]
+pub(crate) enum TransportError {
+    /// The peer closed or died.
+    Gone(String),
+    /// The peer sent something that is not a valid frame.
+    Protocol(String),
+}
+
+impl From<TransportError> for RpcError {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Gone(m) => RpcError::new(Code::PeerGone, m),
+            TransportError::Protocol(m) => RpcError::new(Code::Protocol, m),
+        }
+    }
+}
+
+/// The sending half.
+#[derive(Debug)]
+pub(crate) enum FrameTx {
+    Shm(channel::Sender, Vec<u8>),
+    Tcp(OwnedWriteHalf, Vec<u8>),
+}
+
+impl FrameTx {
+    fn max_fragment(&self) -> usize {
+        match self {
+            FrameTx::Shm(s, _) => s.max_message() - FRAME_HEADER_LEN,
+            FrameTx::Tcp(..) => TCP_MAX_FRAGMENT,
+        }
+    }
+
+    /// Sends one message, fragmented to fit, as consecutive frames (callers serialise
+    /// whole messages, so fragments of two messages never interleave).
+    pub(crate) async fn send(
+        &mut self,
+        kind: Kind,
+        method: u32,
+        call_id: u64,
+        payload: &[u8],
+    ) -> Result<(), TransportError> {
+        let max = self.max_fragment();
+        for (flags, part) in frame::fragments(payload, max) {
+            let h = FrameHeader {
+                kind,
+                flags,
+                method,
+                call_id,
+                len: part.len() as u32,
+            };
+            match self {
+                FrameTx::Shm(s, buf) => {
+                    buf.resize(FRAME_HEADER_LEN + part.len(), 0);
+                    frame::encode_into(buf, &h, part)
+                        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    s.send_tagged_async(0, buf, None)
+                        .await
+                        .map_err(|e| match e {
+                            SendError::Corrupt(c) => TransportError::Protocol(c.to_string()),
+                            other => TransportError::Gone(other.to_string()),
+                        })?;
+                }
+                FrameTx::Tcp(w, buf) => {
+                    buf.resize(FRAME_HEADER_LEN + part.len(), 0);
+                    frame::encode_into(buf, &h, part)
+                        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    w.write_all(buf)
+                        .await
+                        .map_err(|e| TransportError::Gone(e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The receiving half, with reassembly bounded by the maximum message size.
+#[derive(Debug)]
+pub(crate) enum FrameRx {
+    Shm(channel::Receiver, Reassembler),
+    Tcp(OwnedReadHalf, Reassembler, Vec<u8>),
+}
+
+impl FrameRx {
+    pub(crate) fn shm(rx: channel::Receiver, max_message: usize) -> Self {
+        FrameRx::Shm(rx, Reassembler::new(max_message))
+    }
+
+    pub(crate) fn tcp(r: OwnedReadHalf, max_message: usize) -> Self {
+        FrameRx::Tcp(r, Reassembler::new(max_message), Vec::new())
+    }
+
+    /// The next whole message. Garbage is a protocol error: the connection is done.
+    pub(crate) async fn recv(&mut self) -> Result<(FrameHeader, Vec<u8>), TransportError> {
+        loop {
+            let whole = match self {
+                FrameRx::Shm(rx, re) => {
+                    let msg = rx.recv_async().await.map_err(|e| match e {
+                        RecvError::Corrupt(c) => TransportError::Protocol(c.to_string()),
+                        other => TransportError::Gone(other.to_string()),
+                    })?;
+                    let (h, payload) =
+                        frame::decode(&msg).map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    re.push(&h, payload)
+                        .map_err(|e| TransportError::Protocol(e.to_string()))?
+                        .map(|(h, p)| (h, p.into_owned()))
+                }
+                FrameRx::Tcp(r, re, buf) => {
+                    let mut hdr = [0u8; FRAME_HEADER_LEN];
+                    r.read_exact(&mut hdr)
+                        .await
+                        .map_err(|e| TransportError::Gone(e.to_string()))?;
+                    let h = frame::decode_header(&hdr)
+                        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    if h.len as usize > TCP_MAX_FRAGMENT {
+                        return Err(TransportError::Protocol(format!(
+                            "frame of {} bytes exceeds {TCP_MAX_FRAGMENT}",
+                            h.len
+                        )));
+                    }
+                    buf.clear();
+                    buf.extend_from_slice(&hdr);
+                    buf.resize(FRAME_HEADER_LEN + h.len as usize, 0);
+                    r.read_exact(&mut buf[FRAME_HEADER_LEN..])
+                        .await
+                        .map_err(|e| TransportError::Gone(e.to_string()))?;
+                    let (h, payload) =
+                        frame::decode(buf).map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    re.push(&h, payload)
+                        .map_err(|e| TransportError::Protocol(e.to_string()))?
+                        .map(|(h, p)| (h, p.into_owned()))
+                }
+            };
+            if let Some(w) = whole {
+                return Ok(w);
+            }
+        }
+    }
+}

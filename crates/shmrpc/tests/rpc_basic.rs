@@ -1,0 +1,253 @@
+//! The RPC layer in one process (server and client as tasks), over shared memory and TCP.
+#![cfg(not(shmrpc_loom))]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server, ServerHandle};
+
+fn name(what: &str) -> String {
+    format!("rpc-{what}-{}", std::process::id())
+}
+
+struct Observed {
+    cancelled: AtomicBool,
+    streamed: AtomicUsize,
+}
+
+fn build(obs: Arc<Observed>) -> shmrpc::rpc::ServerBuilder {
+    let o2 = obs.clone();
+    Server::builder()
+        .unary_raw("echo", |_ctx, req| async move { Ok(req) })
+        .unary("add", |_ctx, (a, b): (u64, u64)| async move { Ok(a + b) })
+        .unary_raw("panic", |_ctx, _req| async move {
+            if true {
+                panic!("handler bug");
+            }
+            Ok(Vec::new())
+        })
+        .unary_raw("fail", |_ctx, _req| async move {
+            Err(RpcError::handler("nope"))
+        })
+        .unary_raw("slow", |ctx, _req| async move {
+            ctx.cancelled().await;
+            Err(RpcError::new(Code::Cancelled, "saw cancel"))
+        })
+        .streaming("chat", move |ctx, n: u32, sink| {
+            let obs = o2.clone();
+            async move {
+                for i in 0..n {
+                    tokio::select! {
+                        _ = ctx.cancelled() => {
+                            obs.cancelled.store(true, Ordering::SeqCst);
+                            return Err(RpcError::new(Code::Cancelled, "cancelled"));
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                    }
+                    sink.send(&format!("token-{i}")).await?;
+                    obs.streamed.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(())
+            }
+        })
+}
+
+async fn suite(client: Client, obs: Arc<Observed>) {
+    // Unary, raw and typed.
+    let r = client
+        .call_raw("echo", b"hello", CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r, b"hello");
+    let s: u64 = client
+        .call("add", &(40u64, 2u64), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(s, 42);
+    // A large message is fragmented across several ring records and comes back whole.
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        client
+            .call_raw("echo", &big, CallOptions::default())
+            .await
+            .unwrap(),
+        big
+    );
+    // Errors with codes.
+    let e = client
+        .call_raw("nope", b"", CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::UnknownMethod);
+    let e = client
+        .call_raw("panic", b"", CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::HandlerFailed);
+    let e = client
+        .call_raw("fail", b"", CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, e.message.as_str()), (Code::HandlerFailed, "nope"));
+    // A truncated varint is not a (u64, u64).
+    let e: RpcError = client
+        .call_raw("add", b"\xff\xff\xff", CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::BadRequest);
+    let e = client
+        .call_raw("slow", b"", CallOptions::timeout(Duration::from_millis(50)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::DeadlineExceeded);
+    let e = client
+        .call_raw("echo", &vec![0u8; 17 << 20], CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::TooLarge);
+    // The server survived all of that.
+    assert_eq!(
+        client
+            .call_raw("echo", b"still", CallOptions::default())
+            .await
+            .unwrap(),
+        b"still"
+    );
+
+    // Streaming: tokens in order.
+    let mut st = client
+        .call_stream("chat", &5u32, CallOptions::default())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let t: String = st.next().await.unwrap().unwrap();
+        assert_eq!(t, format!("token-{i}"));
+    }
+    assert!(st.next::<String>().await.is_none());
+
+    // Cancel mid-stream: the handler observes it and stops.
+    let mut st = client
+        .call_stream("chat", &10_000u32, CallOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        st.next::<String>().await.unwrap().unwrap();
+    }
+    drop(st);
+    for _ in 0..500 {
+        if obs.cancelled.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        obs.cancelled.load(Ordering::SeqCst),
+        "handler never saw the cancel"
+    );
+    assert!(
+        obs.streamed.load(Ordering::SeqCst) < 5 + 100,
+        "the handler kept streaming"
+    );
+
+    // Many callers on one connection, responses matched to their calls.
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..200u64 {
+                let s: u64 = c
+                    .call("add", &(t * 1_000_000, i), CallOptions::default())
+                    .await
+                    .unwrap();
+                assert_eq!(s, t * 1_000_000 + i);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn with_server<F, Fut>(server: Server, f: F)
+where
+    F: FnOnce(ServerHandle) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let handle = server.handle();
+    let serving = tokio::spawn(server.serve());
+    f(handle.clone()).await;
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("graceful shutdown finished")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_suite_over_shared_memory() {
+    let obs = Arc::new(Observed {
+        cancelled: false.into(),
+        streamed: 0.into(),
+    });
+    let n = name("shm");
+    let server = build(obs.clone()).bind(&n).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        with_server(server, |_| async {
+            let client = Client::connect(&n, ClientConfig::default()).await.unwrap();
+            suite(client, obs).await;
+        }),
+    )
+    .await
+    .expect("watchdog");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_suite_over_tcp() {
+    let obs = Arc::new(Observed {
+        cancelled: false.into(),
+        streamed: 0.into(),
+    });
+    let server = build(obs.clone())
+        .bind_tcp("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        with_server(server, |_| async move {
+            let client = Client::connect_tcp(addr, ClientConfig::default())
+                .await
+                .unwrap();
+            suite(client, obs).await;
+        }),
+    )
+    .await
+    .expect("watchdog");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_calls_in_flight() {
+    let n = name("drain");
+    let server = Server::builder()
+        .unary_raw("sleepy", |_ctx, req| async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(req)
+        })
+        .bind(&n)
+        .unwrap();
+    let handle = server.handle();
+    let serving = tokio::spawn(server.serve());
+    let client = Client::connect(&n, ClientConfig::default()).await.unwrap();
+    let c2 = client.clone();
+    let call =
+        tokio::spawn(async move { c2.call_raw("sleepy", b"zz", CallOptions::default()).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    handle.shutdown();
+    assert_eq!(call.await.unwrap().unwrap(), b"zz");
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .unwrap()
+        .unwrap();
+}
