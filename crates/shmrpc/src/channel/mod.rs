@@ -48,6 +48,10 @@ pub struct ChannelConfig {
     pub capacity: usize,
     /// How blocking and async operations wait.
     pub wait: WaitStrategy,
+    /// Servers only: uids accepted besides the server's own (checked with `SO_PEERCRED`).
+    /// Empty by default: only the same user may connect. (Other users also need access to
+    /// the runtime directory, which is 0700.)
+    pub allowed_uids: Vec<u32>,
 }
 
 impl Default for ChannelConfig {
@@ -55,6 +59,7 @@ impl Default for ChannelConfig {
         Self {
             capacity: 256 * 1024,
             wait: WaitStrategy::default(),
+            allowed_uids: Vec::new(),
         }
     }
 }
@@ -63,6 +68,12 @@ impl ChannelConfig {
     /// This config with another ring capacity.
     pub fn with_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
+        self
+    }
+
+    /// This config with extra uids a server accepts.
+    pub fn with_allowed_uids(mut self, uids: Vec<u32>) -> Self {
+        self.allowed_uids = uids;
         self
     }
 

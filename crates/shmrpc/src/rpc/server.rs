@@ -528,26 +528,25 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
                     max_message: shared.cfg.max_message,
                     token: token.clone(),
                 };
-                let fut = handler(ctx, body.to_vec(), sink);
+                let mut fut = handler(ctx, body.to_vec(), sink);
+                let max = shared.cfg.max_message;
+                // Fast path: most handlers answer without waiting for anything. Poll once
+                // here; if the answer is ready, reply at once and skip the two task spawns
+                // (and their wake-ups) that a handler which waits needs.
+                if let Some(outcome) = poll_once(&mut fut) {
+                    calls.lock().expect("poisoned").remove(&h.call_id);
+                    let mut tx = tx.lock().await;
+                    send_outcome(&mut tx, h.method, h.call_id, outcome, max).await;
+                    drop(permit);
+                    continue;
+                }
                 let (tx2, calls2) = (tx.clone(), calls.clone());
                 let grace = shared.cfg.cancel_grace;
-                let max = shared.cfg.max_message;
                 in_flight.spawn(async move {
                     let outcome = run_handler(fut, token, deadline, grace).await;
                     calls2.lock().expect("poisoned").remove(&h.call_id);
                     let mut tx = tx2.lock().await;
-                    let _ = match outcome {
-                        Ok(Some(resp)) if resp.len() > max => {
-                            let e = RpcError::new(
-                                Code::TooLarge,
-                                format!("response of {} bytes exceeds {max}", resp.len()),
-                            );
-                            tx.send(Kind::Error, h.method, h.call_id, &e.encode()).await
-                        }
-                        Ok(Some(resp)) => tx.send(Kind::Response, h.method, h.call_id, &resp).await,
-                        Ok(None) => tx.send(Kind::StreamEnd, h.method, h.call_id, &[]).await,
-                        Err(e) => tx.send(Kind::Error, h.method, h.call_id, &e.encode()).await,
-                    };
+                    send_outcome(&mut tx, h.method, h.call_id, outcome, max).await;
                     drop(permit);
                 });
             }
@@ -573,6 +572,44 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
         conn_token.cancel();
     }
     in_flight.wait().await;
+}
+
+/// Polls a handler once with a no-op waker. `Some` if it finished (a panic counts as a
+/// failed call); `None` if it must wait, in which case it is spawned and polled again with a
+/// real waker (futures re-register their waker on every poll, so nothing is lost).
+fn poll_once(
+    fut: &mut BoxFuture<Result<Option<Vec<u8>>, RpcError>>,
+) -> Option<Result<Option<Vec<u8>>, RpcError>> {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(r)) => Some(r),
+        Ok(Poll::Pending) => None,
+        Err(_) => Some(Err(RpcError::handler("handler panicked"))),
+    }
+}
+
+/// Sends a finished call's answer: its response, the end of its stream, or its error.
+async fn send_outcome(
+    tx: &mut FrameTx,
+    method: u32,
+    call_id: u64,
+    outcome: Result<Option<Vec<u8>>, RpcError>,
+    max: usize,
+) {
+    let _ = match outcome {
+        Ok(Some(resp)) if resp.len() > max => {
+            let e = RpcError::new(
+                Code::TooLarge,
+                format!("response of {} bytes exceeds {max}", resp.len()),
+            );
+            tx.send(Kind::Error, method, call_id, &e.encode()).await
+        }
+        Ok(Some(resp)) => tx.send(Kind::Response, method, call_id, &resp).await,
+        Ok(None) => tx.send(Kind::StreamEnd, method, call_id, &[]).await,
+        Err(e) => tx.send(Kind::Error, method, call_id, &e.encode()).await,
+    };
 }
 
 async fn reply_error(tx: &tokio::sync::Mutex<FrameTx>, method: u32, call_id: u64, e: RpcError) {
