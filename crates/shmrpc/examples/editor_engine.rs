@@ -74,7 +74,11 @@ async fn engine(name: &str) -> Result<(), RpcError> {
 async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(name, ClientConfig::default()).await?;
     let mut stream = client
-        .call_stream("chat", &"fn main ( ) { }".to_string(), CallOptions::default())
+        .call_stream(
+            "chat",
+            &"fn main ( ) { }".to_string(),
+            CallOptions::default(),
+        )
         .await?;
     for expect in 0..20 {
         let token: String = stream.next().await.ok_or("stream ended early")??;
@@ -85,8 +89,9 @@ async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     println!("editor: user typed on; abandoning the completion");
     drop(stream);
     for _ in 0..100 {
-        let (cancelled, tokens): (u64, u64) =
-            client.call("stats", &(), CallOptions::timeout(Duration::from_secs(5))).await?;
+        let (cancelled, tokens): (u64, u64) = client
+            .call("stats", &(), CallOptions::timeout(Duration::from_secs(5)))
+            .await?;
         if cancelled > 0 {
             println!("engine saw the cancel after {tokens} tokens");
             let () = client.call("quit", &(), CallOptions::default()).await?;

@@ -54,6 +54,8 @@ pub enum Kind {
     Pong = 8,
     /// The sender is shutting the connection down.
     Goodbye = 9,
+    /// The caller grants a streaming call credit for more items (payload: `u32` count).
+    Credit = 10,
 }
 
 impl Kind {
@@ -68,6 +70,7 @@ impl Kind {
             7 => Kind::Ping,
             8 => Kind::Pong,
             9 => Kind::Goodbye,
+            10 => Kind::Credit,
             _ => return None,
         })
     }
@@ -238,11 +241,18 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
 /// Errors of reassembling fragments.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ReassemblyError {
-    /// The message grew past the configured maximum.
-    #[error("message exceeds the maximum of {max} bytes")]
+    /// The message grew past the configured maximum. Its remaining fragments are skipped,
+    /// so the connection can go on: only this call fails.
+    #[error("message of call {call_id} exceeds the maximum of {max} bytes")]
     TooLarge {
         /// The maximum.
         max: usize,
+        /// The call whose message was refused.
+        call_id: u64,
+        /// Its method.
+        method: u32,
+        /// Its kind.
+        kind: Kind,
     },
     /// A fragment of another call or kind arrived in the middle of a message.
     #[error("fragment of call {got} arrived while call {expected} was incomplete")]
@@ -266,6 +276,8 @@ pub struct Reassembler {
     max: usize,
     buf: Vec<u8>,
     current: Option<(u64, Kind, u32)>,
+    /// A refused message whose remaining fragments are being skipped.
+    discarding: Option<u64>,
 }
 
 impl Reassembler {
@@ -275,6 +287,7 @@ impl Reassembler {
             max,
             buf: Vec::new(),
             current: None,
+            discarding: None,
         }
     }
 
@@ -289,10 +302,31 @@ impl Reassembler {
         payload: &'a [u8],
     ) -> Result<Option<Whole<'a>>, ReassemblyError> {
         let more = h.flags & FLAG_MORE != 0;
+        if let Some(id) = self.discarding {
+            if id == h.call_id {
+                if !more {
+                    self.discarding = None;
+                }
+                return Ok(None);
+            }
+            self.discarding = None;
+        }
+        let too_large = |me: &mut Self| {
+            me.reset();
+            if more {
+                me.discarding = Some(h.call_id);
+            }
+            ReassemblyError::TooLarge {
+                max: me.max,
+                call_id: h.call_id,
+                method: h.method,
+                kind: h.kind,
+            }
+        };
         match self.current {
             None if !more => {
                 if payload.len() > self.max {
-                    return Err(ReassemblyError::TooLarge { max: self.max });
+                    return Err(too_large(self));
                 }
                 Ok(Some((*h, std::borrow::Cow::Borrowed(payload))))
             }
@@ -307,8 +341,7 @@ impl Reassembler {
             }
             _ => {
                 if self.buf.len() + payload.len() > self.max {
-                    self.reset();
-                    return Err(ReassemblyError::TooLarge { max: self.max });
+                    return Err(too_large(self));
                 }
                 self.current = Some((h.call_id, h.kind, h.method));
                 self.buf.extend_from_slice(payload);
@@ -432,7 +465,26 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(err, Some(ReassemblyError::TooLarge { max: 5_000 }));
+        assert_eq!(
+            err,
+            Some(ReassemblyError::TooLarge {
+                max: 5_000,
+                call_id: 5,
+                method: 7,
+                kind: Kind::Request
+            })
+        );
+        // The refused message's remaining fragments are skipped; the next message is fine.
+        let rest: Vec<_> = fragments(&msg, 3000).skip(2).collect();
+        for (flags, part) in rest {
+            let h = FrameHeader {
+                flags,
+                ..hdr(Kind::Request, 5)
+            };
+            assert_eq!(small.push(&h, part).unwrap(), None);
+        }
+        let next = hdr(Kind::Request, 6);
+        assert!(small.push(&next, b"ok").unwrap().is_some());
     }
 
     #[test]

@@ -78,11 +78,25 @@ struct Conn {
 }
 
 impl Conn {
+    /// Marks the connection dead and fails every registered call. Done under the `pending`
+    /// lock, so a call is either registered before (and failed here) or sees "dead" in
+    /// [`register`](Self::register): none can slip in between and wait forever.
     fn fail_all(&self, e: &RpcError) {
+        let mut pending = self.pending.lock().expect("poisoned");
         self.alive.store(false, Ordering::Release);
-        for (_, p) in self.pending.lock().expect("poisoned").drain() {
+        for (_, p) in pending.drain() {
             let _ = p.send(Event::Error(e.clone()));
         }
+    }
+
+    /// Registers a call if the connection still takes calls.
+    fn register(&self, id: u64, events: mpsc::UnboundedSender<Event>) -> bool {
+        let mut pending = self.pending.lock().expect("poisoned");
+        if !self.alive.load(Ordering::Acquire) {
+            return false;
+        }
+        pending.insert(id, events);
+        true
     }
 }
 
@@ -133,17 +147,22 @@ impl Client {
                 next_id: AtomicU64::new(1),
             }),
         };
-        c.conn().await?;
+        c.conn(None).await?;
         Ok(c)
     }
 
-    /// The live connection, reconnecting (with back-off) if it is gone.
-    async fn conn(&self) -> Result<Arc<Conn>, RpcError> {
+    /// The live connection, reconnecting (with back-off) if it is gone, until `until` or
+    /// `reconnect_for` from now, whichever is first. Each caller measures its own give-up
+    /// time from when it asked, not from when it got the lock.
+    async fn conn(&self, until: Option<Instant>) -> Result<Arc<Conn>, RpcError> {
+        let mut give_up = Instant::now() + self.inner.cfg.reconnect_for;
+        if let Some(u) = until {
+            give_up = give_up.min(u);
+        }
         let mut slot = self.inner.conn.lock().await;
         if let Some(c) = slot.as_ref().filter(|c| c.alive.load(Ordering::Acquire)) {
             return Ok(c.clone());
         }
-        let give_up = Instant::now() + self.inner.cfg.reconnect_for;
         let mut backoff = self.inner.cfg.backoff;
         loop {
             match self.dial().await {
@@ -215,10 +234,17 @@ impl Client {
                 ),
             ));
         }
-        let conn = self.conn().await?;
+        let until = timeout.map(|d| Instant::now() + d);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (etx, erx) = mpsc::unbounded_channel();
-        conn.pending.lock().expect("poisoned").insert(id, etx);
+        // A connection can die (or start draining) between `conn` and `register`: then
+        // take the next one.
+        let conn = loop {
+            let conn = self.conn(until).await?;
+            if conn.register(id, etx.clone()) {
+                break conn;
+            }
+        };
         let ms = timeout.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
         let mut payload = Vec::with_capacity(DEADLINE_PREFIX + body.len());
         payload.extend_from_slice(&ms.to_le_bytes());
@@ -243,6 +269,23 @@ impl Client {
     /// # Errors
     /// The server's error, or `DeadlineExceeded`, `PeerGone`, `TooLarge`, `Unavailable`.
     pub async fn call_raw(
+        &self,
+        method: &str,
+        body: &[u8],
+        opts: CallOptions,
+    ) -> Result<Vec<u8>, RpcError> {
+        match opts.timeout {
+            // The deadline covers the whole call: (re)connecting and sending too.
+            Some(d) => tokio::time::timeout(d, self.call_raw_inner(method, body, opts))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RpcError::new(Code::DeadlineExceeded, "deadline exceeded"))
+                }),
+            None => self.call_raw_inner(method, body, opts).await,
+        }
+    }
+
+    async fn call_raw_inner(
         &self,
         method: &str,
         body: &[u8],
@@ -303,6 +346,7 @@ impl Client {
             guard: CancelOnDrop::new(conn, id, method_id(method)),
             deadline: opts.timeout.map(|d| Instant::now() + d),
             finished: false,
+            unacked: 0,
         })
     }
 
@@ -368,6 +412,8 @@ pub struct CallStream {
     guard: CancelOnDrop,
     deadline: Option<Instant>,
     finished: bool,
+    /// Items read since credit was last returned to the server.
+    unacked: u32,
 }
 
 impl std::fmt::Debug for CallStream {
@@ -401,7 +447,24 @@ impl CallStream {
             None => self.events.recv().await,
         };
         let out = match ev {
-            Some(Event::Item(b)) => return Some(Ok(b)),
+            Some(Event::Item(b)) => {
+                // Return credit in halves of the window, so the server never stalls on a
+                // reader that keeps up, and never runs more than a window ahead of one that
+                // does not.
+                self.unacked += 1;
+                if self.unacked as usize >= super::server::STREAM_WINDOW / 2 {
+                    let n = std::mem::take(&mut self.unacked);
+                    let g = &self.guard;
+                    let _ = g
+                        .conn
+                        .tx
+                        .lock()
+                        .await
+                        .send(Kind::Credit, g.method, g.id, &n.to_le_bytes())
+                        .await;
+                }
+                return Some(Ok(b));
+            }
             Some(Event::End) => None,
             Some(Event::Error(e)) => Some(Err(e)),
             Some(Event::Response(_)) => Some(Err(RpcError::new(
@@ -446,6 +509,16 @@ async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
         };
         let (h, payload) = match frame {
             Ok(f) => f,
+            Err(super::transport::TransportError::TooLarge {
+                call_id, message, ..
+            }) => {
+                // Only that call fails; the connection goes on.
+                last_heard = Instant::now();
+                if let Some(p) = conn.pending.lock().expect("poisoned").remove(&call_id) {
+                    let _ = p.send(Event::Error(RpcError::new(Code::TooLarge, message)));
+                }
+                continue;
+            }
             Err(e) => break e.into(),
         };
         last_heard = Instant::now();
@@ -467,7 +540,7 @@ async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
                 conn.alive.store(false, Ordering::Release);
                 continue;
             }
-            Kind::Request | Kind::Cancel => {
+            Kind::Request | Kind::Cancel | Kind::Credit => {
                 break RpcError::new(Code::Protocol, "server sent a client frame");
             }
         };

@@ -1,6 +1,6 @@
 //! The server: routes, per-connection dispatch, concurrency limits, shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::transport::{FrameRx, FrameTx, TransportError};
 use super::{decode, encode, method_id, split_deadline, Code, RpcError};
 use crate::channel::{self, ChannelConfig, Listener};
-use crate::frame::Kind;
+use crate::frame::{FrameHeader, Kind};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type Handler = Arc<
@@ -86,6 +86,11 @@ impl CallContext {
     }
 }
 
+/// How many stream items a server may send ahead of what the caller has read. The caller
+/// returns credit as it reads (`Credit` frames), so a caller that stops reading holds back
+/// only its own stream, not the connection.
+pub(crate) const STREAM_WINDOW: usize = 64;
+
 /// Where a streaming handler sends its items.
 #[derive(Clone)]
 pub struct ItemSink {
@@ -94,6 +99,7 @@ pub struct ItemSink {
     call_id: u64,
     max_message: usize,
     token: CancellationToken,
+    credit: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ItemSink {
@@ -118,6 +124,15 @@ impl ItemSink {
                 Code::TooLarge,
                 format!("item of {} bytes", item.len()),
             ));
+        }
+        // Wait for the caller's credit (it reads slowly, or not at all), or the cancel.
+        tokio::select! {
+            p = self.credit.acquire() => {
+                p.map_err(|_| RpcError::new(Code::Cancelled, "call over"))?.forget();
+            }
+            _ = self.token.cancelled() => {
+                return Err(RpcError::new(Code::Cancelled, "call cancelled"));
+            }
         }
         let mut tx = self.tx.lock().await;
         tx.send(Kind::StreamItem, self.method, self.call_id, item)
@@ -334,7 +349,8 @@ impl ServerHandle {
     /// Starts a graceful shutdown: no new connections or calls (they get
     /// `ShuttingDown`); calls in flight finish; then `serve` returns.
     pub fn shutdown(&self) {
-        let _ = self.draining.send(true);
+        // `send_replace` stores the value even if `serve` has not subscribed yet.
+        self.draining.send_replace(true);
     }
 }
 
@@ -444,36 +460,122 @@ impl SplitWithPid for channel::Endpoint {
     }
 }
 
+/// What one connection's calls share.
+struct ConnState {
+    shared: Arc<Shared>,
+    tx: Arc<tokio::sync::Mutex<FrameTx>>,
+    conn_token: CancellationToken,
+    /// Running calls: their cancellation token and their stream credit.
+    calls: Arc<Mutex<HashMap<u64, (CancellationToken, Arc<Semaphore>)>>>,
+    in_flight: tokio_util::task::TaskTracker,
+    peer_pid: Option<u32>,
+}
+
+impl ConnState {
+    /// Starts a request that holds a concurrency permit.
+    async fn start(&self, h: FrameHeader, payload: Vec<u8>, permit: OwnedSemaphorePermit) {
+        let Some((deadline, body)) = split_deadline(&payload) else {
+            let e = RpcError::new(Code::BadRequest, "request without deadline prefix");
+            reply_error(&self.tx, h.method, h.call_id, e).await;
+            return;
+        };
+        let Some((_, handler)) = self.shared.routes.get(&h.method) else {
+            let e = RpcError::new(
+                Code::UnknownMethod,
+                format!("no method with id {:#010x}", h.method),
+            );
+            reply_error(&self.tx, h.method, h.call_id, e).await;
+            return;
+        };
+        let token = self.conn_token.child_token();
+        let credit = Arc::new(Semaphore::new(STREAM_WINDOW));
+        self.calls
+            .lock()
+            .expect("poisoned")
+            .insert(h.call_id, (token.clone(), credit.clone()));
+        let ctx = CallContext {
+            call_id: h.call_id,
+            deadline: deadline.map(|d| Instant::now() + d),
+            token: token.clone(),
+            peer_pid: self.peer_pid,
+        };
+        let max = self.shared.cfg.max_message;
+        let sink = ItemSink {
+            tx: self.tx.clone(),
+            method: h.method,
+            call_id: h.call_id,
+            max_message: max,
+            token: token.clone(),
+            credit,
+        };
+        let mut fut = handler(ctx, body.to_vec(), sink);
+        // Fast path: most handlers answer without waiting for anything. Poll once here; if
+        // the answer is ready, reply at once and skip the two task spawns (and their
+        // wake-ups) that a handler which waits needs.
+        if let Some(outcome) = poll_once(&mut fut) {
+            self.calls.lock().expect("poisoned").remove(&h.call_id);
+            let mut tx = self.tx.lock().await;
+            send_outcome(&mut tx, h.method, h.call_id, outcome, max).await;
+            drop(permit);
+            return;
+        }
+        let (tx, calls) = (self.tx.clone(), self.calls.clone());
+        let grace = self.shared.cfg.cancel_grace;
+        self.in_flight.spawn(async move {
+            let outcome = run_handler(fut, token, deadline, grace).await;
+            calls.lock().expect("poisoned").remove(&h.call_id);
+            let mut tx = tx.lock().await;
+            send_outcome(&mut tx, h.method, h.call_id, outcome, max).await;
+            drop(permit);
+        });
+    }
+}
+
 /// Serves one connection until the peer leaves, dies, breaks the protocol, or the server
 /// has drained.
+///
+/// Concurrency is bounded per connection. Requests beyond the limit wait in a queue of at
+/// most `max_in_flight` entries; while it is full the connection is not read at all, so
+/// the ring fills and the client's sends wait (backpressure). Until then, cancels and
+/// heartbeats keep being read even when every permit is taken.
 async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid: Option<u32>) {
-    let tx = Arc::new(tokio::sync::Mutex::new(tx));
-    let conn_token = CancellationToken::new();
-    let calls: Arc<Mutex<HashMap<u64, CancellationToken>>> = Arc::default();
     let limit = Arc::new(Semaphore::new(shared.cfg.max_in_flight));
-    let in_flight = tokio_util::task::TaskTracker::new();
+    let max_waiting = shared.cfg.max_in_flight;
     let mut draining = shared.draining.subscribe();
     let hb = shared.cfg.heartbeat;
+    let st = ConnState {
+        shared,
+        tx: Arc::new(tokio::sync::Mutex::new(tx)),
+        conn_token: CancellationToken::new(),
+        calls: Arc::default(),
+        in_flight: tokio_util::task::TaskTracker::new(),
+        peer_pid,
+    };
+    let mut waiting: VecDeque<(FrameHeader, Vec<u8>)> = VecDeque::new();
     let mut last_heard = Instant::now();
     loop {
         if *draining.borrow() {
             // Tell the client, let its calls in flight finish, then close.
-            let _ = tx.lock().await.send(Kind::Goodbye, 0, 0, &[]).await;
+            for (h, _) in waiting.drain(..) {
+                let e = RpcError::new(Code::ShuttingDown, "server is shutting down");
+                reply_error(&st.tx, h.method, h.call_id, e).await;
+            }
+            let _ = st.tx.lock().await.send(Kind::Goodbye, 0, 0, &[]).await;
             break;
         }
-        // Backpressure: with `max_in_flight` calls running, stop reading this connection
-        // until one finishes; the client's sends then wait on a full ring.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("never closed"),
-            _ = draining.changed() => continue,
-        };
+        let can_read = waiting.len() < max_waiting;
         let frame = tokio::select! {
-            f = rx.recv() => f,
+            p = limit.clone().acquire_owned(), if !waiting.is_empty() => {
+                let (h, payload) = waiting.pop_front().expect("not empty");
+                st.start(h, payload, p.expect("never closed")).await;
+                continue;
+            }
+            f = rx.recv(), if can_read => f,
             _ = tokio::time::sleep(hb) => {
                 if last_heard.elapsed() > hb * 3 {
                     break; // silent peer (stopped, or hung): treat as gone
                 }
-                if tx.lock().await.send(Kind::Ping, 0, 0, &[]).await.is_err() {
+                if st.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await.is_err() {
                     break;
                 }
                 continue;
@@ -482,81 +584,63 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
         };
         let (h, payload) = match frame {
             Ok(f) => f,
+            Err(TransportError::TooLarge {
+                call_id,
+                method,
+                message,
+            }) => {
+                last_heard = Instant::now();
+                reply_error(
+                    &st.tx,
+                    method,
+                    call_id,
+                    RpcError::new(Code::TooLarge, message),
+                )
+                .await;
+                continue;
+            }
             Err(TransportError::Gone(_)) | Err(TransportError::Protocol(_)) => break,
         };
         last_heard = Instant::now();
         match h.kind {
-            Kind::Request => {
-                let Some((deadline, body)) = split_deadline(&payload) else {
-                    reply_error(
-                        &tx,
-                        h.method,
-                        h.call_id,
-                        RpcError::new(Code::BadRequest, "request without deadline prefix"),
-                    )
-                    .await;
-                    continue;
-                };
-                let Some((_, handler)) = shared.routes.get(&h.method) else {
-                    reply_error(
-                        &tx,
-                        h.method,
-                        h.call_id,
-                        RpcError::new(
-                            Code::UnknownMethod,
-                            format!("no method with id {:#010x}", h.method),
-                        ),
-                    )
-                    .await;
-                    continue;
-                };
-                let token = conn_token.child_token();
-                calls
-                    .lock()
-                    .expect("poisoned")
-                    .insert(h.call_id, token.clone());
-                let ctx = CallContext {
-                    call_id: h.call_id,
-                    deadline: deadline.map(|d| Instant::now() + d),
-                    token: token.clone(),
-                    peer_pid,
-                };
-                let sink = ItemSink {
-                    tx: tx.clone(),
-                    method: h.method,
-                    call_id: h.call_id,
-                    max_message: shared.cfg.max_message,
-                    token: token.clone(),
-                };
-                let mut fut = handler(ctx, body.to_vec(), sink);
-                let max = shared.cfg.max_message;
-                // Fast path: most handlers answer without waiting for anything. Poll once
-                // here; if the answer is ready, reply at once and skip the two task spawns
-                // (and their wake-ups) that a handler which waits needs.
-                if let Some(outcome) = poll_once(&mut fut) {
-                    calls.lock().expect("poisoned").remove(&h.call_id);
-                    let mut tx = tx.lock().await;
-                    send_outcome(&mut tx, h.method, h.call_id, outcome, max).await;
+            Kind::Request => match limit.clone().try_acquire_owned() {
+                Ok(permit) if waiting.is_empty() => st.start(h, payload, permit).await,
+                Ok(permit) => {
+                    // Keep arrival order: the oldest waiting request goes first.
                     drop(permit);
-                    continue;
+                    waiting.push_back((h, payload));
                 }
-                let (tx2, calls2) = (tx.clone(), calls.clone());
-                let grace = shared.cfg.cancel_grace;
-                in_flight.spawn(async move {
-                    let outcome = run_handler(fut, token, deadline, grace).await;
-                    calls2.lock().expect("poisoned").remove(&h.call_id);
-                    let mut tx = tx2.lock().await;
-                    send_outcome(&mut tx, h.method, h.call_id, outcome, max).await;
-                    drop(permit);
-                });
-            }
+                Err(_) => waiting.push_back((h, payload)),
+            },
             Kind::Cancel => {
-                if let Some(t) = calls.lock().expect("poisoned").get(&h.call_id) {
+                if let Some((t, _)) = st.calls.lock().expect("poisoned").get(&h.call_id) {
                     t.cancel();
+                }
+                if let Some(i) = waiting.iter().position(|(w, _)| w.call_id == h.call_id) {
+                    waiting.remove(i);
+                    let e = RpcError::new(Code::Cancelled, "call cancelled");
+                    reply_error(&st.tx, h.method, h.call_id, e).await;
+                }
+            }
+            Kind::Credit => {
+                let n = payload
+                    .get(..4)
+                    .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+                if let Some((_, c)) = st.calls.lock().expect("poisoned").get(&h.call_id) {
+                    // Bounded: a client cannot grant more than a window's worth at once.
+                    let room = STREAM_WINDOW.saturating_sub(c.available_permits());
+                    c.add_permits((n as usize).min(room));
                 }
             }
             Kind::Ping => {
-                if tx.lock().await.send(Kind::Pong, 0, 0, &[]).await.is_err() {
+                if st
+                    .tx
+                    .lock()
+                    .await
+                    .send(Kind::Pong, 0, 0, &[])
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -567,11 +651,11 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
         }
     }
     // The client is gone or we are done: cancel whatever still runs, let it wind down.
-    in_flight.close();
+    st.in_flight.close();
     if !*draining.borrow() {
-        conn_token.cancel();
+        st.conn_token.cancel();
     }
-    in_flight.wait().await;
+    st.in_flight.wait().await;
 }
 
 /// Polls a handler once with a no-op waker. `Some` if it finished (a panic counts as a

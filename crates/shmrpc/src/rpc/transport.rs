@@ -1,6 +1,7 @@
 //! Frames over a connection: a shared-memory channel or a TCP stream.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{Code, RpcError};
@@ -17,6 +18,28 @@ pub(crate) enum TransportError {
     Gone(String),
     /// The peer sent something that is not a valid frame.
     Protocol(String),
+    /// One message was over the size limit and was skipped; the connection goes on.
+    TooLarge {
+        /// Its call.
+        call_id: u64,
+        /// Its method.
+        method: u32,
+        /// What it said.
+        message: String,
+    },
+}
+
+fn reassembly(e: crate::frame::ReassemblyError) -> TransportError {
+    match e {
+        crate::frame::ReassemblyError::TooLarge {
+            call_id, method, ..
+        } => TransportError::TooLarge {
+            call_id,
+            method,
+            message: e.to_string(),
+        },
+        other => TransportError::Protocol(other.to_string()),
+    }
 }
 
 impl From<TransportError> for RpcError {
@@ -24,6 +47,7 @@ impl From<TransportError> for RpcError {
         match e {
             TransportError::Gone(m) => RpcError::new(Code::PeerGone, m),
             TransportError::Protocol(m) => RpcError::new(Code::Protocol, m),
+            TransportError::TooLarge { message, .. } => RpcError::new(Code::TooLarge, message),
         }
     }
 }
@@ -91,7 +115,8 @@ impl FrameTx {
 #[derive(Debug)]
 pub(crate) enum FrameRx {
     Shm(channel::Receiver, Reassembler),
-    Tcp(OwnedReadHalf, Reassembler, Vec<u8>),
+    /// Read half, reassembler, frame buffer, bytes of the current frame already read.
+    Tcp(OwnedReadHalf, Reassembler, Vec<u8>, usize),
 }
 
 impl FrameRx {
@@ -100,7 +125,7 @@ impl FrameRx {
     }
 
     pub(crate) fn tcp(r: OwnedReadHalf, max_message: usize) -> Self {
-        FrameRx::Tcp(r, Reassembler::new(max_message), Vec::new())
+        FrameRx::Tcp(r, Reassembler::new(max_message), Vec::new(), 0)
     }
 
     /// The next whole message. Garbage is a protocol error: the connection is done.
@@ -115,32 +140,46 @@ impl FrameRx {
                     let (h, payload) =
                         frame::decode(&msg).map_err(|e| TransportError::Protocol(e.to_string()))?;
                     re.push(&h, payload)
-                        .map_err(|e| TransportError::Protocol(e.to_string()))?
+                        .map_err(reassembly)?
                         .map(|(h, p)| (h, p.into_owned()))
                 }
-                FrameRx::Tcp(r, re, buf) => {
-                    let mut hdr = [0u8; FRAME_HEADER_LEN];
-                    r.read_exact(&mut hdr)
-                        .await
-                        .map_err(|e| TransportError::Gone(e.to_string()))?;
-                    let h = frame::decode_header(&hdr)
+                FrameRx::Tcp(r, re, buf, filled) => {
+                    // Cancel-safe: callers race `recv` against timers, so the bytes of a
+                    // frame read so far stay in `buf` (and `filled`) until it is complete;
+                    // each `read` either completes or takes nothing.
+                    let total = loop {
+                        if *filled >= FRAME_HEADER_LEN {
+                            let h = frame::decode_header(&buf[..FRAME_HEADER_LEN])
+                                .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                            if h.len as usize > TCP_MAX_FRAGMENT {
+                                return Err(TransportError::Protocol(format!(
+                                    "frame of {} bytes exceeds {TCP_MAX_FRAGMENT}",
+                                    h.len
+                                )));
+                            }
+                            let total = FRAME_HEADER_LEN + h.len as usize;
+                            if *filled == total {
+                                break total;
+                            }
+                            buf.resize(total, 0);
+                        } else {
+                            buf.resize(FRAME_HEADER_LEN, 0);
+                        }
+                        let end = buf.len();
+                        let n = r
+                            .read(&mut buf[*filled..end])
+                            .await
+                            .map_err(|e| TransportError::Gone(e.to_string()))?;
+                        if n == 0 {
+                            return Err(TransportError::Gone("connection closed".into()));
+                        }
+                        *filled += n;
+                    };
+                    *filled = 0;
+                    let (h, payload) = frame::decode(&buf[..total])
                         .map_err(|e| TransportError::Protocol(e.to_string()))?;
-                    if h.len as usize > TCP_MAX_FRAGMENT {
-                        return Err(TransportError::Protocol(format!(
-                            "frame of {} bytes exceeds {TCP_MAX_FRAGMENT}",
-                            h.len
-                        )));
-                    }
-                    buf.clear();
-                    buf.extend_from_slice(&hdr);
-                    buf.resize(FRAME_HEADER_LEN + h.len as usize, 0);
-                    r.read_exact(&mut buf[FRAME_HEADER_LEN..])
-                        .await
-                        .map_err(|e| TransportError::Gone(e.to_string()))?;
-                    let (h, payload) =
-                        frame::decode(buf).map_err(|e| TransportError::Protocol(e.to_string()))?;
                     re.push(&h, payload)
-                        .map_err(|e| TransportError::Protocol(e.to_string()))?
+                        .map_err(reassembly)?
                         .map(|(h, p)| (h, p.into_owned()))
                 }
             };
