@@ -460,13 +460,15 @@ impl SplitWithPid for channel::Endpoint {
     }
 }
 
+/// A running call: its cancellation token and its stream credit.
+type Running = (CancellationToken, Arc<Semaphore>);
+
 /// What one connection's calls share.
 struct ConnState {
     shared: Arc<Shared>,
     tx: Arc<tokio::sync::Mutex<FrameTx>>,
     conn_token: CancellationToken,
-    /// Running calls: their cancellation token and their stream credit.
-    calls: Arc<Mutex<HashMap<u64, (CancellationToken, Arc<Semaphore>)>>>,
+    calls: Arc<Mutex<HashMap<u64, Running>>>,
     in_flight: tokio_util::task::TaskTracker,
     peer_pid: Option<u32>,
 }
