@@ -1,1 +1,74 @@
-fn main(){}
+//! `shmrpc`: the project's command.
+//!
+//! - `shmrpc demo` starts a second process, talks to it through a shared-memory channel
+//!   and prints what happened and the round-trip figures.
+//! - `shmrpc bench` measures the channel between two processes beside raw baselines
+//!   measured in the same run, and prints the ratios the project's targets are stated in.
+//!
+//! Both re-execute this same binary (`std::env::current_exe()`) with a hidden subcommand
+//! for the second process, so what runs on each side is exactly this build.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod child;
+mod demo;
+mod machine;
+mod pin;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Fast, trustworthy IPC over shared-memory rings.
+#[derive(Debug, Parser)]
+#[command(name = "shmrpc", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a second process, exchange messages with it over a shared-memory channel, and
+    /// print what happened and the round-trip figures.
+    Demo,
+    /// Measure the channel between two processes beside raw baselines from the same run.
+    Bench(bench::BenchArgs),
+    /// The demo's server process (started by `shmrpc demo`).
+    #[command(hide = true)]
+    DemoPeer {
+        /// Base name of the listeners to bind.
+        #[arg(long)]
+        name: String,
+        /// CPU to pin to, if any.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+    /// The benchmark's second process (started by `shmrpc bench`).
+    #[command(hide = true)]
+    BenchPeer(bench::PeerArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo => demo::run(),
+        Command::Bench(args) => bench::run(&args),
+        Command::DemoPeer { name, cpu } => demo::peer(&name, cpu),
+        Command::BenchPeer(args) => bench::peer(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shmrpc: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// This binary, for re-executing it as the second process.
+fn self_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find this executable: {e}"))
+}

@@ -1,0 +1,221 @@
+//! The shmrpc channel's side of each workload: round trips (blocking and async) and
+//! batched one-way streams, through the library's public API only.
+
+use std::hint::spin_loop;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use shmrpc::channel::{Endpoint, TrySendError};
+
+use super::raw::{stamp, stamped};
+use super::watchdog::Watchdog;
+
+/// Records the producer commits (deferred) before one `notify`.
+pub const STREAM_BATCH: usize = 32;
+/// Most records the consumer takes per `recv_batch`.
+pub const STREAM_READ_MAX: usize = 256;
+/// Default bound on the bytes of one `recv_batch`. Space is released once per batch, so a
+/// batch of many big records keeps the producer waiting until all are copied out (a
+/// batch of 256 × 64 KiB records would hold the whole 8 MiB ring); a bound in bytes
+/// keeps both sides copying at the same time.
+pub const STREAM_READ_BYTES: usize = 32 << 10;
+
+/// Records per `recv_batch` for messages of `size` bytes, at most `bytes` per batch.
+pub fn read_max(size: usize, bytes: usize) -> usize {
+    (bytes / shmrpc::ring::record_size(size)).clamp(1, STREAM_READ_MAX)
+}
+
+/// Size of every round-trip message.
+pub const RTT_SIZE: usize = 64;
+
+/// The lead side of blocking round trips: send 64 bytes, wait for the echo, copy it out.
+/// Returns the round-trip time of each of the last `total - warm`.
+pub fn rtt_lead(ep: &mut Endpoint, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+    let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
+    let mut msg = [0x11u8; RTT_SIZE];
+    let mut back = [0u8; RTT_SIZE];
+    for i in 0..total {
+        stamp(&mut msg, i);
+        let t0 = Instant::now();
+        ep.send(&msg).context("send")?;
+        {
+            let m = ep.recv().context("recv")?;
+            if m.len() != RTT_SIZE {
+                bail!("echo of {} bytes, expected {RTT_SIZE}", m.len());
+            }
+            back.copy_from_slice(&m);
+        }
+        let dt = t0.elapsed();
+        if !stamped(&back, i) {
+            bail!("echo {i} came back wrong");
+        }
+        if i >= warm {
+            samples.push(dt.as_nanos() as u64);
+        }
+    }
+    Ok(samples)
+}
+
+/// The peer side of blocking round trips: receive, copy out, send the copy back.
+pub fn rtt_echo(ep: &mut Endpoint, total: u64) -> anyhow::Result<()> {
+    let mut buf = [0u8; RTT_SIZE];
+    for _ in 0..total {
+        {
+            let m = ep.recv().context("recv")?;
+            if m.len() != RTT_SIZE {
+                bail!("request of {} bytes, expected {RTT_SIZE}", m.len());
+            }
+            buf.copy_from_slice(&m);
+        }
+        ep.send(&buf).context("send")?;
+    }
+    Ok(())
+}
+
+/// [`rtt_lead`] from a tokio task (`send_async`/`recv_async`).
+pub async fn rtt_lead_async(ep: &mut Endpoint, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+    let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
+    let mut msg = [0x11u8; RTT_SIZE];
+    let mut back = [0u8; RTT_SIZE];
+    for i in 0..total {
+        stamp(&mut msg, i);
+        let t0 = Instant::now();
+        ep.send_async(&msg).await.context("send_async")?;
+        {
+            let m = ep.recv_async().await.context("recv_async")?;
+            if m.len() != RTT_SIZE {
+                bail!("echo of {} bytes, expected {RTT_SIZE}", m.len());
+            }
+            back.copy_from_slice(&m);
+        }
+        let dt = t0.elapsed();
+        if !stamped(&back, i) {
+            bail!("echo {i} came back wrong");
+        }
+        if i >= warm {
+            samples.push(dt.as_nanos() as u64);
+        }
+    }
+    Ok(samples)
+}
+
+/// [`rtt_echo`] from a tokio task.
+pub async fn rtt_echo_async(ep: &mut Endpoint, total: u64) -> anyhow::Result<()> {
+    let mut buf = [0u8; RTT_SIZE];
+    for _ in 0..total {
+        {
+            let m = ep.recv_async().await.context("recv_async")?;
+            if m.len() != RTT_SIZE {
+                bail!("request of {} bytes, expected {RTT_SIZE}", m.len());
+            }
+            buf.copy_from_slice(&m);
+        }
+        ep.send_async(&buf).await.context("send_async")?;
+    }
+    Ok(())
+}
+
+/// The producer of a one-way stream: writes each message in place (`try_reserve`),
+/// commits it without a wake check (`commit_deferred`), and checks once per
+/// [`STREAM_BATCH`] whether the consumer sleeps (`notify`). Spins while the ring is full.
+/// Returns the time until the consumer reported that it had everything.
+pub fn stream_lead(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<Duration> {
+    let mut wd = Watchdog::new("channel stream", Duration::from_secs(60));
+    let mut src = vec![0xA5u8; size];
+    let mut i = 0u64;
+    let t0 = Instant::now();
+    while i < total {
+        let p = ep.sender().producer();
+        let mut k = 0;
+        while k < STREAM_BATCH && i < total {
+            match p.try_reserve(size) {
+                Ok(mut g) => {
+                    stamp(&mut src, i);
+                    g.copy_from_slice(&src);
+                    g.commit_deferred(0);
+                    i += 1;
+                    k += 1;
+                }
+                Err(TrySendError::Full) => break,
+                Err(e) => return Err(e).context("try_reserve"),
+            }
+        }
+        if k == 0 {
+            spin_loop();
+            wd.tick()?;
+        } else {
+            p.notify();
+        }
+    }
+    let (got, errors) = read_report(ep)?;
+    let dt = t0.elapsed();
+    if got != total || errors != 0 {
+        bail!("stream: the consumer got {got} of {total} messages, {errors} bad");
+    }
+    Ok(dt)
+}
+
+/// The consumer of a one-way stream: `recv_batch` of at most `read_max` records, copying
+/// each message out and checking its sequence stamp, then a 16-byte report (count, bad)
+/// back to the producer.
+pub fn stream_sink(
+    ep: &mut Endpoint,
+    size: usize,
+    total: u64,
+    read_max: usize,
+) -> anyhow::Result<u64> {
+    let mut dst = vec![0u8; size];
+    let mut next = 0u64;
+    let mut errors = 0u64;
+    while next < total {
+        let max = read_max.max(1).min((total - next) as usize);
+        ep.receiver()
+            .recv_batch(max, |_tag, payload| {
+                if payload.len() == size {
+                    dst.copy_from_slice(payload);
+                    errors += u64::from(!stamped(&dst, next));
+                } else {
+                    errors += 1;
+                }
+                next += 1;
+            })
+            .context("recv_batch")?;
+    }
+    let mut report = [0u8; 16];
+    report[..8].copy_from_slice(&next.to_le_bytes());
+    report[8..].copy_from_slice(&errors.to_le_bytes());
+    ep.send(&report).context("send report")?;
+    Ok(errors)
+}
+
+fn read_report(ep: &mut Endpoint) -> anyhow::Result<(u64, u64)> {
+    let m = ep.recv().context("waiting for the consumer's report")?;
+    if m.len() != 16 {
+        bail!("report of {} bytes, expected 16", m.len());
+    }
+    let word = |i: usize| u64::from_le_bytes(m[i..i + 8].try_into().expect("8 bytes"));
+    Ok((word(0), word(8)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shmrpc::channel::{pair, ChannelConfig, WaitStrategy};
+
+    #[test]
+    fn round_trips_and_streams_between_two_threads() {
+        let cfg = ChannelConfig::default()
+            .with_capacity(64 << 10)
+            .with_wait(WaitStrategy::Park);
+        let (mut a, mut b) = pair(&cfg).unwrap();
+        let t = std::thread::spawn(move || {
+            rtt_echo(&mut b, 100).unwrap();
+            stream_sink(&mut b, 64, 10_000, 256).unwrap();
+            stream_sink(&mut b, 30_000, 20, 1).unwrap()
+        });
+        assert_eq!(rtt_lead(&mut a, 100, 10).unwrap().len(), 90);
+        stream_lead(&mut a, 64, 10_000).unwrap();
+        stream_lead(&mut a, 30_000, 20).unwrap();
+        assert_eq!(t.join().unwrap(), 0);
+    }
+}
