@@ -41,6 +41,9 @@ pub struct Consumer {
     closed: bool,
     /// How many times we had to wake the producer (each is a system call).
     wakes: u64,
+    /// The record last located at `read`, already validated: a waiter that found it hands
+    /// it to the read that follows instead of loading and checking its header again.
+    located: Option<Located>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -55,6 +58,8 @@ impl std::fmt::Debug for Consumer {
 /// A record located and validated by [`Consumer::locate`].
 #[derive(Clone, Copy)]
 struct Located {
+    /// The position it was found at (after any padding).
+    at: u64,
     off: usize,
     len: usize,
     tag: u32,
@@ -74,6 +79,7 @@ impl Consumer {
             producer_bell: None,
             closed: false,
             wakes: 0,
+            located: None,
         }
     }
 
@@ -109,6 +115,9 @@ impl Consumer {
     /// header (loaded once into locals).
     #[inline]
     fn locate(&mut self) -> Result<Located, PeekError> {
+        if let Some(l) = self.located.filter(|l| l.at == self.read) {
+            return Ok(l);
+        }
         loop {
             let off = (self.read & self.mask) as usize;
             // Acquire: pairs with the producer's Release store of the stamp, so the length
@@ -146,12 +155,15 @@ impl Consumer {
                 }
                 .into());
             }
-            return Ok(Located {
+            let found = Located {
+                at: self.read,
                 off,
                 len,
                 tag,
                 next: self.read + rec,
-            });
+            };
+            self.located = Some(found);
+            return Ok(found);
         }
     }
 
@@ -205,6 +217,11 @@ impl Consumer {
                     f(at.tag, self.payload(at));
                     self.read = at.next;
                     n += 1;
+                    // Give space back as we go once a good share of the ring is read: a
+                    // producer waiting for room should not wait for the whole batch.
+                    if self.read - self.released >= self.cap / 8 {
+                        self.release_to(self.read);
+                    }
                 }
                 Err(e) if n == 0 => return Err(e),
                 Err(_) => break,
