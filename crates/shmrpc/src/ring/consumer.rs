@@ -41,9 +41,6 @@ pub struct Consumer {
     closed: bool,
     /// How many times we had to wake the producer (each is a system call).
     wakes: u64,
-    /// The record last located at `read`, already validated: a waiter that found it hands
-    /// it to the read that follows instead of loading and checking its header again.
-    located: Option<Located>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -58,8 +55,6 @@ impl std::fmt::Debug for Consumer {
 /// A record located and validated by [`Consumer::locate`].
 #[derive(Clone, Copy)]
 struct Located {
-    /// The position it was found at (after any padding).
-    at: u64,
     off: usize,
     len: usize,
     tag: u32,
@@ -79,7 +74,6 @@ impl Consumer {
             producer_bell: None,
             closed: false,
             wakes: 0,
-            located: None,
         }
     }
 
@@ -115,9 +109,6 @@ impl Consumer {
     /// header (loaded once into locals).
     #[inline]
     fn locate(&mut self) -> Result<Located, PeekError> {
-        if let Some(l) = self.located.filter(|l| l.at == self.read) {
-            return Ok(l);
-        }
         loop {
             let off = (self.read & self.mask) as usize;
             // Acquire: pairs with the producer's Release store of the stamp, so the length
@@ -155,15 +146,12 @@ impl Consumer {
                 }
                 .into());
             }
-            let found = Located {
-                at: self.read,
+            return Ok(Located {
                 off,
                 len,
                 tag,
                 next: self.read + rec,
-            };
-            self.located = Some(found);
-            return Ok(found);
+            });
         }
     }
 
