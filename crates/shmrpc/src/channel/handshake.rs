@@ -119,14 +119,6 @@ pub enum ConnectError {
     },
 }
 
-fn socket_path(name: &str) -> Result<PathBuf, names::NameError> {
-    names::validate(name)?;
-    // The runtime dir is created lazily; its errors surface in bind/connect.
-    Ok(names::runtime_dir()
-        .unwrap_or_else(|_| PathBuf::from(format!("/tmp/shmrpc-{}", names::uid())))
-        .join(format!("{name}.sock")))
-}
-
 /// Accepts processes that connect to a name and hands each a new duplex channel.
 #[derive(Debug)]
 pub struct Listener {
@@ -318,7 +310,12 @@ impl Drop for Listener {
 /// # Errors
 /// See [`ConnectError`]. Everything the server sends is validated.
 pub fn connect(name: &str, cfg: &ChannelConfig) -> Result<Endpoint, ConnectError> {
-    let path = socket_path(name)?;
+    names::validate(name)?;
+    let dir = names::runtime_dir().map_err(|source| ConnectError::Io {
+        op: "runtime dir",
+        source,
+    })?;
+    let path = dir.join(format!("{name}.sock"));
     let sock = match UnixStream::connect(&path) {
         Ok(s) => s,
         Err(e)
