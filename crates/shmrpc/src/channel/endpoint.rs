@@ -1,11 +1,15 @@
 //! The two halves of an endpoint and their blocking and async waits.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
+
+/// How often an idle async waiter re-checks its peer when the reactor watches the hang-up.
+const ASYNC_RECHECK: Duration = Duration::from_secs(5);
 
 use super::{RecvError, SendError, TryRecvError, TrySendError};
 use crate::ring::wait::{self, Spinner, WaitStrategy, LIVENESS_INTERVAL, WAIT_BELL};
@@ -18,15 +22,17 @@ use crate::sys::Doorbell;
 pub(crate) enum Peer {
     /// Another thread or task of this process: alive as long as we are.
     SameProcess,
-    /// Another process, connected by this socket: its hang-up means the peer died.
-    Socket(UnixStream),
+    /// Another process, connected by this socket: its hang-up means the peer died. The
+    /// second field is a duplicate of the socket registered with the async runtime on first
+    /// use, so async waiters learn of the hang-up from the reactor instead of polling.
+    Socket(UnixStream, OnceLock<Option<AsyncFd<OwnedFd>>>),
 }
 
 impl Peer {
     pub(crate) fn is_alive(&self) -> bool {
         match self {
             Peer::SameProcess => true,
-            Peer::Socket(s) => {
+            Peer::Socket(s, _) => {
                 use rustix::event::{poll, PollFd, PollFlags};
                 let mut fds = [PollFd::new(s, PollFlags::RDHUP)];
                 let zero = rustix::time::Timespec {
@@ -44,10 +50,41 @@ impl Peer {
         }
     }
 
+    /// A peer in another process, connected by `sock`.
+    pub(crate) fn socket(sock: UnixStream) -> Self {
+        Peer::Socket(sock, OnceLock::new())
+    }
+
+    /// Completes when the peer has hung up (never, for a peer in this process, or if the
+    /// socket cannot be registered: then the periodic check in the waits still applies).
+    async fn hung_up(&self) {
+        let Peer::Socket(sock, watch) = self else {
+            return std::future::pending().await;
+        };
+        let registered = watch.get_or_init(|| {
+            let dup = sock.try_clone().ok()?;
+            crate::sys::doorbell::register_owned(OwnedFd::from(dup)).ok()
+        });
+        let Some(afd) = registered else {
+            return std::future::pending().await;
+        };
+        loop {
+            let Ok(mut guard) = afd.readable().await else {
+                return std::future::pending().await;
+            };
+            if !self.is_alive() {
+                return;
+            }
+            // Readable but alive: nothing is ever sent on this socket after the handshake,
+            // so this is stale readiness; wait for the next event.
+            guard.clear_ready();
+        }
+    }
+
     pub(crate) fn pid(&self) -> Option<u32> {
         match self {
             Peer::SameProcess => Some(std::process::id()),
-            Peer::Socket(s) => crate::sys::fdpass::peer_credentials(s.as_fd())
+            Peer::Socket(s, _) => crate::sys::fdpass::peer_credentials(s.as_fd())
                 .ok()
                 .map(|(pid, _)| pid),
         }
@@ -131,22 +168,30 @@ async fn wait_async(
             wait::disarm(word);
             return Ok(());
         }
+        // The reactor reports the peer's hang-up, so an idle waiter needs no periodic
+        // wake-up; the long re-check is only a safety net.
         let nap = match deadline {
-            None => LIVENESS_INTERVAL,
+            None => ASYNC_RECHECK,
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
                     wait::disarm(word);
                     return Err(WaitError::TimedOut);
                 }
-                (d - now).min(LIVENESS_INTERVAL)
+                (d - now).min(ASYNC_RECHECK)
             }
         };
-        if let Ok(Ok(mut guard)) = tokio::time::timeout(nap, afd.readable()).await {
-            // Drain the eventfd; if it was already empty, the readiness was stale.
-            if !matches!(afd.get_ref().drain(), Ok(true)) {
-                guard.clear_ready();
+        tokio::select! {
+            r = afd.readable() => {
+                if let Ok(mut guard) = r {
+                    // Drain the eventfd; if it was already empty, the readiness was stale.
+                    if !matches!(afd.get_ref().drain(), Ok(true)) {
+                        guard.clear_ready();
+                    }
+                }
             }
+            () = peer.hung_up() => {}
+            () = tokio::time::sleep(nap) => {}
         }
         wait::disarm(word);
         if ready() {

@@ -290,7 +290,7 @@ pub fn server_handshake(sock: UnixStream, cfg: &ChannelConfig) -> Result<Endpoin
         return Err(AcceptError::Handshake(format!("bad ack {ack:02x?}")));
     }
     sock.set_read_timeout(None).map_err(io("set timeout"))?;
-    Ok(attach(&seg, Side::A, bells, cfg, Peer::Socket(sock))?)
+    Ok(attach(&seg, Side::A, bells, cfg, Peer::socket(sock))?)
 }
 
 impl Drop for Listener {
@@ -352,7 +352,7 @@ pub fn connect(name: &str, cfg: &ChannelConfig) -> Result<Endpoint, ConnectError
         Side::B,
         bells,
         cfg,
-        Peer::Socket(sock.try_clone().map_err(io("dup"))?),
+        Peer::socket(sock.try_clone().map_err(io("dup"))?),
     )?;
     (&sock).write_all(&ACK).map_err(io("send ack"))?;
     Ok(endpoint)

@@ -96,3 +96,18 @@ impl AsRawFd for Doorbell {
         self.fd.as_raw_fd()
     }
 }
+
+/// Registers an owned file descriptor with the current tokio runtime's reactor, for read
+/// readiness (which includes the peer's hang-up on a socket).
+///
+/// # Errors
+/// `Other` outside a tokio runtime; the OS error of `epoll_ctl` otherwise.
+pub fn register_owned(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(io::Error::other("not inside a tokio runtime"));
+    }
+    // SAFETY: an `OwnedFd` owns its descriptor and never changes it, so the fd stays valid,
+    // open and the same for the whole life of the `AsyncFd`, as `register` requires.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
