@@ -303,7 +303,7 @@ impl ServerBuilder {
 }
 
 /// Raises the soft limit on open files to the hard limit: each shared-memory connection
-/// holds six descriptors, and a server should hold a thousand connections and more.
+/// holds seven descriptors, and a server should hold a thousand connections and more.
 fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
