@@ -151,6 +151,10 @@ fn bench_quick_prints_the_table_and_writes_json() {
             "64 B stream / batched SPSC baseline",
             "64 KiB stream / bare copy floor",
             "cleanup: peer exited 0",
+            "RPC (issue 3): unary call, 64 B, two processes",
+            "RPC (issue 3): pipelined 64 B calls, two processes",
+            "RPC (issue 3): a server restart",
+            "RPC ratios, issue 3",
         ],
     );
 
@@ -218,5 +222,67 @@ fn bench_quick_prints_the_table_and_writes_json() {
         assert!(number(r, "ratio") > 0.0, "{id}");
         assert!(r["target"].is_string(), "{id} has a target");
         assert!(r["met"].is_boolean(), "{id} says met or not");
+    }
+
+    // The RPC cases of issue 3, in their own part of the document; issue 2's ratio list
+    // holds none of their ratios.
+    let rpc = &doc["rpc"];
+    let unary = rpc["unary"].as_array().expect("rpc.unary array");
+    for id in [
+        "rpc.unary.shmrpc.spin_then_park",
+        "rpc.unary.shmrpc.park",
+        "rpc.unary.baseline.uds",
+    ] {
+        let r = unary
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no rpc unary result {id}"));
+        let (p50, p99) = (number(r, "p50_us"), number(r, "p99_us"));
+        assert!(p50 > 0.0 && p99 >= p50, "{id}: p50 {p50} p99 {p99}");
+        assert_eq!(number(r, "size"), 64.0);
+    }
+    let piped = rpc["pipelined"].as_array().expect("rpc.pipelined array");
+    for (id, conns) in [
+        ("rpc.pipelined.shmrpc.1", 1.0),
+        ("rpc.pipelined.baseline.uds.1", 1.0),
+        ("rpc.pipelined.shmrpc.16", 16.0),
+        ("rpc.pipelined.baseline.uds.16", 16.0),
+    ] {
+        let r = piped
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no rpc pipelined result {id}"));
+        assert_eq!(number(r, "connections"), conns, "{id}");
+        assert!(number(r, "calls_per_s") > 0.0, "{id}");
+    }
+    let reconnect = rpc["reconnect"].as_array().expect("rpc.reconnect array");
+    for id in ["rpc.reconnect.shmrpc", "rpc.reconnect.shmrpc.after_bind"] {
+        let r = reconnect
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no reconnect result {id}"));
+        assert!(number(r, "median_ms") > 0.0, "{id}");
+        assert!(number(r, "slowest_ms") >= number(r, "median_ms"), "{id}");
+        assert!(number(r, "restarts") >= 1.0, "{id}");
+        assert!(r["met"].is_boolean(), "{id}");
+    }
+    let rpc_ratios = rpc["ratios"].as_array().expect("rpc.ratios array");
+    for id in [
+        "rpc_unary_stp_vs_uds",
+        "rpc_unary_park_vs_uds",
+        "rpc_pipelined_1_vs_uds",
+        "rpc_pipelined_16_vs_uds",
+    ] {
+        let r = rpc_ratios
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no rpc ratio {id}"));
+        assert!(number(r, "ratio") > 0.0, "{id}");
+        assert!(r["target"].is_string(), "{id} has a target");
+        assert!(r["met"].is_boolean(), "{id} says met or not");
+        assert!(
+            !ratios.iter().any(|x| x["id"] == id),
+            "{id} is not in issue 2's ratio list"
+        );
     }
 }

@@ -18,6 +18,7 @@ mod chan;
 mod protocol;
 mod raw;
 mod report;
+mod rpc;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -47,8 +48,9 @@ pub struct BenchArgs {
     /// Measured repetitions (rounds of all cases); default 7, or 3 with --quick.
     #[arg(long, value_name = "N")]
     pub reps: Option<usize>,
-    /// Only run cases whose id contains one of these comma-separated texts (a ratio is
-    /// shown only if both of its cases ran).
+    /// Only run cases whose id contains one of these comma-separated texts at the start of
+    /// one of its `.`- or `_`-separated words (`rpc.` selects the RPC cases of issue 3,
+    /// `rtt.` the channel round trips; a ratio is shown only if both of its cases ran).
     #[arg(long, value_name = "TEXT,...", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Ring capacity of the channel for 64 B and 1 KiB streams (and the data area of the
@@ -105,6 +107,12 @@ pub enum Workload {
     RoundTrip,
     /// One way, as fast as possible; messages and bytes per second.
     Stream,
+    /// RPC unary calls one after another; latency per call.
+    Call,
+    /// RPC calls with many outstanding; calls per second.
+    Pipelined,
+    /// A server restart: from its bind to a client's first successful call.
+    Reconnect,
 }
 
 /// Over what a case moves its messages.
@@ -122,6 +130,13 @@ pub enum Transport {
     Spsc { slots: usize },
     /// Buffers with a flag each: the cross-core copy floor.
     Copy { slots: usize },
+    /// `shmrpc::rpc` over `conns` connections, both sides parking or spin-then-park.
+    Rpc { park: bool, conns: usize },
+    /// tokio Unix sockets with the same frames, `conns` connections.
+    Uds { conns: usize },
+    /// An RPC server that restarts; the client calls as soon as the server is down
+    /// (`early`: its reconnect back-off is part of the figure) or once it is up again.
+    RpcRestart { early: bool },
 }
 
 /// One measured combination.
@@ -380,8 +395,9 @@ impl Plan {
                 warm: 0,
             });
         }
+        rpc_cases(&mut cases, args.quick);
         if !args.only.is_empty() {
-            cases.retain(|c| args.only.iter().any(|o| c.id.contains(o.as_str())));
+            cases.retain(|c| args.only.iter().any(|o| selects(&c.id, o)));
             if cases.is_empty() {
                 bail!("--only {:?} matches no case", args.only);
             }
@@ -421,6 +437,115 @@ impl Plan {
     }
 }
 
+/// Whether `--only` text `o` selects case `id`: `o` occurs in `id` at its start or right
+/// after a `.` or `_`.
+fn selects(id: &str, o: &str) -> bool {
+    id.match_indices(o)
+        .any(|(i, _)| i == 0 || matches!(id.as_bytes()[i - 1], b'.' | b'_'))
+}
+
+/// The RPC cases of issue 3, each beside its Unix-socket baseline.
+fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
+    let div = if quick { 10 } else { 1 };
+    let mut add = |id: &str, label: String, mode, workload, transport, (n, warm): (u64, u64)| {
+        cases.push(Case {
+            id: format!("rpc.{id}"),
+            label,
+            mode,
+            baseline: matches!(transport, Transport::Uds { .. }),
+            workload,
+            size: rpc::SIZE,
+            transport,
+            total: n + warm,
+            warm,
+        });
+    };
+    let (fast, slow) = ((20_000 / div, 2_000 / div), (5_000 / div, 500 / div));
+    add(
+        "unary.shmrpc.spin_then_park",
+        "shmrpc RPC unary call, spin-then-park".to_owned(),
+        "spin-then-park",
+        Workload::Call,
+        Transport::Rpc {
+            park: false,
+            conns: 1,
+        },
+        fast,
+    );
+    add(
+        "unary.baseline.uds",
+        "baseline: tokio Unix socket, same frames, echo".to_owned(),
+        "uds",
+        Workload::Call,
+        Transport::Uds { conns: 1 },
+        fast,
+    );
+    add(
+        "unary.shmrpc.park",
+        "shmrpc RPC unary call, park".to_owned(),
+        "park",
+        Workload::Call,
+        Transport::Rpc {
+            park: true,
+            conns: 1,
+        },
+        slow,
+    );
+    let n = 200_000 / div;
+    for conns in [1, rpc::MANY] {
+        let c = if conns == 1 {
+            "1 connection".to_owned()
+        } else {
+            format!("{conns} connections")
+        };
+        add(
+            &format!("pipelined.shmrpc.{conns}"),
+            format!(
+                "shmrpc RPC, {c}, {} caller tasks each, spin-then-park",
+                rpc::PIPELINE
+            ),
+            "spin-then-park",
+            Workload::Pipelined,
+            Transport::Rpc { park: false, conns },
+            (n, 0),
+        );
+        add(
+            &format!("pipelined.baseline.uds.{conns}"),
+            format!(
+                "baseline: tokio Unix socket, {c}, {} requests outstanding each",
+                rpc::PIPELINE
+            ),
+            "uds",
+            Workload::Pipelined,
+            Transport::Uds { conns },
+            (n, 0),
+        );
+    }
+    let restarts = if quick { 3 } else { 10 };
+    add(
+        "reconnect.shmrpc",
+        format!(
+            "server restart (down {} ms), client calling throughout: bind → first call done",
+            rpc::RESTART_GAP.as_millis()
+        ),
+        "spin-then-park",
+        Workload::Reconnect,
+        Transport::RpcRestart { early: true },
+        (restarts, 0),
+    );
+    add(
+        "reconnect.shmrpc.after_bind",
+        format!(
+            "server restart (down {} ms), client calling once it is up: bind → first call done",
+            rpc::RESTART_GAP.as_millis()
+        ),
+        "spin-then-park",
+        Workload::Reconnect,
+        Transport::RpcRestart { early: false },
+        (restarts, 0),
+    );
+}
+
 /// Everything the lead process holds during a run.
 struct Lead {
     seg: Segment,
@@ -429,6 +554,10 @@ struct Lead {
     rt: tokio::runtime::Runtime,
     copy_slots: usize,
     read_bytes: usize,
+    /// Name of the RPC servers the peer binds.
+    rpc_name: String,
+    /// Socket file of the Unix-socket baseline.
+    uds: PathBuf,
 }
 
 impl Lead {
@@ -438,6 +567,12 @@ impl Lead {
 
     /// Runs one case: resets the baseline words, tells the peer, leads, collects.
     fn run_case(&mut self, case: &Case) -> anyhow::Result<Measurement> {
+        if matches!(
+            case.workload,
+            Workload::Call | Workload::Pipelined | Workload::Reconnect
+        ) {
+            return self.run_rpc_case(case);
+        }
         raw::reset(&self.seg, self.copy_slots)?;
         let (total, warm, size) = (case.total, case.warm, case.size);
         let cmd = match case.transport {
@@ -453,12 +588,18 @@ impl Lead {
                     total,
                     read_max: chan::read_max(size, self.read_bytes),
                 },
+                Workload::Call | Workload::Pipelined | Workload::Reconnect => {
+                    bail!("{}: an RPC workload on a channel", case.id)
+                }
             },
             Transport::CacheLine => Cmd::LineEcho { total },
             Transport::Futex => Cmd::FutexEcho { total },
             Transport::RecordRing { fence } => Cmd::RecEcho { fence, total },
             Transport::Spsc { slots } => Cmd::SpscSink { size, slots, total },
             Transport::Copy { slots } => Cmd::CopySink { size, slots, total },
+            Transport::Rpc { .. } | Transport::Uds { .. } | Transport::RpcRestart { .. } => {
+                bail!("{}: an RPC transport in a channel workload", case.id)
+            }
         };
         self.peer.send(&cmd.to_string())?;
         let m = match (case.transport, case.workload) {
@@ -475,6 +616,9 @@ impl Lead {
                 let dt = chan::stream_lead(self.ep(chan)?, size, total)?;
                 rate(dt, total, size)
             }
+            (Transport::Channel { .. }, _) => {
+                bail!("{}: an RPC workload on a channel", case.id)
+            }
             (Transport::CacheLine, _) => Measurement::Latency(Latency::from_nanos(
                 &mut raw::line_lead(&self.seg, total, warm)?,
             )),
@@ -490,6 +634,9 @@ impl Lead {
             (Transport::Copy { slots }, _) => {
                 rate(raw::copy_lead(&self.seg, size, slots, total)?, total, size)
             }
+            (Transport::Rpc { .. } | Transport::Uds { .. } | Transport::RpcRestart { .. }, _) => {
+                bail!("{}: an RPC transport in a channel workload", case.id)
+            }
         };
         let answer = self.peer.expect("done", PEER_TIMEOUT)?;
         if answer != "0" {
@@ -497,6 +644,109 @@ impl Lead {
         }
         Ok(m)
     }
+}
+
+impl Lead {
+    /// Runs one RPC case: the peer binds a server for it, the lead's clients call it, the
+    /// peer stops it.
+    fn run_rpc_case(&mut self, case: &Case) -> anyhow::Result<Measurement> {
+        let (total, warm) = (case.total, case.warm);
+        let cmd = match case.transport {
+            Transport::Rpc { park, .. } => Cmd::RpcServe {
+                kind: if park {
+                    rpc::ServerKind::Park
+                } else {
+                    rpc::ServerKind::SpinThenPark
+                },
+            },
+            Transport::Uds { .. } => Cmd::RpcServe {
+                kind: rpc::ServerKind::Uds,
+            },
+            Transport::RpcRestart { .. } => Cmd::RpcRestart { count: total },
+            _ => bail!("{}: not an RPC transport", case.id),
+        };
+        self.peer.send(&cmd.to_string())?;
+        self.peer.expect("ready", PEER_TIMEOUT)?;
+        let (name, uds) = (self.rpc_name.clone(), self.uds.clone());
+        let m = match (case.transport, case.workload) {
+            (Transport::Rpc { park, conns }, w) => {
+                let clients = self.rt.block_on(rpc::connect(&name, park, conns))?;
+                let m = if w == Workload::Call {
+                    let mut s = self.rt.block_on(rpc::rpc_unary(&clients[0], total, warm))?;
+                    Measurement::Latency(Latency::from_nanos(&mut s))
+                } else {
+                    let (dt, n) = self.rt.block_on(rpc::rpc_pipelined(&clients, total))?;
+                    rate(dt, n, rpc::SIZE)
+                };
+                // Drop the clients inside the runtime (their tasks end with them).
+                self.rt.block_on(async move { drop(clients) });
+                m
+            }
+            (Transport::Uds { conns }, w) => {
+                if w == Workload::Call {
+                    let mut s = self.rt.block_on(rpc::uds_unary(&uds, total, warm))?;
+                    Measurement::Latency(Latency::from_nanos(&mut s))
+                } else {
+                    let (dt, n) = self.rt.block_on(rpc::uds_pipelined(&uds, conns, total))?;
+                    rate(dt, n, rpc::SIZE)
+                }
+            }
+            (Transport::RpcRestart { early }, _) => {
+                let client = self.rt.block_on(async {
+                    let c = rpc::connect(&name, false, 1).await?.remove(0);
+                    rpc::call_until_ok(&c).await?;
+                    anyhow::Ok(c)
+                })?;
+                let mut samples = Vec::new();
+                for _ in 0..total {
+                    self.peer.send("restart")?;
+                    self.peer.expect("down", PEER_TIMEOUT)?;
+                    let (done, bound) = if early {
+                        let done = self.rt.block_on(rpc::call_until_ok(&client))?;
+                        (done, self.peer.expect("up", PEER_TIMEOUT)?)
+                    } else {
+                        let bound = self.peer.expect("up", PEER_TIMEOUT)?;
+                        (self.rt.block_on(rpc::call_until_ok(&client))?, bound)
+                    };
+                    let bound: u64 = bound.parse().context("the peer's bind time")?;
+                    samples.push(done.saturating_sub(bound));
+                }
+                self.rt.block_on(async move { drop(client) });
+                Measurement::Latency(Latency::from_nanos(&mut samples))
+            }
+            _ => bail!("{}: not an RPC transport", case.id),
+        };
+        self.peer.send("rpc-stop")?;
+        let answer = self.peer.expect("done", PEER_TIMEOUT)?;
+        if answer != "0" {
+            bail!("{}: the peer said {answer}", case.id);
+        }
+        Ok(m)
+    }
+}
+
+/// The peer's side of an RPC case: runs the server until "rpc-stop", restarting it on
+/// each "restart" line.
+fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> anyhow::Result<u64> {
+    let (name, uds) = (format!("{prefix}-rpc"), rpc::uds_path(prefix));
+    let mut server = rpc::Running::start(kind, &name, &uds)?;
+    ctl.send("ready")?;
+    loop {
+        match ctl.next()?.as_deref() {
+            Some("rpc-stop") => break,
+            Some("restart") => {
+                server.stop()?;
+                ctl.send("down")?;
+                std::thread::sleep(rpc::RESTART_GAP);
+                server = rpc::Running::start(kind, &name, &uds)?;
+                ctl.send(&format!("up {}", server.bound_at))?;
+            }
+            Some(other) => bail!("unexpected {other:?} during an RPC case"),
+            None => bail!("the control pipe closed during an RPC case"),
+        }
+    }
+    server.stop()?;
+    Ok(0)
 }
 
 /// The endpoint of channel `c`.
@@ -604,6 +854,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         rt,
         copy_slots: plan.copy_slots,
         read_bytes: plan.read_bytes,
+        rpc_name: format!("{prefix}-rpc"),
+        uds: rpc::uds_path(&prefix),
     };
 
     println!("shmrpc bench: two processes, the shmrpc channel beside raw baselines");
@@ -648,10 +900,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("the peer process exited with {status}");
     }
     drop(lead);
+    let uds = rpc::uds_path(&prefix);
+    // Where the RPC servers' listener sockets were (as `channel::Listener` names them).
+    let rpc_socket = names::runtime_dir()
+        .map(|d| d.join(format!("{prefix}-rpc.sock")))
+        .unwrap_or_default();
     let leftovers: Vec<String> = sockets
         .iter()
-        .chain(std::iter::once(&seg_path))
-        .filter(|p| p.exists())
+        .chain([&seg_path, &uds, &rpc_socket])
+        .filter(|p| !p.as_os_str().is_empty() && p.exists())
         .map(|p| p.display().to_string())
         .collect();
     if !leftovers.is_empty() {
@@ -719,9 +976,45 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
             } => chan::stream_sink(find(&mut eps, chan)?, size, total, read_max)?,
             Cmd::SpscSink { size, slots, total } => raw::spsc_sink(&seg, size, slots, total)?,
             Cmd::CopySink { size, slots, total } => raw::copy_sink(&seg, size, slots, total)?,
+            Cmd::RpcServe { kind } => peer_rpc(&mut ctl, &args.prefix, kind)?,
+            Cmd::RpcRestart { .. } => {
+                peer_rpc(&mut ctl, &args.prefix, rpc::ServerKind::SpinThenPark)?
+            }
         };
         ctl.send(&format!("done {bad}"))?;
     }
     // End of file without "quit": the lead is gone.
     bail!("the control pipe closed before \"quit\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_matches_at_word_starts() {
+        assert!(selects("rpc.unary.shmrpc.park", "rpc."));
+        assert!(!selects("rtt.shmrpc.spin", "rpc."));
+        assert!(selects("rtt.shmrpc.spin", "shmrpc"));
+        assert!(selects("rtt.shmrpc.spin_then_park", "park"));
+        assert!(selects("stream.baseline.spsc.64", "spsc.64"));
+        assert!(!selects("stream.shmrpc.65536", "536"));
+    }
+
+    #[test]
+    fn rpc_cases_are_selected_by_their_prefix_alone() {
+        let args = BenchArgs {
+            quick: true,
+            json: None,
+            reps: None,
+            only: vec!["rpc.".to_owned()],
+            small_ring: 256 << 10,
+            big_ring: 8 << 20,
+            read_bytes: chan::STREAM_READ_BYTES,
+            copy_slots: None,
+        };
+        let plan = Plan::new(&args).unwrap();
+        assert_eq!(plan.cases.len(), 9);
+        assert!(plan.cases.iter().all(|c| c.id.starts_with("rpc.")));
+    }
 }

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context};
 
+pub use super::rpc::ServerKind;
+
 /// The channels the benchmark opens, one connection each (a channel's wait strategy is
 /// fixed when it is made).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -96,6 +98,13 @@ pub enum Cmd {
         slots: usize,
         total: u64,
     },
+    /// Run an RPC (or Unix-socket baseline) echo server: answer "ready", serve until
+    /// "rpc-stop", then stop it.
+    RpcServe { kind: ServerKind },
+    /// Run a spin-then-park RPC server and restart it `count` times, one per "restart"
+    /// line: stop it, answer "down", wait, bind again and answer "up <CLOCK_MONOTONIC ns>".
+    /// Then "rpc-stop".
+    RpcRestart { count: u64 },
     /// End the peer.
     Quit,
 }
@@ -124,6 +133,8 @@ impl fmt::Display for Cmd {
             } => write!(f, "chan-sink {} {size} {total} {read_max}", chan.as_str()),
             Cmd::SpscSink { size, slots, total } => write!(f, "spsc-sink {size} {slots} {total}"),
             Cmd::CopySink { size, slots, total } => write!(f, "copy-sink {size} {slots} {total}"),
+            Cmd::RpcServe { kind } => write!(f, "rpc-serve {}", kind.as_str()),
+            Cmd::RpcRestart { count } => write!(f, "rpc-restart {count}"),
             Cmd::Quit => write!(f, "quit"),
         }
     }
@@ -201,6 +212,16 @@ impl FromStr for Cmd {
                     total: num(3)?,
                 }
             }
+            Some("rpc-serve") => {
+                expect_len(2)?;
+                Cmd::RpcServe {
+                    kind: words[1].parse()?,
+                }
+            }
+            Some("rpc-restart") => {
+                expect_len(2)?;
+                Cmd::RpcRestart { count: num(1)? }
+            }
             Some("quit") => {
                 expect_len(1)?;
                 Cmd::Quit
@@ -245,6 +266,13 @@ mod tests {
                 slots: 4,
                 total: 9,
             },
+            Cmd::RpcServe {
+                kind: ServerKind::Park,
+            },
+            Cmd::RpcServe {
+                kind: ServerKind::Uds,
+            },
+            Cmd::RpcRestart { count: 3 },
             Cmd::Quit,
         ];
         for c in cmds {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{Case, Measurement, Plan, Workload};
+use super::{Case, Measurement, Plan, Transport, Workload};
 use crate::machine::Machine;
 use crate::stats::{fmt_gbps, fmt_mps, fmt_size, fmt_us, median, Latency};
 
@@ -176,6 +176,62 @@ const RATIOS: &[RatioSpec] = &[
     },
 ];
 
+/// The RPC ratios of issue 3, kept apart from issue 2's list (their own section of the
+/// table and their own JSON key), each against a Unix-socket baseline of the same run.
+const RPC_RATIOS: &[RatioSpec] = &[
+    RatioSpec {
+        id: "rpc_unary_stp_vs_uds",
+        what: "RPC unary call, spin-then-park / Unix socket",
+        num: "rpc.unary.shmrpc.spin_then_park",
+        den: "rpc.unary.baseline.uds",
+        metric: Metric::P50,
+        bound: Some(Bound::AtMost(0.1)),
+    },
+    RatioSpec {
+        id: "rpc_unary_park_vs_uds",
+        what: "RPC unary call, park / Unix socket",
+        num: "rpc.unary.shmrpc.park",
+        den: "rpc.unary.baseline.uds",
+        metric: Metric::P50,
+        bound: Some(Bound::AtMost(1.1)),
+    },
+    RatioSpec {
+        id: "rpc_pipelined_1_vs_uds",
+        what: "RPC pipelined, 1 connection / Unix socket",
+        num: "rpc.pipelined.shmrpc.1",
+        den: "rpc.pipelined.baseline.uds.1",
+        metric: Metric::MsgRate,
+        bound: Some(Bound::AtLeast(10.0)),
+    },
+    RatioSpec {
+        id: "rpc_pipelined_16_vs_uds",
+        what: "RPC pipelined, 16 connections / Unix socket",
+        num: "rpc.pipelined.shmrpc.16",
+        den: "rpc.pipelined.baseline.uds.16",
+        metric: Metric::MsgRate,
+        bound: Some(Bound::AtLeast(10.0)),
+    },
+    RatioSpec {
+        id: "rpc_unary_stp_vs_uds_p99",
+        what: "RPC unary call, spin-then-park / Unix socket",
+        num: "rpc.unary.shmrpc.spin_then_park",
+        den: "rpc.unary.baseline.uds",
+        metric: Metric::P99,
+        bound: None,
+    },
+    RatioSpec {
+        id: "rpc_unary_park_vs_uds_p99",
+        what: "RPC unary call, park / Unix socket",
+        num: "rpc.unary.shmrpc.park",
+        den: "rpc.unary.baseline.uds",
+        metric: Metric::P99,
+        bound: None,
+    },
+];
+
+/// Target of issue 3 for the restart case: the slowest reconnect, in milliseconds.
+const RECONNECT_TARGET_MS: f64 = 100.0;
+
 /// A computed ratio.
 struct Ratio {
     spec: &'static RatioSpec,
@@ -192,6 +248,29 @@ pub struct Report<'a> {
     cpus: Option<(usize, usize)>,
     elapsed: Duration,
     ratios: Vec<Ratio>,
+    rpc_ratios: Vec<Ratio>,
+}
+
+/// The ratios of `specs` whose two cases both ran.
+fn ratios_of(specs: &'static [RatioSpec], plan: &Plan, results: &[Vec<Measurement>]) -> Vec<Ratio> {
+    let find = |id: &str| plan.cases.iter().position(|c| c.id == id);
+    specs
+        .iter()
+        .filter_map(|spec| {
+            let (n, d) = (find(spec.num)?, find(spec.den)?);
+            let per_rep: Vec<f64> = results[n]
+                .iter()
+                .zip(&results[d])
+                .filter_map(|(a, b)| Some(spec.metric.of(a)? / spec.metric.of(b)?))
+                .filter(|r| r.is_finite())
+                .collect();
+            Some(Ratio {
+                spec,
+                value: median(per_rep.iter().copied()),
+                per_rep,
+            })
+        })
+        .collect()
 }
 
 impl<'a> Report<'a> {
@@ -203,24 +282,8 @@ impl<'a> Report<'a> {
         cpus: Option<(usize, usize)>,
         elapsed: Duration,
     ) -> Self {
-        let find = |id: &str| plan.cases.iter().position(|c| c.id == id);
-        let ratios = RATIOS
-            .iter()
-            .filter_map(|spec| {
-                let (n, d) = (find(spec.num)?, find(spec.den)?);
-                let per_rep: Vec<f64> = results[n]
-                    .iter()
-                    .zip(&results[d])
-                    .filter_map(|(a, b)| Some(spec.metric.of(a)? / spec.metric.of(b)?))
-                    .filter(|r| r.is_finite())
-                    .collect();
-                Some(Ratio {
-                    spec,
-                    value: median(per_rep.iter().copied()),
-                    per_rep,
-                })
-            })
-            .collect();
+        let ratios = ratios_of(RATIOS, plan, results);
+        let rpc_ratios = ratios_of(RPC_RATIOS, plan, results);
         Self {
             plan,
             results,
@@ -228,6 +291,7 @@ impl<'a> Report<'a> {
             cpus,
             elapsed,
             ratios,
+            rpc_ratios,
         }
     }
 
@@ -299,36 +363,93 @@ impl<'a> Report<'a> {
             }
             s.push('\n');
         }
-        let _ = writeln!(
-            s,
-            "Ratios (median of the per-repetition ratios; the ratios are the result)"
-        );
-        let rw = self
-            .ratios
-            .iter()
-            .map(|r| r.spec.what.chars().count())
-            .max()
-            .unwrap_or(0);
-        for r in &self.ratios {
-            let verdict = match r.spec.bound {
-                Some(b) => format!(
-                    "target {:<7} {}",
-                    b.text(),
-                    if b.holds(r.value) { "MET" } else { "NOT MET" }
-                ),
-                None => "(for information)".to_owned(),
-            };
+        if !self.ratios.is_empty() {
             let _ = writeln!(
                 s,
-                "  {:<rw$} {:>5} {:>6.2}×   {}",
-                r.spec.what,
-                r.spec.metric.name(),
-                r.value,
-                verdict
+                "Ratios (median of the per-repetition ratios; the ratios are the result)"
+            );
+            write_ratios(&mut s, &self.ratios);
+            s.push('\n');
+        }
+        self.rpc_table(&mut s, w);
+        s
+    }
+
+    /// The section of the RPC cases (issue 3).
+    fn rpc_table(&self, s: &mut String, w: usize) {
+        let calls: Vec<_> = self.cases(Workload::Call).collect();
+        if !calls.is_empty() {
+            let _ = writeln!(
+                s,
+                "{:<w2$} {:>10} {:>10} {:>10}",
+                "RPC (issue 3): unary call, 64 B, two processes",
+                "p50",
+                "p99",
+                "p99.9",
+                w2 = w + 2
+            );
+            for (c, reps) in calls {
+                let l = latency_of(reps);
+                let _ = writeln!(
+                    s,
+                    "  {:<w$} {:>10} {:>10} {:>10}",
+                    c.label,
+                    fmt_us(l.p50),
+                    fmt_us(l.p99),
+                    fmt_us(l.p999)
+                );
+            }
+            s.push('\n');
+        }
+        let piped: Vec<_> = self.cases(Workload::Pipelined).collect();
+        if !piped.is_empty() {
+            let _ = writeln!(
+                s,
+                "{:<w2$} {:>14}",
+                "RPC (issue 3): pipelined 64 B calls, two processes",
+                "calls/s",
+                w2 = w + 2
+            );
+            for (c, reps) in piped {
+                let cps = median(reps.iter().filter_map(Measurement::msgs_per_s));
+                let _ = writeln!(
+                    s,
+                    "  {:<w$} {:>14}",
+                    c.label,
+                    fmt_mps(cps).replace("msg/s", "calls/s")
+                );
+            }
+            s.push('\n');
+        }
+        let restarts: Vec<_> = self.cases(Workload::Reconnect).collect();
+        if !restarts.is_empty() {
+            let _ = writeln!(s, "RPC (issue 3): a server restart");
+        }
+        for (c, reps) in restarts {
+            let l = latency_of(reps);
+            let worst = worst_ms(reps);
+            let _ = writeln!(
+                s,
+                "  {}\n    median {:.1} ms, slowest {:.1} ms over {} restarts; target < {} ms (slowest) {}",
+                c.label,
+                l.p50 / 1000.0,
+                worst,
+                l.samples,
+                RECONNECT_TARGET_MS,
+                if worst < RECONNECT_TARGET_MS { "MET" } else { "NOT MET" }
             );
         }
-        s.push('\n');
-        s
+        if self.cases(Workload::Reconnect).next().is_some() {
+            s.push('\n');
+        }
+        if !self.rpc_ratios.is_empty() {
+            let _ = writeln!(
+                s,
+                "RPC ratios, issue 3 (median of the per-repetition ratios)"
+            );
+            write_ratios(s, &self.rpc_ratios);
+            s.push('\n');
+        }
     }
 
     /// The JSON document.
@@ -372,23 +493,7 @@ impl<'a> Report<'a> {
                 })
             })
             .collect();
-        let ratios: Vec<Value> = self
-            .ratios
-            .iter()
-            .map(|r| {
-                json!({
-                    "id": r.spec.id,
-                    "what": r.spec.what,
-                    "metric": r.spec.metric.name(),
-                    "numerator": r.spec.num,
-                    "denominator": r.spec.den,
-                    "ratio": r.value,
-                    "per_rep": r.per_rep,
-                    "target": r.spec.bound.map(Bound::text),
-                    "met": r.spec.bound.map(|b| b.holds(r.value)),
-                })
-            })
-            .collect();
+        let ratios = ratios_json(&self.ratios);
         json!({
             "schema": "shmrpc-bench/1",
             "date_utc": utc_now(),
@@ -406,12 +511,142 @@ impl<'a> Report<'a> {
                 "stream_read_max": super::chan::STREAM_READ_MAX,
                 "stream_read_bytes": self.plan.read_bytes,
                 "spsc_batch": super::raw::SPSC_BATCH,
+                "rpc_spin_then_park": format!("{:?}", super::rpc::wait_of(false)),
             },
             "round_trip": rtt,
             "stream": streams,
             "ratios": ratios,
+            "rpc": self.rpc_json(),
         })
     }
+
+    /// The RPC part of the JSON document (issue 3).
+    fn rpc_json(&self) -> Value {
+        let kind = |c: &Case| {
+            if c.baseline {
+                "baseline-uds"
+            } else {
+                "shmrpc-rpc"
+            }
+        };
+        let unary: Vec<Value> = self
+            .cases(Workload::Call)
+            .map(|(c, reps)| {
+                let l = latency_of(reps);
+                json!({
+                    "id": c.id,
+                    "label": c.label,
+                    "transport": kind(c),
+                    "mode": c.mode,
+                    "size": c.size,
+                    "p50_us": l.p50,
+                    "p99_us": l.p99,
+                    "p999_us": l.p999,
+                    "max_us": l.max,
+                    "samples": l.samples,
+                    "per_rep_p50_us": reps.iter().filter_map(Measurement::p50).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let pipelined: Vec<Value> = self
+            .cases(Workload::Pipelined)
+            .map(|(c, reps)| {
+                let conns = match c.transport {
+                    Transport::Rpc { conns, .. } | Transport::Uds { conns } => conns,
+                    _ => 0,
+                };
+                json!({
+                    "id": c.id,
+                    "label": c.label,
+                    "transport": kind(c),
+                    "mode": c.mode,
+                    "size": c.size,
+                    "connections": conns,
+                    "outstanding_per_connection": super::rpc::PIPELINE,
+                    "calls_per_s": median(reps.iter().filter_map(Measurement::msgs_per_s)),
+                    "per_rep_calls_per_s": reps.iter().filter_map(Measurement::msgs_per_s).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let reconnect: Vec<Value> = self
+            .cases(Workload::Reconnect)
+            .map(|(c, reps)| {
+                let l = latency_of(reps);
+                let worst = worst_ms(reps);
+                json!({
+                    "id": c.id,
+                    "label": c.label,
+                    "down_ms": super::rpc::RESTART_GAP.as_millis() as u64,
+                    "median_ms": l.p50 / 1000.0,
+                    "slowest_ms": worst,
+                    "restarts": l.samples,
+                    "target_ms": RECONNECT_TARGET_MS,
+                    "met": worst < RECONNECT_TARGET_MS,
+                })
+            })
+            .collect();
+        json!({
+            "unary": unary,
+            "pipelined": pipelined,
+            "reconnect": reconnect,
+            "ratios": ratios_json(&self.rpc_ratios),
+        })
+    }
+}
+
+fn ratios_json(ratios: &[Ratio]) -> Vec<Value> {
+    ratios
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.spec.id,
+                "what": r.spec.what,
+                "metric": r.spec.metric.name(),
+                "numerator": r.spec.num,
+                "denominator": r.spec.den,
+                "ratio": r.value,
+                "per_rep": r.per_rep,
+                "target": r.spec.bound.map(Bound::text),
+                "met": r.spec.bound.map(|b| b.holds(r.value)),
+            })
+        })
+        .collect()
+}
+
+fn write_ratios(s: &mut String, ratios: &[Ratio]) {
+    let rw = ratios
+        .iter()
+        .map(|r| r.spec.what.chars().count())
+        .max()
+        .unwrap_or(0);
+    for r in ratios {
+        let verdict = match r.spec.bound {
+            Some(b) => format!(
+                "target {:<7} {}",
+                b.text(),
+                if b.holds(r.value) { "MET" } else { "NOT MET" }
+            ),
+            None => "(for information)".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<rw$} {:>5} {:>6.2}×   {}",
+            r.spec.what,
+            r.spec.metric.name(),
+            r.value,
+            verdict
+        );
+    }
+}
+
+/// The slowest sample over every repetition, in milliseconds.
+fn worst_ms(reps: &[Measurement]) -> f64 {
+    reps.iter()
+        .filter_map(|m| match m {
+            Measurement::Latency(l) => Some(l.max / 1000.0),
+            Measurement::Rate { .. } => None,
+        })
+        .fold(0.0, f64::max)
 }
 
 fn latency_of(reps: &[Measurement]) -> Latency {

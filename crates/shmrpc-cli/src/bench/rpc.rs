@@ -1,0 +1,535 @@
+//! The RPC cases (issue 3): unary calls and pipelined calls through `shmrpc::rpc`, beside
+//! a tokio Unix-socket baseline that moves the same frames (a 32-byte shmrpc frame header,
+//! CRC32C checked, plus the payload), and the time a client takes to reach a restarted
+//! server.
+//!
+//! The servers run in the peer process on a current-thread tokio runtime of their own
+//! thread (the peer's main thread keeps reading the control pipe); the clients run in the
+//! lead on its current-thread runtime. One server per case: it is bound when the case
+//! starts and shut down when it ends.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use shmrpc::channel::{ChannelConfig, WaitStrategy};
+use shmrpc::frame::{self, FrameHeader, Kind, FRAME_HEADER_LEN};
+use shmrpc::rpc::{method_id, CallOptions, Client, ClientConfig, ServerBuilder, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::raw::{stamp, stamped};
+
+/// The echo method every RPC case calls.
+pub const METHOD: &str = "bench.echo";
+/// Payload bytes of every call and of its answer.
+pub const SIZE: usize = 64;
+/// Calls (or requests) outstanding per connection when pipelining.
+pub const PIPELINE: usize = 64;
+/// Connections of the many-connection pipelined cases.
+pub const MANY: usize = 16;
+/// How long the restarted server stays down before it binds again.
+pub const RESTART_GAP: Duration = Duration::from_millis(50);
+/// Bytes the RPC client puts before a request's body (its deadline); the Unix-socket
+/// baseline sends the same so that both requests have the same length.
+const DEADLINE_PREFIX: usize = 4;
+/// Bound on one case's work on the lead side (a hung peer is an error, not a hang).
+const CASE_LIMIT: Duration = Duration::from_secs(90);
+
+/// Which server the peer runs for a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// shmrpc server, both sides spin-then-park.
+    SpinThenPark,
+    /// shmrpc server, both sides park.
+    Park,
+    /// The Unix-socket echo server.
+    Uds,
+}
+
+impl ServerKind {
+    /// Short name, used in commands.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerKind::SpinThenPark => "stp",
+            ServerKind::Park => "park",
+            ServerKind::Uds => "uds",
+        }
+    }
+}
+
+impl FromStr for ServerKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        [ServerKind::SpinThenPark, ServerKind::Park, ServerKind::Uds]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| anyhow!("unknown server kind {s:?}"))
+    }
+}
+
+/// Wait strategy of both sides of an shmrpc case: `Park`, or the default spin-then-park
+/// (its spin budget can be set with the environment variable `SHMRPC_BENCH_RPC_SPIN_US`,
+/// which the peer inherits, to see how the adaptive budget behaves).
+pub fn wait_of(park: bool) -> WaitStrategy {
+    if park {
+        WaitStrategy::Park
+    } else {
+        match std::env::var("SHMRPC_BENCH_RPC_SPIN_US") {
+            Ok(v) => WaitStrategy::SpinThenPark {
+                spin: Duration::from_micros(v.parse().unwrap_or(50)),
+            },
+            Err(_) => WaitStrategy::default(),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in both processes.
+pub fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The socket file of the Unix-socket baseline.
+pub fn uds_path(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("shmrpc-{prefix}-uds.sock"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Peer side
+// ---------------------------------------------------------------------------------------
+
+/// A server running on its own thread.
+pub struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    /// CLOCK_MONOTONIC when the server was bound (listening).
+    pub bound_at: u64,
+}
+
+impl Running {
+    /// Binds `kind` on `name` (shmrpc) or `uds` (baseline) and serves until stopped.
+    pub fn start(kind: ServerKind, name: &str, uds: &Path) -> anyhow::Result<Self> {
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel::<u64>();
+        let (name, uds) = (name.to_owned(), uds.to_owned());
+        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            let r = rt.block_on(serve(kind, &name, &uds, ready_tx, stop_rx));
+            rt.shutdown_timeout(Duration::from_secs(1));
+            if kind == ServerKind::Uds {
+                let _ = std::fs::remove_file(&uds);
+            }
+            r
+        });
+        let mut me = Self {
+            stop: Some(stop),
+            thread: Some(thread),
+            bound_at: 0,
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(t) => {
+                me.bound_at = t;
+                Ok(me)
+            }
+            Err(_) => Err(me
+                .stop()
+                .err()
+                .unwrap_or_else(|| anyhow!("the {} server did not start", kind.as_str()))),
+        }
+    }
+
+    /// Shuts the server down (gracefully: connections are told goodbye) and waits for it.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow!("the server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+async fn serve(
+    kind: ServerKind,
+    name: &str,
+    uds: &Path,
+    ready: mpsc::Sender<u64>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    match kind {
+        ServerKind::Uds => {
+            let _ = std::fs::remove_file(uds);
+            let l =
+                UnixListener::bind(uds).with_context(|| format!("binding {}", uds.display()))?;
+            let _ = ready.send(mono_ns());
+            let mut conns = tokio::task::JoinSet::new();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    c = l.accept() => {
+                        if let Ok((s, _)) = c {
+                            conns.spawn(uds_echo(s));
+                        }
+                    }
+                }
+            }
+            conns.abort_all();
+            Ok(())
+        }
+        ServerKind::SpinThenPark | ServerKind::Park => {
+            let wait = wait_of(kind == ServerKind::Park);
+            let cfg = ServerConfig {
+                channel: ChannelConfig::default()
+                    .with_capacity(64 << 10)
+                    .with_wait(wait),
+                ..ServerConfig::default()
+            };
+            let server = ServerBuilder::new(cfg)
+                .unary_raw(METHOD, |_ctx, req| async move { Ok(req) })
+                .bind(name)
+                .map_err(|e| anyhow!("binding the RPC server {name}: {e}"))?;
+            let _ = ready.send(mono_ns());
+            let handle = server.handle();
+            let serving = tokio::spawn(server.serve());
+            let _ = stop.await;
+            handle.shutdown();
+            if tokio::time::timeout(Duration::from_secs(5), serving)
+                .await
+                .is_err()
+            {
+                bail!("the RPC server did not shut down within 5 s");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The length of the first frame in `b`, if all of it is there.
+fn frame_len(b: &[u8]) -> anyhow::Result<Option<usize>> {
+    if b.len() < FRAME_HEADER_LEN {
+        return Ok(None);
+    }
+    let h = frame::decode_header(b)?;
+    let total = FRAME_HEADER_LEN + h.len as usize;
+    Ok((b.len() >= total).then_some(total))
+}
+
+/// The baseline server's side of one connection: reads what is there, answers every
+/// complete request (CRC checked, the deadline prefix dropped, as the RPC server does)
+/// with one write.
+async fn uds_echo(mut s: UnixStream) -> anyhow::Result<()> {
+    let mut inb: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut out: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        inb.extend_from_slice(&buf[..n]);
+        let mut off = 0;
+        while let Some(len) = frame_len(&inb[off..])? {
+            let (h, payload) = frame::decode(&inb[off..off + len])?;
+            if h.kind != Kind::Request || payload.len() < DEADLINE_PREFIX {
+                bail!("not a request");
+            }
+            let body = &payload[DEADLINE_PREFIX..];
+            let at = out.len();
+            out.resize(at + FRAME_HEADER_LEN + body.len(), 0);
+            frame::encode_into(&mut out[at..], &header(Kind::Response, h.call_id), body)?;
+            off += len;
+        }
+        inb.drain(..off);
+        if !out.is_empty() {
+            s.write_all(&out).await?;
+            out.clear();
+        }
+    }
+}
+
+fn header(kind: Kind, call_id: u64) -> FrameHeader {
+    FrameHeader {
+        kind,
+        flags: 0,
+        method: method_id(METHOD),
+        call_id,
+        len: 0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Lead side
+// ---------------------------------------------------------------------------------------
+
+/// Client settings of an shmrpc case.
+pub fn client_config(park: bool) -> ClientConfig {
+    ClientConfig {
+        channel: ChannelConfig::default().with_wait(wait_of(park)),
+        ..ClientConfig::default()
+    }
+}
+
+/// Connects `n` clients to `name`.
+pub async fn connect(name: &str, park: bool, n: usize) -> anyhow::Result<Vec<Client>> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(
+            Client::connect(name, client_config(park))
+                .await
+                .map_err(|e| anyhow!("connecting to {name}: {e}"))?,
+        );
+    }
+    Ok(v)
+}
+
+async fn limited<T>(
+    what: &str,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(CASE_LIMIT, f)
+        .await
+        .map_err(|_| anyhow!("{what}: not done within {CASE_LIMIT:?}"))?
+}
+
+/// Unary calls one after another; the time of each of the last `total - warm`.
+pub async fn rpc_unary(client: &Client, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+    limited("rpc unary", async {
+        let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
+        let mut msg = [0x22u8; SIZE];
+        for i in 0..total {
+            stamp(&mut msg, i);
+            let t0 = Instant::now();
+            let r = client
+                .call_raw(METHOD, &msg, CallOptions::default())
+                .await
+                .map_err(|e| anyhow!("call {i}: {e}"))?;
+            let dt = t0.elapsed();
+            if r.len() != SIZE || !stamped(&r, i) {
+                bail!("answer {i} came back wrong");
+            }
+            if i >= warm {
+                samples.push(dt.as_nanos() as u64);
+            }
+        }
+        Ok(samples)
+    })
+    .await
+}
+
+/// The same over a Unix socket: encode, write, read the header, read the payload, decode.
+pub async fn uds_unary(path: &Path, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+    let mut s = UnixStream::connect(path)
+        .await
+        .with_context(|| format!("connecting to {}", path.display()))?;
+    limited("unix-socket unary", async {
+        let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
+        let mut body = [0u8; DEADLINE_PREFIX + SIZE];
+        body[DEADLINE_PREFIX..].fill(0x22);
+        let mut req = vec![0u8; FRAME_HEADER_LEN + body.len()];
+        let mut resp = vec![0u8; FRAME_HEADER_LEN + SIZE];
+        for i in 0..total {
+            stamp(&mut body[DEADLINE_PREFIX..], i);
+            let t0 = Instant::now();
+            frame::encode_into(&mut req, &header(Kind::Request, i), &body)?;
+            s.write_all(&req).await?;
+            s.read_exact(&mut resp[..FRAME_HEADER_LEN]).await?;
+            let h = frame::decode_header(&resp)?;
+            if h.len as usize != SIZE {
+                bail!("answer {i} of {} bytes", h.len);
+            }
+            s.read_exact(&mut resp[FRAME_HEADER_LEN..]).await?;
+            let (h, p) = frame::decode(&resp)?;
+            let dt = t0.elapsed();
+            if h.call_id != i || !stamped(p, i) {
+                bail!("answer {i} came back wrong");
+            }
+            if i >= warm {
+                samples.push(dt.as_nanos() as u64);
+            }
+        }
+        Ok(samples)
+    })
+    .await
+}
+
+/// `PIPELINE` caller tasks per client, each making calls one after another, `total` calls
+/// in all (rounded down to a multiple of the tasks). Returns the wall time and the calls.
+pub async fn rpc_pipelined(clients: &[Client], total: u64) -> anyhow::Result<(Duration, u64)> {
+    let tasks = (clients.len() * PIPELINE) as u64;
+    let per = (total / tasks).max(1);
+    limited("rpc pipelined", async {
+        let mut set = tokio::task::JoinSet::new();
+        let t0 = Instant::now();
+        for (c, client) in clients.iter().enumerate() {
+            for t in 0..PIPELINE {
+                let client = client.clone();
+                let base = ((c * PIPELINE + t) as u64) << 32;
+                set.spawn(async move {
+                    let mut msg = [0x33u8; SIZE];
+                    for j in 0..per {
+                        stamp(&mut msg, base + j);
+                        let r = client
+                            .call_raw(METHOD, &msg, CallOptions::default())
+                            .await
+                            .map_err(|e| anyhow!("pipelined call: {e}"))?;
+                        if r.len() != SIZE || !stamped(&r, base + j) {
+                            bail!("a pipelined answer came back wrong");
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            r.context("caller task")??;
+        }
+        Ok((t0.elapsed(), per * tasks))
+    })
+    .await
+}
+
+/// `conns` Unix-socket connections, each with `PIPELINE` requests outstanding: a task per
+/// connection writes a window of requests, then answers every batch of responses it reads
+/// with as many new requests (one write). `total` requests in all.
+pub async fn uds_pipelined(
+    path: &Path,
+    conns: usize,
+    total: u64,
+) -> anyhow::Result<(Duration, u64)> {
+    let per = (total / conns as u64).max(PIPELINE as u64);
+    let mut streams = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        streams.push(
+            UnixStream::connect(path)
+                .await
+                .with_context(|| format!("connecting to {}", path.display()))?,
+        );
+    }
+    limited("unix-socket pipelined", async {
+        let mut set = tokio::task::JoinSet::new();
+        let t0 = Instant::now();
+        for s in streams {
+            set.spawn(uds_pipe_conn(s, per));
+        }
+        while let Some(r) = set.join_next().await {
+            r.context("connection task")??;
+        }
+        Ok((t0.elapsed(), per * conns as u64))
+    })
+    .await
+}
+
+async fn uds_pipe_conn(mut s: UnixStream, n: u64) -> anyhow::Result<()> {
+    let mut body = [0x33u8; DEADLINE_PREFIX + SIZE];
+    body[..DEADLINE_PREFIX].fill(0);
+    let req_len = FRAME_HEADER_LEN + body.len();
+    let mut out: Vec<u8> = Vec::with_capacity(PIPELINE * req_len);
+    let (mut sent, mut done) = (0u64, 0u64);
+    let push = |out: &mut Vec<u8>, body: &mut [u8], id: u64| -> anyhow::Result<()> {
+        stamp(&mut body[DEADLINE_PREFIX..], id);
+        let at = out.len();
+        out.resize(at + req_len, 0);
+        frame::encode_into(&mut out[at..], &header(Kind::Request, id), body)?;
+        Ok(())
+    };
+    while sent < n.min(PIPELINE as u64) {
+        push(&mut out, &mut body, sent)?;
+        sent += 1;
+    }
+    s.write_all(&out).await?;
+    out.clear();
+    let mut inb: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut buf = vec![0u8; 64 << 10];
+    while done < n {
+        let k = s.read(&mut buf).await?;
+        if k == 0 {
+            bail!("the server closed the connection");
+        }
+        inb.extend_from_slice(&buf[..k]);
+        let mut off = 0;
+        while let Some(len) = frame_len(&inb[off..])? {
+            let (h, p) = frame::decode(&inb[off..off + len])?;
+            if h.kind != Kind::Response || h.call_id >= sent || !stamped(p, h.call_id) {
+                bail!("a pipelined answer came back wrong");
+            }
+            done += 1;
+            off += len;
+            if sent < n {
+                push(&mut out, &mut body, sent)?;
+                sent += 1;
+            }
+        }
+        inb.drain(..off);
+        if !out.is_empty() {
+            s.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Calls until one succeeds (the first attempts may meet the old, closed connection);
+/// returns CLOCK_MONOTONIC when it did.
+pub async fn call_until_ok(client: &Client) -> anyhow::Result<u64> {
+    let msg = [0x44u8; SIZE];
+    let give_up = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client
+            .call_raw(METHOD, &msg, CallOptions::timeout(Duration::from_secs(10)))
+            .await;
+        match r {
+            Ok(b) if b == msg => return Ok(mono_ns()),
+            Ok(_) => bail!("the answer after the restart came back wrong"),
+            Err(e) if Instant::now() > give_up => bail!("no call succeeded after a restart: {e}"),
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unary_and_pipelined_over_rpc_and_unix_socket_in_one_process() {
+        let pid = std::process::id();
+        let name = format!("benchrpc-test-{pid}");
+        let uds = uds_path(&format!("benchrpc-test-{pid}"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut srv = Running::start(ServerKind::SpinThenPark, &name, &uds).unwrap();
+        let mut base = Running::start(ServerKind::Uds, &name, &uds).unwrap();
+        rt.block_on(async {
+            let clients = connect(&name, false, 2).await.unwrap();
+            assert_eq!(rpc_unary(&clients[0], 50, 10).await.unwrap().len(), 40);
+            let (_, n) = rpc_pipelined(&clients, 2 * PIPELINE as u64 * 3)
+                .await
+                .unwrap();
+            assert_eq!(n, 2 * PIPELINE as u64 * 3);
+            assert_eq!(uds_unary(&uds, 50, 10).await.unwrap().len(), 40);
+            let (_, n) = uds_pipelined(&uds, 2, 1000).await.unwrap();
+            assert_eq!(n, 1000);
+        });
+        srv.stop().unwrap();
+        base.stop().unwrap();
+        assert!(!uds.exists(), "the baseline's socket file is removed");
+    }
+}
