@@ -162,10 +162,12 @@ async fn wait_async(
         }
     }
     let afd = bell.registered().map_err(|_| WaitError::PeerGone)?;
+    let parked = spinner.park_started();
     loop {
         wait::arm(word, WAIT_BELL);
         if ready() {
             wait::disarm(word);
+            spinner.after_park(parked);
             return Ok(());
         }
         // The reactor reports the peer's hang-up, so an idle waiter needs no periodic
@@ -195,6 +197,7 @@ async fn wait_async(
         }
         wait::disarm(word);
         if ready() {
+            spinner.after_park(parked);
             return Ok(());
         }
         if !peer.is_alive() {

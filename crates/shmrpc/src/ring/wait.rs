@@ -108,6 +108,25 @@ impl Spinner {
         }
     }
 
+    /// When a park begins: the start of the sleep, for [`after_park`](Self::after_park)
+    /// (only `SpinThenPark` adapts, so only it reads the clock).
+    pub(crate) fn park_started(&self) -> Option<Instant> {
+        matches!(self.strategy, WaitStrategy::SpinThenPark { .. }).then(Instant::now)
+    }
+
+    /// Records how long a park lasted. If the event came within the configured spin budget,
+    /// a full spin would have caught it: restore the full budget. Without this, one miss
+    /// against a peer that answers in a few microseconds shrinks the budget below its
+    /// answer time, every later spin misses too, and the connection is stuck paying a
+    /// wake-up per message.
+    pub(crate) fn after_park(&mut self, started: Option<Instant>) {
+        if let (WaitStrategy::SpinThenPark { spin }, Some(t)) = (self.strategy, started) {
+            if t.elapsed() <= spin {
+                self.budget_ns = spin.as_nanos() as u64;
+            }
+        }
+    }
+
     /// Records the outcome of a spin phase. A failed spin halves the budget (down to 1/16 of
     /// the configured one), a successful one doubles it back: an idle peer does not cost a
     /// core, a busy one keeps the fast path.
@@ -268,10 +287,12 @@ pub(crate) fn block_until(
     if spun {
         return Ok(());
     }
+    let parked = spinner.park_started();
     loop {
         arm(word, WAIT_FUTEX);
         if ready() {
             disarm(word);
+            spinner.after_park(parked);
             return Ok(());
         }
         let timeout = match deadline {
@@ -288,10 +309,40 @@ pub(crate) fn block_until(
         futex_sleep(word, WAIT_FUTEX, Some(timeout));
         disarm(word);
         if ready() {
+            spinner.after_park(parked);
             return Ok(());
         }
         if !alive() {
             return Err(WaitError::PeerGone);
         }
+    }
+}
+
+#[cfg(all(test, not(shmrpc_loom)))]
+mod tests {
+    use super::*;
+
+    fn budget(s: &Spinner) -> Duration {
+        s.budget().expect("spin-then-park has a budget")
+    }
+
+    #[test]
+    fn failed_spins_shrink_the_budget_to_a_floor_and_a_short_park_restores_it() {
+        let full = Duration::from_secs(1);
+        let mut s = Spinner::new(WaitStrategy::SpinThenPark { spin: full });
+        for _ in 0..10 {
+            s.record(false);
+        }
+        assert_eq!(budget(&s), full / 16, "an idle peer shrinks the spin to the floor");
+        // A long park (the peer really was idle) leaves the budget small.
+        s.after_park(Some(Instant::now() - Duration::from_secs(5)));
+        assert_eq!(budget(&s), full / 16);
+        // A park that ended within the full budget: a full spin would have caught it.
+        s.after_park(Some(Instant::now()));
+        assert_eq!(budget(&s), full);
+        // Successful spins keep it; the other strategies have nothing to adapt.
+        s.record(true);
+        assert_eq!(budget(&s), full);
+        assert_eq!(Spinner::new(WaitStrategy::Park).park_started(), None);
     }
 }
