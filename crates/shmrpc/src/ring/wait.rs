@@ -333,7 +333,11 @@ mod tests {
         for _ in 0..10 {
             s.record(false);
         }
-        assert_eq!(budget(&s), full / 16, "an idle peer shrinks the spin to the floor");
+        assert_eq!(
+            budget(&s),
+            full / 16,
+            "an idle peer shrinks the spin to the floor"
+        );
         // A long park (the peer really was idle) leaves the budget small.
         s.after_park(Some(Instant::now() - Duration::from_secs(5)));
         assert_eq!(budget(&s), full / 16);
