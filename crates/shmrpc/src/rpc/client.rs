@@ -26,8 +26,11 @@ pub struct ClientConfig {
     pub heartbeat: Duration,
     /// How long a call keeps trying to (re)connect before failing `Unavailable`.
     pub reconnect_for: Duration,
-    /// First reconnect back-off; doubles up to one second.
+    /// First reconnect back-off; doubles up to `max_backoff`.
     pub backoff: Duration,
+    /// Longest pause between reconnect attempts (default 100 ms), so a restarted server is
+    /// found within about this long whatever the length of the outage.
+    pub max_backoff: Duration,
 }
 
 impl Default for ClientConfig {
@@ -38,6 +41,7 @@ impl Default for ClientConfig {
             heartbeat: Duration::from_secs(2),
             reconnect_for: Duration::from_secs(5),
             backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(100),
         }
     }
 }
@@ -173,7 +177,7 @@ impl Client {
                 Err(e) if Instant::now() + backoff >= give_up => return Err(e),
                 Err(_) => {
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(self.inner.cfg.max_backoff);
                 }
             }
         }
