@@ -314,30 +314,12 @@ impl<'a> Report<'a> {
             .map(|c| c.label.chars().count())
             .max()
             .unwrap_or(0);
-        let rtt: Vec<_> = self.cases(Workload::RoundTrip).collect();
-        if !rtt.is_empty() {
-            let _ = writeln!(
-                s,
-                "{:<w2$} {:>10} {:>10} {:>10}",
-                "Round trip, 64 B, two processes",
-                "p50",
-                "p99",
-                "p99.9",
-                w2 = w + 2
-            );
-            for (c, reps) in rtt {
-                let l = latency_of(reps);
-                let _ = writeln!(
-                    s,
-                    "  {:<w$} {:>10} {:>10} {:>10}",
-                    c.label,
-                    fmt_us(l.p50),
-                    fmt_us(l.p99),
-                    fmt_us(l.p999)
-                );
-            }
-            s.push('\n');
-        }
+        self.latency_table(
+            &mut s,
+            w,
+            Workload::RoundTrip,
+            "Round trip, 64 B, two processes",
+        );
         let streams: Vec<_> = self.cases(Workload::Stream).collect();
         if !streams.is_empty() {
             let _ = writeln!(
@@ -375,32 +357,43 @@ impl<'a> Report<'a> {
         s
     }
 
-    /// The section of the RPC cases (issue 3).
-    fn rpc_table(&self, s: &mut String, w: usize) {
-        let calls: Vec<_> = self.cases(Workload::Call).collect();
-        if !calls.is_empty() {
+    /// A table of latency percentiles for the cases of one workload.
+    fn latency_table(&self, s: &mut String, w: usize, workload: Workload, title: &str) {
+        let cases: Vec<_> = self.cases(workload).collect();
+        if cases.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "{:<w2$} {:>10} {:>10} {:>10}",
+            title,
+            "p50",
+            "p99",
+            "p99.9",
+            w2 = w + 2
+        );
+        for (c, reps) in cases {
+            let l = latency_of(reps);
             let _ = writeln!(
                 s,
-                "{:<w2$} {:>10} {:>10} {:>10}",
-                "RPC (issue 3): unary call, 64 B, two processes",
-                "p50",
-                "p99",
-                "p99.9",
-                w2 = w + 2
+                "  {:<w$} {:>10} {:>10} {:>10}",
+                c.label,
+                fmt_us(l.p50),
+                fmt_us(l.p99),
+                fmt_us(l.p999)
             );
-            for (c, reps) in calls {
-                let l = latency_of(reps);
-                let _ = writeln!(
-                    s,
-                    "  {:<w$} {:>10} {:>10} {:>10}",
-                    c.label,
-                    fmt_us(l.p50),
-                    fmt_us(l.p99),
-                    fmt_us(l.p999)
-                );
-            }
-            s.push('\n');
         }
+        s.push('\n');
+    }
+
+    /// The section of the RPC cases (issue 3).
+    fn rpc_table(&self, s: &mut String, w: usize) {
+        self.latency_table(
+            s,
+            w,
+            Workload::Call,
+            "RPC (issue 3): unary call, 64 B, two processes",
+        );
         let piped: Vec<_> = self.cases(Workload::Pipelined).collect();
         if !piped.is_empty() {
             let _ = writeln!(
