@@ -498,15 +498,22 @@ impl CallStream {
 /// call when the connection ends.
 async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
     let mut last_heard = Instant::now();
+    // One timer for the connection's life (see the server's read loop).
+    let heartbeat = tokio::time::sleep(hb);
+    tokio::pin!(heartbeat);
     let end = loop {
         let frame = tokio::select! {
             f = rx.recv() => f,
-            _ = tokio::time::sleep(hb) => {
-                if last_heard.elapsed() > hb * 3 {
+            () = &mut heartbeat => {
+                heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
+                let silent = last_heard.elapsed();
+                if silent > hb * 3 {
                     break RpcError::new(Code::PeerGone, "server stopped answering heartbeats");
                 }
-                if let Err(e) = conn.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await {
-                    break e.into();
+                if silent >= hb {
+                    if let Err(e) = conn.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await {
+                        break e.into();
+                    }
                 }
                 continue;
             }

@@ -555,6 +555,10 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
     };
     let mut waiting: VecDeque<(FrameHeader, Vec<u8>)> = VecDeque::new();
     let mut last_heard = Instant::now();
+    // One timer for the connection's life, re-armed when it fires: re-creating a sleep for
+    // every frame cost a clock read and a timer-wheel insert and removal per message.
+    let heartbeat = tokio::time::sleep(hb);
+    tokio::pin!(heartbeat);
     loop {
         if *draining.borrow() {
             // Tell the client, let its calls in flight finish, then close.
@@ -573,11 +577,13 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
                 continue;
             }
             f = rx.recv(), if can_read => f,
-            _ = tokio::time::sleep(hb) => {
-                if last_heard.elapsed() > hb * 3 {
+            () = &mut heartbeat => {
+                heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
+                let silent = last_heard.elapsed();
+                if silent > hb * 3 {
                     break; // silent peer (stopped, or hung): treat as gone
                 }
-                if st.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await.is_err() {
+                if silent >= hb && st.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await.is_err() {
                     break;
                 }
                 continue;
