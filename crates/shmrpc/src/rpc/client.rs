@@ -296,27 +296,20 @@ impl Client {
         opts: CallOptions,
     ) -> Result<Vec<u8>, RpcError> {
         let (conn, id, mut events) = self.start_call(method, body, opts.timeout).await?;
+        // The caller's deadline is enforced around the whole call (`call_raw`): if it fires,
+        // this future is dropped with the guard armed, which sends `Cancel`.
         let mut guard = CancelOnDrop::new(conn, id, method_id(method));
-        let next = async {
-            match events.recv().await {
-                Some(Event::Response(b)) => Ok(b),
-                Some(Event::Error(e)) => Err(e),
-                Some(_) => Err(RpcError::new(
-                    Code::Protocol,
-                    "stream frames for a unary call",
-                )),
-                None => Err(RpcError::new(Code::PeerGone, "connection closed")),
-            }
+        let r = match events.recv().await {
+            Some(Event::Response(b)) => Ok(b),
+            Some(Event::Error(e)) => Err(e),
+            Some(_) => Err(RpcError::new(
+                Code::Protocol,
+                "stream frames for a unary call",
+            )),
+            None => Err(RpcError::new(Code::PeerGone, "connection closed")),
         };
-        let r = match opts.timeout {
-            Some(d) => tokio::time::timeout(d, next).await.unwrap_or_else(|_| {
-                Err(RpcError::new(Code::DeadlineExceeded, "deadline exceeded"))
-            }),
-            None => next.await,
-        };
-        if r.is_ok() || r.as_ref().is_err_and(|e| e.code != Code::DeadlineExceeded) {
-            guard.done();
-        }
+        // The server answered (or the connection is gone): nothing to cancel.
+        guard.done();
         r
     }
 

@@ -425,12 +425,15 @@ impl Server {
                 };
                 let l = l.clone();
                 // The handshake blocks (up to its timeout): keep it off the accept loop.
-                let (tx, rx) =
-                    oneshot_spawn_blocking(move || channel::server_handshake(sock, l.config()))
-                        .await?
-                        .ok()?
-                        .split_with_pid();
-                Some((FrameTx::Shm(tx.0, Vec::new()), FrameRx::shm(rx, max), tx.1))
+                let endpoint = tokio::task::spawn_blocking(move || {
+                    channel::server_handshake(sock, l.config())
+                })
+                .await
+                .ok()?
+                .ok()?;
+                let pid = endpoint.peer_pid();
+                let (tx, rx) = endpoint.split();
+                Some((FrameTx::Shm(tx, Vec::new()), FrameRx::shm(rx, max), pid))
             }
             Acceptor::Tcp(l) => {
                 let (s, _) = l.accept().await.ok()?;
@@ -439,24 +442,6 @@ impl Server {
                 Some((FrameTx::Tcp(w, Vec::new()), FrameRx::tcp(r, max), None))
             }
         }
-    }
-}
-
-async fn oneshot_spawn_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    tokio::task::spawn_blocking(f).await.ok()
-}
-
-trait SplitWithPid {
-    fn split_with_pid(self) -> ((channel::Sender, Option<u32>), channel::Receiver);
-}
-
-impl SplitWithPid for channel::Endpoint {
-    fn split_with_pid(self) -> ((channel::Sender, Option<u32>), channel::Receiver) {
-        let pid = self.peer_pid();
-        let (tx, rx) = self.split();
-        ((tx, pid), rx)
     }
 }
 
