@@ -47,10 +47,6 @@ fn a_killed_client_has_its_calls_cancelled_and_its_connection_freed() {
         let observer = rt
             .block_on(Client::connect(&name, ClientConfig::default()))
             .expect("connect");
-        // Let the observer's connection go idle once first: its first idle wait registers
-        // the connection's hang-up watch (one more descriptor, for the connection's life).
-        rt.block_on(rpc_stats(&observer));
-        std::thread::sleep(Duration::from_millis(100));
         let before = rt.block_on(rpc_stats(&observer));
 
         let mut caller = spawn_peer!("rpc-caller", name, "4");

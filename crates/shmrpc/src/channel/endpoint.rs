@@ -51,8 +51,16 @@ impl Peer {
     }
 
     /// A peer in another process, connected by `sock`.
+    ///
+    /// Inside a tokio runtime the hang-up watch is registered at once, so a connection holds
+    /// all its descriptors from the start (its fd count does not change when it first goes
+    /// idle); elsewhere it is registered by the first async wait.
     pub(crate) fn socket(sock: UnixStream) -> Self {
-        Peer::Socket(sock, OnceLock::new())
+        let watch = OnceLock::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = watch.set(register_watch(&sock));
+        }
+        Peer::Socket(sock, watch)
     }
 
     /// Completes when the peer has hung up (never, for a peer in this process, or if the
@@ -61,10 +69,7 @@ impl Peer {
         let Peer::Socket(sock, watch) = self else {
             return std::future::pending().await;
         };
-        let registered = watch.get_or_init(|| {
-            let dup = sock.try_clone().ok()?;
-            crate::sys::doorbell::register_owned(OwnedFd::from(dup)).ok()
-        });
+        let registered = watch.get_or_init(|| register_watch(sock));
         let Some(afd) = registered else {
             return std::future::pending().await;
         };
@@ -89,6 +94,13 @@ impl Peer {
                 .map(|(pid, _)| pid),
         }
     }
+}
+
+/// A duplicate of the connection socket registered with the current runtime's reactor,
+/// whose read readiness reports the peer's hang-up.
+fn register_watch(sock: &UnixStream) -> Option<AsyncFd<OwnedFd>> {
+    let dup = sock.try_clone().ok()?;
+    crate::sys::doorbell::register_owned(OwnedFd::from(dup)).ok()
 }
 
 /// The doorbell this half waits on: plain until the first async wait registers it with
