@@ -148,9 +148,22 @@ fn crc(header: &[u8; FRAME_HEADER_LEN], payload: &[u8]) -> u32 {
 /// [`FrameError::PayloadTooLong`] above `u32::MAX` bytes; [`FrameError::Length`] if `out`
 /// has the wrong size.
 pub fn encode_into(out: &mut [u8], h: &FrameHeader, payload: &[u8]) -> Result<(), FrameError> {
-    let len =
-        u32::try_from(payload.len()).map_err(|_| FrameError::PayloadTooLong(payload.len()))?;
-    if out.len() != FRAME_HEADER_LEN + payload.len() {
+    encode_parts_into(out, h, &[payload])
+}
+
+/// [`encode_into`] for a payload given in pieces (e.g. a small prefix and a body), written
+/// one after another without first joining them in a buffer of their own.
+///
+/// # Errors
+/// As [`encode_into`].
+pub fn encode_parts_into(
+    out: &mut [u8],
+    h: &FrameHeader,
+    parts: &[&[u8]],
+) -> Result<(), FrameError> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(total).map_err(|_| FrameError::PayloadTooLong(total))?;
+    if out.len() != FRAME_HEADER_LEN + total {
         return Err(FrameError::Length {
             header: len,
             actual: out.len().saturating_sub(FRAME_HEADER_LEN),
@@ -164,10 +177,15 @@ pub fn encode_into(out: &mut [u8], h: &FrameHeader, payload: &[u8]) -> Result<()
     hdr[8..12].copy_from_slice(&h.method.to_le_bytes());
     hdr[12..16].copy_from_slice(&len.to_le_bytes());
     hdr[16..24].copy_from_slice(&h.call_id.to_le_bytes());
-    let c = crc(&hdr, payload);
+    let mut c = crc32c::crc32c(&hdr);
+    let mut at = FRAME_HEADER_LEN;
+    for part in parts {
+        c = crc32c::crc32c_append(c, part);
+        out[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
     hdr[24..28].copy_from_slice(&c.to_le_bytes());
     out[..FRAME_HEADER_LEN].copy_from_slice(&hdr);
-    out[FRAME_HEADER_LEN..].copy_from_slice(payload);
     Ok(())
 }
 

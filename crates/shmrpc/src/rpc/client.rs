@@ -1,17 +1,17 @@
 //! The client: one connection shared by many tasks, calls matched by id, cancel on drop,
 //! reconnect with backoff.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
 
 use super::transport::{FrameRx, FrameTx};
-use super::{decode, encode, method_id, Code, RpcError, DEADLINE_PREFIX};
+use super::{decode, encode, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
 use crate::channel::{self, ChannelConfig};
 use crate::frame::Kind;
 
@@ -74,10 +74,31 @@ enum Target {
     Tcp(SocketAddr),
 }
 
+/// What a call in flight waits for.
+enum Waiter {
+    /// A unary call: its answer once it came, and the task to wake then. Kept in the map
+    /// (no channel per call): the caller takes the answer out and removes the entry.
+    Unary {
+        answer: Option<Result<Vec<u8>, RpcError>>,
+        waker: Option<Waker>,
+    },
+    /// A streaming call: its events, in order.
+    Stream(mpsc::UnboundedSender<Event>),
+}
+
+impl Waiter {
+    fn unary() -> Self {
+        Waiter::Unary {
+            answer: None,
+            waker: None,
+        }
+    }
+}
+
 /// One live connection.
 struct Conn {
     tx: tokio::sync::Mutex<FrameTx>,
-    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
+    pending: Mutex<IdMap<Waiter>>,
     alive: AtomicBool,
 }
 
@@ -86,28 +107,98 @@ impl Conn {
     /// lock, so a call is either registered before (and failed here) or sees "dead" in
     /// [`register`](Self::register): none can slip in between and wait forever.
     fn fail_all(&self, e: &RpcError) {
+        let mut wake = Vec::new();
         let mut pending = self.pending.lock().expect("poisoned");
         self.alive.store(false, Ordering::Release);
-        for (_, p) in pending.drain() {
-            let _ = p.send(Event::Error(e.clone()));
-        }
+        pending.retain(|_, w| match w {
+            Waiter::Unary { answer, waker } => {
+                answer.get_or_insert_with(|| Err(e.clone()));
+                wake.extend(waker.take());
+                true // its caller takes the error and removes the entry
+            }
+            Waiter::Stream(tx) => {
+                let _ = tx.send(Event::Error(e.clone()));
+                false
+            }
+        });
+        drop(pending);
+        wake.into_iter().for_each(Waker::wake);
     }
 
     /// Registers a call if the connection still takes calls.
-    fn register(&self, id: u64, events: mpsc::UnboundedSender<Event>) -> bool {
+    fn register(&self, id: u64, waiter: Waiter) -> bool {
         let mut pending = self.pending.lock().expect("poisoned");
         if !self.alive.load(Ordering::Acquire) {
             return false;
         }
-        pending.insert(id, events);
+        pending.insert(id, waiter);
         true
+    }
+
+    /// Hands a frame's event to its call. Frames for calls no longer waiting (cancelled,
+    /// timed out) are dropped.
+    fn deliver(&self, call_id: u64, ev: Event) {
+        let mut pending = self.pending.lock().expect("poisoned");
+        let waker = match pending.get_mut(&call_id) {
+            None => None,
+            Some(Waiter::Unary { answer, waker }) => {
+                let a = match ev {
+                    Event::Response(b) => Ok(b),
+                    Event::Error(e) => Err(e),
+                    Event::Item(_) | Event::End => Err(RpcError::new(
+                        Code::Protocol,
+                        "stream frames for a unary call",
+                    )),
+                };
+                answer.get_or_insert(a);
+                waker.take()
+            }
+            Some(Waiter::Stream(tx)) => {
+                let last = matches!(ev, Event::Response(_) | Event::End | Event::Error(_));
+                let _ = tx.send(ev);
+                if last {
+                    pending.remove(&call_id);
+                }
+                None
+            }
+        };
+        drop(pending);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Waits for a unary call's answer.
+    async fn answer(&self, id: u64) -> Result<Vec<u8>, RpcError> {
+        std::future::poll_fn(|cx| {
+            let mut pending = self.pending.lock().expect("poisoned");
+            match pending.get_mut(&id) {
+                Some(Waiter::Unary { answer, waker }) => match answer.take() {
+                    Some(a) => {
+                        pending.remove(&id);
+                        Poll::Ready(a)
+                    }
+                    None => {
+                        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                            *waker = Some(cx.waker().clone());
+                        }
+                        Poll::Pending
+                    }
+                },
+                _ => Poll::Ready(Err(RpcError::new(Code::PeerGone, "connection closed"))),
+            }
+        })
+        .await
     }
 }
 
 struct Inner {
     target: Target,
     cfg: ClientConfig,
-    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// The connection calls use; replaced when it dies.
+    current: Mutex<Option<Arc<Conn>>>,
+    /// Held while (re)connecting, so one caller dials and the others wait for its result.
+    dialing: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
 }
 
@@ -147,7 +238,8 @@ impl Client {
             inner: Arc::new(Inner {
                 target,
                 cfg,
-                conn: tokio::sync::Mutex::new(None),
+                current: Mutex::new(None),
+                dialing: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
             }),
         };
@@ -155,23 +247,36 @@ impl Client {
         Ok(c)
     }
 
+    /// The current connection if it is alive.
+    fn live(&self) -> Option<Arc<Conn>> {
+        let current = self.inner.current.lock().expect("poisoned");
+        current
+            .as_ref()
+            .filter(|c| c.alive.load(Ordering::Acquire))
+            .cloned()
+    }
+
     /// The live connection, reconnecting (with back-off) if it is gone, until `until` or
     /// `reconnect_for` from now, whichever is first. Each caller measures its own give-up
     /// time from when it asked, not from when it got the lock.
     async fn conn(&self, until: Option<Instant>) -> Result<Arc<Conn>, RpcError> {
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
         let mut give_up = Instant::now() + self.inner.cfg.reconnect_for;
         if let Some(u) = until {
             give_up = give_up.min(u);
         }
-        let mut slot = self.inner.conn.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| c.alive.load(Ordering::Acquire)) {
-            return Ok(c.clone());
+        let _dialing = self.inner.dialing.lock().await;
+        // Another caller may have reconnected while this one waited for the lock.
+        if let Some(c) = self.live() {
+            return Ok(c);
         }
         let mut backoff = self.inner.cfg.backoff;
         loop {
             match self.dial().await {
                 Ok(c) => {
-                    *slot = Some(c.clone());
+                    *self.inner.current.lock().expect("poisoned") = Some(c.clone());
                     return Ok(c);
                 }
                 Err(e) if Instant::now() + backoff >= give_up => return Err(e),
@@ -221,13 +326,15 @@ impl Client {
         Ok(conn)
     }
 
-    /// Sends a request; returns the connection, the call id and its event queue.
+    /// Registers a call (with `waiter`) and sends its request; returns the connection and
+    /// the call id.
     async fn start_call(
         &self,
         method: &str,
         body: &[u8],
         timeout: Option<Duration>,
-    ) -> Result<(Arc<Conn>, u64, mpsc::UnboundedReceiver<Event>), RpcError> {
+        waiter: impl Fn() -> Waiter,
+    ) -> Result<(Arc<Conn>, u64), RpcError> {
         if body.len() + DEADLINE_PREFIX > self.inner.cfg.max_message {
             return Err(RpcError::new(
                 Code::TooLarge,
@@ -240,24 +347,25 @@ impl Client {
         }
         let until = timeout.map(|d| Instant::now() + d);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (etx, erx) = mpsc::unbounded_channel();
         // A connection can die (or start draining) between `conn` and `register`: then
         // take the next one.
         let conn = loop {
             let conn = self.conn(until).await?;
-            if conn.register(id, etx.clone()) {
+            if conn.register(id, waiter()) {
                 break conn;
             }
         };
         let ms = timeout.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
-        let mut payload = Vec::with_capacity(DEADLINE_PREFIX + body.len());
-        payload.extend_from_slice(&ms.to_le_bytes());
-        payload.extend_from_slice(body);
         let sent = conn
             .tx
             .lock()
             .await
-            .send(Kind::Request, method_id(method), id, &payload)
+            .send_parts(
+                Kind::Request,
+                method_id(method),
+                id,
+                &[&ms.to_le_bytes(), body],
+            )
             .await;
         if let Err(e) = sent {
             conn.pending.lock().expect("poisoned").remove(&id);
@@ -265,7 +373,7 @@ impl Client {
             conn.fail_all(&e);
             return Err(e);
         }
-        Ok((conn, id, erx))
+        Ok((conn, id))
     }
 
     /// Calls a unary method with raw bytes.
@@ -295,19 +403,13 @@ impl Client {
         body: &[u8],
         opts: CallOptions,
     ) -> Result<Vec<u8>, RpcError> {
-        let (conn, id, mut events) = self.start_call(method, body, opts.timeout).await?;
+        let (conn, id) = self
+            .start_call(method, body, opts.timeout, Waiter::unary)
+            .await?;
         // The caller's deadline is enforced around the whole call (`call_raw`): if it fires,
         // this future is dropped with the guard armed, which sends `Cancel`.
         let mut guard = CancelOnDrop::new(conn, id, method_id(method));
-        let r = match events.recv().await {
-            Some(Event::Response(b)) => Ok(b),
-            Some(Event::Error(e)) => Err(e),
-            Some(_) => Err(RpcError::new(
-                Code::Protocol,
-                "stream frames for a unary call",
-            )),
-            None => Err(RpcError::new(Code::PeerGone, "connection closed")),
-        };
+        let r = guard.conn.answer(id).await;
         // The server answered (or the connection is gone): nothing to cancel.
         guard.done();
         r
@@ -337,7 +439,9 @@ impl Client {
         body: &[u8],
         opts: CallOptions,
     ) -> Result<CallStream, RpcError> {
-        let (conn, id, events) = self.start_call(method, body, opts.timeout).await?;
+        let (etx, events) = mpsc::unbounded_channel();
+        let waiter = || Waiter::Stream(etx.clone());
+        let (conn, id) = self.start_call(method, body, opts.timeout, waiter).await?;
         Ok(CallStream {
             events,
             guard: CancelOnDrop::new(conn, id, method_id(method)),
@@ -490,7 +594,7 @@ impl CallStream {
 /// Dispatches frames from the server to the calls waiting for them; fails every pending
 /// call when the connection ends.
 async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
-    let mut last_heard = Instant::now();
+    let mut silence = super::Silence::default();
     // One timer for the connection's life (see the server's read loop).
     let heartbeat = tokio::time::sleep(hb);
     tokio::pin!(heartbeat);
@@ -499,11 +603,11 @@ async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
             f = rx.recv() => f,
             () = &mut heartbeat => {
                 heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
-                let silent = last_heard.elapsed();
-                if silent > hb * 3 {
+                let silent = silence.tick();
+                if silent >= 3 {
                     break RpcError::new(Code::PeerGone, "server stopped answering heartbeats");
                 }
-                if silent >= hb {
+                if silent >= 1 {
                     if let Err(e) = conn.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await {
                         break e.into();
                     }
@@ -517,15 +621,16 @@ async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
                 call_id, message, ..
             }) => {
                 // Only that call fails; the connection goes on.
-                last_heard = Instant::now();
-                if let Some(p) = conn.pending.lock().expect("poisoned").remove(&call_id) {
-                    let _ = p.send(Event::Error(RpcError::new(Code::TooLarge, message)));
-                }
+                silence.heard();
+                conn.deliver(
+                    call_id,
+                    Event::Error(RpcError::new(Code::TooLarge, message)),
+                );
                 continue;
             }
             Err(e) => break e.into(),
         };
-        last_heard = Instant::now();
+        silence.heard();
         let ev = match h.kind {
             Kind::Response => Event::Response(payload),
             Kind::StreamItem => Event::Item(payload),
@@ -548,15 +653,7 @@ async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
                 break RpcError::new(Code::Protocol, "server sent a client frame");
             }
         };
-        let pending = conn.pending.lock().expect("poisoned");
-        let last = matches!(ev, Event::Response(_) | Event::End | Event::Error(_));
-        if let Some(p) = pending.get(&h.call_id) {
-            let _ = p.send(ev);
-        }
-        drop(pending);
-        if last {
-            conn.pending.lock().expect("poisoned").remove(&h.call_id);
-        }
+        conn.deliver(h.call_id, ev);
     };
     conn.fail_all(&end);
 }

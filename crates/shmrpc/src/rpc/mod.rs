@@ -20,7 +20,9 @@ mod client;
 mod server;
 mod transport;
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -155,4 +157,61 @@ fn split_deadline(payload: &[u8]) -> Option<(Option<std::time::Duration>, &[u8])
     let ms = u32::from_le_bytes(payload.get(..DEADLINE_PREFIX)?.try_into().ok()?);
     let d = (ms != 0).then(|| std::time::Duration::from_millis(u64::from(ms)));
     Some((d, &payload[DEADLINE_PREFIX..]))
+}
+
+/// Hashes call ids (sequential numbers this side chose) with one multiplication instead of
+/// SipHash: a call map is touched several times per call. Ids that arrive from the peer are
+/// only looked up, never inserted, so a hostile peer cannot grow a map with chosen keys.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        // Fibonacci hashing: spreads consecutive ids over the high bits hashbrown uses.
+        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by call id (or, with `K = u32`, by method id).
+pub(crate) type IdMap<V, K = u64> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Heartbeat periods without a frame from the peer. A frame only sets a flag (reading the
+/// clock for every frame cost a `clock_gettime` per message); the heartbeat timer counts.
+#[derive(Debug, Default)]
+pub(crate) struct Silence {
+    heard: bool,
+    periods: u32,
+}
+
+impl Silence {
+    /// A frame arrived.
+    pub(crate) fn heard(&mut self) {
+        self.heard = true;
+    }
+
+    /// At a heartbeat tick: for how many whole periods the peer has been silent (0 if it
+    /// was heard since the last tick). Ping at 1; at 3 the peer is gone (silent for more
+    /// than three periods, as a frame just after a tick is counted at the next one).
+    pub(crate) fn tick(&mut self) -> u32 {
+        if std::mem::take(&mut self.heard) {
+            self.periods = 0;
+        } else {
+            self.periods += 1;
+        }
+        self.periods
+    }
 }

@@ -1,18 +1,18 @@
 //! The server: routes, per-connection dispatch, concurrency limits, shutdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 use super::transport::{FrameRx, FrameTx, TransportError};
-use super::{decode, encode, method_id, split_deadline, Code, RpcError};
+use super::{decode, encode, method_id, split_deadline, Code, IdMap, RpcError, DEADLINE_PREFIX};
 use crate::channel::{self, ChannelConfig, Listener};
 use crate::frame::{FrameHeader, Kind};
 
@@ -50,12 +50,58 @@ impl Default for ServerConfig {
     }
 }
 
+/// A call's cancellation: set once (by the client's `Cancel`, its death, or the deadline)
+/// and seen by the handler. One allocation per waiting call and a plain reference count
+/// per clone (a `tokio_util` token takes a lock for each clone and drop).
+#[derive(Clone, Default)]
+struct CallToken(Arc<TokenState>);
+
+#[derive(Default)]
+struct TokenState {
+    cancelled: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for CallToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallToken")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl CallToken {
+    fn cancel(&self) {
+        // Release: pairs with the Acquire load in `is_cancelled`.
+        if !self.0.cancelled.swap(true, Ordering::AcqRel) {
+            self.0.notify.notify_waiters();
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        // Acquire: pairs with the swap in `cancel`.
+        self.0.cancelled.load(Ordering::Acquire)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            // A `Notified` receives `notify_waiters` from the moment it exists, so creating
+            // it before looking at the flag loses no cancel.
+            let notified = self.0.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// What a handler knows about its call.
 #[derive(Debug, Clone)]
 pub struct CallContext {
     call_id: u64,
     deadline: Option<Instant>,
-    token: CancellationToken,
+    token: CallToken,
     peer_pid: Option<u32>,
 }
 
@@ -98,8 +144,9 @@ pub struct ItemSink {
     method: u32,
     call_id: u64,
     max_message: usize,
-    token: CancellationToken,
-    credit: Arc<Semaphore>,
+    token: CallToken,
+    /// The caller's stream credit; `None` for a unary call, which has no stream.
+    credit: Option<Arc<Semaphore>>,
 }
 
 impl std::fmt::Debug for ItemSink {
@@ -125,9 +172,12 @@ impl ItemSink {
                 format!("item of {} bytes", item.len()),
             ));
         }
+        let Some(credit) = &self.credit else {
+            return Err(RpcError::new(Code::Protocol, "items sent for a unary call"));
+        };
         // Wait for the caller's credit (it reads slowly, or not at all), or the cancel.
         tokio::select! {
-            p = self.credit.acquire() => {
+            p = credit.acquire() => {
                 p.map_err(|_| RpcError::new(Code::Cancelled, "call over"))?.forget();
             }
             _ = self.token.cancelled() => {
@@ -152,12 +202,12 @@ impl ItemSink {
 /// Builds a [`Server`]: add routes, then bind.
 pub struct ServerBuilder {
     cfg: ServerConfig,
-    routes: HashMap<u32, (String, Handler)>,
+    routes: IdMap<Route, u32>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<_> = self.routes.values().map(|(n, _)| n).collect();
+        let names: Vec<_> = self.routes.values().map(|r| &r.name).collect();
         f.debug_struct("ServerBuilder")
             .field("routes", &names)
             .finish()
@@ -175,19 +225,28 @@ impl ServerBuilder {
     pub fn new(cfg: ServerConfig) -> Self {
         Self {
             cfg,
-            routes: HashMap::new(),
+            routes: IdMap::default(),
         }
     }
 
-    fn add(mut self, name: &str, h: Handler) -> Self {
+    fn add(mut self, name: &str, streaming: bool, handler: Handler) -> Self {
         let id = method_id(name);
-        if let Some((other, _)) = self.routes.get(&id) {
+        if let Some(other) = self.routes.get(&id) {
             assert!(
-                other == name,
-                "method names {other:?} and {name:?} have the same id; rename one"
+                other.name == name,
+                "method names {:?} and {name:?} have the same id; rename one",
+                other.name
             );
         }
-        self.routes.insert(id, (name.to_owned(), h));
+        let name = name.to_owned();
+        self.routes.insert(
+            id,
+            Route {
+                name,
+                streaming,
+                handler,
+            },
+        );
         self
     }
 
@@ -204,6 +263,7 @@ impl ServerBuilder {
         let f = Arc::new(f);
         self.add(
             name,
+            false,
             Arc::new(move |ctx, req, _sink| {
                 let fut = f(ctx, req);
                 Box::pin(async move { fut.await.map(Some) })
@@ -225,6 +285,7 @@ impl ServerBuilder {
         let f = Arc::new(f);
         self.add(
             name,
+            false,
             Arc::new(move |ctx, req, _sink| {
                 let f = f.clone();
                 Box::pin(async move {
@@ -249,6 +310,7 @@ impl ServerBuilder {
         let f = Arc::new(f);
         self.add(
             name,
+            true,
             Arc::new(move |ctx, req, sink| {
                 let fut = f(ctx, req, sink);
                 Box::pin(async move { fut.await.map(|()| None) })
@@ -269,6 +331,7 @@ impl ServerBuilder {
         let f = Arc::new(f);
         self.add(
             name,
+            true,
             Arc::new(move |ctx, req, sink| {
                 let f = f.clone();
                 Box::pin(async move {
@@ -318,9 +381,16 @@ enum Acceptor {
     Tcp(tokio::net::TcpListener),
 }
 
+/// A method: its name, whether it streams, and its handler.
+struct Route {
+    name: String,
+    streaming: bool,
+    handler: Handler,
+}
+
 struct Shared {
     cfg: ServerConfig,
-    routes: HashMap<u32, (String, Handler)>,
+    routes: IdMap<Route, u32>,
     /// Set once shutdown starts: no new calls.
     draining: watch::Sender<bool>,
     /// Live connections, to wait for at shutdown.
@@ -445,28 +515,28 @@ impl Server {
     }
 }
 
-/// A running call: its cancellation token and its stream credit.
-type Running = (CancellationToken, Arc<Semaphore>);
+/// A call that waits (its handler runs in a task): its cancellation token and, if it
+/// streams, its credit. Calls answered on their first poll never get an entry.
+type Running = (CallToken, Option<Arc<Semaphore>>);
 
 /// What one connection's calls share.
 struct ConnState {
     shared: Arc<Shared>,
     tx: Arc<tokio::sync::Mutex<FrameTx>>,
-    conn_token: CancellationToken,
-    calls: Arc<Mutex<HashMap<u64, Running>>>,
+    calls: Arc<Mutex<IdMap<Running>>>,
     in_flight: tokio_util::task::TaskTracker,
     peer_pid: Option<u32>,
 }
 
 impl ConnState {
     /// Starts a request that holds a concurrency permit.
-    async fn start(&self, h: FrameHeader, payload: Vec<u8>, permit: OwnedSemaphorePermit) {
-        let Some((deadline, body)) = split_deadline(&payload) else {
+    async fn start(&self, h: FrameHeader, mut payload: Vec<u8>, permit: OwnedSemaphorePermit) {
+        let Some((deadline, _)) = split_deadline(&payload) else {
             let e = RpcError::new(Code::BadRequest, "request without deadline prefix");
             reply_error(&self.tx, h.method, h.call_id, e).await;
             return;
         };
-        let Some((_, handler)) = self.shared.routes.get(&h.method) else {
+        let Some(route) = self.shared.routes.get(&h.method) else {
             let e = RpcError::new(
                 Code::UnknownMethod,
                 format!("no method with id {:#010x}", h.method),
@@ -474,12 +544,15 @@ impl ConnState {
             reply_error(&self.tx, h.method, h.call_id, e).await;
             return;
         };
-        let token = self.conn_token.child_token();
-        let credit = Arc::new(Semaphore::new(STREAM_WINDOW));
-        self.calls
-            .lock()
-            .expect("poisoned")
-            .insert(h.call_id, (token.clone(), credit.clone()));
+        // The body is the payload after its prefix: shift it down instead of copying it out.
+        payload.drain(..DEADLINE_PREFIX);
+        // A token of its own per call, not a child of a per-connection token: a child costs
+        // a lock on the parent at creation and drop. When the connection ends, the calls
+        // still running are cancelled one by one from `calls`.
+        let token = CallToken::default();
+        let credit = route
+            .streaming
+            .then(|| Arc::new(Semaphore::new(STREAM_WINDOW)));
         let ctx = CallContext {
             call_id: h.call_id,
             deadline: deadline.map(|d| Instant::now() + d),
@@ -493,19 +566,24 @@ impl ConnState {
             call_id: h.call_id,
             max_message: max,
             token: token.clone(),
-            credit,
+            credit: credit.clone(),
         };
-        let mut fut = handler(ctx, body.to_vec(), sink);
+        let mut fut = (route.handler)(ctx, payload, sink);
         // Fast path: most handlers answer without waiting for anything. Poll once here; if
         // the answer is ready, reply at once and skip the two task spawns (and their
-        // wake-ups) that a handler which waits needs.
+        // wake-ups) that a handler which waits needs. No frame of this connection is read
+        // meanwhile, so a call that finishes here needs no entry in `calls` (a later
+        // `Cancel` or `Credit` for it finds nothing, as for any finished call).
         if let Some(outcome) = poll_once(&mut fut) {
-            self.calls.lock().expect("poisoned").remove(&h.call_id);
             let mut tx = self.tx.lock().await;
             send_outcome(&mut tx, h.method, h.call_id, outcome, max).await;
             drop(permit);
             return;
         }
+        self.calls
+            .lock()
+            .expect("poisoned")
+            .insert(h.call_id, (token.clone(), credit));
         let (tx, calls) = (self.tx.clone(), self.calls.clone());
         let grace = self.shared.cfg.cancel_grace;
         self.in_flight.spawn(async move {
@@ -515,6 +593,13 @@ impl ConnState {
             send_outcome(&mut tx, h.method, h.call_id, outcome, max).await;
             drop(permit);
         });
+    }
+
+    /// Cancels every call still running (the connection ended).
+    fn cancel_all(&self) {
+        for (token, _) in self.calls.lock().expect("poisoned").values() {
+            token.cancel();
+        }
     }
 }
 
@@ -533,13 +618,12 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
     let st = ConnState {
         shared,
         tx: Arc::new(tokio::sync::Mutex::new(tx)),
-        conn_token: CancellationToken::new(),
         calls: Arc::default(),
         in_flight: tokio_util::task::TaskTracker::new(),
         peer_pid,
     };
     let mut waiting: VecDeque<(FrameHeader, Vec<u8>)> = VecDeque::new();
-    let mut last_heard = Instant::now();
+    let mut silence = super::Silence::default();
     // One timer for the connection's life, re-armed when it fires: re-creating a sleep for
     // every frame cost a clock read and a timer-wheel insert and removal per message.
     let heartbeat = tokio::time::sleep(hb);
@@ -564,11 +648,11 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
             f = rx.recv(), if can_read => f,
             () = &mut heartbeat => {
                 heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
-                let silent = last_heard.elapsed();
-                if silent > hb * 3 {
+                let silent = silence.tick();
+                if silent >= 3 {
                     break; // silent peer (stopped, or hung): treat as gone
                 }
-                if silent >= hb && st.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await.is_err() {
+                if silent >= 1 && st.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await.is_err() {
                     break;
                 }
                 continue;
@@ -582,7 +666,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
                 method,
                 message,
             }) => {
-                last_heard = Instant::now();
+                silence.heard();
                 reply_error(
                     &st.tx,
                     method,
@@ -594,7 +678,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
             }
             Err(TransportError::Gone(_)) | Err(TransportError::Protocol(_)) => break,
         };
-        last_heard = Instant::now();
+        silence.heard();
         match h.kind {
             Kind::Request => match limit.clone().try_acquire_owned() {
                 Ok(permit) if waiting.is_empty() => st.start(h, payload, permit).await,
@@ -619,7 +703,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
                 let n = payload
                     .get(..4)
                     .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-                if let Some((_, c)) = st.calls.lock().expect("poisoned").get(&h.call_id) {
+                if let Some((_, Some(c))) = st.calls.lock().expect("poisoned").get(&h.call_id) {
                     // Bounded: a client cannot grant more than a window's worth at once.
                     let room = STREAM_WINDOW.saturating_sub(c.available_permits());
                     c.add_permits((n as usize).min(room));
@@ -646,7 +730,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
     // The client is gone or we are done: cancel whatever still runs, let it wind down.
     st.in_flight.close();
     if !*draining.borrow() {
-        st.conn_token.cancel();
+        st.cancel_all();
     }
     st.in_flight.wait().await;
 }
@@ -702,7 +786,7 @@ async fn reply_error(tx: &tokio::sync::Mutex<FrameTx>, method: u32, call_id: u64
 /// before it is aborted.
 async fn run_handler(
     fut: BoxFuture<Result<Option<Vec<u8>>, RpcError>>,
-    token: CancellationToken,
+    token: CallToken,
     deadline: Option<Duration>,
     grace: Duration,
 ) -> Result<Option<Vec<u8>>, RpcError> {

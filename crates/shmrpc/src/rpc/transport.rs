@@ -76,15 +76,49 @@ impl FrameTx {
         call_id: u64,
         payload: &[u8],
     ) -> Result<(), TransportError> {
+        self.send_parts(kind, method, call_id, &[payload]).await
+    }
+
+    /// [`send`](Self::send) for a payload in pieces (a request's deadline prefix and its
+    /// body). A message that fits one frame and finds room in the ring is written straight
+    /// into it, with no intermediate buffer.
+    pub(crate) async fn send_parts(
+        &mut self,
+        kind: Kind,
+        method: u32,
+        call_id: u64,
+        parts: &[&[u8]],
+    ) -> Result<(), TransportError> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         let max = self.max_fragment();
+        let header = |flags, len| FrameHeader {
+            kind,
+            flags,
+            method,
+            call_id,
+            len,
+        };
+        if let FrameTx::Shm(s, _) = self {
+            if total <= max {
+                if let Ok(mut grant) = s.producer().try_reserve(FRAME_HEADER_LEN + total) {
+                    frame::encode_parts_into(&mut grant, &header(0, total as u32), parts)
+                        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    grant.commit(0);
+                    return Ok(());
+                }
+                // Full (or closed, or broken): the general path waits, or reports why.
+            }
+        }
+        let joined;
+        let payload = match parts {
+            [one] => *one,
+            _ => {
+                joined = parts.concat();
+                &joined
+            }
+        };
         for (flags, part) in frame::fragments(payload, max) {
-            let h = FrameHeader {
-                kind,
-                flags,
-                method,
-                call_id,
-                len: part.len() as u32,
-            };
+            let h = header(flags, part.len() as u32);
             match self {
                 FrameTx::Shm(s, buf) => {
                     buf.resize(FRAME_HEADER_LEN + part.len(), 0);
