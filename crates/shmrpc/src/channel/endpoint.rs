@@ -133,6 +133,10 @@ impl Bell {
 /// Waits asynchronously until `ready()`: spin in the task up to the spinner's budget
 /// (yielding to the runtime between rounds, so a peer task on the same thread can run),
 /// then arm the waiting word as `WAIT_BELL` and await the doorbell.
+///
+/// A round is short (200 ns): a server's runtime may hold many connections, each with a
+/// task spinning here, and every round a task spins while others have work is lost to
+/// them (16 connections with 2 µs rounds served 0.56 M calls/s, with 200 ns 0.97 M).
 async fn wait_async(
     word: &AtomicU32,
     bell: &mut Bell,
@@ -147,7 +151,7 @@ async fn wait_async(
         let mut last_check = start;
         let mut spun = false;
         loop {
-            if wait::spin_until(Some(Duration::from_micros(2)), deadline, &mut ready) {
+            if wait::spin_until(Some(Duration::from_nanos(200)), deadline, &mut ready) {
                 spun = true;
                 break;
             }
