@@ -162,6 +162,15 @@ impl FrameRx {
         FrameRx::Tcp(r, Reassembler::new(max_message), Vec::new(), 0)
     }
 
+    /// Whether a frame is there to be read now (always `false` for TCP, which would need
+    /// a system call to tell).
+    pub(crate) fn has_frame(&mut self) -> bool {
+        match self {
+            FrameRx::Shm(rx, _) => rx.consumer().has_event(),
+            FrameRx::Tcp(..) => false,
+        }
+    }
+
     /// The next whole message. Garbage is a protocol error: the connection is done.
     pub(crate) async fn recv(&mut self) -> Result<(FrameHeader, Vec<u8>), TransportError> {
         loop {
