@@ -479,3 +479,75 @@ fn garbage_over_tcp_closes_only_that_connection() {
         stop_server(server);
     });
 }
+
+/// A client process that holds the real shared memory of its connection and breaks it on
+/// purpose: record lengths past the end of the ring or huge, padding that stops short, a
+/// frame header lying about its length, a length word flipped while the server may be
+/// reading it, its consumer position moved beyond, backwards or off alignment, every
+/// doorbell rung as fast as it can, and answers never read. Each broken connection is
+/// closed by the server; a flood or a stalled reader costs only that connection; a
+/// well-behaved client is served throughout, and the server exits cleanly at the end.
+#[test]
+fn a_client_writing_into_the_shared_memory_loses_only_its_own_connection() {
+    with_watchdog(Duration::from_secs(120), || {
+        let mut names = TestNames::new();
+        let name = names.name("rpc-hostile");
+        let server = start_server(&name);
+        let rt = rpc_runtime();
+        let client = rt
+            .block_on(Client::connect(&name, ClientConfig::default()))
+            .expect("connect");
+        rt.block_on(good_call(&client, 0));
+        let bg = Background::start(&rt, &client);
+        let mut hostile = spawn_peer!("rpc-hostile", name);
+        let mut seen = Vec::new();
+        let mut seq = 100;
+        loop {
+            let line = hostile.expect("", Duration::from_secs(30));
+            if line == "done" {
+                break;
+            }
+            if line.starts_with("flooded ") {
+                assert!(field_parse::<u64>(&line, "writes") > 0, "{line}");
+                continue;
+            }
+            if !line.starts_with("hostile ") {
+                continue;
+            }
+            let mode = field(&line, "mode").unwrap_or("").to_owned();
+            assert_eq!(field(&line, "echo"), Some("answered"), "{line}");
+            let end = field(&line, "end").unwrap_or("");
+            let allowed: &[&str] = match mode.as_str() {
+                // A lie the server may read before or after the flip: checked either way.
+                "length-flip" => &["closed", "answered"],
+                // Not a protocol violation: the server just keeps serving it.
+                "doorbell-flood" => &["answered"],
+                "never-consume" => &["stalled"],
+                _ => &["closed"],
+            };
+            assert!(
+                allowed.contains(&end),
+                "mode {mode}: the connection ended {end:?}, expected one of {allowed:?}: {line}"
+            );
+            println!("{line}");
+            seen.push(mode);
+            // Between two attacks, the well-behaved client is served.
+            rt.block_on(good_call(&client, seq));
+            seq += 1;
+        }
+        assert_eq!(seen.len(), 10, "every attack reported: {seen:?}");
+        hostile.assert_exits_ok(WAIT);
+        let during = bg.finish(&rt);
+        assert!(during > 0, "the background client made no call");
+        rt.block_on(async {
+            for seq in 1000..1020 {
+                good_call(&client, seq).await;
+            }
+        });
+        println!("well-behaved client: {during} background calls during the attacks");
+        drop(client);
+        drop(rt);
+        stop_server(server);
+        names.assert_clean_with_locks();
+    });
+}

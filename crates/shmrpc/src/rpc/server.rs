@@ -140,7 +140,7 @@ pub(crate) const STREAM_WINDOW: usize = 64;
 /// Where a streaming handler sends its items.
 #[derive(Clone)]
 pub struct ItemSink {
-    tx: Arc<tokio::sync::Mutex<FrameTx>>,
+    tx: Arc<ConnTx>,
     method: u32,
     call_id: u64,
     max_message: usize,
@@ -184,8 +184,8 @@ impl ItemSink {
                 return Err(RpcError::new(Code::Cancelled, "call cancelled"));
             }
         }
-        let mut tx = self.tx.lock().await;
-        tx.send(Kind::StreamItem, self.method, self.call_id, item)
+        self.tx
+            .send(Kind::StreamItem, self.method, self.call_id, item)
             .await
             .map_err(RpcError::from)
     }
@@ -515,6 +515,35 @@ impl Server {
     }
 }
 
+/// A connection's sending half, shared by its reader and its calls. A failed send (the
+/// peer is gone, or broke the ring: a `read_pos` that lies) marks the connection broken,
+/// which ends it: its reader stops, its calls are cancelled.
+struct ConnTx {
+    tx: tokio::sync::Mutex<FrameTx>,
+    broken: CallToken,
+}
+
+impl ConnTx {
+    async fn send(
+        &self,
+        kind: Kind,
+        method: u32,
+        call_id: u64,
+        payload: &[u8],
+    ) -> Result<(), TransportError> {
+        let r = self
+            .tx
+            .lock()
+            .await
+            .send(kind, method, call_id, payload)
+            .await;
+        if r.is_err() {
+            self.broken.cancel();
+        }
+        r
+    }
+}
+
 /// A call that waits (its handler runs in a task): its cancellation token and, if it
 /// streams, its credit. Calls answered on their first poll never get an entry.
 type Running = (CallToken, Option<Arc<Semaphore>>);
@@ -522,7 +551,7 @@ type Running = (CallToken, Option<Arc<Semaphore>>);
 /// What one connection's calls share.
 struct ConnState {
     shared: Arc<Shared>,
-    tx: Arc<tokio::sync::Mutex<FrameTx>>,
+    tx: Arc<ConnTx>,
     calls: Arc<Mutex<IdMap<Running>>>,
     in_flight: tokio_util::task::TaskTracker,
     peer_pid: Option<u32>,
@@ -575,8 +604,7 @@ impl ConnState {
         // meanwhile, so a call that finishes here needs no entry in `calls` (a later
         // `Cancel` or `Credit` for it finds nothing, as for any finished call).
         if let Some(outcome) = poll_once(&mut fut) {
-            let mut tx = self.tx.lock().await;
-            send_outcome(&mut tx, h.method, h.call_id, outcome, max).await;
+            send_outcome(&self.tx, h.method, h.call_id, outcome, max).await;
             drop(permit);
             return;
         }
@@ -589,8 +617,7 @@ impl ConnState {
         self.in_flight.spawn(async move {
             let outcome = run_handler(fut, token, deadline, grace).await;
             calls.lock().expect("poisoned").remove(&h.call_id);
-            let mut tx = tx.lock().await;
-            send_outcome(&mut tx, h.method, h.call_id, outcome, max).await;
+            send_outcome(&tx, h.method, h.call_id, outcome, max).await;
             drop(permit);
         });
     }
@@ -617,7 +644,10 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
     let hb = shared.cfg.heartbeat;
     let st = ConnState {
         shared,
-        tx: Arc::new(tokio::sync::Mutex::new(tx)),
+        tx: Arc::new(ConnTx {
+            tx: tokio::sync::Mutex::new(tx),
+            broken: CallToken::default(),
+        }),
         calls: Arc::default(),
         in_flight: tokio_util::task::TaskTracker::new(),
         peer_pid,
@@ -635,7 +665,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
                 let e = RpcError::new(Code::ShuttingDown, "server is shutting down");
                 reply_error(&st.tx, h.method, h.call_id, e).await;
             }
-            let _ = st.tx.lock().await.send(Kind::Goodbye, 0, 0, &[]).await;
+            let _ = st.tx.send(Kind::Goodbye, 0, 0, &[]).await;
             break;
         }
         let can_read = waiting.len() < max_waiting;
@@ -652,12 +682,14 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
                 if silent >= 3 {
                     break; // silent peer (stopped, or hung): treat as gone
                 }
-                if silent >= 1 && st.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await.is_err() {
+                if silent >= 1 && st.tx.send(Kind::Ping, 0, 0, &[]).await.is_err() {
                     break;
                 }
                 continue;
             }
             _ = draining.changed() => continue,
+            // A send failed: the peer is gone or broke the ring.
+            () = st.tx.broken.cancelled() => break,
         };
         let (h, payload) = match frame {
             Ok(f) => f,
@@ -710,14 +742,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
                 }
             }
             Kind::Ping => {
-                if st
-                    .tx
-                    .lock()
-                    .await
-                    .send(Kind::Pong, 0, 0, &[])
-                    .await
-                    .is_err()
-                {
+                if st.tx.send(Kind::Pong, 0, 0, &[]).await.is_err() {
                     break;
                 }
             }
@@ -729,7 +754,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
     }
     // The client is gone or we are done: cancel whatever still runs, let it wind down.
     st.in_flight.close();
-    if !*draining.borrow() {
+    if !*draining.borrow() || st.tx.broken.is_cancelled() {
         st.cancel_all();
     }
     st.in_flight.wait().await;
@@ -753,7 +778,7 @@ fn poll_once(
 
 /// Sends a finished call's answer: its response, the end of its stream, or its error.
 async fn send_outcome(
-    tx: &mut FrameTx,
+    tx: &ConnTx,
     method: u32,
     call_id: u64,
     outcome: Result<Option<Vec<u8>>, RpcError>,
@@ -773,12 +798,8 @@ async fn send_outcome(
     };
 }
 
-async fn reply_error(tx: &tokio::sync::Mutex<FrameTx>, method: u32, call_id: u64, e: RpcError) {
-    let _ = tx
-        .lock()
-        .await
-        .send(Kind::Error, method, call_id, &e.encode())
-        .await;
+async fn reply_error(tx: &ConnTx, method: u32, call_id: u64, e: RpcError) {
+    let _ = tx.send(Kind::Error, method, call_id, &e.encode()).await;
 }
 
 /// Runs a handler in its own task (so a panic fails only this call), racing it against
