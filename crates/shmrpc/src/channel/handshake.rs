@@ -358,31 +358,59 @@ pub fn connect(name: &str, cfg: &ChannelConfig) -> Result<Endpoint, ConnectError
     Ok(endpoint)
 }
 
-/// Validates a hello and its fds: exact length, magic, version, side, sizes, fd count.
+/// The server's hello, as a client reads it off the socket (the fds travel beside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// Handshake version (only [`HANDSHAKE_VERSION`] is accepted).
+    pub version: u32,
+    /// Which end of the channel the client gets (always 1).
+    pub side: u32,
+    /// Data capacities of the two rings.
+    pub capacities: [u64; 2],
+}
+
+impl Hello {
+    /// Parses and validates hello bytes: exact length, magic, version, side, ring sizes.
+    ///
+    /// # Errors
+    /// [`ConnectError::BadHello`] naming what is wrong.
+    pub fn parse(hello: &[u8]) -> Result<Self, ConnectError> {
+        let bad = |m: String| ConnectError::BadHello(m);
+        if hello.len() != HELLO_LEN {
+            return Err(bad(format!("{} bytes, expected {HELLO_LEN}", hello.len())));
+        }
+        if hello[..8] != HELLO_MAGIC {
+            return Err(bad(format!("magic {:02x?}", &hello[..8])));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(hello[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(hello[i..i + 8].try_into().expect("8 bytes"));
+        if u32_at(8) != HANDSHAKE_VERSION {
+            return Err(bad(format!(
+                "server speaks handshake version {}, we speak {HANDSHAKE_VERSION}",
+                u32_at(8)
+            )));
+        }
+        if u32_at(12) != 1 {
+            return Err(bad(format!("side {} (expected 1)", u32_at(12))));
+        }
+        let capacities = [u64_at(16), u64_at(24)];
+        for cap in capacities {
+            if !crate::ring::valid_capacity(cap) {
+                return Err(bad(format!("ring capacity {cap}")));
+            }
+        }
+        Ok(Self {
+            version: u32_at(8),
+            side: u32_at(12),
+            capacities,
+        })
+    }
+}
+
+/// Validates a hello and its fds: the bytes ([`Hello::parse`]), then the fd count.
 fn parse_hello(hello: &[u8], fds: Vec<OwnedFd>) -> Result<(OwnedFd, [Doorbell; 4]), ConnectError> {
     let bad = |m: String| ConnectError::BadHello(m);
-    if hello.len() != HELLO_LEN {
-        return Err(bad(format!("{} bytes, expected {HELLO_LEN}", hello.len())));
-    }
-    if hello[..8] != HELLO_MAGIC {
-        return Err(bad(format!("magic {:02x?}", &hello[..8])));
-    }
-    let u32_at = |i: usize| u32::from_le_bytes(hello[i..i + 4].try_into().expect("4 bytes"));
-    let u64_at = |i: usize| u64::from_le_bytes(hello[i..i + 8].try_into().expect("8 bytes"));
-    if u32_at(8) != HANDSHAKE_VERSION {
-        return Err(bad(format!(
-            "server speaks handshake version {}, we speak {HANDSHAKE_VERSION}",
-            u32_at(8)
-        )));
-    }
-    if u32_at(12) != 1 {
-        return Err(bad(format!("side {} (expected 1)", u32_at(12))));
-    }
-    for cap in [u64_at(16), u64_at(24)] {
-        if !crate::ring::valid_capacity(cap) {
-            return Err(bad(format!("ring capacity {cap}")));
-        }
-    }
+    Hello::parse(hello)?;
     if fds.len() != 5 {
         return Err(bad(format!("{} fds, expected 5", fds.len())));
     }

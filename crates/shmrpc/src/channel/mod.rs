@@ -28,7 +28,8 @@ use thiserror::Error;
 
 pub use endpoint::{Endpoint, Message, Receiver, Sender};
 pub use handshake::{
-    connect, server_handshake, AcceptError, BindError, ConnectError, Listener, HANDSHAKE_VERSION,
+    connect, server_handshake, AcceptError, BindError, ConnectError, Hello, Listener,
+    HANDSHAKE_VERSION,
 };
 
 pub use crate::ring::{CorruptError, PeekError as TryRecvError, ReserveError as TrySendError};
