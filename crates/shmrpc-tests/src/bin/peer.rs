@@ -130,6 +130,7 @@ fn main() {
         "rpc-foreign" => rpc_foreign(&args),
         "rpc-bad-server" => rpc_bad_server(&args),
         "rpc-hostile" => rpc_hostile(&args),
+        "perm-probe" => perm_probe(&args),
         _ => fail(format!("unknown subcommand {cmd:?}")),
     }
 }
@@ -1159,4 +1160,66 @@ fn rpc_hostile(args: &[String]) {
         say(format!("hostile mode={mode} echo={echo} end={end} ms={ms}"));
     }
     say("done");
+}
+
+/// What a process (often running as another user) can do to shmrpc's files. Prints one
+/// line per probe: `probe what=<probe> result=<ok or the error's kind> message=<..>`.
+fn perm_probe(args: &[String]) {
+    let what: String = arg(args, 1, "probe");
+    let path: String = arg(args, 2, "path or name");
+    let report = |r: Result<String, String>| {
+        let (result, message) = match r {
+            Ok(m) => ("ok".to_owned(), m),
+            Err(m) => ("err".to_owned(), m),
+        };
+        say(format!(
+            "probe what={what} result={result} message={}",
+            message.replace(' ', "_")
+        ));
+    };
+    let kind = |e: std::io::Error| format!("{:?}:{e}", e.kind());
+    match what.as_str() {
+        // Open an existing file for reading and writing.
+        "open" => report(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map(|_| "opened".to_owned())
+                .map_err(kind),
+        ),
+        // Put a file of our own where a victim will look for its segment.
+        "squat-file" => {
+            use std::os::unix::fs::PermissionsExt;
+            let r = std::fs::write(&path, b"attacker").and_then(|()| {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+            });
+            report(r.map(|()| "squatted".to_owned()).map_err(kind));
+        }
+        // Put a symlink there, to a file of the victim's.
+        "squat-symlink" => {
+            let target: String = arg(args, 3, "target");
+            report(
+                std::os::unix::fs::symlink(&target, &path)
+                    .map(|()| "squatted".to_owned())
+                    .map_err(kind),
+            );
+        }
+        // Bind a listener (the runtime directory comes from the environment).
+        "bind" => report(
+            Listener::bind(&path, ChannelConfig::default())
+                .map(|l| format!("bound_at_{}", l.path().display()))
+                .map_err(|e| {
+                    // The whole chain: the cause is in the source.
+                    let mut m = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        m = format!("{m}: {s}");
+                        src = s.source();
+                    }
+                    m
+                }),
+        ),
+        other => fail(format!("unknown probe {other:?}")),
+    }
 }
