@@ -1,6 +1,7 @@
 //! Runs the `shmrpc` command as a user would: `shmrpc demo` and
-//! `shmrpc bench --quick --json FILE`. Checks exit codes, the sections of the output and
-//! the JSON document; never timings (those are the benchmark's business).
+//! `shmrpc bench --quick --json FILE --svg FILE --peers FILE`. Checks exit codes, the
+//! sections of the output, the JSON document and the chart; never timings (those are the
+//! benchmark's business).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -122,15 +123,54 @@ fn number(v: &Value, key: &str) -> f64 {
 #[test]
 fn bench_quick_prints_the_table_and_writes_json() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let json_path: PathBuf =
-        std::env::temp_dir().join(format!("shmrpc-bench-test-{}.json", std::process::id()));
-    let _ = std::fs::remove_file(&json_path);
+    let tmp = |ext: &str| -> PathBuf {
+        std::env::temp_dir().join(format!("shmrpc-bench-test-{}.{ext}", std::process::id()))
+    };
+    let (json_path, svg_path, peers_path) = (tmp("json"), tmp("svg"), tmp("peers.json"));
+    for p in [&json_path, &svg_path] {
+        let _ = std::fs::remove_file(p);
+    }
+    // A peers file as the peer-comparison crate writes it (made-up figures: only the
+    // merging is checked).
+    let peers = serde_json::json!({
+        "kind": "shmrpc-peers", "version": 1, "date": "2026-01-02 03:04:05 UTC",
+        "machine": "test machine", "command": "peers --test",
+        "cases": [
+            {"id": "rtt.iceoryx2.spin.64", "system": "iceoryx2", "mode": "spin",
+             "workload": "rtt", "size": 64, "p50_ns": 7000.0, "p99_ns": 9000.0,
+             "p999_ns": 12000.0, "max_ns": 50000.0, "msgs_per_s": null, "bytes_per_s": null,
+             "rounds": 7, "na": null},
+            {"id": "stream.ipc_channel.park.1024", "system": "ipc-channel", "mode": "park",
+             "workload": "stream", "size": 1024, "p50_ns": null, "p99_ns": null,
+             "p999_ns": null, "max_ns": null, "msgs_per_s": 100000.0,
+             "bytes_per_s": 102400000.0, "rounds": 7, "na": null},
+            {"id": "rtt.ipc_channel.spin.64", "system": "ipc-channel", "mode": "spin",
+             "workload": "rtt", "size": 64, "na": "no busy-poll mode"}
+        ],
+        "ratios": [{"case": "rtt.iceoryx2.spin.64", "baseline": "rtt.uds.64", "median": 0.2}]
+    });
+    std::fs::write(&peers_path, peers.to_string()).expect("write the peers file");
     let run = shmrpc(
-        &["bench", "--quick", "--json", json_path.to_str().unwrap()],
+        &[
+            "bench",
+            "--quick",
+            // Two rounds instead of three: the same code paths, in a debug build's time.
+            "--reps",
+            "2",
+            "--json",
+            json_path.to_str().unwrap(),
+            "--svg",
+            svg_path.to_str().unwrap(),
+            "--peers",
+            peers_path.to_str().unwrap(),
+        ],
         Duration::from_secs(240),
     );
     let text = std::fs::read_to_string(&json_path);
-    let _ = std::fs::remove_file(&json_path);
+    let svg = std::fs::read_to_string(&svg_path);
+    for p in [&json_path, &svg_path, &peers_path] {
+        let _ = std::fs::remove_file(p);
+    }
     assert!(
         run.ok,
         "shmrpc bench --quick exited with {:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -155,6 +195,30 @@ fn bench_quick_prints_the_table_and_writes_json() {
             "RPC (issue 3): pipelined 64 B calls, two processes",
             "RPC (issue 3): a server restart",
             "RPC ratios, issue 3",
+            // Issue 4: every size, the byte-stream baselines, the idle server, the peers
+            // file, the verdicts, the chart.
+            "Round trip, 1 KiB, two processes",
+            "Round trip, 64 KiB, two processes",
+            "Round trip, 1 MiB, two processes",
+            "floor: copy ping-pong",
+            "baseline: Unix socket,",
+            "baseline: Unix socket, tokio,",
+            "baseline: pipe pair,",
+            "baseline: TCP loopback,",
+            "CPU/msg",
+            "256 connections",
+            "RPC (issue 4): 1000 idle connections",
+            "server resident memory",
+            "Peers (from",
+            "iceoryx2, spin",
+            "n/a: no busy-poll mode",
+            "Issue 4 targets",
+            "64 KiB stream / Unix socket",
+            "1 MiB stream / bare copy floor",
+            "RPC pipelined, 256 connections / tokio Unix socket",
+            "idle server with 1000 connections < 3 MB resident",
+            "lower p50 and p99 than the peer in every mode with a counterpart: iceoryx2",
+            "SVG chart written to",
         ],
     );
 
@@ -285,4 +349,185 @@ fn bench_quick_prints_the_table_and_writes_json() {
             "{id} is not in issue 2's ratio list"
         );
     }
+
+    // Issue 4's round trips: every mode, floor and baseline at every size.
+    for size in [64u64, 1024, 65536, 1 << 20] {
+        let mut ids = vec![
+            format!("rtt.floor.copy.{size}"),
+            format!("rtt.baseline.uds.{size}"),
+            format!("rtt.baseline.uds_tokio.{size}"),
+            format!("rtt.baseline.pipe.{size}"),
+            format!("rtt.baseline.tcp.{size}"),
+        ];
+        if size != 64 {
+            for m in ["spin", "spin_then_park", "park", "async", "async_park"] {
+                ids.push(format!("rtt.shmrpc.{m}.{size}"));
+            }
+        }
+        for id in ids {
+            let r = rtt
+                .iter()
+                .find(|r| r["id"] == id.as_str())
+                .unwrap_or_else(|| panic!("no round-trip result {id}"));
+            assert_eq!(number(r, "size"), size as f64, "{id}");
+            let (p50, p99, p999, max) = (
+                number(r, "p50_us"),
+                number(r, "p99_us"),
+                number(r, "p999_us"),
+                number(r, "max_us"),
+            );
+            assert!(
+                p50 > 0.0 && p99 >= p50 && p999 >= p99 && max >= p999,
+                "{id}"
+            );
+            assert!(r["system"].is_string() && r["series"].is_string(), "{id}");
+        }
+        // Streams: the channel in each mode and every baseline, with CPU per message.
+        let mut ids = vec![format!("stream.shmrpc.{size}")];
+        for m in ["spin_then_park", "park", "async"] {
+            ids.push(format!("stream.shmrpc.{m}.{size}"));
+        }
+        for l in ["uds", "uds_tokio", "pipe", "tcp"] {
+            ids.push(format!("stream.baseline.{l}.{size}"));
+        }
+        for id in ids {
+            let s = streams
+                .iter()
+                .find(|s| s["id"] == id.as_str())
+                .unwrap_or_else(|| panic!("no stream result {id}"));
+            assert_eq!(number(s, "size"), size as f64, "{id}");
+            assert!(number(s, "msgs_per_s") > 0.0, "{id}");
+            let (all, lead, peer) = (
+                number(s, "cpu_ns_per_msg"),
+                number(s, "lead_cpu_ns_per_msg"),
+                number(s, "peer_cpu_ns_per_msg"),
+            );
+            assert!(
+                all > 0.0 && lead >= 0.0 && peer >= 0.0,
+                "{id}: CPU {all} {lead} {peer}"
+            );
+            if !id.starts_with("stream.baseline.uds.") {
+                assert!(number(s, "vs_uds") > 0.0, "{id}");
+            }
+        }
+    }
+    let s = streams
+        .iter()
+        .find(|s| s["id"] == "stream.floor.copy.1048576")
+        .expect("the 1 MiB copy floor");
+    assert!(number(s, "msgs_per_s") > 0.0);
+
+    // Pipelined RPC with 256 connections, and CPU per call.
+    for id in ["rpc.pipelined.shmrpc.256", "rpc.pipelined.baseline.uds.256"] {
+        let r = piped
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no rpc pipelined result {id}"));
+        assert_eq!(number(r, "connections"), 256.0, "{id}");
+        assert!(number(r, "calls_per_s") > 0.0, "{id}");
+    }
+    for r in piped {
+        assert!(
+            number(r, "cpu_ns_per_msg") > 0.0,
+            "{}: CPU per call",
+            r["id"]
+        );
+    }
+
+    // 1000 idle connections: the server's memory and CPU.
+    let idle = &doc["idle_connections"];
+    assert_eq!(number(idle, "connections"), 1000.0);
+    assert!(number(idle, "server_rss_kib") > number(idle, "server_rss_empty_kib"));
+    assert!(number(idle, "server_rss_per_connection_kib") > 0.0);
+    assert!(number(idle, "server_cpu_percent") >= 0.0);
+    assert!(number(idle, "server_cpu_percent_stat") >= 0.0);
+    assert!(number(idle, "idle_interval_s") > 0.0);
+    assert!(number(idle, "server_fds") >= 1000.0);
+
+    // Issue 4's ratios and the verdict on every target.
+    let i4 = &doc["issue4"];
+    let i4_ratios = i4["ratios"].as_array().expect("issue4.ratios array");
+    for id in [
+        "stp_rtt_vs_cache_line",
+        "rpc_unary_stp_vs_cache_line",
+        "park_rtt_vs_futex",
+        "park_rtt_vs_uds",
+        "stream_64_vs_uds",
+        "stream_64k_vs_copy_floor",
+        "stream_64k_vs_uds",
+        "stream_1m_vs_copy_floor",
+        "stream_1m_vs_uds",
+        "rpc_pipelined_256_vs_uds",
+    ] {
+        let r = i4_ratios
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("no issue 4 ratio {id}"));
+        assert!(number(r, "ratio") > 0.0, "{id}");
+        assert!(r["met"].is_boolean(), "{id}");
+    }
+    let targets = i4["targets"].as_array().expect("issue4.targets array");
+    for t in targets {
+        let v = t["verdict"].as_str().expect("a verdict");
+        assert!(["MET", "NOT MET", "NOT MEASURED"].contains(&v), "{t}");
+        assert_eq!(t["met"].is_null(), v == "NOT MEASURED", "{t}");
+    }
+    for id in ["idle_server_rss", "idle_server_cpu", "rtt_below_iceoryx2"] {
+        let t = targets
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap_or_else(|| panic!("no verdict {id}"));
+        assert!(t["met"].is_boolean(), "{id} is measured");
+    }
+
+    // Our cases in the peers file's schema, and the peers file echoed.
+    let cases = doc["cases"].as_array().expect("cases array");
+    assert!(cases.len() >= 80, "{} cases", cases.len());
+    for c in cases {
+        for k in [
+            "id",
+            "system",
+            "mode",
+            "workload",
+            "size",
+            "p50_ns",
+            "p99_ns",
+            "p999_ns",
+            "max_ns",
+            "msgs_per_s",
+            "bytes_per_s",
+            "rounds",
+            "na",
+        ] {
+            assert!(c.get(k).is_some(), "case {} lacks {k}", c["id"]);
+        }
+    }
+    assert_eq!(doc["peers"]["date"], "2026-01-02 03:04:05 UTC");
+    assert_eq!(doc["peers"]["cases"].as_array().map(Vec::len), Some(3));
+    assert_eq!(doc["svg"].as_str(), svg_path.to_str());
+
+    // The chart: an SVG document with every series and the peers' ones.
+    let svg = svg.expect("SVG file written");
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.trim_end().ends_with("</svg>"));
+    for name in [
+        "shmrpc spin",
+        "shmrpc spin-then-park",
+        "shmrpc park",
+        "shmrpc async",
+        "shmrpc async-park",
+        "floor: copy ping-pong",
+        "floor: one cache line",
+        "Unix socket, tokio",
+        "pipe pair",
+        "TCP loopback",
+        "iceoryx2 spin (peers, 2026-01-02)",
+        "ipc-channel park (peers, 2026-01-02)",
+        "Round trip, median (p50)",
+        "One-way stream, throughput",
+    ] {
+        assert!(svg.contains(name), "the chart lacks {name:?}");
+    }
+    assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+    assert!(!svg.contains("NaN"));
 }

@@ -5,7 +5,7 @@ use std::hint::spin_loop;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use shmrpc::channel::{Endpoint, TrySendError};
+use shmrpc::channel::{Endpoint, TryRecvError, TrySendError};
 
 use super::raw::{stamp, stamped};
 use super::watchdog::Watchdog;
@@ -25,23 +25,23 @@ pub fn read_max(size: usize, bytes: usize) -> usize {
     (bytes / shmrpc::ring::record_size(size)).clamp(1, STREAM_READ_MAX)
 }
 
-/// Size of every round-trip message.
+/// Size of the round-trip messages of issue 2 (the 64 B cases).
 pub const RTT_SIZE: usize = 64;
 
-/// The lead side of blocking round trips: send 64 bytes, wait for the echo, copy it out.
-/// Returns the round-trip time of each of the last `total - warm`.
-pub fn rtt_lead(ep: &mut Endpoint, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+/// The lead side of blocking round trips: send `size` bytes, wait for the echo, copy it
+/// out. Returns the round-trip time of each of the last `total - warm`.
+pub fn rtt_lead(ep: &mut Endpoint, size: usize, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
-    let mut msg = [0x11u8; RTT_SIZE];
-    let mut back = [0u8; RTT_SIZE];
+    let mut msg = vec![0x11u8; size];
+    let mut back = vec![0u8; size];
     for i in 0..total {
         stamp(&mut msg, i);
         let t0 = Instant::now();
         ep.send(&msg).context("send")?;
         {
             let m = ep.recv().context("recv")?;
-            if m.len() != RTT_SIZE {
-                bail!("echo of {} bytes, expected {RTT_SIZE}", m.len());
+            if m.len() != size {
+                bail!("echo of {} bytes, expected {size}", m.len());
             }
             back.copy_from_slice(&m);
         }
@@ -57,13 +57,13 @@ pub fn rtt_lead(ep: &mut Endpoint, total: u64, warm: u64) -> anyhow::Result<Vec<
 }
 
 /// The peer side of blocking round trips: receive, copy out, send the copy back.
-pub fn rtt_echo(ep: &mut Endpoint, total: u64) -> anyhow::Result<()> {
-    let mut buf = [0u8; RTT_SIZE];
+pub fn rtt_echo(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; size];
     for _ in 0..total {
         {
             let m = ep.recv().context("recv")?;
-            if m.len() != RTT_SIZE {
-                bail!("request of {} bytes, expected {RTT_SIZE}", m.len());
+            if m.len() != size {
+                bail!("request of {} bytes, expected {size}", m.len());
             }
             buf.copy_from_slice(&m);
         }
@@ -73,18 +73,23 @@ pub fn rtt_echo(ep: &mut Endpoint, total: u64) -> anyhow::Result<()> {
 }
 
 /// [`rtt_lead`] from a tokio task (`send_async`/`recv_async`).
-pub async fn rtt_lead_async(ep: &mut Endpoint, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+pub async fn rtt_lead_async(
+    ep: &mut Endpoint,
+    size: usize,
+    total: u64,
+    warm: u64,
+) -> anyhow::Result<Vec<u64>> {
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
-    let mut msg = [0x11u8; RTT_SIZE];
-    let mut back = [0u8; RTT_SIZE];
+    let mut msg = vec![0x11u8; size];
+    let mut back = vec![0u8; size];
     for i in 0..total {
         stamp(&mut msg, i);
         let t0 = Instant::now();
         ep.send_async(&msg).await.context("send_async")?;
         {
             let m = ep.recv_async().await.context("recv_async")?;
-            if m.len() != RTT_SIZE {
-                bail!("echo of {} bytes, expected {RTT_SIZE}", m.len());
+            if m.len() != size {
+                bail!("echo of {} bytes, expected {size}", m.len());
             }
             back.copy_from_slice(&m);
         }
@@ -100,13 +105,13 @@ pub async fn rtt_lead_async(ep: &mut Endpoint, total: u64, warm: u64) -> anyhow:
 }
 
 /// [`rtt_echo`] from a tokio task.
-pub async fn rtt_echo_async(ep: &mut Endpoint, total: u64) -> anyhow::Result<()> {
-    let mut buf = [0u8; RTT_SIZE];
+pub async fn rtt_echo_async(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; size];
     for _ in 0..total {
         {
             let m = ep.recv_async().await.context("recv_async")?;
-            if m.len() != RTT_SIZE {
-                bail!("request of {} bytes, expected {RTT_SIZE}", m.len());
+            if m.len() != size {
+                bail!("request of {} bytes, expected {size}", m.len());
             }
             buf.copy_from_slice(&m);
         }
@@ -188,13 +193,134 @@ pub fn stream_sink(
     Ok(errors)
 }
 
-fn read_report(ep: &mut Endpoint) -> anyhow::Result<(u64, u64)> {
-    let m = ep.recv().context("waiting for the consumer's report")?;
+/// The producer of a one-way stream in a waiting mode (spin-then-park or park): as
+/// [`stream_lead`], but when the ring is full it first wakes the consumer for what it
+/// committed (`notify`), then waits for room with the channel's strategy
+/// (`Sender::reserve`) instead of spinning on its own.
+pub fn stream_lead_waiting(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<Duration> {
+    let mut src = vec![0xA5u8; size];
+    let mut i = 0u64;
+    let t0 = Instant::now();
+    while i < total {
+        let mut k = 0;
+        {
+            let p = ep.sender().producer();
+            while k < STREAM_BATCH && i < total {
+                match p.try_reserve(size) {
+                    Ok(mut g) => {
+                        stamp(&mut src, i);
+                        g.copy_from_slice(&src);
+                        g.commit_deferred(0);
+                        i += 1;
+                        k += 1;
+                    }
+                    Err(TrySendError::Full) => break,
+                    Err(e) => return Err(e).context("try_reserve"),
+                }
+            }
+            p.notify();
+        }
+        if k < STREAM_BATCH && i < total {
+            // Full: wait for room as the channel's strategy says, then write there.
+            let mut g = ep.sender().reserve(size).context("reserve")?;
+            stamp(&mut src, i);
+            g.copy_from_slice(&src);
+            g.commit(0);
+            i += 1;
+        }
+    }
+    let (got, errors) = read_report(ep)?;
+    let dt = t0.elapsed();
+    if got != total || errors != 0 {
+        bail!("stream: the consumer got {got} of {total} messages, {errors} bad");
+    }
+    Ok(dt)
+}
+
+/// The producer of a one-way stream from a tokio task: one `send_async` per message (it
+/// copies the message into the ring and wakes the consumer if it sleeps).
+pub async fn stream_lead_async(
+    ep: &mut Endpoint,
+    size: usize,
+    total: u64,
+) -> anyhow::Result<Duration> {
+    let mut src = vec![0xA5u8; size];
+    let t0 = Instant::now();
+    for i in 0..total {
+        stamp(&mut src, i);
+        ep.send_async(&src).await.context("send_async")?;
+    }
+    let (got, errors) = {
+        let m = ep
+            .recv_async()
+            .await
+            .context("waiting for the consumer's report")?;
+        parse_report(&m)?
+    };
+    let dt = t0.elapsed();
+    if got != total || errors != 0 {
+        bail!("stream: the consumer got {got} of {total} messages, {errors} bad");
+    }
+    Ok(dt)
+}
+
+/// The consumer of a one-way stream from a tokio task: `recv_async` for the first message
+/// of a batch, then whatever else is there (`try_recv_batch`, at most `read_max`),
+/// copying each message out and checking its stamp; then the report.
+pub async fn stream_sink_async(
+    ep: &mut Endpoint,
+    size: usize,
+    total: u64,
+    read_max: usize,
+) -> anyhow::Result<u64> {
+    let mut dst = vec![0u8; size];
+    let mut next = 0u64;
+    let mut errors = 0u64;
+    while next < total {
+        {
+            let m = ep.recv_async().await.context("recv_async")?;
+            if m.len() == size {
+                dst.copy_from_slice(&m);
+                errors += u64::from(!stamped(&dst, next));
+            } else {
+                errors += 1;
+            }
+            next += 1;
+        }
+        let max = read_max.saturating_sub(1).min((total - next) as usize);
+        if max > 0 {
+            match ep.receiver().try_recv_batch(max, |_tag, payload| {
+                if payload.len() == size {
+                    dst.copy_from_slice(payload);
+                    errors += u64::from(!stamped(&dst, next));
+                } else {
+                    errors += 1;
+                }
+                next += 1;
+            }) {
+                Ok(_) | Err(TryRecvError::Empty) => {}
+                Err(e) => return Err(e).context("try_recv_batch"),
+            }
+        }
+    }
+    let mut report = [0u8; 16];
+    report[..8].copy_from_slice(&next.to_le_bytes());
+    report[8..].copy_from_slice(&errors.to_le_bytes());
+    ep.send_async(&report).await.context("send report")?;
+    Ok(errors)
+}
+
+fn parse_report(m: &[u8]) -> anyhow::Result<(u64, u64)> {
     if m.len() != 16 {
         bail!("report of {} bytes, expected 16", m.len());
     }
     let word = |i: usize| u64::from_le_bytes(m[i..i + 8].try_into().expect("8 bytes"));
     Ok((word(0), word(8)))
+}
+
+fn read_report(ep: &mut Endpoint) -> anyhow::Result<(u64, u64)> {
+    let m = ep.recv().context("waiting for the consumer's report")?;
+    parse_report(&m)
 }
 
 #[cfg(test)]
@@ -209,13 +335,42 @@ mod tests {
             .with_wait(WaitStrategy::Park);
         let (mut a, mut b) = pair(&cfg).unwrap();
         let t = std::thread::spawn(move || {
-            rtt_echo(&mut b, 100).unwrap();
-            stream_sink(&mut b, 64, 10_000, 256).unwrap();
-            stream_sink(&mut b, 30_000, 20, 1).unwrap()
+            rtt_echo(&mut b, 64, 100).unwrap();
+            rtt_echo(&mut b, 20_000, 10).unwrap();
+            stream_sink(&mut b, 64, 10_000, 256).unwrap()
+                + stream_sink(&mut b, 30_000, 20, 1).unwrap()
+                + stream_sink(&mut b, 64, 10_000, 256).unwrap()
         });
-        assert_eq!(rtt_lead(&mut a, 100, 10).unwrap().len(), 90);
+        assert_eq!(rtt_lead(&mut a, 64, 100, 10).unwrap().len(), 90);
+        assert_eq!(rtt_lead(&mut a, 20_000, 10, 0).unwrap().len(), 10);
         stream_lead(&mut a, 64, 10_000).unwrap();
         stream_lead(&mut a, 30_000, 20).unwrap();
+        stream_lead_waiting(&mut a, 64, 10_000).unwrap();
+        assert_eq!(t.join().unwrap(), 0);
+    }
+
+    #[test]
+    fn async_round_trips_and_streams_between_two_threads() {
+        let cfg = ChannelConfig::default().with_capacity(64 << 10);
+        let (mut a, mut b) = pair(&cfg).unwrap();
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let t = std::thread::spawn(move || {
+            rt().block_on(async {
+                rtt_echo_async(&mut b, 100, 50).await.unwrap();
+                stream_sink_async(&mut b, 64, 5_000, 256).await.unwrap()
+                    + stream_sink_async(&mut b, 30_000, 20, 1).await.unwrap()
+            })
+        });
+        rt().block_on(async {
+            assert_eq!(rtt_lead_async(&mut a, 100, 50, 5).await.unwrap().len(), 45);
+            stream_lead_async(&mut a, 64, 5_000).await.unwrap();
+            stream_lead_async(&mut a, 30_000, 20).await.unwrap();
+        });
         assert_eq!(t.join().unwrap(), 0);
     }
 }

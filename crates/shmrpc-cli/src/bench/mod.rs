@@ -1,104 +1,134 @@
-//! `shmrpc bench`: the channel between two processes, beside raw baselines measured in the
-//! same run, interleaved.
+//! `shmrpc bench`: the channel and the RPC layer between two processes, beside the floors
+//! and the baselines measured in the same run, interleaved.
 //!
 //! The lead (this process) drives every case; the peer (this binary re-executed as
 //! `bench-peer`) runs the other side. They share one named baseline segment (its name is
-//! removed as soon as the peer has opened it) and one shmrpc channel per wait strategy
-//! (the strategy of a channel is fixed when it is made). A line-based control pipe says
-//! which case to run next; nothing measured goes through it.
+//! removed as soon as the peer has opened it), one shmrpc channel per wait mode and ring
+//! size (both are fixed when a channel is made), and one connection of each byte-stream
+//! baseline (Unix socket, tokio Unix socket, pipe pair, TCP loopback). A line-based
+//! control pipe says which case to run next; nothing measured goes through it.
 //!
-//! A case is a workload (round trip or one-way stream) at a message size over a
-//! transport (the channel in some mode, or a raw baseline). Cases run in rounds: one
+//! A case is a workload (round trip or one-way stream, RPC call) at a message size over a
+//! transport (the channel in some mode, a floor, or a baseline). Cases run in rounds: one
 //! warm-up round that is discarded, then `reps` rounds, each in a rotated order so that
 //! every channel case runs between baselines measured moments apart. Figures are medians
 //! over rounds, and every ratio is the median of the per-round ratios: the ratios are the
 //! result; absolute figures on a shared 2-vCPU guest swing by 5–30 % between runs.
 
 mod chan;
+mod idle;
+mod link;
+mod peers;
 mod protocol;
 mod raw;
 mod report;
 mod rpc;
+mod svg;
 mod watchdog;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener, WaitStrategy};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener};
 use shmrpc::sys::{names, Segment};
 
 use crate::child::{Control, Peer};
 use crate::machine::Machine;
 use crate::pin;
-use crate::stats::Latency;
-use protocol::{Chan, Cmd};
+use crate::stats::{fmt_size, Latency};
+use link::Link;
+use protocol::{Chan, Cmd, Mode, RingKind};
 
 /// Options of `shmrpc bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// A short run (a few seconds): fewer messages and 3 repetitions. For checking that
-    /// the command works, not for figures.
+    /// A short run (well under a minute): fewer messages, 3 repetitions and a 1 s idle
+    /// interval. For checking that the command works, not for figures.
     #[arg(long)]
     pub quick: bool,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Also draw the results as an SVG chart in this file: round-trip latency (p50, p99)
+    /// and stream throughput by message size, one line per transport and mode.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
+    /// Merge the figures of the peer-comparison crate (its JSON, `"kind": "shmrpc-peers"`)
+    /// into the table and the chart, marked as coming from that file.
+    #[arg(long, value_name = "PATH")]
+    pub peers: Option<PathBuf>,
     /// Measured repetitions (rounds of all cases); default 7, or 3 with --quick.
     #[arg(long, value_name = "N")]
     pub reps: Option<usize>,
     /// Only run cases whose id contains one of these comma-separated texts at the start of
-    /// one of its `.`- or `_`-separated words (`rpc.` selects the RPC cases of issue 3,
-    /// `rtt.` the channel round trips; a ratio is shown only if both of its cases ran).
+    /// one of its `.`- or `_`-separated words (`rpc.` selects the RPC cases, `rtt.` the
+    /// round trips, `uds` every Unix-socket baseline; a ratio is shown only if both of its
+    /// cases ran).
     #[arg(long, value_name = "TEXT,...", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Ring capacity of the channel for 64 B and 1 KiB streams (and the data area of the
     /// batched SPSC baseline).
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 10)]
     pub small_ring: usize,
-    /// Ring capacity of the channel for 64 KiB streams.
+    /// Ring capacity of the channel for 64 KiB and 1 MiB streams.
     #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
     pub big_ring: usize,
+    /// Ring capacity of the channel for 64 KiB and 1 MiB round trips.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub rtt_big_ring: usize,
     /// Bound on the bytes the channel's consumer takes per `recv_batch` (it releases the
     /// ring space once per batch).
     #[arg(long, value_name = "BYTES", default_value_t = chan::STREAM_READ_BYTES)]
     pub read_bytes: usize,
     /// Buffers of the copy floor, each 64 KiB with its own flag (default: as many as fill
-    /// the big ring, so that both use the same memory).
+    /// the big ring, so that both use the same memory; the 1 MiB floor has as many 1 MiB
+    /// buffers as fit in the same memory).
     #[arg(long, value_name = "N")]
     pub copy_slots: Option<usize>,
+    /// Seconds of the idle interval of the 1000-idle-connections case (default 5, or 1
+    /// with --quick).
+    #[arg(long, value_name = "SECS")]
+    pub idle_secs: Option<f64>,
 }
 
 /// Options of the hidden `bench-peer` subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PeerArgs {
     /// The baseline segment to open.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     pub seg: String,
     /// Prefix of the channel listeners' names.
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     pub prefix: String,
+    /// The Unix socket of the byte-stream baselines.
+    #[arg(long)]
+    pub sock: Option<PathBuf>,
+    /// The TCP port (on 127.0.0.1) of the TCP baseline.
+    #[arg(long)]
+    pub tcp_port: Option<u16>,
+    /// Run only an idle RPC server of this name (the 1000-idle-connections case).
+    #[arg(long)]
+    pub idle_server: Option<String>,
     /// CPU to pin to.
     #[arg(long)]
     pub cpu: Option<usize>,
 }
 
-/// Size of the big streamed messages.
+/// Size of the big streamed messages of issue 2 (the copy floor's buffers).
 const BIG: usize = 64 << 10;
-/// Ring capacity of the round-trip channels.
+/// The message sizes of issue 4.
+pub const SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
+/// Ring capacity of the round-trip channels for 64 B and 1 KiB.
 const RTT_RING: usize = 64 << 10;
 /// How long the peer may take to set up or to finish a case.
 const PEER_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// How each channel waits (both ends use the same strategy).
-fn wait_of(c: Chan) -> WaitStrategy {
-    match c {
-        Chan::Spin | Chan::Stream | Chan::StreamBig => WaitStrategy::Spin,
-        Chan::SpinThenPark | Chan::Async => WaitStrategy::default(),
-        Chan::Park | Chan::AsyncPark => WaitStrategy::Park,
-    }
-}
+/// How long one case may take before the lead kills the peer (which turns a hang in a
+/// blocking read into an error).
+const CASE_LIMIT: Duration = Duration::from_secs(120);
 
 /// What a case measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,18 +148,22 @@ pub enum Workload {
 /// Over what a case moves its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// A shmrpc channel (blocking or async).
-    Channel { chan: Chan, is_async: bool },
+    /// A shmrpc channel (blocking or async, as its mode says).
+    Channel { chan: Chan },
     /// One cache line ping-ponged (floor of spinning round trips).
     CacheLine,
     /// A bare futex ping-pong (floor of sleeping round trips).
     Futex,
+    /// Two buffers with a flag each, ping-ponged: the floor of a round trip of a message.
+    CopyRtt,
     /// The channel's record layout and publish/release protocol and nothing else.
     RecordRing { fence: bool },
     /// A bare SPSC of fixed slots, index published once per batch.
     Spsc { slots: usize },
     /// Buffers with a flag each: the cross-core copy floor.
     Copy { slots: usize },
+    /// A byte-stream baseline with length-prefixed frames.
+    Link { link: Link },
     /// `shmrpc::rpc` over `conns` connections, both sides parking or spin-then-park.
     Rpc { park: bool, conns: usize },
     /// tokio Unix sockets with the same frames, `conns` connections.
@@ -150,6 +184,11 @@ pub struct Case {
     pub mode: &'static str,
     /// Whether this is shmrpc or a baseline.
     pub baseline: bool,
+    /// What it is, for the JSON and the chart: `shmrpc`, `shmrpc-rpc`, `floor`,
+    /// `baseline`, `uds`, `uds-tokio`, `pipe`, `tcp`.
+    pub system: &'static str,
+    /// Its line in the chart (cases of one series differ only by size), if charted.
+    pub series: Option<String>,
     /// Round trip or stream.
     pub workload: Workload,
     /// Message size in bytes.
@@ -160,6 +199,15 @@ pub struct Case {
     pub total: u64,
     /// Leading round trips not recorded.
     pub warm: u64,
+}
+
+/// CPU time both processes spent over one measured interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cpu {
+    /// The lead process (all threads), ns.
+    pub lead_ns: u64,
+    /// The peer process (all threads), ns.
+    pub peer_ns: u64,
 }
 
 /// One repetition's result for one case.
@@ -175,6 +223,8 @@ pub enum Measurement {
         msgs: u64,
         /// Payload bytes moved.
         bytes: u64,
+        /// CPU time of both processes over the interval, if measured.
+        cpu: Option<Cpu>,
     },
 }
 
@@ -206,6 +256,24 @@ impl Measurement {
             Measurement::Latency(_) => None,
         }
     }
+
+    /// CPU time of both processes per message, ns.
+    fn cpu_per_msg(&self) -> Option<f64> {
+        self.cpu_parts().map(|(l, p)| l + p)
+    }
+
+    /// CPU time per message of the lead and of the peer, ns.
+    fn cpu_parts(&self) -> Option<(f64, f64)> {
+        match self {
+            Measurement::Rate {
+                msgs, cpu: Some(c), ..
+            } if *msgs > 0 => Some((
+                c.lead_ns as f64 / *msgs as f64,
+                c.peer_ns as f64 / *msgs as f64,
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// The plan of one run: its cases and settings.
@@ -219,209 +287,157 @@ pub struct Plan {
     pub quick: bool,
     /// Ring capacity for small streams.
     pub small_ring: usize,
-    /// Ring capacity for 64 KiB streams.
+    /// Ring capacity for 64 KiB and 1 MiB streams.
     pub big_ring: usize,
-    /// Copy-floor buffers.
+    /// Ring capacity for 64 KiB and 1 MiB round trips.
+    pub rtt_big_ring: usize,
+    /// Copy-floor buffers of 64 KiB.
     pub copy_slots: usize,
     /// Bound on the bytes of one `recv_batch`.
     pub read_bytes: usize,
+    /// Whether the 1000-idle-connections case runs (after the rounds).
+    pub idle: bool,
+    /// Its idle interval.
+    pub idle_interval: Duration,
+}
+
+/// Message counts per repetition of a round-trip case, by class and size.
+fn rtt_count(class: RttClass, size: usize) -> u64 {
+    let i = SIZES.iter().position(|&s| s == size).unwrap_or(0);
+    match class {
+        RttClass::Fast => [200_000, 100_000, 10_000, 1_000][i],
+        RttClass::Slow => [10_000, 5_000, 2_000, 300][i],
+        RttClass::Link => [5_000, 5_000, 2_000, 300][i],
+    }
+}
+
+/// Message counts per repetition of a stream case.
+fn stream_count(class: StreamClass, size: usize) -> u64 {
+    let i = SIZES.iter().position(|&s| s == size).unwrap_or(0);
+    match class {
+        StreamClass::Spin => [10_000_000, 2_000_000, 50_000, 3_000][i],
+        StreamClass::Mode => [4_000_000, 1_000_000, 50_000, 3_000][i],
+        StreamClass::Link => [100_000, 100_000, 5_000, 300][i],
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RttClass {
+    /// Both sides spin: many samples.
+    Fast,
+    /// Both sides sleep: each round trip is two wake-ups.
+    Slow,
+    /// System calls per message.
+    Link,
+}
+
+#[derive(Clone, Copy)]
+enum StreamClass {
+    Spin,
+    Mode,
+    Link,
 }
 
 impl Plan {
-    /// The cases of issue 2's measurements.
+    /// The cases of issues 2, 3 and 4.
     pub fn new(args: &BenchArgs) -> anyhow::Result<Self> {
         for (what, v) in [
             ("--small-ring", args.small_ring),
             ("--big-ring", args.big_ring),
+            ("--rtt-big-ring", args.rtt_big_ring),
         ] {
             if !shmrpc::ring::valid_capacity(v as u64) {
                 bail!("{what} {v}: not a valid ring capacity (a power of two, at least 128)");
             }
-        }
-        if args.big_ring < 2 * shmrpc::ring::record_size(BIG) {
-            bail!(
-                "--big-ring {}: must hold at least two 64 KiB records",
-                args.big_ring
-            );
         }
         let copy_slots = args.copy_slots.unwrap_or(args.big_ring / BIG);
         if copy_slots == 0 || copy_slots > raw::MAX_COPY_SLOTS {
             bail!("--copy-slots must be in 1..={}", raw::MAX_COPY_SLOTS);
         }
         let div = if args.quick { 10 } else { 1 };
-        let fast = (200_000 / div, 20_000 / div);
-        let slow = (10_000 / div, 1_000 / div);
         let mut cases = Vec::new();
-        let mut rtt = |id: &str, label: &str, mode, transport, (n, warm): (u64, u64)| {
-            cases.push(Case {
-                id: format!("rtt.{id}"),
-                label: label.to_owned(),
-                mode,
-                baseline: !matches!(transport, Transport::Channel { .. }),
-                workload: Workload::RoundTrip,
-                size: chan::RTT_SIZE,
-                transport,
-                total: n + warm,
-                warm,
-            });
-        };
-        let ch = |chan, is_async| Transport::Channel { chan, is_async };
-        rtt(
-            "shmrpc.spin",
-            "shmrpc channel, spin",
-            "spin",
-            ch(Chan::Spin, false),
-            fast,
-        );
-        rtt(
-            "floor.cache_line",
-            "floor: one cache line ping-pong (spin)",
-            "cache-line",
-            Transport::CacheLine,
-            fast,
-        );
-        rtt(
-            "baseline.record_ring",
-            "baseline: ring of 80 B records, a stamp in each (shmrpc's layout)",
-            "record-ring",
-            Transport::RecordRing { fence: false },
-            fast,
-        );
-        rtt(
-            "baseline.record_ring_fence",
-            "baseline: the same + a SeqCst fence per publish and release",
-            "record-ring-fence",
-            Transport::RecordRing { fence: true },
-            fast,
-        );
-        rtt(
-            "shmrpc.spin_then_park",
-            "shmrpc channel, spin-then-park",
-            "spin-then-park",
-            ch(Chan::SpinThenPark, false),
-            fast,
-        );
-        rtt(
-            "shmrpc.async",
-            "shmrpc channel, async (tokio, spin-then-park)",
-            "async",
-            ch(Chan::Async, true),
-            fast,
-        );
-        rtt(
-            "shmrpc.park",
-            "shmrpc channel, park",
-            "park",
-            ch(Chan::Park, false),
-            slow,
-        );
-        rtt(
-            "floor.futex",
-            "floor: bare futex ping-pong (no spin)",
-            "futex",
-            Transport::Futex,
-            slow,
-        );
-        rtt(
-            "shmrpc.async_park",
-            "shmrpc channel, async (tokio, park)",
-            "async-park",
-            ch(Chan::AsyncPark, true),
-            slow,
-        );
-        let spsc_slots = |size: usize| args.small_ring / size;
-        let streams: [(usize, u64); 3] = [(64, 10_000_000), (1024, 2_000_000), (BIG, 50_000)];
-        for (size, n) in streams {
-            let n = n / div;
-            let (chan, base, base_label, base_mode, base_id) = if size == BIG {
-                (
-                    Chan::StreamBig,
-                    Transport::Copy { slots: copy_slots },
-                    format!(
-                        "floor: bare copy, {copy_slots} × {} buffers with a flag each",
-                        crate::stats::fmt_size(size)
-                    ),
-                    "copy-floor",
-                    format!("floor.copy.{size}"),
-                )
-            } else {
-                (
-                    Chan::Stream,
-                    Transport::Spsc {
-                        slots: spsc_slots(size),
-                    },
-                    format!(
-                        "baseline: batched SPSC, {} slots, index per {}",
-                        spsc_slots(size),
-                        raw::SPSC_BATCH
-                    ),
-                    "spsc-batched",
-                    format!("baseline.spsc.{size}"),
-                )
-            };
-            let ring = if size == BIG {
-                args.big_ring
-            } else {
-                args.small_ring
-            };
-            cases.push(Case {
-                id: format!("stream.shmrpc.{size}"),
-                label: format!(
-                    "shmrpc channel, spin, ring {}, notify per {}, read ≤ {}",
-                    crate::stats::fmt_size(ring),
-                    chan::STREAM_BATCH,
-                    chan::read_max(size, args.read_bytes)
-                ),
-                mode: "spin",
-                baseline: false,
-                workload: Workload::Stream,
-                size,
-                transport: Transport::Channel {
-                    chan,
-                    is_async: false,
-                },
-                total: n,
-                warm: 0,
-            });
-            cases.push(Case {
-                id: format!("stream.{base_id}"),
-                label: base_label,
-                mode: base_mode,
-                baseline: true,
-                workload: Workload::Stream,
-                size,
-                transport: base,
-                total: n,
-                warm: 0,
-            });
-        }
+        rtt_cases(&mut cases, div, args.rtt_big_ring);
+        stream_cases(&mut cases, div, args, copy_slots);
         rpc_cases(&mut cases, args.quick);
+        let mut idle = true;
         if !args.only.is_empty() {
             cases.retain(|c| args.only.iter().any(|o| selects(&c.id, o)));
-            if cases.is_empty() {
+            idle = args.only.iter().any(|o| selects(idle::ID, o));
+            if cases.is_empty() && !idle {
                 bail!("--only {:?} matches no case", args.only);
             }
         }
-        Ok(Self {
+        let plan = Self {
             cases,
             reps: args.reps.unwrap_or(if args.quick { 3 } else { 7 }).max(1),
             quick: args.quick,
             small_ring: args.small_ring,
             big_ring: args.big_ring,
+            rtt_big_ring: args.rtt_big_ring,
             copy_slots,
             read_bytes: args.read_bytes,
-        })
+            idle,
+            idle_interval: Duration::from_secs_f64(
+                args.idle_secs
+                    .unwrap_or(if args.quick { 1.0 } else { 5.0 })
+                    .clamp(0.1, 600.0),
+            ),
+        };
+        for c in &plan.cases {
+            if let Transport::Channel { chan } = c.transport {
+                let cap = plan.capacity(chan.ring);
+                let need = shmrpc::ring::record_size(c.size)
+                    * if c.workload == Workload::Stream { 2 } else { 1 };
+                if need > cap {
+                    bail!(
+                        "{}: a ring of {} cannot carry {} messages{}; give a bigger ring",
+                        c.id,
+                        fmt_size(cap),
+                        fmt_size(c.size),
+                        if c.workload == Workload::Stream {
+                            " two at a time"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    fn capacity(&self, ring: RingKind) -> usize {
+        match ring {
+            RingKind::Rtt => RTT_RING,
+            RingKind::RttBig => self.rtt_big_ring,
+            RingKind::Stream => self.small_ring,
+            RingKind::StreamBig => self.big_ring,
+        }
     }
 
     fn channel_config(&self, c: Chan) -> ChannelConfig {
-        let capacity = match c {
-            Chan::Stream => self.small_ring,
-            Chan::StreamBig => self.big_ring,
-            _ => RTT_RING,
-        };
         ChannelConfig::default()
-            .with_capacity(capacity)
-            .with_wait(wait_of(c))
+            .with_capacity(self.capacity(c.ring))
+            .with_wait(c.mode.wait())
+    }
+
+    /// Copy-floor buffers for streams of `size` bytes: the same memory as the 64 KiB floor.
+    fn copy_slots_for(&self, size: usize) -> usize {
+        (self.copy_slots * BIG / size).clamp(1, raw::MAX_COPY_SLOTS)
+    }
+
+    /// Data bytes the baseline segment needs.
+    fn data_bytes(&self) -> usize {
+        let copy = SIZES
+            .iter()
+            .filter(|&&s| s >= BIG)
+            .map(|&s| self.copy_slots_for(s) * s)
+            .max()
+            .unwrap_or(0);
+        self.small_ring
+            .max(copy)
+            .max(2 * raw::REC_RING)
+            .max(raw::copy_rtt_area(*SIZES.last().expect("sizes")))
     }
 
     /// The same plan with every count divided by `by` (the warm-up round).
@@ -437,6 +453,319 @@ impl Plan {
     }
 }
 
+/// What distinguishes one round-trip case.
+struct RttSpec {
+    id: String,
+    label: String,
+    mode: &'static str,
+    system: &'static str,
+    series: Option<String>,
+    size: usize,
+    transport: Transport,
+    class: RttClass,
+}
+
+/// Adds a round-trip case with the counts of its class (divided by `div`).
+fn push_rtt(cases: &mut Vec<Case>, div: u64, r: RttSpec) {
+    let n = (rtt_count(r.class, r.size) / div).max(20);
+    let warm = n / 10;
+    cases.push(Case {
+        id: format!("rtt.{}", r.id),
+        label: r.label,
+        mode: r.mode,
+        baseline: !matches!(r.transport, Transport::Channel { .. }),
+        system: r.system,
+        series: r.series,
+        workload: Workload::RoundTrip,
+        size: r.size,
+        transport: r.transport,
+        total: n + warm,
+        warm,
+    });
+}
+
+/// The round trip of the channel in mode `m` at `size` (`id` is its id after `rtt.`).
+fn shmrpc_rtt(id: String, m: Mode, size: usize, ring: &str) -> RttSpec {
+    let label = match m {
+        Mode::Spin => "spin",
+        Mode::SpinThenPark => "spin-then-park",
+        Mode::Park => "park",
+        Mode::Async => "async (tokio, spin-then-park)",
+        Mode::AsyncPark => "async (tokio, park)",
+    };
+    RttSpec {
+        id,
+        label: format!("shmrpc channel, {label}{ring}"),
+        mode: m.name(),
+        system: "shmrpc",
+        series: Some(format!("shmrpc {}", m.name())),
+        size,
+        transport: Transport::Channel {
+            chan: Chan::new(m, RingKind::for_size(false, size)),
+        },
+        class: match m {
+            Mode::Park | Mode::AsyncPark => RttClass::Slow,
+            _ => RttClass::Fast,
+        },
+    }
+}
+
+/// The copy ping-pong floor at `size`.
+fn copy_floor_rtt(size: usize) -> RttSpec {
+    RttSpec {
+        id: format!("floor.copy.{size}"),
+        label: format!(
+            "floor: copy ping-pong, a {} buffer and a flag each way",
+            fmt_size(size)
+        ),
+        mode: "copy-floor",
+        system: "floor",
+        series: Some("floor: copy ping-pong".to_owned()),
+        size,
+        transport: Transport::CopyRtt,
+        class: RttClass::Fast,
+    }
+}
+
+/// The byte-stream baselines' round trips at `size`.
+fn link_rtts(cases: &mut Vec<Case>, div: u64, size: usize) {
+    for link in Link::ALL {
+        push_rtt(
+            cases,
+            div,
+            RttSpec {
+                id: format!("baseline.{}.{size}", link.as_str()),
+                label: format!(
+                    "baseline: {}, 4-byte length prefix, one write per message",
+                    link.label()
+                ),
+                mode: link.as_str(),
+                system: link_system(link),
+                series: Some(link.label().to_owned()),
+                size,
+                transport: Transport::Link { link },
+                class: RttClass::Link,
+            },
+        );
+    }
+}
+
+/// Round trips: issue 2's 64 B cases (ids unchanged), then every mode, the copy floor and
+/// the byte-stream baselines at each size.
+fn rtt_cases(cases: &mut Vec<Case>, div: u64, rtt_big_ring: usize) {
+    let s = chan::RTT_SIZE;
+    let floor = |id: &str, label: &str, mode, series: &str, transport, class| RttSpec {
+        id: id.to_owned(),
+        label: label.to_owned(),
+        mode,
+        system: if id.starts_with("floor") {
+            "floor"
+        } else {
+            "baseline"
+        },
+        series: (!series.is_empty()).then(|| series.to_owned()),
+        size: s,
+        transport,
+        class,
+    };
+    // 64 B: issue 2's cases, in their order, then the new ones.
+    let first = [
+        shmrpc_rtt("shmrpc.spin".into(), Mode::Spin, s, ""),
+        floor(
+            "floor.cache_line",
+            "floor: one cache line ping-pong (spin)",
+            "cache-line",
+            "floor: one cache line",
+            Transport::CacheLine,
+            RttClass::Fast,
+        ),
+        floor(
+            "baseline.record_ring",
+            "baseline: ring of 80 B records, a stamp in each (shmrpc's layout)",
+            "record-ring",
+            "",
+            Transport::RecordRing { fence: false },
+            RttClass::Fast,
+        ),
+        floor(
+            "baseline.record_ring_fence",
+            "baseline: the same + a SeqCst fence per publish and release",
+            "record-ring-fence",
+            "",
+            Transport::RecordRing { fence: true },
+            RttClass::Fast,
+        ),
+        shmrpc_rtt("shmrpc.spin_then_park".into(), Mode::SpinThenPark, s, ""),
+        shmrpc_rtt("shmrpc.async".into(), Mode::Async, s, ""),
+        shmrpc_rtt("shmrpc.park".into(), Mode::Park, s, ""),
+        floor(
+            "floor.futex",
+            "floor: bare futex ping-pong (no spin)",
+            "futex",
+            "floor: bare futex",
+            Transport::Futex,
+            RttClass::Slow,
+        ),
+        shmrpc_rtt("shmrpc.async_park".into(), Mode::AsyncPark, s, ""),
+        copy_floor_rtt(s),
+    ];
+    for r in first {
+        push_rtt(cases, div, r);
+    }
+    link_rtts(cases, div, s);
+    for &size in &SIZES[1..] {
+        let ring = if size > 4096 {
+            format!(", ring {}", fmt_size(rtt_big_ring))
+        } else {
+            String::new()
+        };
+        for (k, m) in Mode::ALL.into_iter().enumerate() {
+            push_rtt(
+                cases,
+                div,
+                shmrpc_rtt(format!("shmrpc.{}.{size}", m.id()), m, size, &ring),
+            );
+            if k == 0 {
+                push_rtt(cases, div, copy_floor_rtt(size));
+            }
+        }
+        link_rtts(cases, div, size);
+    }
+}
+
+fn link_system(link: Link) -> &'static str {
+    match link {
+        Link::Uds => "uds",
+        Link::UdsTokio => "uds-tokio",
+        Link::Pipe => "pipe",
+        Link::Tcp => "tcp",
+    }
+}
+
+/// One-way streams at each size: the channel in spin mode (issue 2's cases, ids
+/// unchanged) beside its floor, then spin-then-park, park and async, then the byte-stream
+/// baselines.
+fn stream_cases(cases: &mut Vec<Case>, div: u64, args: &BenchArgs, copy_slots: usize) {
+    let mut add = |id: String,
+                   label: String,
+                   mode: &'static str,
+                   system: &'static str,
+                   series: &str,
+                   size: usize,
+                   transport: Transport,
+                   class: StreamClass| {
+        cases.push(Case {
+            id: format!("stream.{id}"),
+            label,
+            mode,
+            baseline: !matches!(transport, Transport::Channel { .. }),
+            system,
+            series: Some(series.to_owned()),
+            workload: Workload::Stream,
+            size,
+            transport,
+            total: (stream_count(class, size) / div).max(20),
+            warm: 0,
+        });
+    };
+    for size in SIZES {
+        let big = size > 4096;
+        let ring = if big { args.big_ring } else { args.small_ring };
+        let rk = RingKind::for_size(true, size);
+        let read_max = chan::read_max(size, args.read_bytes);
+        add(
+            format!("shmrpc.{size}"),
+            format!(
+                "shmrpc channel, spin, ring {}, notify per {}, read ≤ {}",
+                fmt_size(ring),
+                chan::STREAM_BATCH,
+                read_max
+            ),
+            "spin",
+            "shmrpc",
+            "shmrpc spin",
+            size,
+            Transport::Channel {
+                chan: Chan::new(Mode::Spin, rk),
+            },
+            StreamClass::Spin,
+        );
+        if big {
+            let slots = (copy_slots * BIG / size).clamp(1, raw::MAX_COPY_SLOTS);
+            add(
+                format!("floor.copy.{size}"),
+                format!(
+                    "floor: bare copy, {slots} × {} buffers with a flag each",
+                    fmt_size(size)
+                ),
+                "copy-floor",
+                "floor",
+                "floor: bare copy / batched SPSC",
+                size,
+                Transport::Copy { slots },
+                StreamClass::Spin,
+            );
+        } else {
+            let slots = args.small_ring / size;
+            add(
+                format!("baseline.spsc.{size}"),
+                format!(
+                    "baseline: batched SPSC, {slots} slots, index per {}",
+                    raw::SPSC_BATCH
+                ),
+                "spsc-batched",
+                "baseline",
+                "floor: bare copy / batched SPSC",
+                size,
+                Transport::Spsc { slots },
+                StreamClass::Spin,
+            );
+        }
+        for m in [Mode::SpinThenPark, Mode::Park, Mode::Async] {
+            let label = if m == Mode::Async {
+                format!(
+                    "shmrpc channel, async (tokio), send_async per message, ring {}, recv_async + batch ≤ {read_max}",
+                    fmt_size(ring)
+                )
+            } else {
+                format!(
+                    "shmrpc channel, {}, ring {}, notify per {}, read ≤ {read_max}",
+                    m.name(),
+                    fmt_size(ring),
+                    chan::STREAM_BATCH
+                )
+            };
+            add(
+                format!("shmrpc.{}.{size}", m.id()),
+                label,
+                m.name(),
+                "shmrpc",
+                &format!("shmrpc {}", m.name()),
+                size,
+                Transport::Channel {
+                    chan: Chan::new(m, rk),
+                },
+                StreamClass::Mode,
+            );
+        }
+        for link in Link::ALL {
+            add(
+                format!("baseline.{}.{size}", link.as_str()),
+                format!(
+                    "baseline: {}, 4-byte length prefix, one write per message",
+                    link.label()
+                ),
+                link.as_str(),
+                link_system(link),
+                link.label(),
+                size,
+                Transport::Link { link },
+                StreamClass::Link,
+            );
+        }
+    }
+}
+
 /// Whether `--only` text `o` selects case `id`: `o` occurs in `id` at its start or right
 /// after a `.` or `_`.
 fn selects(id: &str, o: &str) -> bool {
@@ -444,15 +773,18 @@ fn selects(id: &str, o: &str) -> bool {
         .any(|(i, _)| i == 0 || matches!(id.as_bytes()[i - 1], b'.' | b'_'))
 }
 
-/// The RPC cases of issue 3, each beside its Unix-socket baseline.
+/// The RPC cases of issues 3 and 4, each beside its Unix-socket baseline.
 fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
     let div = if quick { 10 } else { 1 };
     let mut add = |id: &str, label: String, mode, workload, transport, (n, warm): (u64, u64)| {
+        let baseline = matches!(transport, Transport::Uds { .. });
         cases.push(Case {
             id: format!("rpc.{id}"),
             label,
             mode,
-            baseline: matches!(transport, Transport::Uds { .. }),
+            baseline,
+            system: if baseline { "uds-tokio" } else { "shmrpc-rpc" },
+            series: None,
             workload,
             size: rpc::SIZE,
             transport,
@@ -492,7 +824,7 @@ fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
         slow,
     );
     let n = 200_000 / div;
-    for conns in [1, rpc::MANY] {
+    for conns in [1, rpc::MANY, rpc::MANY_MORE] {
         let c = if conns == 1 {
             "1 connection".to_owned()
         } else {
@@ -550,14 +882,48 @@ fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
 struct Lead {
     seg: Segment,
     eps: Vec<(Chan, Endpoint)>,
+    links: link::Links,
     peer: Peer,
     rt: tokio::runtime::Runtime,
     copy_slots: usize,
     read_bytes: usize,
     /// Name of the RPC servers the peer binds.
     rpc_name: String,
-    /// Socket file of the Unix-socket baseline.
+    /// Socket file of the Unix-socket baseline of the RPC cases.
     uds: PathBuf,
+}
+
+/// Kills the peer if a case takes longer than [`CASE_LIMIT`], so that a lead blocked in
+/// a read (a socket, a pipe) gets an end-of-file instead of hanging. Dropping it disarms it.
+struct CaseGuard {
+    _disarm: mpsc::Sender<()>,
+}
+
+impl CaseGuard {
+    fn arm(peer_pid: u32) -> Self {
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CASE_LIMIT) {
+                eprintln!("shmrpc bench: a case took over {CASE_LIMIT:?}; killing the peer");
+                if let Some(pid) = rustix::process::Pid::from_raw(peer_pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        });
+        Self { _disarm: tx }
+    }
+}
+
+/// The peer's "done <bad> <cpu ns>" answer.
+fn parse_done(case: &str, answer: &str) -> anyhow::Result<u64> {
+    let mut w = answer.split_whitespace();
+    let bad = w.next().unwrap_or("?");
+    if bad != "0" {
+        bail!("{case}: the peer counted {bad} bad messages ({answer:?})");
+    }
+    w.next()
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{case}: no CPU time in the peer's answer {answer:?}"))
 }
 
 impl Lead {
@@ -567,6 +933,7 @@ impl Lead {
 
     /// Runs one case: resets the baseline words, tells the peer, leads, collects.
     fn run_case(&mut self, case: &Case) -> anyhow::Result<Measurement> {
+        let _guard = CaseGuard::arm(self.peer.pid());
         if matches!(
             case.workload,
             Workload::Call | Workload::Pipelined | Workload::Reconnect
@@ -575,78 +942,94 @@ impl Lead {
         }
         raw::reset(&self.seg, self.copy_slots)?;
         let (total, warm, size) = (case.total, case.warm, case.size);
+        let stream = case.workload == Workload::Stream;
         let cmd = match case.transport {
-            Transport::Channel { chan, is_async } => match case.workload {
-                Workload::RoundTrip => Cmd::ChanEcho {
-                    chan,
-                    is_async,
-                    total,
-                },
-                Workload::Stream => Cmd::ChanSink {
-                    chan,
-                    size,
-                    total,
-                    read_max: chan::read_max(size, self.read_bytes),
-                },
-                Workload::Call | Workload::Pipelined | Workload::Reconnect => {
-                    bail!("{}: an RPC workload on a channel", case.id)
-                }
+            Transport::Channel { chan } if stream => Cmd::ChanSink {
+                chan,
+                size,
+                total,
+                read_max: chan::read_max(size, self.read_bytes),
             },
+            Transport::Channel { chan } => Cmd::ChanEcho { chan, size, total },
             Transport::CacheLine => Cmd::LineEcho { total },
             Transport::Futex => Cmd::FutexEcho { total },
+            Transport::CopyRtt => Cmd::CopyEcho { size, total },
             Transport::RecordRing { fence } => Cmd::RecEcho { fence, total },
             Transport::Spsc { slots } => Cmd::SpscSink { size, slots, total },
             Transport::Copy { slots } => Cmd::CopySink { size, slots, total },
+            Transport::Link { link } if stream => Cmd::LinkSink { link, size, total },
+            Transport::Link { link } => Cmd::LinkEcho { link, size, total },
             Transport::Rpc { .. } | Transport::Uds { .. } | Transport::RpcRestart { .. } => {
                 bail!("{}: an RPC transport in a channel workload", case.id)
             }
         };
+        let cpu0 = idle::process_cpu_ns();
         self.peer.send(&cmd.to_string())?;
-        let m = match (case.transport, case.workload) {
-            (Transport::Channel { chan, is_async }, Workload::RoundTrip) => {
-                let mut samples = if is_async {
+        let lat = |mut s: Vec<u64>| Measurement::Latency(Latency::from_nanos(&mut s));
+        let mut m = match (case.transport, stream) {
+            (Transport::Channel { chan }, false) => {
+                if chan.mode.is_async() {
                     let ep = find(&mut self.eps, chan)?;
-                    self.rt.block_on(chan::rtt_lead_async(ep, total, warm))?
+                    lat(self
+                        .rt
+                        .block_on(chan::rtt_lead_async(ep, size, total, warm))?)
                 } else {
-                    chan::rtt_lead(self.ep(chan)?, total, warm)?
-                };
-                Measurement::Latency(Latency::from_nanos(&mut samples))
+                    lat(chan::rtt_lead(self.ep(chan)?, size, total, warm)?)
+                }
             }
-            (Transport::Channel { chan, .. }, Workload::Stream) => {
-                let dt = chan::stream_lead(self.ep(chan)?, size, total)?;
+            (Transport::Channel { chan }, true) => {
+                let dt = match chan.mode {
+                    Mode::Spin => chan::stream_lead(self.ep(chan)?, size, total)?,
+                    Mode::SpinThenPark | Mode::Park => {
+                        chan::stream_lead_waiting(self.ep(chan)?, size, total)?
+                    }
+                    Mode::Async | Mode::AsyncPark => {
+                        let ep = find(&mut self.eps, chan)?;
+                        self.rt.block_on(chan::stream_lead_async(ep, size, total))?
+                    }
+                };
                 rate(dt, total, size)
             }
-            (Transport::Channel { .. }, _) => {
-                bail!("{}: an RPC workload on a channel", case.id)
+            (Transport::CacheLine, _) => lat(raw::line_lead(&self.seg, total, warm)?),
+            (Transport::RecordRing { fence }, _) => {
+                lat(raw::rec_lead(&self.seg, total, warm, fence)?)
             }
-            (Transport::CacheLine, _) => Measurement::Latency(Latency::from_nanos(
-                &mut raw::line_lead(&self.seg, total, warm)?,
-            )),
-            (Transport::RecordRing { fence }, _) => Measurement::Latency(Latency::from_nanos(
-                &mut raw::rec_lead(&self.seg, total, warm, fence)?,
-            )),
-            (Transport::Futex, _) => Measurement::Latency(Latency::from_nanos(
-                &mut raw::futex_lead(&self.seg, total, warm)?,
-            )),
+            (Transport::Futex, _) => lat(raw::futex_lead(&self.seg, total, warm)?),
+            (Transport::CopyRtt, _) => lat(raw::copy_rtt_lead(&self.seg, size, total, warm)?),
             (Transport::Spsc { slots }, _) => {
                 rate(raw::spsc_lead(&self.seg, size, slots, total)?, total, size)
             }
             (Transport::Copy { slots }, _) => {
                 rate(raw::copy_lead(&self.seg, size, slots, total)?, total, size)
             }
+            (Transport::Link { link }, false) => {
+                lat(self.links.rtt_lead(&self.rt, link, size, total, warm)?)
+            }
+            (Transport::Link { link }, true) => rate(
+                self.links.stream_lead(&self.rt, link, size, total)?,
+                total,
+                size,
+            ),
             (Transport::Rpc { .. } | Transport::Uds { .. } | Transport::RpcRestart { .. }, _) => {
                 bail!("{}: an RPC transport in a channel workload", case.id)
             }
         };
+        let lead_ns = idle::process_cpu_ns().saturating_sub(cpu0);
         let answer = self.peer.expect("done", PEER_TIMEOUT)?;
-        if answer != "0" {
-            bail!("{}: the peer counted {answer} bad messages", case.id);
+        let peer_ns = parse_done(&case.id, &answer)?;
+        if let Measurement::Rate { cpu, .. } = &mut m {
+            *cpu = Some(Cpu { lead_ns, peer_ns });
         }
         Ok(m)
     }
-}
 
-impl Lead {
+    /// The peer's CPU time so far (during an RPC case), ns.
+    fn peer_cpu(&mut self) -> anyhow::Result<u64> {
+        self.peer.send("cpu")?;
+        let a = self.peer.expect("cpu", PEER_TIMEOUT)?;
+        a.parse().context("the peer's CPU time")
+    }
+
     /// Runs one RPC case: the peer binds a server for it, the lead's clients call it, the
     /// peer stops it.
     fn run_rpc_case(&mut self, case: &Case) -> anyhow::Result<Measurement> {
@@ -675,8 +1058,11 @@ impl Lead {
                     let mut s = self.rt.block_on(rpc::rpc_unary(&clients[0], total, warm))?;
                     Measurement::Latency(Latency::from_nanos(&mut s))
                 } else {
+                    let (p0, l0) = (self.peer_cpu()?, idle::process_cpu_ns());
                     let (dt, n) = self.rt.block_on(rpc::rpc_pipelined(&clients, total))?;
-                    rate(dt, n, rpc::SIZE)
+                    let lead_ns = idle::process_cpu_ns().saturating_sub(l0);
+                    let peer_ns = self.peer_cpu()?.saturating_sub(p0);
+                    with_cpu(rate(dt, n, rpc::SIZE), lead_ns, peer_ns)
                 };
                 // Drop the clients inside the runtime (their tasks end with them).
                 self.rt.block_on(async move { drop(clients) });
@@ -687,8 +1073,12 @@ impl Lead {
                     let mut s = self.rt.block_on(rpc::uds_unary(&uds, total, warm))?;
                     Measurement::Latency(Latency::from_nanos(&mut s))
                 } else {
-                    let (dt, n) = self.rt.block_on(rpc::uds_pipelined(&uds, conns, total))?;
-                    rate(dt, n, rpc::SIZE)
+                    let streams = self.rt.block_on(rpc::uds_connect(&uds, conns))?;
+                    let (p0, l0) = (self.peer_cpu()?, idle::process_cpu_ns());
+                    let (dt, n) = self.rt.block_on(rpc::uds_pipelined(streams, total))?;
+                    let lead_ns = idle::process_cpu_ns().saturating_sub(l0);
+                    let peer_ns = self.peer_cpu()?.saturating_sub(p0);
+                    with_cpu(rate(dt, n, rpc::SIZE), lead_ns, peer_ns)
                 }
             }
             (Transport::RpcRestart { early }, _) => {
@@ -718,15 +1108,27 @@ impl Lead {
         };
         self.peer.send("rpc-stop")?;
         let answer = self.peer.expect("done", PEER_TIMEOUT)?;
-        if answer != "0" {
-            bail!("{}: the peer said {answer}", case.id);
-        }
+        parse_done(&case.id, &answer)?;
         Ok(m)
     }
 }
 
+fn with_cpu(m: Measurement, lead_ns: u64, peer_ns: u64) -> Measurement {
+    match m {
+        Measurement::Rate {
+            secs, msgs, bytes, ..
+        } => Measurement::Rate {
+            secs,
+            msgs,
+            bytes,
+            cpu: Some(Cpu { lead_ns, peer_ns }),
+        },
+        other => other,
+    }
+}
+
 /// The peer's side of an RPC case: runs the server until "rpc-stop", restarting it on
-/// each "restart" line.
+/// each "restart" line and answering "cpu" lines with its CPU time.
 fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> anyhow::Result<u64> {
     let (name, uds) = (format!("{prefix}-rpc"), rpc::uds_path(prefix));
     let mut server = rpc::Running::start(kind, &name, &uds)?;
@@ -734,6 +1136,7 @@ fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> anyhow::R
     loop {
         match ctl.next()?.as_deref() {
             Some("rpc-stop") => break,
+            Some("cpu") => ctl.send(&format!("cpu {}", idle::process_cpu_ns()))?,
             Some("restart") => {
                 server.stop()?;
                 ctl.send("down")?;
@@ -762,24 +1165,62 @@ fn rate(dt: Duration, msgs: u64, size: usize) -> Measurement {
         secs: dt.as_secs_f64().max(1e-9),
         msgs,
         bytes: msgs * size as u64,
+        cpu: None,
+    }
+}
+
+/// The progress bar on stderr (hidden when stderr is not a terminal), and the lines that
+/// go above it.
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    fn new(len: u64) -> Self {
+        let target = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(Some(len), target);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:32.cyan/blue}] {pos:>4}/{len} {elapsed:>4} {wide_msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix("shmrpc bench");
+        Self { bar }
+    }
+
+    /// A line for stderr, above the bar (or plain, when the bar is hidden).
+    fn line(&self, s: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("shmrpc bench: {s}");
+        } else {
+            self.bar.println(format!("shmrpc bench: {s}"));
+        }
     }
 }
 
 /// `shmrpc bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let plan = Plan::new(args)?;
+    // Read the peers file first: a bad file is an error before minutes of measuring.
+    let peers = match &args.peers {
+        Some(p) => Some(peers::PeersFile::load(p)?),
+        None => None,
+    };
     let machine = Machine::detect();
     let cpus = pin::two_cpus();
     if let Some((mine, _)) = cpus {
         pin::pin_to(mine)?;
     }
+    idle::raise_fd_limit();
     let pid = std::process::id();
     let seg_name = format!("bench.{pid}");
-    let data = plan
-        .small_ring
-        .max(plan.copy_slots * BIG)
-        .max(2 * raw::REC_RING);
-    let seg = Segment::create(&seg_name, raw::segment_size(data))
+    let seg = Segment::create(&seg_name, raw::segment_size(plan.data_bytes()))
         .with_context(|| format!("creating the baseline segment {seg_name}"))?;
     raw::prefault(&seg)?;
     let seg_path = names::segment_path(&seg_name)?;
@@ -787,17 +1228,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // One listener per channel; the peer connects to each in order.
     let prefix = format!("bench-{pid}");
     let mut listeners = Vec::new();
-    for c in Chan::ALL {
+    for c in Chan::all() {
         let name = format!("{prefix}-{}", c.as_str());
         let l = Listener::bind(&name, plan.channel_config(c))
             .with_context(|| format!("listening on {name}"))?;
         listeners.push((c, l));
     }
     let sockets: Vec<PathBuf> = listeners.iter().map(|(_, l)| l.path().to_owned()).collect();
+    let link_path = std::env::temp_dir().join(format!("shmrpc-{prefix}-links.sock"));
+    let listening = link::listen(&link_path)?;
+    let tcp_port = listening.port;
     let remove_sockets = || {
         for s in &sockets {
             let _ = std::fs::remove_file(s);
         }
+        let _ = std::fs::remove_file(&link_path);
     };
 
     let mut peer_args = vec![
@@ -806,6 +1251,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         seg_name.clone(),
         "--prefix".to_owned(),
         prefix.clone(),
+        "--sock".to_owned(),
+        link_path.display().to_string(),
+        "--tcp-port".to_owned(),
+        tcp_port.to_string(),
     ];
     if let Some((_, theirs)) = cpus {
         peer_args.extend(["--cpu".to_owned(), theirs.to_string()]);
@@ -814,6 +1263,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Ok(p) => p,
         Err(e) => {
             drop(listeners);
+            remove_sockets();
             return Err(e);
         }
     };
@@ -822,34 +1272,41 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // soon as its one connection is made.
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let r: Result<Vec<(Chan, Endpoint)>, _> = listeners
-            .into_iter()
-            .map(|(c, l)| l.accept().map(|ep| (c, ep)))
-            .collect();
+        let r = (|| {
+            let eps = listeners
+                .into_iter()
+                .map(|(c, l)| l.accept().map(|ep| (c, ep)))
+                .collect::<Result<Vec<(Chan, Endpoint)>, _>>()
+                .context("accepting the peer's channel connections")?;
+            let accepted = listening.accept()?;
+            anyhow::Ok((eps, accepted))
+        })();
         let _ = tx.send(r);
     });
-    let eps = match rx.recv_timeout(PEER_TIMEOUT) {
-        Ok(Ok(eps)) => eps,
+    let (eps, accepted) = match rx.recv_timeout(PEER_TIMEOUT) {
+        Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             remove_sockets();
-            return Err(e).context("accepting the peer's connections");
+            return Err(e);
         }
         Err(_) => {
             remove_sockets();
             bail!("the peer did not connect within {PEER_TIMEOUT:?}");
         }
     };
-    peer.expect("ready", PEER_TIMEOUT)?;
-    // The peer has mapped the segment: its name is no longer needed.
-    Segment::unlink(&seg_name).context("unlinking the baseline segment")?;
-
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    let links = accepted.finish(&rt)?;
+    peer.expect("ready", PEER_TIMEOUT)?;
+    // The peer has mapped the segment: its name is no longer needed.
+    Segment::unlink(&seg_name).context("unlinking the baseline segment")?;
+
     let mut lead = Lead {
         seg,
         eps,
+        links,
         peer,
         rt,
         copy_slots: plan.copy_slots,
@@ -870,44 +1327,79 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let warmup = plan.scaled_down(10);
-    eprintln!("shmrpc bench: warm-up round ({} cases)", warmup.len());
+    let n = plan.cases.len();
+    let progress = Progress::new((warmup.len() + plan.reps * n + usize::from(plan.idle)) as u64);
+    progress.line(&format!("warm-up round ({} cases)", warmup.len()));
     for c in &warmup {
+        progress.bar.set_message(format!("warm-up: {}", c.id));
         lead.run_case(c)
             .with_context(|| format!("{} (warm-up)", c.id))?;
+        progress.bar.inc(1);
     }
-    let n = plan.cases.len();
     let mut results: Vec<Vec<Measurement>> = vec![Vec::new(); n];
     for rep in 0..plan.reps {
         let t = Instant::now();
         for k in 0..n {
             let i = (k + rep * 3) % n;
             let case = &plan.cases[i];
+            progress
+                .bar
+                .set_message(format!("round {}/{}: {}", rep + 1, plan.reps, case.id));
             let m = lead.run_case(case).with_context(|| case.id.clone())?;
             results[i].push(m);
+            progress.bar.inc(1);
         }
-        eprintln!(
-            "shmrpc bench: repetition {}/{} done in {:.1} s",
+        progress.line(&format!(
+            "repetition {}/{} done in {:.1} s",
             rep + 1,
             plan.reps,
             t.elapsed().as_secs_f64()
-        );
+        ));
     }
-    let elapsed = started.elapsed();
 
     lead.peer.send(&Cmd::Quit.to_string())?;
     let status = lead.peer.wait_exit(Duration::from_secs(10))?;
     if !status.success() {
         bail!("the peer process exited with {status}");
     }
+    let idle_name = format!("{prefix}-idle");
+    let idle = if plan.idle {
+        progress.bar.set_message(format!(
+            "{}: {} idle connections, {:.1} s",
+            idle::ID,
+            idle::CONNECTIONS,
+            plan.idle_interval.as_secs_f64()
+        ));
+        let r = idle::measure(
+            &lead.rt,
+            &idle_name,
+            cpus.map(|(_, theirs)| theirs),
+            plan.idle_interval,
+        )
+        .context(idle::ID)?;
+        progress.bar.inc(1);
+        Some(r)
+    } else {
+        None
+    };
+    let elapsed = started.elapsed();
+    progress.bar.finish_and_clear();
     drop(lead);
     let uds = rpc::uds_path(&prefix);
     // Where the RPC servers' listener sockets were (as `channel::Listener` names them).
     let rpc_socket = names::runtime_dir()
         .map(|d| d.join(format!("{prefix}-rpc.sock")))
         .unwrap_or_default();
+    let idle_socket = idle::socket_path(&idle_name);
+    let locks: Vec<PathBuf> = [&rpc_socket, &idle_socket]
+        .into_iter()
+        .chain(&sockets)
+        .map(|p| p.with_extension("lock"))
+        .collect();
     let leftovers: Vec<String> = sockets
         .iter()
-        .chain([&seg_path, &uds, &rpc_socket])
+        .chain([&seg_path, &uds, &rpc_socket, &idle_socket, &link_path])
+        .chain(&locks)
         .filter(|p| !p.as_os_str().is_empty() && p.exists())
         .map(|p| p.display().to_string())
         .collect();
@@ -915,17 +1407,30 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("left behind: {}", leftovers.join(", "));
     }
 
-    let report = report::Report::new(&plan, &results, &machine, cpus, elapsed);
+    let info = report::RunInfo {
+        machine: &machine,
+        cpus,
+        elapsed,
+        idle: idle.as_ref(),
+        peers: peers.as_ref(),
+        svg: args.svg.as_deref(),
+    };
+    let report = report::Report::new(&plan, &results, info);
     print!("{}", report.table());
     println!(
         "cleanup: peer exited 0; baseline segment and {} socket files removed; total {:.1} s",
-        sockets.len(),
+        sockets.len() + 1,
         elapsed.as_secs_f64()
     );
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report.json())? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         println!("JSON written to {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report.svg())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("SVG chart written to {}", path.display());
     }
     Ok(())
 }
@@ -935,11 +1440,14 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
     if let Some(cpu) = args.cpu {
         pin::pin_to(cpu)?;
     }
+    if let Some(name) = &args.idle_server {
+        return idle::serve(name);
+    }
     let seg = Segment::open(&args.seg).with_context(|| format!("opening {}", args.seg))?;
     let mut eps = Vec::new();
-    for c in Chan::ALL {
+    for c in Chan::all() {
         let name = format!("{}-{}", args.prefix, c.as_str());
-        let cfg = ChannelConfig::default().with_wait(wait_of(c));
+        let cfg = ChannelConfig::default().with_wait(c.mode.wait());
         let ep = channel::connect(&name, &cfg).with_context(|| format!("connecting to {name}"))?;
         eps.push((c, ep));
     }
@@ -947,41 +1455,57 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    let (Some(sock), Some(port)) = (&args.sock, args.tcp_port) else {
+        bail!("bench-peer needs --sock and --tcp-port");
+    };
+    let mut links = link::connect(sock, port, &rt)?;
+    idle::raise_fd_limit();
     let mut ctl = Control::new();
     ctl.send("ready")?;
     while let Some(line) = ctl.next()? {
         let cmd: Cmd = line.parse()?;
+        let cpu0 = idle::process_cpu_ns();
         let bad = match cmd {
             Cmd::Quit => return Ok(()),
-            Cmd::ChanEcho {
-                chan,
-                is_async: false,
-                total,
-            } => chan::rtt_echo(find(&mut eps, chan)?, total).map(|()| 0)?,
-            Cmd::ChanEcho {
-                chan,
-                is_async: true,
-                total,
-            } => rt
-                .block_on(chan::rtt_echo_async(find(&mut eps, chan)?, total))
-                .map(|()| 0)?,
+            Cmd::ChanEcho { chan, size, total } => {
+                let ep = find(&mut eps, chan)?;
+                if chan.mode.is_async() {
+                    rt.block_on(chan::rtt_echo_async(ep, size, total))?;
+                } else {
+                    chan::rtt_echo(ep, size, total)?;
+                }
+                0
+            }
             Cmd::LineEcho { total } => raw::line_echo(&seg, total).map(|()| 0)?,
             Cmd::FutexEcho { total } => raw::futex_echo(&seg, total).map(|()| 0)?,
             Cmd::RecEcho { fence, total } => raw::rec_echo(&seg, total, fence).map(|()| 0)?,
+            Cmd::CopyEcho { size, total } => raw::copy_rtt_echo(&seg, size, total).map(|()| 0)?,
             Cmd::ChanSink {
                 chan,
                 size,
                 total,
                 read_max,
-            } => chan::stream_sink(find(&mut eps, chan)?, size, total, read_max)?,
+            } => {
+                let ep = find(&mut eps, chan)?;
+                if chan.mode.is_async() {
+                    rt.block_on(chan::stream_sink_async(ep, size, total, read_max))?
+                } else {
+                    chan::stream_sink(ep, size, total, read_max)?
+                }
+            }
             Cmd::SpscSink { size, slots, total } => raw::spsc_sink(&seg, size, slots, total)?,
             Cmd::CopySink { size, slots, total } => raw::copy_sink(&seg, size, slots, total)?,
+            Cmd::LinkEcho { link, size, total } => {
+                links.rtt_echo(&rt, link, size, total).map(|()| 0)?
+            }
+            Cmd::LinkSink { link, size, total } => links.stream_sink(&rt, link, size, total)?,
             Cmd::RpcServe { kind } => peer_rpc(&mut ctl, &args.prefix, kind)?,
             Cmd::RpcRestart { .. } => {
                 peer_rpc(&mut ctl, &args.prefix, rpc::ServerKind::SpinThenPark)?
             }
         };
-        ctl.send(&format!("done {bad}"))?;
+        let cpu = idle::process_cpu_ns().saturating_sub(cpu0);
+        ctl.send(&format!("done {bad} {cpu}"))?;
     }
     // End of file without "quit": the lead is gone.
     bail!("the control pipe closed before \"quit\"")
@@ -990,6 +1514,23 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(only: &[&str]) -> BenchArgs {
+        BenchArgs {
+            quick: true,
+            json: None,
+            svg: None,
+            peers: None,
+            reps: None,
+            only: only.iter().map(|s| (*s).to_owned()).collect(),
+            small_ring: 256 << 10,
+            big_ring: 8 << 20,
+            rtt_big_ring: 4 << 20,
+            read_bytes: chan::STREAM_READ_BYTES,
+            copy_slots: None,
+            idle_secs: None,
+        }
+    }
 
     #[test]
     fn only_matches_at_word_starts() {
@@ -1003,18 +1544,67 @@ mod tests {
 
     #[test]
     fn rpc_cases_are_selected_by_their_prefix_alone() {
-        let args = BenchArgs {
-            quick: true,
-            json: None,
-            reps: None,
-            only: vec!["rpc.".to_owned()],
-            small_ring: 256 << 10,
-            big_ring: 8 << 20,
-            read_bytes: chan::STREAM_READ_BYTES,
-            copy_slots: None,
-        };
-        let plan = Plan::new(&args).unwrap();
-        assert_eq!(plan.cases.len(), 9);
+        let plan = Plan::new(&args(&["rpc."])).unwrap();
+        assert_eq!(plan.cases.len(), 11);
         assert!(plan.cases.iter().all(|c| c.id.starts_with("rpc.")));
+        assert!(plan.idle, "the idle case is an rpc. case too");
+        let plan = Plan::new(&args(&["rtt."])).unwrap();
+        assert!(!plan.idle);
+    }
+
+    #[test]
+    fn every_size_has_its_cases_and_ids_are_unique() {
+        let plan = Plan::new(&args(&[])).unwrap();
+        let ids: Vec<&str> = plan.cases.iter().map(|c| c.id.as_str()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len(), "duplicate case ids");
+        for size in SIZES {
+            let rtt = |w: &str| {
+                if size == 64 {
+                    format!("rtt.shmrpc.{w}")
+                } else {
+                    format!("rtt.shmrpc.{w}.{size}")
+                }
+            };
+            for m in Mode::ALL {
+                assert!(ids.contains(&rtt(m.id()).as_str()), "{}", rtt(m.id()));
+            }
+            for l in Link::ALL {
+                assert!(ids.contains(&format!("rtt.baseline.{}.{size}", l.as_str()).as_str()));
+                assert!(ids.contains(&format!("stream.baseline.{}.{size}", l.as_str()).as_str()));
+            }
+            assert!(ids.contains(&format!("rtt.floor.copy.{size}").as_str()));
+            assert!(ids.contains(&format!("stream.shmrpc.{size}").as_str()));
+            for m in ["spin_then_park", "park", "async"] {
+                assert!(ids.contains(&format!("stream.shmrpc.{m}.{size}").as_str()));
+            }
+        }
+        assert!(ids.contains(&"stream.floor.copy.1048576"));
+        assert!(ids.contains(&"rpc.pipelined.shmrpc.256"));
+        assert!(ids.contains(&"rpc.pipelined.baseline.uds.256"));
+        // Every channel case has a channel the run opens.
+        let all = Chan::all();
+        for c in &plan.cases {
+            if let Transport::Channel { chan } = c.transport {
+                assert!(
+                    all.contains(&chan),
+                    "{}: no channel {}",
+                    c.id,
+                    chan.as_str()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_ring_too_small_for_the_selected_messages_is_refused() {
+        let mut a = args(&["stream.shmrpc.1048576"]);
+        a.big_ring = 1 << 20;
+        assert!(Plan::new(&a).is_err());
+        let mut a = args(&["stream.shmrpc.65536"]);
+        a.big_ring = 1 << 20;
+        assert!(Plan::new(&a).is_ok());
     }
 }

@@ -4,59 +4,161 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context};
+use shmrpc::channel::WaitStrategy;
 
+pub use super::link::Link;
 pub use super::rpc::ServerKind;
 
-/// The channels the benchmark opens, one connection each (a channel's wait strategy is
-/// fixed when it is made).
+/// How both ends of a channel wait, and whether they run as tokio tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Chan {
-    /// Round trips, `WaitStrategy::Spin`.
+pub enum Mode {
+    /// `WaitStrategy::Spin`, blocking calls.
     Spin,
-    /// Round trips, `WaitStrategy::SpinThenPark` (the default budget).
+    /// `WaitStrategy::SpinThenPark` (the default budget), blocking calls.
     SpinThenPark,
-    /// Round trips, `WaitStrategy::Park`.
+    /// `WaitStrategy::Park`, blocking calls.
     Park,
-    /// Round trips from tokio tasks, spin-then-park.
+    /// Tokio tasks (`send_async`/`recv_async`), spin-then-park.
     Async,
-    /// Round trips from tokio tasks, park.
+    /// Tokio tasks, park.
     AsyncPark,
-    /// Streams of 64 B and 1 KiB, spin.
-    Stream,
-    /// Streams of 64 KiB through a large ring, spin.
-    StreamBig,
 }
 
-impl Chan {
-    /// Every channel, in connection order.
-    pub const ALL: [Chan; 7] = [
-        Chan::Spin,
-        Chan::SpinThenPark,
-        Chan::Park,
-        Chan::Async,
-        Chan::AsyncPark,
-        Chan::Stream,
-        Chan::StreamBig,
+impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 5] = [
+        Mode::Spin,
+        Mode::SpinThenPark,
+        Mode::Park,
+        Mode::Async,
+        Mode::AsyncPark,
     ];
 
     /// Short name, used in socket names and commands.
-    pub fn as_str(self) -> &'static str {
+    pub fn short(self) -> &'static str {
         match self {
-            Chan::Spin => "spin",
-            Chan::SpinThenPark => "stp",
-            Chan::Park => "park",
-            Chan::Async => "async",
-            Chan::AsyncPark => "async-park",
-            Chan::Stream => "stream",
-            Chan::StreamBig => "stream-big",
+            Mode::Spin => "spin",
+            Mode::SpinThenPark => "stp",
+            Mode::Park => "park",
+            Mode::Async => "async",
+            Mode::AsyncPark => "async-park",
         }
+    }
+
+    /// Name in the JSON and the chart (`mode`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Spin => "spin",
+            Mode::SpinThenPark => "spin-then-park",
+            Mode::Park => "park",
+            Mode::Async => "async",
+            Mode::AsyncPark => "async-park",
+        }
+    }
+
+    /// The word of case ids (`rtt.shmrpc.<id>`).
+    pub fn id(self) -> &'static str {
+        match self {
+            Mode::Spin => "spin",
+            Mode::SpinThenPark => "spin_then_park",
+            Mode::Park => "park",
+            Mode::Async => "async",
+            Mode::AsyncPark => "async_park",
+        }
+    }
+
+    /// The wait strategy of both ends.
+    pub fn wait(self) -> WaitStrategy {
+        match self {
+            Mode::Spin => WaitStrategy::Spin,
+            Mode::SpinThenPark | Mode::Async => WaitStrategy::default(),
+            Mode::Park | Mode::AsyncPark => WaitStrategy::Park,
+        }
+    }
+
+    /// Whether the ends run as tokio tasks.
+    pub fn is_async(self) -> bool {
+        matches!(self, Mode::Async | Mode::AsyncPark)
+    }
+}
+
+/// Which ring size a channel has (fixed when it is made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RingKind {
+    /// Round trips of 64 B and 1 KiB (64 KiB rings).
+    Rtt,
+    /// Round trips of 64 KiB and 1 MiB (`--rtt-big-ring`).
+    RttBig,
+    /// Streams of 64 B and 1 KiB (`--small-ring`).
+    Stream,
+    /// Streams of 64 KiB and 1 MiB (`--big-ring`).
+    StreamBig,
+}
+
+impl RingKind {
+    fn short(self) -> &'static str {
+        match self {
+            RingKind::Rtt => "rtt",
+            RingKind::RttBig => "rtt-big",
+            RingKind::Stream => "stream",
+            RingKind::StreamBig => "stream-big",
+        }
+    }
+
+    /// The ring for round trips or streams of `size`-byte messages.
+    pub fn for_size(stream: bool, size: usize) -> Self {
+        match (stream, size > 4096) {
+            (false, false) => RingKind::Rtt,
+            (false, true) => RingKind::RttBig,
+            (true, false) => RingKind::Stream,
+            (true, true) => RingKind::StreamBig,
+        }
+    }
+}
+
+/// One channel the benchmark opens (one connection each: a channel's wait strategy and
+/// ring size are fixed when it is made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Chan {
+    /// How its ends wait.
+    pub mode: Mode,
+    /// Its ring size.
+    pub ring: RingKind,
+}
+
+impl Chan {
+    /// A channel.
+    pub const fn new(mode: Mode, ring: RingKind) -> Self {
+        Self { mode, ring }
+    }
+
+    /// Every channel, in connection order: round trips in every mode with both ring
+    /// sizes, streams in spin, spin-then-park, park and async mode with both ring sizes.
+    pub fn all() -> Vec<Chan> {
+        let mut v = Vec::new();
+        for ring in [RingKind::Rtt, RingKind::RttBig] {
+            for mode in Mode::ALL {
+                v.push(Chan::new(mode, ring));
+            }
+        }
+        for ring in [RingKind::Stream, RingKind::StreamBig] {
+            for mode in [Mode::Spin, Mode::SpinThenPark, Mode::Park, Mode::Async] {
+                v.push(Chan::new(mode, ring));
+            }
+        }
+        v
+    }
+
+    /// Short name, used in socket names and commands (`park.rtt-big`).
+    pub fn as_str(self) -> String {
+        format!("{}.{}", self.mode.short(), self.ring.short())
     }
 }
 
 impl FromStr for Chan {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        Chan::ALL
+        Chan::all()
             .into_iter()
             .find(|c| c.as_str() == s)
             .ok_or_else(|| anyhow!("unknown channel {s:?}"))
@@ -66,18 +168,17 @@ impl FromStr for Chan {
 /// What the peer runs for one case. `total` counts every message, warm-up included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
-    /// Echo `total` messages on a channel (blocking or from a tokio task).
-    ChanEcho {
-        chan: Chan,
-        is_async: bool,
-        total: u64,
-    },
+    /// Echo `total` messages of `size` bytes on a channel (blocking, or from a tokio task
+    /// in the async modes).
+    ChanEcho { chan: Chan, size: usize, total: u64 },
     /// Answer `total` cache-line pings.
     LineEcho { total: u64 },
     /// Answer `total` futex pings.
     FutexEcho { total: u64 },
     /// Echo `total` records on the record-ring baseline.
     RecEcho { fence: bool, total: u64 },
+    /// Echo `total` buffers of `size` bytes on the copy ping-pong floor.
+    CopyEcho { size: usize, total: u64 },
     /// Consume `total` messages of `size` bytes from a channel, at most `read_max` per
     /// batch, then reply with a count.
     ChanSink {
@@ -98,8 +199,13 @@ pub enum Cmd {
         slots: usize,
         total: u64,
     },
+    /// Echo `total` length-prefixed messages of `size` bytes over a byte-stream baseline.
+    LinkEcho { link: Link, size: usize, total: u64 },
+    /// Consume `total` length-prefixed messages of `size` bytes from a byte-stream
+    /// baseline, then reply with a count.
+    LinkSink { link: Link, size: usize, total: u64 },
     /// Run an RPC (or Unix-socket baseline) echo server: answer "ready", serve until
-    /// "rpc-stop", then stop it.
+    /// "rpc-stop", then stop it. "cpu" lines are answered with the peer's CPU time.
     RpcServe { kind: ServerKind },
     /// Run a spin-then-park RPC server and restart it `count` times, one per "restart"
     /// line: stop it, answer "down", wait, bind again and answer "up <CLOCK_MONOTONIC ns>".
@@ -112,19 +218,13 @@ pub enum Cmd {
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Cmd::ChanEcho {
-                chan,
-                is_async,
-                total,
-            } => write!(
-                f,
-                "chan-echo {} {} {total}",
-                chan.as_str(),
-                u8::from(*is_async)
-            ),
+            Cmd::ChanEcho { chan, size, total } => {
+                write!(f, "chan-echo {} {size} {total}", chan.as_str())
+            }
             Cmd::LineEcho { total } => write!(f, "line-echo {total}"),
             Cmd::FutexEcho { total } => write!(f, "futex-echo {total}"),
             Cmd::RecEcho { fence, total } => write!(f, "rec-echo {} {total}", u8::from(*fence)),
+            Cmd::CopyEcho { size, total } => write!(f, "copy-echo {size} {total}"),
             Cmd::ChanSink {
                 chan,
                 size,
@@ -133,6 +233,12 @@ impl fmt::Display for Cmd {
             } => write!(f, "chan-sink {} {size} {total} {read_max}", chan.as_str()),
             Cmd::SpscSink { size, slots, total } => write!(f, "spsc-sink {size} {slots} {total}"),
             Cmd::CopySink { size, slots, total } => write!(f, "copy-sink {size} {slots} {total}"),
+            Cmd::LinkEcho { link, size, total } => {
+                write!(f, "link-echo {} {size} {total}", link.as_str())
+            }
+            Cmd::LinkSink { link, size, total } => {
+                write!(f, "link-sink {} {size} {total}", link.as_str())
+            }
             Cmd::RpcServe { kind } => write!(f, "rpc-serve {}", kind.as_str()),
             Cmd::RpcRestart { count } => write!(f, "rpc-restart {count}"),
             Cmd::Quit => write!(f, "quit"),
@@ -151,11 +257,11 @@ impl FromStr for Cmd {
             w.parse()
                 .with_context(|| format!("{line:?}: field {i} is not a number"))
         };
-        let chan = |i: usize| -> anyhow::Result<Chan> {
+        let word = |i: usize| -> anyhow::Result<&str> {
             words
                 .get(i)
-                .with_context(|| format!("{line:?}: missing channel"))?
-                .parse()
+                .copied()
+                .with_context(|| format!("{line:?}: missing field {i}"))
         };
         let expect_len = |n: usize| -> anyhow::Result<()> {
             if words.len() != n {
@@ -167,8 +273,8 @@ impl FromStr for Cmd {
             Some("chan-echo") => {
                 expect_len(4)?;
                 Cmd::ChanEcho {
-                    chan: chan(1)?,
-                    is_async: num(2)? != 0,
+                    chan: word(1)?.parse()?,
+                    size: num(2)? as usize,
                     total: num(3)?,
                 }
             }
@@ -187,10 +293,17 @@ impl FromStr for Cmd {
                     total: num(2)?,
                 }
             }
+            Some("copy-echo") => {
+                expect_len(3)?;
+                Cmd::CopyEcho {
+                    size: num(1)? as usize,
+                    total: num(2)?,
+                }
+            }
             Some("chan-sink") => {
                 expect_len(5)?;
                 Cmd::ChanSink {
-                    chan: chan(1)?,
+                    chan: word(1)?.parse()?,
                     size: num(2)? as usize,
                     total: num(3)?,
                     read_max: num(4)? as usize,
@@ -209,6 +322,22 @@ impl FromStr for Cmd {
                 Cmd::CopySink {
                     size: num(1)? as usize,
                     slots: num(2)? as usize,
+                    total: num(3)?,
+                }
+            }
+            Some("link-echo") => {
+                expect_len(4)?;
+                Cmd::LinkEcho {
+                    link: word(1)?.parse()?,
+                    size: num(2)? as usize,
+                    total: num(3)?,
+                }
+            }
+            Some("link-sink") => {
+                expect_len(4)?;
+                Cmd::LinkSink {
+                    link: word(1)?.parse()?,
+                    size: num(2)? as usize,
                     total: num(3)?,
                 }
             }
@@ -240,9 +369,14 @@ mod tests {
     fn commands_round_trip_through_text() {
         let cmds = [
             Cmd::ChanEcho {
-                chan: Chan::AsyncPark,
-                is_async: true,
+                chan: Chan::new(Mode::AsyncPark, RingKind::Rtt),
+                size: 64,
                 total: 12,
+            },
+            Cmd::ChanEcho {
+                chan: Chan::new(Mode::SpinThenPark, RingKind::RttBig),
+                size: 1 << 20,
+                total: 3,
             },
             Cmd::LineEcho { total: 5 },
             Cmd::FutexEcho { total: 6 },
@@ -250,8 +384,12 @@ mod tests {
                 fence: true,
                 total: 4,
             },
+            Cmd::CopyEcho {
+                size: 1024,
+                total: 4,
+            },
             Cmd::ChanSink {
-                chan: Chan::StreamBig,
+                chan: Chan::new(Mode::Spin, RingKind::StreamBig),
                 size: 65536,
                 total: 7,
                 read_max: 1,
@@ -266,6 +404,16 @@ mod tests {
                 slots: 4,
                 total: 9,
             },
+            Cmd::LinkEcho {
+                link: Link::UdsTokio,
+                size: 64,
+                total: 10,
+            },
+            Cmd::LinkSink {
+                link: Link::Pipe,
+                size: 1 << 20,
+                total: 11,
+            },
             Cmd::RpcServe {
                 kind: ServerKind::Park,
             },
@@ -278,8 +426,21 @@ mod tests {
         for c in cmds {
             assert_eq!(c.to_string().parse::<Cmd>().unwrap(), c);
         }
-        assert!("chan-echo nope 0 1".parse::<Cmd>().is_err());
+        assert!("chan-echo nope 64 1".parse::<Cmd>().is_err());
+        assert!("link-echo nope 64 1".parse::<Cmd>().is_err());
         assert!("line-echo".parse::<Cmd>().is_err());
         assert!("what".parse::<Cmd>().is_err());
+    }
+
+    #[test]
+    fn every_channel_has_a_distinct_name() {
+        let all = Chan::all();
+        for c in &all {
+            assert_eq!(c.as_str().parse::<Chan>().unwrap(), *c);
+        }
+        let mut names: Vec<String> = all.iter().map(|c| c.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
     }
 }

@@ -11,6 +11,8 @@
 //! 256    HEAD    u64  batched SPSC: records published (producer writes)
 //! 384    TAIL    u64  batched SPSC: records consumed (consumer writes)
 //! 512    DONE    u64  a sink's "all received" word
+//! 640    RTT_A   u64  copy ping-pong: buffers sent by the lead
+//! 768    RTT_B   u64  copy ping-pong: buffers sent back by the peer
 //! 1024   FLAGS   one u64 per copy-floor buffer, 128 bytes apart
 //! 64 Ki  DATA    SPSC slots or copy-floor buffers
 //! ```
@@ -29,6 +31,8 @@ const OFF_FUTEX: usize = 128;
 const OFF_HEAD: usize = 256;
 const OFF_TAIL: usize = 384;
 const OFF_DONE: usize = 512;
+const OFF_RTT_A: usize = 640;
+const OFF_RTT_B: usize = 768;
 const OFF_FLAGS: usize = 1024;
 const FLAG_STRIDE: usize = 128;
 /// Most copy-floor buffers (their flags must fit below `OFF_DATA`).
@@ -66,7 +70,7 @@ fn u32_at(seg: &Segment, off: usize) -> anyhow::Result<&AtomicU32> {
 pub fn reset(seg: &Segment, copy_slots: usize) -> anyhow::Result<()> {
     u64_at(seg, OFF_PING)?.store(0, Ordering::Relaxed);
     u32_at(seg, OFF_FUTEX)?.store(0, Ordering::Relaxed);
-    for off in [OFF_HEAD, OFF_TAIL, OFF_DONE] {
+    for off in [OFF_HEAD, OFF_TAIL, OFF_DONE, OFF_RTT_A, OFF_RTT_B] {
         u64_at(seg, off)?.store(0, Ordering::Relaxed);
     }
     for s in 0..copy_slots.min(MAX_COPY_SLOTS) {
@@ -305,6 +309,77 @@ pub fn rec_echo(seg: &Segment, total: u64, fence: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the copy ping-pong's two buffers of `size` bytes start (page-aligned, apart).
+fn copy_rtt_bufs(size: usize) -> (usize, usize) {
+    let stride = size.div_ceil(4096) * 4096;
+    (OFF_DATA, OFF_DATA + stride)
+}
+
+/// Data bytes the copy ping-pong needs for messages of `size` bytes.
+pub fn copy_rtt_area(size: usize) -> usize {
+    2 * size.div_ceil(4096) * 4096
+}
+
+/// The lead side of the copy ping-pong floor: write the message into buffer A, flip A's
+/// flag; wait for B's flag, copy buffer B out. The least a round trip of `size` bytes
+/// through shared memory can cost: two copies in, two copies out, two flag transfers.
+/// Returns the round-trip time of each of the last `total - warm`.
+pub fn copy_rtt_lead(
+    seg: &Segment,
+    size: usize,
+    total: u64,
+    warm: u64,
+) -> anyhow::Result<Vec<u64>> {
+    check_area(seg, copy_rtt_area(size))?;
+    let (a, b) = copy_rtt_bufs(size);
+    let (fa, fb) = (u64_at(seg, OFF_RTT_A)?, u64_at(seg, OFF_RTT_B)?);
+    let mut wd = Watchdog::new("copy ping-pong", Duration::from_secs(60));
+    let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
+    let mut msg = vec![0x11u8; size];
+    let mut back = vec![0u8; size];
+    for i in 0..total {
+        stamp(&mut msg, i);
+        let t0 = Instant::now();
+        seg.write_bytes(a, &msg).context("buffer A")?;
+        // Release: the buffer is written before the flag says so.
+        fa.store(i + 1, Ordering::Release);
+        while fb.load(Ordering::Acquire) != i + 1 {
+            spin_loop();
+            wd.tick()?;
+        }
+        seg.read_bytes(b, &mut back).context("buffer B")?;
+        let dt = t0.elapsed();
+        if !stamped(&back, i) {
+            bail!("copy ping-pong: echo {i} came back wrong");
+        }
+        if i >= warm {
+            samples.push(dt.as_nanos() as u64);
+        }
+    }
+    Ok(samples)
+}
+
+/// The peer side of the copy ping-pong floor: copy buffer A out, write the copy into
+/// buffer B, flip B's flag.
+pub fn copy_rtt_echo(seg: &Segment, size: usize, total: u64) -> anyhow::Result<()> {
+    check_area(seg, copy_rtt_area(size))?;
+    let (a, b) = copy_rtt_bufs(size);
+    let (fa, fb) = (u64_at(seg, OFF_RTT_A)?, u64_at(seg, OFF_RTT_B)?);
+    let mut wd = Watchdog::for_peer("copy ping-pong", Duration::from_secs(120));
+    let mut buf = vec![0u8; size];
+    for i in 0..total {
+        // Acquire: pairs with the lead's Release store; buffer A is complete.
+        while fa.load(Ordering::Acquire) != i + 1 {
+            spin_loop();
+            wd.tick()?;
+        }
+        seg.read_bytes(a, &mut buf).context("buffer A")?;
+        seg.write_bytes(b, &buf).context("buffer B")?;
+        fb.store(i + 1, Ordering::Release);
+    }
+    Ok(())
+}
+
 /// Waits (spinning) until the sink reports `total` received; the end of a stream's timing.
 fn await_done(seg: &Segment, total: u64, wd: &mut Watchdog) -> anyhow::Result<()> {
     let done = u64_at(seg, OFF_DONE)?;
@@ -498,6 +573,16 @@ mod tests {
                 0
             });
             assert_eq!(r, (1990, 0));
+        }
+        for size in [64, 5000] {
+            let r = case(
+                &|| copy_rtt_lead(seg, size, 300, 10).unwrap().len(),
+                &|| {
+                    copy_rtt_echo(seg, size, 300).unwrap();
+                    0
+                },
+            );
+            assert_eq!(r, (290, 0));
         }
         let r = case(&|| futex_lead(seg, 50, 0).unwrap().len(), &|| {
             futex_echo(seg, 50).unwrap();

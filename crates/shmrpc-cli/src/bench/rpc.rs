@@ -30,6 +30,8 @@ pub const SIZE: usize = 64;
 pub const PIPELINE: usize = 64;
 /// Connections of the many-connection pipelined cases.
 pub const MANY: usize = 16;
+/// Connections of the most-connections pipelined cases (issue 4).
+pub const MANY_MORE: usize = 256;
 /// How long the restarted server stays down before it binds again.
 pub const RESTART_GAP: Duration = Duration::from_millis(50);
 /// Bytes the RPC client puts before a request's body (its deadline); the Unix-socket
@@ -404,15 +406,8 @@ pub async fn rpc_pipelined(clients: &[Client], total: u64) -> anyhow::Result<(Du
     .await
 }
 
-/// `conns` Unix-socket connections, each with `PIPELINE` requests outstanding: a task per
-/// connection writes a window of requests, then answers every batch of responses it reads
-/// with as many new requests (one write). `total` requests in all.
-pub async fn uds_pipelined(
-    path: &Path,
-    conns: usize,
-    total: u64,
-) -> anyhow::Result<(Duration, u64)> {
-    let per = (total / conns as u64).max(PIPELINE as u64);
+/// Opens `conns` Unix-socket connections to the baseline server.
+pub async fn uds_connect(path: &Path, conns: usize) -> anyhow::Result<Vec<UnixStream>> {
     let mut streams = Vec::with_capacity(conns);
     for _ in 0..conns {
         streams.push(
@@ -421,6 +416,19 @@ pub async fn uds_pipelined(
                 .with_context(|| format!("connecting to {}", path.display()))?,
         );
     }
+    Ok(streams)
+}
+
+/// Unix-socket connections (from [`uds_connect`]), each with `PIPELINE` requests
+/// outstanding: a task per connection writes a window of requests, then answers every
+/// batch of responses it reads with as many new requests (one write). `total` requests in
+/// all.
+pub async fn uds_pipelined(
+    streams: Vec<UnixStream>,
+    total: u64,
+) -> anyhow::Result<(Duration, u64)> {
+    let conns = streams.len().max(1);
+    let per = (total / conns as u64).max(PIPELINE as u64);
     limited("unix-socket pipelined", async {
         let mut set = tokio::task::JoinSet::new();
         let t0 = Instant::now();
@@ -525,7 +533,8 @@ mod tests {
                 .unwrap();
             assert_eq!(n, 2 * PIPELINE as u64 * 3);
             assert_eq!(uds_unary(&uds, 50, 10).await.unwrap().len(), 40);
-            let (_, n) = uds_pipelined(&uds, 2, 1000).await.unwrap();
+            let streams = uds_connect(&uds, 2).await.unwrap();
+            let (_, n) = uds_pipelined(streams, 1000).await.unwrap();
             assert_eq!(n, 1000);
         });
         srv.stop().unwrap();
