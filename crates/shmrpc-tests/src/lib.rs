@@ -627,6 +627,27 @@ impl PeerProcess {
         self.stdin = None;
     }
 
+    /// SIGKILLs the peer, reaps it and returns how it ended: killed by signal 9 if it was
+    /// still running, or its own exit status if it had already ended.
+    pub fn kill_status(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("peer not yet reaped");
+        let _ = c.kill();
+        let status = c
+            .wait()
+            .unwrap_or_else(|e| panic!("{}: wait: {e}", self.label));
+        self.unregister();
+        self.stdin = None;
+        status
+    }
+
+    /// Every line the peer printed so far (without waiting), including those already seen.
+    pub fn lines_so_far(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     /// Closes the peer's stdin and waits up to `timeout` for it to exit; panics on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         self.stdin = None;

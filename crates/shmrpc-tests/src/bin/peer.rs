@@ -131,6 +131,7 @@ fn main() {
         "rpc-bad-server" => rpc_bad_server(&args),
         "rpc-hostile" => rpc_hostile(&args),
         "perm-probe" => perm_probe(&args),
+        "chaos-client" => chaos_client(&args),
         _ => fail(format!("unknown subcommand {cmd:?}")),
     }
 }
@@ -356,6 +357,13 @@ struct RpcCounters {
     chat_done: AtomicU64,
     /// Calls of `echo`, `transform` and `add`.
     calls: AtomicU64,
+    /// `once` calls executed, and the tokens seen (a token twice is a call run twice).
+    once: AtomicU64,
+    once_seen: std::sync::Mutex<std::collections::HashSet<u128>>,
+    /// `once` calls whose token was seen before.
+    dupes: AtomicU64,
+    /// `once` requests whose checksum did not match (a torn or mixed-up message).
+    torn: AtomicU64,
 }
 
 /// Decrements `slow_in_flight` however the handler ends (returns, or is aborted).
@@ -372,7 +380,7 @@ fn stats_line(c: &RpcCounters) -> String {
     format!(
         "pid={} rss_kb={} rss_anon_kb={} rss_shmem_kb={} threads={} fds={} cpu_us={} \
          slow_in_flight={} slow_started={} slow_cancels={} chat_cancels={} chat_tokens={} \
-         chat_done={} calls={}",
+         chat_done={} calls={} once={} dupes={} torn={} tasks={}",
         std::process::id(),
         st("VmRSS"),
         st("RssAnon"),
@@ -387,6 +395,11 @@ fn stats_line(c: &RpcCounters) -> String {
         c.chat_tokens.load(Ordering::SeqCst),
         c.chat_done.load(Ordering::SeqCst),
         c.calls.load(Ordering::SeqCst),
+        c.once.load(Ordering::SeqCst),
+        c.dupes.load(Ordering::SeqCst),
+        c.torn.load(Ordering::SeqCst),
+        // Tasks of this runtime (connections, handlers): a leaked one stays counted.
+        tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks()),
     )
 }
 
@@ -398,9 +411,12 @@ fn stats_line(c: &RpcCounters) -> String {
 /// - `chat` ([`ChatRequest`] -> stream of (u32, String)): tokens over time, counting a
 ///   cancellation it observes;
 /// - `blob` (u32 -> raw): that many bytes;
-/// - `stats` (() -> String): counters, memory and descriptors of this process.
+/// - `stats` (() -> String): counters, memory and descriptors of this process;
+/// - `once` (raw): a [`once_request`]; checks its checksum (a mismatch counts as `torn`)
+///   and that its token was never seen before (else `dupes`), answers [`transform`].
 fn rpc_routes(cfg: ServerConfig, c: Arc<RpcCounters>) -> ServerBuilder {
-    let (c1, c2, c3, c4, c5, c6) = (
+    let (c1, c2, c3, c4, c5, c6, c7) = (
+        c.clone(),
         c.clone(),
         c.clone(),
         c.clone(),
@@ -472,6 +488,21 @@ fn rpc_routes(cfg: ServerConfig, c: Arc<RpcCounters>) -> ServerBuilder {
         .unary("stats", move |_ctx, (): ()| {
             let line = stats_line(&c6);
             async move { Ok(line) }
+        })
+        .unary_raw("once", move |_ctx, req| {
+            let c = &c7;
+            c.once.fetch_add(1, Ordering::SeqCst);
+            match check_once_request(&req) {
+                None => {
+                    c.torn.fetch_add(1, Ordering::SeqCst);
+                }
+                Some(token) => {
+                    if !c.once_seen.lock().expect("poisoned").insert(token) {
+                        c.dupes.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            async move { Ok(transform(&req)) }
         })
 }
 
@@ -1222,4 +1253,139 @@ fn perm_probe(args: &[String]) {
         ),
         other => fail(format!("unknown probe {other:?}")),
     }
+}
+
+/// A `once` request: a token (client id, sequence number), `len` bytes derived from it,
+/// and their checksum last.
+fn once_request(client: u64, seq: u64, len: usize) -> Vec<u8> {
+    let mut r = vec![0u8; 16 + len];
+    r[..8].copy_from_slice(&client.to_le_bytes());
+    r[8..16].copy_from_slice(&seq.to_le_bytes());
+    let mut x = shmrpc_tests::mix64(client ^ seq.rotate_left(17));
+    for chunk in r[16..].chunks_mut(8) {
+        x = shmrpc_tests::mix64(x);
+        let n = chunk.len();
+        chunk.copy_from_slice(&x.to_le_bytes()[..n]);
+    }
+    let sum = shmrpc_tests::checksum64(&r);
+    r.extend_from_slice(&sum.to_le_bytes());
+    r
+}
+
+/// The token of a well-formed `once` request, `None` if its checksum does not match.
+fn check_once_request(r: &[u8]) -> Option<u128> {
+    if r.len() < 24 {
+        return None;
+    }
+    let (body, sum) = r.split_at(r.len() - 8);
+    if shmrpc_tests::checksum64(body).to_le_bytes() != sum {
+        return None;
+    }
+    Some(u128::from_le_bytes(
+        body[..16].try_into().expect("16 bytes"),
+    ))
+}
+
+/// A client that keeps the server busy in every way a kill can interrupt, until it is
+/// killed: (re)connecting, large fragmented calls, small calls, streams read to their end
+/// or dropped, calls parked until their deadline. Every answer is checked; a wrong one
+/// prints `BAD ...` and exits 3. Errors from a server that dies are expected: it reconnects.
+fn chaos_client(args: &[String]) {
+    let name: String = arg(args, 1, "name");
+    let seed: u64 = arg(args, 2, "seed");
+    let id = shmrpc_tests::mix64(seed ^ u64::from(std::process::id()));
+    let rt = rpc_runtime();
+    rt.block_on(async move {
+        let mut rng = shmrpc_tests::SplitMix64::new(seed);
+        let cfg = ClientConfig {
+            reconnect_for: Duration::from_secs(30),
+            ..client_config()
+        };
+        let mut seq = 0u64;
+        let mut ok = 0u64;
+        let mut client = None;
+        say("started");
+        loop {
+            let c = match &client {
+                Some(c) => c,
+                None => match Client::connect(&name, cfg.clone()).await {
+                    Ok(c) => client.insert(c),
+                    Err(_) => continue,
+                },
+            };
+            seq += 1;
+            let pick = rng.range(0, 100);
+            let r: Result<(), RpcError> = async {
+                match pick {
+                    // Large: fragmented over several ring records.
+                    0..=19 => {
+                        let len = rng.range(100_000, 300_000) as usize;
+                        let req = once_request(id, seq, len);
+                        let r = c.call_raw("once", &req, CallOptions::default()).await?;
+                        if r != transform(&req) {
+                            println!("BAD once answer len={len}");
+                            exit(3);
+                        }
+                    }
+                    20..=59 => {
+                        let req = once_request(id, seq, rng.range(0, 2000) as usize);
+                        let r = c.call_raw("once", &req, CallOptions::default()).await?;
+                        if r != transform(&req) {
+                            println!("BAD once answer");
+                            exit(3);
+                        }
+                    }
+                    // Streams, read to the end or dropped midway.
+                    60..=79 => {
+                        let n = rng.range(1, 40) as u32;
+                        let stop = rng.range(0, u64::from(n) + 10) as u32;
+                        let mut s = c
+                            .call_stream("chat", &(seq, n, 0u32), CallOptions::default())
+                            .await?;
+                        let mut i = 0;
+                        while i < stop {
+                            match s.next::<(u32, String)>().await {
+                                None => break,
+                                Some(item) => {
+                                    let (k, tok) = item?;
+                                    if k != i || tok != chat_token(seq, i) {
+                                        println!("BAD token {k} of stream {seq}");
+                                        exit(3);
+                                    }
+                                    i += 1;
+                                }
+                            }
+                        }
+                    }
+                    // Parked until the deadline (the handler waits for its cancel).
+                    80..=89 => {
+                        let d = Duration::from_millis(rng.range(1, 20));
+                        match c.call_raw("slow", b"zz", CallOptions::timeout(d)).await {
+                            Err(e) if e.code == Code::DeadlineExceeded => {}
+                            Err(e) => return Err(e),
+                            Ok(_) => {
+                                println!("BAD slow call answered");
+                                exit(3);
+                            }
+                        }
+                    }
+                    // Churn: a new connection.
+                    _ => {
+                        return Err(RpcError::new(Code::Unavailable, "churn"));
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            match r {
+                Ok(()) => ok += 1,
+                Err(e) if e.code == Code::Unavailable && e.message == "churn" => client = None,
+                // The server died or restarts: carry on (the client reconnects).
+                Err(_) => {}
+            }
+            if ok % 100 == 1 {
+                say(format!("progress ok={ok}"));
+            }
+        }
+    });
 }
