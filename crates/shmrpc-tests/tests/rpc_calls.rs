@@ -296,3 +296,77 @@ fn a_shutdown_requested_before_serve_runs_is_not_lost() {
         names.assert_clean_with_locks();
     });
 }
+
+/// Dropping every handle of a client closes its connection: the server frees it (its
+/// descriptors and its task), and a stream still being read keeps it open until it ends.
+/// (Before this was fixed, a dropped client's reader task kept the connection open for the
+/// life of the process; a soak with reconnecting clients ran the server out of fds.)
+#[test]
+fn a_dropped_client_closes_its_connection_on_both_sides() {
+    with_watchdog(Duration::from_secs(60), || {
+        let mut names = TestNames::new();
+        let (mut server, target) = start_server(&mut names, false, HEARTBEAT_MS);
+        let rt = rpc_runtime();
+        rt.block_on(async {
+            let probe = connect(&target).await;
+            let base = rpc_stats(&probe).await;
+            let stats_of = |s: &str| (field_parse::<u64>(s, "fds"), field_parse::<u64>(s, "tasks"));
+            let settle = |want: (u64, u64)| {
+                let probe = probe.clone();
+                async move {
+                    let deadline = Instant::now() + WAIT;
+                    loop {
+                        let s = rpc_stats(&probe).await;
+                        if stats_of(&s) == want {
+                            return s;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "server stats stayed {s}, want {want:?}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            };
+            for round in 0..5 {
+                let c = connect(&target).await;
+                checked(&c, round).await.unwrap();
+                let clone = c.clone();
+                let with = rpc_stats(&probe).await;
+                assert!(stats_of(&with).0 > stats_of(&base).0, "{base} / {with}");
+                drop(c);
+                // One clone left: still open.
+                checked(&clone, round + 100).await.unwrap();
+                // A stream outlives the last client handle.
+                let mut s = clone
+                    .call_stream(
+                        "chat",
+                        &(round, 5u32, 1u32) as &ChatRequest,
+                        CallOptions::default(),
+                    )
+                    .await
+                    .unwrap();
+                drop(clone);
+                for i in 0..5 {
+                    let (k, tok): (u32, String) = within("a stream item", WAIT, s.next())
+                        .await
+                        .expect("an item")
+                        .expect("not an error");
+                    assert_eq!((k, tok), (i, chat_token(round, i)));
+                }
+                assert!(
+                    within("the end of the stream", WAIT, s.next::<(u32, String)>())
+                        .await
+                        .is_none()
+                );
+                drop(s);
+                settle(stats_of(&base)).await;
+            }
+        });
+        drop(rt);
+        server.send("exit");
+        server.expect("done", WAIT);
+        server.assert_exits_ok(WAIT);
+        names.assert_clean_with_locks();
+    });
+}

@@ -100,6 +100,9 @@ struct Conn {
     tx: tokio::sync::Mutex<FrameTx>,
     pending: Mutex<IdMap<Waiter>>,
     alive: AtomicBool,
+    /// Cancelled when the last `Client` handle is gone: the reader says goodbye and ends,
+    /// which frees the connection on both sides.
+    shut: tokio_util::sync::CancellationToken,
 }
 
 impl Conn {
@@ -191,6 +194,17 @@ impl Conn {
             }
         })
         .await
+    }
+}
+
+/// Closes the connection when the last handle (a `Client` clone or a `CallStream`) is
+/// gone; without this its reader task would keep it open, and the server's resources
+/// with it, for as long as the process lives.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(c) = self.current.get_mut().ok().and_then(Option::take) {
+            c.shut.cancel();
+        }
     }
 }
 
@@ -323,6 +337,7 @@ impl Client {
             tx: tokio::sync::Mutex::new(tx),
             pending: Mutex::default(),
             alive: AtomicBool::new(true),
+            shut: tokio_util::sync::CancellationToken::new(),
         });
         tokio::spawn(read_loop(conn.clone(), rx, cfg.heartbeat));
         Ok(conn)
@@ -445,6 +460,7 @@ impl Client {
         let waiter = || Waiter::Stream(etx.clone());
         let (conn, id) = self.start_call(method, body, opts.timeout, waiter).await?;
         Ok(CallStream {
+            _client: self.clone(),
             events,
             guard: CancelOnDrop::new(conn, id, method_id(method)),
             deadline: opts.timeout.map(|d| Instant::now() + d),
@@ -511,6 +527,9 @@ impl Drop for CancelOnDrop {
 
 /// The items of a streaming call, in order.
 pub struct CallStream {
+    /// Keeps the connection open while the stream is read, even if every other handle of
+    /// the client is dropped.
+    _client: Client,
     events: mpsc::UnboundedReceiver<Event>,
     guard: CancelOnDrop,
     deadline: Option<Instant>,
@@ -615,6 +634,11 @@ async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
                     }
                 }
                 continue;
+            }
+            () = conn.shut.cancelled() => {
+                // Every handle is gone: tell the server, and end.
+                let _ = conn.tx.lock().await.send(Kind::Goodbye, 0, 0, &[]).await;
+                break RpcError::new(Code::PeerGone, "the client was dropped");
             }
         };
         let (h, payload) = match frame {
