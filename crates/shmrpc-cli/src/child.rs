@@ -63,6 +63,11 @@ impl Peer {
             .with_context(|| format!("writing to the {} process (did it die?)", self.what))
     }
 
+    /// Closes the control pipe (the peer sees end of input).
+    pub fn close_input(&mut self) {
+        self.stdin = None;
+    }
+
     /// Receives one control line, waiting at most `timeout`.
     pub fn recv(&mut self, timeout: Duration) -> anyhow::Result<String> {
         match self.lines.recv_timeout(timeout) {

@@ -14,6 +14,7 @@ mod child;
 mod demo;
 mod machine;
 mod pin;
+mod soak;
 mod stats;
 
 use std::path::PathBuf;
@@ -49,6 +50,16 @@ enum Command {
     /// The benchmark's second process (started by `shmrpc bench`).
     #[command(hide = true)]
     BenchPeer(bench::PeerArgs),
+    /// Load and soak: many clients calling a server process for a while (checked answers,
+    /// streams, cancels, reconnects), with throughput, p99 drift and memory growth.
+    Soak(soak::SoakArgs),
+    /// The soak's server process (started by `shmrpc soak`).
+    #[command(hide = true)]
+    SoakServer {
+        /// Name to bind.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +69,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::DemoPeer { name, cpu } => demo::peer(&name, cpu),
         Command::BenchPeer(args) => bench::peer(&args),
+        Command::Soak(args) => soak::run(&args),
+        Command::SoakServer { name } => soak::server(&name),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -531,3 +531,55 @@ fn bench_quick_prints_the_table_and_writes_json() {
     assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
     assert!(!svg.contains("NaN"));
 }
+
+/// The soak's short form: clients churning, streaming and cancelling against a server
+/// process; it must report no integrity error, no leaked connection, and its figures.
+#[test]
+fn soak_short_run_reports_clean_figures() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let run = shmrpc(
+        &[
+            "soak",
+            "--duration",
+            "3s",
+            "--clients",
+            "4",
+            "--every",
+            "1s",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        run.ok,
+        "shmrpc soak exited with {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        run.code, run.stdout, run.stderr
+    );
+    assert_contains(
+        &run,
+        &[
+            "shmrpc soak: 4 clients",
+            "calls/s",
+            "unary p50",
+            "server rss",
+            "p99 drift",
+            "leaked connections: none",
+            "integrity errors 0",
+        ],
+    );
+    let windows = run.stdout.lines().filter(|l| l.contains("calls/s")).count();
+    assert!(windows >= 2, "expected a line per second:\n{}", run.stdout);
+    // Calls were made (the totals line is not all zeros).
+    let calls_line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("calls "))
+        .expect("totals");
+    assert!(!calls_line.starts_with("calls 0 "), "{calls_line}");
+    // Nothing left behind in /dev/shm by the soak's server.
+    let leftovers: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".soak-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
