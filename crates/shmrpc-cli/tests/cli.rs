@@ -216,7 +216,7 @@ fn bench_quick_prints_the_table_and_writes_json() {
             "64 KiB stream / Unix socket",
             "1 MiB stream / bare copy floor",
             "RPC pipelined, 256 connections / tokio Unix socket",
-            "idle server with 1000 connections < 3 MB resident",
+            "idle server (no connection) < 3 MB resident",
             "lower p50 and p99 than the peer in every mode with a counterpart: iceoryx2",
             "SVG chart written to",
         ],
