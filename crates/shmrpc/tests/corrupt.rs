@@ -19,7 +19,7 @@ use std::time::Duration;
 use shmrpc::channel::{self, ChannelConfig, RecvError, SendError, WaitStrategy};
 use shmrpc::ring::{
     self, ring_size, AttachError, Consumer, CorruptError, PeekError, Producer, ReserveError,
-    RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
+    MAX_POSITION, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
 };
 use shmrpc::sys::Segment;
 
@@ -360,6 +360,11 @@ fn attach_rejects_inconsistent_positions() {
         ("att-misr", 8, 48),         // read off the grid
         ("att-huge", 0, u64::MAX),   // absurd
         ("att-huge2", u64::MAX, 16), // absurd
+        // Equal, aligned, but so large that position sums would overflow (found by the
+        // ring_reader fuzz target: a panic with overflow checks, a false `Corrupt` later
+        // without).
+        ("att-near-max", u64::MAX - 15, u64::MAX - 15),
+        ("att-past-max", MAX_POSITION + 16, MAX_POSITION + 16),
     ] {
         let f = Fixture::new(case, cap as usize);
         f.u64_at(READ_POS).store(read, Ordering::Release);
@@ -388,6 +393,17 @@ fn attach_rejects_inconsistent_positions() {
     let p = ring::producer(&f.seg, 0, 256).expect("consistent positions");
     assert_eq!(p.position(), 768);
     p.detach();
+    // The largest position accepted still works for laps beyond it.
+    let f = Fixture::new("att-max", 256);
+    f.u64_at(READ_POS).store(MAX_POSITION, Ordering::Release);
+    f.u64_at(WRITE_POS).store(MAX_POSITION, Ordering::Release);
+    let mut p = ring::producer(&f.seg, 0, 256).expect("MAX_POSITION attaches");
+    let mut c = ring::consumer(&f.seg, 0, 256).expect("MAX_POSITION attaches");
+    for i in 0..32u32 {
+        p.try_push(i, &[i as u8; 40]).expect("room");
+        let g = c.try_peek().expect("the record just pushed");
+        assert_eq!((g.tag(), &*g), (i, &[i as u8; 40][..]));
+    }
 }
 
 #[test]

@@ -18,6 +18,10 @@ pub const RECORD_HEADER: usize = 16;
 pub const RECORD_ALIGN: usize = 16;
 /// Smallest data area accepted.
 pub const MIN_CAPACITY: usize = 128;
+/// The largest position a ring header may hold when a side attaches. Positions count bytes
+/// from 0, and passing 2^62 would take decades at memory speed, so a larger one is a
+/// peer's lie; refusing it keeps every position sum far from overflowing `u64`.
+pub const MAX_POSITION: u64 = 1 << 62;
 /// Largest data area accepted: lengths are 31-bit.
 pub const MAX_CAPACITY: usize = 1 << 31;
 /// Bit 31 of a record's length word marks a padding record (skip to the end of the area).

@@ -53,7 +53,7 @@ use thiserror::Error;
 
 pub use consumer::{Consumer, PeekError, ReadGrant};
 pub use layout::{
-    record_size, ring_size, MAX_CAPACITY, MIN_CAPACITY, RECORD_ALIGN, RECORD_HEADER,
+    record_size, ring_size, MAX_CAPACITY, MAX_POSITION, MIN_CAPACITY, RECORD_ALIGN, RECORD_HEADER,
     RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
 };
 pub use producer::{Producer, ReserveError, WriteGrant};
@@ -208,7 +208,12 @@ fn validate_attach(mem: RingMem, expected_capacity: usize) -> Result<Attached, A
     let read = h.read_pos.0.load(Ordering::Acquire);
     let write = h.write_pos.0.load(Ordering::Acquire);
     let align = RECORD_ALIGN as u64;
-    if read > write || write - read > cap || read % align != 0 || write % align != 0 {
+    if read > write
+        || write > MAX_POSITION
+        || write - read > cap
+        || read % align != 0
+        || write % align != 0
+    {
         return Err(CorruptError::Positions {
             read,
             write,
