@@ -17,6 +17,7 @@
 
 mod blocking;
 mod client;
+pub mod config;
 mod server;
 mod transport;
 
@@ -28,6 +29,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 pub use blocking::BlockingClient;
 pub use client::{CallOptions, CallStream, Client, ClientConfig};
+pub use config::ConfigError;
 pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerConfig, ServerHandle};
 
 /// Why a call failed. The numeric values are part of the wire format.
