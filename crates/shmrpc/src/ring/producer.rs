@@ -219,6 +219,14 @@ impl Producer {
         self.notify();
     }
 
+    /// Bytes written and not yet released by the consumer (for monitoring). The consumer's
+    /// `read_pos` is untrusted: a value outside `[0, written]` counts as "all of it".
+    pub fn queued(&self) -> u64 {
+        // Acquire: pairs with the consumer's Release store of `read_pos`.
+        let read = self.mem.header().read_pos.0.load(Ordering::Acquire);
+        self.write.saturating_sub(read).min(self.cap)
+    }
+
     /// Wakes the consumer if it sleeps. Needed only after [`WriteGrant::commit_deferred`];
     /// [`WriteGrant::commit`] does it itself.
     #[inline]

@@ -18,6 +18,7 @@
 mod blocking;
 mod client;
 pub mod config;
+pub mod obs;
 mod server;
 mod transport;
 

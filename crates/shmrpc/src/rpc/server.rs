@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use super::obs::{MethodObs, ServerObs};
 use super::transport::{FrameRx, FrameTx, TransportError};
 use super::{decode, encode, method_id, split_deadline, Code, IdMap, RpcError, DEADLINE_PREFIX};
 use crate::channel::{self, ChannelConfig, Listener};
@@ -242,6 +243,7 @@ impl ServerBuilder {
         self.routes.insert(
             id,
             Route {
+                obs: MethodObs::new(&name),
                 name,
                 streaming,
                 handler,
@@ -386,6 +388,7 @@ struct Route {
     name: String,
     streaming: bool,
     handler: Handler,
+    obs: MethodObs,
 }
 
 struct Shared {
@@ -395,6 +398,8 @@ struct Shared {
     draining: watch::Sender<bool>,
     /// Live connections, to wait for at shutdown.
     conns: tokio_util::task::TaskTracker,
+    /// Metrics handles (empty without the `metrics` feature).
+    obs: Arc<ServerObs>,
 }
 
 /// A bound server. Run it with [`serve`](Self::serve); stop it with a [`ServerHandle`].
@@ -433,6 +438,7 @@ impl Server {
                 routes: b.routes,
                 draining,
                 conns: tokio_util::task::TaskTracker::new(),
+                obs: Arc::new(ServerObs::new()),
             }),
             acceptor,
         }
@@ -521,6 +527,7 @@ impl Server {
 struct ConnTx {
     tx: tokio::sync::Mutex<FrameTx>,
     broken: CallToken,
+    obs: Arc<ServerObs>,
 }
 
 impl ConnTx {
@@ -537,8 +544,9 @@ impl ConnTx {
             .await
             .send(kind, method, call_id, payload)
             .await;
-        if r.is_err() {
-            self.broken.cancel();
+        match &r {
+            Err(_) => self.broken.cancel(),
+            Ok(()) => self.obs.sent(payload.len()),
         }
         r
     }
@@ -562,6 +570,7 @@ impl ConnState {
     async fn start(&self, h: FrameHeader, mut payload: Vec<u8>, permit: OwnedSemaphorePermit) {
         let Some((deadline, _)) = split_deadline(&payload) else {
             let e = RpcError::new(Code::BadRequest, "request without deadline prefix");
+            self.shared.obs.rejected(e.code);
             reply_error(&self.tx, h.method, h.call_id, e).await;
             return;
         };
@@ -570,11 +579,13 @@ impl ConnState {
                 Code::UnknownMethod,
                 format!("no method with id {:#010x}", h.method),
             );
+            self.shared.obs.rejected(e.code);
             reply_error(&self.tx, h.method, h.call_id, e).await;
             return;
         };
         // The body is the payload after its prefix: shift it down instead of copying it out.
         payload.drain(..DEADLINE_PREFIX);
+        let obs = route.obs.start(&self.shared.obs, h.call_id, payload.len());
         // A token of its own per call, not a child of a per-connection token: a child costs
         // a lock on the parent at creation and drop. When the connection ends, the calls
         // still running are cancelled one by one from `calls`.
@@ -603,8 +614,14 @@ impl ConnState {
         // wake-ups) that a handler which waits needs. No frame of this connection is read
         // meanwhile, so a call that finishes here needs no entry in `calls` (a later
         // `Cancel` or `Credit` for it finds nothing, as for any finished call).
-        if let Some(outcome) = poll_once(&mut fut) {
-            send_outcome(&self.tx, h.method, h.call_id, outcome, max).await;
+        let first = {
+            #[cfg(feature = "tracing")]
+            let _in_span = obs.span().entered();
+            poll_once(&mut fut)
+        };
+        if let Some(outcome) = first {
+            let code = send_outcome(&self.tx, h.method, h.call_id, outcome, max).await;
+            obs.end(&self.shared.obs, code);
             drop(permit);
             return;
         }
@@ -614,10 +631,14 @@ impl ConnState {
             .insert(h.call_id, (token.clone(), credit));
         let (tx, calls) = (self.tx.clone(), self.calls.clone());
         let grace = self.shared.cfg.cancel_grace;
+        #[cfg(feature = "tracing")]
+        let fut: BoxFuture<_> = Box::pin(tracing::Instrument::instrument(fut, obs.span()));
+        let server_obs = self.shared.obs.clone();
         self.in_flight.spawn(async move {
             let outcome = run_handler(fut, token, deadline, grace).await;
             calls.lock().expect("poisoned").remove(&h.call_id);
-            send_outcome(&tx, h.method, h.call_id, outcome, max).await;
+            let code = send_outcome(&tx, h.method, h.call_id, outcome, max).await;
+            obs.end(&server_obs, code);
             drop(permit);
         });
     }
@@ -642,16 +663,19 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
     let max_waiting = shared.cfg.max_in_flight;
     let mut draining = shared.draining.subscribe();
     let hb = shared.cfg.heartbeat;
+    let obs = shared.obs.clone();
     let st = ConnState {
         shared,
         tx: Arc::new(ConnTx {
             tx: tokio::sync::Mutex::new(tx),
             broken: CallToken::default(),
+            obs,
         }),
         calls: Arc::default(),
         in_flight: tokio_util::task::TaskTracker::new(),
         peer_pid,
     };
+    st.tx.obs.connection(1.0, peer_pid);
     let mut waiting: VecDeque<(FrameHeader, Vec<u8>)> = VecDeque::new();
     let mut silence = super::Silence::default();
     // One timer for the connection's life, re-armed when it fires: re-creating a sleep for
@@ -679,6 +703,11 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
             () = &mut heartbeat => {
                 heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
                 let silent = silence.tick();
+                if st.tx.obs.wants_occupancy() {
+                    if let Some(q) = st.tx.tx.lock().await.queued() {
+                        st.tx.obs.occupancy(q);
+                    }
+                }
                 if silent >= 3 {
                     break; // silent peer (stopped, or hung): treat as gone
                 }
@@ -717,9 +746,13 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
                 Ok(permit) => {
                     // Keep arrival order: the oldest waiting request goes first.
                     drop(permit);
+                    st.tx.obs.backpressure();
                     waiting.push_back((h, payload));
                 }
-                Err(_) => waiting.push_back((h, payload)),
+                Err(_) => {
+                    st.tx.obs.backpressure();
+                    waiting.push_back((h, payload));
+                }
             },
             Kind::Cancel => {
                 if let Some((t, _)) = st.calls.lock().expect("poisoned").get(&h.call_id) {
@@ -758,6 +791,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
         st.cancel_all();
     }
     st.in_flight.wait().await;
+    st.tx.obs.connection(-1.0, peer_pid);
 }
 
 /// Polls a handler once with a no-op waker. `Some` if it finished (a panic counts as a
@@ -777,25 +811,33 @@ fn poll_once(
 }
 
 /// Sends a finished call's answer: its response, the end of its stream, or its error.
+/// Returns the error's code if the call failed.
 async fn send_outcome(
     tx: &ConnTx,
     method: u32,
     call_id: u64,
     outcome: Result<Option<Vec<u8>>, RpcError>,
     max: usize,
-) {
-    let _ = match outcome {
+) -> Option<Code> {
+    let (code, _) = match outcome {
         Ok(Some(resp)) if resp.len() > max => {
             let e = RpcError::new(
                 Code::TooLarge,
                 format!("response of {} bytes exceeds {max}", resp.len()),
             );
-            tx.send(Kind::Error, method, call_id, &e.encode()).await
+            (
+                Some(e.code),
+                tx.send(Kind::Error, method, call_id, &e.encode()).await,
+            )
         }
-        Ok(Some(resp)) => tx.send(Kind::Response, method, call_id, &resp).await,
-        Ok(None) => tx.send(Kind::StreamEnd, method, call_id, &[]).await,
-        Err(e) => tx.send(Kind::Error, method, call_id, &e.encode()).await,
+        Ok(Some(resp)) => (None, tx.send(Kind::Response, method, call_id, &resp).await),
+        Ok(None) => (None, tx.send(Kind::StreamEnd, method, call_id, &[]).await),
+        Err(e) => (
+            Some(e.code),
+            tx.send(Kind::Error, method, call_id, &e.encode()).await,
+        ),
     };
+    code
 }
 
 async fn reply_error(tx: &ConnTx, method: u32, call_id: u64, e: RpcError) {
