@@ -28,25 +28,44 @@ pub fn read_max(size: usize, bytes: usize) -> usize {
 /// Size of the round-trip messages of issue 2 (the 64 B cases).
 pub const RTT_SIZE: usize = 64;
 
+/// Buffers of the round trips: a fixed array for the 64 B cases, so the copies compile to
+/// a few moves as in issue 2's measurement and in the record-ring baseline (a `Vec` of
+/// run-time length costs a `memcpy` call per copy, ~15 % of a 64 B round trip).
+trait Buf: AsRef<[u8]> + AsMut<[u8]> {}
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Buf for B {}
+
 /// The lead side of blocking round trips: send `size` bytes, wait for the echo, copy it
 /// out. Returns the round-trip time of each of the last `total - warm`.
 pub fn rtt_lead(ep: &mut Endpoint, size: usize, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+    if size == RTT_SIZE {
+        rtt_lead_in(ep, [0x11u8; RTT_SIZE], [0u8; RTT_SIZE], total, warm)
+    } else {
+        rtt_lead_in(ep, vec![0x11u8; size], vec![0u8; size], total, warm)
+    }
+}
+
+fn rtt_lead_in(
+    ep: &mut Endpoint,
+    mut msg: impl Buf,
+    mut back: impl Buf,
+    total: u64,
+    warm: u64,
+) -> anyhow::Result<Vec<u64>> {
+    let size = msg.as_ref().len();
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
-    let mut msg = vec![0x11u8; size];
-    let mut back = vec![0u8; size];
     for i in 0..total {
-        stamp(&mut msg, i);
+        stamp(msg.as_mut(), i);
         let t0 = Instant::now();
-        ep.send(&msg).context("send")?;
+        ep.send(msg.as_ref()).context("send")?;
         {
             let m = ep.recv().context("recv")?;
             if m.len() != size {
                 bail!("echo of {} bytes, expected {size}", m.len());
             }
-            back.copy_from_slice(&m);
+            back.as_mut().copy_from_slice(&m);
         }
         let dt = t0.elapsed();
-        if !stamped(&back, i) {
+        if !stamped(back.as_ref(), i) {
             bail!("echo {i} came back wrong");
         }
         if i >= warm {
@@ -58,16 +77,24 @@ pub fn rtt_lead(ep: &mut Endpoint, size: usize, total: u64, warm: u64) -> anyhow
 
 /// The peer side of blocking round trips: receive, copy out, send the copy back.
 pub fn rtt_echo(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; size];
+    if size == RTT_SIZE {
+        rtt_echo_in(ep, [0u8; RTT_SIZE], total)
+    } else {
+        rtt_echo_in(ep, vec![0u8; size], total)
+    }
+}
+
+fn rtt_echo_in(ep: &mut Endpoint, mut buf: impl Buf, total: u64) -> anyhow::Result<()> {
+    let size = buf.as_ref().len();
     for _ in 0..total {
         {
             let m = ep.recv().context("recv")?;
             if m.len() != size {
                 bail!("request of {} bytes, expected {size}", m.len());
             }
-            buf.copy_from_slice(&m);
+            buf.as_mut().copy_from_slice(&m);
         }
-        ep.send(&buf).context("send")?;
+        ep.send(buf.as_ref()).context("send")?;
     }
     Ok(())
 }
@@ -79,22 +106,35 @@ pub async fn rtt_lead_async(
     total: u64,
     warm: u64,
 ) -> anyhow::Result<Vec<u64>> {
+    if size == RTT_SIZE {
+        rtt_lead_async_in(ep, [0x11u8; RTT_SIZE], [0u8; RTT_SIZE], total, warm).await
+    } else {
+        rtt_lead_async_in(ep, vec![0x11u8; size], vec![0u8; size], total, warm).await
+    }
+}
+
+async fn rtt_lead_async_in(
+    ep: &mut Endpoint,
+    mut msg: impl Buf,
+    mut back: impl Buf,
+    total: u64,
+    warm: u64,
+) -> anyhow::Result<Vec<u64>> {
+    let size = msg.as_ref().len();
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
-    let mut msg = vec![0x11u8; size];
-    let mut back = vec![0u8; size];
     for i in 0..total {
-        stamp(&mut msg, i);
+        stamp(msg.as_mut(), i);
         let t0 = Instant::now();
-        ep.send_async(&msg).await.context("send_async")?;
+        ep.send_async(msg.as_ref()).await.context("send_async")?;
         {
             let m = ep.recv_async().await.context("recv_async")?;
             if m.len() != size {
                 bail!("echo of {} bytes, expected {size}", m.len());
             }
-            back.copy_from_slice(&m);
+            back.as_mut().copy_from_slice(&m);
         }
         let dt = t0.elapsed();
-        if !stamped(&back, i) {
+        if !stamped(back.as_ref(), i) {
             bail!("echo {i} came back wrong");
         }
         if i >= warm {
@@ -106,16 +146,24 @@ pub async fn rtt_lead_async(
 
 /// [`rtt_echo`] from a tokio task.
 pub async fn rtt_echo_async(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; size];
+    if size == RTT_SIZE {
+        rtt_echo_async_in(ep, [0u8; RTT_SIZE], total).await
+    } else {
+        rtt_echo_async_in(ep, vec![0u8; size], total).await
+    }
+}
+
+async fn rtt_echo_async_in(ep: &mut Endpoint, mut buf: impl Buf, total: u64) -> anyhow::Result<()> {
+    let size = buf.as_ref().len();
     for _ in 0..total {
         {
             let m = ep.recv_async().await.context("recv_async")?;
             if m.len() != size {
                 bail!("request of {} bytes, expected {size}", m.len());
             }
-            buf.copy_from_slice(&m);
+            buf.as_mut().copy_from_slice(&m);
         }
-        ep.send_async(&buf).await.context("send_async")?;
+        ep.send_async(buf.as_ref()).await.context("send_async")?;
     }
     Ok(())
 }
