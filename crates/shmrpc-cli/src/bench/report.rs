@@ -1016,6 +1016,9 @@ impl<'a> Report<'a> {
         let mut systems: Vec<&str> = p.cases.iter().map(|c| c.system.as_str()).collect();
         systems.sort_unstable();
         systems.dedup();
+        // The peers file measures shmrpc and a Unix socket too, as its own baselines: they
+        // are not peers.
+        systems.retain(|s| !matches!(*s, "shmrpc" | "unix-socket"));
         let mut out = Vec::new();
         for sys in systems {
             let (mut compared, mut worse) = (0, Vec::new());
@@ -1024,7 +1027,11 @@ impl<'a> Report<'a> {
                 .iter()
                 .filter(|c| c.system == sys && !c.stream && c.na.is_none())
             {
-                let Some(mode) = peers::counterpart(&c.mode) else {
+                // A library's "default" mode that sleeps in the kernel until woken
+                // (ipc-channel's, shmipc's) counts as park.
+                let Some(mode) =
+                    peers::counterpart(&c.mode).or_else(|| (c.mode == "default").then_some("park"))
+                else {
                     continue;
                 };
                 let Some((_, reps)) = self.find(&shmrpc_rtt_id(mode, c.size)) else {
