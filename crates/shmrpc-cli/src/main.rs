@@ -13,6 +13,7 @@ mod bench;
 mod child;
 mod demo;
 mod machine;
+mod ops;
 mod pin;
 mod soak;
 mod stats;
@@ -53,6 +54,15 @@ enum Command {
     /// Load and soak: many clients calling a server process for a while (checked answers,
     /// streams, cancels, reconnects), with throughput, p99 drift and memory growth.
     Soak(soak::SoakArgs),
+    /// A demo RPC server (methods echo, add and the streaming chat; JSON bodies) serving
+    /// until SIGINT/SIGTERM.
+    Serve(ops::serve::ServeArgs),
+    /// One call from the shell: `shmrpc call NAME METHOD [JSON]`, streaming with `--stream`.
+    Call(ops::call::CallArgs),
+    /// This user's servers and shared-memory segments: pid, alive or stale, clients, memory.
+    Ls(ops::ls::LsArgs),
+    /// Remove the sockets and segments left by dead processes (never a live one's).
+    Cleanup(ops::cleanup::CleanupArgs),
     /// The soak's server process (started by `shmrpc soak`).
     #[command(hide = true)]
     SoakServer {
@@ -71,6 +81,10 @@ fn main() -> ExitCode {
         Command::BenchPeer(args) => bench::peer(&args),
         Command::Soak(args) => soak::run(&args),
         Command::SoakServer { name } => soak::server(&name),
+        Command::Serve(args) => ops::serve::run(&args),
+        Command::Call(args) => ops::call::run(&args),
+        Command::Ls(args) => ops::ls::run(&args),
+        Command::Cleanup(args) => ops::cleanup::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
