@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::MetricKind;
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
 
 /// The value of the series `name` with label `label` (if any), from a snapshot.
 fn value<'a>(
@@ -48,7 +48,11 @@ fn calls_errors_bytes_latency_and_connections_are_counted() {
     let name = format!("metrics-{}", std::process::id());
     // The handles are registered when the server is built: build it with the recorder.
     let server = metrics::with_local_recorder(&recorder, || {
-        Server::builder()
+        let cfg = ServerConfig {
+            metrics: true,
+            ..ServerConfig::default()
+        };
+        ServerBuilder::new(cfg)
             .unary_raw("echo", |_ctx, req| async move { Ok(req) })
             .unary_raw("fail", |_ctx, _req| async move {
                 Err::<Vec<u8>, _>(RpcError::handler("no"))
@@ -168,5 +172,44 @@ fn calls_errors_bytes_latency_and_connections_are_counted() {
             Some(DebugValue::Gauge(g)) => assert_eq!(g.into_inner(), -1.0),
             other => panic!("connections: {other:?}"),
         }
+    });
+}
+
+/// With `ServerConfig::metrics` off (the default), a server records nothing even with the
+/// feature built in and a recorder installed.
+#[test]
+fn a_server_without_the_metrics_flag_records_nothing() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = format!("metrics-off-{}", std::process::id());
+    let server = metrics::with_local_recorder(&recorder, || {
+        ServerBuilder::new(ServerConfig::default())
+            .unary_raw("echo", |_ctx, req| async move { Ok(req) })
+            .bind(&name)
+            .unwrap()
+    });
+    rt.block_on(async {
+        let handle = server.handle();
+        let serving = tokio::spawn(server.serve());
+        let c = Client::connect(&name, ClientConfig::default())
+            .await
+            .unwrap();
+        c.call_raw("echo", b"x", CallOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            snapshotter.snapshot().into_vec().is_empty(),
+            "no series registered or recorded"
+        );
+        drop(c);
+        handle.shutdown();
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .unwrap()
+            .unwrap();
     });
 }

@@ -16,6 +16,7 @@
 //!     wait = "spin-then-park"     # or "spin", "park"
 //!     spin = "20us"
 //!     allowed_uids = [1001]
+//!     metrics = true              # record metrics (needs the `metrics` feature)
 //!     "#,
 //! )?;
 //! assert_eq!(cfg.channel.capacity, 131072);
@@ -74,6 +75,7 @@ struct File {
     wait: Option<String>,
     spin: Option<String>,
     allowed_uids: Option<Vec<u32>>,
+    metrics: Option<bool>,
 }
 
 /// A size: a number of bytes, or text such as `"4 MiB"`.
@@ -234,6 +236,9 @@ impl ServerConfig {
         }
         if let Some(u) = f.allowed_uids {
             cfg.channel.allowed_uids = u;
+        }
+        if let Some(m) = f.metrics {
+            cfg.metrics = m;
         }
         // The largest message must fit the reassembly of at least one ring's worth.
         if cfg.max_message < cfg.channel.capacity / 2 {

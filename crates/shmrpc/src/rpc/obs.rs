@@ -2,10 +2,11 @@
 //! (cargo feature `metrics`) and a `tracing` span per call (cargo feature `tracing`).
 //!
 //! Without the features every type here is empty and every method an inlined no-op, so a
-//! build without them pays nothing on the call path. With `metrics`, the handles are
-//! registered once (per method, per error code) when the server is built, and a call costs
-//! a few relaxed atomic additions and one clock read — and nothing beyond the facade's
-//! no-op if no recorder is installed.
+//! build without them pays nothing on the call path. With `metrics`, series are recorded
+//! only for a server whose [`ServerConfig::metrics`](super::ServerConfig::metrics) is set:
+//! its handles are registered once (per method, per error code) when it is built, and a
+//! call costs a few relaxed atomic additions and one clock read. With the flag off, a call
+//! checks one `Option` and reads no clock.
 //!
 //! Series (all prefixed `shmrpc_`):
 //!
@@ -48,14 +49,20 @@ pub(crate) struct MethodObs {
 }
 
 impl MethodObs {
-    pub(crate) fn new(name: &str) -> Self {
+    /// Handles for method `name`; with `metrics` false (`ServerConfig::metrics`), none are
+    /// registered and a call costs nothing for them, not even a clock read.
+    pub(crate) fn new(name: &str, metrics: bool) -> Self {
         #[cfg(not(any(feature = "metrics", feature = "tracing")))]
-        let _ = name;
+        let _ = (name, metrics);
+        #[cfg(all(feature = "tracing", not(feature = "metrics")))]
+        let _ = metrics;
         Self {
             #[cfg(feature = "metrics")]
-            calls: Some(metrics::counter!("shmrpc_calls_total", "method" => name.to_owned())),
+            calls: metrics
+                .then(|| metrics::counter!("shmrpc_calls_total", "method" => name.to_owned())),
             #[cfg(feature = "metrics")]
-            seconds: Some(metrics::histogram!("shmrpc_call_seconds", "method" => name.to_owned())),
+            seconds: metrics
+                .then(|| metrics::histogram!("shmrpc_call_seconds", "method" => name.to_owned())),
             #[cfg(feature = "tracing")]
             name: name.into(),
         }
@@ -67,15 +74,15 @@ impl MethodObs {
         #[cfg(not(any(feature = "metrics", feature = "tracing")))]
         let _ = (server, call_id, bytes);
         #[cfg(feature = "metrics")]
-        {
-            if let Some(c) = &self.calls {
-                c.increment(1);
+        if let Some(c) = &self.calls {
+            c.increment(1);
+            if let Some(m) = &server.m {
+                m.bytes_in.increment(bytes as u64);
             }
-            server.bytes_in.increment(bytes as u64);
         }
         CallObs {
             #[cfg(feature = "metrics")]
-            start: std::time::Instant::now(),
+            start: self.seconds.as_ref().map(|_| std::time::Instant::now()),
             #[cfg(feature = "metrics")]
             seconds: self.seconds.clone(),
             #[cfg(feature = "tracing")]
@@ -87,7 +94,7 @@ impl MethodObs {
 /// One call in progress.
 pub(crate) struct CallObs {
     #[cfg(feature = "metrics")]
-    start: std::time::Instant,
+    start: Option<std::time::Instant>,
     #[cfg(feature = "metrics")]
     seconds: Option<metrics::Histogram>,
     #[cfg(feature = "tracing")]
@@ -108,8 +115,8 @@ impl CallObs {
         let _ = (server, error);
         #[cfg(feature = "metrics")]
         {
-            if let Some(h) = &self.seconds {
-                h.record(self.start.elapsed().as_secs_f64());
+            if let (Some(h), Some(t)) = (&self.seconds, self.start) {
+                h.record(t.elapsed().as_secs_f64());
             }
             if let Some(code) = error {
                 server.error(code);
@@ -123,51 +130,55 @@ impl CallObs {
     }
 }
 
-/// The server-wide handles.
+/// The server-wide handles (none unless the `metrics` feature is built and
+/// `ServerConfig::metrics` is set).
 pub(crate) struct ServerObs {
     #[cfg(feature = "metrics")]
+    m: Option<Handles>,
+}
+
+#[cfg(feature = "metrics")]
+struct Handles {
     bytes_in: metrics::Counter,
-    #[cfg(feature = "metrics")]
     bytes_out: metrics::Counter,
-    #[cfg(feature = "metrics")]
     backpressure: metrics::Counter,
-    #[cfg(feature = "metrics")]
     connections: metrics::Gauge,
-    #[cfg(feature = "metrics")]
     occupancy: metrics::Histogram,
-    #[cfg(feature = "metrics")]
     errors: Vec<(Code, metrics::Counter)>,
 }
 
 impl ServerObs {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(metrics: bool) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = metrics;
         Self {
             #[cfg(feature = "metrics")]
-            bytes_in: metrics::counter!("shmrpc_bytes_received_total"),
-            #[cfg(feature = "metrics")]
-            bytes_out: metrics::counter!("shmrpc_bytes_sent_total"),
-            #[cfg(feature = "metrics")]
-            backpressure: metrics::counter!("shmrpc_backpressure_waits_total"),
-            #[cfg(feature = "metrics")]
-            connections: metrics::gauge!("shmrpc_connections"),
-            #[cfg(feature = "metrics")]
-            occupancy: metrics::histogram!("shmrpc_ring_occupancy_bytes"),
-            #[cfg(feature = "metrics")]
-            errors: CODES
-                .iter()
-                .map(|&c| {
-                    (
-                        c,
-                        metrics::counter!("shmrpc_errors_total", "code" => format!("{c:?}")),
-                    )
-                })
-                .collect(),
+            m: metrics.then(|| Handles {
+                bytes_in: metrics::counter!("shmrpc_bytes_received_total"),
+                bytes_out: metrics::counter!("shmrpc_bytes_sent_total"),
+                backpressure: metrics::counter!("shmrpc_backpressure_waits_total"),
+                connections: metrics::gauge!("shmrpc_connections"),
+                occupancy: metrics::histogram!("shmrpc_ring_occupancy_bytes"),
+                errors: CODES
+                    .iter()
+                    .map(|&c| {
+                        (
+                            c,
+                            metrics::counter!("shmrpc_errors_total", "code" => format!("{c:?}")),
+                        )
+                    })
+                    .collect(),
+            }),
         }
     }
 
     #[cfg(feature = "metrics")]
     fn error(&self, code: Code) {
-        if let Some((_, c)) = self.errors.iter().find(|(k, _)| *k == code) {
+        if let Some((_, c)) = self
+            .m
+            .as_ref()
+            .and_then(|m| m.errors.iter().find(|(k, _)| *k == code))
+        {
             c.increment(1);
         }
     }
@@ -185,7 +196,9 @@ impl ServerObs {
     #[inline]
     pub(crate) fn sent(&self, n: usize) {
         #[cfg(feature = "metrics")]
-        self.bytes_out.increment(n as u64);
+        if let Some(m) = &self.m {
+            m.bytes_out.increment(n as u64);
+        }
         #[cfg(not(feature = "metrics"))]
         let _ = n;
     }
@@ -194,14 +207,18 @@ impl ServerObs {
     #[inline]
     pub(crate) fn backpressure(&self) {
         #[cfg(feature = "metrics")]
-        self.backpressure.increment(1);
+        if let Some(m) = &self.m {
+            m.backpressure.increment(1);
+        }
     }
 
     /// A connection starts (`+1`) or ends (`-1`).
     #[inline]
     pub(crate) fn connection(&self, delta: f64, peer_pid: Option<u32>) {
         #[cfg(feature = "metrics")]
-        self.connections.increment(delta);
+        if let Some(m) = &self.m {
+            m.connections.increment(delta);
+        }
         #[cfg(feature = "tracing")]
         if delta > 0.0 {
             tracing::debug!(?peer_pid, "connection accepted");
@@ -216,13 +233,18 @@ impl ServerObs {
     #[inline]
     pub(crate) fn occupancy(&self, bytes: u64) {
         #[cfg(feature = "metrics")]
-        self.occupancy.record(bytes as f64);
+        if let Some(m) = &self.m {
+            m.occupancy.record(bytes as f64);
+        }
         #[cfg(not(feature = "metrics"))]
         let _ = bytes;
     }
 
     /// Whether sampling ring occupancy is worth its lock.
     pub(crate) fn wants_occupancy(&self) -> bool {
-        cfg!(feature = "metrics")
+        #[cfg(feature = "metrics")]
+        return self.m.is_some();
+        #[cfg(not(feature = "metrics"))]
+        false
     }
 }

@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// How long a cancelled handler may run on before it is aborted.
     pub cancel_grace: Duration,
+    /// Record metrics (`rpc::obs`) for this server. Needs the library's `metrics` feature
+    /// and a recorder installed by the application; off by default, and then a call costs
+    /// nothing for them.
+    pub metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +51,7 @@ impl Default for ServerConfig {
             max_message: 16 << 20,
             heartbeat: Duration::from_secs(2),
             cancel_grace: Duration::from_millis(200),
+            metrics: false,
         }
     }
 }
@@ -243,7 +248,7 @@ impl ServerBuilder {
         self.routes.insert(
             id,
             Route {
-                obs: MethodObs::new(&name),
+                obs: MethodObs::new(&name, self.cfg.metrics),
                 name,
                 streaming,
                 handler,
@@ -432,13 +437,14 @@ impl ServerHandle {
 impl Server {
     fn new(b: ServerBuilder, acceptor: Acceptor) -> Self {
         let (draining, _) = watch::channel(false);
+        let obs = Arc::new(ServerObs::new(b.cfg.metrics));
         Self {
             shared: Arc::new(Shared {
                 cfg: b.cfg,
                 routes: b.routes,
                 draining,
                 conns: tokio_util::task::TaskTracker::new(),
-                obs: Arc::new(ServerObs::new()),
+                obs,
             }),
             acceptor,
         }
