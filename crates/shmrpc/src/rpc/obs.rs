@@ -52,10 +52,8 @@ impl MethodObs {
     /// Handles for method `name`; with `metrics` false (`ServerConfig::metrics`), none are
     /// registered and a call costs nothing for them, not even a clock read.
     pub(crate) fn new(name: &str, metrics: bool) -> Self {
-        #[cfg(not(any(feature = "metrics", feature = "tracing")))]
+        // Unused in some feature sets.
         let _ = (name, metrics);
-        #[cfg(all(feature = "tracing", not(feature = "metrics")))]
-        let _ = metrics;
         Self {
             #[cfg(feature = "metrics")]
             calls: metrics
@@ -71,7 +69,7 @@ impl MethodObs {
     /// A call of this method starts; `bytes` of request.
     #[inline]
     pub(crate) fn start(&self, server: &ServerObs, call_id: u64, bytes: usize) -> CallObs {
-        #[cfg(not(any(feature = "metrics", feature = "tracing")))]
+        // Unused in some feature sets.
         let _ = (server, call_id, bytes);
         #[cfg(feature = "metrics")]
         if let Some(c) = &self.calls {
@@ -111,7 +109,7 @@ impl CallObs {
     /// The call ended (its answer, or its error, was sent).
     #[inline]
     pub(crate) fn end(self, server: &ServerObs, error: Option<Code>) {
-        #[cfg(not(any(feature = "metrics", feature = "tracing")))]
+        // Unused in some feature sets.
         let _ = (server, error);
         #[cfg(feature = "metrics")]
         {
@@ -149,7 +147,7 @@ struct Handles {
 
 impl ServerObs {
     pub(crate) fn new(metrics: bool) -> Self {
-        #[cfg(not(feature = "metrics"))]
+        // Unused in some feature sets.
         let _ = metrics;
         Self {
             #[cfg(feature = "metrics")]
@@ -188,7 +186,7 @@ impl ServerObs {
     pub(crate) fn rejected(&self, code: Code) {
         #[cfg(feature = "metrics")]
         self.error(code);
-        #[cfg(not(feature = "metrics"))]
+        // Unused in some feature sets.
         let _ = code;
     }
 
@@ -199,7 +197,7 @@ impl ServerObs {
         if let Some(m) = &self.m {
             m.bytes_out.increment(n as u64);
         }
-        #[cfg(not(feature = "metrics"))]
+        // Unused in some feature sets.
         let _ = n;
     }
 
@@ -225,7 +223,7 @@ impl ServerObs {
         } else {
             tracing::debug!(?peer_pid, "connection closed");
         }
-        #[cfg(not(any(feature = "metrics", feature = "tracing")))]
+        // Unused in some feature sets.
         let _ = (delta, peer_pid);
     }
 
@@ -236,7 +234,7 @@ impl ServerObs {
         if let Some(m) = &self.m {
             m.occupancy.record(bytes as f64);
         }
-        #[cfg(not(feature = "metrics"))]
+        // Unused in some feature sets.
         let _ = bytes;
     }
 
