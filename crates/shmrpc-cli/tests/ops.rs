@@ -737,3 +737,127 @@ fn stale_segments_are_listed_and_reclaimed_and_live_ones_kept() {
     );
     drop(live_seg);
 }
+
+/// Scrapes `serve --metrics` over loopback with a plain HTTP GET.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the scrape");
+    out
+}
+
+/// `serve --metrics ADDR`: the Prometheus endpoint answers over loopback with the
+/// expected series, and they move with the calls made.
+#[test]
+fn the_metrics_endpoint_is_scraped_with_the_expected_series() {
+    let dir = RuntimeDir::new("metrics");
+    let n = name("metrics");
+    let (mut server, ready) = dir.serve(&[&n, "--metrics", "127.0.0.1:0", "--format", "json"]);
+    let ready: Value = serde_json::from_str(&ready).expect("the ready line is JSON");
+    let addr = ready["metrics"]
+        .as_str()
+        .expect("the metrics address")
+        .to_owned();
+    assert!(!addr.ends_with(":0"), "the real port is printed: {addr}");
+    for _ in 0..3 {
+        let r = dir.run(&["call", &n, "add", r#"{"a": 1, "b": 2}"#]);
+        assert!(r.ok(), "{}", r.describe());
+    }
+    let r = dir.run(&["call", &n, "nope"]);
+    assert!(!r.ok());
+    let body = scrape(&addr);
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    for series in [
+        "shmrpc_calls_total{method=\"add\"} 3",
+        "shmrpc_errors_total{code=\"UnknownMethod\"} 1",
+        "shmrpc_call_seconds{method=\"add\",quantile=\"0.5\"}",
+        "shmrpc_bytes_received_total",
+        "shmrpc_bytes_sent_total",
+        "shmrpc_connections",
+        "shmrpc_backpressure_waits_total 0",
+    ] {
+        assert!(
+            body.contains(series),
+            "no {series:?} in the scrape:\n{body}"
+        );
+    }
+    server.signal(Signal::TERM);
+    let (status, _) = server.wait();
+    assert!(status.success(), "{}", server.stderr());
+}
+
+/// `serve --config FILE`: a valid file is used; a bad one is refused before serving with
+/// a message that names the key and the allowed range.
+#[test]
+fn a_bad_config_file_is_refused_with_a_clear_message() {
+    let dir = RuntimeDir::new("config");
+    let bad = dir.0.join("bad.toml");
+    std::fs::write(&bad, "max_in_flight = 8\nring_size = 1000\n").unwrap();
+    let r = dir.run(&[
+        "serve",
+        &name("config-bad"),
+        "--config",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(
+        r.stderr.contains("ring_size") && r.stderr.contains("power of two"),
+        "{}",
+        r.describe()
+    );
+    let unknown = dir.0.join("unknown.toml");
+    std::fs::write(&unknown, "rings = 2\n").unwrap();
+    let r = dir.run(&[
+        "serve",
+        &name("config-unknown"),
+        "--config",
+        unknown.to_str().unwrap(),
+    ]);
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(r.stderr.contains("rings"), "{}", r.describe());
+    assert_eq!(dir.files(), Vec::<String>::new(), "nothing was bound");
+
+    let good = dir.0.join("good.toml");
+    std::fs::write(
+        &good,
+        "ring_size = 4096\nmax_in_flight = 4\nwait = \"park\"\n",
+    )
+    .unwrap();
+    let n = name("config-good");
+    let (mut server, _) = dir.serve(&[&n, "--config", good.to_str().unwrap()]);
+    let r = dir.run(&["call", &n, "add", r#"{"a": 40, "b": 2}"#]);
+    assert!(r.ok(), "{}", r.describe());
+    assert_eq!(r.lines(), ["42"]);
+    server.signal(Signal::TERM);
+    let (status, _) = server.wait();
+    assert!(status.success(), "{}", server.stderr());
+}
+
+/// `serve --trace`: a span per call (with the method) and connection events on stderr.
+#[test]
+fn serve_trace_logs_a_span_per_call() {
+    let dir = RuntimeDir::new("trace");
+    let n = name("trace");
+    let (mut server, _) = dir.serve(&[&n, "--trace"]);
+    let r = dir.run(&["call", &n, "nope"]);
+    assert!(!r.ok());
+    let r = dir.run(&["call", &n, "add", r#"{"a": 1, "b": 1}"#]);
+    assert!(r.ok(), "{}", r.describe());
+    server.signal(Signal::TERM);
+    let (status, _) = server.wait();
+    assert!(status.success());
+    let err = server.stderr();
+    assert!(err.contains("connection accepted"), "{err}");
+    assert!(err.contains("connection closed"), "{err}");
+    assert!(
+        err.contains("rpc.call") && err.contains("method=add"),
+        "{err}"
+    );
+}

@@ -4,6 +4,7 @@
 pub mod call;
 pub mod cleanup;
 pub mod ls;
+mod metrics;
 mod scan;
 pub mod serve;
 

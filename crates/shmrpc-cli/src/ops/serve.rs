@@ -46,6 +46,18 @@ pub struct ServeArgs {
     /// How to print the ready line.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Server settings from a TOML file (ring_size, max_in_flight, max_message, heartbeat,
+    /// cancel_grace, wait, spin, allowed_uids, metrics); checked before serving.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9464; port 0
+    /// picks one, printed in the ready line): GET /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Log a span per call and connection events to stderr (`tracing`; the filter can be
+    /// changed with RUST_LOG, default `shmrpc=debug`).
+    #[arg(long)]
+    pub trace: bool,
 }
 
 /// Runs the demo server until SIGINT/SIGTERM.
@@ -63,7 +75,28 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let builder = routes(ServerBuilder::new(ServerConfig::default()), stop_rx);
+    let mut cfg = match &args.config {
+        Some(path) => ServerConfig::from_toml_file(path)
+            .with_context(|| format!("bad configuration file {}", path.display()))?,
+        None => ServerConfig::default(),
+    };
+    if args.trace {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("shmrpc=debug"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let metrics_addr = match args.metrics {
+        Some(addr) => {
+            cfg.metrics = true;
+            Some(super::metrics::serve_prometheus(addr).await?)
+        }
+        None => None,
+    };
+    let builder = routes(ServerBuilder::new(cfg), stop_rx);
     let pid = std::process::id();
     let (server, ready) = match (&args.name, args.tcp) {
         (_, Some(addr)) => {
@@ -73,10 +106,13 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
             let local = server.local_addr().unwrap_or(addr);
             let ready = match args.format {
-                Format::Text => format!("serving tcp {local} (pid {pid})"),
+                Format::Text => format!(
+                    "serving tcp {local} (pid {pid}){}",
+                    metrics_note(metrics_addr)
+                ),
                 Format::Json => json!({
                     "event": "ready", "tcp": local.to_string(), "pid": pid,
-                    "methods": METHODS,
+                    "methods": METHODS, "metrics": metrics_addr.map(|a| a.to_string()),
                 })
                 .to_string(),
             };
@@ -90,10 +126,14 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 .map(|d| d.join(format!("{name}.sock")))
                 .context("runtime directory")?;
             let ready = match args.format {
-                Format::Text => format!("serving {name} at {} (pid {pid})", socket.display()),
+                Format::Text => format!(
+                    "serving {name} at {} (pid {pid}){}",
+                    socket.display(),
+                    metrics_note(metrics_addr)
+                ),
                 Format::Json => json!({
                     "event": "ready", "name": name, "socket": socket, "pid": pid,
-                    "methods": METHODS,
+                    "methods": METHODS, "metrics": metrics_addr.map(|a| a.to_string()),
                 })
                 .to_string(),
             };
@@ -128,6 +168,12 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 const METHODS: [&str; 3] = ["echo", "add", "chat"];
+
+fn metrics_note(addr: Option<SocketAddr>) -> String {
+    addr.map_or(String::new(), |a| {
+        format!(", metrics at http://{a}/metrics")
+    })
+}
 
 fn bad(msg: impl Into<String>) -> RpcError {
     RpcError::new(Code::BadRequest, msg)

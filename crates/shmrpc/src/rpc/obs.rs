@@ -121,9 +121,12 @@ impl CallObs {
             }
         }
         #[cfg(feature = "tracing")]
-        if let Some(code) = error {
-            let _e = self.span.enter();
-            tracing::debug!(?code, "call failed");
+        {
+            let _in = self.span.enter();
+            match error {
+                None => tracing::debug!("call answered"),
+                Some(code) => tracing::debug!(?code, "call failed"),
+            }
         }
     }
 }
