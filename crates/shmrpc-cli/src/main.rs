@@ -63,6 +63,9 @@ enum Command {
     Ls(ops::ls::LsArgs),
     /// Remove the sockets and segments left by dead processes (never a live one's).
     Cleanup(ops::cleanup::CleanupArgs),
+    /// A live server's connections: peers, traffic, handlers running, ring positions,
+    /// occupancy and waiting flags.
+    Inspect(ops::inspect::InspectArgs),
     /// The soak's server process (started by `shmrpc soak`).
     #[command(hide = true)]
     SoakServer {
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Call(args) => ops::call::run(&args),
         Command::Ls(args) => ops::ls::run(&args),
         Command::Cleanup(args) => ops::cleanup::run(&args),
+        Command::Inspect(args) => ops::inspect::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -861,3 +861,56 @@ fn serve_trace_logs_a_span_per_call() {
         "{err}"
     );
 }
+
+/// `inspect NAME` against a live server with a streaming caller: its connection shows the
+/// caller's pid, the handler running, messages moved and the rings' positions; the
+/// inspecting connection is listed too.
+#[test]
+fn inspect_shows_a_live_connection_its_traffic_and_rings() {
+    let dir = RuntimeDir::new("inspect");
+    let n = name("inspect");
+    let (mut server, _) = dir.serve(&[&n]);
+    // A slow stream: its first word comes at once, the next ones a second apart.
+    let mut caller = dir.spawn(&[
+        "call",
+        &n,
+        "chat",
+        r#"{"prompt": "one two three", "delay_ms": 1000}"#,
+        "--stream",
+    ]);
+    assert_eq!(caller.next_line(), "\"one\"");
+    let caller_pid = u64::from(caller.pid());
+    let r = dir.run(&["inspect", &n, "--format", "json"]);
+    assert!(r.ok(), "{}", r.describe());
+    let v = r.json();
+    assert_eq!(v["pid"], server.pid());
+    let conns = v["connections"].as_array().expect("connections");
+    assert_eq!(conns.len(), 2, "the caller and the inspector: {v}");
+    let c = conns
+        .iter()
+        .find(|c| c["peer_pid"] == caller_pid)
+        .unwrap_or_else(|| panic!("no connection of the caller {caller_pid}: {v}"));
+    assert_eq!(c["transport"], "shm");
+    assert_eq!(c["calls_running"], 1, "{c}");
+    assert_eq!(c["frames_in"], 1, "{c}");
+    assert!(c["frames_out"].as_u64().unwrap() >= 1, "{c}");
+    let to = &c["to_client"];
+    assert_eq!(to["capacity"], 65536);
+    assert!(to["write_pos"].as_u64().unwrap() > 0, "{to}");
+    assert!(to["read_pos"].as_u64().unwrap() <= to["write_pos"].as_u64().unwrap());
+    assert!(c["from_client"]["write_pos"].as_u64().unwrap() > 0, "{c}");
+    // The same as a table.
+    let r = dir.run(&["inspect", &n]);
+    assert!(r.ok(), "{}", r.describe());
+    assert!(r.stdout.contains("2 connection(s)"), "{}", r.stdout);
+    assert!(r.stdout.contains("TO CLIENT") && r.stdout.contains(&caller_pid.to_string()));
+    // A name nobody serves: a clear error.
+    let r = dir.run(&["inspect", &name("nobody"), "--timeout", "100ms"]);
+    assert!(!r.ok());
+    assert!(r.stderr.contains("cannot reach"), "{}", r.describe());
+    caller.signal(Signal::KILL);
+    let _ = caller.wait();
+    server.signal(Signal::TERM);
+    let (status, _) = server.wait();
+    assert!(status.success(), "{}", server.stderr());
+}

@@ -251,3 +251,63 @@ async fn graceful_shutdown_finishes_calls_in_flight() {
         .unwrap()
         .unwrap();
 }
+
+/// The built-in inspection method: each connection with its peer, counters and rings.
+#[tokio::test(flavor = "current_thread")]
+async fn a_server_reports_its_connections_to_the_inspection_method() {
+    use shmrpc::rpc::inspect::ServerReport;
+    use shmrpc::rpc::{ServerBuilder, ServerConfig, INSPECT_METHOD};
+    let n = name("inspect");
+    let cfg = ServerConfig {
+        channel: shmrpc::channel::ChannelConfig::default().with_capacity(8192),
+        ..ServerConfig::default()
+    };
+    let server = ServerBuilder::new(cfg)
+        .unary_raw("echo", |_ctx, req| async move { Ok(req) })
+        .bind(&n)
+        .unwrap();
+    with_server(server, |_handle| async move {
+        let a = Client::connect(&n, ClientConfig::default()).await.unwrap();
+        let b = Client::connect(&n, ClientConfig::default()).await.unwrap();
+        for _ in 0..10 {
+            a.call_raw("echo", &[7u8; 100], CallOptions::default())
+                .await
+                .unwrap();
+        }
+        let r: ServerReport = b
+            .call(INSPECT_METHOD, &(), CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r.pid, std::process::id());
+        assert_eq!(r.connections.len(), 2, "{r:?}");
+        let me = std::process::id();
+        let busy = r.connections.iter().max_by_key(|c| c.frames_in).unwrap();
+        assert_eq!(busy.peer_pid, Some(me));
+        assert_eq!(busy.transport, "shm");
+        assert_eq!(busy.frames_in, 10, "{busy:?}");
+        assert_eq!(
+            busy.bytes_in,
+            10 * (4 + 100),
+            "deadline prefix + body: {busy:?}"
+        );
+        assert_eq!(busy.frames_out, 10);
+        assert_eq!(busy.bytes_out, 10 * 100);
+        let to = busy.to_client.expect("a shared-memory ring");
+        let from = busy.from_client.expect("a shared-memory ring");
+        assert_eq!((to.capacity, from.capacity), (8192, 8192));
+        // 10 answers of a 32-byte header + 100 bytes, 16-byte records: 144 + 16 each.
+        assert_eq!(to.write_pos, 10 * 160, "{to:?}");
+        assert!(from.write_pos >= 10 * 160, "{from:?}");
+        assert!(to.read_pos <= to.write_pos && to.queued <= to.capacity);
+        // The other connection is the inspecting one: its request is counted.
+        let other = r.connections.iter().find(|c| c.id != busy.id).unwrap();
+        assert_eq!(other.frames_in, 1);
+        // Registering the built-in name is refused.
+        let refused = std::panic::catch_unwind(|| {
+            ServerBuilder::new(ServerConfig::default())
+                .unary_raw(INSPECT_METHOD, |_ctx, req| async move { Ok(req) })
+        });
+        assert!(refused.is_err());
+    })
+    .await;
+}

@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod cleanup;
+pub mod inspect;
 pub mod ls;
 mod metrics;
 mod scan;

@@ -82,6 +82,11 @@ impl Consumer {
         self.cap as usize
     }
 
+    /// A read-only view of this ring's header, for monitoring.
+    pub fn inspector(&self) -> super::RingProbe {
+        super::RingProbe::new(&self.mem)
+    }
+
     /// Total bytes consumed so far (the position of the next record).
     pub fn position(&self) -> u64 {
         self.read

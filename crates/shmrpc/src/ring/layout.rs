@@ -154,6 +154,17 @@ impl RingMem {
         }
     }
 
+    /// Another view of the same memory, kept alive by the same owner (for inspection).
+    #[cfg(not(shmrpc_loom))]
+    pub(crate) fn clone_view(&self) -> Self {
+        Self {
+            header: self.header,
+            data: self.data,
+            capacity: self.capacity,
+            _owner: self._owner.clone(),
+        }
+    }
+
     #[cfg(shmrpc_loom)]
     pub(crate) fn clone_view(&self) -> Self {
         Self {

@@ -46,6 +46,7 @@
 
 mod consumer;
 mod layout;
+mod probe;
 mod producer;
 pub mod wait;
 
@@ -56,6 +57,7 @@ pub use layout::{
     record_size, ring_size, MAX_CAPACITY, MAX_POSITION, MIN_CAPACITY, RECORD_ALIGN, RECORD_HEADER,
     RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
 };
+pub use probe::{RingProbe, RingState};
 pub use producer::{Producer, ReserveError, WriteGrant};
 pub use wait::{Spinner, WaitError, WaitStrategy};
 

@@ -219,6 +219,11 @@ impl Producer {
         self.notify();
     }
 
+    /// A read-only view of this ring's header, for monitoring.
+    pub fn inspector(&self) -> super::RingProbe {
+        super::RingProbe::new(&self.mem)
+    }
+
     /// Bytes written and not yet released by the consumer (for monitoring). The consumer's
     /// `read_pos` is untrusted: a value outside `[0, written]` counts as "all of it".
     pub fn queued(&self) -> u64 {

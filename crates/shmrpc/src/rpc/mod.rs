@@ -18,6 +18,7 @@
 mod blocking;
 mod client;
 pub mod config;
+pub mod inspect;
 pub mod obs;
 mod server;
 mod transport;
@@ -31,6 +32,7 @@ use serde::{de::DeserializeOwned, Serialize};
 pub use blocking::BlockingClient;
 pub use client::{CallOptions, CallStream, Client, ClientConfig};
 pub use config::ConfigError;
+pub use inspect::INSPECT_METHOD;
 pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerConfig, ServerHandle};
 
 /// Why a call failed. The numeric values are part of the wire format.
@@ -127,11 +129,14 @@ impl std::error::Error for RpcError {}
 
 /// The method id carried in frames: FNV-1a of the method name. Servers refuse to register
 /// two names with one id.
-pub fn method_id(name: &str) -> u32 {
+pub const fn method_id(name: &str) -> u32 {
+    let bytes = name.as_bytes();
     let mut h: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
-        h ^= u32::from(b);
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u32;
         h = h.wrapping_mul(0x0100_0193);
+        i += 1;
     }
     h
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use super::inspect::{ConnInfo, Registry};
 use super::obs::{MethodObs, ServerObs};
 use super::transport::{FrameRx, FrameTx, TransportError};
 use super::{decode, encode, method_id, split_deadline, Code, IdMap, RpcError, DEADLINE_PREFIX};
@@ -237,6 +238,10 @@ impl ServerBuilder {
 
     fn add(mut self, name: &str, streaming: bool, handler: Handler) -> Self {
         let id = method_id(name);
+        assert!(
+            id != INSPECT_ID,
+            "{name:?} is the built-in inspection method's name (or has its id); rename it"
+        );
         if let Some(other) = self.routes.get(&id) {
             assert!(
                 other.name == name,
@@ -388,6 +393,9 @@ enum Acceptor {
     Tcp(tokio::net::TcpListener),
 }
 
+/// The id of the built-in [`INSPECT_METHOD`](super::INSPECT_METHOD).
+const INSPECT_ID: u32 = method_id(super::INSPECT_METHOD);
+
 /// A method: its name, whether it streams, and its handler.
 struct Route {
     name: String,
@@ -405,6 +413,8 @@ struct Shared {
     conns: tokio_util::task::TaskTracker,
     /// Metrics handles (empty without the `metrics` feature).
     obs: Arc<ServerObs>,
+    /// Live connections, for [`INSPECT_METHOD`](super::INSPECT_METHOD).
+    registry: Registry,
 }
 
 /// A bound server. Run it with [`serve`](Self::serve); stop it with a [`ServerHandle`].
@@ -445,6 +455,7 @@ impl Server {
                 draining,
                 conns: tokio_util::task::TaskTracker::new(),
                 obs,
+                registry: Registry::default(),
             }),
             acceptor,
         }
@@ -481,9 +492,9 @@ impl Server {
             tokio::select! {
                 _ = draining.changed() => {}
                 conn = self.accept() => {
-                    if let Some((tx, rx, pid)) = conn {
+                    if let Some((tx, rx, info)) = conn {
                         let shared = self.shared.clone();
-                        self.shared.conns.spawn(serve_conn(shared, tx, rx, pid));
+                        self.shared.conns.spawn(serve_conn(shared, tx, rx, info));
                     }
                 }
             }
@@ -493,7 +504,7 @@ impl Server {
     }
 
     /// The next connection, handshake done; `None` if this client failed (keep going).
-    async fn accept(&self) -> Option<(FrameTx, FrameRx, Option<u32>)> {
+    async fn accept(&self) -> Option<(FrameTx, FrameRx, Arc<ConnInfo>)> {
         let max = self.shared.cfg.max_message;
         match &self.acceptor {
             Acceptor::Shm(l) => {
@@ -513,15 +524,24 @@ impl Server {
                 .await
                 .ok()?
                 .ok()?;
+                let mut endpoint = endpoint;
                 let pid = endpoint.peer_pid();
+                let rings = (
+                    endpoint.sender().producer().inspector(),
+                    endpoint.receiver().consumer().inspector(),
+                );
+                let id = self.shared.registry.next_id();
+                let info = Arc::new(ConnInfo::new(id, pid, "shm", Some(rings)));
                 let (tx, rx) = endpoint.split();
-                Some((FrameTx::Shm(tx, Vec::new()), FrameRx::shm(rx, max), pid))
+                Some((FrameTx::Shm(tx, Vec::new()), FrameRx::shm(rx, max), info))
             }
             Acceptor::Tcp(l) => {
                 let (s, _) = l.accept().await.ok()?;
                 let _ = s.set_nodelay(true);
                 let (r, w) = s.into_split();
-                Some((FrameTx::Tcp(w, Vec::new()), FrameRx::tcp(r, max), None))
+                let id = self.shared.registry.next_id();
+                let info = Arc::new(ConnInfo::new(id, None, "tcp", None));
+                Some((FrameTx::Tcp(w, Vec::new()), FrameRx::tcp(r, max), info))
             }
         }
     }
@@ -534,6 +554,7 @@ struct ConnTx {
     tx: tokio::sync::Mutex<FrameTx>,
     broken: CallToken,
     obs: Arc<ServerObs>,
+    info: Arc<ConnInfo>,
 }
 
 impl ConnTx {
@@ -552,7 +573,10 @@ impl ConnTx {
             .await;
         match &r {
             Err(_) => self.broken.cancel(),
-            Ok(()) => self.obs.sent(payload.len()),
+            Ok(()) => {
+                self.obs.sent(payload.len());
+                self.info.sent(payload.len());
+            }
         }
         r
     }
@@ -580,6 +604,19 @@ impl ConnState {
             reply_error(&self.tx, h.method, h.call_id, e).await;
             return;
         };
+        if h.method == INSPECT_ID {
+            // Built in: what this server knows of its connections.
+            let outcome = encode(&self.shared.registry.report()).map(Some);
+            send_outcome(
+                &self.tx,
+                h.method,
+                h.call_id,
+                outcome,
+                self.shared.cfg.max_message,
+            )
+            .await;
+            return;
+        }
         let Some(route) = self.shared.routes.get(&h.method) else {
             let e = RpcError::new(
                 Code::UnknownMethod,
@@ -640,8 +677,15 @@ impl ConnState {
         #[cfg(feature = "tracing")]
         let fut: BoxFuture<_> = Box::pin(tracing::Instrument::instrument(fut, obs.span()));
         let server_obs = self.shared.obs.clone();
+        self.tx
+            .info
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.in_flight.spawn(async move {
             let outcome = run_handler(fut, token, deadline, grace).await;
+            tx.info
+                .running
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             calls.lock().expect("poisoned").remove(&h.call_id);
             let code = send_outcome(&tx, h.method, h.call_id, outcome, max).await;
             obs.end(&server_obs, code);
@@ -664,7 +708,9 @@ impl ConnState {
 /// most `max_in_flight` entries; while it is full the connection is not read at all, so
 /// the ring fills and the client's sends wait (backpressure). Until then, cancels and
 /// heartbeats keep being read even when every permit is taken.
-async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid: Option<u32>) {
+async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, info: Arc<ConnInfo>) {
+    let peer_pid = info.peer_pid;
+    shared.registry.add(info.clone());
     let limit = Arc::new(Semaphore::new(shared.cfg.max_in_flight));
     let max_waiting = shared.cfg.max_in_flight;
     let mut draining = shared.draining.subscribe();
@@ -676,6 +722,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
             tx: tokio::sync::Mutex::new(tx),
             broken: CallToken::default(),
             obs,
+            info,
         }),
         calls: Arc::default(),
         in_flight: tokio_util::task::TaskTracker::new(),
@@ -746,6 +793,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
             Err(TransportError::Gone(_)) | Err(TransportError::Protocol(_)) => break,
         };
         silence.heard();
+        st.tx.info.received(payload.len());
         match h.kind {
             Kind::Request => match limit.clone().try_acquire_owned() {
                 Ok(permit) if waiting.is_empty() => st.start(h, payload, permit).await,
@@ -798,6 +846,7 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, peer_pid:
     }
     st.in_flight.wait().await;
     st.tx.obs.connection(-1.0, peer_pid);
+    st.shared.registry.remove(st.tx.info.id);
 }
 
 /// Polls a handler once with a no-op waker. `Some` if it finished (a panic counts as a
