@@ -1,8 +1,11 @@
 //! An editor and its AI engine, as two processes.
 //!
-//! The engine serves a streaming `chat` method that yields tokens over time and a unary
-//! `stats` method; the editor asks for a completion, shows tokens as they arrive, and
-//! abandons the request halfway (the user typed on), which cancels the engine's handler.
+//! The engine serves a streaming `chat` method that yields tokens over time, a unary
+//! `stats` method, and two language-server-style requests with typed (serde) parameters:
+//! `textDocument/completion` and `textDocument/hover`. The editor asks for a chat answer,
+//! shows tokens as they arrive, meanwhile asks for completions and a hover on the same
+//! connection, and abandons the chat halfway (the user typed on), which cancels the
+//! engine's handler.
 //!
 //! Run: `cargo run --release -p shmrpc --example editor_engine`
 //! (it starts the engine as a child process of itself).
@@ -11,7 +14,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+
+/// A place in a document, as language servers count it (zero-based).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Position {
+    line: u32,
+    character: u32,
+}
+
+/// The parameters of both document requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TextDocumentPosition {
+    uri: String,
+    position: Position,
+}
+
+/// One completion suggestion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CompletionItem {
+    label: String,
+    detail: String,
+}
+
+/// What the editor shows when the pointer rests on a symbol.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Hover {
+    contents: String,
+}
 
 #[derive(Default)]
 struct EngineStats {
@@ -43,6 +74,30 @@ async fn engine(name: &str) -> Result<(), RpcError> {
                 Ok(())
             }
         })
+        .unary(
+            "textDocument/completion",
+            |_ctx, p: TextDocumentPosition| async move {
+                let items = ["println!", "print!", "panic!"]
+                    .iter()
+                    .map(|label| CompletionItem {
+                        label: label.to_string(),
+                        detail: format!("macro, {}:{}", p.position.line, p.position.character),
+                    })
+                    .collect::<Vec<_>>();
+                Ok(items)
+            },
+        )
+        .unary(
+            "textDocument/hover",
+            |_ctx, p: TextDocumentPosition| async move {
+                Ok(Hover {
+                    contents: format!(
+                        "{}:{}:{}: fn main()",
+                        p.uri, p.position.line, p.position.character
+                    ),
+                })
+            },
+        )
         .unary("stats", move |_ctx, (): ()| {
             let stats = stats.clone();
             async move {
@@ -80,6 +135,23 @@ async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
             CallOptions::default(),
         )
         .await?;
+    // Meanwhile, language-server-style requests on the same connection (another task).
+    let lsp = client.clone();
+    let requests = tokio::spawn(async move {
+        let at = TextDocumentPosition {
+            uri: "file:///src/main.rs".into(),
+            position: Position {
+                line: 3,
+                character: 7,
+            },
+        };
+        let opts = CallOptions::timeout(Duration::from_secs(5));
+        let (items, hover) = tokio::join!(
+            lsp.call::<_, Vec<CompletionItem>>("textDocument/completion", &at, opts),
+            lsp.call::<_, Hover>("textDocument/hover", &at, opts),
+        );
+        Ok::<_, RpcError>((items?, hover?))
+    });
     for expect in 0..20 {
         let token: String = stream.next().await.ok_or("stream ended early")??;
         let index: u32 = token.split(':').next().unwrap_or("").parse()?;
@@ -88,6 +160,11 @@ async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("editor: user typed on; abandoning the completion");
     drop(stream);
+    let (items, hover) = requests.await??;
+    let labels: Vec<&str> = items.iter().map(|i| i.label.as_str()).collect();
+    let detail = items.first().map_or("", |i| i.detail.as_str());
+    println!("editor: completion at 3:7 -> {labels:?} ({detail})");
+    println!("editor: hover at 3:7 -> {}", hover.contents);
     for _ in 0..100 {
         let (cancelled, tokens): (u64, u64) = client
             .call("stats", &(), CallOptions::timeout(Duration::from_secs(5)))

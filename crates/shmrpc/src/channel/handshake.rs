@@ -120,6 +120,30 @@ pub enum ConnectError {
 }
 
 /// Accepts processes that connect to a name and hands each a new duplex channel.
+///
+/// # Examples
+///
+/// A server thread accepts and echoes; the client side uses [`connect`]. (The client is
+/// normally another process: it finds the server by name alone.)
+///
+/// ```
+/// use shmrpc::channel::{self, ChannelConfig, Listener};
+///
+/// let name = format!("doc-listener-{}", std::process::id());
+/// let listener = Listener::bind(&name, ChannelConfig::default())?;
+/// let server = std::thread::spawn(move || {
+///     let mut conn = listener.accept().unwrap();
+///     let msg = conn.recv().unwrap().to_vec();
+///     conn.send(&msg).unwrap();
+///     // Dropping the listener removes its socket file.
+/// });
+///
+/// let mut conn = channel::connect(&name, &ChannelConfig::default())?;
+/// conn.send(b"ping")?;
+/// assert_eq!(&*conn.recv()?, b"ping");
+/// server.join().unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Listener {
     listener: UnixListener,
@@ -247,7 +271,7 @@ impl Listener {
 }
 
 /// The server's half of the handshake on an accepted socket: checks the client's uid,
-/// creates the channel, passes it, and waits (up to [`HANDSHAKE_TIMEOUT`]) for the ack.
+/// creates the channel, passes it, and waits (up to 5 s, `HANDSHAKE_TIMEOUT`) for the ack.
 /// Blocking.
 ///
 /// # Errors
@@ -309,6 +333,20 @@ impl Drop for Listener {
 ///
 /// # Errors
 /// See [`ConnectError`]. Everything the server sends is validated.
+///
+/// # Examples
+///
+/// ```no_run
+/// use shmrpc::channel::{self, ChannelConfig, ConnectError, WaitStrategy};
+///
+/// let cfg = ChannelConfig::default().with_wait(WaitStrategy::Spin);
+/// match channel::connect("engine", &cfg) {
+///     Ok(mut conn) => conn.send(b"hello")?,
+///     Err(ConnectError::NotFound(_)) => eprintln!("no server called engine"),
+///     Err(e) => return Err(e.into()),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn connect(name: &str, cfg: &ChannelConfig) -> Result<Endpoint, ConnectError> {
     names::validate(name)?;
     let dir = names::runtime_dir().map_err(|source| ConnectError::Io {

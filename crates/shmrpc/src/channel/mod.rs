@@ -274,6 +274,38 @@ fn attach(
 ///
 /// # Errors
 /// See [`ChannelError`].
+///
+/// # Examples
+///
+/// A worker thread that sums the numbers it receives and answers with the total:
+///
+/// ```
+/// use shmrpc::channel::{self, ChannelConfig, WaitStrategy};
+///
+/// let cfg = ChannelConfig::default()
+///     .with_capacity(1 << 16)
+///     .with_wait(WaitStrategy::Park);
+/// let (mut main_end, mut worker_end) = channel::pair(&cfg)?;
+/// let worker = std::thread::spawn(move || {
+///     let mut total = 0u64;
+///     loop {
+///         let msg = worker_end.recv().unwrap();
+///         if msg.is_empty() {
+///             break; // an empty message means "that was all"
+///         }
+///         total += u64::from_le_bytes(msg[..8].try_into().unwrap());
+///     }
+///     worker_end.send(&total.to_le_bytes()).unwrap();
+/// });
+/// for n in 1..=10u64 {
+///     main_end.send(&n.to_le_bytes())?;
+/// }
+/// main_end.send(b"")?;
+/// let total = u64::from_le_bytes(main_end.recv()?[..8].try_into()?);
+/// assert_eq!(total, 55);
+/// worker.join().unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn pair(cfg: &ChannelConfig) -> Result<(Endpoint, Endpoint), ChannelError> {
     let (seg, bells) = create_segment(cfg)?;
     let dup = |b: &Doorbell| b.try_clone().map_err(ChannelError::Doorbell);

@@ -264,7 +264,8 @@ impl Consumer {
     /// after a padding record: wait again).
     ///
     /// # Errors
-    /// [`WaitError::TimedOut`] or [`WaitError::PeerGone`].
+    /// [`WaitError::TimedOut`](wait::WaitError::TimedOut) or
+    /// [`WaitError::PeerGone`](wait::WaitError::PeerGone).
     pub fn wait(
         &mut self,
         spinner: &mut wait::Spinner,

@@ -255,7 +255,8 @@ impl Producer {
     /// [`LIVENESS_INTERVAL`](wait::LIVENESS_INTERVAL) while asleep.
     ///
     /// # Errors
-    /// [`WaitError::TimedOut`] or [`WaitError::PeerGone`].
+    /// [`WaitError::TimedOut`](wait::WaitError::TimedOut) or
+    /// [`WaitError::PeerGone`](wait::WaitError::PeerGone).
     pub fn wait_for_space(
         &mut self,
         len: usize,

@@ -9,6 +9,30 @@ use super::{Code, RpcError};
 
 /// A blocking RPC client. It runs the async client on a private one-thread runtime, so
 /// heartbeats are answered between calls too.
+///
+/// # Examples
+///
+/// From plain threads, with no runtime of their own (the server `engine` runs elsewhere):
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use shmrpc::rpc::{self, BlockingClient, ClientConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = Arc::new(BlockingClient::connect("engine", ClientConfig::default())?);
+/// let timeout = Some(Duration::from_secs(5));
+///
+/// let c = client.clone();
+/// let worker = std::thread::spawn(move || c.call::<_, u64>("add", &(1u64, 2u64), timeout));
+/// assert_eq!(worker.join().unwrap()?, 3);
+///
+/// // A streaming call, all items collected (raw bytes in and out).
+/// let items = client.call_stream_collect("range", &rpc::encode(&3u32)?, timeout)?;
+/// let numbers: Vec<u32> = items.iter().map(|b| rpc::decode(b)).collect::<Result<_, _>>()?;
+/// assert_eq!(numbers, [0, 1, 2]);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct BlockingClient {
     rt: tokio::runtime::Runtime,

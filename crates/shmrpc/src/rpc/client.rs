@@ -219,6 +219,26 @@ struct Inner {
 }
 
 /// An RPC client. Cheap to clone; all clones share one connection.
+///
+/// # Examples
+///
+/// Assuming a server named `engine` is running (see [`Server`](super::Server) for one):
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use shmrpc::rpc::{CallOptions, Client, ClientConfig};
+///
+/// # async fn f() -> Result<(), shmrpc::rpc::RpcError> {
+/// let client = Client::connect("engine", ClientConfig::default()).await?;
+/// // Clones share the connection; calls from many tasks run concurrently on it.
+/// let other = client.clone();
+/// let (a, b) = tokio::join!(
+///     client.call::<_, u64>("add", &(1u64, 2u64), CallOptions::default()),
+///     other.call::<_, u64>("add", &(3u64, 4u64), CallOptions::timeout(Duration::from_secs(1))),
+/// );
+/// assert_eq!((a?, b?), (3, 7));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -237,6 +257,22 @@ impl Client {
     ///
     /// # Errors
     /// [`Code::Unavailable`] if no server answers within `cfg.reconnect_for`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use shmrpc::rpc::{Client, ClientConfig};
+    ///
+    /// # async fn f() -> Result<(), shmrpc::rpc::RpcError> {
+    /// // Wait up to a second for the server to appear (for example, just after starting it).
+    /// let cfg = ClientConfig {
+    ///     reconnect_for: Duration::from_secs(1),
+    ///     ..ClientConfig::default()
+    /// };
+    /// let client = Client::connect("engine", cfg).await?;
+    /// # drop(client); Ok(()) }
+    /// ```
     pub async fn connect(name: &str, cfg: ClientConfig) -> Result<Self, RpcError> {
         Self::start(Target::Shm(name.to_owned()), cfg).await
     }
@@ -245,6 +281,16 @@ impl Client {
     ///
     /// # Errors
     /// As [`connect`](Self::connect).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use shmrpc::rpc::{Client, ClientConfig};
+    ///
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = Client::connect_tcp("192.0.2.7:7000".parse()?, ClientConfig::default()).await?;
+    /// # drop(client); Ok(()) }
+    /// ```
     pub async fn connect_tcp(addr: SocketAddr, cfg: ClientConfig) -> Result<Self, RpcError> {
         Self::start(Target::Tcp(addr), cfg).await
     }
@@ -397,6 +443,17 @@ impl Client {
     ///
     /// # Errors
     /// The server's error, or `DeadlineExceeded`, `PeerGone`, `TooLarge`, `Unavailable`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
+    /// use shmrpc::rpc::CallOptions;
+    ///
+    /// let echoed = client.call_raw("echo", b"bytes as they are", CallOptions::default()).await?;
+    /// assert_eq!(echoed, b"bytes as they are");
+    /// # Ok(()) }
+    /// ```
     pub async fn call_raw(
         &self,
         method: &str,
@@ -436,6 +493,23 @@ impl Client {
     ///
     /// # Errors
     /// As [`call_raw`](Self::call_raw), or `BadRequest` for codec failures.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
+    /// use std::time::Duration;
+    /// use shmrpc::rpc::{CallOptions, Code};
+    ///
+    /// // Request and response types are any serde types; both sides must agree on them.
+    /// let opts = CallOptions::timeout(Duration::from_millis(500));
+    /// match client.call::<_, String>("greet", &"world".to_string(), opts).await {
+    ///     Ok(greeting) => println!("{greeting}"),
+    ///     Err(e) if e.code == Code::DeadlineExceeded => println!("too slow; cancelled"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         method: &str,
@@ -473,6 +547,25 @@ impl Client {
     ///
     /// # Errors
     /// As [`call_stream_raw`](Self::call_stream_raw).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
+    /// use shmrpc::rpc::CallOptions;
+    ///
+    /// let prompt = "fn main() {".to_string();
+    /// let mut stream = client.call_stream("chat", &prompt, CallOptions::default()).await?;
+    /// let mut tokens = 0;
+    /// while let Some(token) = stream.next::<String>().await {
+    ///     print!("{}", token?);
+    ///     tokens += 1;
+    ///     if tokens == 10 {
+    ///         break; // enough: dropping the stream cancels the call on the server
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn call_stream<Req: Serialize>(
         &self,
         method: &str,

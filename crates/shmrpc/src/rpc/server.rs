@@ -207,6 +207,42 @@ impl ItemSink {
 }
 
 /// Builds a [`Server`]: add routes, then bind.
+///
+/// # Examples
+///
+/// Routes of each kind, on a builder with custom settings (bind it with
+/// [`bind`](Self::bind) or [`bind_tcp`](Self::bind_tcp)):
+///
+/// ```
+/// use shmrpc::rpc::{Code, RpcError, ServerBuilder, ServerConfig};
+///
+/// let cfg = ServerConfig {
+///     max_in_flight: 64,
+///     ..ServerConfig::default()
+/// };
+/// let builder = ServerBuilder::new(cfg)
+///     // Raw bytes in, raw bytes out.
+///     .unary_raw("echo", |_ctx, body: Vec<u8>| async move { Ok(body) })
+///     // Typed (postcard): a request type and a response type.
+///     .unary("div", |_ctx, (a, b): (u32, u32)| async move {
+///         a.checked_div(b)
+///             .ok_or_else(|| RpcError::new(Code::BadRequest, "division by zero"))
+///     })
+///     // Server-streaming: send items through the sink, return to end the stream.
+///     .streaming("range", |_ctx, n: u32, sink| async move {
+///         for i in 0..n {
+///             sink.send(&i).await?;
+///         }
+///         Ok(())
+///     })
+///     .streaming_raw("chunks", |_ctx, body: Vec<u8>, sink| async move {
+///         for chunk in body.chunks(4) {
+///             sink.send_raw(chunk).await?;
+///         }
+///         Ok(())
+///     });
+/// println!("{builder:?}");
+/// ```
 pub struct ServerBuilder {
     cfg: ServerConfig,
     routes: IdMap<Route, u32>,
@@ -358,6 +394,24 @@ impl ServerBuilder {
     ///
     /// # Errors
     /// [`Code::Unavailable`] with the bind error (e.g. a live server has the name).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::rpc::Server;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), shmrpc::rpc::RpcError> {
+    /// let name = format!("doc-bind-{}", std::process::id());
+    /// let server = Server::builder()
+    ///     .unary("ping", |_ctx, (): ()| async { Ok(()) })
+    ///     .bind(&name)?;
+    /// // A second server cannot take a live server's name.
+    /// assert!(Server::builder().bind(&name).is_err());
+    /// let handle = server.handle();
+    /// handle.shutdown(); // here at once: `serve` returns, and the socket file goes
+    /// server.serve().await;
+    /// # Ok(()) }
+    /// ```
     pub fn bind(self, name: &str) -> Result<Server, RpcError> {
         raise_fd_limit();
         let listener = Listener::bind(name, self.cfg.channel.clone())
@@ -369,6 +423,31 @@ impl ServerBuilder {
     ///
     /// # Errors
     /// [`Code::Unavailable`] with the bind error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Port 0: the OS picks a free port; `local_addr` tells which.
+    /// let server = Server::builder()
+    ///     .unary("len", |_ctx, s: String| async move { Ok(s.len() as u64) })
+    ///     .bind_tcp("127.0.0.1:0".parse()?)
+    ///     .await?;
+    /// let addr = server.local_addr().expect("a TCP server has an address");
+    /// let handle = server.handle();
+    /// let serving = tokio::spawn(server.serve());
+    ///
+    /// let client = Client::connect_tcp(addr, ClientConfig::default()).await?;
+    /// let n: u64 = client.call("len", &"four".to_string(), CallOptions::default()).await?;
+    /// assert_eq!(n, 4);
+    ///
+    /// drop(client);
+    /// handle.shutdown();
+    /// serving.await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn bind_tcp(self, addr: SocketAddr) -> Result<Server, RpcError> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -418,6 +497,45 @@ struct Shared {
 }
 
 /// A bound server. Run it with [`serve`](Self::serve); stop it with a [`ServerHandle`].
+///
+/// # Examples
+///
+/// A server and a client in one process (usually they are two processes; the code is the
+/// same):
+///
+/// ```
+/// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let name = format!("doc-server-{}", std::process::id());
+/// let server = Server::builder()
+///     .unary("add", |_ctx, (a, b): (i32, i32)| async move { Ok(a + b) })
+///     .streaming("count", |_ctx, n: u32, sink| async move {
+///         for i in 0..n {
+///             sink.send(&i).await?;
+///         }
+///         Ok(())
+///     })
+///     .bind(&name)?;
+/// let handle = server.handle();
+/// let serving = tokio::spawn(server.serve());
+///
+/// let client = Client::connect(&name, ClientConfig::default()).await?;
+/// let sum: i32 = client.call("add", &(2, 3), CallOptions::default()).await?;
+/// assert_eq!(sum, 5);
+/// let mut stream = client.call_stream("count", &3u32, CallOptions::default()).await?;
+/// let mut items = Vec::new();
+/// while let Some(item) = stream.next::<u32>().await {
+///     items.push(item?);
+/// }
+/// assert_eq!(items, [0, 1, 2]);
+///
+/// // Graceful shutdown: calls in flight finish, then `serve` returns.
+/// drop(client);
+/// handle.shutdown();
+/// serving.await?;
+/// # Ok(()) }
+/// ```
 pub struct Server {
     shared: Arc<Shared>,
     acceptor: Acceptor,

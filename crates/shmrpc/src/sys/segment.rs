@@ -43,7 +43,7 @@ use super::proc::ProcessId;
 pub const SEGMENT_HEADER_SIZE: usize = 256;
 /// "SHMRPCSG", little-endian.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"SHMRPCSG");
-/// Bumped whenever [`SegmentHeader`]'s layout or meaning changes.
+/// Bumped whenever `SegmentHeader`'s layout or meaning changes.
 pub const SEGMENT_LAYOUT_VERSION: u32 = 1;
 /// Largest payload accepted (1 TiB): a sanity bound on sizes read from the peer.
 pub const MAX_SEGMENT_SIZE: u64 = 1 << 40;
@@ -319,6 +319,23 @@ impl Segment {
     ///
     /// # Errors
     /// See [`CreateError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::sys::{CreateError, Segment};
+    ///
+    /// let name = format!("doc-create-{}", std::process::id());
+    /// let seg = Segment::create(&name, 1 << 16)?;
+    /// assert_eq!(seg.len(), 1 << 16);
+    /// // A second create of the same name fails instead of wiping the segment.
+    /// assert!(matches!(
+    ///     Segment::create(&name, 1 << 16),
+    ///     Err(CreateError::AlreadyExists(_))
+    /// ));
+    /// drop(seg); // the creator removes the name
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create(name: &str, size: usize) -> Result<Self, CreateError> {
         Self::create_with(name, size, 0, |_| Ok(()))
     }
@@ -445,6 +462,29 @@ impl Segment {
     ///
     /// # Errors
     /// See [`OpenError`]; each mismatch names what differs.
+    ///
+    /// # Examples
+    ///
+    /// One side creates, the other opens (here both in one process; usually two) and sees
+    /// the same bytes:
+    ///
+    /// ```
+    /// use shmrpc::sys::{OpenError, Segment};
+    ///
+    /// let name = format!("doc-open-{}", std::process::id());
+    /// let creator = Segment::create(&name, 4096)?;
+    /// creator.write_bytes(0, b"hello").ok_or("out of bounds")?;
+    ///
+    /// let opener = Segment::open(&name)?;
+    /// let mut buf = [0u8; 5];
+    /// opener.read_bytes(0, &mut buf).ok_or("out of bounds")?;
+    /// assert_eq!(&buf, b"hello");
+    ///
+    /// drop(opener);
+    /// drop(creator); // unlinks the name: it cannot be opened any more
+    /// assert!(matches!(Segment::open(&name), Err(OpenError::NotFound(_))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(name: &str) -> Result<Self, OpenError> {
         Self::open_timeout(name, DEFAULT_OPEN_WAIT)
     }

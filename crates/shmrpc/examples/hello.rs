@@ -1,0 +1,59 @@
+//! The smallest shmrpc program: a server with one typed method, and a client in another
+//! process that calls it.
+//!
+//! Run: `cargo run --release -p shmrpc --example hello`
+//! (it starts the server as a child process of itself).
+
+use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, name] = &args[..] {
+        if flag == "--server" {
+            // The server: `greet` takes a String and returns a String (postcard-encoded).
+            // After one greeting it shuts down gracefully (the answer still goes out), which
+            // also removes its socket file.
+            let done = std::sync::Arc::new(tokio::sync::Notify::new());
+            let done2 = done.clone();
+            let server = Server::builder()
+                .unary("greet", move |_ctx, who: String| {
+                    let done = done2.clone();
+                    async move {
+                        done.notify_one();
+                        Ok(format!("hello, {who}!"))
+                    }
+                })
+                .bind(name)?;
+            let handle = server.handle();
+            tokio::spawn(async move {
+                done.notified().await;
+                handle.shutdown();
+            });
+            server.serve().await;
+            return Ok(());
+        }
+    }
+    // The client: start the server process, then call it by name.
+    let name = format!("hello-{}", std::process::id());
+    let mut server = std::process::Command::new(std::env::current_exe()?)
+        .args(["--server", &name])
+        .spawn()?;
+    // `connect` retries until the server listens (up to `ClientConfig::reconnect_for`).
+    let answer: Result<String, _> = async {
+        let client = Client::connect(&name, ClientConfig::default()).await?;
+        client
+            .call("greet", &"world".to_string(), CallOptions::default())
+            .await
+    }
+    .await;
+    if answer.is_err() {
+        server.kill()?; // it would wait for a greeting forever
+    }
+    println!("server said: {}", answer?);
+    let status = server.wait()?;
+    if !status.success() {
+        return Err(format!("server exited with {status}").into());
+    }
+    Ok(())
+}
