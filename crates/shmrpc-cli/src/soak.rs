@@ -89,6 +89,14 @@ fn answer(req: &[u8]) -> Vec<u8> {
     a
 }
 
+/// The number after `key=` in a stats line (0 if absent).
+fn stat(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn token(seed: u64, i: u32) -> String {
     format!("t{seed:x}.{i}")
 }
@@ -335,12 +343,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
             let rate = (calls - last_calls) as f64 / every.as_secs_f64();
             last_calls = calls;
             let s = stats(probe.clone()).await?;
-            let field = |k: &str| -> u64 {
-                s.split_whitespace()
-                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
+            let field = |k: &str| stat(&s, k);
             println!(
                 "  t={:>6.1}s  {:>9} calls/s  unary p50 {:>9}  p99 {:>9}  server rss {:>6} kB  \
                  fds {:>4}  tasks {:>4}  integrity errors {}",
@@ -361,12 +364,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
             task.await?;
         }
         // Every churned and finished connection freed: back to the baseline's fds and tasks.
-        let field = |s: &str, k: &str| -> u64 {
-            s.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let field = stat;
         let mut settled = stats(probe.clone()).await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while (field(&settled, "fds") > field(&baseline, "fds")
@@ -379,12 +377,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         anyhow::Ok((baseline, settled, windows))
     });
     let (baseline, settled, windows) = result?;
-    let field = |s: &str, k: &str| -> u64 {
-        s.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = stat;
     let bad_on_server = field(&settled, "bad");
     let integrity = t.integrity.load(Ordering::Relaxed) + bad_on_server;
     let leaked = field(&settled, "fds") > field(&baseline, "fds")
