@@ -255,6 +255,19 @@ impl Sender {
     ///
     /// # Errors
     /// [`TrySendError::Full`] when there is no room now; otherwise as [`send`](Self::send).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{self, ChannelConfig, TrySendError};
+    ///
+    /// let (a, _b) = channel::pair(&ChannelConfig::default().with_capacity(128))?;
+    /// let (mut tx, _rx) = a.split();
+    /// tx.try_send(&[0u8; 100])?;
+    /// // The 128-byte ring is full until the other end reads.
+    /// assert!(matches!(tx.try_send(&[0u8; 100]), Err(TrySendError::Full)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn try_send(&mut self, msg: &[u8]) -> Result<(), TrySendError> {
         self.producer.try_push(0, msg)
@@ -273,6 +286,20 @@ impl Sender {
     ///
     /// # Errors
     /// See [`SendError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{self, ChannelConfig, SendError};
+    ///
+    /// let (a, mut b) = channel::pair(&ChannelConfig::default())?;
+    /// let (mut tx, _rx) = a.split();
+    /// tx.send(b"hello")?;
+    /// assert_eq!(&*b.recv()?, b"hello");
+    /// let too_big = vec![0u8; tx.max_message() + 1];
+    /// assert!(matches!(tx.send(&too_big), Err(SendError::TooLarge { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn send(&mut self, msg: &[u8]) -> Result<(), SendError> {
         self.send_until(0, msg, None)
@@ -282,6 +309,21 @@ impl Sender {
     ///
     /// # Errors
     /// See [`SendError`]; [`SendError::TimedOut`] when the time ran out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmrpc::channel::{self, ChannelConfig, SendError};
+    ///
+    /// let (a, _b) = channel::pair(&ChannelConfig::default().with_capacity(128))?;
+    /// let (mut tx, _rx) = a.split();
+    /// tx.send_timeout(&[0u8; 100], Duration::from_millis(5))?;
+    /// // Nobody reads: the ring stays full.
+    /// let r = tx.send_timeout(&[0u8; 100], Duration::from_millis(5));
+    /// assert!(matches!(r, Err(SendError::TimedOut)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn send_timeout(&mut self, msg: &[u8], timeout: Duration) -> Result<(), SendError> {
         self.send_until(0, msg, Some(Instant::now() + timeout))
     }
@@ -308,6 +350,21 @@ impl Sender {
     ///
     /// # Errors
     /// See [`SendError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{self, ChannelConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (a, b) = channel::pair(&ChannelConfig::default())?;
+    /// let ((mut tx, _), (_, mut rx)) = (a.split(), b.split());
+    /// tx.send_async(b"from a task").await?;
+    /// assert_eq!(&*rx.recv_async().await?, b"from a task");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn send_async(&mut self, msg: &[u8]) -> Result<(), SendError> {
         self.send_async_until(0, msg, None).await
     }
@@ -358,6 +415,21 @@ impl Sender {
     ///
     /// # Errors
     /// See [`SendError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{self, ChannelConfig};
+    ///
+    /// let (a, mut b) = channel::pair(&ChannelConfig::default())?;
+    /// let (mut tx, _rx) = a.split();
+    /// let mut grant = tx.reserve(4)?;
+    /// grant.copy_from_slice(&7u32.to_le_bytes()); // written straight into shared memory
+    /// grant.commit(99);
+    /// let msg = b.recv()?;
+    /// assert_eq!((msg.tag(), &msg[..]), (99, &7u32.to_le_bytes()[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reserve(&mut self, len: usize) -> Result<crate::ring::WriteGrant<'_>, SendError> {
         loop {
             match self.producer.try_reserve(len) {
@@ -442,6 +514,21 @@ impl Receiver {
     /// # Errors
     /// [`TryRecvError::Empty`] when nothing is there; `Closed` once the sender closed and
     /// everything was received; `Corrupt` if the peer broke the ring.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{self, ChannelConfig, TryRecvError};
+    ///
+    /// let (mut a, b) = channel::pair(&ChannelConfig::default())?;
+    /// let (_tx, mut rx) = b.split();
+    /// assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    /// a.send(b"x")?;
+    /// assert_eq!(&*rx.try_recv()?, b"x");
+    /// drop(a); // closes a's sending direction
+    /// assert!(matches!(rx.try_recv(), Err(TryRecvError::Closed)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn try_recv(&mut self) -> Result<Message<'_>, TryRecvError> {
         self.consumer.try_peek()
@@ -452,6 +539,24 @@ impl Receiver {
     ///
     /// # Errors
     /// See [`RecvError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{self, ChannelConfig, RecvError};
+    ///
+    /// let (a, b) = channel::pair(&ChannelConfig::default())?;
+    /// let (_tx, mut rx) = b.split();
+    /// let t = std::thread::spawn(move || {
+    ///     let (mut tx, _rx) = a.split();
+    ///     tx.send(b"one").unwrap();
+    ///     // Dropping `tx` closes the direction once "one" was sent.
+    /// });
+    /// assert_eq!(&*rx.recv()?, b"one");
+    /// assert!(matches!(rx.recv(), Err(RecvError::Closed)));
+    /// t.join().unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[inline]
     pub fn recv(&mut self) -> Result<Message<'_>, RecvError> {
         self.wait_blocking(None)?;
@@ -462,6 +567,18 @@ impl Receiver {
     ///
     /// # Errors
     /// See [`RecvError`]; [`RecvError::TimedOut`] when the time ran out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmrpc::channel::{self, ChannelConfig, RecvError};
+    ///
+    /// let (_a, b) = channel::pair(&ChannelConfig::default())?;
+    /// let (_tx, mut rx) = b.split();
+    /// assert!(matches!(rx.recv_timeout(Duration::from_millis(5)), Err(RecvError::TimedOut)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message<'_>, RecvError> {
         self.wait_blocking(Some(Instant::now() + timeout))?;
         self.consumer.try_peek().map_err(convert_peek)
@@ -472,6 +589,25 @@ impl Receiver {
     ///
     /// # Errors
     /// See [`RecvError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{self, ChannelConfig};
+    ///
+    /// let (mut a, b) = channel::pair(&ChannelConfig::default())?;
+    /// let (_tx, mut rx) = b.split();
+    /// for i in 0..3u32 {
+    ///     a.sender().send_tagged(i, b"item")?;
+    /// }
+    /// let mut tags = Vec::new();
+    /// let n = rx.recv_batch(16, |tag, payload| {
+    ///     assert_eq!(payload, b"item");
+    ///     tags.push(tag);
+    /// })?;
+    /// assert_eq!((n, tags), (3, vec![0, 1, 2]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_batch(
         &mut self,
         max: usize,
@@ -485,6 +621,22 @@ impl Receiver {
     ///
     /// # Errors
     /// As [`try_recv`](Self::try_recv).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{self, ChannelConfig, TryRecvError};
+    ///
+    /// let (mut a, b) = channel::pair(&ChannelConfig::default())?;
+    /// let (_tx, mut rx) = b.split();
+    /// assert!(matches!(rx.try_recv_batch(8, |_, _| {}), Err(TryRecvError::Empty)));
+    /// a.send(b"1")?;
+    /// a.send(b"2")?;
+    /// let mut got = Vec::new();
+    /// assert_eq!(rx.try_recv_batch(8, |_, p| got.extend_from_slice(p))?, 2);
+    /// assert_eq!(got, b"12");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_recv_batch(
         &mut self,
         max: usize,
@@ -511,6 +663,27 @@ impl Receiver {
     ///
     /// # Errors
     /// See [`RecvError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmrpc::channel::{self, ChannelConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (a, b) = channel::pair(&ChannelConfig::default())?;
+    /// let (mut tx, _) = a.split();
+    /// let (_, mut rx) = b.split();
+    /// let sender = tokio::spawn(async move { tx.send_async(b"later").await });
+    /// // A watchdog: a lost wake-up fails instead of hanging.
+    /// let msg = tokio::time::timeout(Duration::from_secs(10), rx.recv_async()).await??;
+    /// assert_eq!(&*msg, b"later");
+    /// drop(msg);
+    /// sender.await??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn recv_async(&mut self) -> Result<Message<'_>, RecvError> {
         self.wait_async(None).await?;
         self.consumer.try_peek().map_err(convert_peek)
@@ -574,6 +747,24 @@ impl Endpoint {
     }
 
     /// Splits into halves that can be used by different threads or tasks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{self, ChannelConfig};
+    ///
+    /// let (a, mut b) = channel::pair(&ChannelConfig::default())?;
+    /// let (mut tx, mut rx) = a.split();
+    /// // An echo thread owns `b`; this thread sends with `tx` and reads replies with `rx`.
+    /// let echo = std::thread::spawn(move || {
+    ///     let msg = b.recv().unwrap().to_vec();
+    ///     b.send(&msg).unwrap();
+    /// });
+    /// tx.send(b"echo me")?;
+    /// assert_eq!(&*rx.recv()?, b"echo me");
+    /// echo.join().unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn split(self) -> (Sender, Receiver) {
         (self.tx, self.rx)
     }

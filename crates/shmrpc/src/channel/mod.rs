@@ -42,6 +42,21 @@ use crate::sys::{Doorbell, Segment};
 pub const SEGMENT_KIND_DUPLEX: u32 = u32::from_le_bytes(*b"DPLX");
 
 /// How a channel is built and how it waits.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use shmrpc::channel::{ChannelConfig, WaitStrategy};
+///
+/// let cfg = ChannelConfig::default()
+///     .with_capacity(1 << 20)
+///     .with_wait(WaitStrategy::SpinThenPark { spin: Duration::from_micros(20) })
+///     .with_allowed_uids(vec![1000]);
+/// assert_eq!(cfg.capacity, 1 << 20);
+/// assert_eq!(cfg.allowed_uids, [1000]);
+/// assert_eq!(ChannelConfig::default().capacity, 256 * 1024);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelConfig {
     /// Data bytes of each ring (a power of two, at least 128). The largest message is this
@@ -67,6 +82,19 @@ impl Default for ChannelConfig {
 
 impl ChannelConfig {
     /// This config with another ring capacity.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{self, ChannelConfig, ChannelError};
+    ///
+    /// let (mut a, _b) = channel::pair(&ChannelConfig::default().with_capacity(4096))?;
+    /// assert_eq!(a.sender().max_message(), 4096 - 16);
+    /// // Not a power of two: refused.
+    /// let bad = ChannelConfig::default().with_capacity(5000);
+    /// assert!(matches!(channel::pair(&bad), Err(ChannelError::BadCapacity(5000))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self
@@ -79,6 +107,16 @@ impl ChannelConfig {
     }
 
     /// This config with another wait strategy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::channel::{ChannelConfig, WaitStrategy};
+    ///
+    /// // Lowest latency, at the cost of a core busy-polling while waiting.
+    /// let cfg = ChannelConfig::default().with_wait(WaitStrategy::Spin);
+    /// assert_eq!(cfg.wait, WaitStrategy::Spin);
+    /// ```
     pub fn with_wait(mut self, wait: WaitStrategy) -> Self {
         self.wait = wait;
         self

@@ -77,6 +77,16 @@ impl Kind {
 }
 
 /// A decoded (or to-be-encoded) frame header.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::frame::{decode_header, encode, FrameHeader, Kind};
+///
+/// let h = FrameHeader { kind: Kind::Ping, flags: 0, method: 0, call_id: 1, len: 0 };
+/// let bytes = encode(&h, b"").unwrap();
+/// assert_eq!(decode_header(&bytes).unwrap(), h);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     /// What the frame carries.
@@ -92,6 +102,19 @@ pub struct FrameHeader {
 }
 
 /// Why bytes are not a valid frame.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::frame::{decode, encode, FrameError, FrameHeader, Kind};
+///
+/// let h = FrameHeader { kind: Kind::Pong, flags: 0, method: 0, call_id: 1, len: 0 };
+/// let mut bytes = encode(&h, b"").unwrap();
+/// bytes[4] = 2; // a future version
+/// let err = decode(&bytes).unwrap_err();
+/// assert_eq!(err, FrameError::Version { found: 2 });
+/// assert_eq!(err.to_string(), "frame version 2, we speak 1");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FrameError {
     /// Fewer bytes than a header.
@@ -147,6 +170,21 @@ fn crc(header: &[u8; FRAME_HEADER_LEN], payload: &[u8]) -> u32 {
 /// # Errors
 /// [`FrameError::PayloadTooLong`] above `u32::MAX` bytes; [`FrameError::Length`] if `out`
 /// has the wrong size.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::frame::{decode, encode_into, FrameError, FrameHeader, Kind, FRAME_HEADER_LEN};
+///
+/// let h = FrameHeader { kind: Kind::Request, flags: 0, method: 3, call_id: 9, len: 0 };
+/// let mut out = [0u8; FRAME_HEADER_LEN + 5];
+/// encode_into(&mut out, &h, b"hello").unwrap();
+/// assert_eq!(decode(&out).unwrap().1, b"hello");
+///
+/// // The buffer must fit exactly.
+/// let mut short = [0u8; FRAME_HEADER_LEN + 4];
+/// assert!(matches!(encode_into(&mut short, &h, b"hello"), Err(FrameError::Length { .. })));
+/// ```
 pub fn encode_into(out: &mut [u8], h: &FrameHeader, payload: &[u8]) -> Result<(), FrameError> {
     encode_parts_into(out, h, &[payload])
 }
@@ -156,6 +194,18 @@ pub fn encode_into(out: &mut [u8], h: &FrameHeader, payload: &[u8]) -> Result<()
 ///
 /// # Errors
 /// As [`encode_into`].
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::frame::{decode, encode_parts_into, FrameHeader, Kind, FRAME_HEADER_LEN};
+///
+/// let h = FrameHeader { kind: Kind::Response, flags: 0, method: 1, call_id: 2, len: 0 };
+/// let mut out = vec![0u8; FRAME_HEADER_LEN + 6];
+/// encode_parts_into(&mut out, &h, &[b"ab", b"cdef"]).unwrap();
+/// let (hdr, payload) = decode(&out).unwrap();
+/// assert_eq!((hdr.len, payload), (6, &b"abcdef"[..]));
+/// ```
 pub fn encode_parts_into(
     out: &mut [u8],
     h: &FrameHeader,
@@ -193,6 +243,17 @@ pub fn encode_parts_into(
 ///
 /// # Errors
 /// As [`encode_into`].
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::frame::{encode, FrameHeader, Kind, FRAME_HEADER_LEN, FRAME_MAGIC};
+///
+/// let h = FrameHeader { kind: Kind::Request, flags: 0, method: 1, call_id: 7, len: 0 };
+/// let bytes = encode(&h, b"abc").unwrap();
+/// assert_eq!(bytes.len(), FRAME_HEADER_LEN + 3);
+/// assert_eq!(bytes[..4], FRAME_MAGIC);
+/// ```
 pub fn encode(h: &FrameHeader, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
     let mut v = vec![0u8; FRAME_HEADER_LEN + payload.len()];
     encode_into(&mut v, h, payload)?;
@@ -203,6 +264,21 @@ pub fn encode(h: &FrameHeader, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
 ///
 /// # Errors
 /// See [`FrameError`]; every field is checked, the CRC last.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::frame::{decode, encode, FrameError, FrameHeader, Kind};
+///
+/// let h = FrameHeader { kind: Kind::Request, flags: 0, method: 4, call_id: 11, len: 0 };
+/// let mut bytes = encode(&h, b"data").unwrap();
+/// let (got, payload) = decode(&bytes).unwrap();
+/// assert_eq!((got.call_id, got.len, payload), (11, 4, &b"data"[..]));
+///
+/// // A flipped payload bit fails the checksum.
+/// *bytes.last_mut().unwrap() ^= 1;
+/// assert!(matches!(decode(&bytes), Err(FrameError::Crc { .. })));
+/// ```
 pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
     let h = decode_header(bytes)?;
     let payload = &bytes[FRAME_HEADER_LEN..];
@@ -227,6 +303,18 @@ pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
 ///
 /// # Errors
 /// See [`FrameError`].
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::frame::{decode_header, encode, FrameError, FrameHeader, Kind, FRAME_HEADER_LEN};
+///
+/// let h = FrameHeader { kind: Kind::StreamItem, flags: 0, method: 2, call_id: 5, len: 0 };
+/// let bytes = encode(&h, &[0u8; 100]).unwrap();
+/// // The header alone tells a stream reader how many payload bytes follow.
+/// assert_eq!(decode_header(&bytes[..FRAME_HEADER_LEN]).unwrap().len, 100);
+/// assert_eq!(decode_header(&bytes[..10]), Err(FrameError::Truncated(10)));
+/// ```
 pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     if bytes.len() < FRAME_HEADER_LEN {
         return Err(FrameError::Truncated(bytes.len()));
@@ -289,6 +377,25 @@ pub type Whole<'a> = (FrameHeader, std::borrow::Cow<'a, [u8]>);
 /// Joins fragments (frames with [`FLAG_MORE`]) of one direction of a connection back into
 /// messages, bounded by a maximum size. Senders never interleave the fragments of two
 /// messages on one ring, so one buffer suffices.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::frame::{decode, encode, fragments, FrameHeader, Kind, Reassembler};
+///
+/// let message = vec![7u8; 10_000];
+/// let mut r = Reassembler::new(64 * 1024);
+/// let mut whole = None;
+/// for (flags, part) in fragments(&message, 4096) {
+///     let h = FrameHeader { kind: Kind::Request, flags, method: 1, call_id: 3, len: 0 };
+///     let frame = encode(&h, part).unwrap();
+///     let (h, payload) = decode(&frame).unwrap();
+///     if let Some((h, body)) = r.push(&h, payload).unwrap() {
+///         whole = Some((h.len, body.into_owned()));
+///     }
+/// }
+/// assert_eq!(whole, Some((10_000, message)));
+/// ```
 #[derive(Debug)]
 pub struct Reassembler {
     max: usize,
@@ -300,6 +407,16 @@ pub struct Reassembler {
 
 impl Reassembler {
     /// A reassembler that refuses messages above `max` bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::frame::{FrameHeader, Kind, ReassemblyError, Reassembler};
+    ///
+    /// let mut r = Reassembler::new(4);
+    /// let h = FrameHeader { kind: Kind::Request, flags: 0, method: 1, call_id: 1, len: 5 };
+    /// assert!(matches!(r.push(&h, b"12345"), Err(ReassemblyError::TooLarge { max: 4, .. })));
+    /// ```
     pub fn new(max: usize) -> Self {
         Self {
             max,
@@ -314,6 +431,19 @@ impl Reassembler {
     ///
     /// # Errors
     /// See [`ReassemblyError`]; the partial message is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::frame::{FrameHeader, Kind, Reassembler, FLAG_MORE};
+    ///
+    /// let mut r = Reassembler::new(1024);
+    /// let first = FrameHeader { kind: Kind::Request, flags: FLAG_MORE, method: 1, call_id: 8, len: 3 };
+    /// let last = FrameHeader { flags: 0, ..first };
+    /// assert!(r.push(&first, b"abc").unwrap().is_none());
+    /// let (h, body) = r.push(&last, b"def").unwrap().unwrap();
+    /// assert_eq!((h.len, &body[..]), (6, &b"abcdef"[..]));
+    /// ```
     pub fn push<'a>(
         &'a mut self,
         h: &FrameHeader,
@@ -383,6 +513,16 @@ impl Reassembler {
 
 /// Splits `payload` into fragment payloads of at most `max_fragment` bytes, each paired
 /// with its flags (`FLAG_MORE` on all but the last). An empty payload is one empty fragment.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::frame::{fragments, FLAG_MORE};
+///
+/// let parts: Vec<_> = fragments(b"abcde", 2).collect();
+/// assert_eq!(parts, [(FLAG_MORE, &b"ab"[..]), (FLAG_MORE, &b"cd"[..]), (0, &b"e"[..])]);
+/// assert_eq!(fragments(b"", 2).count(), 1);
+/// ```
 pub fn fragments(payload: &[u8], max_fragment: usize) -> impl Iterator<Item = (u16, &[u8])> {
     let max_fragment = max_fragment.max(1);
     let n = payload.len().div_ceil(max_fragment).max(1);

@@ -104,6 +104,22 @@ impl Consumer {
     /// [`PeekError::Empty`] if nothing is there yet, [`Closed`](PeekError::Closed) once the
     /// producer closed and everything was read, [`Corrupt`](PeekError::Corrupt) if the
     /// producer wrote an impossible record.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::ring::{self, PeekError};
+    ///
+    /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
+    /// assert!(matches!(rx.try_peek(), Err(PeekError::Empty)));
+    /// tx.try_push(5, b"one").unwrap();
+    /// drop(tx); // closes the ring; what was sent is still read
+    /// {
+    ///     let r = rx.try_peek().unwrap();
+    ///     assert_eq!((r.tag(), &*r), (5, &b"one"[..]));
+    /// } // the grant's drop consumes the record
+    /// assert!(matches!(rx.try_peek(), Err(PeekError::Closed)));
+    /// ```
     #[inline]
     pub fn try_peek(&mut self) -> Result<ReadGrant<'_>, PeekError> {
         let at = self.locate()?;
@@ -198,6 +214,22 @@ impl Consumer {
     /// # Errors
     /// As [`try_peek`](Self::try_peek), only if no record was read; a corrupt record after
     /// some good ones ends the batch early and is reported by the next call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::ring::{self, PeekError};
+    ///
+    /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
+    /// for i in 0..5u8 {
+    ///     tx.try_push(u32::from(i), &[i]).unwrap();
+    /// }
+    /// let mut got = Vec::new();
+    /// assert_eq!(rx.try_read_batch(3, |tag, p| got.push((tag, p[0]))).unwrap(), 3);
+    /// assert_eq!(rx.try_read_batch(3, |tag, p| got.push((tag, p[0]))).unwrap(), 2);
+    /// assert_eq!(got, [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]);
+    /// assert!(matches!(rx.try_read_batch(3, |_, _| {}), Err(PeekError::Empty)));
+    /// ```
     pub fn try_read_batch(
         &mut self,
         max: usize,
@@ -313,6 +345,20 @@ impl Drop for Consumer {
 
 /// A record being read in place. Dereferences to its payload; dropping it (or calling
 /// [`release`](Self::release)) gives its space back to the producer.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::ring;
+///
+/// let (mut tx, mut rx) = ring::channel(4096).unwrap();
+/// tx.try_push(3, b"abc").unwrap();
+/// let grant = rx.try_peek().unwrap();
+/// assert_eq!((grant.tag(), grant.len(), &grant[..]), (3, 3, &b"abc"[..]));
+/// assert_eq!(tx.queued(), 32); // still held by the grant
+/// grant.release();
+/// assert_eq!(tx.queued(), 0);
+/// ```
 pub struct ReadGrant<'a> {
     consumer: &'a mut Consumer,
     at: Located,

@@ -272,6 +272,27 @@ mod in_segment {
     ///
     /// # Errors
     /// [`AttachError::OutOfBounds`] if it does not fit or the capacity is invalid.
+    ///
+    /// # Examples
+    ///
+    /// Two rings (one per direction) in one anonymous segment:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use shmrpc::ring::{self, ring_size};
+    /// use shmrpc::sys::Segment;
+    ///
+    /// let cap = 4096;
+    /// let seg = Arc::new(Segment::anonymous(2 * ring_size(cap), 0, |s| {
+    ///     ring::init(s, 0, cap).map_err(|e| e.to_string())?;
+    ///     ring::init(s, ring_size(cap), cap).map_err(|e| e.to_string())
+    /// })?);
+    /// let mut tx = ring::producer(&seg, ring_size(cap), cap)?;
+    /// let mut rx = ring::consumer(&seg, ring_size(cap), cap)?;
+    /// tx.try_push(1, b"ping")?;
+    /// assert_eq!(&*rx.try_peek().unwrap(), b"ping");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn init(seg: &Segment, offset: usize, capacity: usize) -> Result<(), AttachError> {
         let base = locate(seg, offset, capacity)?;
         // The view only lives inside this function, while the borrow of `seg` keeps the
@@ -289,6 +310,30 @@ mod in_segment {
     ///
     /// # Errors
     /// See [`AttachError`].
+    ///
+    /// # Examples
+    ///
+    /// A detached producer leaves the ring open; a new one continues where it stopped:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use shmrpc::ring::{self, ring_size};
+    /// use shmrpc::sys::Segment;
+    ///
+    /// let cap = 4096;
+    /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
+    ///     ring::init(s, 0, cap).map_err(|e| e.to_string())
+    /// })?);
+    /// let mut rx = ring::consumer(&seg, 0, cap)?;
+    /// let mut tx = ring::producer(&seg, 0, cap)?;
+    /// tx.try_push(1, b"first")?;
+    /// tx.detach();
+    /// let mut tx = ring::producer(&seg, 0, cap)?;
+    /// assert_eq!(tx.position(), 32);
+    /// tx.try_push(2, b"second")?;
+    /// assert_eq!(rx.try_read_batch(10, |_, _| {})?, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn producer(
         seg: &Arc<Segment>,
         offset: usize,
@@ -305,6 +350,23 @@ mod in_segment {
     ///
     /// # Errors
     /// See [`AttachError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use shmrpc::ring::{self, ring_size, AttachError};
+    /// use shmrpc::sys::Segment;
+    ///
+    /// let cap = 4096;
+    /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
+    ///     ring::init(s, 0, cap).map_err(|e| e.to_string())
+    /// })?);
+    /// assert_eq!(ring::consumer(&seg, 0, cap)?.capacity(), cap);
+    /// // Attaching with a different capacity than the header records is refused.
+    /// assert!(matches!(ring::consumer(&seg, 0, 2048), Err(AttachError::BadCapacity(4096))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn consumer(
         seg: &Arc<Segment>,
         offset: usize,
@@ -332,6 +394,33 @@ mod in_segment {
     ///
     /// # Errors
     /// See [`ChannelError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use shmrpc::ring::{self, Spinner, WaitStrategy};
+    ///
+    /// let (mut tx, mut rx) = ring::channel(1 << 16)?;
+    /// let t = std::thread::spawn(move || {
+    ///     for i in 0..100u32 {
+    ///         while tx.try_push(i, &i.to_le_bytes()).is_err() {
+    ///             std::thread::yield_now();
+    ///         }
+    ///     }
+    /// });
+    /// let mut spinner = Spinner::new(WaitStrategy::default());
+    /// let mut sum = 0;
+    /// let mut n = 0;
+    /// while n < 100 {
+    ///     let deadline = Instant::now() + Duration::from_secs(10); // watchdog
+    ///     rx.wait(&mut spinner, Some(deadline), || true)?;
+    ///     n += rx.try_read_batch(64, |tag, _| sum += tag).unwrap_or(0);
+    /// }
+    /// t.join().unwrap();
+    /// assert_eq!(sum, (0..100).sum::<u32>());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn channel(capacity: usize) -> Result<(Producer, Consumer), ChannelError> {
         if !valid_capacity(capacity as u64) {
             return Err(ChannelError::BadCapacity(capacity));

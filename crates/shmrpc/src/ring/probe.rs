@@ -5,6 +5,20 @@ use crate::sync::Ordering;
 
 /// What a ring's header says now. Every value comes from shared memory that the peer can
 /// write, so it is reported, never trusted: `queued` is clamped to `[0, capacity]`.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::ring;
+///
+/// let (mut tx, mut rx) = ring::channel(4096).unwrap();
+/// tx.try_push(0, &[0u8; 16]).unwrap();
+/// let before = rx.inspector().state();
+/// assert_eq!((before.write_pos, before.queued), (32, 32));
+/// drop(rx.try_peek().unwrap());
+/// let after = tx.inspector().state();
+/// assert_eq!((after.read_pos, after.queued, after.closed), (32, 0, 0));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RingState {
     /// Data bytes of the ring.
@@ -23,7 +37,21 @@ pub struct RingState {
     pub closed: u32,
 }
 
-/// A read-only view of one ring's header.
+/// A read-only view of one ring's header, from
+/// [`Producer::inspector`](super::Producer::inspector) or
+/// [`Consumer::inspector`](super::Consumer::inspector). It keeps the ring's memory mapped,
+/// so it can outlive both ends.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::ring;
+///
+/// let (tx, rx) = ring::channel(4096).unwrap();
+/// let probe = rx.inspector();
+/// drop((tx, rx));
+/// assert_eq!(probe.state().closed, 1 | 2); // closed by both ends
+/// ```
 pub struct RingProbe {
     mem: RingMem,
 }

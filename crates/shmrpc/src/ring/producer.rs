@@ -112,6 +112,21 @@ impl Producer {
     /// # Errors
     /// [`ReserveError::Full`] (retry later), [`TooLarge`](ReserveError::TooLarge) (never
     /// fits), [`Closed`](ReserveError::Closed), or [`Corrupt`](ReserveError::Corrupt).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::ring::{self, ReserveError};
+    ///
+    /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
+    /// let mut grant = tx.try_reserve(5).unwrap();
+    /// grant.copy_from_slice(b"hello"); // written in place, in the ring
+    /// grant.commit(1);
+    /// assert_eq!(&*rx.try_peek().unwrap(), b"hello");
+    ///
+    /// let too_big = tx.max_payload() + 1;
+    /// assert!(matches!(tx.try_reserve(too_big), Err(ReserveError::TooLarge { .. })));
+    /// ```
     #[inline]
     pub fn try_reserve(&mut self, len: usize) -> Result<WriteGrant<'_>, ReserveError> {
         if len > self.max_payload() {
@@ -150,6 +165,20 @@ impl Producer {
     ///
     /// # Errors
     /// As [`try_reserve`](Self::try_reserve).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::ring::{self, ReserveError};
+    ///
+    /// let (mut tx, mut rx) = ring::channel(128).unwrap();
+    /// tx.try_push(7, &[1u8; 48]).unwrap();
+    /// tx.try_push(7, &[2u8; 48]).unwrap();
+    /// // 128 data bytes hold two 64-byte records: the third must wait for the consumer.
+    /// assert!(matches!(tx.try_push(7, &[3u8; 48]), Err(ReserveError::Full)));
+    /// drop(rx.try_peek().unwrap()); // consumes the first record, freeing its space
+    /// tx.try_push(7, &[3u8; 48]).unwrap();
+    /// ```
     #[inline]
     pub fn try_push(&mut self, tag: u32, payload: &[u8]) -> Result<(), ReserveError> {
         let mut g = self.try_reserve(payload.len())?;
@@ -220,6 +249,20 @@ impl Producer {
     }
 
     /// A read-only view of this ring's header, for monitoring.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::ring;
+    ///
+    /// let (mut tx, rx) = ring::channel(4096).unwrap();
+    /// let probe = tx.inspector();
+    /// tx.try_push(0, b"abc").unwrap();
+    /// let s = probe.state();
+    /// assert_eq!((s.capacity, s.write_pos, s.read_pos, s.queued), (4096, 32, 0, 32));
+    /// drop(rx);
+    /// assert_eq!(probe.state().closed, 2); // closed by the consumer
+    /// ```
     pub fn inspector(&self) -> super::RingProbe {
         super::RingProbe::new(&self.mem)
     }
@@ -234,6 +277,21 @@ impl Producer {
 
     /// Wakes the consumer if it sleeps. Needed only after [`WriteGrant::commit_deferred`];
     /// [`WriteGrant::commit`] does it itself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::ring;
+    ///
+    /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
+    /// for i in 0..3u32 {
+    ///     let mut g = tx.try_reserve(4).unwrap();
+    ///     g.copy_from_slice(&i.to_le_bytes());
+    ///     g.commit_deferred(i);
+    /// }
+    /// tx.notify(); // one wake check for the whole batch
+    /// assert_eq!(rx.try_read_batch(10, |_, _| {}).unwrap(), 3);
+    /// ```
     #[inline]
     pub fn notify(&mut self) {
         if wait::notify(
@@ -257,6 +315,29 @@ impl Producer {
     /// # Errors
     /// [`WaitError::TimedOut`](wait::WaitError::TimedOut) or
     /// [`WaitError::PeerGone`](wait::WaitError::PeerGone).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use shmrpc::ring::{self, ReserveError, Spinner, WaitError, WaitStrategy};
+    ///
+    /// let (mut tx, mut rx) = ring::channel(128).unwrap();
+    /// tx.try_push(0, &[0u8; 100]).unwrap();
+    /// assert!(matches!(tx.try_push(0, &[1u8; 100]), Err(ReserveError::Full)));
+    /// let mut spinner = Spinner::new(WaitStrategy::Park);
+    /// let soon = Some(Instant::now() + Duration::from_millis(5));
+    /// assert_eq!(tx.wait_for_space(100, &mut spinner, soon, || true), Err(WaitError::TimedOut));
+    ///
+    /// let reader = std::thread::spawn(move || {
+    ///     drop(rx.try_peek().unwrap()); // frees the space
+    ///     rx
+    /// });
+    /// let watchdog = Some(Instant::now() + Duration::from_secs(10));
+    /// tx.wait_for_space(100, &mut spinner, watchdog, || true).unwrap();
+    /// tx.try_push(0, &[1u8; 100]).unwrap();
+    /// drop(reader.join().unwrap());
+    /// ```
     pub fn wait_for_space(
         &mut self,
         len: usize,
@@ -310,6 +391,19 @@ impl Drop for Producer {
 
 /// A reserved, not yet published record. Write the payload through `DerefMut`, then
 /// [`commit`](Self::commit). Dropping it without committing abandons the record.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::ring::{self, PeekError};
+///
+/// let (mut tx, mut rx) = ring::channel(4096).unwrap();
+/// let mut g = tx.try_reserve(3).unwrap();
+/// assert_eq!(g.len(), 3);
+/// g.copy_from_slice(b"abc");
+/// drop(g); // abandoned: the consumer never sees it
+/// assert!(matches!(rx.try_peek(), Err(PeekError::Empty)));
+/// ```
 pub struct WriteGrant<'a> {
     producer: &'a mut Producer,
     off: usize,
@@ -319,6 +413,19 @@ pub struct WriteGrant<'a> {
 
 impl<'a> WriteGrant<'a> {
     /// Publishes the record with `tag` and wakes the consumer if it sleeps.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::ring;
+    ///
+    /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
+    /// let mut g = tx.try_reserve(2).unwrap();
+    /// g.copy_from_slice(b"hi");
+    /// g.commit(42);
+    /// let r = rx.try_peek().unwrap();
+    /// assert_eq!((r.tag(), &*r), (42, &b"hi"[..]));
+    /// ```
     #[inline]
     pub fn commit(self, tag: u32) {
         let p = self.publish(tag);
@@ -327,6 +434,20 @@ impl<'a> WriteGrant<'a> {
 
     /// Publishes the record without checking whether the consumer sleeps; call
     /// [`Producer::notify`] after a batch. Saves one fence per record.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::ring;
+    ///
+    /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
+    /// tx.try_reserve(0).unwrap().commit_deferred(1);
+    /// tx.try_reserve(0).unwrap().commit_deferred(2);
+    /// tx.notify();
+    /// let mut tags = Vec::new();
+    /// rx.try_read_batch(10, |tag, _| tags.push(tag)).unwrap();
+    /// assert_eq!(tags, [1, 2]);
+    /// ```
     #[inline]
     pub fn commit_deferred(self, tag: u32) {
         self.publish(tag);

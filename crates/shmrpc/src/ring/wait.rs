@@ -40,6 +40,22 @@ pub(crate) const WAIT_BELL: u32 = 2;
 pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How a blocking or async operation waits when the ring is empty (or full).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use shmrpc::ring::{self, Spinner, WaitError, WaitStrategy};
+///
+/// assert_eq!(
+///     WaitStrategy::default(),
+///     WaitStrategy::SpinThenPark { spin: Duration::from_micros(50) }
+/// );
+/// let (_tx, mut rx) = ring::channel(4096).unwrap();
+/// let mut spinner = Spinner::new(WaitStrategy::Park);
+/// let deadline = Instant::now() + Duration::from_millis(10);
+/// assert_eq!(rx.wait(&mut spinner, Some(deadline), || true), Err(WaitError::TimedOut));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStrategy {
     /// Busy-poll and never sleep: lowest latency, one core fully used while waiting.
@@ -74,6 +90,28 @@ pub enum WaitError {
 }
 
 /// A wait strategy plus its adaptive spin budget: keep one per waiting end.
+///
+/// # Examples
+///
+/// Blocking on an empty ring until another thread publishes:
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use shmrpc::ring::{self, Spinner, WaitStrategy};
+///
+/// let (mut tx, mut rx) = ring::channel(4096).unwrap();
+/// let mut spinner = Spinner::new(WaitStrategy::SpinThenPark { spin: Duration::from_micros(20) });
+/// let t = std::thread::spawn(move || tx.try_push(9, b"wake").unwrap());
+/// let deadline = Instant::now() + Duration::from_secs(10); // watchdog
+/// loop {
+///     rx.wait(&mut spinner, Some(deadline), || true).unwrap();
+///     if let Ok(r) = rx.try_peek() {
+///         assert_eq!((r.tag(), &*r), (9, &b"wake"[..]));
+///         break;
+///     }
+/// }
+/// t.join().unwrap();
+/// ```
 #[derive(Debug, Clone)]
 pub struct Spinner {
     strategy: WaitStrategy,

@@ -16,6 +16,20 @@ use crate::channel::{self, ChannelConfig};
 use crate::frame::Kind;
 
 /// Client settings.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use shmrpc::rpc::ClientConfig;
+///
+/// // Give up on a missing server after one second instead of five.
+/// let cfg = ClientConfig {
+///     reconnect_for: Duration::from_secs(1),
+///     ..ClientConfig::default()
+/// };
+/// assert_eq!(cfg.max_backoff, Duration::from_millis(100));
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Wait strategy of the channel (ring sizes are the server's).
@@ -55,6 +69,17 @@ pub struct CallOptions {
 
 impl CallOptions {
     /// Options with a timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmrpc::rpc::CallOptions;
+    ///
+    /// let opts = CallOptions::timeout(Duration::from_secs(2));
+    /// assert_eq!(opts.timeout, Some(Duration::from_secs(2)));
+    /// assert_eq!(CallOptions::default().timeout, None); // wait as long as it takes
+    /// ```
     pub fn timeout(d: Duration) -> Self {
         Self { timeout: Some(d) }
     }
@@ -697,6 +722,40 @@ impl CallStream {
     ///
     /// # Errors
     /// As [`next_raw`](Self::next_raw), or `BadRequest` for an undecodable item.
+    ///
+    /// # Examples
+    ///
+    /// A stream whose handler fails after two items: the items arrive, then the error, then
+    /// the end.
+    ///
+    /// ```
+    /// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let name = format!("doc-next-{}", std::process::id());
+    /// let server = Server::builder()
+    ///     .streaming("two-then-fail", |_ctx, (): (), sink| async move {
+    ///         sink.send(&1u8).await?;
+    ///         sink.send(&2u8).await?;
+    ///         Err(RpcError::handler("out of items"))
+    ///     })
+    ///     .bind(&name)?;
+    /// let handle = server.handle();
+    /// let serving = tokio::spawn(server.serve());
+    ///
+    /// let client = Client::connect(&name, ClientConfig::default()).await?;
+    /// let mut stream = client.call_stream("two-then-fail", &(), CallOptions::default()).await?;
+    /// assert_eq!(stream.next::<u8>().await.transpose()?, Some(1));
+    /// assert_eq!(stream.next::<u8>().await.transpose()?, Some(2));
+    /// let err = stream.next::<u8>().await.unwrap().unwrap_err();
+    /// assert_eq!((err.code, err.message.as_str()), (Code::HandlerFailed, "out of items"));
+    /// assert!(stream.next::<u8>().await.is_none());
+    ///
+    /// drop((stream, client));
+    /// handle.shutdown();
+    /// serving.await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn next<T: DeserializeOwned>(&mut self) -> Option<Result<T, RpcError>> {
         Some(self.next_raw().await?.and_then(|b| decode(&b)))
     }

@@ -259,6 +259,25 @@ impl ServerConfig {
     /// # Errors
     /// [`ConfigError::Read`] if the file cannot be read; otherwise as `from_toml`, with
     /// the file's name in a syntax error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::rpc::{ConfigError, ServerConfig};
+    ///
+    /// let path = std::env::temp_dir().join(format!("doc-server-{}.toml", std::process::id()));
+    /// std::fs::write(&path, "max_in_flight = 8\nheartbeat = \"500ms\"\n")?;
+    /// let cfg = ServerConfig::from_toml_file(&path);
+    /// std::fs::remove_file(&path)?;
+    /// let cfg = cfg?;
+    /// assert_eq!(cfg.max_in_flight, 8);
+    /// assert_eq!(cfg.heartbeat, std::time::Duration::from_millis(500));
+    ///
+    /// // A missing file is an error naming the file.
+    /// let err = ServerConfig::from_toml_file(&path).unwrap_err();
+    /// assert!(matches!(err, ConfigError::Read { .. }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -26,6 +26,32 @@ use crate::ring::{RingProbe, RingState};
 pub const INSPECT_METHOD: &str = "shmrpc.inspect";
 
 /// A server's answer to [`INSPECT_METHOD`].
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::rpc::inspect::ServerReport;
+/// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server, INSPECT_METHOD};
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let name = format!("doc-inspect-{}", std::process::id());
+/// let server = Server::builder().bind(&name)?; // every server answers INSPECT_METHOD
+/// let handle = server.handle();
+/// let serving = tokio::spawn(server.serve());
+///
+/// let client = Client::connect(&name, ClientConfig::default()).await?;
+/// let report: ServerReport = client.call(INSPECT_METHOD, &(), CallOptions::default()).await?;
+/// assert_eq!(report.pid, std::process::id());
+/// assert_eq!(report.connections.len(), 1); // this client's
+/// let conn = &report.connections[0];
+/// assert_eq!(conn.transport, "shm");
+/// assert!(conn.to_client.is_some());
+///
+/// drop(client);
+/// handle.shutdown();
+/// serving.await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerReport {
     /// The server's pid.

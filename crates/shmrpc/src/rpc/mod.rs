@@ -36,6 +36,15 @@ pub use inspect::INSPECT_METHOD;
 pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerConfig, ServerHandle};
 
 /// Why a call failed. The numeric values are part of the wire format.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::rpc::Code;
+///
+/// assert_eq!(Code::DeadlineExceeded as u16, 4);
+/// assert_ne!(Code::Cancelled, Code::PeerGone);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum Code {
@@ -79,6 +88,19 @@ impl Code {
 }
 
 /// An RPC error: a code and a human-readable message.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::rpc::{Code, RpcError};
+///
+/// let e = RpcError::new(Code::BadRequest, "missing field `id`");
+/// assert_eq!(e.to_string(), "BadRequest: missing field `id`");
+/// assert_eq!(RpcError::handler("disk full").code, Code::HandlerFailed);
+/// // Handlers return it; callers match on the code.
+/// let retry = matches!(e.code, Code::Unavailable | Code::PeerGone);
+/// assert!(!retry);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RpcError {
     /// What kind of failure.
@@ -129,6 +151,17 @@ impl std::error::Error for RpcError {}
 
 /// The method id carried in frames: FNV-1a of the method name. Servers refuse to register
 /// two names with one id.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::rpc::method_id;
+///
+/// const ECHO: u32 = method_id("echo"); // usable in constants
+/// assert_eq!(ECHO, method_id("echo"));
+/// assert_ne!(ECHO, method_id("Echo"));
+/// assert_eq!(method_id(""), 0x811c_9dc5); // the FNV-1a offset basis
+/// ```
 pub const fn method_id(name: &str) -> u32 {
     let bytes = name.as_bytes();
     let mut h: u32 = 0x811c_9dc5;
@@ -145,6 +178,18 @@ pub const fn method_id(name: &str) -> u32 {
 ///
 /// # Errors
 /// [`Code::BadRequest`] if the value cannot be serialised.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::rpc::{decode, encode};
+///
+/// let bytes = encode(&(300u32, "hi"))?;
+/// assert_eq!(bytes, [0xac, 0x02, 2, b'h', b'i']); // varint 300, then a length-prefixed str
+/// let (n, s): (u32, String) = decode(&bytes)?;
+/// assert_eq!((n, s.as_str()), (300, "hi"));
+/// # Ok::<(), shmrpc::rpc::RpcError>(())
+/// ```
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
     postcard::to_stdvec(v).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))
 }
@@ -153,6 +198,19 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
 ///
 /// # Errors
 /// [`Code::BadRequest`] if the bytes are not a `T`.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::rpc::{decode, encode, Code};
+///
+/// let v: Vec<u16> = decode(&encode(&vec![1u16, 2, 3])?)?;
+/// assert_eq!(v, [1, 2, 3]);
+/// // Too few bytes for what the header promises.
+/// let err = decode::<Vec<u16>>(&[5, 1]).unwrap_err();
+/// assert_eq!(err.code, Code::BadRequest);
+/// # Ok::<(), shmrpc::rpc::RpcError>(())
+/// ```
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, RpcError> {
     postcard::from_bytes(b).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))
 }

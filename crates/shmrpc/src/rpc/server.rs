@@ -26,6 +26,24 @@ type Handler = Arc<
 >;
 
 /// Server settings. The defaults suit an editor talking to a local engine.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use shmrpc::channel::WaitStrategy;
+/// use shmrpc::rpc::ServerConfig;
+///
+/// let mut cfg = ServerConfig {
+///     max_in_flight: 32,
+///     heartbeat: Duration::from_millis(500),
+///     ..ServerConfig::default()
+/// };
+/// cfg.channel = cfg.channel.with_capacity(1 << 20).with_wait(WaitStrategy::Park);
+/// assert_eq!(cfg.max_message, 16 << 20);
+/// ```
+///
+/// Or from a file: [`ServerConfig::from_toml_file`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Ring sizes and wait strategy of each accepted connection.
@@ -104,6 +122,47 @@ impl CallToken {
 }
 
 /// What a handler knows about its call.
+///
+/// # Examples
+///
+/// A handler that waits for its caller to give up, and reports that it noticed:
+///
+/// ```
+/// use std::time::Duration;
+/// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, Server};
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let name = format!("doc-ctx-{}", std::process::id());
+/// let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+/// let seen_tx = std::sync::Mutex::new(Some(seen_tx));
+/// let server = Server::builder()
+///     .unary_raw("slow", move |ctx, _body| {
+///         let seen = seen_tx.lock().unwrap().take();
+///         async move {
+///             assert!(ctx.deadline().is_some()); // the caller set a timeout
+///             ctx.cancelled().await; // completes when the deadline passes
+///             if let Some(seen) = seen {
+///                 let _ = seen.send(ctx.is_cancelled());
+///             }
+///             Ok(Vec::new())
+///         }
+///     })
+///     .bind(&name)?;
+/// let handle = server.handle();
+/// let serving = tokio::spawn(server.serve());
+///
+/// let client = Client::connect(&name, ClientConfig::default()).await?;
+/// let opts = CallOptions::timeout(Duration::from_millis(50));
+/// let err = client.call_raw("slow", b"", opts).await.unwrap_err();
+/// assert_eq!(err.code, Code::DeadlineExceeded);
+/// // Watchdog: a handler that never learns of the cancel fails the example.
+/// assert!(tokio::time::timeout(Duration::from_secs(10), seen_rx).await??);
+///
+/// drop(client);
+/// handle.shutdown();
+/// serving.await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct CallContext {
     call_id: u64,
@@ -201,6 +260,40 @@ impl ItemSink {
     ///
     /// # Errors
     /// As [`send_raw`](Self::send_raw), or `BadRequest` if it cannot be encoded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let name = format!("doc-sink-{}", std::process::id());
+    /// let server = Server::builder()
+    ///     .streaming("words", |_ctx, text: String, sink| async move {
+    ///         for word in text.split_whitespace() {
+    ///             sink.send(&word.to_uppercase()).await?; // waits for the caller's credit
+    ///         }
+    ///         Ok(())
+    ///     })
+    ///     .bind(&name)?;
+    /// let handle = server.handle();
+    /// let serving = tokio::spawn(server.serve());
+    ///
+    /// let client = Client::connect(&name, ClientConfig::default()).await?;
+    /// let mut stream = client
+    ///     .call_stream("words", &"to be or".to_string(), CallOptions::default())
+    ///     .await?;
+    /// let mut words = Vec::new();
+    /// while let Some(w) = stream.next::<String>().await {
+    ///     words.push(w?);
+    /// }
+    /// assert_eq!(words, ["TO", "BE", "OR"]);
+    ///
+    /// drop((stream, client));
+    /// handle.shutdown();
+    /// serving.await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn send<T: Serialize>(&self, item: &T) -> Result<(), RpcError> {
         self.send_raw(&encode(item)?).await
     }
@@ -556,6 +649,25 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Starts a graceful shutdown: no new connections or calls (they get
     /// `ShuttingDown`); calls in flight finish; then `serve` returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmrpc::rpc::Server;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let name = format!("doc-shutdown-{}", std::process::id());
+    /// let server = Server::builder()
+    ///     .unary_raw("echo", |_ctx, body: Vec<u8>| async move { Ok(body) })
+    ///     .bind(&name)?;
+    /// let handle = server.handle(); // cheap to clone; e.g. for a signal handler
+    /// let serving = tokio::spawn(server.serve());
+    /// handle.shutdown();
+    /// // Watchdog: `serve` must return once nothing is in flight.
+    /// tokio::time::timeout(Duration::from_secs(10), serving).await??;
+    /// # Ok(()) }
+    /// ```
     pub fn shutdown(&self) {
         // `send_replace` stores the value even if `serve` has not subscribed yet.
         self.draining.send_replace(true);

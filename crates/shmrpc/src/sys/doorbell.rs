@@ -7,6 +7,21 @@ use rustix::event::{eventfd, EventfdFlags};
 
 /// A non-blocking eventfd. Ringing adds one to its counter; draining reads it back to zero.
 /// The fd is what a tokio task awaits (through `AsyncFd`) and what is passed to the peer.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::sys::Doorbell;
+///
+/// let bell = Doorbell::new()?;
+/// let other = bell.try_clone()?; // same eventfd, e.g. for the peer
+/// assert!(!bell.drain()?); // nothing rung yet; never blocks
+/// other.ring();
+/// other.ring();
+/// assert!(bell.drain()?); // both rings read at once
+/// assert!(!bell.drain()?);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Doorbell {
     fd: OwnedFd,
@@ -66,6 +81,28 @@ impl Doorbell {
     ///
     /// # Errors
     /// `Other` if called outside a tokio runtime; the OS error of `epoll_ctl` otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmrpc::sys::Doorbell;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let bell = Doorbell::new()?;
+    /// let ringer = bell.try_clone()?;
+    /// let bell = bell.into_async()?;
+    /// std::thread::spawn(move || ringer.ring());
+    /// // Watchdog: a lost ring fails instead of hanging.
+    /// let mut guard = tokio::time::timeout(Duration::from_secs(10), bell.readable())
+    ///     .await
+    ///     .expect("the bell rang")?;
+    /// assert!(bell.get_ref().drain()?);
+    /// guard.clear_ready();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn into_async(self) -> io::Result<tokio::io::unix::AsyncFd<Doorbell>> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(io::Error::other("not inside a tokio runtime"));

@@ -346,6 +346,30 @@ impl Segment {
     ///
     /// # Errors
     /// See [`CreateError`]. If `init` fails, the file is removed again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::sys::{CreateError, Segment};
+    ///
+    /// let name = format!("doc-create-with-{}", std::process::id());
+    /// let seg = Segment::create_with(&name, 4096, 0xC0FFEE, |s| {
+    ///     s.write_bytes(0, b"ready").ok_or("out of bounds")?;
+    ///     Ok(())
+    /// })?;
+    /// // Whoever opens it sees the initialiser's writes and the kind.
+    /// let other = Segment::open(&name)?;
+    /// let mut buf = [0u8; 5];
+    /// other.read_bytes(0, &mut buf).unwrap();
+    /// assert_eq!((&buf, other.kind()), (b"ready", 0xC0FFEE));
+    /// drop((other, seg));
+    ///
+    /// // A failing initialiser leaves nothing behind.
+    /// let failed = Segment::create_with(&name, 4096, 0, |_| Err("no".into()));
+    /// assert!(failed.is_err());
+    /// assert!(Segment::open(&name).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn create_with(
         name: &str,
         size: usize,
@@ -383,6 +407,27 @@ impl Segment {
     ///
     /// # Errors
     /// See [`CreateError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::Ordering;
+    /// use shmrpc::sys::Segment;
+    ///
+    /// let seg = Segment::anonymous(4096, 7, |s| {
+    ///     s.write_bytes(0, b"hello").ok_or("out of bounds")?;
+    ///     Ok(())
+    /// })?;
+    /// assert!(seg.path().is_none()); // nothing in /dev/shm
+    /// // A peer maps the same memory from a duplicate of the fd.
+    /// let peer = Segment::from_fd(seg.fd().try_clone_to_owned()?)?;
+    /// let mut buf = [0u8; 5];
+    /// peer.read_bytes(0, &mut buf).unwrap();
+    /// assert_eq!((&buf, peer.kind()), (b"hello", 7));
+    /// peer.atomic_u64(8).unwrap().store(9, Ordering::Release);
+    /// assert_eq!(seg.atomic_u64(8).unwrap().load(Ordering::Acquire), 9);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn anonymous(
         size: usize,
         kind: u32,
@@ -536,6 +581,20 @@ impl Segment {
     ///
     /// # Errors
     /// See [`OpenOrCreateError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::sys::Segment;
+    ///
+    /// let name = format!("doc-ooc-{}", std::process::id());
+    /// let (first, created) = Segment::open_or_create(&name, 4096)?;
+    /// assert!(created && first.unlinks_on_drop());
+    /// let (second, created) = Segment::open_or_create(&name, 4096)?;
+    /// assert!(!created && !second.unlinks_on_drop());
+    /// drop((second, first)); // the creator removes the name
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open_or_create(name: &str, size: usize) -> Result<(Self, bool), OpenOrCreateError> {
         Self::open_or_create_with(name, size, 0, |_| Ok(()))
     }
@@ -596,6 +655,20 @@ impl Segment {
     ///
     /// # Errors
     /// See [`StatusError`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::sys::proc::ProcessId;
+    /// use shmrpc::sys::{Segment, SegmentStatus, StatusError};
+    ///
+    /// let name = format!("doc-status-{}", std::process::id());
+    /// assert!(matches!(Segment::status(&name), Err(StatusError::NotFound(_))));
+    /// let seg = Segment::create(&name, 4096)?;
+    /// assert_eq!(Segment::status(&name)?, SegmentStatus::Live(ProcessId::current()));
+    /// drop(seg);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn status(name: &str) -> Result<SegmentStatus, StatusError> {
         let path = names::segment_path(name)?;
         let fd = match open_existing(&path) {
@@ -654,6 +727,21 @@ impl Segment {
     ///
     /// # Errors
     /// See [`StatusError`].
+    ///
+    /// # Examples
+    ///
+    /// A segment whose owner is alive (here: this process) is left alone:
+    ///
+    /// ```
+    /// use shmrpc::sys::Segment;
+    ///
+    /// let name = format!("doc-reclaim-{}", std::process::id());
+    /// let seg = Segment::create(&name, 4096)?;
+    /// assert!(!Segment::reclaim_stale(&name)?);
+    /// assert!(Segment::open(&name).is_ok());
+    /// drop(seg);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn reclaim_stale(name: &str) -> Result<bool, StatusError> {
         match Self::status(name)? {
             SegmentStatus::Stale(_) => {
@@ -681,6 +769,22 @@ impl Segment {
 
     /// Keeps the name after the creator drops its handle (it must then be removed with
     /// [`unlink`](Self::unlink) or [`reclaim_stale`](Self::reclaim_stale)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::sys::Segment;
+    ///
+    /// let name = format!("doc-persist-{}", std::process::id());
+    /// let mut seg = Segment::create(&name, 4096)?;
+    /// seg.persist();
+    /// drop(seg);
+    /// let still_there = Segment::open(&name).is_ok();
+    /// Segment::unlink(&name)?; // clean up before checking
+    /// assert!(still_there);
+    /// assert!(Segment::open(&name).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn persist(&mut self) {
         self.unlink_on_drop = false;
     }
