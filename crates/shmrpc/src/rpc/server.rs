@@ -987,8 +987,9 @@ async fn serve_conn(shared: Arc<Shared>, tx: FrameTx, mut rx: FrameRx, info: Arc
                 heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
                 let silent = silence.tick();
                 if st.tx.obs.wants_occupancy() {
-                    if let Some(q) = st.tx.tx.lock().await.queued() {
-                        st.tx.obs.occupancy(q);
+                    // The ring probe reads the shared header: no need for the sender's lock.
+                    if let Some((to_client, _)) = &st.tx.info.rings {
+                        st.tx.obs.occupancy(to_client.state().queued);
                     }
                 }
                 if silent >= 3 {
@@ -1104,24 +1105,20 @@ async fn send_outcome(
     outcome: Result<Option<Vec<u8>>, RpcError>,
     max: usize,
 ) -> Option<Code> {
-    let (code, _) = match outcome {
+    let (kind, body, code) = match outcome {
         Ok(Some(resp)) if resp.len() > max => {
             let e = RpcError::new(
                 Code::TooLarge,
                 format!("response of {} bytes exceeds {max}", resp.len()),
             );
-            (
-                Some(e.code),
-                tx.send(Kind::Error, method, call_id, &e.encode()).await,
-            )
+            (Kind::Error, e.encode(), Some(e.code))
         }
-        Ok(Some(resp)) => (None, tx.send(Kind::Response, method, call_id, &resp).await),
-        Ok(None) => (None, tx.send(Kind::StreamEnd, method, call_id, &[]).await),
-        Err(e) => (
-            Some(e.code),
-            tx.send(Kind::Error, method, call_id, &e.encode()).await,
-        ),
+        Ok(Some(resp)) => (Kind::Response, resp, None),
+        Ok(None) => (Kind::StreamEnd, Vec::new(), None),
+        Err(e) => (Kind::Error, e.encode(), Some(e.code)),
     };
+    // A failed send marks the connection broken (`ConnTx::send`); nothing else to do here.
+    let _ = tx.send(kind, method, call_id, &body).await;
     code
 }
 

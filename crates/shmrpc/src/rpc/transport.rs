@@ -67,14 +67,6 @@ impl FrameTx {
         }
     }
 
-    /// Bytes queued towards the peer and not yet consumed (shared memory only).
-    pub(crate) fn queued(&mut self) -> Option<u64> {
-        match self {
-            FrameTx::Shm(s, _) => Some(s.producer().queued()),
-            FrameTx::Tcp(..) => None,
-        }
-    }
-
     /// Sends one message, fragmented to fit, as consecutive frames (callers serialise
     /// whole messages, so fragments of two messages never interleave).
     pub(crate) async fn send(
