@@ -51,8 +51,7 @@ impl Drop for TempDir {
 fn probe(bin_dir: &TempDir, as_nobody: bool, env: Option<(&str, &Path)>, args: &[&str]) -> String {
     let exe = bin_dir.0.join("peer");
     if !exe.exists() {
-        std::fs::copy(env!("CARGO_BIN_EXE_peer"), &exe).unwrap();
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        shmrpc_tests::install_peer_exe(env!("CARGO_BIN_EXE_peer"), &exe);
     }
     let mut cmd = Command::new(&exe);
     cmd.arg("perm-probe").args(args);

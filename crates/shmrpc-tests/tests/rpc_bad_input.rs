@@ -321,8 +321,7 @@ fn a_client_running_as_another_user_cannot_connect_and_the_server_serves_on() {
         // The build tree may sit in a directory the other user cannot enter (a fresh clone
         // under a 0700 temporary directory): give it its own copy of the peer binary.
         let their_peer = top.0.join("peer");
-        std::fs::copy(env!("CARGO_BIN_EXE_peer"), &their_peer).unwrap();
-        std::fs::set_permissions(&their_peer, std::fs::Permissions::from_mode(0o755)).unwrap();
+        shmrpc_tests::install_peer_exe(env!("CARGO_BIN_EXE_peer"), &their_peer);
         let mut cmd = Command::new(&their_peer);
         cmd.args(["rpc-foreign", &name, ours.to_str().unwrap()])
             .env("XDG_RUNTIME_DIR", &top.0)
