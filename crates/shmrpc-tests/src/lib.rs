@@ -6,6 +6,8 @@
 //! this library, so a message built by one process is checked by the same code in the other.
 #![forbid(unsafe_code)]
 
+mod install;
+pub use install::install_peer_exe;
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -903,22 +905,4 @@ mod tests {
         assert_ne!(transform(&r), transform(&make_request(6)));
         assert_eq!(field("ready a=1 b=xy", "b"), Some("xy"));
     }
-}
-
-/// Puts the helper binary `src` (a test's `env!("CARGO_BIN_EXE_peer")`) at `dest` (for a test that runs it as another user, from a
-/// directory that user can enter) without ever holding a write descriptor to it in this
-/// process: a hard link, or else a copy made by a `cp` child. A copy written here would be
-/// inherited by any child another test thread forks meanwhile, and exec of `dest` would
-/// then fail with ETXTBSY until that child execs.
-pub fn install_peer_exe(src: &str, dest: &std::path::Path) {
-    if std::fs::hard_link(src, dest).is_err() {
-        let st = Command::new("cp")
-            .arg(src)
-            .arg(dest)
-            .status()
-            .expect("running cp");
-        assert!(st.success(), "cp {src} {}: {st}", dest.display());
-    }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
