@@ -32,9 +32,58 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::ServerConfig;
-use crate::channel::WaitStrategy;
+use crate::channel::{ChannelConfig, WaitStrategy};
 use crate::ring::{MAX_CAPACITY, MIN_CAPACITY};
+
+/// Server settings. The defaults suit an editor talking to a local engine.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use shmrpc::channel::WaitStrategy;
+/// use shmrpc::rpc::ServerConfig;
+///
+/// let mut cfg = ServerConfig {
+///     max_in_flight: 32,
+///     heartbeat: Duration::from_millis(500),
+///     ..ServerConfig::default()
+/// };
+/// cfg.channel = cfg.channel.with_capacity(1 << 20).with_wait(WaitStrategy::Park);
+/// assert_eq!(cfg.max_message, 16 << 20);
+/// ```
+///
+/// Or from a file: [`ServerConfig::from_toml_file`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Ring sizes and wait strategy of each accepted connection.
+    pub channel: ChannelConfig,
+    /// Calls in flight per connection before the server stops reading it (backpressure).
+    pub max_in_flight: usize,
+    /// Largest message accepted or sent (default 16 MiB).
+    pub max_message: usize,
+    /// A ping is sent after this much silence; a peer silent for three of these is gone.
+    pub heartbeat: Duration,
+    /// How long a cancelled handler may run on before it is aborted.
+    pub cancel_grace: Duration,
+    /// Record metrics (`rpc::obs`) for this server. Needs the library's `metrics` feature
+    /// and a recorder installed by the application; off by default, and then a call costs
+    /// nothing for them.
+    pub metrics: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            channel: ChannelConfig::default().with_capacity(64 * 1024),
+            max_in_flight: 256,
+            max_message: 16 << 20,
+            heartbeat: Duration::from_secs(2),
+            cancel_grace: Duration::from_millis(200),
+            metrics: false,
+        }
+    }
+}
 
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
