@@ -6,7 +6,9 @@
 //! this library, so a message built by one process is checked by the same code in the other.
 #![forbid(unsafe_code)]
 
+mod command;
 mod install;
+pub use command::{ArgsError, BadServerMode, PeerCommand, Probe, RpcTarget, ServeMode, USAGE};
 pub use install::install_peer_exe;
 use shmrpc_harness::{ChildProcess, KillHandle};
 use std::cell::RefCell;
@@ -118,7 +120,7 @@ fn check_prng(buf: &[u8], base: u64) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// Request/response (the two scenarios of the failed attempt)
+// Request/response: numbered requests and the answer a correct server gives
 // ---------------------------------------------------------------------------------------
 
 /// Payload size of a request in the request/response scenarios.
@@ -501,12 +503,15 @@ pub fn heavy() -> MutexGuard<'static, ()> {
     lock(&HEAVY)
 }
 
-/// Spawns the `peer` helper binary with the given arguments (a macro so that
+/// Spawns the `peer` helper binary running a [`PeerCommand`] (a macro so that
 /// `CARGO_BIN_EXE_peer` is read in the integration test that calls it).
 #[macro_export]
 macro_rules! spawn_peer {
-    ($($arg:expr),* $(,)?) => {
-        $crate::PeerProcess::spawn(env!("CARGO_BIN_EXE_peer"), &[$(AsRef::<str>::as_ref(&$arg)),*])
+    ($cmd:expr $(,)?) => {
+        $crate::PeerProcess::spawn_command($crate::PeerCommand::command(
+            &$cmd,
+            env!("CARGO_BIN_EXE_peer"),
+        ))
     };
 }
 
@@ -637,6 +642,17 @@ pub const RING_SEGMENT_KIND: u32 = u32::from_le_bytes(*b"XPRW");
 
 /// Sizes of the records `peer ring-writer` writes.
 pub const RING_WRITER_PROFILE: SizeProfile = SizeProfile::Mixed { max: 200 };
+
+/// The command-line form of a wait strategy, which [`parse_wait`] reads back (the spin
+/// budget in whole microseconds).
+pub fn wait_arg(w: shmrpc::channel::WaitStrategy) -> String {
+    use shmrpc::channel::WaitStrategy;
+    match w {
+        WaitStrategy::Spin => "spin".to_owned(),
+        WaitStrategy::Park => "park".to_owned(),
+        WaitStrategy::SpinThenPark { spin } => format!("stp:{}", spin.as_micros()),
+    }
+}
 
 /// Parses a wait strategy: `spin`, `park`, `stp` (spin-then-park, 50 µs) or `stp:<µs>`.
 pub fn parse_wait(s: &str) -> Option<shmrpc::channel::WaitStrategy> {

@@ -1,5 +1,5 @@
 //! Chaos: client and server processes SIGKILLed at random points, over and over, while
-//! they work (issue 5, item 1).
+//! they work.
 //!
 //! Clients (`peer chaos-client`) keep a server busy in every way a kill can interrupt:
 //! connecting, large calls fragmented over several ring records, small calls, streams
@@ -25,13 +25,19 @@ use std::time::{Duration, Instant};
 use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code};
 use shmrpc_tests::{
     field_parse, make_request, rpc_runtime, rpc_stats, rpc_wait_stats, spawn_peer, transform,
-    with_watchdog, within, PeerProcess, SplitMix64, TestNames,
+    with_watchdog, within, PeerCommand, PeerProcess, RpcTarget, SplitMix64, TestNames,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn start_server(name: &str) -> PeerProcess {
-    let mut p = spawn_peer!("rpc-server", name, "65536", "300", (1u32 << 20).to_string());
+    let mut p = spawn_peer!(PeerCommand::RpcServer {
+        target: RpcTarget::Shm(name.to_owned()),
+        cap: 65536,
+        heartbeat_ms: 300,
+        max_message: 1 << 20,
+        max_in_flight: None,
+    });
     p.expect("ready", WAIT);
     p
 }
@@ -112,7 +118,10 @@ fn kills_of_clients_and_servers_lose_nothing_and_leak_nothing() {
         let started = Instant::now();
         let mut in_work = 0;
         for k in 0..client_kills {
-            let mut c = spawn_peer!("chaos-client", name, rng.next().to_string());
+            let mut c = spawn_peer!(PeerCommand::ChaosClient {
+                name: name.clone(),
+                seed: rng.next(),
+            });
             let delay = rng.range(0, 60);
             if delay >= 5 {
                 // Past start-up: let it get to work first.
@@ -150,8 +159,14 @@ fn kills_of_clients_and_servers_lose_nothing_and_leak_nothing() {
         // Servers killed at random points, under load, with a call of ours parked.
         let started = Instant::now();
         let chaos = [
-            spawn_peer!("chaos-client", name, rng.next().to_string()),
-            spawn_peer!("chaos-client", name, rng.next().to_string()),
+            spawn_peer!(PeerCommand::ChaosClient {
+                name: name.clone(),
+                seed: rng.next(),
+            }),
+            spawn_peer!(PeerCommand::ChaosClient {
+                name: name.clone(),
+                seed: rng.next(),
+            }),
         ];
         let mut slowest_gone = Duration::ZERO;
         for _ in 0..server_kills {

@@ -11,7 +11,8 @@ use shmrpc::channel::{
 };
 use shmrpc::sys::{Segment, SegmentStatus, StatusError};
 use shmrpc_tests::{
-    field, field_parse, parse_wait, segment_file, socket_file, spawn_peer, with_watchdog, TestNames,
+    field, field_parse, parse_wait, segment_file, socket_file, spawn_peer, with_watchdog,
+    PeerCommand, TestNames,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -34,7 +35,11 @@ fn check_flood(seq: u64, m: &[u8]) {
 fn blocking_recv_mid_stream(wait: &str) {
     let mut names = TestNames::new();
     let name = names.name("flood");
-    let mut peer = spawn_peer!("flood", name, wait, CAP.to_string());
+    let mut peer = spawn_peer!(PeerCommand::Flood {
+        name: name.clone(),
+        wait: parse_wait(wait).unwrap(),
+        cap: CAP,
+    });
     peer.expect("ready", WAIT);
     let cfg = ChannelConfig::default().with_wait(parse_wait(wait).unwrap());
     let mut ep = channel::connect(&name, &cfg).expect("connect");
@@ -83,7 +88,11 @@ fn async_recv_and_send_get_peer_gone_when_the_peer_is_killed() {
     with_watchdog(Duration::from_secs(30), || {
         let mut names = TestNames::new();
         let name = names.name("flood-async");
-        let mut peer = spawn_peer!("flood", name, "stp", CAP.to_string());
+        let mut peer = spawn_peer!(PeerCommand::Flood {
+            name: name.clone(),
+            wait: parse_wait("stp").unwrap(),
+            cap: CAP,
+        });
         peer.expect("ready", WAIT);
         let mut ep = channel::connect(&name, &ChannelConfig::default()).expect("connect");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -137,7 +146,11 @@ fn parked_receiver_and_sender_wake_with_peer_gone() {
     with_watchdog(Duration::from_secs(30), || {
         let mut names = TestNames::new();
         let name = names.name("sink");
-        let mut peer = spawn_peer!("sink", name, "park", "4096");
+        let mut peer = spawn_peer!(PeerCommand::Sink {
+            name: name.clone(),
+            wait: parse_wait("park").unwrap(),
+            cap: 4096,
+        });
         peer.expect("ready", WAIT);
         let cfg = ChannelConfig::default().with_wait(parse_wait("park").unwrap());
         let ep = channel::connect(&name, &cfg).expect("connect");
@@ -182,7 +195,10 @@ fn a_killed_owners_segment_is_stale_and_reclaimed_only_when_asked() {
     with_watchdog(Duration::from_secs(30), || {
         let mut names = TestNames::new();
         let name = names.name("owner");
-        let mut peer = spawn_peer!("hold-segment", name, "4096");
+        let mut peer = spawn_peer!(PeerCommand::HoldSegment {
+            name: name.clone(),
+            size: 4096,
+        });
         let ready = peer.expect("ready", WAIT);
         let pid: u32 = field_parse(&ready, "pid");
         assert_eq!(pid, peer.pid());
@@ -236,7 +252,7 @@ fn a_dead_listeners_socket_is_replaced_and_a_live_one_refused() {
         let mut names = TestNames::new();
         let name = names.name("listen");
         let path = socket_file(&name);
-        let mut peer = spawn_peer!("listen", name);
+        let mut peer = spawn_peer!(PeerCommand::Listen { name: name.clone() });
         let ready = peer.expect("ready", WAIT);
         assert_eq!(field(&ready, "path"), Some(path.to_str().unwrap()));
 

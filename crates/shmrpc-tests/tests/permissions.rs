@@ -1,4 +1,4 @@
-//! What another user, or a peer holding our descriptors, cannot do (issue 5, permissions):
+//! What another user, or a peer holding our descriptors, cannot do:
 //!
 //! - open our named segments (created 0600) or reach into our runtime directory (0700);
 //! - hijack a segment name by creating the file, or a symlink, before we do: creating,
@@ -14,12 +14,13 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig};
 use shmrpc::sys::Segment;
-use shmrpc_tests::{field, segment_file, unique_name, with_watchdog, PeerProcess, TestNames};
+use shmrpc_tests::{
+    field, segment_file, unique_name, with_watchdog, PeerCommand, PeerProcess, Probe, TestNames,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 const NOBODY: u32 = 65534;
@@ -48,13 +49,12 @@ impl Drop for TempDir {
 
 /// Runs one `peer perm-probe` and returns its `probe` line. With `as_nobody`, it runs as
 /// uid 65534 from a copy of the peer binary (the build tree may be closed to that user).
-fn probe(bin_dir: &TempDir, as_nobody: bool, env: Option<(&str, &Path)>, args: &[&str]) -> String {
+fn probe(bin_dir: &TempDir, as_nobody: bool, env: Option<(&str, &Path)>, probe: Probe) -> String {
     let exe = bin_dir.0.join("peer");
     if !exe.exists() {
         shmrpc_tests::install_peer_exe(env!("CARGO_BIN_EXE_peer"), &exe);
     }
-    let mut cmd = Command::new(&exe);
-    cmd.arg("perm-probe").args(args);
+    let mut cmd = PeerCommand::PermProbe { probe }.command(&exe);
     if as_nobody {
         cmd.uid(NOBODY).gid(NOBODY);
     }
@@ -82,7 +82,7 @@ fn another_user_cannot_open_our_segments_or_enter_our_runtime_directory() {
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600, "segment mode");
         assert_eq!(meta.uid(), rustix::process::geteuid().as_raw());
-        let line = probe(&bin, true, None, &["open", path.to_str().unwrap()]);
+        let line = probe(&bin, true, None, Probe::Open { path: path.clone() });
         assert_eq!(field(&line, "result"), Some("err"), "{line}");
         assert!(
             field(&line, "message").is_some_and(|m| m.starts_with("PermissionDenied")),
@@ -94,7 +94,7 @@ fn another_user_cannot_open_our_segments_or_enter_our_runtime_directory() {
         let dir = listener.path().parent().unwrap().to_owned();
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         let sock = listener.path().to_str().unwrap().to_owned();
-        let line = probe(&bin, true, None, &["open", &sock]);
+        let line = probe(&bin, true, None, Probe::Open { path: sock.into() });
         assert!(
             field(&line, "message").is_some_and(|m| m.starts_with("PermissionDenied")),
             "the socket is out of another user's reach: {line}"
@@ -128,7 +128,7 @@ fn a_segment_name_squatted_by_another_user_is_refused_and_left_alone() {
         // A file of theirs where ours would be.
         let name = names.name("perm-squat-file");
         let path = segment_file(&name);
-        let line = probe(&bin, true, None, &["squat-file", path.to_str().unwrap()]);
+        let line = probe(&bin, true, None, Probe::SquatFile { path: path.clone() });
         assert_eq!(field(&line, "result"), Some("ok"), "{line}");
         let errors = all_refuse(&name);
         println!("squatted file: {errors:?}");
@@ -150,11 +150,10 @@ fn a_segment_name_squatted_by_another_user_is_refused_and_left_alone() {
             &bin,
             true,
             None,
-            &[
-                "squat-symlink",
-                path.to_str().unwrap(),
-                target.to_str().unwrap(),
-            ],
+            Probe::SquatSymlink {
+                path: path.clone(),
+                target: target.clone(),
+            },
         );
         assert_eq!(field(&line, "result"), Some("ok"), "{line}");
         let errors = all_refuse(&name);
@@ -184,7 +183,7 @@ fn a_runtime_directory_prepared_by_someone_else_is_refused() {
                 &bin,
                 false,
                 Some(("XDG_RUNTIME_DIR", xdg)),
-                &["bind", &name],
+                Probe::Bind { name: name.clone() },
             )
         };
 

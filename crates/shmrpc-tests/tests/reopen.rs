@@ -12,7 +12,7 @@ use shmrpc::sys::segment::testing::{damage, Damage};
 use shmrpc::sys::segment::{SEGMENT_LAYOUT_VERSION, SEGMENT_MAGIC};
 use shmrpc::sys::{OpenError, OpenOrCreateError, Segment, SEGMENT_HEADER_SIZE};
 use shmrpc_tests::{
-    field_parse, segment_file, spawn_peer, with_watchdog, StreamChecker, TestNames,
+    field_parse, segment_file, spawn_peer, with_watchdog, PeerCommand, StreamChecker, TestNames,
     RING_SEGMENT_KIND, RING_WRITER_PROFILE,
 };
 
@@ -40,13 +40,12 @@ fn reopening_from_another_process_finds_the_data_and_positions_intact() {
         let mut names = TestNames::new();
         let name = names.name("reopen");
         let (cap, n, seed) = (64 * 1024, 300u64, 42u64);
-        let mut peer = spawn_peer!(
-            "ring-writer",
-            name,
-            cap.to_string(),
-            n.to_string(),
-            seed.to_string()
-        );
+        let mut peer = spawn_peer!(PeerCommand::RingWriter {
+            name: name.clone(),
+            cap,
+            n,
+            seed,
+        });
         let ready = peer.expect("ready", WAIT);
         let peer_pos: u64 = field_parse(&ready, "write_pos");
         assert!(peer_pos > 0);
@@ -113,7 +112,12 @@ fn processes_racing_open_or_create_exactly_one_creates() {
         for round in 0..5 {
             let name = names.name("race");
             let mut peers: Vec<_> = (0..8)
-                .map(|_| spawn_peer!("race-open", name, "4096"))
+                .map(|_| {
+                    spawn_peer!(PeerCommand::RaceOpen {
+                        name: name.clone(),
+                        size: 4096,
+                    })
+                })
                 .collect();
             for p in &mut peers {
                 p.expect("ready", WAIT);

@@ -14,7 +14,6 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,21 +21,21 @@ use std::time::Duration;
 use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code};
 use shmrpc_tests::{
     field, field_parse, make_request, rpc_runtime, rpc_stats, socket_file, spawn_peer, transform,
-    with_watchdog, within, PeerProcess, TestNames,
+    with_watchdog, within, BadServerMode, PeerCommand, PeerProcess, RpcTarget, TestNames,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
 /// The server's largest message in these tests.
 const SERVER_MAX: usize = 1 << 20;
 
-fn start_server(target: &str) -> PeerProcess {
-    let mut p = spawn_peer!(
-        "rpc-server",
-        target,
-        "65536",
-        "2000",
-        SERVER_MAX.to_string()
-    );
+fn start_server(name: &str) -> PeerProcess {
+    let mut p = spawn_peer!(PeerCommand::RpcServer {
+        target: RpcTarget::Shm(name.to_owned()),
+        cap: 65536,
+        heartbeat_ms: 2000,
+        max_message: SERVER_MAX,
+        max_in_flight: None,
+    });
     p.expect("ready", WAIT);
     p
 }
@@ -111,7 +110,7 @@ fn garbage_frames_close_only_the_senders_connection() {
             }
         });
         let bg = Background::start(&rt, &client);
-        let mut garbler = spawn_peer!("rpc-garbage", name);
+        let mut garbler = spawn_peer!(PeerCommand::RpcGarbage { name: name.clone() });
         let mut kinds = 0;
         let mut seq = 100;
         loop {
@@ -221,8 +220,7 @@ fn unknown_methods_and_oversized_messages_get_clear_codes() {
 }
 
 /// A request within the client's limit but above the server's: the client should get
-/// `TooLarge` (the limits are part of the handshake in the design), and the
-/// connection, with the other calls on it, should survive.
+/// `TooLarge`, and the connection, with the other calls on it, should survive.
 #[test]
 fn a_request_above_the_servers_limit_fails_too_large_without_breaking_the_connection() {
     with_watchdog(Duration::from_secs(60), || {
@@ -322,11 +320,12 @@ fn a_client_running_as_another_user_cannot_connect_and_the_server_serves_on() {
         // under a 0700 temporary directory): give it its own copy of the peer binary.
         let their_peer = top.0.join("peer");
         shmrpc_tests::install_peer_exe(env!("CARGO_BIN_EXE_peer"), &their_peer);
-        let mut cmd = Command::new(&their_peer);
-        cmd.args(["rpc-foreign", &name, ours.to_str().unwrap()])
-            .env("XDG_RUNTIME_DIR", &top.0)
-            .uid(NOBODY)
-            .gid(NOBODY);
+        let mut cmd = PeerCommand::RpcForeign {
+            name: name.clone(),
+            server_socket: ours.clone(),
+        }
+        .command(&their_peer);
+        cmd.env("XDG_RUNTIME_DIR", &top.0).uid(NOBODY).gid(NOBODY);
         let mut foreign = PeerProcess::spawn_command(cmd);
 
         // Our socket is in our 0700 runtime directory: the other user cannot reach it.
@@ -384,7 +383,10 @@ fn a_server_speaking_another_version_gets_a_clear_error() {
 
         // Frames of the next version in answer to a call.
         let name = names.name("rpc-frame-version");
-        let mut bad = spawn_peer!("rpc-bad-server", name, "frame-version");
+        let mut bad = spawn_peer!(PeerCommand::RpcBadServer {
+            name: name.clone(),
+            mode: BadServerMode::FrameVersion,
+        });
         bad.expect("ready", WAIT);
         let e = rt.block_on(async {
             let c = Client::connect(&name, ClientConfig::default())
@@ -406,7 +408,10 @@ fn a_server_speaking_another_version_gets_a_clear_error() {
 
         // A handshake of the next version.
         let name = names.name("rpc-hello-version");
-        let mut bad = spawn_peer!("rpc-bad-server", name, "hello-version");
+        let mut bad = spawn_peer!(PeerCommand::RpcBadServer {
+            name: name.clone(),
+            mode: BadServerMode::HelloVersion,
+        });
         bad.expect("ready", WAIT);
         let cfg = ClientConfig {
             reconnect_for: Duration::from_millis(200),
@@ -434,7 +439,13 @@ fn a_server_speaking_another_version_gets_a_clear_error() {
 fn garbage_over_tcp_closes_only_that_connection() {
     use std::io::{Read, Write};
     with_watchdog(Duration::from_secs(60), || {
-        let mut server = spawn_peer!("rpc-server", "tcp", "65536", "2000", "1048576");
+        let mut server = spawn_peer!(PeerCommand::RpcServer {
+            target: RpcTarget::Tcp,
+            cap: 65536,
+            heartbeat_ms: 2000,
+            max_message: 1 << 20,
+            max_in_flight: None,
+        });
         let ready = server.expect("ready", WAIT);
         let addr: std::net::SocketAddr = field(&ready, "addr").unwrap().parse().unwrap();
         let rt = rpc_runtime();
@@ -498,7 +509,7 @@ fn a_client_writing_into_the_shared_memory_loses_only_its_own_connection() {
             .expect("connect");
         rt.block_on(good_call(&client, 0));
         let bg = Background::start(&rt, &client);
-        let mut hostile = spawn_peer!("rpc-hostile", name);
+        let mut hostile = spawn_peer!(PeerCommand::RpcHostile { name: name.clone() });
         let mut seen = Vec::new();
         let mut seq = 100;
         loop {

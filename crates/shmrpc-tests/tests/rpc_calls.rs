@@ -1,4 +1,4 @@
-//! The failed attempt's request/response scenarios through the RPC API, between processes:
+//! Request/response through the RPC API, between processes:
 //! the server is a `peer rpc-server` process, the client lives in the test. Each request is
 //! unique (sequence number and bytes derived from it) and the server answers with
 //! `transform(request)`, so a lost, duplicated, mixed-up or garbled answer is caught.
@@ -21,13 +21,13 @@ use shmrpc::frame::{self, FrameHeader, Kind, FRAME_HEADER_LEN};
 use shmrpc::rpc::{method_id, CallOptions, Client, ClientConfig, Code};
 use shmrpc_tests::{
     chat_token, field, field_parse, heavy, make_request, rpc_runtime, rpc_stats, spawn_peer,
-    transform, with_watchdog, within, ChatRequest, PeerProcess, TestNames,
+    transform, with_watchdog, within, ChatRequest, PeerCommand, PeerProcess, RpcTarget, TestNames,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
-const CAP: &str = "65536";
-const HEARTBEAT_MS: &str = "2000";
-const MAX_MESSAGE: &str = "16777216";
+const CAP: usize = 65536;
+const HEARTBEAT_MS: u64 = 2000;
+const MAX_MESSAGE: usize = 16 << 20;
 
 enum Target {
     Shm(String),
@@ -35,9 +35,15 @@ enum Target {
 }
 
 /// Starts `peer rpc-server` on a new name (or TCP) and waits until it serves.
-fn start_server(names: &mut TestNames, tcp: bool, heartbeat_ms: &str) -> (PeerProcess, Target) {
+fn start_server(names: &mut TestNames, tcp: bool, heartbeat_ms: u64) -> (PeerProcess, Target) {
     if tcp {
-        let mut p = spawn_peer!("rpc-server", "tcp", CAP, heartbeat_ms, MAX_MESSAGE);
+        let mut p = spawn_peer!(PeerCommand::RpcServer {
+            target: RpcTarget::Tcp,
+            cap: CAP,
+            heartbeat_ms: heartbeat_ms,
+            max_message: MAX_MESSAGE,
+            max_in_flight: None,
+        });
         let ready = p.expect("ready", WAIT);
         let addr = field(&ready, "addr")
             .expect("addr=")
@@ -46,7 +52,13 @@ fn start_server(names: &mut TestNames, tcp: bool, heartbeat_ms: &str) -> (PeerPr
         (p, Target::Tcp(addr))
     } else {
         let name = names.name("rpc-calls");
-        let mut p = spawn_peer!("rpc-server", name, CAP, heartbeat_ms, MAX_MESSAGE);
+        let mut p = spawn_peer!(PeerCommand::RpcServer {
+            target: RpcTarget::Shm(name.clone()),
+            cap: CAP,
+            heartbeat_ms: heartbeat_ms,
+            max_message: MAX_MESSAGE,
+            max_in_flight: None,
+        });
         p.expect("ready", WAIT);
         (p, Target::Shm(name))
     }
@@ -191,8 +203,8 @@ fn call_suite(tcp: bool, per_task: u64) {
     names.assert_clean_with_locks();
 }
 
-/// The full count: 64 callers x 10,000 calls on one connection (about 8 s on two
-/// cores in the test build).
+/// 64 callers x 10,000 calls on one connection (about 8 s on two cores in the test
+/// build).
 #[test]
 fn rpc_calls_between_processes_over_shared_memory() {
     with_watchdog(Duration::from_secs(180), || {
@@ -219,7 +231,7 @@ fn rpc_calls_between_processes_over_tcp() {
 fn rpc_tcp_frame_arriving_slowly_is_still_one_frame() {
     with_watchdog(Duration::from_secs(30), || {
         let mut names = TestNames::new();
-        let (mut server, target) = start_server(&mut names, true, "200");
+        let (mut server, target) = start_server(&mut names, true, 200);
         let Target::Tcp(addr) = target else {
             unreachable!()
         };

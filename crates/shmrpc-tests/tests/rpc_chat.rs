@@ -11,7 +11,7 @@ use std::time::Duration;
 use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code};
 use shmrpc_tests::{
     chat_token, field_parse, rpc_runtime, rpc_stats, rpc_wait_stats, spawn_peer, with_watchdog,
-    within, ChatRequest, TestNames,
+    within, ChatRequest, PeerCommand, RpcTarget, TestNames,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -29,7 +29,13 @@ fn chat_tokens_arrive_in_order_and_a_dropped_stream_cancels_the_engines_handler(
     with_watchdog(Duration::from_secs(60), || {
         let mut names = TestNames::new();
         let name = names.name("rpc-chat");
-        let mut engine = spawn_peer!("rpc-server", name, "65536", "2000", "16777216");
+        let mut engine = spawn_peer!(PeerCommand::RpcServer {
+            target: RpcTarget::Shm(name.clone()),
+            cap: 65536,
+            heartbeat_ms: 2000,
+            max_message: 16 << 20,
+            max_in_flight: None,
+        });
         engine.expect("ready", WAIT);
         let rt = rpc_runtime();
         rt.block_on(async {
@@ -156,7 +162,13 @@ fn a_cancel_reaches_the_engine_when_the_connection_is_at_its_concurrency_limit()
     with_watchdog(Duration::from_secs(60), || {
         let mut names = TestNames::new();
         let name = names.name("rpc-chat-limit");
-        let mut engine = spawn_peer!("rpc-server", name, "65536", "2000", "16777216", "4");
+        let mut engine = spawn_peer!(PeerCommand::RpcServer {
+            target: RpcTarget::Shm(name.clone()),
+            cap: 65536,
+            heartbeat_ms: 2000,
+            max_message: 16 << 20,
+            max_in_flight: Some(4),
+        });
         engine.expect("ready", WAIT);
         let rt = rpc_runtime();
         rt.block_on(async {
@@ -225,7 +237,13 @@ fn an_editor_that_stops_reading_holds_back_the_engine() {
     with_watchdog(Duration::from_secs(60), || {
         let mut names = TestNames::new();
         let name = names.name("rpc-chat-slow-reader");
-        let mut engine = spawn_peer!("rpc-server", name, "65536", "2000", "16777216");
+        let mut engine = spawn_peer!(PeerCommand::RpcServer {
+            target: RpcTarget::Shm(name.clone()),
+            cap: 65536,
+            heartbeat_ms: 2000,
+            max_message: 16 << 20,
+            max_in_flight: None,
+        });
         engine.expect("ready", WAIT);
         let rt = rpc_runtime();
         rt.block_on(async {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use shmrpc::rpc::{CallOptions, Client, ClientConfig};
 use shmrpc_tests::{
     field_parse, raise_nofile, rpc_runtime, rpc_stats, rpc_wait_stats, spawn_peer, with_watchdog,
-    TestNames,
+    PeerCommand, RpcTarget, TestNames,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -18,7 +18,7 @@ const PROCESSES: usize = 4;
 const PER_PROCESS: usize = 250;
 const CALLS: u64 = 3;
 /// Ring capacity of each connection (each direction): small, to keep memory modest.
-const CAP: &str = "16384";
+const CAP: usize = 16384;
 
 /// How long the server's idle CPU use is measured.
 const IDLE: Duration = Duration::from_millis(500);
@@ -40,7 +40,13 @@ fn a_thousand_clients_connected_at_once_each_completing_calls() {
         raise_nofile(4096);
         let mut names = TestNames::new();
         let name = names.name("rpc-many");
-        let mut server = spawn_peer!("rpc-server", name, CAP, "2000", "16777216");
+        let mut server = spawn_peer!(PeerCommand::RpcServer {
+            target: RpcTarget::Shm(name.clone()),
+            cap: CAP,
+            heartbeat_ms: 2000,
+            max_message: 16 << 20,
+            max_in_flight: None,
+        });
         server.expect("ready", WAIT);
         let rt = rpc_runtime();
         let client = rt.block_on(async {
@@ -62,12 +68,11 @@ fn a_thousand_clients_connected_at_once_each_completing_calls() {
 
         let mut peers: Vec<_> = (0..PROCESSES)
             .map(|_| {
-                spawn_peer!(
-                    "rpc-clients",
-                    name,
-                    PER_PROCESS.to_string(),
-                    CALLS.to_string()
-                )
+                spawn_peer!(PeerCommand::RpcClients {
+                    name: name.clone(),
+                    clients: PER_PROCESS,
+                    calls: CALLS,
+                })
             })
             .collect();
         for p in &mut peers {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError};
 use shmrpc_tests::{
     field_parse, rpc_runtime, rpc_stats, rpc_wait_stats, spawn_peer, with_watchdog, within,
-    ChatRequest, PeerProcess, TestNames,
+    ChatRequest, PeerCommand, PeerProcess, RpcTarget, TestNames,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -26,7 +26,13 @@ const WAIT: Duration = Duration::from_secs(10);
 const PROMPT: Duration = Duration::from_secs(5);
 
 fn start_server(name: &str) -> PeerProcess {
-    let mut p = spawn_peer!("rpc-server", name, "65536", "2000", "16777216");
+    let mut p = spawn_peer!(PeerCommand::RpcServer {
+        target: RpcTarget::Shm(name.to_owned()),
+        cap: 65536,
+        heartbeat_ms: 2000,
+        max_message: 16 << 20,
+        max_in_flight: None,
+    });
     p.expect("ready", WAIT);
     p
 }
@@ -49,7 +55,10 @@ fn a_killed_client_has_its_calls_cancelled_and_its_connection_freed() {
             .expect("connect");
         let before = rt.block_on(rpc_stats(&observer));
 
-        let mut caller = spawn_peer!("rpc-caller", name, "4");
+        let mut caller = spawn_peer!(PeerCommand::RpcCaller {
+            name: name.clone(),
+            calls: 4,
+        });
         caller.expect("calling n=4", WAIT);
         rt.block_on(rpc_wait_stats(
             &observer,
@@ -168,7 +177,13 @@ fn a_killed_server_fails_pending_calls_with_peer_gone_and_a_restarted_one_is_rec
         });
         std::thread::sleep(Duration::from_millis(300));
         assert!(!waiting.is_finished(), "a call succeeded with no server");
-        let mut server = spawn_peer!("rpc-server", name, "65536", "2000", "16777216");
+        let mut server = spawn_peer!(PeerCommand::RpcServer {
+            target: RpcTarget::Shm(name.clone()),
+            cap: 65536,
+            heartbeat_ms: 2000,
+            max_message: 16 << 20,
+            max_in_flight: None,
+        });
         server.expect("ready", WAIT);
         let ready = Instant::now();
         let (r, at) = rt
@@ -341,13 +356,22 @@ fn a_stopped_client_is_given_up_by_the_servers_heartbeat() {
     with_watchdog(Duration::from_secs(60), || {
         let mut names = TestNames::new();
         let name = names.name("rpc-stop-client");
-        let mut server = spawn_peer!("rpc-server", name, "65536", "200", "16777216");
+        let mut server = spawn_peer!(PeerCommand::RpcServer {
+            target: RpcTarget::Shm(name.clone()),
+            cap: 65536,
+            heartbeat_ms: 200,
+            max_message: 16 << 20,
+            max_in_flight: None,
+        });
         server.expect("ready", WAIT);
         let rt = rpc_runtime();
         let observer = rt
             .block_on(Client::connect(&name, ClientConfig::default()))
             .expect("connect");
-        let mut caller = spawn_peer!("rpc-caller", name, "2");
+        let mut caller = spawn_peer!(PeerCommand::RpcCaller {
+            name: name.clone(),
+            calls: 2,
+        });
         caller.expect("calling n=2", WAIT);
         rt.block_on(rpc_wait_stats(
             &observer,

@@ -1,4 +1,4 @@
-//! The two scenarios the failed first attempt could not pass, now required to:
+//! Request/response between a server and a client, two ways:
 //!
 //! (a) a server and a client as tokio tasks of one runtime, over `channel::pair`;
 //! (b) the same server and client in two separate processes, over `Listener`/`connect`.
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, Endpoint, RecvError, SendError, WaitStrategy};
 use shmrpc_tests::{
-    field_parse, heavy, make_request, parse_wait, spawn_peer, transform, with_watchdog, TestNames,
+    field_parse, heavy, make_request, parse_wait, spawn_peer, transform, with_watchdog,
+    PeerCommand, ServeMode, TestNames,
 };
 
 const STP: WaitStrategy = WaitStrategy::SpinThenPark {
@@ -132,7 +133,16 @@ fn a_tasks_of_one_current_thread_runtime() {
 fn separate_processes(client_mode: &str, server_mode: &str, wait: &str) {
     let mut names = TestNames::new();
     let name = names.name("echo");
-    let mut peer = spawn_peer!("echo-server", name, server_mode, wait, "2", "4096");
+    let mut peer = spawn_peer!(PeerCommand::EchoServer {
+        name: name.clone(),
+        mode: match server_mode {
+            "async" => ServeMode::Async,
+            _ => ServeMode::Blocking,
+        },
+        wait: parse_wait(wait).unwrap(),
+        conns: 2,
+        cap: 4096,
+    });
     peer.expect("ready", Duration::from_secs(10));
     let cfg = ChannelConfig::default().with_wait(parse_wait(wait).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()

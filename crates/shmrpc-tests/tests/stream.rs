@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use shmrpc::channel::{self, ChannelConfig, Receiver, RecvError, TryRecvError};
 use shmrpc_tests::{
-    heavy, parse_wait, spawn_peer, with_watchdog, SizeProfile, StreamChecker, TestNames,
+    heavy, parse_wait, spawn_peer, with_watchdog, PeerCommand, SizeProfile, StreamChecker,
+    TestNames,
 };
 
 const CAP: usize = 64 * 1024;
@@ -38,15 +39,14 @@ fn stream(count: u64, wait: &str, profile: SizeProfile, reader: Reader) -> Strea
     let mut names = TestNames::new();
     let name = names.name("stream");
     let seed = 0x5eed ^ count;
-    let mut peer = spawn_peer!(
-        "stream",
-        name,
-        wait,
-        CAP.to_string(),
-        count.to_string(),
-        seed.to_string(),
-        profile.to_arg()
-    );
+    let mut peer = spawn_peer!(PeerCommand::Stream {
+        name: name.clone(),
+        wait: parse_wait(wait).unwrap(),
+        cap: CAP,
+        count,
+        seed,
+        profile,
+    });
     peer.expect("ready", Duration::from_secs(10));
     let cfg = ChannelConfig::default().with_wait(parse_wait(wait).unwrap());
     let (tx, mut rx) = channel::connect(&name, &cfg).expect("connect").split();
