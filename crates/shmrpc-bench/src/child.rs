@@ -20,7 +20,7 @@ pub struct Peer {
 impl Peer {
     /// Starts this binary with `args`, its stdin and stdout connected to us.
     pub fn spawn(args: &[String]) -> anyhow::Result<Self> {
-        let exe = crate::self_exe()?;
+        let exe = std::env::current_exe().context("cannot find this executable")?;
         let mut child = Command::new(&exe)
             .args(args)
             .stdin(Stdio::piped())

@@ -18,6 +18,7 @@ use shmrpc::rpc::CallOptions;
 
 use super::rpc;
 use crate::child::{Control, Peer};
+use crate::PEER_SUBCOMMAND;
 
 /// Connections of the idle case.
 pub const CONNECTIONS: usize = 1000;
@@ -183,7 +184,7 @@ pub fn measure(
 ) -> anyhow::Result<IdleResult> {
     raise_fd_limit();
     let mut args = vec![
-        "bench-peer".to_owned(),
+        PEER_SUBCOMMAND.to_owned(),
         "--idle-server".to_owned(),
         name.to_owned(),
     ];
