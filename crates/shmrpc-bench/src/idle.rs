@@ -286,7 +286,7 @@ pub fn serve(name: &str) -> anyhow::Result<()> {
     let mut server = rpc::Running::start(rpc::ServerKind::SpinThenPark, name, &unused)?;
     let mut ctl = Control::new();
     ctl.send("ready")?;
-    match ctl.next()?.as_deref() {
+    match ctl.next_line()?.as_deref() {
         Some("quit") | None => server.stop(),
         Some(other) => bail!("idle server: unexpected {other:?}"),
     }

@@ -1147,7 +1147,7 @@ fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> anyhow::R
     let mut server = rpc::Running::start(kind, &name, &uds)?;
     ctl.send("ready")?;
     loop {
-        match ctl.next()?.as_deref() {
+        match ctl.next_line()?.as_deref() {
             Some("rpc-stop") => break,
             Some("cpu") => ctl.send(&format!("cpu {}", idle::process_cpu_ns()))?,
             Some("restart") => {
@@ -1473,7 +1473,7 @@ pub fn peer(args: &PeerOptions) -> anyhow::Result<()> {
     idle::raise_fd_limit();
     let mut ctl = Control::new();
     ctl.send("ready")?;
-    while let Some(line) = ctl.next()? {
+    while let Some(line) = ctl.next_line()? {
         let cmd: Cmd = line.parse()?;
         let cpu0 = idle::process_cpu_ns();
         let bad = match cmd {
