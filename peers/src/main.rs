@@ -16,17 +16,16 @@
 mod control;
 mod pattern;
 mod report;
-mod stats;
 mod sys;
 mod watchdog;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use control::{ChildError, Control, Peer};
+use control::{reported_by_child, Peer};
 use sys::{RunEnv, SetupCtl, Variant, SIZES};
 
 /// What a case measures.
@@ -239,9 +238,9 @@ fn child_main(args: &[String]) -> Result<()> {
         tag: tag.context("--tag")?,
         big_ring: 0,
     };
-    let mut ctl = Control::new();
+    let mut ctl = control::control();
     let mut sides: Vec<Option<Box<dyn sys::Child>>> = Variant::ALL.iter().map(|_| None).collect();
-    while let Some(line) = ctl.next()? {
+    while let Some(line) = ctl.next_command()? {
         let words: Vec<&str> = line.splitn(3, ' ').collect();
         let r = child_command(&env, &ctl, &mut sides, &words);
         match r {
@@ -258,7 +257,7 @@ fn child_main(args: &[String]) -> Result<()> {
 /// Runs one command; `Ok(false)` to quit.
 fn child_command(
     env: &RunEnv,
-    ctl: &Control,
+    ctl: &shmrpc_harness::Control,
     sides: &mut [Option<Box<dyn sys::Child>>],
     words: &[&str],
 ) -> Result<bool> {
@@ -324,7 +323,8 @@ fn child_command(
 /// Longest setup or teardown of one variant.
 const SETUP_LIMIT: Duration = Duration::from_secs(60);
 
-static CHILD_PID: AtomicU32 = AtomicU32::new(0);
+/// The child, for the watchdog's cleanup hook.
+static CHILD: Mutex<Option<shmrpc_harness::KillHandle>> = Mutex::new(None);
 
 struct Ctl<'a> {
     peer: &'a mut Peer,
@@ -431,11 +431,9 @@ fn lead_main(o: Opts, argv: &[String]) -> Result<()> {
     {
         let env = env.clone();
         watchdog::on_fire(move || {
-            let pid = CHILD_PID.load(Ordering::SeqCst);
-            if pid != 0 {
-                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+            let child = CHILD.lock().map(|c| c.clone()).unwrap_or_default();
+            if let Some(child) = child {
+                child.kill();
                 std::thread::sleep(Duration::from_millis(100));
             }
             remove_all(&our_leftovers(&env));
@@ -559,7 +557,9 @@ fn run(o: &Opts, env: &RunEnv, cpus: Option<(usize, usize)>) -> Result<Run> {
         args.extend(["--cpu".to_owned(), b.to_string()]);
     }
     let mut peer = Peer::spawn(&args)?;
-    CHILD_PID.store(peer.pid(), Ordering::SeqCst);
+    if let Ok(mut c) = CHILD.lock() {
+        *c = Some(peer.kill_handle());
+    }
     eprintln!(
         "shmrpc-peers: {} cases over {} systems/modes, {} rounds (+1 warm-up); {}",
         cases.len(),
@@ -740,7 +740,7 @@ fn run_rounds(
                 };
                 let (r, fell_back) = match run_case(o, peer, lead.as_mut(), c, n, seed) {
                     Ok(x) => x,
-                    Err(e) if e.downcast_ref::<ChildError>().is_some() => {
+                    Err(e) if reported_by_child(&e) => {
                         // The child found a wrong message (or its library failed) and is
                         // ready for the next command. The system delivered something wrong:
                         // this case gets no figures, and the variant stops here (its
@@ -792,7 +792,9 @@ fn run_rounds(
 fn size_case(o: &Opts, work: Work, n: u64, r: &RoundResult) -> u64 {
     let target = o.target.as_secs_f64();
     let per_op = match r {
-        RoundResult::Rtt(s) => stats::quantile(s, 0.5) * 1e-9,
+        RoundResult::Rtt(s) => {
+            shmrpc_harness::quantile(s, 0.5).map_or(f64::NAN, |ns| ns as f64) * 1e-9
+        }
         RoundResult::Stream(rate) => 1.0 / rate,
     };
     let (lo, hi) = match (work, o.quick) {

@@ -7,9 +7,9 @@
 
 use serde_json::{json, Value};
 
-use crate::stats::{median, quantile};
 use crate::sys::Variant;
 use crate::{Case, RoundResult, Run, Work};
+use shmrpc_harness::{median, quantile};
 
 /// The baselines every case is compared with, and their short names in the table.
 const BASELINES: [(Variant, &str); 3] = [
@@ -21,7 +21,7 @@ const BASELINES: [(Variant, &str); 3] = [
 /// The metric a ratio compares, per round.
 fn metric(r: &RoundResult) -> f64 {
     match r {
-        RoundResult::Rtt(s) => quantile(s, 0.5),
+        RoundResult::Rtt(s) => quantile(s, 0.5).map_or(f64::NAN, |ns| ns as f64),
         RoundResult::Stream(rate) => *rate,
     }
 }
@@ -38,8 +38,7 @@ fn ratio(c: &Case, b: &Case) -> Option<f64> {
         .zip(&b.rounds)
         .filter_map(|(x, y)| Some(metric(x.as_ref()?) / metric(y.as_ref()?)))
         .collect();
-    let m = median(&per);
-    m.is_finite().then_some(m)
+    median(&per)
 }
 
 fn baseline<'a>(cases: &'a [Case], c: &Case, v: Variant) -> Option<&'a Case> {
@@ -59,16 +58,9 @@ fn rtt_figures(c: &Case) -> Option<[f64; 4]> {
             RoundResult::Stream(_) => Vec::new(),
         })
         .collect();
-    if all.is_empty() {
-        return None;
-    }
     all.sort_unstable();
-    Some([
-        quantile(&all, 0.5),
-        quantile(&all, 0.99),
-        quantile(&all, 0.999),
-        *all.last().expect("not empty") as f64,
-    ])
+    let q = |q: f64| quantile(&all, q).map(|ns| ns as f64);
+    Some([q(0.5)?, q(0.99)?, q(0.999)?, q(1.0)?])
 }
 
 /// Stream figure: median over rounds of messages per second.
@@ -82,8 +74,7 @@ fn stream_rate(c: &Case) -> Option<f64> {
             RoundResult::Rtt(_) => None,
         })
         .collect();
-    let m = median(&rates);
-    m.is_finite().then_some(m)
+    median(&rates)
 }
 
 fn fmt_ns(ns: f64) -> String {

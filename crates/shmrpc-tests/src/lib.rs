@@ -8,10 +8,10 @@
 
 mod install;
 pub use install::install_peer_exe;
+use shmrpc_harness::{ChildProcess, KillHandle};
 use std::cell::RefCell;
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -444,7 +444,8 @@ impl Drop for TestNames {
 // Watchdog and peer processes
 // ---------------------------------------------------------------------------------------
 
-type Registry = Arc<Mutex<Vec<u32>>>;
+/// The peers a watchdog's test body spawned, by pid (to forget them once reaped).
+type Registry = Arc<Mutex<Vec<(u32, KillHandle)>>>;
 
 thread_local! {
     /// Pids of the live peers spawned by the current watchdog's test body.
@@ -480,10 +481,8 @@ pub fn with_watchdog<T: Send + 'static>(
         Err(mpsc::RecvTimeoutError::Timeout)
     );
     if timed_out {
-        for pid in lock(&registry).drain(..) {
-            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-            }
+        for (_, peer) in lock(&registry).drain(..) {
+            peer.kill();
         }
         // Give the body a moment to unwind (its guards reap the peers and remove files).
         let _ = done_rx.recv_timeout(Duration::from_secs(5));
@@ -511,17 +510,13 @@ macro_rules! spawn_peer {
     };
 }
 
-/// A running peer process. Dropping it kills (SIGKILL) and reaps it if it is still there,
-/// so no test leaves a process behind, even when it fails.
+/// A running peer process: a [`ChildProcess`] whose failures panic (failing the test) with
+/// the harness's message. Dropping it kills (SIGKILL) and reaps it if it is still there, so
+/// no test leaves a process behind, even when it fails. Under [`with_watchdog`] the
+/// watchdog can kill it too.
 #[derive(Debug)]
 pub struct PeerProcess {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    /// Everything the peer printed so far (for failure messages).
-    seen: Vec<String>,
-    pid: u32,
-    label: String,
+    child: ChildProcess,
     registry: Option<Registry>,
 }
 
@@ -535,156 +530,81 @@ impl PeerProcess {
 
     /// Starts a prepared command (e.g. with another uid or environment), stdin and stdout
     /// piped (stderr is inherited), under the same guard as [`spawn`](Self::spawn).
-    pub fn spawn_command(mut cmd: Command) -> Self {
-        let exe = cmd.get_program().to_string_lossy().into_owned();
-        let first = cmd
-            .get_args()
-            .next()
-            .map(|a| a.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {exe}: {e}"));
-        let pid = child.id();
+    pub fn spawn_command(cmd: Command) -> Self {
+        let child = ChildProcess::spawn(cmd).unwrap_or_else(|e| panic!("{e}: {}", e.source));
+        let pid = child.pid();
         let registry = REGISTRY.with(|r| r.borrow().clone());
         if let Some(r) = &registry {
-            lock(r).push(pid);
+            lock(r).push((pid, child.kill_handle()));
         }
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            stdin: child.stdin.take(),
-            child: Some(child),
-            lines,
-            seen: Vec::new(),
-            pid,
-            label: format!("peer {first} (pid {pid})"),
-            registry,
-        }
+        Self { child, registry }
     }
 
     /// The peer's pid.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.child.pid()
     }
 
     /// Waits up to `timeout` for a line starting with `prefix` and returns it; earlier
     /// lines are skipped. Panics (killing the peer via `Drop`) on timeout or if the peer
     /// closed its stdout.
     pub fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
-                        return line;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                    "{}: no line starting with {prefix:?} within {timeout:?}; it printed {:?}",
-                    self.label, self.seen
-                ),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self
-                        .child
-                        .as_mut()
-                        .and_then(|c| c.try_wait().ok().flatten());
-                    panic!(
-                        "{}: exited ({status:?}) before printing {prefix:?}; it printed {:?}",
-                        self.label, self.seen
-                    )
-                }
-            }
-        }
+        self.child
+            .expect(prefix, timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Sends one line to the peer's stdin.
     pub fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
-        writeln!(stdin, "{line}")
-            .and_then(|()| stdin.flush())
-            .unwrap_or_else(|e| panic!("{}: writing {line:?}: {e}", self.label));
+        self.child
+            .send(line)
+            .unwrap_or_else(|e| panic!("{e} (sending {line:?}): {}", source_of(&e)));
     }
 
     /// SIGKILLs the peer and reaps it (so that its pid is really gone, not a zombie).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            self.unregister();
-        }
-        self.stdin = None;
+        let _ = self.child.kill();
+        self.unregister();
     }
 
     /// SIGKILLs the peer, reaps it and returns how it ended: killed by signal 9 if it was
     /// still running, or its own exit status if it had already ended.
     pub fn kill_status(&mut self) -> ExitStatus {
-        let mut c = self.child.take().expect("peer not yet reaped");
-        let _ = c.kill();
-        let status = c
-            .wait()
-            .unwrap_or_else(|e| panic!("{}: wait: {e}", self.label));
+        let status = self
+            .child
+            .kill()
+            .unwrap_or_else(|e| panic!("{}: wait: {e}", self.child.label()));
         self.unregister();
-        self.stdin = None;
         status
     }
 
     /// Every line the peer printed so far (without waiting), including those already seen.
     pub fn lines_so_far(&mut self) -> &[String] {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        &self.seen
+        self.child.lines()
     }
 
     /// Closes the peer's stdin and waits up to `timeout` for it to exit; panics on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        self.stdin = None;
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().expect("peer not yet reaped");
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    self.child = None;
-                    self.unregister();
-                    return status;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Ok(None) => panic!("{}: did not exit within {timeout:?}", self.label),
-                Err(e) => panic!("{}: wait: {e}", self.label),
-            }
-        }
+        let status = self.child.finish(timeout).unwrap_or_else(|e| panic!("{e}"));
+        self.unregister();
+        status
     }
 
     /// Waits for the peer to exit and asserts that it succeeded.
     pub fn assert_exits_ok(&mut self, timeout: Duration) {
         let status = self.wait_exit(timeout);
+        let label = self.child.label().to_owned();
         assert!(
             status.success(),
-            "{} failed: {status}; it printed {:?}",
-            self.label,
-            self.seen
+            "{label} failed: {status}; it printed {:?}",
+            self.child.lines()
         );
     }
 
     fn unregister(&self) {
         if let Some(r) = &self.registry {
-            lock(r).retain(|&p| p != self.pid);
+            let pid = self.child.pid();
+            lock(r).retain(|(p, _)| *p != pid);
         }
     }
 }
@@ -695,11 +615,11 @@ impl Drop for PeerProcess {
     }
 }
 
-/// The value of `key=value` in a whitespace-separated line.
-pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_ascii_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+fn source_of(e: &dyn std::error::Error) -> String {
+    e.source().map(|s| s.to_string()).unwrap_or_default()
 }
+
+pub use shmrpc_harness::field;
 
 /// [`field`], parsed.
 pub fn field_parse<T: std::str::FromStr>(line: &str, key: &str) -> T {

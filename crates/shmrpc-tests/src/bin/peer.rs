@@ -10,7 +10,7 @@
 //! peer stream <name> <wait> <cap> <count> <seed> <profile>
 //! peer flood <name> <wait> <cap>
 //! peer sink <name> <wait> <cap>
-//! peer rpc-server <name|tcp> <cap> <heartbeat-ms> <max-message> [<max-in-flight>]
+//! peer rpc-server <name|tcp> <cap> <heartbeat-ms> <max-message> [<max-in-flight> [<handshake-timeout-ms>]]
 //! peer rpc-clients <name> <clients> <calls>       (stdin: "check", "exit")
 //! peer rpc-caller <name> <calls>
 //! peer rpc-garbage <name>
@@ -557,6 +557,9 @@ fn rpc_server(args: &[String]) {
     };
     if args.len() > 5 {
         cfg.max_in_flight = arg(args, 5, "max in flight");
+    }
+    if args.len() > 6 {
+        cfg.handshake_timeout = Duration::from_millis(arg(args, 6, "handshake timeout ms"));
     }
     let rt = rpc_runtime();
     rt.block_on(async move {

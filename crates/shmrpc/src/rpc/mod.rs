@@ -31,9 +31,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 pub use blocking::BlockingClient;
 pub use client::{CallOptions, CallStream, Client, ClientConfig};
-pub use config::ConfigError;
+pub use config::{ConfigError, ServerConfig};
 pub use inspect::INSPECT_METHOD;
-pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerConfig, ServerHandle};
+pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
 
 /// Why a call failed. The numeric values are part of the wire format.
 ///

@@ -1,0 +1,274 @@
+//! Building a server: its routes and settings, then binding a name or an address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::accept::Acceptor;
+use super::{CallContext, Handler, ItemSink, Route, Server, INSPECT_ID};
+use crate::channel::Listener;
+use crate::rpc::obs::MethodObs;
+use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError, ServerConfig};
+
+/// Builds a [`Server`]: add routes, then bind.
+///
+/// # Examples
+///
+/// Routes of each kind, on a builder with custom settings (bind it with
+/// [`bind`](Self::bind) or [`bind_tcp`](Self::bind_tcp)):
+///
+/// ```
+/// use shmrpc::rpc::{Code, RpcError, ServerBuilder, ServerConfig};
+///
+/// let cfg = ServerConfig {
+///     max_in_flight: 64,
+///     ..ServerConfig::default()
+/// };
+/// let builder = ServerBuilder::new(cfg)
+///     // Raw bytes in, raw bytes out.
+///     .unary_raw("echo", |_ctx, body: Vec<u8>| async move { Ok(body) })
+///     // Typed (postcard): a request type and a response type.
+///     .unary("div", |_ctx, (a, b): (u32, u32)| async move {
+///         a.checked_div(b)
+///             .ok_or_else(|| RpcError::new(Code::BadRequest, "division by zero"))
+///     })
+///     // Server-streaming: send items through the sink, return to end the stream.
+///     .streaming("range", |_ctx, n: u32, sink| async move {
+///         for i in 0..n {
+///             sink.send(&i).await?;
+///         }
+///         Ok(())
+///     })
+///     .streaming_raw("chunks", |_ctx, body: Vec<u8>, sink| async move {
+///         for chunk in body.chunks(4) {
+///             sink.send_raw(chunk).await?;
+///         }
+///         Ok(())
+///     });
+/// println!("{builder:?}");
+/// ```
+pub struct ServerBuilder {
+    pub(super) cfg: ServerConfig,
+    pub(super) routes: IdMap<Route, u32>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.routes.values().map(|r| &r.name).collect();
+        f.debug_struct("ServerBuilder")
+            .field("routes", &names)
+            .finish()
+    }
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self::new(ServerConfig::default())
+    }
+}
+
+impl ServerBuilder {
+    /// A builder with `cfg`.
+    pub fn new(cfg: ServerConfig) -> Self {
+        Self {
+            cfg,
+            routes: IdMap::default(),
+        }
+    }
+
+    fn add(mut self, name: &str, streaming: bool, handler: Handler) -> Self {
+        let id = method_id(name);
+        assert!(
+            id != INSPECT_ID,
+            "{name:?} is the built-in inspection method's name (or has its id); rename it"
+        );
+        if let Some(other) = self.routes.get(&id) {
+            assert!(
+                other.name == name,
+                "method names {:?} and {name:?} have the same id; rename one",
+                other.name
+            );
+        }
+        let name = name.to_owned();
+        self.routes.insert(
+            id,
+            Route {
+                obs: MethodObs::new(&name, self.cfg.metrics),
+                name,
+                streaming,
+                handler,
+            },
+        );
+        self
+    }
+
+    /// A unary method on raw bytes.
+    ///
+    /// # Panics
+    /// If another registered name has the same [`method_id`] (a programming error, found at
+    /// start-up).
+    pub fn unary_raw<F, Fut>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(CallContext, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            name,
+            false,
+            Arc::new(move |ctx, req, _sink| {
+                let fut = f(ctx, req);
+                Box::pin(async move { fut.await.map(Some) })
+            }),
+        )
+    }
+
+    /// A unary method with typed request and response (default codec).
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn unary<Req, Resp, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            name,
+            false,
+            Arc::new(move |ctx, req, _sink| {
+                let f = f.clone();
+                Box::pin(async move {
+                    let req: Req = decode(&req)?;
+                    let resp = f(ctx, req).await?;
+                    encode(&resp).map(Some)
+                })
+            }),
+        )
+    }
+
+    /// A server-streaming method on raw bytes: the handler sends items through the sink;
+    /// returning `Ok` ends the stream.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn streaming_raw<F, Fut>(self, name: &str, f: F) -> Self
+    where
+        F: Fn(CallContext, Vec<u8>, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            name,
+            true,
+            Arc::new(move |ctx, req, sink| {
+                let fut = f(ctx, req, sink);
+                Box::pin(async move { fut.await.map(|()| None) })
+            }),
+        )
+    }
+
+    /// A server-streaming method with a typed request.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn streaming<Req, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        F: Fn(CallContext, Req, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            name,
+            true,
+            Arc::new(move |ctx, req, sink| {
+                let f = f.clone();
+                Box::pin(async move {
+                    let req: Req = decode(&req)?;
+                    f(ctx, req, sink).await.map(|()| None)
+                })
+            }),
+        )
+    }
+
+    /// Listens on the shared-memory name `name` (see [`Listener::bind`]).
+    ///
+    /// # Errors
+    /// [`Code::Unavailable`] with the bind error (e.g. a live server has the name).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::rpc::Server;
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), shmrpc::rpc::RpcError> {
+    /// let name = format!("doc-bind-{}", std::process::id());
+    /// let server = Server::builder()
+    ///     .unary("ping", |_ctx, (): ()| async { Ok(()) })
+    ///     .bind(&name)?;
+    /// // A second server cannot take a live server's name.
+    /// assert!(Server::builder().bind(&name).is_err());
+    /// let handle = server.handle();
+    /// handle.shutdown(); // here at once: `serve` returns, and the socket file goes
+    /// server.serve().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn bind(self, name: &str) -> Result<Server, RpcError> {
+        raise_fd_limit();
+        let listener = Listener::bind(name, self.cfg.channel.clone())
+            .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
+        Ok(Server::new(self, Acceptor::Shm(Arc::new(listener))))
+    }
+
+    /// Listens on a TCP address (for peers on other hosts); same frames, same handlers.
+    ///
+    /// # Errors
+    /// [`Code::Unavailable`] with the bind error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Port 0: the OS picks a free port; `local_addr` tells which.
+    /// let server = Server::builder()
+    ///     .unary("len", |_ctx, s: String| async move { Ok(s.len() as u64) })
+    ///     .bind_tcp("127.0.0.1:0".parse()?)
+    ///     .await?;
+    /// let addr = server.local_addr().expect("a TCP server has an address");
+    /// let handle = server.handle();
+    /// let serving = tokio::spawn(server.serve());
+    ///
+    /// let client = Client::connect_tcp(addr, ClientConfig::default()).await?;
+    /// let n: u64 = client.call("len", &"four".to_string(), CallOptions::default()).await?;
+    /// assert_eq!(n, 4);
+    ///
+    /// drop(client);
+    /// handle.shutdown();
+    /// serving.await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn bind_tcp(self, addr: SocketAddr) -> Result<Server, RpcError> {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
+        Ok(Server::new(self, Acceptor::Tcp(l)))
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: each shared-memory connection
+/// holds seven descriptors, and a server should hold a thousand connections and more.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+}

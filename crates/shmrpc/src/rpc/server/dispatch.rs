@@ -1,0 +1,225 @@
+//! Starting a call: routing it, running its handler (inline if it answers at once, else in
+//! a task raced against cancellation and deadline), and sending its outcome.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::connection::ConnTx;
+use super::context::{CallContext, CallToken};
+use super::sink::{ItemSink, STREAM_WINDOW};
+use super::{BoxFuture, Shared, INSPECT_ID};
+use crate::frame::{FrameHeader, Kind};
+use crate::rpc::{encode, split_deadline, Code, IdMap, RpcError, DEADLINE_PREFIX};
+
+/// A call that waits (its handler runs in a task): its cancellation token and, if it
+/// streams, its credit. Calls answered on their first poll never get an entry.
+type Running = (CallToken, Option<Arc<Semaphore>>);
+
+/// What one connection's calls share.
+pub(super) struct ConnState {
+    pub(super) shared: Arc<Shared>,
+    pub(super) tx: Arc<ConnTx>,
+    pub(super) calls: Arc<Mutex<IdMap<Running>>>,
+    pub(super) in_flight: tokio_util::task::TaskTracker,
+    pub(super) peer_pid: Option<u32>,
+}
+
+impl ConnState {
+    /// Starts a request that holds a concurrency permit.
+    pub(super) async fn start(
+        &self,
+        h: FrameHeader,
+        mut payload: Vec<u8>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let Some((deadline, _)) = split_deadline(&payload) else {
+            let e = RpcError::new(Code::BadRequest, "request without deadline prefix");
+            self.shared.obs.rejected(e.code);
+            reply_error(&self.tx, h.method, h.call_id, e).await;
+            return;
+        };
+        if h.method == INSPECT_ID {
+            // Built in: what this server knows of its connections.
+            let outcome = encode(&self.shared.registry.report()).map(Some);
+            send_outcome(
+                &self.tx,
+                h.method,
+                h.call_id,
+                outcome,
+                self.shared.cfg.max_message,
+            )
+            .await;
+            return;
+        }
+        let Some(route) = self.shared.routes.get(&h.method) else {
+            let e = RpcError::new(
+                Code::UnknownMethod,
+                format!("no method with id {:#010x}", h.method),
+            );
+            self.shared.obs.rejected(e.code);
+            reply_error(&self.tx, h.method, h.call_id, e).await;
+            return;
+        };
+        // The body is the payload after its prefix: shift it down instead of copying it out.
+        payload.drain(..DEADLINE_PREFIX);
+        let obs = route.obs.start(&self.shared.obs, h.call_id, payload.len());
+        // A token of its own per call, not a child of a per-connection token: a child costs
+        // a lock on the parent at creation and drop. When the connection ends, the calls
+        // still running are cancelled one by one from `calls`.
+        let token = CallToken::default();
+        let credit = route
+            .streaming
+            .then(|| Arc::new(Semaphore::new(STREAM_WINDOW)));
+        let ctx = CallContext {
+            call_id: h.call_id,
+            deadline: deadline.map(|d| Instant::now() + d),
+            token: token.clone(),
+            peer_pid: self.peer_pid,
+        };
+        let max = self.shared.cfg.max_message;
+        let sink = ItemSink {
+            tx: self.tx.clone(),
+            method: h.method,
+            call_id: h.call_id,
+            max_message: max,
+            token: token.clone(),
+            credit: credit.clone(),
+        };
+        let mut fut = (route.handler)(ctx, payload, sink);
+        // Fast path: most handlers answer without waiting for anything. Poll once here; if
+        // the answer is ready, reply at once and skip the two task spawns (and their
+        // wake-ups) that a handler which waits needs. No frame of this connection is read
+        // meanwhile, so a call that finishes here needs no entry in `calls` (a later
+        // `Cancel` or `Credit` for it finds nothing, as for any finished call).
+        let first = {
+            #[cfg(feature = "tracing")]
+            let _in_span = obs.span().entered();
+            poll_once(&mut fut)
+        };
+        if let Some(outcome) = first {
+            let code = send_outcome(&self.tx, h.method, h.call_id, outcome, max).await;
+            obs.end(&self.shared.obs, code);
+            drop(permit);
+            return;
+        }
+        self.calls
+            .lock()
+            .expect("poisoned")
+            .insert(h.call_id, (token.clone(), credit));
+        let (tx, calls) = (self.tx.clone(), self.calls.clone());
+        let grace = self.shared.cfg.cancel_grace;
+        #[cfg(feature = "tracing")]
+        let fut: BoxFuture<_> = Box::pin(tracing::Instrument::instrument(fut, obs.span()));
+        let server_obs = self.shared.obs.clone();
+        self.tx
+            .info
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.in_flight.spawn(async move {
+            let outcome = run_handler(fut, token, deadline, grace).await;
+            tx.info
+                .running
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            calls.lock().expect("poisoned").remove(&h.call_id);
+            let code = send_outcome(&tx, h.method, h.call_id, outcome, max).await;
+            obs.end(&server_obs, code);
+            drop(permit);
+        });
+    }
+
+    /// Cancels every call still running (the connection ended).
+    pub(super) fn cancel_all(&self) {
+        for (token, _) in self.calls.lock().expect("poisoned").values() {
+            token.cancel();
+        }
+    }
+}
+
+/// Polls a handler once with a no-op waker. `Some` if it finished (a panic counts as a
+/// failed call); `None` if it must wait, in which case it is spawned and polled again with a
+/// real waker (futures re-register their waker on every poll, so nothing is lost).
+fn poll_once(
+    fut: &mut BoxFuture<Result<Option<Vec<u8>>, RpcError>>,
+) -> Option<Result<Option<Vec<u8>>, RpcError>> {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(r)) => Some(r),
+        Ok(Poll::Pending) => None,
+        Err(_) => Some(Err(RpcError::handler("handler panicked"))),
+    }
+}
+
+/// Sends a finished call's answer: its response, the end of its stream, or its error.
+/// Returns the error's code if the call failed.
+async fn send_outcome(
+    tx: &ConnTx,
+    method: u32,
+    call_id: u64,
+    outcome: Result<Option<Vec<u8>>, RpcError>,
+    max: usize,
+) -> Option<Code> {
+    let (kind, body, code) = match outcome {
+        Ok(Some(resp)) if resp.len() > max => {
+            let e = RpcError::new(
+                Code::TooLarge,
+                format!("response of {} bytes exceeds {max}", resp.len()),
+            );
+            (Kind::Error, e.encode(), Some(e.code))
+        }
+        Ok(Some(resp)) => (Kind::Response, resp, None),
+        Ok(None) => (Kind::StreamEnd, Vec::new(), None),
+        Err(e) => (Kind::Error, e.encode(), Some(e.code)),
+    };
+    // A failed send marks the connection broken (`ConnTx::send`); nothing else to do here.
+    let _ = tx.send(kind, method, call_id, &body).await;
+    code
+}
+
+pub(super) async fn reply_error(tx: &ConnTx, method: u32, call_id: u64, e: RpcError) {
+    let _ = tx.send(Kind::Error, method, call_id, &e.encode()).await;
+}
+
+/// Runs a handler in its own task (so a panic fails only this call), racing it against
+/// cancellation and the deadline. A cancelled handler gets `grace` to notice and return
+/// before it is aborted.
+async fn run_handler(
+    fut: BoxFuture<Result<Option<Vec<u8>>, RpcError>>,
+    token: CallToken,
+    deadline: Option<Duration>,
+    grace: Duration,
+) -> Result<Option<Vec<u8>>, RpcError> {
+    let mut task = tokio::spawn(fut);
+    let expired = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let why = tokio::select! {
+        r = &mut task => return flatten(r),
+        _ = token.cancelled() => RpcError::new(Code::Cancelled, "call cancelled"),
+        _ = expired => {
+            token.cancel();
+            RpcError::new(Code::DeadlineExceeded, "deadline exceeded")
+        }
+    };
+    match tokio::time::timeout(grace, &mut task).await {
+        Ok(_) => {}
+        Err(_) => task.abort(),
+    }
+    Err(why)
+}
+
+fn flatten(
+    r: Result<Result<Option<Vec<u8>>, RpcError>, tokio::task::JoinError>,
+) -> Result<Option<Vec<u8>>, RpcError> {
+    match r {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err(RpcError::handler("handler panicked")),
+        Err(_) => Err(RpcError::new(Code::Cancelled, "handler aborted")),
+    }
+}
