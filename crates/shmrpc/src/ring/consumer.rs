@@ -44,7 +44,7 @@ pub struct Consumer {
     /// How many times we had to wake the producer (each is a system call).
     wakes: u64,
     /// This end's claim on the ring; released when the handle drops (or detaches).
-    _claim: Claim,
+    _claim: Box<Claim>,
 }
 
 impl std::fmt::Debug for Consumer {

@@ -232,7 +232,9 @@ pub(crate) struct Attached {
     key: u64,
     read: u64,
     write: u64,
-    claim: Claim,
+    /// Boxed: held for the handle's life but never touched on its hot path, so it should
+    /// not make every `Producer`/`Consumer` (and what embeds them) larger.
+    claim: Box<Claim>,
 }
 
 /// Checks the read-only words (magic, version, capacity): that the memory is a ring of
@@ -286,7 +288,7 @@ fn validate_positions(mem: RingMem, claim: Claim) -> Result<Attached, AttachErro
         key,
         read,
         write,
-        claim,
+        claim: Box::new(claim),
     })
 }
 

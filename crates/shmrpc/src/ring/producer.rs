@@ -55,7 +55,7 @@ pub struct Producer {
     /// How many times we had to wake the consumer (each is a system call).
     wakes: u64,
     /// This end's claim on the ring; released when the handle drops (or detaches).
-    _claim: Claim,
+    _claim: Box<Claim>,
 }
 
 impl std::fmt::Debug for Producer {
