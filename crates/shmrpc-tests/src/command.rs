@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use shmrpc::channel::WaitStrategy;
+use shmrpc::ring::End;
 use thiserror::Error;
 
 use crate::{parse_wait, wait_arg, SizeProfile};
@@ -104,6 +105,17 @@ pub enum PeerCommand {
         /// Segment size.
         size: usize,
     },
+    /// Opens a segment holding a ring at offset 0 and attaches one end (`ready pid=<pid>`);
+    /// `try <end>` on stdin attempts to attach an end and reports `attached end=..` or
+    /// `refused end=.. holder=<pid>`.
+    RingClaim {
+        /// Segment name.
+        name: String,
+        /// Ring capacity in bytes.
+        cap: usize,
+        /// The end it holds.
+        end: End,
+    },
     /// Creates a segment, stamps its pid at offset 0 and holds it (`ready pid=<pid>`).
     HoldSegment {
         /// Segment name.
@@ -161,6 +173,9 @@ pub enum PeerCommand {
         max_message: usize,
         /// Calls in flight per connection (the server's default if `None`).
         max_in_flight: Option<usize>,
+        /// How long a client may take over its handshake, in milliseconds (the server's
+        /// default if `None`).
+        handshake_timeout_ms: Option<u64>,
     },
     /// `clients` clients in this process, each making `calls` checked calls.
     RpcClients {
@@ -292,6 +307,24 @@ impl Args<'_> {
         self.raw(what).map(str::to_owned)
     }
 
+    /// An optional `key=value` argument: `None` if the next argument is not `key=...`.
+    fn option<T: FromStr>(&mut self, key: &'static str) -> Result<Option<T>, ArgsError> {
+        let Some(value) = self
+            .rest
+            .as_slice()
+            .first()
+            .and_then(|a| a.strip_prefix(key)?.strip_prefix('='))
+        else {
+            return Ok(None);
+        };
+        self.rest.next();
+        value.parse().map(Some).map_err(|_| ArgsError::Invalid {
+            role: self.role,
+            what: key,
+            value: value.to_owned(),
+        })
+    }
+
     fn wait(&mut self) -> Result<WaitStrategy, ArgsError> {
         self.with("wait", parse_wait)
     }
@@ -315,12 +348,14 @@ usage: peer <role> <arguments>
   echo-server <name> <blocking|async> <wait> <conns> <cap>
   ring-writer <name> <cap> <n> <seed>              (stdin: \"more <k>\", \"exit\")
   race-open <name> <size>                          (stdin: \"go\", then \"exit\")
+  ring-claim <name> <cap> <producer|consumer>      (stdin: \"try <end>\", \"exit\")
   hold-segment <name> <size>
   listen <name>
   stream <name> <wait> <cap> <count> <seed> <profile>
   flood <name> <wait> <cap>
   sink <name> <wait> <cap>
-  rpc-server <shm:NAME|tcp> <cap> <heartbeat-ms> <max-message> [<max-in-flight>]
+  rpc-server <shm:NAME|tcp> <cap> <heartbeat-ms> <max-message>
+             [max-in-flight=<n>] [handshake-timeout-ms=<ms>]
   rpc-clients <name> <clients> <calls>             (stdin: \"check\", \"exit\")
   rpc-caller <name> <calls>
   rpc-garbage <name>
@@ -333,10 +368,11 @@ usage: peer <role> <arguments>
 <profile>: mixed:<max> or large:<lo>:<max>";
 
 /// Every role name, in [`USAGE`] order.
-pub const ROLES: [&str; 17] = [
+pub const ROLES: [&str; 18] = [
     "echo-server",
     "ring-writer",
     "race-open",
+    "ring-claim",
     "hold-segment",
     "listen",
     "stream",
@@ -371,6 +407,7 @@ impl PeerCommand {
             Self::EchoServer { .. } => "echo-server",
             Self::RingWriter { .. } => "ring-writer",
             Self::RaceOpen { .. } => "race-open",
+            Self::RingClaim { .. } => "ring-claim",
             Self::HoldSegment { .. } => "hold-segment",
             Self::Listen { .. } => "listen",
             Self::Stream { .. } => "stream",
@@ -411,6 +448,7 @@ impl PeerCommand {
             Self::RaceOpen { name, size } | Self::HoldSegment { name, size } => {
                 a.extend([s(name), s(size)]);
             }
+            Self::RingClaim { name, cap, end } => a.extend([s(name), s(cap), s(end)]),
             Self::Listen { name } | Self::RpcGarbage { name } | Self::RpcHostile { name } => {
                 a.push(s(name))
             }
@@ -438,13 +476,15 @@ impl PeerCommand {
                 heartbeat_ms,
                 max_message,
                 max_in_flight,
+                handshake_timeout_ms,
             } => {
                 a.push(match target {
                     RpcTarget::Shm(name) => format!("shm:{name}"),
                     RpcTarget::Tcp => "tcp".to_owned(),
                 });
                 a.extend([s(cap), s(heartbeat_ms), s(max_message)]);
-                a.extend(max_in_flight.map(|m| m.to_string()));
+                a.extend(max_in_flight.map(|m| format!("max-in-flight={m}")));
+                a.extend(handshake_timeout_ms.map(|t| format!("handshake-timeout-ms={t}")));
             }
             Self::RpcClients {
                 name,
@@ -515,6 +555,15 @@ impl PeerCommand {
                 name: a.string("name")?,
                 size: a.num("size")?,
             },
+            "ring-claim" => Self::RingClaim {
+                name: a.string("name")?,
+                cap: a.num("cap")?,
+                end: a.with("producer|consumer", |e| match e {
+                    "producer" => Some(End::Producer),
+                    "consumer" => Some(End::Consumer),
+                    _ => None,
+                })?,
+            },
             "hold-segment" => Self::HoldSegment {
                 name: a.string("name")?,
                 size: a.num("size")?,
@@ -548,10 +597,8 @@ impl PeerCommand {
                 cap: a.num("cap")?,
                 heartbeat_ms: a.num("heartbeat-ms")?,
                 max_message: a.num("max-message")?,
-                max_in_flight: match a.rest.len() {
-                    0 => None,
-                    _ => Some(a.num("max-in-flight")?),
-                },
+                max_in_flight: a.option("max-in-flight")?,
+                handshake_timeout_ms: a.option("handshake-timeout-ms")?,
             },
             "rpc-clients" => Self::RpcClients {
                 name: a.string("name")?,
@@ -646,6 +693,11 @@ mod tests {
                 name: name(),
                 size: 4096,
             },
+            RingClaim {
+                name: name(),
+                cap: 4096,
+                end: End::Consumer,
+            },
             HoldSegment {
                 name: name(),
                 size: 123,
@@ -675,6 +727,7 @@ mod tests {
                 heartbeat_ms: 300,
                 max_message: 1 << 20,
                 max_in_flight: Some(4),
+                handshake_timeout_ms: Some(600_000),
             },
             RpcClients {
                 name: name(),
@@ -720,6 +773,20 @@ mod tests {
                 heartbeat_ms: 2,
                 max_message: 3,
                 max_in_flight: None,
+                handshake_timeout_ms: None,
+            },
+            PeerCommand::RpcServer {
+                target: RpcTarget::Tcp,
+                cap: 1,
+                heartbeat_ms: 2,
+                max_message: 3,
+                max_in_flight: None,
+                handshake_timeout_ms: Some(5),
+            },
+            PeerCommand::RingClaim {
+                name: "r".into(),
+                cap: 64,
+                end: End::Producer,
             },
             PeerCommand::Stream {
                 name: "s".into(),
@@ -790,6 +857,24 @@ mod tests {
             parse(&["rpc-server", "name", "1", "2", "3"]),
             Err(ArgsError::Invalid {
                 what: "shm:NAME|tcp",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["rpc-server", "tcp", "1", "2", "3", "max-in-flight=x"]),
+            Err(ArgsError::Invalid {
+                what: "max-in-flight",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["rpc-server", "tcp", "1", "2", "3", "4"]),
+            Err(ArgsError::Extra { .. })
+        ));
+        assert!(matches!(
+            parse(&["ring-claim", "r", "64", "both"]),
+            Err(ArgsError::Invalid {
+                what: "producer|consumer",
                 ..
             })
         ));

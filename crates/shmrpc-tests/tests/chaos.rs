@@ -37,6 +37,7 @@ fn start_server(name: &str) -> PeerProcess {
         heartbeat_ms: 300,
         max_message: 1 << 20,
         max_in_flight: None,
+        handshake_timeout_ms: None,
     });
     p.expect("ready", WAIT);
     p

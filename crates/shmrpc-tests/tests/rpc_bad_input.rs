@@ -35,6 +35,7 @@ fn start_server(name: &str) -> PeerProcess {
         heartbeat_ms: 2000,
         max_message: SERVER_MAX,
         max_in_flight: None,
+        handshake_timeout_ms: None,
     });
     p.expect("ready", WAIT);
     p
@@ -445,6 +446,7 @@ fn garbage_over_tcp_closes_only_that_connection() {
             heartbeat_ms: 2000,
             max_message: 1 << 20,
             max_in_flight: None,
+            handshake_timeout_ms: None,
         });
         let ready = server.expect("ready", WAIT);
         let addr: std::net::SocketAddr = field(&ready, "addr").unwrap().parse().unwrap();

@@ -43,6 +43,7 @@ fn start_server(names: &mut TestNames, tcp: bool, heartbeat_ms: u64) -> (PeerPro
             heartbeat_ms: heartbeat_ms,
             max_message: MAX_MESSAGE,
             max_in_flight: None,
+            handshake_timeout_ms: None,
         });
         let ready = p.expect("ready", WAIT);
         let addr = field(&ready, "addr")
@@ -58,6 +59,7 @@ fn start_server(names: &mut TestNames, tcp: bool, heartbeat_ms: u64) -> (PeerPro
             heartbeat_ms: heartbeat_ms,
             max_message: MAX_MESSAGE,
             max_in_flight: None,
+            handshake_timeout_ms: None,
         });
         p.expect("ready", WAIT);
         (p, Target::Shm(name))

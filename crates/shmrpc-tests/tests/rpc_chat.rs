@@ -35,6 +35,7 @@ fn chat_tokens_arrive_in_order_and_a_dropped_stream_cancels_the_engines_handler(
             heartbeat_ms: 2000,
             max_message: 16 << 20,
             max_in_flight: None,
+            handshake_timeout_ms: None,
         });
         engine.expect("ready", WAIT);
         let rt = rpc_runtime();
@@ -168,6 +169,7 @@ fn a_cancel_reaches_the_engine_when_the_connection_is_at_its_concurrency_limit()
             heartbeat_ms: 2000,
             max_message: 16 << 20,
             max_in_flight: Some(4),
+            handshake_timeout_ms: None,
         });
         engine.expect("ready", WAIT);
         let rt = rpc_runtime();
@@ -243,6 +245,7 @@ fn an_editor_that_stops_reading_holds_back_the_engine() {
             heartbeat_ms: 2000,
             max_message: 16 << 20,
             max_in_flight: None,
+            handshake_timeout_ms: None,
         });
         engine.expect("ready", WAIT);
         let rt = rpc_runtime();

@@ -46,6 +46,7 @@ fn a_thousand_clients_connected_at_once_each_completing_calls() {
             heartbeat_ms: 2000,
             max_message: 16 << 20,
             max_in_flight: None,
+            handshake_timeout_ms: None,
         });
         server.expect("ready", WAIT);
         let rt = rpc_runtime();

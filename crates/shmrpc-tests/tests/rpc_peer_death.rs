@@ -32,6 +32,7 @@ fn start_server(name: &str) -> PeerProcess {
         heartbeat_ms: 2000,
         max_message: 16 << 20,
         max_in_flight: None,
+        handshake_timeout_ms: None,
     });
     p.expect("ready", WAIT);
     p
@@ -183,6 +184,7 @@ fn a_killed_server_fails_pending_calls_with_peer_gone_and_a_restarted_one_is_rec
             heartbeat_ms: 2000,
             max_message: 16 << 20,
             max_in_flight: None,
+            handshake_timeout_ms: None,
         });
         server.expect("ready", WAIT);
         let ready = Instant::now();
@@ -362,6 +364,7 @@ fn a_stopped_client_is_given_up_by_the_servers_heartbeat() {
             heartbeat_ms: 200,
             max_message: 16 << 20,
             max_in_flight: None,
+            handshake_timeout_ms: None,
         });
         server.expect("ready", WAIT);
         let rt = rpc_runtime();

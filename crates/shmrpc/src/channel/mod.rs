@@ -28,8 +28,8 @@ use thiserror::Error;
 
 pub use endpoint::{Endpoint, Message, Receiver, Sender};
 pub use handshake::{
-    connect, server_handshake, AcceptError, BindError, ConnectError, Hello, Listener,
-    HANDSHAKE_VERSION,
+    connect, AcceptError, BindError, ConnectError, Hello, Listener, PendingClient,
+    HANDSHAKE_TIMEOUT, HANDSHAKE_VERSION,
 };
 
 pub use crate::ring::{CorruptError, PeekError as TryRecvError, ReserveError as TrySendError};

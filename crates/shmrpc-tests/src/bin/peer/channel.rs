@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use shmrpc::channel::{ChannelConfig, Endpoint, RecvError, SendError};
-use shmrpc::ring;
+use shmrpc::ring::{self, End};
 use shmrpc::sys::Segment;
 use shmrpc_tests::{
     fill_stream_message, transform, ServeMode, SizeProfile, RING_SEGMENT_KIND, RING_WRITER_PROFILE,
@@ -116,6 +116,36 @@ pub(crate) fn ring_writer(name: &str, cap: usize, n: u64, seed: u64) {
             let pos = write(total, total + k);
             total += k;
             say(format!("wrote write_pos={pos} n={total}"));
+        }
+        true
+    });
+}
+
+/// Opens the named segment holding a ring at offset 0, attaches one end and holds it.
+/// `try <end>` attempts to attach an end and reports `attached end=..` (then drops it) or
+/// `refused end=.. holder=<pid>`.
+pub(crate) fn ring_claim(name: &str, cap: usize, held: End) {
+    let seg = Arc::new(Segment::open(name).unwrap_or_else(|e| fail(format!("open: {e}"))));
+    let attach = |end: &str| match end {
+        "producer" => ring::producer(&seg, 0, cap).map(drop),
+        "consumer" => ring::consumer(&seg, 0, cap).map(drop),
+        _ => fail(format!("bad end {end:?}")),
+    };
+    let _held: Box<dyn Send> = match held {
+        End::Producer => ring::producer(&seg, 0, cap).map(|p| Box::new(p) as _),
+        End::Consumer => ring::consumer(&seg, 0, cap).map(|c| Box::new(c) as _),
+    }
+    .unwrap_or_else(|e| fail(format!("attach {held}: {e}")));
+    say(format!("ready pid={}", std::process::id()));
+    serve_stdin(|line| {
+        if let Some(end) = line.strip_prefix("try ") {
+            match attach(end) {
+                Ok(()) => say(format!("attached end={end}")),
+                Err(ring::AttachError::AlreadyAttached { end, holder_pid }) => {
+                    say(format!("refused end={end} holder={holder_pid}"))
+                }
+                Err(e) => fail(format!("attach {end}: {e}")),
+            }
         }
         true
     });

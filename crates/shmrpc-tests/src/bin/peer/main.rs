@@ -89,6 +89,7 @@ fn main() {
         } => channel::echo_server(&name, mode, config(wait, cap), conns),
         PeerCommand::RingWriter { name, cap, n, seed } => channel::ring_writer(&name, cap, n, seed),
         PeerCommand::RaceOpen { name, size } => channel::race_open(&name, size),
+        PeerCommand::RingClaim { name, cap, end } => channel::ring_claim(&name, cap, end),
         PeerCommand::HoldSegment { name, size } => channel::hold_segment(&name, size),
         PeerCommand::Listen { name } => channel::listen(&name),
         PeerCommand::Stream {
@@ -107,7 +108,15 @@ fn main() {
             heartbeat_ms,
             max_message,
             max_in_flight,
-        } => rpc::rpc_server(target, cap, heartbeat_ms, max_message, max_in_flight),
+            handshake_timeout_ms,
+        } => rpc::rpc_server(
+            target,
+            cap,
+            heartbeat_ms,
+            max_message,
+            max_in_flight,
+            handshake_timeout_ms,
+        ),
         PeerCommand::RpcClients {
             name,
             clients,

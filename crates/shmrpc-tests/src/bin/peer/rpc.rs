@@ -203,6 +203,7 @@ pub(crate) fn rpc_server(
     heartbeat_ms: u64,
     max_message: usize,
     max_in_flight: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
 ) {
     let mut cfg = ServerConfig {
         channel: ChannelConfig::default().with_capacity(cap),
@@ -212,6 +213,9 @@ pub(crate) fn rpc_server(
     };
     if let Some(m) = max_in_flight {
         cfg.max_in_flight = m;
+    }
+    if let Some(t) = handshake_timeout_ms {
+        cfg.handshake_timeout = Duration::from_millis(t);
     }
     let rt = rpc_runtime();
     rt.block_on(async move {
