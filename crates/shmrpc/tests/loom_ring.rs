@@ -33,7 +33,9 @@
 #![cfg(shmrpc_loom)]
 
 use loom::thread;
-use shmrpc::ring::{self, Consumer, PeekError, Producer, ReserveError, Spinner, WaitStrategy};
+use shmrpc::lowlevel::ring::{
+    self, Consumer, PeekError, Producer, ReserveError, Spinner, WaitStrategy,
+};
 
 /// Capacity of every model ring: the smallest allowed, so that three records wrap.
 const CAP: usize = 128;

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener};
-use shmrpc::sys::{names, Segment};
+use shmrpc::lowlevel::sys::{names, Segment};
 
 use crate::child::{Control, Peer};
 use crate::machine::Machine;
@@ -119,9 +119,9 @@ pub struct PeerArgs {
     pub cpu: Option<usize>,
 }
 
-/// Size of the big streamed messages of issue 2 (the copy floor's buffers).
+/// Size of the big streamed messages (the copy floor's buffers).
 const BIG: usize = 64 << 10;
-/// The message sizes of issue 4.
+/// The message sizes of the side-by-side suite.
 pub const SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
 /// Ring capacity of the round-trip channels for 64 B and 1 KiB.
 const RTT_RING: usize = 64 << 10;
@@ -340,14 +340,14 @@ enum StreamClass {
 }
 
 impl Plan {
-    /// The cases of issues 2, 3 and 4.
+    /// Every case: channel, RPC and side-by-side.
     pub fn new(args: &BenchArgs) -> anyhow::Result<Self> {
         for (what, v) in [
             ("--small-ring", args.small_ring),
             ("--big-ring", args.big_ring),
             ("--rtt-big-ring", args.rtt_big_ring),
         ] {
-            if !shmrpc::ring::valid_capacity(v as u64) {
+            if !shmrpc::lowlevel::ring::valid_capacity(v as u64) {
                 bail!("{what} {v}: not a valid ring capacity (a power of two, at least 128)");
             }
         }
@@ -387,7 +387,7 @@ impl Plan {
         for c in &plan.cases {
             if let Transport::Channel { chan } = c.transport {
                 let cap = plan.capacity(chan.ring);
-                let need = shmrpc::ring::record_size(c.size)
+                let need = shmrpc::lowlevel::ring::record_size(c.size)
                     * if c.workload == Workload::Stream { 2 } else { 1 };
                 if need > cap {
                     bail!(
@@ -551,7 +551,7 @@ fn link_rtts(cases: &mut Vec<Case>, div: u64, size: usize) {
     }
 }
 
-/// Round trips: issue 2's 64 B cases (ids unchanged), then every mode, the copy floor and
+/// Round trips: the original 64 B cases (ids unchanged), then every mode, the copy floor and
 /// the byte-stream baselines at each size.
 fn rtt_cases(cases: &mut Vec<Case>, div: u64, rtt_big_ring: usize) {
     let s = chan::RTT_SIZE;
@@ -569,7 +569,7 @@ fn rtt_cases(cases: &mut Vec<Case>, div: u64, rtt_big_ring: usize) {
         transport,
         class,
     };
-    // 64 B: issue 2's cases, in their order, then the new ones.
+    // 64 B: the original cases, in their order, then the new ones.
     let first = [
         shmrpc_rtt("shmrpc.spin".into(), Mode::Spin, s, ""),
         floor(
@@ -643,7 +643,7 @@ fn link_system(link: Link) -> &'static str {
     }
 }
 
-/// One-way streams at each size: the channel in spin mode (issue 2's cases, ids
+/// One-way streams at each size: the channel in spin mode (the original cases, ids
 /// unchanged) beside its floor, then spin-then-park, park and async, then the byte-stream
 /// baselines.
 fn stream_cases(cases: &mut Vec<Case>, div: u64, args: &BenchArgs, copy_slots: usize) {
@@ -774,7 +774,7 @@ fn selects(id: &str, o: &str) -> bool {
         .any(|(i, _)| i == 0 || matches!(id.as_bytes()[i - 1], b'.' | b'_'))
 }
 
-/// The RPC cases of issues 3 and 4, each beside its Unix-socket baseline.
+/// The RPC cases, each beside its Unix-socket baseline.
 fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
     let div = if quick { 10 } else { 1 };
     let mut add = |id: &str, label: String, mode, workload, transport, (n, warm): (u64, u64)| {

@@ -246,7 +246,7 @@ impl Listener {
     ///
     /// # Errors
     /// The OS error of `accept`, or of registering with the runtime.
-    pub async fn accept_socket_async(&self) -> io::Result<UnixStream> {
+    pub(crate) async fn accept_socket_async(&self) -> io::Result<UnixStream> {
         let tl = match self.async_listener.get() {
             Some(l) => l,
             None => {
@@ -276,7 +276,10 @@ impl Listener {
 ///
 /// # Errors
 /// See [`AcceptError`].
-pub fn server_handshake(sock: UnixStream, cfg: &ChannelConfig) -> Result<Endpoint, AcceptError> {
+pub(crate) fn server_handshake(
+    sock: UnixStream,
+    cfg: &ChannelConfig,
+) -> Result<Endpoint, AcceptError> {
     let (_pid, uid) = fdpass::peer_credentials(sock.as_fd()).map_err(|source| AcceptError::Io {
         op: "SO_PEERCRED",
         source,

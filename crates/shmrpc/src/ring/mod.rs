@@ -279,8 +279,8 @@ mod in_segment {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(2 * ring_size(cap), 0, |s| {
@@ -317,8 +317,8 @@ mod in_segment {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
@@ -355,8 +355,8 @@ mod in_segment {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size, AttachError};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size, AttachError};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
@@ -399,7 +399,7 @@ mod in_segment {
     ///
     /// ```
     /// use std::time::{Duration, Instant};
-    /// use shmrpc::ring::{self, Spinner, WaitStrategy};
+    /// use shmrpc::lowlevel::ring::{self, Spinner, WaitStrategy};
     ///
     /// let (mut tx, mut rx) = ring::channel(1 << 16)?;
     /// let t = std::thread::spawn(move || {
