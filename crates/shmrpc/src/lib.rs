@@ -45,9 +45,9 @@ mod sync;
 pub mod lowlevel;
 
 // Inside the crate the layers keep their short paths (`crate::sys`, `crate::ring`, ...).
+pub(crate) use lowlevel::sys;
 #[cfg(not(shmrpc_loom))]
-pub(crate) use lowlevel::frame;
-pub(crate) use lowlevel::{ring, sys};
+pub(crate) use lowlevel::{frame, ring};
 
 #[cfg(not(shmrpc_loom))]
 pub use rpc::{
