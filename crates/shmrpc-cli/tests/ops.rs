@@ -886,6 +886,8 @@ fn inspect_shows_a_live_connection_its_traffic_and_rings() {
     assert_eq!(v["pid"], server.pid());
     let conns = v["connections"].as_array().expect("connections");
     assert_eq!(conns.len(), 2, "the caller and the inspector: {v}");
+    assert_eq!(v["handshakes_running"], 0, "{v}");
+    assert_eq!(v["handshake_failures"], 0, "{v}");
     let c = conns
         .iter()
         .find(|c| c["peer_pid"] == caller_pid)
@@ -903,6 +905,11 @@ fn inspect_shows_a_live_connection_its_traffic_and_rings() {
     let r = dir.run(&["inspect", &n]);
     assert!(r.ok(), "{}", r.describe());
     assert!(r.stdout.contains("2 connection(s)"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("handshakes: 0 running, 0 failed"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("TO CLIENT") && r.stdout.contains(&caller_pid.to_string()));
     // A name nobody serves: a clear error.
     let r = dir.run(&["inspect", &name("nobody"), "--timeout", "100ms"]);

@@ -1,18 +1,19 @@
 //! Reopening never wipes, exactly one of many racing processes creates, and each kind of
 //! bad segment is refused with the error that names what differs.
-#![forbid(unsafe_code)]
+// Only the ring take-over after a peer's death is `unsafe`; it is allowed where it happens.
+#![deny(unsafe_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmrpc::lowlevel::ring::{self, PeekError, RING_MAGIC};
+use shmrpc::lowlevel::ring::{self, AttachError, End, PeekError, RING_MAGIC};
 use shmrpc::lowlevel::sys::segment::testing::{damage, Damage};
 use shmrpc::lowlevel::sys::segment::{SEGMENT_LAYOUT_VERSION, SEGMENT_MAGIC};
 use shmrpc::lowlevel::sys::{OpenError, OpenOrCreateError, Segment, SEGMENT_HEADER_SIZE};
 use shmrpc_tests::{
-    field_parse, segment_file, spawn_peer, with_watchdog, StreamChecker, TestNames,
+    field, field_parse, segment_file, spawn_peer, with_watchdog, StreamChecker, TestNames,
     RING_SEGMENT_KIND, RING_WRITER_PROFILE,
 };
 
@@ -102,6 +103,68 @@ fn reopening_from_another_process_finds_the_data_and_positions_intact() {
         );
         peer.send("exit");
         peer.assert_exits_ok(WAIT);
+        names.assert_clean();
+    });
+}
+
+/// The peer's pid if `r` was refused because it holds `end`.
+fn holder(r: Result<(), AttachError>, end: End) -> u32 {
+    match r {
+        Err(AttachError::AlreadyAttached { end: e, holder_pid }) if e == end => holder_pid,
+        other => panic!("attaching the {end} another process holds gave {other:?}"),
+    }
+}
+
+#[test]
+#[allow(unsafe_code)]
+fn each_process_is_refused_the_end_the_other_holds() {
+    with_watchdog(Duration::from_secs(30), || {
+        let mut names = TestNames::new();
+        let name = names.name("claim");
+        let cap = 4096;
+        let seg = Segment::create_with(&name, ring::ring_size(cap), RING_SEGMENT_KIND, |s| {
+            ring::init(s, 0, cap).map_err(|e| e.to_string())
+        })
+        .expect("create");
+        let seg = Arc::new(seg);
+        let mut c = ring::consumer(&seg, 0, cap).expect("consumer");
+        let mut peer = spawn_peer!("ring-claim", name, cap.to_string(), "producer");
+        peer.expect("ready", WAIT);
+
+        // We are refused the producer, the peer the consumer: each error names the other.
+        let producer = || ring::producer(&seg, 0, cap).map(drop);
+        assert_eq!(holder(producer(), End::Producer), peer.pid());
+        peer.send("try consumer");
+        let line = peer.expect("refused", WAIT);
+        assert_eq!(field(&line, "end"), Some("consumer"), "{line}");
+        assert_eq!(field_parse::<u32>(&line, "holder"), std::process::id());
+        // A second producer in the peer is refused too, naming the peer itself.
+        peer.send("try producer");
+        let line = peer.expect("refused", WAIT);
+        assert_eq!(field_parse::<u32>(&line, "holder"), peer.pid(), "{line}");
+
+        // A peer that exits releases its end.
+        peer.send("exit");
+        peer.assert_exits_ok(WAIT);
+        ring::producer(&seg, 0, cap)
+            .expect("attach after the holder exited")
+            .detach();
+
+        // A killed peer cannot release: its claim refuses us (naming the dead process)
+        // until it is taken over.
+        let mut peer = spawn_peer!("ring-claim", name, cap.to_string(), "producer");
+        peer.expect("ready", WAIT);
+        let dead = peer.pid();
+        peer.kill();
+        assert_eq!(holder(producer(), End::Producer), dead);
+        // SAFETY: the holder was SIGKILLed and reaped by `kill` (so its exit is observed
+        // here); it never touches the ring again, and no producer of ours is attached.
+        let mut p = unsafe { ring::take_over_producer(&seg, 0, cap) }.expect("take over");
+        p.try_push(7, b"after the take-over").unwrap();
+        let r = c.try_peek().expect("record from the new producer");
+        assert_eq!((r.tag(), &*r), (7, &b"after the take-over"[..]));
+        drop(r);
+        drop((p, c, seg));
         names.assert_clean();
     });
 }

@@ -10,7 +10,9 @@
 //! Run under the default test profile: the library is built with debug assertions, which
 //! check every offset the ring derives against the data area.
 #![cfg(not(shmrpc_loom))]
-#![forbid(unsafe_code)]
+// Raw access to ring memory (playing the hostile peer) and the take-over are `unsafe`: each
+// use is allowed where it happens, with what makes it sound.
+#![deny(unsafe_code)]
 
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -32,6 +34,8 @@ const WRITE_POS: usize = 128;
 const READ_POS: usize = 256;
 const CONSUMER_WAITING: usize = 384;
 const CLOSED: usize = 392;
+const PRODUCER_CLAIM: usize = 400;
+const CONSUMER_CLAIM: usize = 408;
 const DATA: usize = RING_HEADER_SIZE;
 const PAD_FLAG: u32 = 1 << 31;
 
@@ -456,6 +460,80 @@ fn attach_rejects_bad_magic_version_capacity() {
     ));
     // Everything restored: attaches again.
     ring::consumer(&f.seg, 0, 256).expect("restored").detach();
+}
+
+/// The peer writes the claim words: a foreign token refuses the end (naming the pid it
+/// forged); clearing our claim does not let a second handle of this process in, even
+/// through another mapping of the file; and our release never clears a claim not ours.
+#[test]
+#[allow(unsafe_code)]
+fn forged_claim_words() {
+    let f = Fixture::new("claims", 256);
+    let me = std::process::id();
+    let refused = |r: Result<(), AttachError>, end: ring::End, pid: u32| match r {
+        Err(AttachError::AlreadyAttached { end: e, holder_pid }) => {
+            assert_eq!((e, holder_pid), (end, pid))
+        }
+        other => panic!("{end} attached over a claim of {pid}: {other:?}"),
+    };
+    // A foreign token: refused, with the pid it names.
+    let forged = 0xdead_beef_u64 << 32 | 5;
+    f.u64_at(PRODUCER_CLAIM).store(forged, Ordering::Release);
+    f.u64_at(CONSUMER_CLAIM).store(u64::MAX, Ordering::Release);
+    refused(
+        ring::producer(&f.seg, 0, 256).map(drop),
+        ring::End::Producer,
+        0xdead_beef,
+    );
+    refused(
+        ring::consumer(&f.seg, 0, 256).map(drop),
+        ring::End::Consumer,
+        u32::MAX,
+    );
+    f.u64_at(PRODUCER_CLAIM).store(0, Ordering::Release);
+    f.u64_at(CONSUMER_CLAIM).store(0, Ordering::Release);
+
+    // The peer clears our claims while we hold them; a second mapping of the same file
+    // (here the hostile handle itself) still cannot attach either end.
+    let (mut p, mut c) = f.ends();
+    assert_eq!(
+        f.u64_at(PRODUCER_CLAIM).load(Ordering::Acquire) >> 32,
+        u64::from(me)
+    );
+    f.u64_at(PRODUCER_CLAIM).store(0, Ordering::Release);
+    f.u64_at(CONSUMER_CLAIM).store(0, Ordering::Release);
+    let other = Arc::new(Segment::open(&format!("corrupt-{me}-claims")).expect("reopen"));
+    for seg in [&f.seg, &other] {
+        refused(
+            ring::producer(seg, 0, 256).map(drop),
+            ring::End::Producer,
+            me,
+        );
+        refused(
+            ring::consumer(seg, 0, 256).map(drop),
+            ring::End::Consumer,
+            me,
+        );
+    }
+    p.try_push(1, b"unaffected").unwrap();
+    assert_eq!(&*c.try_peek().unwrap(), b"unaffected");
+
+    // The peer puts its own token in our producer's word; our release leaves it there.
+    f.u64_at(PRODUCER_CLAIM).store(forged, Ordering::Release);
+    p.detach();
+    assert_eq!(f.u64_at(PRODUCER_CLAIM).load(Ordering::Acquire), forged);
+    refused(
+        ring::producer(&other, 0, 256).map(drop),
+        ring::End::Producer,
+        0xdead_beef,
+    );
+    // After the "peer's death", the take-over attaches and continues at our position.
+    // SAFETY: the forged holder is no process at all; nothing else writes this ring.
+    let p = unsafe { ring::take_over_producer(&other, 0, 256) }.expect("take over");
+    assert_eq!(p.position(), 32);
+    drop((p, c));
+    assert_eq!(f.u64_at(PRODUCER_CLAIM).load(Ordering::Acquire), 0);
+    assert_eq!(f.u64_at(CONSUMER_CLAIM).load(Ordering::Acquire), 0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -25,6 +25,10 @@
 //!   load and its re-check of the stamp: `Closed` must never be reported while a record
 //!   published before the close is unread.
 //!
+//! - `claim_*`: the attach claim's compare-and-swap: two threads racing to attach the
+//!   producer are never both attached, a refused one is told `AlreadyAttached`, and a
+//!   detached producer's claim is free again for the next one.
+//!
 //! Each of those weakenings was applied to a scratch copy of the library and made the
 //! models named above fail. What loom cannot see here: payload bytes are a plain buffer
 //! (not `loom::cell::UnsafeCell`), and loom does not model a load reading a later store, so
@@ -34,7 +38,7 @@
 
 use loom::thread;
 use shmrpc::lowlevel::ring::{
-    self, Consumer, PeekError, Producer, ReserveError, Spinner, WaitStrategy,
+    self, AttachError, Consumer, End, PeekError, Producer, ReserveError, Spinner, WaitStrategy,
 };
 
 /// Capacity of every model ring: the smallest allowed, so that three records wrap.
@@ -351,6 +355,50 @@ fn close_after_wrap_drains_first() {
         let got = drain_until_closed(&mut c);
         assert_eq!(got, [0, 1, 2], "Closed seen before every record was read");
         closer.join().unwrap();
+        c.detach();
+    });
+}
+
+/// Two threads race to attach the producer (each pushes one record, then detaches): they
+/// are never attached at once, a loser is refused with `AlreadyAttached`, and every
+/// winner's record arrives.
+#[test]
+fn claim_one_producer_at_a_time() {
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::sync::Arc;
+    model(None, || {
+        let ring = Arc::new(ring::HeapRing::new(CAP));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let attempt = |ring: &ring::HeapRing, inside: &AtomicUsize, tag: u32| match ring.producer()
+        {
+            Ok(mut p) => {
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two producers");
+                p.try_push(tag, &[tag as u8; 8]).expect("room");
+                inside.fetch_sub(1, Ordering::SeqCst);
+                p.detach();
+                true
+            }
+            Err(AttachError::AlreadyAttached {
+                end: End::Producer, ..
+            }) => false,
+            Err(e) => panic!("attach: {e}"),
+        };
+        let (r2, i2) = (ring.clone(), inside.clone());
+        let t = thread::spawn(move || attempt(&r2, &i2, 2));
+        let mine = attempt(&ring, &inside, 1);
+        let theirs = t.join().unwrap();
+        assert!(mine || theirs, "both refused: a claim was never released");
+        let mut c = ring.consumer().expect("consumer");
+        let mut tags = Vec::new();
+        let _ = c.try_read_batch(4, |tag, _| tags.push(tag));
+        tags.sort_unstable();
+        let want: Vec<u32> = [(mine, 1), (theirs, 2)]
+            .iter()
+            .filter(|w| w.0)
+            .map(|w| w.1)
+            .collect();
+        assert_eq!(tags, want);
+        ring.producer().expect("free after both detached").detach();
         c.detach();
     });
 }

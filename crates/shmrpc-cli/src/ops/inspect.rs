@@ -21,7 +21,9 @@ use super::{human_bytes, print_table, Format};
   TO/FROM   the ring towards / from the client: queued bytes of its capacity, the
             published (write) and released (read) positions, and who sleeps:
             c = consumer waiting for data, p = producer waiting for room, - = nobody
-(The inspecting connection itself is listed too.)")]
+(The inspecting connection itself is listed too.)
+Handshakes: clients connected but not yet acknowledged (running), and those that
+never completed since the server started (failed: timed out, hung up, refused).")]
 pub struct InspectArgs {
     /// The server's name.
     pub name: String,
@@ -82,10 +84,12 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
         Format::Text => {
             println!(
-                "server {} (pid {}): {} connection(s)",
+                "server {} (pid {}): {} connection(s); handshakes: {} running, {} failed",
                 args.name,
                 report.pid,
-                report.connections.len()
+                report.connections.len(),
+                report.handshakes_running,
+                report.handshake_failures
             );
             let rows: Vec<Vec<String>> = report
                 .connections

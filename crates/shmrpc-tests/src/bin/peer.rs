@@ -4,12 +4,13 @@
 //! peer echo-server <name> <blocking|async> <wait> <conns> <cap>
 //! peer ring-writer <name> <cap> <n> <seed>        (stdin: "more <k>", "exit")
 //! peer race-open <name> <size>                    (stdin: "go", then "exit")
+//! peer ring-claim <name> <cap> <producer|consumer> (stdin: "try <end>", "exit")
 //! peer hold-segment <name> <size>
 //! peer listen <name>
 //! peer stream <name> <wait> <cap> <count> <seed> <profile>
 //! peer flood <name> <wait> <cap>
 //! peer sink <name> <wait> <cap>
-//! peer rpc-server <name|tcp> <cap> <heartbeat-ms> <max-message> [<max-in-flight>]
+//! peer rpc-server <name|tcp> <cap> <heartbeat-ms> <max-message> [<max-in-flight> [<handshake-timeout-ms>]]
 //! peer rpc-clients <name> <clients> <calls>       (stdin: "check", "exit")
 //! peer rpc-caller <name> <calls>
 //! peer rpc-garbage <name>
@@ -105,6 +106,7 @@ fn main() {
         "echo-server" => echo_server(&args),
         "ring-writer" => ring_writer(&args),
         "race-open" => race_open(&args),
+        "ring-claim" => ring_claim(&args),
         "hold-segment" => hold_segment(&args),
         "listen" => {
             let name: String = arg(&args, 1, "name");
@@ -232,6 +234,40 @@ fn ring_writer(args: &[String]) {
             let pos = write(total, total + k);
             total += k;
             say(format!("wrote write_pos={pos} n={total}"));
+        }
+        true
+    });
+}
+
+/// Opens the named segment holding a ring at offset 0, attaches one end and holds it.
+/// `try <end>` attempts to attach an end and reports `attached end=..` (then drops it) or
+/// `refused end=.. holder=<pid>`.
+fn ring_claim(args: &[String]) {
+    let name: String = arg(args, 1, "name");
+    let cap: usize = arg(args, 2, "cap");
+    let seg = Arc::new(Segment::open(&name).unwrap_or_else(|e| fail(format!("open: {e}"))));
+    let attach = |end: &str| match end {
+        "producer" => ring::producer(&seg, 0, cap).map(drop),
+        "consumer" => ring::consumer(&seg, 0, cap).map(drop),
+        _ => fail(format!("bad end {end:?}")),
+    };
+    let held: String = arg(args, 3, "end");
+    let _held: Box<dyn Send> = match held.as_str() {
+        "producer" => ring::producer(&seg, 0, cap).map(|p| Box::new(p) as _),
+        "consumer" => ring::consumer(&seg, 0, cap).map(|c| Box::new(c) as _),
+        _ => fail(format!("bad end {held:?}")),
+    }
+    .unwrap_or_else(|e| fail(format!("attach {held}: {e}")));
+    say(format!("ready pid={}", std::process::id()));
+    serve_stdin(|line| {
+        if let Some(end) = line.strip_prefix("try ") {
+            match attach(end) {
+                Ok(()) => say(format!("attached end={end}")),
+                Err(ring::AttachError::AlreadyAttached { end, holder_pid }) => {
+                    say(format!("refused end={end} holder={holder_pid}"))
+                }
+                Err(e) => fail(format!("attach {end}: {e}")),
+            }
         }
         true
     });
@@ -522,6 +558,9 @@ fn rpc_server(args: &[String]) {
     };
     if args.len() > 5 {
         cfg.max_in_flight = arg(args, 5, "max in flight");
+    }
+    if args.len() > 6 {
+        cfg.handshake_timeout = Duration::from_millis(arg(args, 6, "handshake timeout ms"));
     }
     let rt = rpc_runtime();
     rt.block_on(async move {

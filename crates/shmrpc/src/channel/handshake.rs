@@ -57,7 +57,7 @@ pub enum BindError {
     },
 }
 
-/// Errors of [`Listener::accept`].
+/// Errors of [`Listener::accept`] and [`PendingClient::handshake`].
 #[derive(Debug, Error)]
 pub enum AcceptError {
     /// The connecting process runs as another user.
@@ -68,9 +68,12 @@ pub enum AcceptError {
         /// Ours.
         expected: u32,
     },
-    /// The client did not acknowledge the handshake.
-    #[error("client did not complete the handshake: {0}")]
-    Handshake(String),
+    /// The client did not acknowledge the handshake in time (or hung up first).
+    #[error("client did not complete the handshake")]
+    Handshake(#[source] io::Error),
+    /// The client answered the hello with something other than the ack.
+    #[error("client answered the handshake with {0:02x?}, not the ack")]
+    BadAck([u8; 8]),
     /// Building the channel failed.
     #[error(transparent)]
     Channel(#[from] ChannelError),
@@ -237,16 +240,32 @@ impl Listener {
                 }
             }
         };
-        server_handshake(sock, &self.cfg)
+        server_handshake(sock, &self.cfg, HANDSHAKE_TIMEOUT)
     }
 
-    /// Waits (asynchronously) for the next client's connection, without the handshake.
-    /// Complete it with [`server_handshake`] (blocking: run it with `spawn_blocking`, so a
-    /// slow client cannot stall the accept loop).
+    /// Waits (asynchronously) for the next client's connection, without its handshake:
+    /// complete that with [`PendingClient::handshake`] (blocking, up to its timeout; run
+    /// each in a task of its own, so that a client which never answers cannot stall the
+    /// accepting of others).
     ///
     /// # Errors
-    /// The OS error of `accept`, or of registering with the runtime.
-    pub(crate) async fn accept_socket_async(&self) -> io::Result<UnixStream> {
+    /// [`AcceptError::Io`]: the OS error of `accept`, or of registering with the runtime.
+    pub async fn accept_pending_async(&self) -> Result<PendingClient, AcceptError> {
+        let sock = self
+            .accept_socket_async()
+            .await
+            .map_err(|source| AcceptError::Io {
+                op: "accept",
+                source,
+            })?;
+        Ok(PendingClient {
+            sock,
+            cfg: self.cfg.clone(),
+            timeout: HANDSHAKE_TIMEOUT,
+        })
+    }
+
+    async fn accept_socket_async(&self) -> io::Result<UnixStream> {
         let tl = match self.async_listener.get() {
             Some(l) => l,
             None => {
@@ -270,15 +289,50 @@ impl Listener {
     }
 }
 
-/// The server's half of the handshake on an accepted socket: checks the client's uid,
-/// creates the channel, passes it, and waits (up to 5 s, `HANDSHAKE_TIMEOUT`) for the ack.
-/// Blocking.
-///
-/// # Errors
-/// See [`AcceptError`].
-pub(crate) fn server_handshake(
+/// A client whose connection was accepted ([`Listener::accept_pending_async`]) and whose
+/// handshake has not run yet.
+#[derive(Debug)]
+pub struct PendingClient {
+    sock: UnixStream,
+    cfg: ChannelConfig,
+    timeout: Duration,
+}
+
+impl PendingClient {
+    /// How long [`handshake`](Self::handshake) waits for the client's ack (default
+    /// [`HANDSHAKE_TIMEOUT`]).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The connecting process's pid, from `SO_PEERCRED` (`None` if it cannot be read).
+    pub fn peer_pid(&self) -> Option<u32> {
+        fdpass::peer_credentials(self.sock.as_fd())
+            .ok()
+            .map(|(pid, _)| pid)
+    }
+
+    /// The server's half of the handshake: checks the client's uid, creates the channel,
+    /// passes it, and waits (up to the timeout) for the ack. Blocking. The returned
+    /// endpoint is side A.
+    ///
+    /// # Errors
+    /// See [`AcceptError`]: [`WrongUid`](AcceptError::WrongUid) for another user's
+    /// process, [`Handshake`](AcceptError::Handshake) if no ack came in time,
+    /// [`BadAck`](AcceptError::BadAck) for a wrong one.
+    pub fn handshake(self) -> Result<Endpoint, AcceptError> {
+        server_handshake(self.sock, &self.cfg, self.timeout)
+    }
+}
+
+/// The server's half of the handshake on an accepted socket (see
+/// [`PendingClient::handshake`]).
+fn server_handshake(
     sock: UnixStream,
     cfg: &ChannelConfig,
+    timeout: Duration,
 ) -> Result<Endpoint, AcceptError> {
     let (_pid, uid) = fdpass::peer_credentials(sock.as_fd()).map_err(|source| AcceptError::Io {
         op: "SO_PEERCRED",
@@ -307,14 +361,15 @@ pub(crate) fn server_handshake(
     ];
     let io = |op| move |source| AcceptError::Io { op, source };
     fdpass::send_with_fds(sock.as_fd(), &hello, &fds).map_err(io("send hello"))?;
-    sock.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+    // A zero timeout would mean "wait for ever" to the OS.
+    sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
         .map_err(io("set timeout"))?;
     let mut ack = [0u8; 8];
     (&sock)
         .read_exact(&mut ack)
-        .map_err(|e| AcceptError::Handshake(e.to_string()))?;
+        .map_err(AcceptError::Handshake)?;
     if ack != ACK {
-        return Err(AcceptError::Handshake(format!("bad ack {ack:02x?}")));
+        return Err(AcceptError::BadAck(ack));
     }
     sock.set_read_timeout(None).map_err(io("set timeout"))?;
     Ok(attach(&seg, Side::A, bells, cfg, Peer::socket(sock))?)

@@ -27,9 +27,9 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use endpoint::{Endpoint, Message, Receiver, Sender};
-pub(crate) use handshake::server_handshake;
 pub use handshake::{
-    connect, AcceptError, BindError, ConnectError, Hello, Listener, HANDSHAKE_VERSION,
+    connect, AcceptError, BindError, ConnectError, Hello, Listener, PendingClient,
+    HANDSHAKE_TIMEOUT, HANDSHAKE_VERSION,
 };
 
 pub use crate::ring::{CorruptError, PeekError as TryRecvError, ReserveError as TrySendError};

@@ -4,6 +4,7 @@ use std::ops::Deref;
 
 use thiserror::Error;
 
+use super::claim::Claim;
 use super::layout::{
     record_size, RingMem, CLOSED_BY_CONSUMER, CLOSED_BY_PRODUCER, PAD_FLAG, RECORD_HEADER,
 };
@@ -26,7 +27,8 @@ pub enum PeekError {
     Corrupt(#[from] CorruptError),
 }
 
-/// The consuming end of an SPSC ring. Exactly one per ring.
+/// The consuming end of an SPSC ring. Exactly one per ring: attaching a second one is
+/// refused ([`AttachError::AlreadyAttached`](super::AttachError::AlreadyAttached)).
 pub struct Consumer {
     mem: RingMem,
     cap: u64,
@@ -41,6 +43,8 @@ pub struct Consumer {
     closed: bool,
     /// How many times we had to wake the producer (each is a system call).
     wakes: u64,
+    /// This end's claim on the ring; released when the handle drops (or detaches).
+    _claim: Box<Claim>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -74,6 +78,7 @@ impl Consumer {
             producer_bell: None,
             closed: false,
             wakes: 0,
+            _claim: a.claim,
         }
     }
 

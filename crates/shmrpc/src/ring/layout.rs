@@ -8,8 +8,8 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// "RING", little-endian.
 pub const RING_MAGIC: u32 = u32::from_le_bytes(*b"RING");
-/// Bumped whenever the ring's layout or record format changes.
-pub const RING_VERSION: u32 = 1;
+/// Bumped whenever the ring's layout or record format changes (2: attach claim words).
+pub const RING_VERSION: u32 = 2;
 /// Bytes taken by the ring header before the data area.
 pub const RING_HEADER_SIZE: usize = 512;
 /// Bytes of every record's header: stamp (8), length and flags (4), tag (4).
@@ -47,7 +47,7 @@ pub(crate) struct Meta {
     pub key: AtomicU64,
 }
 
-/// The futex words and the close flags.
+/// The futex words, the close flags and the attach claims.
 #[repr(C)]
 pub(crate) struct WaitWords {
     /// Non-zero while the consumer sleeps or is about to: how to wake it (`WAIT_*`).
@@ -57,6 +57,11 @@ pub(crate) struct WaitWords {
     /// `CLOSED_BY_*` bits.
     pub closed: AtomicU32,
     pub _pad: AtomicU32,
+    /// The attached producer's token (pid << 32 | per-process counter), 0 when free. Only
+    /// written on attach and detach, so it can share this line: it costs nothing per record.
+    pub producer_claim: AtomicU64,
+    /// The attached consumer's token, as above.
+    pub consumer_claim: AtomicU64,
 }
 
 /// The ring header: one pair of cache lines per independently written field group.
@@ -83,6 +88,9 @@ const _: () = {
     assert!(offset_of!(Meta, key) == 16);
     assert!(offset_of!(WaitWords, producer_waiting) == 4);
     assert!(offset_of!(WaitWords, closed) == 8);
+    assert!(offset_of!(WaitWords, producer_claim) == 16);
+    assert!(offset_of!(WaitWords, consumer_claim) == 24);
+    assert!(size_of::<CachePadded<WaitWords>>() == 128);
 };
 
 /// Bytes a ring with `capacity` data bytes occupies.
@@ -252,6 +260,8 @@ mod loom_mem {
                         producer_waiting: z32(),
                         closed: z32(),
                         _pad: z32(),
+                        producer_claim: AtomicU64::new(0),
+                        consumer_claim: AtomicU64::new(0),
                     }),
                 },
                 words: (0..capacity / 8).map(|_| AtomicU64::new(0)).collect(),

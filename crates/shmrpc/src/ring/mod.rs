@@ -7,9 +7,19 @@
 //! +0    meta        magic "RING", version, capacity (power of two), key   (read-only)
 //! +128  write_pos   total bytes published; producer writes, nobody polls it
 //! +256  read_pos    total bytes released; consumer writes, producer reads when "full"
-//! +384  wait words  consumer_waiting, producer_waiting (futex words), closed flags
+//! +384  wait words  consumer_waiting, producer_waiting (futex words), closed flags,
+//!                   producer_claim and consumer_claim (@400, @408)
 //! +512  data        capacity bytes of records
 //! ```
+//!
+//! # One producer and one consumer
+//!
+//! Each end is attached at most once at a time: a claim word per end, set by
+//! compare-and-swap on attach and cleared on drop or detach, refuses a second producer or
+//! consumer (in any process following the protocol), and a registry in this process refuses
+//! one even if the peer cleared the word. [`AttachError::AlreadyAttached`] names the holder's
+//! pid. After the holder died, [`take_over_producer`] / [`take_over_consumer`] (`unsafe`:
+//! the caller vouches that the holder is gone) attach anyway.
 //!
 //! A record is a 16-byte header — `stamp: u64`, `len: u32` (bit 31 = padding), `tag: u32` —
 //! followed by the payload, padded to 16 bytes. A record never crosses the end of the data
@@ -44,6 +54,7 @@
 //!
 //! See [`wait`] for the park/wake protocol (futex for threads, eventfd for async tasks).
 
+mod claim;
 mod consumer;
 mod layout;
 mod probe;
@@ -52,6 +63,7 @@ pub mod wait;
 
 use thiserror::Error;
 
+pub use claim::End;
 pub use consumer::{Consumer, PeekError, ReadGrant};
 pub use layout::{
     record_size, ring_size, MAX_CAPACITY, MAX_POSITION, MIN_CAPACITY, RECORD_ALIGN, RECORD_HEADER,
@@ -62,6 +74,7 @@ pub use producer::{Producer, ReserveError, WriteGrant};
 pub use wait::{Spinner, WaitError, WaitStrategy};
 
 use crate::sync::Ordering;
+use claim::{Claim, Mode};
 use layout::RingMem;
 
 /// Shared memory broke the ring's invariants: the peer is buggy or hostile. The connection
@@ -138,6 +151,38 @@ pub enum AttachError {
     /// The header's positions are inconsistent.
     #[error(transparent)]
     Corrupt(#[from] CorruptError),
+    /// That end of the ring is attached already, by this process or another one.
+    #[error("the ring's {end} end is already attached by process {holder_pid}")]
+    AlreadyAttached {
+        /// The end asked for.
+        end: End,
+        /// The process holding it, as its claim records (a peer could have forged it).
+        holder_pid: u32,
+    },
+    /// The ring overlaps another ring attached in this process in the same segment file.
+    #[error(
+        "ring at offset {offset} ({size} bytes) overlaps the ring at offset {other_offset} \
+         ({other_size} bytes) attached in this process"
+    )]
+    Overlap {
+        /// Offset requested.
+        offset: usize,
+        /// Ring size (header + data).
+        size: usize,
+        /// Offset of the attached ring it overlaps.
+        other_offset: usize,
+        /// Size of that ring.
+        other_size: usize,
+    },
+    /// A system call on the segment failed.
+    #[error("{op} of the segment failed")]
+    Io {
+        /// The operation that failed.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Whether `cap` is a valid data-area size.
@@ -177,6 +222,8 @@ fn init_header(mem: &RingMem, capacity: usize) {
     h.wait.0.consumer_waiting.store(0, Ordering::Relaxed);
     h.wait.0.producer_waiting.store(0, Ordering::Relaxed);
     h.wait.0.closed.store(0, Ordering::Relaxed);
+    h.wait.0.producer_claim.store(0, Ordering::Relaxed);
+    h.wait.0.consumer_claim.store(0, Ordering::Relaxed);
 }
 
 /// What both ends learn when attaching: validated once, then kept in locals.
@@ -185,9 +232,14 @@ pub(crate) struct Attached {
     key: u64,
     read: u64,
     write: u64,
+    /// Boxed: held for the handle's life but never touched on its hot path, so it should
+    /// not make every `Producer`/`Consumer` (and what embeds them) larger.
+    claim: Box<Claim>,
 }
 
-fn validate_attach(mem: RingMem, expected_capacity: usize) -> Result<Attached, AttachError> {
+/// Checks the read-only words (magic, version, capacity): that the memory is a ring of
+/// this version, and so has claim words, before anything is written to it.
+fn validate_meta(mem: &RingMem, expected_capacity: usize) -> Result<(), AttachError> {
     let h = mem.header();
     let magic = h.meta.0.magic.load(Ordering::Acquire);
     if magic != RING_MAGIC {
@@ -204,6 +256,14 @@ fn validate_attach(mem: RingMem, expected_capacity: usize) -> Result<Attached, A
     if !valid_capacity(cap) || cap != expected_capacity as u64 {
         return Err(AttachError::BadCapacity(cap));
     }
+    Ok(())
+}
+
+/// Loads and validates the positions, once the end is claimed (so they are the last
+/// holder's final ones). On error the claim is dropped, releasing the end again.
+fn validate_positions(mem: RingMem, claim: Claim) -> Result<Attached, AttachError> {
+    let h = mem.header();
+    let cap = mem.capacity() as u64;
     let key = h.meta.0.key.load(Ordering::Relaxed);
     // Acquire: pairs with the Release stores of the last producer/consumer attached, so a
     // re-attaching side sees the records and space they published.
@@ -228,6 +288,7 @@ fn validate_attach(mem: RingMem, expected_capacity: usize) -> Result<Attached, A
         key,
         read,
         write,
+        claim: Box::new(claim),
     })
 }
 
@@ -266,12 +327,37 @@ mod in_segment {
         Ok(unsafe { RingMem::new(base, capacity, owner) })
     }
 
+    fn file_id(seg: &Segment) -> Result<claim::registry::FileId, AttachError> {
+        seg.file_id().map_err(|source| AttachError::Io {
+            op: "fstat",
+            source,
+        })
+    }
+
+    /// Attaches `end`: checks the header's read-only words, registers the end in this
+    /// process, claims it in the header, then loads the positions.
+    fn attach(
+        seg: &Arc<Segment>,
+        offset: usize,
+        capacity: usize,
+        end: End,
+        mode: Mode,
+    ) -> Result<Attached, AttachError> {
+        let mem = view(seg, offset, capacity)?;
+        validate_meta(&mem, capacity)?;
+        let local = claim::registry::register(file_id(seg)?, offset, ring_size(capacity), end)?;
+        let claim = Claim::acquire(mem.clone_view(), end, mode, local)?;
+        validate_positions(mem, claim)
+    }
+
     /// Writes a fresh ring header of `capacity` data bytes at `offset` in `seg`. Call it
     /// from the segment's initialiser (before the segment is published to anyone else),
-    /// never on a live ring: it resets the positions.
+    /// never on a live ring: it resets the positions and the attach claims.
     ///
     /// # Errors
-    /// [`AttachError::OutOfBounds`] if it does not fit or the capacity is invalid.
+    /// [`AttachError::OutOfBounds`] if it does not fit or the capacity is invalid;
+    /// [`AttachError::Overlap`] if it would write over another ring attached in this
+    /// process (whose data area may be lent out as a slice right now).
     ///
     /// # Examples
     ///
@@ -295,6 +381,7 @@ mod in_segment {
     /// ```
     pub fn init(seg: &Segment, offset: usize, capacity: usize) -> Result<(), AttachError> {
         let base = locate(seg, offset, capacity)?;
+        claim::registry::check_init(file_id(seg)?, offset, ring_size(capacity))?;
         // The view only lives inside this function, while the borrow of `seg` keeps the
         // mapping alive, so it needs no owner of its own.
         let owner: Arc<dyn Send + Sync> = Arc::new(());
@@ -306,10 +393,12 @@ mod in_segment {
     }
 
     /// Attaches the producing end to the ring at `offset` in `seg`, continuing from the
-    /// positions recorded there.
+    /// positions recorded there. A ring has one producer at a time: until this one is
+    /// dropped or detached, attaching another (here or in another process) is refused.
     ///
     /// # Errors
-    /// See [`AttachError`].
+    /// [`AttachError::AlreadyAttached`] if a producer is attached (or its process died
+    /// without detaching: see [`take_over_producer`]); otherwise see [`AttachError`].
     ///
     /// # Examples
     ///
@@ -332,6 +421,11 @@ mod in_segment {
     /// assert_eq!(tx.position(), 32);
     /// tx.try_push(2, b"second")?;
     /// assert_eq!(rx.try_read_batch(10, |_, _| {})?, 2);
+    /// // One producer at a time.
+    /// assert!(matches!(
+    ///     ring::producer(&seg, 0, cap),
+    ///     Err(ring::AttachError::AlreadyAttached { end: ring::End::Producer, .. })
+    /// ));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn producer(
@@ -339,17 +433,15 @@ mod in_segment {
         offset: usize,
         capacity: usize,
     ) -> Result<Producer, AttachError> {
-        Ok(Producer::new(validate_attach(
-            view(seg, offset, capacity)?,
-            capacity,
-        )?))
+        attach(seg, offset, capacity, End::Producer, Mode::Exclusive).map(Producer::new)
     }
 
     /// Attaches the consuming end to the ring at `offset` in `seg`, continuing from the
-    /// positions recorded there.
+    /// positions recorded there. One consumer at a time, as for [`producer`].
     ///
     /// # Errors
-    /// See [`AttachError`].
+    /// [`AttachError::AlreadyAttached`] if a consumer is attached (see
+    /// [`take_over_consumer`]); otherwise see [`AttachError`].
     ///
     /// # Examples
     ///
@@ -372,10 +464,72 @@ mod in_segment {
         offset: usize,
         capacity: usize,
     ) -> Result<Consumer, AttachError> {
-        Ok(Consumer::new(validate_attach(
-            view(seg, offset, capacity)?,
-            capacity,
-        )?))
+        attach(seg, offset, capacity, End::Consumer, Mode::Exclusive).map(Consumer::new)
+    }
+
+    /// Attaches the producing end even though the ring's header records another holder:
+    /// recovery after the process that held it died without detaching. A producer
+    /// attached in this process is still refused ([`AttachError::AlreadyAttached`]).
+    ///
+    /// # Safety
+    /// The holder recorded in the ring (the `holder_pid` of the refused
+    /// [`producer`] call) must never access this ring again: its process has exited, and
+    /// this process has observed that (e.g. `waitpid`, a pidfd, or the peer's end of a
+    /// socket closing), so that the dead holder's writes happen before ours. If it is
+    /// still alive, two producers write the same ring memory while this process lends it
+    /// out as `&mut [u8]`.
+    ///
+    /// # Errors
+    /// As [`producer`], but never for a claim held by another process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::Ordering;
+    /// use std::sync::Arc;
+    /// use shmrpc::lowlevel::ring::{self, ring_size, AttachError};
+    /// use shmrpc::lowlevel::sys::Segment;
+    ///
+    /// let cap = 4096;
+    /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
+    ///     ring::init(s, 0, cap).map_err(|e| e.to_string())
+    /// })?);
+    /// // The header names a producer of process 4242, which died without detaching.
+    /// seg.atomic_u64(400).unwrap().store(4242 << 32 | 1, Ordering::Relaxed);
+    /// let e = ring::producer(&seg, 0, cap).unwrap_err();
+    /// assert!(matches!(e, AttachError::AlreadyAttached { holder_pid: 4242, .. }));
+    /// // SAFETY: process 4242 is gone (here it never existed) and never touches the ring.
+    /// let mut tx = unsafe { ring::take_over_producer(&seg, 0, cap)? };
+    /// tx.try_push(1, b"recovered")?;
+    /// // Our own producer is never taken over, not even by this function.
+    /// // SAFETY: as above (the call is refused anyway).
+    /// let again = unsafe { ring::take_over_producer(&seg, 0, cap) };
+    /// assert!(matches!(again, Err(AttachError::AlreadyAttached { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub unsafe fn take_over_producer(
+        seg: &Arc<Segment>,
+        offset: usize,
+        capacity: usize,
+    ) -> Result<Producer, AttachError> {
+        attach(seg, offset, capacity, End::Producer, Mode::TakeOver).map(Producer::new)
+    }
+
+    /// Attaches the consuming end even though the ring's header records another holder;
+    /// see [`take_over_producer`].
+    ///
+    /// # Safety
+    /// As for [`take_over_producer`]: the recorded consumer must never access this ring
+    /// again (its process exited, and this process observed the exit).
+    ///
+    /// # Errors
+    /// As [`consumer`], but never for a claim held by another process.
+    pub unsafe fn take_over_consumer(
+        seg: &Arc<Segment>,
+        offset: usize,
+        capacity: usize,
+    ) -> Result<Consumer, AttachError> {
+        attach(seg, offset, capacity, End::Consumer, Mode::TakeOver).map(Consumer::new)
     }
 
     /// Errors of [`channel`].
@@ -435,15 +589,55 @@ mod in_segment {
 }
 
 #[cfg(not(shmrpc_loom))]
-pub use in_segment::{channel, consumer, init, producer, ChannelError};
+pub use in_segment::{
+    channel, consumer, init, producer, take_over_consumer, take_over_producer, ChannelError,
+};
+
+/// Under loom: a ring on the heap with loom atomics, whose ends attach as in a segment
+/// (claim words included; there is no file, so no registry).
+#[cfg(shmrpc_loom)]
+pub struct HeapRing {
+    mem: RingMem,
+}
+
+#[cfg(shmrpc_loom)]
+impl HeapRing {
+    /// A fresh ring of `capacity` data bytes.
+    pub fn new(capacity: usize) -> Self {
+        let mem = RingMem::new_heap(capacity);
+        init_header(&mem, capacity);
+        Self { mem }
+    }
+
+    fn attach(&self, end: End) -> Result<Attached, AttachError> {
+        let cap = self.mem.capacity();
+        validate_meta(&self.mem, cap)?;
+        let claim = Claim::acquire(self.mem.clone_view(), end, Mode::Exclusive)?;
+        validate_positions(self.mem.clone_view(), claim)
+    }
+
+    /// Attaches the producing end.
+    ///
+    /// # Errors
+    /// [`AttachError::AlreadyAttached`] while another producer is attached.
+    pub fn producer(&self) -> Result<Producer, AttachError> {
+        self.attach(End::Producer).map(Producer::new)
+    }
+
+    /// Attaches the consuming end.
+    ///
+    /// # Errors
+    /// [`AttachError::AlreadyAttached`] while another consumer is attached.
+    pub fn consumer(&self) -> Result<Consumer, AttachError> {
+        self.attach(End::Consumer).map(Consumer::new)
+    }
+}
 
 /// Under loom: a ring on the heap with loom atomics, and both ends.
 #[cfg(shmrpc_loom)]
 pub fn channel(capacity: usize) -> (Producer, Consumer) {
-    let mem = RingMem::new_heap(capacity);
-    init_header(&mem, capacity);
-    let other = mem.clone_view();
-    let p = Producer::new(validate_attach(mem, capacity).expect("fresh ring"));
-    let c = Consumer::new(validate_attach(other, capacity).expect("fresh ring"));
+    let ring = HeapRing::new(capacity);
+    let p = ring.producer().expect("fresh ring");
+    let c = ring.consumer().expect("fresh ring");
     (p, c)
 }

@@ -4,6 +4,7 @@ use std::ops::{Deref, DerefMut};
 
 use thiserror::Error;
 
+use super::claim::Claim;
 use super::layout::{
     record_size, RingMem, CLOSED_BY_CONSUMER, CLOSED_BY_PRODUCER, PAD_FLAG, RECORD_HEADER,
 };
@@ -34,7 +35,8 @@ pub enum ReserveError {
     Corrupt(#[from] CorruptError),
 }
 
-/// The producing end of an SPSC ring. Exactly one per ring.
+/// The producing end of an SPSC ring. Exactly one per ring: attaching a second one is
+/// refused ([`AttachError::AlreadyAttached`](super::AttachError::AlreadyAttached)).
 ///
 /// Dropping it closes the ring: the consumer drains what was sent, then sees `Closed`.
 /// Use [`detach`](Self::detach) to leave the ring open for a later producer instead.
@@ -52,6 +54,8 @@ pub struct Producer {
     closed: bool,
     /// How many times we had to wake the consumer (each is a system call).
     wakes: u64,
+    /// This end's claim on the ring; released when the handle drops (or detaches).
+    _claim: Box<Claim>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -77,6 +81,7 @@ impl Producer {
             consumer_bell: None,
             closed: false,
             wakes: 0,
+            _claim: a.claim,
         }
     }
 
@@ -464,7 +469,7 @@ impl<'a> WriteGrant<'a> {
             .word(self.off)
             .store(p.write ^ p.key, Ordering::Release);
         p.write += self.rec;
-        // Release: pairs with the Acquire load in `validate_attach` (a consumer attaching
+        // Release: pairs with the Acquire load in `validate_positions` (a consumer attaching
         // later) and with inspectors. Nobody polls it, so the line stays in our cache.
         p.mem.header().write_pos.0.store(p.write, Ordering::Release);
         p

@@ -16,6 +16,8 @@
 //!     wait = "spin-then-park"     # or "spin", "park"
 //!     spin = "20us"
 //!     allowed_uids = [1001]
+//!     max_handshakes = 32         # handshakes running at once
+//!     handshake_timeout = "2s"    # a client's time to acknowledge the handshake
 //!     metrics = true              # record metrics (needs the `metrics` feature)
 //!     "#,
 //! )?;
@@ -66,6 +68,13 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// How long a cancelled handler may run on before it is aborted.
     pub cancel_grace: Duration,
+    /// Handshakes (shared memory) that may run at once, each in a task of its own. At the
+    /// bound the server accepts no more connections until one finishes: clients wait in
+    /// the socket's listen backlog. Default 64.
+    pub max_handshakes: usize,
+    /// How long a connecting client has to acknowledge the handshake before it is dropped
+    /// (and counted as a handshake failure). Default 5 s.
+    pub handshake_timeout: Duration,
     /// Record metrics (`rpc::obs`) for this server. Needs the library's `metrics` feature
     /// and a recorder installed by the application; off by default, and then a call costs
     /// nothing for them.
@@ -80,6 +89,8 @@ impl Default for ServerConfig {
             max_message: 16 << 20,
             heartbeat: Duration::from_secs(2),
             cancel_grace: Duration::from_millis(200),
+            max_handshakes: 64,
+            handshake_timeout: crate::channel::HANDSHAKE_TIMEOUT,
             metrics: false,
         }
     }
@@ -124,6 +135,8 @@ struct File {
     wait: Option<String>,
     spin: Option<String>,
     allowed_uids: Option<Vec<u32>>,
+    max_handshakes: Option<u64>,
+    handshake_timeout: Option<String>,
     metrics: Option<bool>,
 }
 
@@ -286,6 +299,20 @@ impl ServerConfig {
         if let Some(u) = f.allowed_uids {
             cfg.channel.allowed_uids = u;
         }
+        if let Some(n) = f.max_handshakes {
+            if !(1..=4096).contains(&n) {
+                return Err(out_of_range("max_handshakes", n, "from 1 to 4096"));
+            }
+            cfg.max_handshakes = n as usize;
+        }
+        if let Some(t) = &f.handshake_timeout {
+            cfg.handshake_timeout = duration(
+                "handshake_timeout",
+                t,
+                Duration::from_millis(10),
+                Duration::from_secs(600),
+            )?;
+        }
         if let Some(m) = f.metrics {
             cfg.metrics = m;
         }
@@ -352,7 +379,8 @@ mod tests {
     fn every_key_is_read() {
         let c = ServerConfig::from_toml(
             "ring_size = 4096\nmax_in_flight = 8\nmax_message = \"1 MiB\"\nheartbeat = \"250ms\"\n\
-             cancel_grace = \"0s\"\nwait = \"spin-then-park\"\nspin = \"20us\"\nallowed_uids = [7, 8]",
+             cancel_grace = \"0s\"\nwait = \"spin-then-park\"\nspin = \"20us\"\nallowed_uids = [7, 8]\n\
+             max_handshakes = 3\nhandshake_timeout = \"750ms\"",
         )
         .unwrap();
         assert_eq!(c.channel.capacity, 4096);
@@ -367,6 +395,8 @@ mod tests {
             }
         );
         assert_eq!(c.channel.allowed_uids, vec![7, 8]);
+        assert_eq!(c.max_handshakes, 3);
+        assert_eq!(c.handshake_timeout, Duration::from_millis(750));
         let park = ServerConfig::from_toml("wait = \"park\"").unwrap();
         assert_eq!(park.channel.wait, WaitStrategy::Park);
         let empty = ServerConfig::from_toml("").unwrap();
@@ -405,6 +435,13 @@ mod tests {
         );
         let e = err("rings = 4");
         assert!(e.contains("unknown field") && e.contains("rings"), "{e}");
+        let e = err("max_handshakes = 0");
+        assert!(
+            e.contains("`max_handshakes`") && e.contains("from 1 to 4096"),
+            "{e}"
+        );
+        let e = err("handshake_timeout = \"1h\"");
+        assert!(e.contains("`handshake_timeout`"), "{e}");
         let e = err("max_in_flight = \"many\"");
         assert!(e.contains("max_in_flight"), "{e}");
     }

@@ -60,6 +60,11 @@ pub struct ServerReport {
     pub pid: u32,
     /// Every connection being served (the inspecting one included).
     pub connections: Vec<ConnReport>,
+    /// Shared-memory handshakes running now (clients connected, not yet acknowledged).
+    pub handshakes_running: u64,
+    /// Handshakes that failed since the server started: the client did not acknowledge in
+    /// time, hung up, answered wrongly, or was refused (another user).
+    pub handshake_failures: u64,
 }
 
 /// One connection.
@@ -160,11 +165,26 @@ impl ConnInfo {
 pub(crate) struct Registry {
     conns: Mutex<IdMap<std::sync::Arc<ConnInfo>>>,
     next: AtomicU64,
+    handshakes_running: AtomicU64,
+    handshake_failures: AtomicU64,
 }
 
 impl Registry {
     pub(crate) fn next_id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A handshake starts (Relaxed, as every counter here: statistics only).
+    pub(crate) fn handshake_started(&self) {
+        self.handshakes_running.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A handshake ended, well or not.
+    pub(crate) fn handshake_ended(&self, ok: bool) {
+        self.handshakes_running.fetch_sub(1, Ordering::Relaxed);
+        if !ok {
+            self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn add(&self, c: std::sync::Arc<ConnInfo>) {
@@ -187,6 +207,8 @@ impl Registry {
         ServerReport {
             pid: std::process::id(),
             connections,
+            handshakes_running: self.handshakes_running.load(Ordering::Relaxed),
+            handshake_failures: self.handshake_failures.load(Ordering::Relaxed),
         }
     }
 }

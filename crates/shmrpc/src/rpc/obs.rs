@@ -19,6 +19,7 @@
 //! | `bytes_sent_total` | counter | | response and stream-item bytes |
 //! | `backpressure_waits_total` | counter | | requests that waited for a concurrency permit |
 //! | `connections` | gauge | | connections being served |
+//! | `handshake_failures_total` | counter | | shared-memory handshakes that failed |
 //! | `ring_occupancy_bytes` | histogram | | bytes queued towards a client, sampled per heartbeat |
 
 use super::Code;
@@ -144,6 +145,7 @@ struct Handles {
     bytes_out: metrics::Counter,
     backpressure: metrics::Counter,
     connections: metrics::Gauge,
+    handshake_failures: metrics::Counter,
     occupancy: metrics::Histogram,
     errors: Vec<(Code, metrics::Counter)>,
 }
@@ -159,6 +161,7 @@ impl ServerObs {
                 bytes_out: metrics::counter!("shmrpc_bytes_sent_total"),
                 backpressure: metrics::counter!("shmrpc_backpressure_waits_total"),
                 connections: metrics::gauge!("shmrpc_connections"),
+                handshake_failures: metrics::counter!("shmrpc_handshake_failures_total"),
                 occupancy: metrics::histogram!("shmrpc_ring_occupancy_bytes"),
                 errors: CODES
                     .iter()
@@ -228,6 +231,22 @@ impl ServerObs {
         }
         // Unused in some feature sets.
         let _ = (delta, peer_pid);
+    }
+
+    /// A client's handshake failed (it is dropped; the server goes on).
+    #[inline]
+    pub(crate) fn handshake_failed(&self, error: &crate::channel::AcceptError) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.m {
+            m.handshake_failures.increment(1);
+        }
+        #[cfg(feature = "tracing")]
+        tracing::warn!(
+            error = error as &dyn std::error::Error,
+            "client handshake failed"
+        );
+        // Unused in some feature sets.
+        let _ = error;
     }
 
     /// Bytes queued towards a client, sampled.

@@ -883,6 +883,13 @@ impl Segment {
         Some(unsafe { self.map.ptr.as_ptr().add(SEGMENT_HEADER_SIZE + offset) })
     }
 
+    /// The segment file's (device, inode): the same for every mapping of one file, so the
+    /// ring layer can tell two mappings of the same memory apart from two segments.
+    pub(crate) fn file_id(&self) -> io::Result<(u64, u64)> {
+        let st = rustix::fs::fstat(&self.fd)?;
+        Ok((st.st_dev as u64, st.st_ino as u64))
+    }
+
     /// Raw pointer to the payload and its length, for the ring layer.
     pub(crate) fn payload_raw(&self) -> (NonNull<u8>, usize) {
         // SAFETY: the mapping is at least SEGMENT_HEADER_SIZE bytes long.

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use super::inspect::Registry;
 use super::obs::{MethodObs, ServerObs};
@@ -58,6 +58,8 @@ struct Shared {
     conns: tokio_util::task::TaskTracker,
     /// Metrics handles (empty without the `metrics` feature).
     obs: Arc<ServerObs>,
+    /// Bounds the handshakes running at once (`max_handshakes`).
+    handshakes: Arc<Semaphore>,
     /// Live connections, for [`INSPECT_METHOD`](crate::rpc::INSPECT_METHOD).
     registry: Registry,
 }
@@ -151,6 +153,7 @@ impl Server {
     fn new(b: ServerBuilder, acceptor: Acceptor) -> Self {
         let (draining, _) = watch::channel(false);
         let obs = Arc::new(ServerObs::new(b.cfg.metrics));
+        let handshakes = Arc::new(Semaphore::new(b.cfg.max_handshakes.max(1)));
         Self {
             shared: Arc::new(Shared {
                 cfg: b.cfg,
@@ -158,6 +161,7 @@ impl Server {
                 draining,
                 conns: tokio_util::task::TaskTracker::new(),
                 obs,
+                handshakes,
                 registry: Registry::default(),
             }),
             acceptor,
@@ -194,12 +198,7 @@ impl Server {
             }
             tokio::select! {
                 _ = draining.changed() => {}
-                conn = self.accept() => {
-                    if let Some((tx, rx, info)) = conn {
-                        let shared = self.shared.clone();
-                        self.shared.conns.spawn(connection::serve_conn(shared, tx, rx, info));
-                    }
-                }
+                () = self.accept_one() => {}
             }
         }
         self.shared.conns.close();

@@ -2,7 +2,7 @@
 //! ratios (medians of the per-repetition ratios), with the targets of issues 2, 3 and 4.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -393,19 +393,21 @@ struct Ratio {
 }
 
 /// What a run knows besides its cases and their results.
-pub struct RunInfo<'a> {
+pub struct RunInfo {
     /// The machine.
-    pub machine: &'a Machine,
+    pub machine: Machine,
     /// Pinning.
     pub cpus: Option<(usize, usize)>,
     /// Wall time of the rounds (and the idle case).
     pub elapsed: Duration,
     /// The 1000-idle-connections case, if it ran.
-    pub idle: Option<&'a IdleResult>,
+    pub idle: Option<IdleResult>,
     /// The peers file, if one was given.
-    pub peers: Option<&'a PeersFile>,
+    pub peers: Option<PeersFile>,
     /// Where the chart goes, if anywhere.
-    pub svg: Option<&'a Path>,
+    pub svg: Option<PathBuf>,
+    /// Socket files removed at the end (besides the baseline segment).
+    pub sockets_removed: usize,
 }
 
 /// A verdict on one target of issue 4.
@@ -419,10 +421,10 @@ struct Verdict {
 }
 
 /// The results of a run, ready to print or serialise.
-pub struct Report<'a> {
-    plan: &'a Plan,
-    results: &'a [Vec<Measurement>],
-    info: RunInfo<'a>,
+pub struct Report {
+    plan: Plan,
+    results: Vec<Vec<Measurement>>,
+    info: RunInfo,
     date: String,
     ratios: Vec<Ratio>,
     rpc_ratios: Vec<Ratio>,
@@ -539,13 +541,13 @@ fn opt_json(v: Option<f64>) -> Value {
         .map_or(Value::Null, |x| json!(x))
 }
 
-impl<'a> Report<'a> {
+impl Report {
     /// Computes the ratios.
-    pub fn new(plan: &'a Plan, results: &'a [Vec<Measurement>], info: RunInfo<'a>) -> Self {
+    pub(crate) fn new(plan: Plan, results: Vec<Vec<Measurement>>, info: RunInfo) -> Self {
         Self {
-            ratios: ratios_of(RATIOS, plan, results),
-            rpc_ratios: ratios_of(RPC_RATIOS, plan, results),
-            i4_ratios: ratios_of(I4_RATIOS, plan, results),
+            ratios: ratios_of(RATIOS, &plan, &results),
+            rpc_ratios: ratios_of(RPC_RATIOS, &plan, &results),
+            i4_ratios: ratios_of(I4_RATIOS, &plan, &results),
             plan,
             results,
             info,
@@ -553,16 +555,16 @@ impl<'a> Report<'a> {
         }
     }
 
-    fn cases(&self, w: Workload) -> impl Iterator<Item = (&'a Case, &'a [Measurement])> {
+    fn cases(&self, w: Workload) -> impl Iterator<Item = (&Case, &[Measurement])> {
         self.plan
             .cases
             .iter()
-            .zip(self.results)
+            .zip(&self.results)
             .filter(move |(c, _)| c.workload == w)
             .map(|(c, r)| (c, r.as_slice()))
     }
 
-    fn find(&self, id: &str) -> Option<(&'a Case, &'a [Measurement])> {
+    fn find(&self, id: &str) -> Option<(&Case, &[Measurement])> {
         let i = self.plan.cases.iter().position(|c| c.id == id)?;
         Some((&self.plan.cases[i], self.results[i].as_slice()))
     }
@@ -572,8 +574,18 @@ impl<'a> Report<'a> {
         if num == den {
             return None;
         }
-        let r = per_rep_ratios(self.plan, self.results, num, den, metric)?;
+        let r = per_rep_ratios(&self.plan, &self.results, num, den, metric)?;
         (!r.is_empty()).then(|| median(r))
+    }
+
+    /// Prints the table and the cleanup summary on stdout.
+    pub fn print_table(&self) {
+        print!("{}", self.table());
+        println!(
+            "cleanup: peer exited 0; baseline segment and {} socket files removed; total {:.1} s",
+            self.info.sockets_removed,
+            self.info.elapsed.as_secs_f64()
+        );
     }
 
     /// The human-readable table.
@@ -823,7 +835,9 @@ impl<'a> Report<'a> {
     }
 
     fn idle_table(&self, s: &mut String) {
-        let Some(r) = self.info.idle else { return };
+        let Some(r) = self.info.idle.as_ref() else {
+            return;
+        };
         let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
         let _ = writeln!(
             s,
@@ -862,7 +876,9 @@ impl<'a> Report<'a> {
     }
 
     fn peers_table(&self, s: &mut String) {
-        let Some(p) = self.info.peers else { return };
+        let Some(p) = self.info.peers.as_ref() else {
+            return;
+        };
         let _ = writeln!(
             s,
             "Peers (from {}: measured {}, on {}, by `{}`; another run, so compare with care)",
@@ -950,7 +966,7 @@ impl<'a> Report<'a> {
             });
         }
         v.extend(self.peer_verdicts());
-        if let Some(r) = self.info.idle {
+        if let Some(r) = self.info.idle.as_ref() {
             // "An idle server" is read as one with no connection: the 1000 connections'
             // figure is reported beside it (their rings alone are ~12 KiB each).
             let bytes = r.rss_empty.total as f64 * 1024.0;
@@ -1004,7 +1020,7 @@ impl<'a> Report<'a> {
     /// have a counterpart", one verdict per peer system.
     fn peer_verdicts(&self) -> Vec<Verdict> {
         let target = "round trip: lower p50 and p99 than the peer in every mode with a counterpart";
-        let Some(p) = self.info.peers else {
+        let Some(p) = self.info.peers.as_ref() else {
             return vec![Verdict {
                 id: "rtt_below_peers".into(),
                 target: target.into(),
@@ -1124,7 +1140,7 @@ impl<'a> Report<'a> {
         self.plan
             .cases
             .iter()
-            .zip(self.results)
+            .zip(&self.results)
             .filter(|(c, _)| matches!(c.workload, Workload::RoundTrip | Workload::Stream))
             .map(|(c, reps)| {
                 let rtt = c.workload == Workload::RoundTrip;
@@ -1183,7 +1199,7 @@ impl<'a> Report<'a> {
     }
 
     /// The JSON document.
-    pub fn json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         let rtt: Vec<Value> = self
             .cases(Workload::RoundTrip)
             .map(|(c, reps)| {
@@ -1278,14 +1294,14 @@ impl<'a> Report<'a> {
             "stream": streams,
             "ratios": ratios_json(&self.ratios),
             "rpc": self.rpc_json(),
-            "idle_connections": self.info.idle.map(IdleResult::to_json),
+            "idle_connections": self.info.idle.as_ref().map(IdleResult::to_json),
             "issue4": {
                 "ratios": ratios_json(&self.i4_ratios),
                 "targets": targets,
             },
             "cases": self.cases_json(),
-            "peers": self.info.peers.map(PeersFile::to_json),
-            "svg": self.info.svg.map(|p| p.display().to_string()),
+            "peers": self.info.peers.as_ref().map(PeersFile::to_json),
+            "svg": self.info.svg.as_ref().map(|p| p.display().to_string()),
         })
     }
 
@@ -1364,8 +1380,8 @@ impl<'a> Report<'a> {
         })
     }
 
-    /// The chart.
-    pub fn svg(&self) -> String {
+    /// The chart, an SVG document.
+    pub fn to_svg(&self) -> String {
         let mut rtt50: Vec<Series> = Vec::new();
         let mut rtt99: Vec<Series> = Vec::new();
         let mut gbps: Vec<Series> = Vec::new();
@@ -1387,7 +1403,7 @@ impl<'a> Report<'a> {
             _ if c.series.as_deref().is_some_and(|s| s.starts_with("floor")) => Kind::Floor,
             _ => Kind::Baseline,
         };
-        for (c, reps) in self.plan.cases.iter().zip(self.results) {
+        for (c, reps) in self.plan.cases.iter().zip(&self.results) {
             let Some(name) = &c.series else { continue };
             let x = c.size as f64;
             match c.workload {
@@ -1415,7 +1431,7 @@ impl<'a> Report<'a> {
                 _ => {}
             }
         }
-        if let Some(p) = self.info.peers {
+        if let Some(p) = self.info.peers.as_ref() {
             for c in p.cases.iter().filter(|c| c.na.is_none()) {
                 let name = p.series(c);
                 let x = c.size as f64;
@@ -1462,7 +1478,7 @@ impl<'a> Report<'a> {
                 series: mps,
             },
         ];
-        let m = self.info.machine;
+        let m = &self.info.machine;
         let title = format!("shmrpc bench — {} UTC", self.date);
         let subtitle = format!(
             "{} CPUs, {}, Linux {}; {}; two processes, medians of {} interleaved rounds{}",
@@ -1488,7 +1504,7 @@ impl<'a> Report<'a> {
             "Round trip: a message sent, echoed and copied out on both sides. Stream: one way, each message written by the producer and copied out and checked by the consumer.".to_owned(),
             "shmrpc: the raw channel in each mode; floors: the least that moves the same bytes through shared memory; baselines: 4-byte length-prefixed frames, one write per message.".to_owned(),
         ];
-        if let Some(p) = self.info.peers {
+        if let Some(p) = self.info.peers.as_ref() {
             notes.push(format!(
                 "Dotted lines: peers file {} (measured {} on {}), another run than the rest.",
                 p.path.display(),
@@ -1622,19 +1638,10 @@ mod tests {
 
     #[test]
     fn every_ratio_names_cases_the_plan_has() {
-        let args = super::super::BenchArgs {
+        let args = crate::BenchOptions {
             quick: true,
-            json: None,
-            svg: None,
-            peers: None,
-            reps: None,
-            only: Vec::new(),
-            small_ring: 256 << 10,
-            big_ring: 8 << 20,
             rtt_big_ring: 4 << 20,
-            read_bytes: super::super::chan::STREAM_READ_BYTES,
-            copy_slots: None,
-            idle_secs: None,
+            ..crate::BenchOptions::default()
         };
         let plan = Plan::new(&args).unwrap();
         for spec in RATIOS.iter().chain(RPC_RATIOS).chain(I4_RATIOS) {

@@ -18,6 +18,7 @@ use shmrpc::CallOptions;
 
 use super::rpc;
 use crate::child::{Control, Peer};
+use crate::PEER_SUBCOMMAND;
 
 /// Connections of the idle case.
 pub const CONNECTIONS: usize = 1000;
@@ -183,7 +184,7 @@ pub fn measure(
 ) -> anyhow::Result<IdleResult> {
     raise_fd_limit();
     let mut args = vec![
-        "bench-peer".to_owned(),
+        PEER_SUBCOMMAND.to_owned(),
         "--idle-server".to_owned(),
         name.to_owned(),
     ];
@@ -285,7 +286,7 @@ pub fn serve(name: &str) -> anyhow::Result<()> {
     let mut server = rpc::Running::start(rpc::ServerKind::SpinThenPark, name, &unused)?;
     let mut ctl = Control::new();
     ctl.send("ready")?;
-    match ctl.next()?.as_deref() {
+    match ctl.next_line()?.as_deref() {
         Some("quit") | None => server.stop(),
         Some(other) => bail!("idle server: unexpected {other:?}"),
     }
