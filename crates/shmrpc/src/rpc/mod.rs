@@ -37,6 +37,10 @@ pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
 
 /// Why a call failed. The numeric values are part of the wire format.
 ///
+/// New codes may be added: match with a wildcard arm. A value this version does not know
+/// (from a newer peer, or a broken one) decodes as [`Code::Protocol`], so decoding never
+/// fails.
+///
 /// # Examples
 ///
 /// ```
@@ -47,6 +51,7 @@ pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
+#[non_exhaustive]
 pub enum Code {
     /// No handler for the method.
     UnknownMethod = 1,
