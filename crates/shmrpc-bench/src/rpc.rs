@@ -1,4 +1,4 @@
-//! The RPC cases (issue 3): unary calls and pipelined calls through `shmrpc::rpc`, beside
+//! The RPC cases: unary calls and pipelined calls through `shmrpc::rpc`, beside
 //! a tokio Unix-socket baseline that moves the same frames (a 32-byte shmrpc frame header,
 //! CRC32C checked, plus the payload), and the time a client takes to reach a restarted
 //! server.
@@ -30,7 +30,7 @@ pub const SIZE: usize = 64;
 pub const PIPELINE: usize = 64;
 /// Connections of the many-connection pipelined cases.
 pub const MANY: usize = 16;
-/// Connections of the most-connections pipelined cases (issue 4).
+/// Connections of the most-connections pipelined cases.
 pub const MANY_MORE: usize = 256;
 /// How long the restarted server stays down before it binds again.
 pub const RESTART_GAP: Duration = Duration::from_millis(50);
