@@ -22,7 +22,7 @@ pub const STREAM_READ_BYTES: usize = 32 << 10;
 
 /// Records per `recv_batch` for messages of `size` bytes, at most `bytes` per batch.
 pub fn read_max(size: usize, bytes: usize) -> usize {
-    (bytes / shmrpc::ring::record_size(size)).clamp(1, STREAM_READ_MAX)
+    (bytes / shmrpc::lowlevel::ring::record_size(size)).clamp(1, STREAM_READ_MAX)
 }
 
 /// Size of the smallest round-trip messages (the 64 B cases).

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use shmrpc::rpc::CallOptions;
+use shmrpc::CallOptions;
 
 use super::rpc;
 use crate::child::{Control, Peer};
@@ -250,7 +250,7 @@ fn measure_server(
 
 /// Where the idle server's socket file is (as `channel::Listener` names it).
 pub fn socket_path(name: &str) -> PathBuf {
-    shmrpc::sys::names::runtime_dir()
+    shmrpc::lowlevel::sys::names::runtime_dir()
         .map(|d| d.join(format!("{name}.sock")))
         .unwrap_or_default()
 }

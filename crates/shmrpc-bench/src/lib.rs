@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener};
-use shmrpc::sys::{names, Segment};
+use shmrpc::lowlevel::sys::{names, Segment};
 
 use child::{Control, Peer};
 use link::Link;
@@ -358,7 +358,7 @@ impl Plan {
             ("--big-ring", args.big_ring),
             ("--rtt-big-ring", args.rtt_big_ring),
         ] {
-            if !shmrpc::ring::valid_capacity(v as u64) {
+            if !shmrpc::lowlevel::ring::valid_capacity(v as u64) {
                 bail!("{what} {v}: not a valid ring capacity (a power of two, at least 128)");
             }
         }
@@ -398,7 +398,7 @@ impl Plan {
         for c in &plan.cases {
             if let Transport::Channel { chan } = c.transport {
                 let cap = plan.capacity(chan.ring);
-                let need = shmrpc::ring::record_size(c.size)
+                let need = shmrpc::lowlevel::ring::record_size(c.size)
                     * if c.workload == Workload::Stream { 2 } else { 1 };
                 if need > cap {
                     bail!(

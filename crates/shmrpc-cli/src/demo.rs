@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use shmrpc::channel::{
     self, ChannelConfig, Endpoint, Listener, RecvError, Sender, TrySendError, WaitStrategy,
 };
-use shmrpc::sys::names;
+use shmrpc::lowlevel::sys::names;
 
 use shmrpc_bench::child::{Control, Peer};
 use shmrpc_bench::pin;

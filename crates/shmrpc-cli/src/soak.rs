@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
 
 use shmrpc_bench::child::Peer;
 use shmrpc_bench::stats::{fmt_count, fmt_us};

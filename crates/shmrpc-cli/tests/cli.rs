@@ -515,7 +515,7 @@ fn soak_short_run_reports_clean_figures() {
     assert!(!calls_line.starts_with("calls 0 "), "{calls_line}");
     // The soak's server shut down cleanly: no socket or lock file of a soak is left in the
     // runtime directory (its connections' segments are anonymous memfds).
-    let dir = shmrpc::sys::names::runtime_dir().expect("runtime dir");
+    let dir = shmrpc::lowlevel::sys::names::runtime_dir().expect("runtime dir");
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())

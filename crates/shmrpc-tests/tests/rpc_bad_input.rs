@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code};
+use shmrpc::{CallOptions, Client, ClientConfig, Code};
 use shmrpc_tests::{
     field, field_parse, make_request, rpc_runtime, rpc_stats, socket_file, spawn_peer, transform,
     with_watchdog, within, PeerProcess, TestNames,
@@ -221,7 +221,7 @@ fn unknown_methods_and_oversized_messages_get_clear_codes() {
 }
 
 /// A request within the client's limit but above the server's: the client should get
-/// `TooLarge` (the limits are part of the handshake in the design), and the
+/// `TooLarge` (the limits are part of the handshake by design), and the
 /// connection, with the other calls on it, should survive.
 #[test]
 fn a_request_above_the_servers_limit_fails_too_large_without_breaking_the_connection() {
@@ -444,9 +444,9 @@ fn garbage_over_tcp_closes_only_that_connection() {
         let mut rng = shmrpc_tests::SplitMix64::new(99);
         let random: Vec<u8> = (0..256).map(|_| rng.next() as u8).collect();
         // A valid header claiming 4 GiB of payload.
-        let mut lying = shmrpc::frame::encode(
-            &shmrpc::frame::FrameHeader {
-                kind: shmrpc::frame::Kind::Request,
+        let mut lying = shmrpc::lowlevel::frame::encode(
+            &shmrpc::lowlevel::frame::FrameHeader {
+                kind: shmrpc::lowlevel::frame::Kind::Request,
                 flags: 0,
                 method: shmrpc::rpc::method_id("echo"),
                 call_id: 1,

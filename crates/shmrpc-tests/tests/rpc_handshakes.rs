@@ -11,7 +11,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use shmrpc::rpc::inspect::ServerReport;
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, INSPECT_METHOD};
+use shmrpc::rpc::INSPECT_METHOD;
+use shmrpc::{CallOptions, Client, ClientConfig};
 use shmrpc_tests::{rpc_runtime, socket_file, spawn_peer, with_watchdog, within, TestNames};
 
 const WAIT: Duration = Duration::from_secs(30);

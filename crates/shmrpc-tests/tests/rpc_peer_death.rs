@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError};
 use shmrpc_tests::{
     field_parse, rpc_runtime, rpc_stats, rpc_wait_stats, spawn_peer, with_watchdog, within,
     ChatRequest, PeerProcess, TestNames,

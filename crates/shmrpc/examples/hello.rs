@@ -4,7 +4,7 @@
 //! Run: `cargo run --release -p shmrpc --example hello`
 //! (it starts the server as a child process of itself).
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+use shmrpc::{CallOptions, Client, ClientConfig, Server};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

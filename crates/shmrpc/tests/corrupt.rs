@@ -19,11 +19,11 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, RecvError, SendError, WaitStrategy};
-use shmrpc::ring::{
+use shmrpc::lowlevel::ring::{
     self, ring_size, AttachError, Consumer, CorruptError, PeekError, Producer, ReserveError,
     MAX_POSITION, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
 };
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::sys::Segment;
 
 // Offsets in a ring (from the ring's start), as documented in `ring`.
 const MAGIC: usize = 0;

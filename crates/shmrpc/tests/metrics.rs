@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::MetricKind;
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
 
 /// The value of the series `name` with label `label` (if any), from a snapshot.
 fn value<'a>(

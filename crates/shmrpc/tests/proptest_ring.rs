@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 
 use proptest::prelude::*;
-use shmrpc::ring::{self, record_size, Consumer, PeekError, Producer, ReserveError};
+use shmrpc::lowlevel::ring::{self, record_size, Consumer, PeekError, Producer, ReserveError};
 
 /// What the model says an operation returns (errors compared variant by variant).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError};
 
 use super::{hex, parse_duration, Format};
 

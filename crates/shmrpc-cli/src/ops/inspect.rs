@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use shmrpc::ring::RingState;
+use shmrpc::lowlevel::ring::RingState;
 use shmrpc::rpc::inspect::ServerReport;
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, INSPECT_METHOD};
+use shmrpc::rpc::INSPECT_METHOD;
+use shmrpc::{CallOptions, Client, ClientConfig};
 
 use super::{human_bytes, print_table, Format};
 

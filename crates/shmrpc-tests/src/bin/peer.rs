@@ -32,12 +32,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener, RecvError, SendError};
-use shmrpc::frame::{self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION};
-use shmrpc::ring;
-use shmrpc::rpc::{
-    method_id, CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig,
+use shmrpc::lowlevel::frame::{
+    self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION,
 };
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::ring;
+use shmrpc::lowlevel::sys::Segment;
+use shmrpc::rpc::method_id;
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
 use shmrpc_tests::{
     chat_token, fill_stream_message, make_request, parse_wait, transform, ChatRequest, SizeProfile,
     RING_SEGMENT_KIND, RING_WRITER_PROFILE,
@@ -875,7 +876,7 @@ fn rpc_foreign(args: &[String]) {
     };
     say(format!(
         "direct uid={} result={direct}",
-        shmrpc::sys::names::uid()
+        shmrpc::lowlevel::sys::names::uid()
     ));
     let rt = rpc_runtime();
     let cfg = ClientConfig {
@@ -900,7 +901,7 @@ fn rpc_foreign(args: &[String]) {
         }
         attempt("rpc-linked");
         // Raw: connect to the socket and read what the server sends a foreign uid.
-        let sock = shmrpc::sys::names::runtime_dir()
+        let sock = shmrpc::lowlevel::sys::names::runtime_dir()
             .map(|d| d.join(format!("{name}.sock")))
             .and_then(std::os::unix::net::UnixStream::connect);
         match sock {

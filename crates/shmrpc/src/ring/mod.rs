@@ -365,8 +365,8 @@ mod in_segment {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(2 * ring_size(cap), 0, |s| {
@@ -406,8 +406,8 @@ mod in_segment {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
@@ -447,8 +447,8 @@ mod in_segment {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size, AttachError};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size, AttachError};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
@@ -487,8 +487,8 @@ mod in_segment {
     /// ```
     /// use std::sync::atomic::Ordering;
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size, AttachError};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size, AttachError};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
@@ -553,7 +553,7 @@ mod in_segment {
     ///
     /// ```
     /// use std::time::{Duration, Instant};
-    /// use shmrpc::ring::{self, Spinner, WaitStrategy};
+    /// use shmrpc::lowlevel::ring::{self, Spinner, WaitStrategy};
     ///
     /// let (mut tx, mut rx) = ring::channel(1 << 16)?;
     /// let t = std::thread::spawn(move || {

@@ -45,7 +45,7 @@ pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use shmrpc::ring::{self, Spinner, WaitError, WaitStrategy};
+/// use shmrpc::lowlevel::ring::{self, Spinner, WaitError, WaitStrategy};
 ///
 /// assert_eq!(
 ///     WaitStrategy::default(),
@@ -97,7 +97,7 @@ pub enum WaitError {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use shmrpc::ring::{self, Spinner, WaitStrategy};
+/// use shmrpc::lowlevel::ring::{self, Spinner, WaitStrategy};
 ///
 /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
 /// let mut spinner = Spinner::new(WaitStrategy::SpinThenPark { spin: Duration::from_micros(20) });

@@ -21,7 +21,7 @@ use crate::frame::Kind;
 ///
 /// ```
 /// use std::time::Duration;
-/// use shmrpc::rpc::ClientConfig;
+/// use shmrpc::ClientConfig;
 ///
 /// // Give up on a missing server after one second instead of five.
 /// let cfg = ClientConfig {
@@ -74,7 +74,7 @@ impl CallOptions {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use shmrpc::rpc::CallOptions;
+    /// use shmrpc::CallOptions;
     ///
     /// let opts = CallOptions::timeout(Duration::from_secs(2));
     /// assert_eq!(opts.timeout, Some(Duration::from_secs(2)));
@@ -251,9 +251,9 @@ struct Inner {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use shmrpc::rpc::{CallOptions, Client, ClientConfig};
+/// use shmrpc::{CallOptions, Client, ClientConfig};
 ///
-/// # async fn f() -> Result<(), shmrpc::rpc::RpcError> {
+/// # async fn f() -> Result<(), shmrpc::RpcError> {
 /// let client = Client::connect("engine", ClientConfig::default()).await?;
 /// // Clones share the connection; calls from many tasks run concurrently on it.
 /// let other = client.clone();
@@ -287,9 +287,9 @@ impl Client {
     ///
     /// ```no_run
     /// use std::time::Duration;
-    /// use shmrpc::rpc::{Client, ClientConfig};
+    /// use shmrpc::{Client, ClientConfig};
     ///
-    /// # async fn f() -> Result<(), shmrpc::rpc::RpcError> {
+    /// # async fn f() -> Result<(), shmrpc::RpcError> {
     /// // Wait up to a second for the server to appear (for example, just after starting it).
     /// let cfg = ClientConfig {
     ///     reconnect_for: Duration::from_secs(1),
@@ -310,7 +310,7 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// use shmrpc::rpc::{Client, ClientConfig};
+    /// use shmrpc::{Client, ClientConfig};
     ///
     /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = Client::connect_tcp("192.0.2.7:7000".parse()?, ClientConfig::default()).await?;
@@ -472,8 +472,8 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
-    /// use shmrpc::rpc::CallOptions;
+    /// # async fn f(client: shmrpc::Client) -> Result<(), shmrpc::RpcError> {
+    /// use shmrpc::CallOptions;
     ///
     /// let echoed = client.call_raw("echo", b"bytes as they are", CallOptions::default()).await?;
     /// assert_eq!(echoed, b"bytes as they are");
@@ -522,9 +522,9 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
+    /// # async fn f(client: shmrpc::Client) -> Result<(), shmrpc::RpcError> {
     /// use std::time::Duration;
-    /// use shmrpc::rpc::{CallOptions, Code};
+    /// use shmrpc::{CallOptions, Code};
     ///
     /// // Request and response types are any serde types; both sides must agree on them.
     /// let opts = CallOptions::timeout(Duration::from_millis(500));
@@ -576,8 +576,8 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
-    /// use shmrpc::rpc::CallOptions;
+    /// # async fn f(client: shmrpc::Client) -> Result<(), shmrpc::RpcError> {
+    /// use shmrpc::CallOptions;
     ///
     /// let prompt = "fn main() {".to_string();
     /// let mut stream = client.call_stream("chat", &prompt, CallOptions::default()).await?;
@@ -729,7 +729,7 @@ impl CallStream {
     /// the end.
     ///
     /// ```
-    /// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+    /// use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
     ///
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let name = format!("doc-next-{}", std::process::id());

@@ -4,7 +4,7 @@
 //! wrong type or a value out of range is an error that names the key and what is allowed.
 //!
 //! ```
-//! use shmrpc::rpc::ServerConfig;
+//! use shmrpc::ServerConfig;
 //!
 //! let cfg = ServerConfig::from_toml(
 //!     r#"
@@ -25,7 +25,7 @@
 //!
 //! let err = ServerConfig::from_toml("ring_size = 1000").unwrap_err();
 //! assert!(err.to_string().contains("ring_size"));
-//! # Ok::<(), shmrpc::rpc::ConfigError>(())
+//! # Ok::<(), shmrpc::ConfigError>(())
 //! ```
 
 use std::path::Path;
@@ -339,7 +339,7 @@ impl ServerConfig {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::rpc::{ConfigError, ServerConfig};
+    /// use shmrpc::{ConfigError, ServerConfig};
     ///
     /// let path = std::env::temp_dir().join(format!("doc-server-{}.toml", std::process::id()));
     /// std::fs::write(&path, "max_in_flight = 8\nheartbeat = \"500ms\"\n")?;

@@ -40,7 +40,7 @@ pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::Code;
+/// use shmrpc::Code;
 ///
 /// assert_eq!(Code::DeadlineExceeded as u16, 4);
 /// assert_ne!(Code::Cancelled, Code::PeerGone);
@@ -92,7 +92,7 @@ impl Code {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::{Code, RpcError};
+/// use shmrpc::{Code, RpcError};
 ///
 /// let e = RpcError::new(Code::BadRequest, "missing field `id`");
 /// assert_eq!(e.to_string(), "BadRequest: missing field `id`");
@@ -188,7 +188,7 @@ pub const fn method_id(name: &str) -> u32 {
 /// assert_eq!(bytes, [0xac, 0x02, 2, b'h', b'i']); // varint 300, then a length-prefixed str
 /// let (n, s): (u32, String) = decode(&bytes)?;
 /// assert_eq!((n, s.as_str()), (300, "hi"));
-/// # Ok::<(), shmrpc::rpc::RpcError>(())
+/// # Ok::<(), shmrpc::RpcError>(())
 /// ```
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
     postcard::to_stdvec(v).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))
@@ -202,14 +202,15 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::{decode, encode, Code};
+/// use shmrpc::Code;
+/// use shmrpc::rpc::{decode, encode};
 ///
 /// let v: Vec<u16> = decode(&encode(&vec![1u16, 2, 3])?)?;
 /// assert_eq!(v, [1, 2, 3]);
 /// // Too few bytes for what the header promises.
 /// let err = decode::<Vec<u16>>(&[5, 1]).unwrap_err();
 /// assert_eq!(err.code, Code::BadRequest);
-/// # Ok::<(), shmrpc::rpc::RpcError>(())
+/// # Ok::<(), shmrpc::RpcError>(())
 /// ```
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, RpcError> {
     postcard::from_bytes(b).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))

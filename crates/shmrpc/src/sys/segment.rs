@@ -273,7 +273,7 @@ impl Drop for Mapping {
 /// # Example
 ///
 /// ```
-/// use shmrpc::sys::Segment;
+/// use shmrpc::lowlevel::sys::Segment;
 /// let name = format!("doc-example-{}", std::process::id());
 /// let seg = Segment::create(&name, 4096)?;
 /// seg.atomic_u64(0).unwrap().store(42, std::sync::atomic::Ordering::Release);
@@ -323,7 +323,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::{CreateError, Segment};
+    /// use shmrpc::lowlevel::sys::{CreateError, Segment};
     ///
     /// let name = format!("doc-create-{}", std::process::id());
     /// let seg = Segment::create(&name, 1 << 16)?;
@@ -350,7 +350,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::{CreateError, Segment};
+    /// use shmrpc::lowlevel::sys::{CreateError, Segment};
     ///
     /// let name = format!("doc-create-with-{}", std::process::id());
     /// let seg = Segment::create_with(&name, 4096, 0xC0FFEE, |s| {
@@ -412,7 +412,7 @@ impl Segment {
     ///
     /// ```
     /// use std::sync::atomic::Ordering;
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let seg = Segment::anonymous(4096, 7, |s| {
     ///     s.write_bytes(0, b"hello").ok_or("out of bounds")?;
@@ -514,7 +514,7 @@ impl Segment {
     /// the same bytes:
     ///
     /// ```
-    /// use shmrpc::sys::{OpenError, Segment};
+    /// use shmrpc::lowlevel::sys::{OpenError, Segment};
     ///
     /// let name = format!("doc-open-{}", std::process::id());
     /// let creator = Segment::create(&name, 4096)?;
@@ -585,7 +585,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let name = format!("doc-ooc-{}", std::process::id());
     /// let (first, created) = Segment::open_or_create(&name, 4096)?;
@@ -659,8 +659,8 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::proc::ProcessId;
-    /// use shmrpc::sys::{Segment, SegmentStatus, StatusError};
+    /// use shmrpc::lowlevel::sys::proc::ProcessId;
+    /// use shmrpc::lowlevel::sys::{Segment, SegmentStatus, StatusError};
     ///
     /// let name = format!("doc-status-{}", std::process::id());
     /// assert!(matches!(Segment::status(&name), Err(StatusError::NotFound(_))));
@@ -733,7 +733,7 @@ impl Segment {
     /// A segment whose owner is alive (here: this process) is left alone:
     ///
     /// ```
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let name = format!("doc-reclaim-{}", std::process::id());
     /// let seg = Segment::create(&name, 4096)?;
@@ -773,7 +773,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let name = format!("doc-persist-{}", std::process::id());
     /// let mut seg = Segment::create(&name, 4096)?;
@@ -990,7 +990,8 @@ fn validate(map: &Mapping, file_size: u64) -> Result<(), OpenError> {
 }
 
 /// Test support: overwrite header fields of a named segment to provoke open errors.
-#[doc(hidden)]
+/// Only with the `testing` feature, which test crates enable.
+#[cfg(feature = "testing")]
 pub mod testing {
     use super::*;
 
