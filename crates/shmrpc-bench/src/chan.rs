@@ -25,11 +25,11 @@ pub fn read_max(size: usize, bytes: usize) -> usize {
     (bytes / shmrpc::lowlevel::ring::record_size(size)).clamp(1, STREAM_READ_MAX)
 }
 
-/// Size of the round-trip messages of the 64 B cases.
+/// Size of the smallest round-trip messages (the 64 B cases).
 pub const RTT_SIZE: usize = 64;
 
 /// Buffers of the round trips: a fixed array for the 64 B cases, so the copies compile to
-/// a few moves as in the first 64 B measurement and in the record-ring baseline (a `Vec` of
+/// a few moves as in the record-ring baseline (a `Vec` of
 /// run-time length costs a `memcpy` call per copy, ~15 % of a 64 B round trip).
 trait Buf: AsRef<[u8]> + AsMut<[u8]> {}
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Buf for B {}

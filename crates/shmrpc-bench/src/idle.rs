@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use serde_json::{json, Value};
 use shmrpc::CallOptions;
 
 use super::rpc;
@@ -147,29 +146,6 @@ impl IdleResult {
     /// Resident KiB per connection: (with clients − before) / clients.
     pub fn per_conn_kib(&self) -> f64 {
         self.rss.total.saturating_sub(self.rss_empty.total) as f64 / self.connections.max(1) as f64
-    }
-
-    /// As JSON.
-    pub fn to_json(&self) -> Value {
-        let rss = |r: &Rss| json!({"vm_rss_kib": r.total, "rss_anon_kib": r.anon, "rss_file_kib": r.file, "rss_shmem_kib": r.shmem});
-        json!({
-            "id": ID,
-            "connections": self.connections,
-            "server_rss_kib": self.rss.total,
-            "server_rss_bytes": self.rss.total * 1024,
-            "server_rss_per_connection_kib": self.per_conn_kib(),
-            "server_rss_empty_kib": self.rss_empty.total,
-            "server_memory": rss(&self.rss),
-            "server_memory_empty": rss(&self.rss_empty),
-            "server_fds": self.fds,
-            "server_fds_empty": self.fds_empty,
-            "idle_interval_s": self.interval.as_secs_f64(),
-            "server_cpu_percent": self.cpu_percent,
-            "server_cpu_percent_stat": self.cpu_percent_stat,
-            "clock_ticks_per_s": self.ticks_per_s,
-            "client_process_cpu_percent": self.client_cpu_percent,
-            "connect_s": self.connect_s,
-        })
     }
 }
 

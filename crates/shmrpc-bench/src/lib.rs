@@ -196,8 +196,6 @@ pub(crate) struct Case {
     pub label: String,
     /// Mode name for the JSON.
     pub mode: &'static str,
-    /// Whether this is shmrpc or a baseline.
-    pub baseline: bool,
     /// What it is, for the JSON and the chart: `shmrpc`, `shmrpc-rpc`, `floor`,
     /// `baseline`, `uds`, `uds-tokio`, `pipe`, `tcp`.
     pub system: &'static str,
@@ -487,7 +485,6 @@ fn push_rtt(cases: &mut Vec<Case>, div: u64, r: RttSpec) {
         id: format!("rtt.{}", r.id),
         label: r.label,
         mode: r.mode,
-        baseline: !matches!(r.transport, Transport::Channel { .. }),
         system: r.system,
         series: r.series,
         workload: Workload::RoundTrip,
@@ -671,7 +668,6 @@ fn stream_cases(cases: &mut Vec<Case>, div: u64, args: &BenchOptions, copy_slots
             id: format!("stream.{id}"),
             label,
             mode,
-            baseline: !matches!(transport, Transport::Channel { .. }),
             system,
             series: Some(series.to_owned()),
             workload: Workload::Stream,
@@ -795,7 +791,6 @@ fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
             id: format!("rpc.{id}"),
             label,
             mode,
-            baseline,
             system: if baseline { "uds-tokio" } else { "shmrpc-rpc" },
             series: None,
             workload,
