@@ -19,6 +19,7 @@ mod blocking;
 mod client;
 pub mod config;
 pub mod inspect;
+mod method;
 pub mod obs;
 mod server;
 mod transport;
@@ -33,6 +34,7 @@ pub use blocking::BlockingClient;
 pub use client::{CallOptions, CallStream, Client, ClientConfig};
 pub use config::{ConfigError, ServerConfig};
 pub use inspect::INSPECT_METHOD;
+pub use method::{Sink, Streaming, TypedStream, Unary};
 pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
 
 /// Why a call failed. The numeric values are part of the wire format.
