@@ -758,6 +758,18 @@ pub async fn rpc_wait_stats(
     }
 }
 
+/// An error and its sources, `": "`-joined (what `anyhow`'s `{:#}` prints).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        next = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,7 +51,7 @@ pub(crate) use lowlevel::{frame, ring};
 
 #[cfg(not(shmrpc_loom))]
 pub use rpc::{
-    BlockingClient, CallContext, CallOptions, CallStream, Client, ClientConfig, Code, ConfigError,
-    ItemSink, RpcError, Server, ServerBuilder, ServerConfig, ServerHandle, Sink, Streaming,
-    TypedStream, Unary,
+    BindError, BlockingClient, CallContext, CallOptions, CallStream, Client, ClientConfig, Code,
+    ConfigError, ConnectError, ItemSink, RpcError, Server, ServerBuilder, ServerConfig,
+    ServerHandle, Sink, Streaming, TypedStream, Unary,
 };

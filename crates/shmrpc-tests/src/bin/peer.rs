@@ -879,11 +879,16 @@ fn rpc_foreign(args: &[String]) {
         let r = rt.block_on(Client::connect(&name, cfg.clone()));
         match r {
             Ok(_) => say(format!("{label} result=connected")),
-            Err(e) => say(format!(
-                "{label} code={:?} message={}",
-                e.code,
-                one_line(e.message)
-            )),
+            Err(e) => {
+                // Reported as a caller sees it through `RpcError`: the code, and the
+                // whole chain of causes as the message.
+                let e = shmrpc::RpcError::from(e);
+                say(format!(
+                    "{label} code={:?} message={}",
+                    e.code,
+                    one_line(shmrpc_tests::error_chain(&e))
+                ))
+            }
         }
     };
     attempt("rpc");

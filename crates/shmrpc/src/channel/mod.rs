@@ -144,10 +144,10 @@ pub enum ChannelError {
     #[error(transparent)]
     Attach(#[from] ring::AttachError),
     /// Duplicating the segment's fd failed.
-    #[error("dup of the segment fd: {0}")]
+    #[error("dup of the segment fd")]
     Dup(#[source] io::Error),
     /// Creating or adopting a doorbell failed.
-    #[error("doorbell: {0}")]
+    #[error("doorbell")]
     Doorbell(#[source] io::Error),
 }
 
@@ -167,7 +167,7 @@ pub enum SendError {
     #[error("channel closed by the receiver")]
     Closed,
     /// Shared memory is corrupt: close the channel.
-    #[error("channel corrupt: {0}")]
+    #[error("channel corrupt")]
     Corrupt(#[from] CorruptError),
     /// The deadline passed with the ring still full.
     #[error("send timed out")]
@@ -176,7 +176,7 @@ pub enum SendError {
     #[error("peer is gone")]
     PeerGone,
     /// Registering with the async runtime failed (no runtime?).
-    #[error("async runtime: {0}")]
+    #[error("async runtime")]
     Io(#[source] io::Error),
 }
 
@@ -188,7 +188,7 @@ pub enum RecvError {
     #[error("channel closed by the sender")]
     Closed,
     /// Shared memory is corrupt: close the channel.
-    #[error("channel corrupt: {0}")]
+    #[error("channel corrupt")]
     Corrupt(#[from] CorruptError),
     /// The deadline passed with nothing received.
     #[error("receive timed out")]
@@ -197,7 +197,7 @@ pub enum RecvError {
     #[error("peer is gone")]
     PeerGone,
     /// Registering with the async runtime failed (no runtime?).
-    #[error("async runtime: {0}")]
+    #[error("async runtime")]
     Io(#[source] io::Error),
 }
 

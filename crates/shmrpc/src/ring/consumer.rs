@@ -24,7 +24,7 @@ pub enum PeekError {
     #[error("ring closed by the producer")]
     Closed,
     /// The producer wrote an impossible record.
-    #[error("ring corrupt: {0}")]
+    #[error("ring corrupt")]
     Corrupt(#[from] CorruptError),
 }
 

@@ -32,7 +32,7 @@ pub enum ReserveError {
     #[error("ring closed by the consumer")]
     Closed,
     /// The consumer wrote an impossible `read_pos`.
-    #[error("ring corrupt: {0}")]
+    #[error("ring corrupt")]
     Corrupt(#[from] CorruptError),
 }
 

@@ -11,7 +11,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
 
 use super::transport::{FrameRx, FrameTx};
-use super::{decode, encode, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
+use super::{decode, encode, method_id, Code, ConnectError, IdMap, RpcError, DEADLINE_PREFIX};
 use crate::channel::{self, ChannelConfig};
 use crate::frame::Kind;
 
@@ -326,7 +326,8 @@ impl Client {
     /// Connects to the shared-memory server `name`.
     ///
     /// # Errors
-    /// [`Code::Unavailable`] if no server answers within `cfg.reconnect_for`.
+    /// [`ConnectError`] (with the last attempt's error as its source) if no server
+    /// answers within `cfg.reconnect_for`.
     ///
     /// # Examples
     ///
@@ -334,13 +335,13 @@ impl Client {
     /// use std::time::Duration;
     /// use shmrpc::{Client, ClientConfig};
     ///
-    /// # async fn f() -> Result<(), shmrpc::RpcError> {
+    /// # async fn f() -> Result<(), shmrpc::ConnectError> {
     /// // Wait up to a second for the server to appear (for example, just after starting it).
     /// let cfg = ClientConfig::default().with_reconnect_for(Duration::from_secs(1));
     /// let client = Client::connect("engine", cfg).await?;
     /// # drop(client); Ok(()) }
     /// ```
-    pub async fn connect(name: &str, cfg: ClientConfig) -> Result<Self, RpcError> {
+    pub async fn connect(name: &str, cfg: ClientConfig) -> Result<Self, ConnectError> {
         Self::start(Target::Shm(name.to_owned()), cfg).await
     }
 
@@ -358,11 +359,11 @@ impl Client {
     /// let client = Client::connect_tcp("192.0.2.7:7000".parse()?, ClientConfig::default()).await?;
     /// # drop(client); Ok(()) }
     /// ```
-    pub async fn connect_tcp(addr: SocketAddr, cfg: ClientConfig) -> Result<Self, RpcError> {
+    pub async fn connect_tcp(addr: SocketAddr, cfg: ClientConfig) -> Result<Self, ConnectError> {
         Self::start(Target::Tcp(addr), cfg).await
     }
 
-    async fn start(target: Target, cfg: ClientConfig) -> Result<Self, RpcError> {
+    async fn start(target: Target, cfg: ClientConfig) -> Result<Self, ConnectError> {
         let c = Self {
             inner: Arc::new(Inner {
                 target,
@@ -388,7 +389,7 @@ impl Client {
     /// The live connection, reconnecting (with back-off) if it is gone, until `until` or
     /// `reconnect_for` from now, whichever is first. Each caller measures its own give-up
     /// time from when it asked, not from when it got the lock.
-    async fn conn(&self, until: Option<Instant>) -> Result<Arc<Conn>, RpcError> {
+    async fn conn(&self, until: Option<Instant>) -> Result<Arc<Conn>, ConnectError> {
         if let Some(c) = self.live() {
             return Ok(c);
         }
@@ -417,17 +418,18 @@ impl Client {
         }
     }
 
-    async fn dial(&self) -> Result<Arc<Conn>, RpcError> {
+    async fn dial(&self) -> Result<Arc<Conn>, ConnectError> {
         let cfg = &self.inner.cfg;
-        let unavailable =
-            |e: &dyn std::fmt::Display| RpcError::new(Code::Unavailable, e.to_string());
         let (tx, rx) = match &self.inner.target {
             Target::Shm(name) => {
-                let (name, ch) = (name.clone(), cfg.channel.clone());
-                let ep = tokio::task::spawn_blocking(move || channel::connect(&name, &ch))
+                let (n, ch) = (name.clone(), cfg.channel.clone());
+                let ep = tokio::task::spawn_blocking(move || channel::connect(&n, &ch))
                     .await
-                    .map_err(|e| unavailable(&e))?
-                    .map_err(|e| unavailable(&e))?;
+                    .map_err(|e| ConnectError::Runtime(std::io::Error::other(e)))?
+                    .map_err(|source| ConnectError::Shm {
+                        name: name.clone(),
+                        source,
+                    })?;
                 let (tx, rx) = ep.split();
                 (
                     FrameTx::Shm(tx, Vec::new()),
@@ -437,7 +439,10 @@ impl Client {
             Target::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr)
                     .await
-                    .map_err(|e| unavailable(&e))?;
+                    .map_err(|source| ConnectError::Tcp {
+                        addr: *addr,
+                        source,
+                    })?;
                 let _ = s.set_nodelay(true);
                 let (r, w) = s.into_split();
                 (
@@ -480,7 +485,7 @@ impl Client {
         // A connection can die (or start draining) between `conn` and `register`: then
         // take the next one.
         let conn = loop {
-            let conn = self.conn(until).await?;
+            let conn = self.conn(until).await.map_err(RpcError::from)?;
             if conn.register(id, waiter()) {
                 break conn;
             }

@@ -170,8 +170,14 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// Not valid TOML, an unknown key, or a value of the wrong type.
-    #[error("{0}")]
-    Syntax(String),
+    #[error("invalid configuration{}", .file.as_deref().map(|f| format!(" in {f}")).unwrap_or_default())]
+    Syntax {
+        /// The file, if the text came from one.
+        file: Option<String>,
+        /// What the TOML parser reported (with the line).
+        #[source]
+        source: toml::de::Error,
+    },
     /// A value outside what is allowed.
     #[error("`{key}` = {value}: must be {allowed}")]
     OutOfRange {
@@ -283,7 +289,8 @@ impl ServerConfig {
     /// [`ConfigError::Syntax`] for bad TOML, an unknown key or a wrong type (with the line);
     /// [`ConfigError::OutOfRange`] naming the key and the allowed range.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let f: File = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let f: File =
+            toml::from_str(text).map_err(|source| ConfigError::Syntax { file: None, source })?;
         let mut cfg = ServerConfig::default();
         if let Some(r) = f.ring_size {
             if !crate::ring::valid_capacity(r) {
@@ -422,7 +429,10 @@ impl ServerConfig {
             source,
         })?;
         Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Syntax(m) => ConfigError::Syntax(format!("{}: {m}", path.display())),
+            ConfigError::Syntax { source, .. } => ConfigError::Syntax {
+                file: Some(path.display().to_string()),
+                source,
+            },
             other => other,
         })
     }
@@ -432,8 +442,16 @@ impl ServerConfig {
 mod tests {
     use super::*;
 
+    /// The error and its sources, as a CLI prints them.
     fn err(text: &str) -> String {
-        ServerConfig::from_toml(text).unwrap_err().to_string()
+        let e = ServerConfig::from_toml(text).unwrap_err();
+        let mut s = e.to_string();
+        let mut next = std::error::Error::source(&e);
+        while let Some(c) = next {
+            s = format!("{s}: {c}");
+            next = c.source();
+        }
+        s
     }
 
     #[test]

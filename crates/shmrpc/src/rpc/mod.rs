@@ -18,6 +18,7 @@
 mod blocking;
 mod client;
 pub mod config;
+mod error;
 pub mod inspect;
 mod method;
 pub mod obs;
@@ -27,12 +28,14 @@ mod transport;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use blocking::BlockingClient;
 pub use client::{CallOptions, CallStream, Client, ClientConfig};
 pub use config::{ConfigError, ServerConfig};
+pub use error::{BindError, ConnectError};
 pub use inspect::INSPECT_METHOD;
 pub use method::{Sink, Streaming, TypedStream, Unary};
 pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
@@ -94,7 +97,11 @@ impl Code {
     }
 }
 
-/// An RPC error: a code and a human-readable message.
+/// An RPC error: a code and a human-readable message, and for an error raised on this side
+/// the error that caused it ([`source`](std::error::Error::source)).
+///
+/// Only the code and the text cross the wire: an error sent to the peer carries its message
+/// followed by the messages of its sources, so the peer sees the whole story as text.
 ///
 /// # Examples
 ///
@@ -107,14 +114,32 @@ impl Code {
 /// // Handlers return it; callers match on the code.
 /// let retry = matches!(e.code, Code::Unavailable | Code::PeerGone);
 /// assert!(!retry);
+///
+/// // A cause is kept as the source, not pasted into the message.
+/// let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+/// let e = RpcError::with_source(Code::HandlerFailed, "loading the model", io);
+/// assert_eq!(e.to_string(), "HandlerFailed: loading the model");
+/// let source = std::error::Error::source(&e).unwrap();
+/// assert_eq!(source.to_string(), "no such file");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RpcError {
     /// What kind of failure.
     pub code: Code,
     /// Details.
     pub message: String,
+    /// The local cause, if any (never sent as such: see [`RpcError`]).
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
+
+/// Equal if code and message are: the source is a local detail.
+impl PartialEq for RpcError {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code && self.message == other.message
+    }
+}
+
+impl Eq for RpcError {}
 
 impl RpcError {
     /// An error with `code` and `message`.
@@ -122,6 +147,20 @@ impl RpcError {
         Self {
             code,
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error with `code` and `message` (what was being done), caused by `source`.
+    pub fn with_source(
+        code: Code,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            source: Some(Arc::from(source.into())),
         }
     }
 
@@ -130,10 +169,23 @@ impl RpcError {
         Self::new(Code::HandlerFailed, message)
     }
 
+    /// The message and those of every source, joined by `": "`: the text the peer gets.
+    fn full_message(&self) -> String {
+        let mut m = self.message.clone();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            m.push_str(": ");
+            m.push_str(&e.to_string());
+            next = e.source();
+        }
+        m
+    }
+
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(2 + self.message.len());
+        let message = self.full_message();
+        let mut v = Vec::with_capacity(2 + message.len());
         v.extend_from_slice(&(self.code as u16).to_le_bytes());
-        v.extend_from_slice(self.message.as_bytes());
+        v.extend_from_slice(message.as_bytes());
         v
     }
 
@@ -154,7 +206,13 @@ impl fmt::Display for RpcError {
     }
 }
 
-impl std::error::Error for RpcError {}
+impl std::error::Error for RpcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The method id carried in frames: FNV-1a of the method name. Servers refuse to register
 /// two names with one id.
@@ -198,7 +256,7 @@ pub const fn method_id(name: &str) -> u32 {
 /// # Ok::<(), shmrpc::RpcError>(())
 /// ```
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
-    postcard::to_stdvec(v).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))
+    postcard::to_stdvec(v).map_err(|e| RpcError::with_source(Code::BadRequest, "encoding", e))
 }
 
 /// Decodes a value with the default codec.
@@ -220,7 +278,7 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
 /// # Ok::<(), shmrpc::RpcError>(())
 /// ```
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, RpcError> {
-    postcard::from_bytes(b).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))
+    postcard::from_bytes(b).map_err(|e| RpcError::with_source(Code::BadRequest, "decoding", e))
 }
 
 /// Request payloads start with the call's remaining time budget in milliseconds

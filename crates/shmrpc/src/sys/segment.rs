@@ -93,7 +93,7 @@ const _: () = {
 #[non_exhaustive]
 pub enum CreateError {
     /// The name is not acceptable.
-    #[error("invalid segment name: {0}")]
+    #[error("invalid segment name")]
     InvalidName(#[from] NameError),
     /// A segment of that name exists already. It is never wiped; open it instead.
     #[error("segment {0} already exists")]
@@ -120,7 +120,7 @@ pub enum CreateError {
 #[non_exhaustive]
 pub enum OpenError {
     /// The name is not acceptable.
-    #[error("invalid segment name: {0}")]
+    #[error("invalid segment name")]
     InvalidName(#[from] NameError),
     /// No segment of that name.
     #[error("segment {0} does not exist")]
@@ -201,7 +201,7 @@ pub enum OpenOrCreateError {
 #[non_exhaustive]
 pub enum StatusError {
     /// The name is not acceptable.
-    #[error("invalid segment name: {0}")]
+    #[error("invalid segment name")]
     InvalidName(#[from] NameError),
     /// No segment of that name.
     #[error("segment {0} does not exist")]
