@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError};
 
@@ -92,7 +92,7 @@ pub fn run(args: &CallArgs) -> anyhow::Result<()> {
                 }
                 _ => String::new(),
             };
-            Err(anyhow!("call {method} on {target} failed: {e}{hint}"))
+            Err(anyhow::Error::new(e).context(format!("call {method} on {target} failed{hint}")))
         }
     }
 }

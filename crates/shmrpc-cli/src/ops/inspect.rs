@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use shmrpc::lowlevel::ring::RingState;
 use shmrpc::rpc::inspect::ServerReport;
 use shmrpc::rpc::INSPECT_METHOD;
@@ -67,7 +67,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         let cfg = ClientConfig::default().with_reconnect_for(args.timeout);
         let client = Client::connect(&args.name, cfg)
             .await
-            .map_err(|e| anyhow!("cannot reach {}: {e}", args.name))?;
+            .with_context(|| format!("cannot reach {}", args.name))?;
         client
             .call(
                 INSPECT_METHOD,
@@ -75,7 +75,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
                 CallOptions::timeout(Duration::from_secs(10)),
             )
             .await
-            .map_err(|e| anyhow!("{} did not answer the inspection: {e}", args.name))
+            .with_context(|| format!("{} did not answer the inspection", args.name))
     })?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
