@@ -164,7 +164,7 @@ pub enum SendError {
     #[error("channel closed by the receiver")]
     Closed,
     /// Shared memory is corrupt: close the channel.
-    #[error("channel corrupt: {0}")]
+    #[error("channel corrupt")]
     Corrupt(#[from] CorruptError),
     /// The deadline passed with the ring still full.
     #[error("send timed out")]
@@ -173,7 +173,7 @@ pub enum SendError {
     #[error("peer is gone")]
     PeerGone,
     /// Registering with the async runtime failed (no runtime?).
-    #[error("async runtime: {0}")]
+    #[error("async runtime")]
     Io(#[source] io::Error),
 }
 
@@ -184,7 +184,7 @@ pub enum RecvError {
     #[error("channel closed by the sender")]
     Closed,
     /// Shared memory is corrupt: close the channel.
-    #[error("channel corrupt: {0}")]
+    #[error("channel corrupt")]
     Corrupt(#[from] CorruptError),
     /// The deadline passed with nothing received.
     #[error("receive timed out")]
@@ -193,7 +193,7 @@ pub enum RecvError {
     #[error("peer is gone")]
     PeerGone,
     /// Registering with the async runtime failed (no runtime?).
-    #[error("async runtime: {0}")]
+    #[error("async runtime")]
     Io(#[source] io::Error),
 }
 
