@@ -197,12 +197,11 @@ async fn serve(
         }
         ServerKind::SpinThenPark | ServerKind::Park => {
             let wait = wait_of(kind == ServerKind::Park);
-            let cfg = ServerConfig {
-                channel: ChannelConfig::default()
+            let cfg = ServerConfig::default().with_channel(
+                ChannelConfig::default()
                     .with_capacity(64 << 10)
                     .with_wait(wait),
-                ..ServerConfig::default()
-            };
+            );
             let server = ServerBuilder::new(cfg)
                 .unary_raw(METHOD, |_ctx, req| async move { Ok(req) })
                 .bind(name)
@@ -282,10 +281,7 @@ fn header(kind: Kind, call_id: u64) -> FrameHeader {
 
 /// Client settings of an shmrpc case.
 pub fn client_config(park: bool) -> ClientConfig {
-    ClientConfig {
-        channel: ChannelConfig::default().with_wait(wait_of(park)),
-        ..ClientConfig::default()
-    }
+    ClientConfig::default().with_channel(ChannelConfig::default().with_wait(wait_of(park)))
 }
 
 /// Connects `n` clients to `name`.

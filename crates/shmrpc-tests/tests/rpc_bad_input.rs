@@ -179,10 +179,7 @@ fn unknown_methods_and_oversized_messages_get_clear_codes() {
             .await
             .unwrap_err();
             assert_eq!(e.code, Code::TooLarge, "{e}");
-            let small = ClientConfig {
-                max_message: 64 << 10,
-                ..ClientConfig::default()
-            };
+            let small = ClientConfig::default().with_max_message(64 << 10);
             let limited = Client::connect(&name, small).await.expect("connect");
             let e = limited
                 .call_raw("echo", &vec![1u8; 64 << 10], CallOptions::default())
@@ -408,10 +405,7 @@ fn a_server_speaking_another_version_gets_a_clear_error() {
         let name = names.name("rpc-hello-version");
         let mut bad = spawn_peer!("rpc-bad-server", name, "hello-version");
         bad.expect("ready", WAIT);
-        let cfg = ClientConfig {
-            reconnect_for: Duration::from_millis(200),
-            ..ClientConfig::default()
-        };
+        let cfg = ClientConfig::default().with_reconnect_for(Duration::from_millis(200));
         let e = rt
             .block_on(within(
                 "connecting to a server of another handshake version",

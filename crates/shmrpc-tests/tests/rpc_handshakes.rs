@@ -86,10 +86,7 @@ fn fifty_silent_handshakes_do_not_stall_an_honest_client() {
         );
         server.expect("ready", WAIT);
         let rt = rpc_runtime();
-        let cfg = ClientConfig {
-            reconnect_for: WAIT,
-            ..ClientConfig::default()
-        };
+        let cfg = ClientConfig::default().with_reconnect_for(WAIT);
         // An observer connected before the silent ones, to watch the server's counts.
         let observer = rt.block_on(async {
             within(

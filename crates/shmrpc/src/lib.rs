@@ -52,5 +52,6 @@ pub(crate) use lowlevel::{frame, ring};
 #[cfg(not(shmrpc_loom))]
 pub use rpc::{
     BlockingClient, CallContext, CallOptions, CallStream, Client, ClientConfig, Code, ConfigError,
-    ItemSink, RpcError, Server, ServerBuilder, ServerConfig, ServerHandle,
+    ItemSink, RpcError, Server, ServerBuilder, ServerConfig, ServerHandle, Sink, Streaming,
+    TypedStream, Unary,
 };

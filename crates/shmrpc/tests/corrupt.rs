@@ -847,6 +847,7 @@ fn fuzz_random_bytes_into_a_live_ring() {
                     t.peek_corrupt += 1;
                     broken = true;
                 }
+                Err(e) => panic!("unexpected peek error: {e}"),
             }
             let len = rng.below(max as u64 + 32) as usize;
             match p.try_reserve(len) {
@@ -870,6 +871,7 @@ fn fuzz_random_bytes_into_a_live_ring() {
                     t.reserve_corrupt += 1;
                     broken = true;
                 }
+                Err(e) => panic!("unexpected reserve error: {e}"),
             }
             let batch = c.try_read_batch(rng.below(8) as usize, |_, data| {
                 assert!(data.len() <= max);

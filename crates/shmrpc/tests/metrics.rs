@@ -48,10 +48,7 @@ fn calls_errors_bytes_latency_and_connections_are_counted() {
     let name = format!("metrics-{}", std::process::id());
     // The handles are registered when the server is built: build it with the recorder.
     let server = metrics::with_local_recorder(&recorder, || {
-        let cfg = ServerConfig {
-            metrics: true,
-            ..ServerConfig::default()
-        };
+        let cfg = ServerConfig::default().with_metrics(true);
         ServerBuilder::new(cfg)
             .unary_raw("echo", |_ctx, req| async move { Ok(req) })
             .unary_raw("fail", |_ctx, _req| async move {

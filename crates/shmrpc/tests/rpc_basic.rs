@@ -259,10 +259,8 @@ async fn a_server_reports_its_connections_to_the_inspection_method() {
     use shmrpc::rpc::INSPECT_METHOD;
     use shmrpc::{ServerBuilder, ServerConfig};
     let n = name("inspect");
-    let cfg = ServerConfig {
-        channel: shmrpc::channel::ChannelConfig::default().with_capacity(8192),
-        ..ServerConfig::default()
-    };
+    let cfg = ServerConfig::default()
+        .with_channel(shmrpc::channel::ChannelConfig::default().with_capacity(8192));
     let server = ServerBuilder::new(cfg)
         .unary_raw("echo", |_ctx, req| async move { Ok(req) })
         .bind(&n)

@@ -64,10 +64,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let report: ServerReport = rt.block_on(async {
-        let cfg = ClientConfig {
-            reconnect_for: args.timeout,
-            ..ClientConfig::default()
-        };
+        let cfg = ClientConfig::default().with_reconnect_for(args.timeout);
         let client = Client::connect(&args.name, cfg)
             .await
             .map_err(|e| anyhow!("cannot reach {}: {e}", args.name))?;

@@ -550,12 +550,10 @@ fn rpc_server(args: &[String]) {
     let cap: usize = arg(args, 2, "ring capacity");
     let hb: u64 = arg(args, 3, "heartbeat ms");
     let max_message: usize = arg(args, 4, "max message");
-    let mut cfg = ServerConfig {
-        channel: ChannelConfig::default().with_capacity(cap),
-        heartbeat: Duration::from_millis(hb),
-        max_message,
-        ..ServerConfig::default()
-    };
+    let mut cfg = ServerConfig::default()
+        .with_channel(ChannelConfig::default().with_capacity(cap))
+        .with_heartbeat(Duration::from_millis(hb))
+        .with_max_message(max_message);
     if args.len() > 5 {
         cfg.max_in_flight = arg(args, 5, "max in flight");
     }
@@ -607,10 +605,7 @@ fn rpc_server(args: &[String]) {
 }
 
 fn client_config() -> ClientConfig {
-    ClientConfig {
-        reconnect_for: Duration::from_secs(10),
-        ..ClientConfig::default()
-    }
+    ClientConfig::default().with_reconnect_for(Duration::from_secs(10))
 }
 
 /// One call of `transform` with a request unique to (`who`, `k`), checked.
@@ -879,10 +874,7 @@ fn rpc_foreign(args: &[String]) {
         shmrpc::lowlevel::sys::names::uid()
     ));
     let rt = rpc_runtime();
-    let cfg = ClientConfig {
-        reconnect_for: Duration::from_millis(200),
-        ..ClientConfig::default()
-    };
+    let cfg = ClientConfig::default().with_reconnect_for(Duration::from_millis(200));
     let attempt = |label: &str| {
         let r = rt.block_on(Client::connect(&name, cfg.clone()));
         match r {
@@ -1337,10 +1329,7 @@ fn chaos_client(args: &[String]) {
     let rt = rpc_runtime();
     rt.block_on(async move {
         let mut rng = shmrpc_tests::SplitMix64::new(seed);
-        let cfg = ClientConfig {
-            reconnect_for: Duration::from_secs(30),
-            ..client_config()
-        };
+        let cfg = client_config().with_reconnect_for(Duration::from_secs(30));
         let mut seq = 0u64;
         let mut ok = 0u64;
         let mut client = None;

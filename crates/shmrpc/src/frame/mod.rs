@@ -35,6 +35,7 @@ const KNOWN_FLAGS: u16 = FLAG_MORE;
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Kind {
     /// A call's request.
     Request = 1,
@@ -116,6 +117,7 @@ pub struct FrameHeader {
 /// assert_eq!(err.to_string(), "frame version 2, we speak 1");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// Fewer bytes than a header.
     #[error("frame of {0} bytes is shorter than its {FRAME_HEADER_LEN}-byte header")]
@@ -346,6 +348,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
 
 /// Errors of reassembling fragments.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ReassemblyError {
     /// The message grew past the configured maximum. Its remaining fragments are skipped,
     /// so the connection can go on: only this call fails.

@@ -15,6 +15,7 @@ use crate::sys::Doorbell;
 
 /// Why no record could be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum PeekError {
     /// Nothing to read now.
     #[error("ring is empty")]

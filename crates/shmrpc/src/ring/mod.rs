@@ -80,6 +80,7 @@ use layout::RingMem;
 /// Shared memory broke the ring's invariants: the peer is buggy or hostile. The connection
 /// must be closed; nothing read from it can be trusted any more.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum CorruptError {
     /// `read_pos` moved backwards or beyond what was written.
     #[error("read position {read} outside [{released}, {written}]")]
@@ -123,6 +124,7 @@ pub enum CorruptError {
 
 /// Errors of attaching to (or initialising) a ring in a segment.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum AttachError {
     /// The ring would not fit in the segment at that offset, or is misaligned.
     #[error("ring of {size} bytes at offset {offset} does not fit a {segment}-byte segment (or is not 128-aligned)")]

@@ -15,6 +15,7 @@ use crate::sys::Doorbell;
 
 /// Why a record could not be reserved.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ReserveError {
     /// Not enough free space now; retry after the consumer has read.
     #[error("ring is full")]

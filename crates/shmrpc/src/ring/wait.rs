@@ -57,6 +57,7 @@ pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
 /// assert_eq!(rx.wait(&mut spinner, Some(deadline), || true), Err(WaitError::TimedOut));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WaitStrategy {
     /// Busy-poll and never sleep: lowest latency, one core fully used while waiting.
     Spin,
@@ -80,6 +81,7 @@ impl Default for WaitStrategy {
 
 /// Why a wait ended without its condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum WaitError {
     /// The deadline passed.
     #[error("timed out")]

@@ -24,13 +24,12 @@ use crate::frame::Kind;
 /// use shmrpc::ClientConfig;
 ///
 /// // Give up on a missing server after one second instead of five.
-/// let cfg = ClientConfig {
-///     reconnect_for: Duration::from_secs(1),
-///     ..ClientConfig::default()
-/// };
+/// let cfg = ClientConfig::default().with_reconnect_for(Duration::from_secs(1));
+/// assert_eq!(cfg.reconnect_for, Duration::from_secs(1));
 /// assert_eq!(cfg.max_backoff, Duration::from_millis(100));
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Wait strategy of the channel (ring sizes are the server's).
     pub channel: ChannelConfig,
@@ -57,6 +56,52 @@ impl Default for ClientConfig {
             backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(100),
         }
+    }
+}
+
+/// Setters, one per field (the struct is `#[non_exhaustive]`: build it from
+/// [`ClientConfig::default`] with these).
+impl ClientConfig {
+    /// This config with another `channel` (the wait strategy).
+    #[must_use]
+    pub fn with_channel(mut self, channel: ChannelConfig) -> Self {
+        self.channel = channel;
+        self
+    }
+
+    /// This config with another `max_message` (largest message).
+    #[must_use]
+    pub fn with_max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
+    /// This config with another `heartbeat` (ping period).
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// This config with another `reconnect_for` (how long a call keeps trying to connect).
+    #[must_use]
+    pub fn with_reconnect_for(mut self, reconnect_for: Duration) -> Self {
+        self.reconnect_for = reconnect_for;
+        self
+    }
+
+    /// This config with another `backoff` (first reconnect back-off).
+    #[must_use]
+    pub fn with_backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// This config with another `max_backoff` (longest pause between reconnect attempts).
+    #[must_use]
+    pub fn with_max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
     }
 }
 
@@ -291,10 +336,7 @@ impl Client {
     ///
     /// # async fn f() -> Result<(), shmrpc::RpcError> {
     /// // Wait up to a second for the server to appear (for example, just after starting it).
-    /// let cfg = ClientConfig {
-    ///     reconnect_for: Duration::from_secs(1),
-    ///     ..ClientConfig::default()
-    /// };
+    /// let cfg = ClientConfig::default().with_reconnect_for(Duration::from_secs(1));
     /// let client = Client::connect("engine", cfg).await?;
     /// # drop(client); Ok(()) }
     /// ```

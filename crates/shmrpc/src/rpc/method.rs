@@ -41,7 +41,7 @@
 //!
 //! A client that sends the wrong request type does not compile:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0308
 //! use shmrpc::{CallOptions, Client, Unary};
 //!
 //! const ADD: Unary<(u64, u64), u64> = Unary::new("add");
@@ -54,7 +54,7 @@
 //!
 //! Nor does a handler that returns the wrong response type:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0271
 //! use shmrpc::{Server, Unary};
 //!
 //! const ADD: Unary<(u64, u64), u64> = Unary::new("add");

@@ -19,6 +19,7 @@ mod blocking;
 mod client;
 pub mod config;
 pub mod inspect;
+mod method;
 pub mod obs;
 mod server;
 mod transport;
@@ -33,9 +34,14 @@ pub use blocking::BlockingClient;
 pub use client::{CallOptions, CallStream, Client, ClientConfig};
 pub use config::{ConfigError, ServerConfig};
 pub use inspect::INSPECT_METHOD;
+pub use method::{Sink, Streaming, TypedStream, Unary};
 pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
 
 /// Why a call failed. The numeric values are part of the wire format.
+///
+/// New codes may be added: match with a wildcard arm. A value this version does not know
+/// (from a newer peer, or a broken one) decodes as [`Code::Protocol`], so decoding never
+/// fails.
 ///
 /// # Examples
 ///
@@ -47,6 +53,7 @@ pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
+#[non_exhaustive]
 pub enum Code {
     /// No handler for the method.
     UnknownMethod = 1,

@@ -90,6 +90,7 @@ const _: () = {
 
 /// Errors of [`Segment::create`] and [`Segment::anonymous`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum CreateError {
     /// The name is not acceptable.
     #[error("invalid segment name: {0}")]
@@ -116,6 +117,7 @@ pub enum CreateError {
 
 /// Errors of [`Segment::open`] and [`Segment::from_fd`]. Each names what differs.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The name is not acceptable.
     #[error("invalid segment name: {0}")]
@@ -184,6 +186,7 @@ pub enum OpenError {
 
 /// Errors of [`Segment::open_or_create`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum OpenOrCreateError {
     /// Creating failed for a reason other than "exists".
     #[error(transparent)]
@@ -195,6 +198,7 @@ pub enum OpenOrCreateError {
 
 /// Errors of [`Segment::status`] and [`Segment::reclaim_stale`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StatusError {
     /// The name is not acceptable.
     #[error("invalid segment name: {0}")]
