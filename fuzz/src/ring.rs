@@ -25,12 +25,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use shmrpc::ring::{
+use shmrpc::lowlevel::ring::{
     self, record_size, AttachError, Consumer, CorruptError, PeekError, Producer, ReserveError,
     Spinner, WaitError, WaitStrategy, MAX_POSITION, RECORD_HEADER, RING_HEADER_SIZE, RING_MAGIC,
     RING_VERSION,
 };
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::sys::Segment;
 
 use crate::{Cursor, Writer};
 

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use shmrpc::ring::{self, ring_size, PeekError, ReserveError};
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::ring::{self, ring_size, PeekError, ReserveError};
+use shmrpc::lowlevel::sys::Segment;
 
 const CAP: usize = 256;
 

@@ -10,11 +10,11 @@ use anyhow::{bail, Context};
 use shmrpc::channel::{
     self, ChannelConfig, Endpoint, Listener, RecvError, Sender, TrySendError, WaitStrategy,
 };
-use shmrpc::sys::names;
+use shmrpc::lowlevel::sys::names;
 
-use crate::child::{Control, Peer};
-use crate::pin;
-use crate::stats::{fmt_count, fmt_gbps, fmt_mps, fmt_size, fmt_us, Latency};
+use shmrpc_bench::child::{Control, Peer};
+use shmrpc_bench::pin;
+use shmrpc_bench::stats::{fmt_count, fmt_gbps, fmt_mps, fmt_size, fmt_us, Latency};
 
 /// A text request; the answer is text too.
 const TAG_TEXT: u32 = 1;

@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
 
-use crate::child::Peer;
-use crate::stats::{fmt_count, fmt_us};
+use shmrpc_bench::child::Peer;
+use shmrpc_bench::stats::{fmt_count, fmt_us};
 
 /// Arguments of `shmrpc soak`.
 #[derive(Debug, clap::Args)]

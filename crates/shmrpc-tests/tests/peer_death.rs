@@ -11,7 +11,7 @@ use std::time::Duration;
 use shmrpc::channel::{
     self, BindError, ChannelConfig, Listener, RecvError, SendError, TryRecvError, TrySendError,
 };
-use shmrpc::sys::{Segment, SegmentStatus, StatusError};
+use shmrpc::lowlevel::sys::{Segment, SegmentStatus, StatusError};
 use shmrpc_tests::{
     field, field_parse, parse_wait, segment_file, socket_file, spawn_peer, with_watchdog, TestNames,
 };

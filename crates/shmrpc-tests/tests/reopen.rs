@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmrpc::ring::{self, AttachError, End, PeekError, RING_MAGIC};
-use shmrpc::sys::segment::testing::{damage, Damage};
-use shmrpc::sys::segment::{SEGMENT_LAYOUT_VERSION, SEGMENT_MAGIC};
-use shmrpc::sys::{OpenError, OpenOrCreateError, Segment, SEGMENT_HEADER_SIZE};
+use shmrpc::lowlevel::ring::{self, AttachError, End, PeekError, RING_MAGIC};
+use shmrpc::lowlevel::sys::segment::testing::{damage, Damage};
+use shmrpc::lowlevel::sys::segment::{SEGMENT_LAYOUT_VERSION, SEGMENT_MAGIC};
+use shmrpc::lowlevel::sys::{OpenError, OpenOrCreateError, Segment, SEGMENT_HEADER_SIZE};
 use shmrpc_tests::{
     field, field_parse, segment_file, spawn_peer, with_watchdog, StreamChecker, TestNames,
     RING_SEGMENT_KIND, RING_WRITER_PROFILE,
@@ -20,7 +20,7 @@ use shmrpc_tests::{
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Ring header offsets (see `shmrpc::ring`): write_pos @128, read_pos @256.
+/// Ring header offsets (see `shmrpc::lowlevel::ring`): write_pos @128, read_pos @256.
 const WRITE_POS: usize = 128;
 const READ_POS: usize = 256;
 
@@ -317,7 +317,7 @@ fn foreign_owner_and_open_mode_give_their_specific_errors() {
         let seg = Segment::create(&name, 4096).unwrap();
         let path = segment_file(&name);
         assert_eq!(seg.path(), Some(path.as_path()));
-        let me = shmrpc::sys::names::uid();
+        let me = shmrpc::lowlevel::sys::names::uid();
 
         // Another user's file (we run as root in CI, so we can hand it over).
         let other = if me == 4242 { 4243 } else { 4242 };

@@ -19,11 +19,11 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, RecvError, SendError, WaitStrategy};
-use shmrpc::ring::{
+use shmrpc::lowlevel::ring::{
     self, ring_size, AttachError, Consumer, CorruptError, PeekError, Producer, ReserveError,
     MAX_POSITION, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
 };
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::sys::Segment;
 
 // Offsets in a ring (from the ring's start), as documented in `ring`.
 const MAGIC: usize = 0;
@@ -873,6 +873,7 @@ fn fuzz_random_bytes_into_a_live_ring() {
                     t.peek_corrupt += 1;
                     broken = true;
                 }
+                Err(e) => panic!("unexpected peek error: {e}"),
             }
             let len = rng.below(max as u64 + 32) as usize;
             match p.try_reserve(len) {
@@ -896,6 +897,7 @@ fn fuzz_random_bytes_into_a_live_ring() {
                     t.reserve_corrupt += 1;
                     broken = true;
                 }
+                Err(e) => panic!("unexpected reserve error: {e}"),
             }
             let batch = c.try_read_batch(rng.below(8) as usize, |_, data| {
                 assert!(data.len() <= max);

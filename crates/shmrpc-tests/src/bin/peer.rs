@@ -34,12 +34,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener, RecvError, SendError};
-use shmrpc::frame::{self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION};
-use shmrpc::ring;
-use shmrpc::rpc::{
-    method_id, CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig,
+use shmrpc::lowlevel::frame::{
+    self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION,
 };
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::ring;
+use shmrpc::lowlevel::sys::Segment;
+use shmrpc::rpc::method_id;
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
 use shmrpc_tests::{
     chat_token, fill_stream_message, make_request, parse_wait, transform, ChatRequest, SizeProfile,
     RING_SEGMENT_KIND, RING_WRITER_PROFILE,
@@ -555,12 +556,10 @@ fn rpc_server(args: &[String]) {
     let cap: usize = arg(args, 2, "ring capacity");
     let hb: u64 = arg(args, 3, "heartbeat ms");
     let max_message: usize = arg(args, 4, "max message");
-    let mut cfg = ServerConfig {
-        channel: ChannelConfig::default().with_capacity(cap),
-        heartbeat: Duration::from_millis(hb),
-        max_message,
-        ..ServerConfig::default()
-    };
+    let mut cfg = ServerConfig::default()
+        .with_channel(ChannelConfig::default().with_capacity(cap))
+        .with_heartbeat(Duration::from_millis(hb))
+        .with_max_message(max_message);
     if args.len() > 5 {
         cfg.max_in_flight = arg(args, 5, "max in flight");
     }
@@ -612,10 +611,7 @@ fn rpc_server(args: &[String]) {
 }
 
 fn client_config() -> ClientConfig {
-    ClientConfig {
-        reconnect_for: Duration::from_secs(10),
-        ..ClientConfig::default()
-    }
+    ClientConfig::default().with_reconnect_for(Duration::from_secs(10))
 }
 
 /// One call of `transform` with a request unique to (`who`, `k`), checked.
@@ -881,13 +877,10 @@ fn rpc_foreign(args: &[String]) {
     };
     say(format!(
         "direct uid={} result={direct}",
-        shmrpc::sys::names::uid()
+        shmrpc::lowlevel::sys::names::uid()
     ));
     let rt = rpc_runtime();
-    let cfg = ClientConfig {
-        reconnect_for: Duration::from_millis(200),
-        ..ClientConfig::default()
-    };
+    let cfg = ClientConfig::default().with_reconnect_for(Duration::from_millis(200));
     let attempt = |label: &str| {
         let r = rt.block_on(Client::connect(&name, cfg.clone()));
         match r {
@@ -906,7 +899,7 @@ fn rpc_foreign(args: &[String]) {
         }
         attempt("rpc-linked");
         // Raw: connect to the socket and read what the server sends a foreign uid.
-        let sock = shmrpc::sys::names::runtime_dir()
+        let sock = shmrpc::lowlevel::sys::names::runtime_dir()
             .map(|d| d.join(format!("{name}.sock")))
             .and_then(std::os::unix::net::UnixStream::connect);
         match sock {
@@ -1348,10 +1341,7 @@ fn chaos_client(args: &[String]) {
     let rt = rpc_runtime();
     rt.block_on(async move {
         let mut rng = shmrpc_tests::SplitMix64::new(seed);
-        let cfg = ClientConfig {
-            reconnect_for: Duration::from_secs(30),
-            ..client_config()
-        };
+        let cfg = client_config().with_reconnect_for(Duration::from_secs(30));
         let mut seq = 0u64;
         let mut ok = 0u64;
         let mut client = None;

@@ -15,6 +15,7 @@ use crate::sys::Doorbell;
 
 /// Why no record could be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum PeekError {
     /// Nothing to read now.
     #[error("ring is empty")]
@@ -113,7 +114,7 @@ impl Consumer {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::ring::{self, PeekError};
+    /// use shmrpc::lowlevel::ring::{self, PeekError};
     ///
     /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
     /// assert!(matches!(rx.try_peek(), Err(PeekError::Empty)));
@@ -223,7 +224,7 @@ impl Consumer {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::ring::{self, PeekError};
+    /// use shmrpc::lowlevel::ring::{self, PeekError};
     ///
     /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
     /// for i in 0..5u8 {
@@ -357,7 +358,7 @@ impl Drop for Consumer {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::ring;
+/// use shmrpc::lowlevel::ring;
 ///
 /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
 /// tx.try_push(3, b"abc").unwrap();

@@ -90,6 +90,7 @@ const _: () = {
 
 /// Errors of [`Segment::create`] and [`Segment::anonymous`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum CreateError {
     /// The name is not acceptable.
     #[error("invalid segment name: {0}")]
@@ -116,6 +117,7 @@ pub enum CreateError {
 
 /// Errors of [`Segment::open`] and [`Segment::from_fd`]. Each names what differs.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The name is not acceptable.
     #[error("invalid segment name: {0}")]
@@ -184,6 +186,7 @@ pub enum OpenError {
 
 /// Errors of [`Segment::open_or_create`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum OpenOrCreateError {
     /// Creating failed for a reason other than "exists".
     #[error(transparent)]
@@ -195,6 +198,7 @@ pub enum OpenOrCreateError {
 
 /// Errors of [`Segment::status`] and [`Segment::reclaim_stale`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StatusError {
     /// The name is not acceptable.
     #[error("invalid segment name: {0}")]
@@ -273,7 +277,7 @@ impl Drop for Mapping {
 /// # Example
 ///
 /// ```
-/// use shmrpc::sys::Segment;
+/// use shmrpc::lowlevel::sys::Segment;
 /// let name = format!("doc-example-{}", std::process::id());
 /// let seg = Segment::create(&name, 4096)?;
 /// // SAFETY: no ring lives in this segment; these 8 bytes are only accessed atomically.
@@ -328,7 +332,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::{CreateError, Segment};
+    /// use shmrpc::lowlevel::sys::{CreateError, Segment};
     ///
     /// let name = format!("doc-create-{}", std::process::id());
     /// let seg = Segment::create(&name, 1 << 16)?;
@@ -355,7 +359,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::{CreateError, Segment};
+    /// use shmrpc::lowlevel::sys::{CreateError, Segment};
     ///
     /// let name = format!("doc-create-with-{}", std::process::id());
     /// let seg = Segment::create_with(&name, 4096, 0xC0FFEE, |s| {
@@ -419,7 +423,7 @@ impl Segment {
     ///
     /// ```
     /// use std::sync::atomic::Ordering;
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let seg = Segment::anonymous(4096, 7, |s| {
     ///     // SAFETY: nobody else has the segment yet.
@@ -525,7 +529,7 @@ impl Segment {
     /// the same bytes:
     ///
     /// ```
-    /// use shmrpc::sys::{OpenError, Segment};
+    /// use shmrpc::lowlevel::sys::{OpenError, Segment};
     ///
     /// let name = format!("doc-open-{}", std::process::id());
     /// let creator = Segment::create(&name, 4096)?;
@@ -598,7 +602,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let name = format!("doc-ooc-{}", std::process::id());
     /// let (first, created) = Segment::open_or_create(&name, 4096)?;
@@ -672,8 +676,8 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::proc::ProcessId;
-    /// use shmrpc::sys::{Segment, SegmentStatus, StatusError};
+    /// use shmrpc::lowlevel::sys::proc::ProcessId;
+    /// use shmrpc::lowlevel::sys::{Segment, SegmentStatus, StatusError};
     ///
     /// let name = format!("doc-status-{}", std::process::id());
     /// assert!(matches!(Segment::status(&name), Err(StatusError::NotFound(_))));
@@ -746,7 +750,7 @@ impl Segment {
     /// A segment whose owner is alive (here: this process) is left alone:
     ///
     /// ```
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let name = format!("doc-reclaim-{}", std::process::id());
     /// let seg = Segment::create(&name, 4096)?;
@@ -786,7 +790,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let name = format!("doc-persist-{}", std::process::id());
     /// let mut seg = Segment::create(&name, 4096)?;
@@ -1030,7 +1034,8 @@ fn validate(map: &Mapping, file_size: u64) -> Result<(), OpenError> {
 }
 
 /// Test support: overwrite header fields of a named segment to provoke open errors.
-#[doc(hidden)]
+/// Only with the `testing` feature, which test crates enable.
+#[cfg(feature = "testing")]
 pub mod testing {
     use super::*;
 

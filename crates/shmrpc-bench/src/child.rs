@@ -20,7 +20,7 @@ pub struct Peer {
 impl Peer {
     /// Starts this binary with `args`, its stdin and stdout connected to us.
     pub fn spawn(args: &[String]) -> anyhow::Result<Self> {
-        let exe = crate::self_exe()?;
+        let exe = std::env::current_exe().context("cannot find this executable")?;
         let mut child = Command::new(&exe)
             .args(args)
             .stdin(Stdio::piped())
@@ -129,6 +129,12 @@ pub struct Control {
     out: std::io::Stdout,
 }
 
+impl Default for Control {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Control {
     /// The control pipe of this (peer) process.
     pub fn new() -> Self {
@@ -139,7 +145,7 @@ impl Control {
     }
 
     /// The next command, or `None` at end-of-file (the parent is gone or done).
-    pub fn next(&mut self) -> anyhow::Result<Option<String>> {
+    pub fn next_line(&mut self) -> anyhow::Result<Option<String>> {
         match self.lines.next() {
             None => Ok(None),
             Some(line) => Ok(Some(line.context("reading the control pipe")?)),

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use shmrpc::sys::{futex, Segment};
+use shmrpc::lowlevel::sys::{futex, Segment};
 
 use super::watchdog::Watchdog;
 
