@@ -8,9 +8,7 @@
 //!
 //! Both re-execute this same binary (`std::env::current_exe()`) with a hidden subcommand
 //! for the second process, so what runs on each side is exactly this build.
-// `deny`, not `forbid`: the raw benchmark baselines (bench/raw.rs) allow it for their
-// shared-memory accesses.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod bench;
 mod demo;
