@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use shmrpc::lowlevel::sys::{futex, Segment};
 
-use super::watchdog::Watchdog;
+use shmrpc_harness::Deadline;
 
 const OFF_PING: usize = 0;
 const OFF_FUTEX: usize = 128;
@@ -147,7 +147,7 @@ pub fn stamped(buf: &[u8], seq: u64) -> bool {
 /// the peer. Returns the round-trip time of each of the last `total - warm` pings.
 pub fn line_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
     let w = u64_at(seg, OFF_PING)?;
-    let mut wd = Watchdog::new("cache-line ping-pong", Duration::from_secs(60));
+    let mut wd = Deadline::new("cache-line ping-pong", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     for i in 0..total {
         let t0 = Instant::now();
@@ -167,7 +167,7 @@ pub fn line_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u64
 /// The peer side of the cache-line ping-pong.
 pub fn line_echo(seg: &Segment, total: u64) -> anyhow::Result<()> {
     let w = u64_at(seg, OFF_PING)?;
-    let mut wd = Watchdog::for_peer("cache-line ping-pong", Duration::from_secs(120));
+    let mut wd = Deadline::new("cache-line ping-pong", Duration::from_secs(120)).watch_parent();
     for i in 0..total {
         let want = 2 * i + 1;
         while w.load(Ordering::Acquire) != want {
@@ -180,7 +180,7 @@ pub fn line_echo(seg: &Segment, total: u64) -> anyhow::Result<()> {
 }
 
 /// Sleeps on the futex word until it holds `want` (no spinning at all).
-fn futex_await(w: &AtomicU32, want: u32, wd: &mut Watchdog) -> anyhow::Result<()> {
+fn futex_await(w: &AtomicU32, want: u32, wd: &mut Deadline) -> anyhow::Result<()> {
     loop {
         let v = w.load(Ordering::Acquire);
         if v == want {
@@ -194,7 +194,7 @@ fn futex_await(w: &AtomicU32, want: u32, wd: &mut Watchdog) -> anyhow::Result<()
 /// The lead side of the bare futex ping-pong: store, wake, sleep until answered.
 pub fn futex_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
     let w = u32_at(seg, OFF_FUTEX)?;
-    let mut wd = Watchdog::new("futex ping-pong", Duration::from_secs(60));
+    let mut wd = Deadline::new("futex ping-pong", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     for i in 0..total as u32 {
         let t0 = Instant::now();
@@ -211,7 +211,7 @@ pub fn futex_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u6
 /// The peer side of the bare futex ping-pong.
 pub fn futex_echo(seg: &Segment, total: u64) -> anyhow::Result<()> {
     let w = u32_at(seg, OFF_FUTEX)?;
-    let mut wd = Watchdog::for_peer("futex ping-pong", Duration::from_secs(120));
+    let mut wd = Deadline::new("futex ping-pong", Duration::from_secs(120)).watch_parent();
     for i in 0..total as u32 {
         futex_await(w, 2 * i + 1, &mut wd)?;
         w.store(2 * i + 2, Ordering::Release);
@@ -255,7 +255,7 @@ impl<'a> RecRing<'a> {
     }
 
     /// Publishes record `i` (waiting while the ring is full).
-    fn push(&self, i: u64, msg: &[u8], tail: &mut u64, wd: &mut Watchdog) -> anyhow::Result<()> {
+    fn push(&self, i: u64, msg: &[u8], tail: &mut u64, wd: &mut Deadline) -> anyhow::Result<()> {
         while i - *tail >= REC_SLOTS {
             *tail = self.tail.load(Ordering::Acquire);
             spin_loop();
@@ -273,7 +273,7 @@ impl<'a> RecRing<'a> {
     }
 
     /// Waits for record `i`, copies it out and releases it.
-    fn pop(&self, i: u64, out: &mut [u8], wd: &mut Watchdog) -> anyhow::Result<()> {
+    fn pop(&self, i: u64, out: &mut [u8], wd: &mut Deadline) -> anyhow::Result<()> {
         let stamp = self.stamp_word(i)?;
         while stamp.load(Ordering::Acquire) != i + 1 {
             spin_loop();
@@ -300,7 +300,7 @@ impl<'a> RecRing<'a> {
 /// adds the SeqCst fence per publish and per release that the wake-up check costs).
 pub fn rec_lead(seg: &Segment, total: u64, warm: u64, fence: bool) -> anyhow::Result<Vec<u64>> {
     let (out, back) = (RecRing::new(seg, 0, fence)?, RecRing::new(seg, 1, fence)?);
-    let mut wd = Watchdog::new("record-ring round trip", Duration::from_secs(60));
+    let mut wd = Deadline::new("record-ring round trip", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     let mut msg = [0x11u8; 64];
     let mut got = [0u8; 64];
@@ -324,7 +324,7 @@ pub fn rec_lead(seg: &Segment, total: u64, warm: u64, fence: bool) -> anyhow::Re
 /// The peer side of the record-ring round trip.
 pub fn rec_echo(seg: &Segment, total: u64, fence: bool) -> anyhow::Result<()> {
     let (inp, back) = (RecRing::new(seg, 0, fence)?, RecRing::new(seg, 1, fence)?);
-    let mut wd = Watchdog::for_peer("record-ring round trip", Duration::from_secs(120));
+    let mut wd = Deadline::new("record-ring round trip", Duration::from_secs(120)).watch_parent();
     let mut buf = [0u8; 64];
     let mut tail = 0;
     for i in 0..total {
@@ -358,7 +358,7 @@ pub fn copy_rtt_lead(
     check_area(seg, copy_rtt_area(size))?;
     let (a, b) = copy_rtt_bufs(size);
     let (fa, fb) = (u64_at(seg, OFF_RTT_A)?, u64_at(seg, OFF_RTT_B)?);
-    let mut wd = Watchdog::new("copy ping-pong", Duration::from_secs(60));
+    let mut wd = Deadline::new("copy ping-pong", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     let mut msg = vec![0x11u8; size];
     let mut back = vec![0u8; size];
@@ -390,7 +390,7 @@ pub fn copy_rtt_echo(seg: &Segment, size: usize, total: u64) -> anyhow::Result<(
     check_area(seg, copy_rtt_area(size))?;
     let (a, b) = copy_rtt_bufs(size);
     let (fa, fb) = (u64_at(seg, OFF_RTT_A)?, u64_at(seg, OFF_RTT_B)?);
-    let mut wd = Watchdog::for_peer("copy ping-pong", Duration::from_secs(120));
+    let mut wd = Deadline::new("copy ping-pong", Duration::from_secs(120)).watch_parent();
     let mut buf = vec![0u8; size];
     for i in 0..total {
         // Acquire: pairs with the lead's Release store; buffer A is complete.
@@ -406,7 +406,7 @@ pub fn copy_rtt_echo(seg: &Segment, size: usize, total: u64) -> anyhow::Result<(
 }
 
 /// Waits (spinning) until the sink reports `total` received; the end of a stream's timing.
-fn await_done(seg: &Segment, total: u64, wd: &mut Watchdog) -> anyhow::Result<()> {
+fn await_done(seg: &Segment, total: u64, wd: &mut Deadline) -> anyhow::Result<()> {
     let done = u64_at(seg, OFF_DONE)?;
     while done.load(Ordering::Acquire) != total {
         spin_loop();
@@ -421,7 +421,7 @@ fn await_done(seg: &Segment, total: u64, wd: &mut Watchdog) -> anyhow::Result<()
 pub fn spsc_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow::Result<Duration> {
     check_area(seg, size * slots)?;
     let (head_w, tail_w) = (u64_at(seg, OFF_HEAD)?, u64_at(seg, OFF_TAIL)?);
-    let mut wd = Watchdog::new("batched SPSC stream", Duration::from_secs(60));
+    let mut wd = Deadline::new("batched SPSC stream", Duration::from_secs(60));
     let mut src = vec![0xA5u8; size];
     let n_slots = slots as u64;
     let (mut head, mut tail) = (0u64, 0u64);
@@ -458,7 +458,7 @@ pub fn spsc_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
 pub fn spsc_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow::Result<u64> {
     check_area(seg, size * slots)?;
     let (head_w, tail_w) = (u64_at(seg, OFF_HEAD)?, u64_at(seg, OFF_TAIL)?);
-    let mut wd = Watchdog::for_peer("batched SPSC stream", Duration::from_secs(120));
+    let mut wd = Deadline::new("batched SPSC stream", Duration::from_secs(120)).watch_parent();
     let mut dst = vec![0u8; size];
     let n_slots = slots as u64;
     let mut tail = 0u64;
@@ -495,7 +495,7 @@ pub fn copy_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
     if slots == 0 || slots > MAX_COPY_SLOTS {
         bail!("copy floor: {slots} buffers (1..={MAX_COPY_SLOTS})");
     }
-    let mut wd = Watchdog::new("copy floor", Duration::from_secs(60));
+    let mut wd = Deadline::new("copy floor", Duration::from_secs(60));
     let mut src = vec![0x5Au8; size];
     let t0 = Instant::now();
     for i in 0..total {
@@ -521,7 +521,7 @@ pub fn copy_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
     if slots == 0 || slots > MAX_COPY_SLOTS {
         bail!("copy floor: {slots} buffers (1..={MAX_COPY_SLOTS})");
     }
-    let mut wd = Watchdog::for_peer("copy floor", Duration::from_secs(120));
+    let mut wd = Deadline::new("copy floor", Duration::from_secs(120)).watch_parent();
     let mut dst = vec![0u8; size];
     let mut errors = 0;
     for i in 0..total {

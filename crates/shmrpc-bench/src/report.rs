@@ -14,7 +14,7 @@ use crate::idle::IdleResult;
 use crate::link::Link;
 use crate::machine::Machine;
 use crate::peers::{self, PeersFile};
-use crate::stats::{fmt_size, median, Latency};
+use crate::stats::{fmt_size, Latency};
 use crate::svg::{chart, Kind, Panel, Series, Unit};
 use crate::{chan, idle, link, raw, rpc, Case, Measurement, Plan, Transport, Workload, SIZES};
 
@@ -973,7 +973,7 @@ impl Runs<'_> {
 
     /// The median of the per-round ratios of two cases.
     fn ratio(&self, num: &str, den: &str, metric: Metric) -> Option<f64> {
-        self.per_rep(num, den, metric).map(median)
+        self.per_rep(num, den, metric).and_then(med)
     }
 
     /// Ratios of case `c` to its floor and to every byte-stream baseline of its size.
@@ -1037,36 +1037,30 @@ impl Runs<'_> {
             ]
         };
         let rate = |unit: &'static str| {
-            let mps = median(reps.iter().filter_map(Measurement::msgs_per_s));
+            let mps = med(reps.iter().filter_map(Measurement::msgs_per_s));
             let key = if unit == "msg/s" {
                 "msgs_per_s"
             } else {
                 "calls_per_s"
             };
-            cell(key, unit, Fmt::Rate(unit), Some(mps))
+            cell(key, unit, Fmt::Rate(unit), mps)
         };
         let cpu = |head: &'static str| {
             let all: Vec<f64> = reps.iter().filter_map(Measurement::cpu_per_msg).collect();
             let parts: Vec<(f64, f64)> = reps.iter().filter_map(Measurement::cpu_parts).collect();
-            let some = |v: f64| (!all.is_empty()).then_some(v);
             vec![
-                cell(
-                    "cpu_ns_per_msg",
-                    head,
-                    Fmt::Nanos,
-                    some(median(all.iter().copied())),
-                ),
+                cell("cpu_ns_per_msg", head, Fmt::Nanos, med(all.iter().copied())),
                 cell(
                     "lead_cpu_ns_per_msg",
                     "",
                     Fmt::Nanos,
-                    some(median(parts.iter().map(|p| p.0))),
+                    med(parts.iter().map(|p| p.0)),
                 ),
                 cell(
                     "peer_cpu_ns_per_msg",
                     "",
                     Fmt::Nanos,
-                    some(median(parts.iter().map(|p| p.1))),
+                    med(parts.iter().map(|p| p.1)),
                 ),
             ]
         };
@@ -1085,11 +1079,11 @@ impl Runs<'_> {
             }
             Workload::Stream => {
                 row.group = Group::Stream;
-                let bps = median(reps.iter().filter_map(Measurement::bytes_per_s));
+                let bps = med(reps.iter().filter_map(Measurement::bytes_per_s));
                 row.cells = vec![
                     cell("size", "size", Fmt::Size, Some(c.size as f64)),
                     rate("msg/s"),
-                    cell("gb_per_s", "GB/s", Fmt::GBps, Some(bps / 1e9)),
+                    cell("gb_per_s", "GB/s", Fmt::GBps, bps.map(|b| b / 1e9)),
                     cell("messages_per_rep", "", Fmt::Count, Some(c.total as f64)),
                 ];
                 row.cells.extend(cpu("CPU/msg"));
@@ -1158,7 +1152,7 @@ impl Runs<'_> {
     /// The row of a ratio, if both of its cases ran.
     fn ratio_row(&self, spec: &'static RatioSpec, rows: &[Row]) -> Option<Row> {
         let per_rep = self.per_rep(spec.num, spec.den, spec.metric)?;
-        let value = median(per_rep.iter().copied());
+        let value = med(per_rep.iter().copied())?;
         let group = if spec.bound.is_some() {
             Group::Targets
         } else {
@@ -1194,6 +1188,11 @@ impl Runs<'_> {
         }
         Some(row)
     }
+}
+
+/// The median of some values (`None` for none), by `shmrpc_harness::median`.
+fn med(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    shmrpc_harness::median(&values.into_iter().collect::<Vec<_>>())
 }
 
 fn ratio_label(spec: &RatioSpec) -> String {
