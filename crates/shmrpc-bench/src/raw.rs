@@ -16,6 +16,12 @@
 //! 1024   FLAGS   one u64 per copy-floor buffer, 128 bytes apart
 //! 64 Ki  DATA    SPSC slots or copy-floor buffers
 //! ```
+//!
+//! Raw access to the segment is `unsafe` ([`Segment::atomic_u64`], `write_bytes`, ...): the
+//! private helpers below wrap it, and are sound only because every use in this module
+//! follows the baselines' hand-off protocol (see `write`).
+// The one module of the CLI that touches shared memory directly.
+#![allow(unsafe_code)]
 
 use std::hint::spin_loop;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -56,13 +62,33 @@ pub fn segment_size(data: usize) -> usize {
 }
 
 fn u64_at(seg: &Segment, off: usize) -> anyhow::Result<&AtomicU64> {
-    seg.atomic_u64(off)
+    // SAFETY: the baseline segment holds no ring, and this module accesses its control
+    // and stamp words only atomically (data bytes go through `write`/`read`, never
+    // overlapping a word used here).
+    unsafe { seg.atomic_u64(off) }
         .with_context(|| format!("baseline word at {off} outside the segment"))
 }
 
 fn u32_at(seg: &Segment, off: usize) -> anyhow::Result<&AtomicU32> {
-    seg.atomic_u32(off)
+    // SAFETY: as in `u64_at`.
+    unsafe { seg.atomic_u32(off) }
         .with_context(|| format!("baseline word at {off} outside the segment"))
+}
+
+/// Copies `src` to payload offset `off`. Private to this module, whose every call follows
+/// the hand-off protocol: a side writes a slot or buffer only while it owns it (before the
+/// Release store of the stamp/flag/index that hands it over, or while the peer waits for
+/// its command), and reads one only after the Acquire load that hands it back; so no two
+/// accesses to the same bytes from two threads are ever concurrent.
+fn write(seg: &Segment, off: usize, src: &[u8]) -> Option<()> {
+    // SAFETY: the hand-off protocol above excludes concurrent access to these bytes.
+    unsafe { seg.write_bytes(off, src) }
+}
+
+/// Copies payload bytes at `off` into `dst`; see `write` for why this is sound.
+fn read(seg: &Segment, off: usize, dst: &mut [u8]) -> Option<()> {
+    // SAFETY: as in `write`.
+    unsafe { seg.read_bytes(off, dst) }
 }
 
 /// Clears every control word (the lead does this before each case, while the peer waits
@@ -78,8 +104,7 @@ pub fn reset(seg: &Segment, copy_slots: usize) -> anyhow::Result<()> {
     }
     // Record-ring stamps from an earlier case must not match this case's positions.
     if seg.len() >= OFF_DATA + 2 * REC_RING {
-        seg.write_bytes(OFF_DATA, &vec![0u8; 2 * REC_RING])
-            .context("clearing the record rings")?;
+        write(seg, OFF_DATA, &vec![0u8; 2 * REC_RING]).context("clearing the record rings")?;
     }
     // Release: the peer's first Acquire load of any word then sees all of the above.
     std::sync::atomic::fence(Ordering::Release);
@@ -92,7 +117,7 @@ pub fn prefault(seg: &Segment) -> anyhow::Result<()> {
     let mut off = OFF_DATA;
     while off < seg.len() {
         let n = zeros.len().min(seg.len() - off);
-        seg.write_bytes(off, &zeros[..n]).context("prefault")?;
+        write(seg, off, &zeros[..n]).context("prefault")?;
         off += n;
     }
     Ok(())
@@ -237,7 +262,7 @@ impl<'a> RecRing<'a> {
             wd.tick()?;
         }
         let off = self.base + (i % REC_SLOTS) as usize * REC;
-        self.seg.write_bytes(off + 16, msg).context("record")?;
+        write(self.seg, off + 16, msg).context("record")?;
         u64_at(self.seg, off + 8)?.store(msg.len() as u64, Ordering::Relaxed);
         // Release: the payload and length are visible before the stamp.
         u64_at(self.seg, off)?.store(i + 1, Ordering::Release);
@@ -259,7 +284,7 @@ impl<'a> RecRing<'a> {
         if len != out.len() {
             bail!("record ring: length {len}, expected {}", out.len());
         }
-        self.seg.read_bytes(off + 16, out).context("record")?;
+        read(self.seg, off + 16, out).context("record")?;
         // Release: our copy is done before the producer reuses the slot.
         self.tail.store(i + 1, Ordering::Release);
         if self.fence {
@@ -340,14 +365,14 @@ pub fn copy_rtt_lead(
     for i in 0..total {
         stamp(&mut msg, i);
         let t0 = Instant::now();
-        seg.write_bytes(a, &msg).context("buffer A")?;
+        write(seg, a, &msg).context("buffer A")?;
         // Release: the buffer is written before the flag says so.
         fa.store(i + 1, Ordering::Release);
         while fb.load(Ordering::Acquire) != i + 1 {
             spin_loop();
             wd.tick()?;
         }
-        seg.read_bytes(b, &mut back).context("buffer B")?;
+        read(seg, b, &mut back).context("buffer B")?;
         let dt = t0.elapsed();
         if !stamped(&back, i) {
             bail!("copy ping-pong: echo {i} came back wrong");
@@ -373,8 +398,8 @@ pub fn copy_rtt_echo(seg: &Segment, size: usize, total: u64) -> anyhow::Result<(
             spin_loop();
             wd.tick()?;
         }
-        seg.read_bytes(a, &mut buf).context("buffer A")?;
-        seg.write_bytes(b, &buf).context("buffer B")?;
+        read(seg, a, &mut buf).context("buffer A")?;
+        write(seg, b, &buf).context("buffer B")?;
         fb.store(i + 1, Ordering::Release);
     }
     Ok(())
@@ -413,7 +438,7 @@ pub fn spsc_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
             }
             stamp(&mut src, head);
             let off = OFF_DATA + (head % n_slots) as usize * size;
-            seg.write_bytes(off, &src).context("slot out of bounds")?;
+            write(seg, off, &src).context("slot out of bounds")?;
             head += 1;
             k += 1;
         }
@@ -452,8 +477,7 @@ pub fn spsc_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
         let end = head.min(tail + SPSC_READ_MAX);
         while tail < end {
             let off = OFF_DATA + (tail % n_slots) as usize * size;
-            seg.read_bytes(off, &mut dst)
-                .context("slot out of bounds")?;
+            read(seg, off, &mut dst).context("slot out of bounds")?;
             errors += u64::from(!stamped(&dst, tail));
             tail += 1;
         }
@@ -483,8 +507,7 @@ pub fn copy_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
             wd.tick()?;
         }
         stamp(&mut src, i);
-        seg.write_bytes(OFF_DATA + s * size, &src)
-            .context("buffer out of bounds")?;
+        write(seg, OFF_DATA + s * size, &src).context("buffer out of bounds")?;
         // Release: publishes the buffer.
         flag.store(i + 1, Ordering::Release);
     }
@@ -509,8 +532,7 @@ pub fn copy_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
             spin_loop();
             wd.tick()?;
         }
-        seg.read_bytes(OFF_DATA + s * size, &mut dst)
-            .context("buffer out of bounds")?;
+        read(seg, OFF_DATA + s * size, &mut dst).context("buffer out of bounds")?;
         errors += u64::from(!stamped(&dst, i));
         // Release: our copy is done before the writer reuses the buffer.
         flag.store(0, Ordering::Release);
