@@ -3,22 +3,18 @@
 //! - `shmrpc demo` starts a second process, talks to it through a shared-memory channel
 //!   and prints what happened and the round-trip figures.
 //! - `shmrpc bench` measures the channel between two processes beside raw baselines
-//!   measured in the same run, and prints the ratios the project's targets are stated in.
+//!   measured in the same run, and prints the ratios the project's targets are stated in
+//!   (the measuring is the `shmrpc-bench` crate's).
 //!
 //! Both re-execute this same binary (`std::env::current_exe()`) with a hidden subcommand
 //! for the second process, so what runs on each side is exactly this build.
 #![forbid(unsafe_code)]
 
 mod bench;
-mod child;
 mod demo;
-mod machine;
 mod ops;
-mod pin;
 mod soak;
-mod stats;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -97,9 +93,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// This binary, for re-executing it as the second process.
-fn self_exe() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find this executable: {e}"))
 }

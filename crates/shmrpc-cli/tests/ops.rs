@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::Value;
-use shmrpc::sys::{Segment, SegmentStatus};
+use shmrpc::lowlevel::sys::{Segment, SegmentStatus};
 
 /// Watchdog on every command and every wait for a line or an exit.
 const LIMIT: Duration = Duration::from_secs(30);

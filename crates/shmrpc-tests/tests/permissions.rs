@@ -1,4 +1,4 @@
-//! What another user, or a peer holding our descriptors, cannot do (issue 5, permissions):
+//! What another user, or a peer holding our descriptors, cannot do:
 //!
 //! - open our named segments (created 0600) or reach into our runtime directory (0700);
 //! - hijack a segment name by creating the file, or a symlink, before we do: creating,
@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig};
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::sys::Segment;
 use shmrpc_tests::{field, segment_file, unique_name, with_watchdog, PeerProcess, TestNames};
 
 const WAIT: Duration = Duration::from_secs(10);

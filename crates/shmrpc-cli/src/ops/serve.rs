@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
-use shmrpc::rpc::{Code, RpcError, ServerBuilder, ServerConfig};
+use shmrpc::{Code, RpcError, ServerBuilder, ServerConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -122,7 +122,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             let server = builder
                 .bind(name)
                 .map_err(|e| anyhow!("cannot serve {name:?}: {e}"))?;
-            let socket = shmrpc::sys::names::runtime_dir()
+            let socket = shmrpc::lowlevel::sys::names::runtime_dir()
                 .map(|d| d.join(format!("{name}.sock")))
                 .context("runtime directory")?;
             let ready = match args.format {

@@ -23,7 +23,9 @@
 //! peer killed later leaves no socket file behind. Peers that stay around wait for `exit`
 //! (or end of file) on stdin, so they also go away when the test process dies. A lifetime
 //! limit ends a forgotten peer.
-#![forbid(unsafe_code)]
+// Raw segment access (stamps, forged records) is `unsafe`; each use is allowed where it
+// happens, with what makes it sound.
+#![deny(unsafe_code)]
 
 use std::io::BufRead;
 use std::process::exit;
@@ -32,12 +34,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener, RecvError, SendError};
-use shmrpc::frame::{self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION};
-use shmrpc::ring;
-use shmrpc::rpc::{
-    method_id, CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig,
+use shmrpc::lowlevel::frame::{
+    self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION,
 };
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::ring;
+use shmrpc::lowlevel::sys::Segment;
+use shmrpc::rpc::method_id;
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
 use shmrpc_tests::{
     chat_token, fill_stream_message, make_request, parse_wait, transform, ChatRequest, SizeProfile,
     RING_SEGMENT_KIND, RING_WRITER_PROFILE,
@@ -274,6 +277,7 @@ fn ring_claim(args: &[String]) {
 
 /// Waits for `go`, then races `open_or_create` on `name`. The creator's initialiser stores
 /// its pid at offset 0; everyone reports what it finds there.
+#[allow(unsafe_code)]
 fn race_open(args: &[String]) {
     let name: String = arg(args, 1, "name");
     let size: usize = arg(args, 2, "size");
@@ -281,14 +285,15 @@ fn race_open(args: &[String]) {
     serve_stdin(|line| line != "go");
     let me = u64::from(std::process::id());
     let (seg, created) = Segment::open_or_create_with(&name, size, RING_SEGMENT_KIND, |s| {
-        s.atomic_u64(0)
+        // SAFETY: no ring lives in this segment; word 0 is only accessed atomically.
+        unsafe { s.atomic_u64(0) }
             .ok_or("segment too small")?
             .store(me, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     })
     .unwrap_or_else(|e| fail(format!("open_or_create {name}: {e}")));
-    let stamp = seg
-        .atomic_u64(0)
+    // SAFETY: as in the initialiser.
+    let stamp = unsafe { seg.atomic_u64(0) }
         .map(|a| a.load(std::sync::atomic::Ordering::Acquire))
         .unwrap_or(0);
     say(format!(
@@ -299,12 +304,14 @@ fn race_open(args: &[String]) {
 }
 
 /// Creates a named segment, stamps it, and holds it until told to exit (or killed).
+#[allow(unsafe_code)]
 fn hold_segment(args: &[String]) {
     let name: String = arg(args, 1, "name");
     let size: usize = arg(args, 2, "size");
     let seg = Segment::create(&name, size).unwrap_or_else(|e| fail(format!("create: {e}")));
     let me = u64::from(std::process::id());
-    seg.atomic_u64(0)
+    // SAFETY: no ring lives in this segment; word 0 is only accessed atomically.
+    unsafe { seg.atomic_u64(0) }
         .expect("8 bytes")
         .store(me, std::sync::atomic::Ordering::Release);
     say(format!("ready pid={me}"));
@@ -549,12 +556,10 @@ fn rpc_server(args: &[String]) {
     let cap: usize = arg(args, 2, "ring capacity");
     let hb: u64 = arg(args, 3, "heartbeat ms");
     let max_message: usize = arg(args, 4, "max message");
-    let mut cfg = ServerConfig {
-        channel: ChannelConfig::default().with_capacity(cap),
-        heartbeat: Duration::from_millis(hb),
-        max_message,
-        ..ServerConfig::default()
-    };
+    let mut cfg = ServerConfig::default()
+        .with_channel(ChannelConfig::default().with_capacity(cap))
+        .with_heartbeat(Duration::from_millis(hb))
+        .with_max_message(max_message);
     if args.len() > 5 {
         cfg.max_in_flight = arg(args, 5, "max in flight");
     }
@@ -606,10 +611,7 @@ fn rpc_server(args: &[String]) {
 }
 
 fn client_config() -> ClientConfig {
-    ClientConfig {
-        reconnect_for: Duration::from_secs(10),
-        ..ClientConfig::default()
-    }
+    ClientConfig::default().with_reconnect_for(Duration::from_secs(10))
 }
 
 /// One call of `transform` with a request unique to (`who`, `k`), checked.
@@ -875,13 +877,10 @@ fn rpc_foreign(args: &[String]) {
     };
     say(format!(
         "direct uid={} result={direct}",
-        shmrpc::sys::names::uid()
+        shmrpc::lowlevel::sys::names::uid()
     ));
     let rt = rpc_runtime();
-    let cfg = ClientConfig {
-        reconnect_for: Duration::from_millis(200),
-        ..ClientConfig::default()
-    };
+    let cfg = ClientConfig::default().with_reconnect_for(Duration::from_millis(200));
     let attempt = |label: &str| {
         let r = rt.block_on(Client::connect(&name, cfg.clone()));
         match r {
@@ -900,7 +899,7 @@ fn rpc_foreign(args: &[String]) {
         }
         attempt("rpc-linked");
         // Raw: connect to the socket and read what the server sends a foreign uid.
-        let sock = shmrpc::sys::names::runtime_dir()
+        let sock = shmrpc::lowlevel::sys::names::runtime_dir()
             .map(|d| d.join(format!("{name}.sock")))
             .and_then(std::os::unix::net::UnixStream::connect);
         match sock {
@@ -1037,15 +1036,18 @@ impl RawView {
         fail("no shmrpc memfd among this process's fds")
     }
 
+    #[allow(unsafe_code)]
     fn u64_at(&self, off: usize) -> &std::sync::atomic::AtomicU64 {
-        self.seg
-            .atomic_u64(off)
+        // SAFETY: used for ring header and record-header words only, which the rings
+        // access atomically.
+        unsafe { self.seg.atomic_u64(off) }
             .unwrap_or_else(|| fail(format!("offset {off} out of the segment")))
     }
 
+    #[allow(unsafe_code)]
     fn u32_at(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
-        self.seg
-            .atomic_u32(off)
+        // SAFETY: as in `u64_at`.
+        unsafe { self.seg.atomic_u32(off) }
             .unwrap_or_else(|| fail(format!("offset {off} out of the segment")))
     }
 
@@ -1056,12 +1058,15 @@ impl RawView {
 
     /// Publishes a record at the producer's next position by hand: `len` word, tag 0,
     /// `payload`, then the stamp the server's consumer waits for.
+    #[allow(unsafe_code)]
     fn forge(&self, ep: &mut Endpoint, len_word: u32, payload: &[u8]) -> usize {
         let pos = ep.sender().producer().position();
         let key = self.u64_at(self.tx_ring + 16).load(Ordering::Relaxed);
         let rec = self.record(self.tx_ring, pos);
-        self.seg
-            .write_bytes(rec + 16, payload)
+        // SAFETY: the bytes after our producer's position are not lent out (we hold the
+        // endpoint mutably and no grant is alive) and the consumer does not read them before
+        // the stamp below; this process is single-threaded here.
+        unsafe { self.seg.write_bytes(rec + 16, payload) }
             .unwrap_or_else(|| fail("record out of the segment"));
         self.u32_at(rec + 8).store(len_word, Ordering::Relaxed);
         self.u32_at(rec + 12).store(0, Ordering::Relaxed);
@@ -1336,10 +1341,7 @@ fn chaos_client(args: &[String]) {
     let rt = rpc_runtime();
     rt.block_on(async move {
         let mut rng = shmrpc_tests::SplitMix64::new(seed);
-        let cfg = ClientConfig {
-            reconnect_for: Duration::from_secs(30),
-            ..client_config()
-        };
+        let cfg = client_config().with_reconnect_for(Duration::from_secs(30));
         let mut seq = 0u64;
         let mut ok = 0u64;
         let mut client = None;

@@ -39,6 +39,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of [`Listener::bind`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum BindError {
     /// The name is not acceptable.
     #[error("invalid name: {0}")]
@@ -59,6 +60,7 @@ pub enum BindError {
 
 /// Errors of [`Listener::accept`] and [`PendingClient::handshake`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum AcceptError {
     /// The connecting process runs as another user.
     #[error("client uid {found} refused (only uid {expected} may connect)")]
@@ -90,6 +92,7 @@ pub enum AcceptError {
 
 /// Errors of [`connect`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The name is not acceptable.
     #[error("invalid name: {0}")]

@@ -58,6 +58,7 @@ pub const SEGMENT_KIND_DUPLEX: u32 = u32::from_le_bytes(*b"DPLX");
 /// assert_eq!(ChannelConfig::default().capacity, 256 * 1024);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChannelConfig {
     /// Data bytes of each ring (a power of two, at least 128). The largest message is this
     /// less 16 bytes of record header.
@@ -125,6 +126,7 @@ impl ChannelConfig {
 
 /// Errors of building a channel (or of attaching to one received from a peer).
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ChannelError {
     /// The capacity is not a power of two in range.
     #[error("ring capacity {0} is not a power of two in [{min}, {max}]", min = ring::MIN_CAPACITY, max = ring::MAX_CAPACITY)]
@@ -151,6 +153,7 @@ pub enum ChannelError {
 
 /// Errors of blocking and async sends.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The message can never fit in the ring.
     #[error("message of {len} bytes is larger than the largest the ring carries ({max})")]
@@ -179,6 +182,7 @@ pub enum SendError {
 
 /// Errors of blocking and async receives.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum RecvError {
     /// The sending end closed the channel and everything it sent has been received.
     #[error("channel closed by the sender")]

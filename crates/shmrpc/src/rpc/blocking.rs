@@ -17,7 +17,8 @@ use super::{Code, RpcError};
 /// ```no_run
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use shmrpc::rpc::{self, BlockingClient, ClientConfig};
+/// use shmrpc::{BlockingClient, ClientConfig};
+/// use shmrpc::rpc;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = Arc::new(BlockingClient::connect("engine", ClientConfig::default())?);

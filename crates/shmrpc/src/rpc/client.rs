@@ -21,16 +21,15 @@ use crate::frame::Kind;
 ///
 /// ```
 /// use std::time::Duration;
-/// use shmrpc::rpc::ClientConfig;
+/// use shmrpc::ClientConfig;
 ///
 /// // Give up on a missing server after one second instead of five.
-/// let cfg = ClientConfig {
-///     reconnect_for: Duration::from_secs(1),
-///     ..ClientConfig::default()
-/// };
+/// let cfg = ClientConfig::default().with_reconnect_for(Duration::from_secs(1));
+/// assert_eq!(cfg.reconnect_for, Duration::from_secs(1));
 /// assert_eq!(cfg.max_backoff, Duration::from_millis(100));
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Wait strategy of the channel (ring sizes are the server's).
     pub channel: ChannelConfig,
@@ -60,6 +59,52 @@ impl Default for ClientConfig {
     }
 }
 
+/// Setters, one per field (the struct is `#[non_exhaustive]`: build it from
+/// [`ClientConfig::default`] with these).
+impl ClientConfig {
+    /// This config with another `channel` (the wait strategy).
+    #[must_use]
+    pub fn with_channel(mut self, channel: ChannelConfig) -> Self {
+        self.channel = channel;
+        self
+    }
+
+    /// This config with another `max_message` (largest message).
+    #[must_use]
+    pub fn with_max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
+    /// This config with another `heartbeat` (ping period).
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// This config with another `reconnect_for` (how long a call keeps trying to connect).
+    #[must_use]
+    pub fn with_reconnect_for(mut self, reconnect_for: Duration) -> Self {
+        self.reconnect_for = reconnect_for;
+        self
+    }
+
+    /// This config with another `backoff` (first reconnect back-off).
+    #[must_use]
+    pub fn with_backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// This config with another `max_backoff` (longest pause between reconnect attempts).
+    #[must_use]
+    pub fn with_max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+}
+
 /// Per-call options.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallOptions {
@@ -74,7 +119,7 @@ impl CallOptions {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use shmrpc::rpc::CallOptions;
+    /// use shmrpc::CallOptions;
     ///
     /// let opts = CallOptions::timeout(Duration::from_secs(2));
     /// assert_eq!(opts.timeout, Some(Duration::from_secs(2)));
@@ -254,9 +299,9 @@ struct Inner {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use shmrpc::rpc::{CallOptions, Client, ClientConfig};
+/// use shmrpc::{CallOptions, Client, ClientConfig};
 ///
-/// # async fn f() -> Result<(), shmrpc::rpc::RpcError> {
+/// # async fn f() -> Result<(), shmrpc::RpcError> {
 /// let client = Client::connect("engine", ClientConfig::default()).await?;
 /// // Clones share the connection; calls from many tasks run concurrently on it.
 /// let other = client.clone();
@@ -290,14 +335,11 @@ impl Client {
     ///
     /// ```no_run
     /// use std::time::Duration;
-    /// use shmrpc::rpc::{Client, ClientConfig};
+    /// use shmrpc::{Client, ClientConfig};
     ///
-    /// # async fn f() -> Result<(), shmrpc::rpc::RpcError> {
+    /// # async fn f() -> Result<(), shmrpc::RpcError> {
     /// // Wait up to a second for the server to appear (for example, just after starting it).
-    /// let cfg = ClientConfig {
-    ///     reconnect_for: Duration::from_secs(1),
-    ///     ..ClientConfig::default()
-    /// };
+    /// let cfg = ClientConfig::default().with_reconnect_for(Duration::from_secs(1));
     /// let client = Client::connect("engine", cfg).await?;
     /// # drop(client); Ok(()) }
     /// ```
@@ -313,7 +355,7 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// use shmrpc::rpc::{Client, ClientConfig};
+    /// use shmrpc::{Client, ClientConfig};
     ///
     /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = Client::connect_tcp("192.0.2.7:7000".parse()?, ClientConfig::default()).await?;
@@ -503,8 +545,8 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
-    /// use shmrpc::rpc::CallOptions;
+    /// # async fn f(client: shmrpc::Client) -> Result<(), shmrpc::RpcError> {
+    /// use shmrpc::CallOptions;
     ///
     /// let echoed = client.call_raw("echo", b"bytes as they are", CallOptions::default()).await?;
     /// assert_eq!(echoed, b"bytes as they are");
@@ -553,9 +595,9 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
+    /// # async fn f(client: shmrpc::Client) -> Result<(), shmrpc::RpcError> {
     /// use std::time::Duration;
-    /// use shmrpc::rpc::{CallOptions, Code};
+    /// use shmrpc::{CallOptions, Code};
     ///
     /// // Request and response types are any serde types; both sides must agree on them.
     /// let opts = CallOptions::timeout(Duration::from_millis(500));
@@ -607,8 +649,8 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
-    /// use shmrpc::rpc::CallOptions;
+    /// # async fn f(client: shmrpc::Client) -> Result<(), shmrpc::RpcError> {
+    /// use shmrpc::CallOptions;
     ///
     /// let prompt = "fn main() {".to_string();
     /// let mut stream = client.call_stream("chat", &prompt, CallOptions::default()).await?;
@@ -760,7 +802,7 @@ impl CallStream {
     /// the end.
     ///
     /// ```
-    /// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+    /// use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
     ///
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let name = format!("doc-next-{}", std::process::id());

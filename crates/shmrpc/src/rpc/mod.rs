@@ -20,6 +20,7 @@ mod blocking;
 mod client;
 pub mod config;
 pub mod inspect;
+mod method;
 pub mod obs;
 mod server;
 mod transport;
@@ -34,20 +35,26 @@ pub use blocking::BlockingClient;
 pub use client::{CallOptions, CallStream, Client, ClientConfig};
 pub use config::{ConfigError, ServerConfig};
 pub use inspect::INSPECT_METHOD;
+pub use method::{Sink, Streaming, TypedStream, Unary};
 pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
 
 /// Why a call failed. The numeric values are part of the wire format.
 ///
+/// New codes may be added: match with a wildcard arm. A value this version does not know
+/// (from a newer peer, or a broken one) decodes as [`Code::Protocol`], so decoding never
+/// fails.
+///
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::Code;
+/// use shmrpc::Code;
 ///
 /// assert_eq!(Code::DeadlineExceeded as u16, 4);
 /// assert_ne!(Code::Cancelled, Code::PeerGone);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
+#[non_exhaustive]
 pub enum Code {
     /// No handler for the method.
     UnknownMethod = 1,
@@ -93,7 +100,7 @@ impl Code {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::{Code, RpcError};
+/// use shmrpc::{Code, RpcError};
 ///
 /// let e = RpcError::new(Code::BadRequest, "missing field `id`");
 /// assert_eq!(e.to_string(), "BadRequest: missing field `id`");
@@ -189,7 +196,7 @@ pub const fn method_id(name: &str) -> u32 {
 /// assert_eq!(bytes, [0xac, 0x02, 2, b'h', b'i']); // varint 300, then a length-prefixed str
 /// let (n, s): (u32, String) = decode(&bytes)?;
 /// assert_eq!((n, s.as_str()), (300, "hi"));
-/// # Ok::<(), shmrpc::rpc::RpcError>(())
+/// # Ok::<(), shmrpc::RpcError>(())
 /// ```
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
     postcard::to_stdvec(v).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))
@@ -203,14 +210,15 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::{decode, encode, Code};
+/// use shmrpc::Code;
+/// use shmrpc::rpc::{decode, encode};
 ///
 /// let v: Vec<u16> = decode(&encode(&vec![1u16, 2, 3])?)?;
 /// assert_eq!(v, [1, 2, 3]);
 /// // Too few bytes for what the header promises.
 /// let err = decode::<Vec<u16>>(&[5, 1]).unwrap_err();
 /// assert_eq!(err.code, Code::BadRequest);
-/// # Ok::<(), shmrpc::rpc::RpcError>(())
+/// # Ok::<(), shmrpc::RpcError>(())
 /// ```
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, RpcError> {
     postcard::from_bytes(b).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))

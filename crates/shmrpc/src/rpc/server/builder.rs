@@ -20,12 +20,9 @@ use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError, ServerConfig}
 /// [`bind`](Self::bind) or [`bind_tcp`](Self::bind_tcp)):
 ///
 /// ```
-/// use shmrpc::rpc::{Code, RpcError, ServerBuilder, ServerConfig};
+/// use shmrpc::{Code, RpcError, ServerBuilder, ServerConfig};
 ///
-/// let cfg = ServerConfig {
-///     max_in_flight: 64,
-///     ..ServerConfig::default()
-/// };
+/// let cfg = ServerConfig::default().with_max_in_flight(64);
 /// let builder = ServerBuilder::new(cfg)
 ///     // Raw bytes in, raw bytes out.
 ///     .unary_raw("echo", |_ctx, body: Vec<u8>| async move { Ok(body) })

@@ -1,12 +1,14 @@
-//! `shmrpc bench`: the channel and the RPC layer between two processes, beside the floors
-//! and the baselines measured in the same run, interleaved.
+//! The shmrpc benchmark: the channel and the RPC layer between two processes, beside the
+//! floors and the baselines measured in the same run, interleaved. `shmrpc bench` parses
+//! its flags into [`BenchOptions`], calls [`run`] and prints or writes the [`Report`].
 //!
-//! The lead (this process) drives every case; the peer (this binary re-executed as
-//! `bench-peer`) runs the other side. They share one named baseline segment (its name is
-//! removed as soon as the peer has opened it), one shmrpc channel per wait mode and ring
-//! size (both are fixed when a channel is made), and one connection of each byte-stream
-//! baseline (Unix socket, tokio Unix socket, pipe pair, TCP loopback). A line-based
-//! control pipe says which case to run next; nothing measured goes through it.
+//! The lead (the calling process) drives every case; the peer (the same binary re-executed
+//! with the hidden subcommand [`PEER_SUBCOMMAND`], which must call [`peer`]) runs the other
+//! side. They share one named baseline segment (its name is removed as soon as the peer
+//! has opened it), one shmrpc channel per wait mode and ring size (both are fixed when a
+//! channel is made), and one connection of each byte-stream baseline (Unix socket, tokio
+//! Unix socket, pipe pair, TCP loopback). A line-based control pipe says which case to run
+//! next; nothing measured goes through it.
 //!
 //! A case is a workload (round trip or one-way stream, RPC call) at a message size over a
 //! transport (the channel in some mode, a floor, or a baseline). Cases run in rounds: one
@@ -14,17 +16,24 @@
 //! every channel case runs between baselines measured moments apart. Figures are medians
 //! over rounds, and every ratio is the median of the per-round ratios: the ratios are the
 //! result; absolute figures on a shared 2-vCPU guest swing by 5–30 % between runs.
+// `deny`, not `forbid`: the raw baselines (raw.rs) allow it for their shared-memory
+// accesses.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 mod chan;
+pub mod child;
 mod idle;
 mod link;
+pub mod machine;
 mod peers;
+pub mod pin;
 mod protocol;
 mod raw;
 mod report;
 mod rpc;
+pub mod stats;
 mod svg;
-mod watchdog;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -34,95 +43,100 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener};
-use shmrpc::sys::{names, Segment};
+use shmrpc::lowlevel::sys::{names, Segment};
 
-use crate::child::{Control, Peer};
-use crate::machine::Machine;
-use crate::pin;
-use crate::stats::{fmt_size, Latency};
+use child::{rest, spawn_self, ChildProcess, Control};
 use link::Link;
+use machine::Machine;
 use protocol::{Chan, Cmd, Mode, RingKind};
+use stats::{fmt_size, Latency};
 
-/// Options of `shmrpc bench`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
-    /// A short run (well under a minute): fewer messages, 3 repetitions and a 1 s idle
-    /// interval. For checking that the command works, not for figures.
-    #[arg(long)]
+pub use report::Report;
+
+/// The hidden subcommand of the calling binary that runs the peer process: the binary
+/// re-executes itself as `EXE bench-peer ARGS…` and must then call [`peer`] with the
+/// arguments parsed into [`PeerOptions`].
+pub const PEER_SUBCOMMAND: &str = "bench-peer";
+
+/// Default ring capacity of the channel for 64 B and 1 KiB streams.
+pub const DEFAULT_SMALL_RING: usize = 256 << 10;
+/// Default ring capacity of the channel for 64 KiB and 1 MiB streams.
+pub const DEFAULT_BIG_RING: usize = 8 << 20;
+/// Default ring capacity of the channel for 64 KiB and 1 MiB round trips.
+pub const DEFAULT_RTT_BIG_RING: usize = 2 << 20;
+/// Default bound on the bytes the channel's consumer takes per `recv_batch`.
+pub const DEFAULT_READ_BYTES: usize = chan::STREAM_READ_BYTES;
+
+/// What to measure and how (the flags of `shmrpc bench`).
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// A short run: 1/10 of the messages, 3 repetitions and a 1 s idle interval.
     pub quick: bool,
-    /// Also write the results as JSON to this file.
-    #[arg(long, value_name = "PATH")]
-    pub json: Option<PathBuf>,
-    /// Also draw the results as an SVG chart in this file: round-trip latency (p50, p99)
-    /// and stream throughput by message size, one line per transport and mode.
-    #[arg(long, value_name = "PATH")]
-    pub svg: Option<PathBuf>,
-    /// Merge the figures of the peer-comparison crate (its JSON, `"kind": "shmrpc-peers"`)
-    /// into the table and the chart, marked as coming from that file.
-    #[arg(long, value_name = "PATH")]
+    /// The peer-comparison crate's JSON (`"kind": "shmrpc-peers"`), merged into the
+    /// table, the JSON and the chart.
     pub peers: Option<PathBuf>,
-    /// Measured repetitions (rounds of all cases); default 7, or 3 with --quick.
-    #[arg(long, value_name = "N")]
+    /// Where the chart will be written, if anywhere (recorded in the JSON).
+    pub svg: Option<PathBuf>,
+    /// Measured repetitions; `None`: 7, or 3 when quick.
     pub reps: Option<usize>,
-    /// Only run cases whose id contains one of these comma-separated texts at the start of
-    /// one of its `.`- or `_`-separated words (`rpc.` selects the RPC cases, `rtt.` the
-    /// round trips, `uds` every Unix-socket baseline; a ratio is shown only if both of its
-    /// cases ran).
-    #[arg(long, value_name = "TEXT,...", value_delimiter = ',')]
+    /// Only the cases whose id has one of these texts at the start of one of its `.`- or
+    /// `_`-separated words; empty: every case.
     pub only: Vec<String>,
     /// Ring capacity of the channel for 64 B and 1 KiB streams (and the data area of the
     /// batched SPSC baseline).
-    #[arg(long, value_name = "BYTES", default_value_t = 256 << 10)]
     pub small_ring: usize,
     /// Ring capacity of the channel for 64 KiB and 1 MiB streams.
-    #[arg(long, value_name = "BYTES", default_value_t = 8 << 20)]
     pub big_ring: usize,
-    /// Ring capacity of the channel for 64 KiB and 1 MiB round trips (2 MiB, the least that
-    /// holds a 1 MiB record, keeps the working set small enough to stay in cache).
-    #[arg(long, value_name = "BYTES", default_value_t = 2 << 20)]
+    /// Ring capacity of the channel for 64 KiB and 1 MiB round trips.
     pub rtt_big_ring: usize,
-    /// Bound on the bytes the channel's consumer takes per `recv_batch` (it releases the
-    /// ring space once per batch).
-    #[arg(long, value_name = "BYTES", default_value_t = chan::STREAM_READ_BYTES)]
+    /// Bound on the bytes the channel's consumer takes per `recv_batch`.
     pub read_bytes: usize,
-    /// Buffers of the copy floor, each 64 KiB with its own flag (default: as many as fill
-    /// the big ring, so that both use the same memory; the 1 MiB floor has as many 1 MiB
-    /// buffers as fit in the same memory).
-    #[arg(long, value_name = "N")]
+    /// Buffers of 64 KiB of the copy floor; `None`: as many as fill the big ring.
     pub copy_slots: Option<usize>,
-    /// Seconds of the idle interval of the 1000-idle-connections case (default 5, or 1
-    /// with --quick).
-    #[arg(long, value_name = "SECS")]
+    /// Seconds of the idle interval of the idle-connections case; `None`: 5, or 1 when
+    /// quick.
     pub idle_secs: Option<f64>,
 }
 
-/// Options of the hidden `bench-peer` subcommand.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PeerArgs {
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            quick: false,
+            peers: None,
+            svg: None,
+            reps: None,
+            only: Vec::new(),
+            small_ring: DEFAULT_SMALL_RING,
+            big_ring: DEFAULT_BIG_RING,
+            rtt_big_ring: DEFAULT_RTT_BIG_RING,
+            read_bytes: DEFAULT_READ_BYTES,
+            copy_slots: None,
+            idle_secs: None,
+        }
+    }
+}
+
+/// The peer process's settings (the arguments of [`PEER_SUBCOMMAND`]).
+#[derive(Debug, Clone, Default)]
+pub struct PeerOptions {
     /// The baseline segment to open.
-    #[arg(long, default_value = "")]
     pub seg: String,
     /// Prefix of the channel listeners' names.
-    #[arg(long, default_value = "")]
     pub prefix: String,
     /// The Unix socket of the byte-stream baselines.
-    #[arg(long)]
     pub sock: Option<PathBuf>,
     /// The TCP port (on 127.0.0.1) of the TCP baseline.
-    #[arg(long)]
     pub tcp_port: Option<u16>,
-    /// Run only an idle RPC server of this name (the 1000-idle-connections case).
-    #[arg(long)]
+    /// Run only an idle RPC server of this name (the idle-connections case).
     pub idle_server: Option<String>,
     /// CPU to pin to.
-    #[arg(long)]
     pub cpu: Option<usize>,
 }
 
-/// Size of the big streamed messages of issue 2 (the copy floor's buffers).
+/// Size of the big streamed messages (the copy floor's buffers).
 const BIG: usize = 64 << 10;
-/// The message sizes of issue 4.
-pub const SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
+/// The message sizes of every workload.
+pub(crate) const SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
 /// Ring capacity of the round-trip channels for 64 B and 1 KiB.
 const RTT_RING: usize = 64 << 10;
 /// How long the peer may take to set up or to finish a case.
@@ -133,7 +147,7 @@ const CASE_LIMIT: Duration = Duration::from_secs(120);
 
 /// What a case measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workload {
+pub(crate) enum Workload {
     /// Request and echo of the same size; latency per round trip.
     RoundTrip,
     /// One way, as fast as possible; messages and bytes per second.
@@ -148,7 +162,7 @@ pub enum Workload {
 
 /// Over what a case moves its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// A shmrpc channel (blocking or async, as its mode says).
     Channel { chan: Chan },
     /// One cache line ping-ponged (floor of spinning round trips).
@@ -176,15 +190,13 @@ pub enum Transport {
 
 /// One measured combination.
 #[derive(Debug, Clone)]
-pub struct Case {
+pub(crate) struct Case {
     /// Stable id (JSON key, `--only` filter).
     pub id: String,
     /// Row label.
     pub label: String,
     /// Mode name for the JSON.
     pub mode: &'static str,
-    /// Whether this is shmrpc or a baseline.
-    pub baseline: bool,
     /// What it is, for the JSON and the chart: `shmrpc`, `shmrpc-rpc`, `floor`,
     /// `baseline`, `uds`, `uds-tokio`, `pipe`, `tcp`.
     pub system: &'static str,
@@ -204,7 +216,7 @@ pub struct Case {
 
 /// CPU time both processes spent over one measured interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Cpu {
+pub(crate) struct Cpu {
     /// The lead process (all threads), ns.
     pub lead_ns: u64,
     /// The peer process (all threads), ns.
@@ -213,7 +225,7 @@ pub struct Cpu {
 
 /// One repetition's result for one case.
 #[derive(Debug, Clone, Copy)]
-pub enum Measurement {
+pub(crate) enum Measurement {
     /// Round-trip percentiles.
     Latency(Latency),
     /// Stream throughput.
@@ -279,7 +291,7 @@ impl Measurement {
 
 /// The plan of one run: its cases and settings.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Cases in their base order.
     pub cases: Vec<Case>,
     /// Measured repetitions.
@@ -340,14 +352,14 @@ enum StreamClass {
 }
 
 impl Plan {
-    /// The cases of issues 2, 3 and 4.
-    pub fn new(args: &BenchArgs) -> anyhow::Result<Self> {
+    /// Every case, or those `--only` selects, with their message counts.
+    pub(crate) fn new(args: &BenchOptions) -> anyhow::Result<Self> {
         for (what, v) in [
             ("--small-ring", args.small_ring),
             ("--big-ring", args.big_ring),
             ("--rtt-big-ring", args.rtt_big_ring),
         ] {
-            if !shmrpc::ring::valid_capacity(v as u64) {
+            if !shmrpc::lowlevel::ring::valid_capacity(v as u64) {
                 bail!("{what} {v}: not a valid ring capacity (a power of two, at least 128)");
             }
         }
@@ -387,7 +399,7 @@ impl Plan {
         for c in &plan.cases {
             if let Transport::Channel { chan } = c.transport {
                 let cap = plan.capacity(chan.ring);
-                let need = shmrpc::ring::record_size(c.size)
+                let need = shmrpc::lowlevel::ring::record_size(c.size)
                     * if c.workload == Workload::Stream { 2 } else { 1 };
                 if need > cap {
                     bail!(
@@ -474,7 +486,6 @@ fn push_rtt(cases: &mut Vec<Case>, div: u64, r: RttSpec) {
         id: format!("rtt.{}", r.id),
         label: r.label,
         mode: r.mode,
-        baseline: !matches!(r.transport, Transport::Channel { .. }),
         system: r.system,
         series: r.series,
         workload: Workload::RoundTrip,
@@ -551,8 +562,8 @@ fn link_rtts(cases: &mut Vec<Case>, div: u64, size: usize) {
     }
 }
 
-/// Round trips: issue 2's 64 B cases (ids unchanged), then every mode, the copy floor and
-/// the byte-stream baselines at each size.
+/// Round trips: the 64 B cases against the cache-line, futex and record-ring floors, then
+/// every mode, the copy floor and the byte-stream baselines at each size.
 fn rtt_cases(cases: &mut Vec<Case>, div: u64, rtt_big_ring: usize) {
     let s = chan::RTT_SIZE;
     let floor = |id: &str, label: &str, mode, series: &str, transport, class| RttSpec {
@@ -569,7 +580,7 @@ fn rtt_cases(cases: &mut Vec<Case>, div: u64, rtt_big_ring: usize) {
         transport,
         class,
     };
-    // 64 B: issue 2's cases, in their order, then the new ones.
+    // 64 B: the channel beside the floors it is measured against, then the other modes.
     let first = [
         shmrpc_rtt("shmrpc.spin".into(), Mode::Spin, s, ""),
         floor(
@@ -643,10 +654,9 @@ fn link_system(link: Link) -> &'static str {
     }
 }
 
-/// One-way streams at each size: the channel in spin mode (issue 2's cases, ids
-/// unchanged) beside its floor, then spin-then-park, park and async, then the byte-stream
+/// One-way streams at each size: the channel in spin mode beside its floor, then spin-then-park, park and async, then the byte-stream
 /// baselines.
-fn stream_cases(cases: &mut Vec<Case>, div: u64, args: &BenchArgs, copy_slots: usize) {
+fn stream_cases(cases: &mut Vec<Case>, div: u64, args: &BenchOptions, copy_slots: usize) {
     let mut add = |id: String,
                    label: String,
                    mode: &'static str,
@@ -659,7 +669,6 @@ fn stream_cases(cases: &mut Vec<Case>, div: u64, args: &BenchArgs, copy_slots: u
             id: format!("stream.{id}"),
             label,
             mode,
-            baseline: !matches!(transport, Transport::Channel { .. }),
             system,
             series: Some(series.to_owned()),
             workload: Workload::Stream,
@@ -774,7 +783,7 @@ fn selects(id: &str, o: &str) -> bool {
         .any(|(i, _)| i == 0 || matches!(id.as_bytes()[i - 1], b'.' | b'_'))
 }
 
-/// The RPC cases of issues 3 and 4, each beside its Unix-socket baseline.
+/// The RPC cases, each beside its Unix-socket baseline.
 fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
     let div = if quick { 10 } else { 1 };
     let mut add = |id: &str, label: String, mode, workload, transport, (n, warm): (u64, u64)| {
@@ -783,7 +792,6 @@ fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
             id: format!("rpc.{id}"),
             label,
             mode,
-            baseline,
             system: if baseline { "uds-tokio" } else { "shmrpc-rpc" },
             series: None,
             workload,
@@ -884,7 +892,7 @@ struct Lead {
     seg: Segment,
     eps: Vec<(Chan, Endpoint)>,
     links: link::Links,
-    peer: Peer,
+    peer: ChildProcess,
     rt: tokio::runtime::Runtime,
     copy_slots: usize,
     read_bytes: usize,
@@ -901,14 +909,12 @@ struct CaseGuard {
 }
 
 impl CaseGuard {
-    fn arm(peer_pid: u32) -> Self {
+    fn arm(peer: shmrpc_harness::KillHandle) -> Self {
         let (tx, rx) = mpsc::channel::<()>();
         std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CASE_LIMIT) {
                 eprintln!("shmrpc bench: a case took over {CASE_LIMIT:?}; killing the peer");
-                if let Some(pid) = rustix::process::Pid::from_raw(peer_pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+                peer.kill();
             }
         });
         Self { _disarm: tx }
@@ -934,7 +940,7 @@ impl Lead {
 
     /// Runs one case: resets the baseline words, tells the peer, leads, collects.
     fn run_case(&mut self, case: &Case) -> anyhow::Result<Measurement> {
-        let _guard = CaseGuard::arm(self.peer.pid());
+        let _guard = CaseGuard::arm(self.peer.kill_handle());
         if matches!(
             case.workload,
             Workload::Call | Workload::Pipelined | Workload::Reconnect
@@ -1016,7 +1022,7 @@ impl Lead {
             }
         };
         let lead_ns = idle::process_cpu_ns().saturating_sub(cpu0);
-        let answer = self.peer.expect("done", PEER_TIMEOUT)?;
+        let answer = rest(&self.peer.expect("done", PEER_TIMEOUT)?, "done");
         let peer_ns = parse_done(&case.id, &answer)?;
         if let Measurement::Rate { cpu, .. } = &mut m {
             *cpu = Some(Cpu { lead_ns, peer_ns });
@@ -1027,7 +1033,7 @@ impl Lead {
     /// The peer's CPU time so far (during an RPC case), ns.
     fn peer_cpu(&mut self) -> anyhow::Result<u64> {
         self.peer.send("cpu")?;
-        let a = self.peer.expect("cpu", PEER_TIMEOUT)?;
+        let a = rest(&self.peer.expect("cpu", PEER_TIMEOUT)?, "cpu");
         a.parse().context("the peer's CPU time")
     }
 
@@ -1050,7 +1056,7 @@ impl Lead {
             _ => bail!("{}: not an RPC transport", case.id),
         };
         self.peer.send(&cmd.to_string())?;
-        self.peer.expect("ready", PEER_TIMEOUT)?;
+        rest(&self.peer.expect("ready", PEER_TIMEOUT)?, "ready");
         let (name, uds) = (self.rpc_name.clone(), self.uds.clone());
         let m = match (case.transport, case.workload) {
             (Transport::Rpc { park, conns }, w) => {
@@ -1091,12 +1097,12 @@ impl Lead {
                 let mut samples = Vec::new();
                 for _ in 0..total {
                     self.peer.send("restart")?;
-                    self.peer.expect("down", PEER_TIMEOUT)?;
+                    rest(&self.peer.expect("down", PEER_TIMEOUT)?, "down");
                     let (done, bound) = if early {
                         let done = self.rt.block_on(rpc::call_until_ok(&client))?;
-                        (done, self.peer.expect("up", PEER_TIMEOUT)?)
+                        (done, rest(&self.peer.expect("up", PEER_TIMEOUT)?, "up"))
                     } else {
-                        let bound = self.peer.expect("up", PEER_TIMEOUT)?;
+                        let bound = rest(&self.peer.expect("up", PEER_TIMEOUT)?, "up");
                         (self.rt.block_on(rpc::call_until_ok(&client))?, bound)
                     };
                     let bound: u64 = bound.parse().context("the peer's bind time")?;
@@ -1108,7 +1114,7 @@ impl Lead {
             _ => bail!("{}: not an RPC transport", case.id),
         };
         self.peer.send("rpc-stop")?;
-        let answer = self.peer.expect("done", PEER_TIMEOUT)?;
+        let answer = rest(&self.peer.expect("done", PEER_TIMEOUT)?, "done");
         parse_done(&case.id, &answer)?;
         Ok(m)
     }
@@ -1133,17 +1139,17 @@ fn with_cpu(m: Measurement, lead_ns: u64, peer_ns: u64) -> Measurement {
 fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> anyhow::Result<u64> {
     let (name, uds) = (format!("{prefix}-rpc"), rpc::uds_path(prefix));
     let mut server = rpc::Running::start(kind, &name, &uds)?;
-    ctl.send("ready")?;
+    ctl.say("ready")?;
     loop {
-        match ctl.next()?.as_deref() {
+        match ctl.next_command()?.as_deref() {
             Some("rpc-stop") => break,
-            Some("cpu") => ctl.send(&format!("cpu {}", idle::process_cpu_ns()))?,
+            Some("cpu") => ctl.say(&format!("cpu {}", idle::process_cpu_ns()))?,
             Some("restart") => {
                 server.stop()?;
-                ctl.send("down")?;
+                ctl.say("down")?;
                 std::thread::sleep(rpc::RESTART_GAP);
                 server = rpc::Running::start(kind, &name, &uds)?;
-                ctl.send(&format!("up {}", server.bound_at))?;
+                ctl.say(&format!("up {}", server.bound_at))?;
             }
             Some(other) => bail!("unexpected {other:?} during an RPC case"),
             None => bail!("the control pipe closed during an RPC case"),
@@ -1205,8 +1211,16 @@ impl Progress {
     }
 }
 
-/// `shmrpc bench`.
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+/// Runs the benchmark: starts the peer process, runs every selected case in interleaved
+/// rounds (printing a header on stdout and the progress on stderr), checks that nothing
+/// was left behind, and returns the figures.
+///
+/// # Errors
+///
+/// A bad option or peers file, a resource that cannot be made (segment, sockets, the peer
+/// process), a case that fails or finds damaged messages, a peer that hangs (every case
+/// has a time limit), or files left behind.
+pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
     let plan = Plan::new(args)?;
     // Read the peers file first: a bad file is an error before minutes of measuring.
     let peers = match &args.peers {
@@ -1247,7 +1261,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
 
     let mut peer_args = vec![
-        "bench-peer".to_owned(),
+        PEER_SUBCOMMAND.to_owned(),
         "--seg".to_owned(),
         seg_name.clone(),
         "--prefix".to_owned(),
@@ -1260,7 +1274,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some((_, theirs)) = cpus {
         peer_args.extend(["--cpu".to_owned(), theirs.to_string()]);
     }
-    let mut peer = match Peer::spawn(&peer_args) {
+    let mut peer = match spawn_self(&peer_args) {
         Ok(p) => p,
         Err(e) => {
             drop(listeners);
@@ -1359,7 +1373,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     lead.peer.send(&Cmd::Quit.to_string())?;
-    let status = lead.peer.wait_exit(Duration::from_secs(10))?;
+    let status = lead.peer.finish(Duration::from_secs(10))?;
     if !status.success() {
         bail!("the peer process exited with {status}");
     }
@@ -1409,35 +1423,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     let info = report::RunInfo {
-        machine: &machine,
+        machine,
         cpus,
         elapsed,
-        idle: idle.as_ref(),
-        peers: peers.as_ref(),
-        svg: args.svg.as_deref(),
+        idle,
+        peers,
+        svg: args.svg.clone(),
+        sockets_removed: sockets.len() + 1,
     };
-    let report = report::Report::new(&plan, &results, info);
-    print!("{}", report.table());
-    println!(
-        "cleanup: peer exited 0; baseline segment and {} socket files removed; total {:.1} s",
-        sockets.len() + 1,
-        elapsed.as_secs_f64()
-    );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report.json())? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("JSON written to {}", path.display());
-    }
-    if let Some(path) = &args.svg {
-        std::fs::write(path, report.svg())
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("SVG chart written to {}", path.display());
-    }
-    Ok(())
+    Ok(Report::new(plan, results, info))
 }
 
-/// `shmrpc bench-peer`: the other side of every case.
-pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
+/// The peer process ([`PEER_SUBCOMMAND`]): the other side of every case, driven by the
+/// lead through its stdin and stdout until the lead says "quit".
+///
+/// # Errors
+///
+/// The segment, channels or sockets cannot be opened, a case fails or times out, or the
+/// control pipe closes before "quit".
+pub fn peer(args: &PeerOptions) -> anyhow::Result<()> {
     if let Some(cpu) = args.cpu {
         pin::pin_to(cpu)?;
     }
@@ -1457,13 +1461,13 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     let (Some(sock), Some(port)) = (&args.sock, args.tcp_port) else {
-        bail!("bench-peer needs --sock and --tcp-port");
+        bail!("{PEER_SUBCOMMAND} needs --sock and --tcp-port");
     };
     let mut links = link::connect(sock, port, &rt)?;
     idle::raise_fd_limit();
-    let mut ctl = Control::new();
-    ctl.send("ready")?;
-    while let Some(line) = ctl.next()? {
+    let mut ctl = Control::new("");
+    ctl.say("ready")?;
+    while let Some(line) = ctl.next_command()? {
         let cmd: Cmd = line.parse()?;
         let cpu0 = idle::process_cpu_ns();
         let bad = match cmd {
@@ -1506,7 +1510,7 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
             }
         };
         let cpu = idle::process_cpu_ns().saturating_sub(cpu0);
-        ctl.send(&format!("done {bad} {cpu}"))?;
+        ctl.say(&format!("done {bad} {cpu}"))?;
     }
     // End of file without "quit": the lead is gone.
     bail!("the control pipe closed before \"quit\"")
@@ -1516,20 +1520,11 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn args(only: &[&str]) -> BenchArgs {
-        BenchArgs {
+    fn args(only: &[&str]) -> BenchOptions {
+        BenchOptions {
             quick: true,
-            json: None,
-            svg: None,
-            peers: None,
-            reps: None,
             only: only.iter().map(|s| (*s).to_owned()).collect(),
-            small_ring: 256 << 10,
-            big_ring: 8 << 20,
-            rtt_big_ring: 2 << 20,
-            read_bytes: chan::STREAM_READ_BYTES,
-            copy_slots: None,
-            idle_secs: None,
+            ..BenchOptions::default()
         }
     }
 
