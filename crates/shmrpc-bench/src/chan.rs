@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use shmrpc::channel::{Endpoint, TryRecvError, TrySendError};
 
 use super::raw::{stamp, stamped};
-use super::watchdog::Watchdog;
+use shmrpc_harness::Deadline;
 
 /// Records the producer commits (deferred) before one `notify`.
 pub const STREAM_BATCH: usize = 32;
@@ -173,7 +173,7 @@ async fn rtt_echo_async_in(ep: &mut Endpoint, mut buf: impl Buf, total: u64) -> 
 /// [`STREAM_BATCH`] whether the consumer sleeps (`notify`). Spins while the ring is full.
 /// Returns the time until the consumer reported that it had everything.
 pub fn stream_lead(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<Duration> {
-    let mut wd = Watchdog::new("channel stream", Duration::from_secs(60));
+    let mut wd = Deadline::new("channel stream", Duration::from_secs(60));
     let mut src = vec![0xA5u8; size];
     let mut i = 0u64;
     let t0 = Instant::now();

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use shmrpc::CallOptions;
 
 use super::rpc;
-use crate::child::{Control, Peer};
+use crate::child::{spawn_self, Control};
 use crate::PEER_SUBCOMMAND;
 
 /// Connections of the idle case.
@@ -167,17 +167,18 @@ pub fn measure(
     if let Some(c) = cpu {
         args.extend(["--cpu".to_owned(), c.to_string()]);
     }
-    let mut server = Peer::spawn(&args)?;
+    let mut server = spawn_self(&args)?;
     server.expect("ready", Duration::from_secs(30))?;
     let r = measure_server(rt, name, server.pid(), interval);
     // Stop the server gracefully whatever happened, so that it removes its socket file.
-    let stopped = server.send("quit").and_then(|()| {
-        let status = server.wait_exit(Duration::from_secs(30))?;
+    let stopped = (|| -> anyhow::Result<()> {
+        server.send("quit")?;
+        let status = server.finish(Duration::from_secs(30))?;
         if !status.success() {
             bail!("the idle server exited with {status}");
         }
         Ok(())
-    });
+    })();
     let r = r?;
     stopped?;
     Ok(r)
@@ -260,9 +261,9 @@ pub fn socket_path(name: &str) -> PathBuf {
 pub fn serve(name: &str) -> anyhow::Result<()> {
     let unused = std::env::temp_dir().join(format!("shmrpc-idle-{}.unused", std::process::id()));
     let mut server = rpc::Running::start(rpc::ServerKind::SpinThenPark, name, &unused)?;
-    let mut ctl = Control::new();
-    ctl.send("ready")?;
-    match ctl.next_line()?.as_deref() {
+    let mut ctl = Control::new("");
+    ctl.say("ready")?;
+    match ctl.next_command()?.as_deref() {
         Some("quit") | None => server.stop(),
         Some(other) => bail!("idle server: unexpected {other:?}"),
     }

@@ -16,7 +16,9 @@
 //! every channel case runs between baselines measured moments apart. Figures are medians
 //! over rounds, and every ratio is the median of the per-round ratios: the ratios are the
 //! result; absolute figures on a shared 2-vCPU guest swing by 5–30 % between runs.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the raw baselines (raw.rs) allow it for their shared-memory
+// accesses.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod chan;
@@ -32,7 +34,6 @@ mod report;
 mod rpc;
 pub mod stats;
 mod svg;
-mod watchdog;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener};
 use shmrpc::lowlevel::sys::{names, Segment};
 
-use child::{Control, Peer};
+use child::{rest, spawn_self, ChildProcess, Control};
 use link::Link;
 use machine::Machine;
 use protocol::{Chan, Cmd, Mode, RingKind};
@@ -891,7 +892,7 @@ struct Lead {
     seg: Segment,
     eps: Vec<(Chan, Endpoint)>,
     links: link::Links,
-    peer: Peer,
+    peer: ChildProcess,
     rt: tokio::runtime::Runtime,
     copy_slots: usize,
     read_bytes: usize,
@@ -908,14 +909,12 @@ struct CaseGuard {
 }
 
 impl CaseGuard {
-    fn arm(peer_pid: u32) -> Self {
+    fn arm(peer: shmrpc_harness::KillHandle) -> Self {
         let (tx, rx) = mpsc::channel::<()>();
         std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CASE_LIMIT) {
                 eprintln!("shmrpc bench: a case took over {CASE_LIMIT:?}; killing the peer");
-                if let Some(pid) = rustix::process::Pid::from_raw(peer_pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+                peer.kill();
             }
         });
         Self { _disarm: tx }
@@ -941,7 +940,7 @@ impl Lead {
 
     /// Runs one case: resets the baseline words, tells the peer, leads, collects.
     fn run_case(&mut self, case: &Case) -> anyhow::Result<Measurement> {
-        let _guard = CaseGuard::arm(self.peer.pid());
+        let _guard = CaseGuard::arm(self.peer.kill_handle());
         if matches!(
             case.workload,
             Workload::Call | Workload::Pipelined | Workload::Reconnect
@@ -1023,7 +1022,7 @@ impl Lead {
             }
         };
         let lead_ns = idle::process_cpu_ns().saturating_sub(cpu0);
-        let answer = self.peer.expect("done", PEER_TIMEOUT)?;
+        let answer = rest(&self.peer.expect("done", PEER_TIMEOUT)?, "done");
         let peer_ns = parse_done(&case.id, &answer)?;
         if let Measurement::Rate { cpu, .. } = &mut m {
             *cpu = Some(Cpu { lead_ns, peer_ns });
@@ -1034,7 +1033,7 @@ impl Lead {
     /// The peer's CPU time so far (during an RPC case), ns.
     fn peer_cpu(&mut self) -> anyhow::Result<u64> {
         self.peer.send("cpu")?;
-        let a = self.peer.expect("cpu", PEER_TIMEOUT)?;
+        let a = rest(&self.peer.expect("cpu", PEER_TIMEOUT)?, "cpu");
         a.parse().context("the peer's CPU time")
     }
 
@@ -1057,7 +1056,7 @@ impl Lead {
             _ => bail!("{}: not an RPC transport", case.id),
         };
         self.peer.send(&cmd.to_string())?;
-        self.peer.expect("ready", PEER_TIMEOUT)?;
+        rest(&self.peer.expect("ready", PEER_TIMEOUT)?, "ready");
         let (name, uds) = (self.rpc_name.clone(), self.uds.clone());
         let m = match (case.transport, case.workload) {
             (Transport::Rpc { park, conns }, w) => {
@@ -1098,12 +1097,12 @@ impl Lead {
                 let mut samples = Vec::new();
                 for _ in 0..total {
                     self.peer.send("restart")?;
-                    self.peer.expect("down", PEER_TIMEOUT)?;
+                    rest(&self.peer.expect("down", PEER_TIMEOUT)?, "down");
                     let (done, bound) = if early {
                         let done = self.rt.block_on(rpc::call_until_ok(&client))?;
-                        (done, self.peer.expect("up", PEER_TIMEOUT)?)
+                        (done, rest(&self.peer.expect("up", PEER_TIMEOUT)?, "up"))
                     } else {
-                        let bound = self.peer.expect("up", PEER_TIMEOUT)?;
+                        let bound = rest(&self.peer.expect("up", PEER_TIMEOUT)?, "up");
                         (self.rt.block_on(rpc::call_until_ok(&client))?, bound)
                     };
                     let bound: u64 = bound.parse().context("the peer's bind time")?;
@@ -1115,7 +1114,7 @@ impl Lead {
             _ => bail!("{}: not an RPC transport", case.id),
         };
         self.peer.send("rpc-stop")?;
-        let answer = self.peer.expect("done", PEER_TIMEOUT)?;
+        let answer = rest(&self.peer.expect("done", PEER_TIMEOUT)?, "done");
         parse_done(&case.id, &answer)?;
         Ok(m)
     }
@@ -1140,17 +1139,17 @@ fn with_cpu(m: Measurement, lead_ns: u64, peer_ns: u64) -> Measurement {
 fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> anyhow::Result<u64> {
     let (name, uds) = (format!("{prefix}-rpc"), rpc::uds_path(prefix));
     let mut server = rpc::Running::start(kind, &name, &uds)?;
-    ctl.send("ready")?;
+    ctl.say("ready")?;
     loop {
-        match ctl.next_line()?.as_deref() {
+        match ctl.next_command()?.as_deref() {
             Some("rpc-stop") => break,
-            Some("cpu") => ctl.send(&format!("cpu {}", idle::process_cpu_ns()))?,
+            Some("cpu") => ctl.say(&format!("cpu {}", idle::process_cpu_ns()))?,
             Some("restart") => {
                 server.stop()?;
-                ctl.send("down")?;
+                ctl.say("down")?;
                 std::thread::sleep(rpc::RESTART_GAP);
                 server = rpc::Running::start(kind, &name, &uds)?;
-                ctl.send(&format!("up {}", server.bound_at))?;
+                ctl.say(&format!("up {}", server.bound_at))?;
             }
             Some(other) => bail!("unexpected {other:?} during an RPC case"),
             None => bail!("the control pipe closed during an RPC case"),
@@ -1275,7 +1274,7 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
     if let Some((_, theirs)) = cpus {
         peer_args.extend(["--cpu".to_owned(), theirs.to_string()]);
     }
-    let mut peer = match Peer::spawn(&peer_args) {
+    let mut peer = match spawn_self(&peer_args) {
         Ok(p) => p,
         Err(e) => {
             drop(listeners);
@@ -1374,7 +1373,7 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
     }
 
     lead.peer.send(&Cmd::Quit.to_string())?;
-    let status = lead.peer.wait_exit(Duration::from_secs(10))?;
+    let status = lead.peer.finish(Duration::from_secs(10))?;
     if !status.success() {
         bail!("the peer process exited with {status}");
     }
@@ -1466,9 +1465,9 @@ pub fn peer(args: &PeerOptions) -> anyhow::Result<()> {
     };
     let mut links = link::connect(sock, port, &rt)?;
     idle::raise_fd_limit();
-    let mut ctl = Control::new();
-    ctl.send("ready")?;
-    while let Some(line) = ctl.next_line()? {
+    let mut ctl = Control::new("");
+    ctl.say("ready")?;
+    while let Some(line) = ctl.next_command()? {
         let cmd: Cmd = line.parse()?;
         let cpu0 = idle::process_cpu_ns();
         let bad = match cmd {
@@ -1511,7 +1510,7 @@ pub fn peer(args: &PeerOptions) -> anyhow::Result<()> {
             }
         };
         let cpu = idle::process_cpu_ns().saturating_sub(cpu0);
-        ctl.send(&format!("done {bad} {cpu}"))?;
+        ctl.say(&format!("done {bad} {cpu}"))?;
     }
     // End of file without "quit": the lead is gone.
     bail!("the control pipe closed before \"quit\"")

@@ -14,7 +14,7 @@ use crate::idle::IdleResult;
 use crate::link::Link;
 use crate::machine::Machine;
 use crate::peers::{self, PeersFile};
-use crate::stats::{fmt_size, median, Latency};
+use crate::stats::{fmt_size, Latency};
 use crate::svg::{chart, Kind, Panel, Series, Unit};
 use crate::{chan, idle, link, raw, rpc, Case, Measurement, Plan, Transport, Workload, SIZES};
 
@@ -103,249 +103,40 @@ const fn ratio(
 
 /// The ratios the project's targets are stated in (those with a bound), then the ones
 /// that explain them (where the time goes), each of two cases of the same run.
+#[rustfmt::skip]
 const RATIOS: &[RatioSpec] = &[
     // Targets.
-    ratio(
-        "spin_rtt_vs_cache_line",
-        "64 B round trip, channel, spin / cache-line floor",
-        "rtt.shmrpc.spin",
-        "rtt.floor.cache_line",
-        Metric::P50,
-        Some(Bound::AtMost(2.0)),
-    ),
-    ratio(
-        "stp_rtt_vs_cache_line",
-        "64 B round trip, channel, spin-then-park / cache-line floor",
-        "rtt.shmrpc.spin_then_park",
-        "rtt.floor.cache_line",
-        Metric::P50,
-        Some(Bound::AtMost(2.0)),
-    ),
-    ratio(
-        "rpc_unary_stp_vs_cache_line",
-        "64 B RPC call, spin-then-park / cache-line floor",
-        "rpc.unary.shmrpc.spin_then_park",
-        "rtt.floor.cache_line",
-        Metric::P50,
-        Some(Bound::AtMost(3.0)),
-    ),
-    ratio(
-        "park_rtt_vs_futex",
-        "64 B round trip, channel, park / bare futex floor",
-        "rtt.shmrpc.park",
-        "rtt.floor.futex",
-        Metric::P50,
-        Some(Bound::AtMost(1.1)),
-    ),
-    ratio(
-        "park_rtt_vs_uds",
-        "64 B round trip, channel, park / Unix socket",
-        "rtt.shmrpc.park",
-        "rtt.baseline.uds.64",
-        Metric::P50,
-        Some(Bound::AtMost(1.1)),
-    ),
-    ratio(
-        "rpc_unary_stp_vs_uds",
-        "64 B RPC call, spin-then-park / tokio Unix socket, same frames",
-        "rpc.unary.shmrpc.spin_then_park",
-        "rpc.unary.baseline.uds",
-        Metric::P50,
-        Some(Bound::AtMost(0.1)),
-    ),
-    ratio(
-        "rpc_unary_park_vs_uds",
-        "64 B RPC call, park / tokio Unix socket, same frames",
-        "rpc.unary.shmrpc.park",
-        "rpc.unary.baseline.uds",
-        Metric::P50,
-        Some(Bound::AtMost(1.1)),
-    ),
-    ratio(
-        "stream_64_vs_batched_spsc",
-        "64 B stream / batched SPSC baseline",
-        "stream.shmrpc.64",
-        "stream.baseline.spsc.64",
-        Metric::MsgRate,
-        Some(Bound::AtLeast(0.5)),
-    ),
-    ratio(
-        "stream_64_vs_uds",
-        "64 B stream / Unix socket",
-        "stream.shmrpc.64",
-        "stream.baseline.uds.64",
-        Metric::MsgRate,
-        Some(Bound::AtLeast(30.0)),
-    ),
-    ratio(
-        "stream_64k_vs_copy_floor",
-        "64 KiB stream / bare copy floor",
-        "stream.shmrpc.65536",
-        "stream.floor.copy.65536",
-        Metric::MsgRate,
-        Some(Bound::AtLeast(0.8)),
-    ),
-    ratio(
-        "stream_64k_vs_uds",
-        "64 KiB stream / Unix socket",
-        "stream.shmrpc.65536",
-        "stream.baseline.uds.65536",
-        Metric::MsgRate,
-        Some(Bound::AtLeast(2.5)),
-    ),
-    ratio(
-        "stream_1m_vs_copy_floor",
-        "1 MiB stream / bare copy floor",
-        "stream.shmrpc.1048576",
-        "stream.floor.copy.1048576",
-        Metric::MsgRate,
-        Some(Bound::AtLeast(0.8)),
-    ),
-    ratio(
-        "stream_1m_vs_uds",
-        "1 MiB stream / Unix socket",
-        "stream.shmrpc.1048576",
-        "stream.baseline.uds.1048576",
-        Metric::MsgRate,
-        Some(Bound::AtLeast(2.5)),
-    ),
-    ratio(
-        "rpc_pipelined_1_vs_uds",
-        "RPC pipelined, 1 connection / tokio Unix socket",
-        "rpc.pipelined.shmrpc.1",
-        "rpc.pipelined.baseline.uds.1",
-        Metric::MsgRate,
-        Some(Bound::AtLeast(10.0)),
-    ),
-    ratio(
-        "rpc_pipelined_16_vs_uds",
-        "RPC pipelined, 16 connections / tokio Unix socket",
-        "rpc.pipelined.shmrpc.16",
-        "rpc.pipelined.baseline.uds.16",
-        Metric::MsgRate,
-        Some(Bound::AtLeast(10.0)),
-    ),
-    ratio(
-        "rpc_pipelined_256_vs_uds",
-        "RPC pipelined, 256 connections / tokio Unix socket",
-        "rpc.pipelined.shmrpc.256",
-        "rpc.pipelined.baseline.uds.256",
-        Metric::MsgRate,
-        Some(Bound::AtLeast(10.0)),
-    ),
+    ratio("spin_rtt_vs_cache_line", "64 B round trip, channel, spin / cache-line floor", "rtt.shmrpc.spin", "rtt.floor.cache_line", Metric::P50, Some(Bound::AtMost(2.0))),
+    ratio("stp_rtt_vs_cache_line", "64 B round trip, channel, spin-then-park / cache-line floor", "rtt.shmrpc.spin_then_park", "rtt.floor.cache_line", Metric::P50, Some(Bound::AtMost(2.0))),
+    ratio("rpc_unary_stp_vs_cache_line", "64 B RPC call, spin-then-park / cache-line floor", "rpc.unary.shmrpc.spin_then_park", "rtt.floor.cache_line", Metric::P50, Some(Bound::AtMost(3.0))),
+    ratio("park_rtt_vs_futex", "64 B round trip, channel, park / bare futex floor", "rtt.shmrpc.park", "rtt.floor.futex", Metric::P50, Some(Bound::AtMost(1.1))),
+    ratio("park_rtt_vs_uds", "64 B round trip, channel, park / Unix socket", "rtt.shmrpc.park", "rtt.baseline.uds.64", Metric::P50, Some(Bound::AtMost(1.1))),
+    ratio("rpc_unary_stp_vs_uds", "64 B RPC call, spin-then-park / tokio Unix socket, same frames", "rpc.unary.shmrpc.spin_then_park", "rpc.unary.baseline.uds", Metric::P50, Some(Bound::AtMost(0.1))),
+    ratio("rpc_unary_park_vs_uds", "64 B RPC call, park / tokio Unix socket, same frames", "rpc.unary.shmrpc.park", "rpc.unary.baseline.uds", Metric::P50, Some(Bound::AtMost(1.1))),
+    ratio("stream_64_vs_batched_spsc", "64 B stream / batched SPSC baseline", "stream.shmrpc.64", "stream.baseline.spsc.64", Metric::MsgRate, Some(Bound::AtLeast(0.5))),
+    ratio("stream_64_vs_uds", "64 B stream / Unix socket", "stream.shmrpc.64", "stream.baseline.uds.64", Metric::MsgRate, Some(Bound::AtLeast(30.0))),
+    ratio("stream_64k_vs_copy_floor", "64 KiB stream / bare copy floor", "stream.shmrpc.65536", "stream.floor.copy.65536", Metric::MsgRate, Some(Bound::AtLeast(0.8))),
+    ratio("stream_64k_vs_uds", "64 KiB stream / Unix socket", "stream.shmrpc.65536", "stream.baseline.uds.65536", Metric::MsgRate, Some(Bound::AtLeast(2.5))),
+    ratio("stream_1m_vs_copy_floor", "1 MiB stream / bare copy floor", "stream.shmrpc.1048576", "stream.floor.copy.1048576", Metric::MsgRate, Some(Bound::AtLeast(0.8))),
+    ratio("stream_1m_vs_uds", "1 MiB stream / Unix socket", "stream.shmrpc.1048576", "stream.baseline.uds.1048576", Metric::MsgRate, Some(Bound::AtLeast(2.5))),
+    ratio("rpc_pipelined_1_vs_uds", "RPC pipelined, 1 connection / tokio Unix socket", "rpc.pipelined.shmrpc.1", "rpc.pipelined.baseline.uds.1", Metric::MsgRate, Some(Bound::AtLeast(10.0))),
+    ratio("rpc_pipelined_16_vs_uds", "RPC pipelined, 16 connections / tokio Unix socket", "rpc.pipelined.shmrpc.16", "rpc.pipelined.baseline.uds.16", Metric::MsgRate, Some(Bound::AtLeast(10.0))),
+    ratio("rpc_pipelined_256_vs_uds", "RPC pipelined, 256 connections / tokio Unix socket", "rpc.pipelined.shmrpc.256", "rpc.pipelined.baseline.uds.256", Metric::MsgRate, Some(Bound::AtLeast(10.0))),
     // Where the time goes.
-    ratio(
-        "spin_rtt_vs_cache_line_p99",
-        "64 B round trip, channel, spin / cache-line floor",
-        "rtt.shmrpc.spin",
-        "rtt.floor.cache_line",
-        Metric::P99,
-        None,
-    ),
-    ratio(
-        "stp_rtt_vs_cache_line_p99",
-        "64 B round trip, channel, spin-then-park / cache-line floor",
-        "rtt.shmrpc.spin_then_park",
-        "rtt.floor.cache_line",
-        Metric::P99,
-        None,
-    ),
-    ratio(
-        "record_ring_vs_cache_line",
-        "record-ring baseline / cache-line floor (layout cost)",
-        "rtt.baseline.record_ring",
-        "rtt.floor.cache_line",
-        Metric::P50,
-        None,
-    ),
-    ratio(
-        "spin_rtt_vs_record_ring",
-        "spin round trip / record-ring baseline (library cost)",
-        "rtt.shmrpc.spin",
-        "rtt.baseline.record_ring",
-        Metric::P50,
-        None,
-    ),
-    ratio(
-        "record_ring_fence_vs_record_ring",
-        "record ring with fences / without (fence cost)",
-        "rtt.baseline.record_ring_fence",
-        "rtt.baseline.record_ring",
-        Metric::P50,
-        None,
-    ),
-    ratio(
-        "async_rtt_vs_cache_line",
-        "async (spin-then-park) round trip / cache-line floor",
-        "rtt.shmrpc.async",
-        "rtt.floor.cache_line",
-        Metric::P50,
-        None,
-    ),
-    ratio(
-        "park_rtt_vs_futex_p99",
-        "64 B round trip, channel, park / bare futex floor",
-        "rtt.shmrpc.park",
-        "rtt.floor.futex",
-        Metric::P99,
-        None,
-    ),
-    ratio(
-        "park_rtt_vs_uds_p99",
-        "64 B round trip, channel, park / Unix socket",
-        "rtt.shmrpc.park",
-        "rtt.baseline.uds.64",
-        Metric::P99,
-        None,
-    ),
-    ratio(
-        "async_park_rtt_vs_futex",
-        "async park round trip / bare futex floor",
-        "rtt.shmrpc.async_park",
-        "rtt.floor.futex",
-        Metric::P50,
-        None,
-    ),
-    ratio(
-        "async_park_rtt_vs_uds_tokio",
-        "async park round trip / tokio Unix socket",
-        "rtt.shmrpc.async_park",
-        "rtt.baseline.uds_tokio.64",
-        Metric::P50,
-        None,
-    ),
-    ratio(
-        "spin_rtt_vs_copy_floor_1m",
-        "1 MiB round trip, channel, spin / copy ping-pong floor",
-        "rtt.shmrpc.spin.1048576",
-        "rtt.floor.copy.1048576",
-        Metric::P50,
-        None,
-    ),
-    ratio(
-        "stream_1k_vs_batched_spsc",
-        "1 KiB stream / batched SPSC baseline",
-        "stream.shmrpc.1024",
-        "stream.baseline.spsc.1024",
-        Metric::MsgRate,
-        None,
-    ),
-    ratio(
-        "rpc_unary_stp_vs_uds_p99",
-        "64 B RPC call, spin-then-park / tokio Unix socket",
-        "rpc.unary.shmrpc.spin_then_park",
-        "rpc.unary.baseline.uds",
-        Metric::P99,
-        None,
-    ),
-    ratio(
-        "rpc_unary_park_vs_uds_p99",
-        "64 B RPC call, park / tokio Unix socket",
-        "rpc.unary.shmrpc.park",
-        "rpc.unary.baseline.uds",
-        Metric::P99,
-        None,
-    ),
+    ratio("spin_rtt_vs_cache_line_p99", "64 B round trip, channel, spin / cache-line floor", "rtt.shmrpc.spin", "rtt.floor.cache_line", Metric::P99, None),
+    ratio("stp_rtt_vs_cache_line_p99", "64 B round trip, channel, spin-then-park / cache-line floor", "rtt.shmrpc.spin_then_park", "rtt.floor.cache_line", Metric::P99, None),
+    ratio("record_ring_vs_cache_line", "record-ring baseline / cache-line floor (layout cost)", "rtt.baseline.record_ring", "rtt.floor.cache_line", Metric::P50, None),
+    ratio("spin_rtt_vs_record_ring", "spin round trip / record-ring baseline (library cost)", "rtt.shmrpc.spin", "rtt.baseline.record_ring", Metric::P50, None),
+    ratio("record_ring_fence_vs_record_ring", "record ring with fences / without (fence cost)", "rtt.baseline.record_ring_fence", "rtt.baseline.record_ring", Metric::P50, None),
+    ratio("async_rtt_vs_cache_line", "async (spin-then-park) round trip / cache-line floor", "rtt.shmrpc.async", "rtt.floor.cache_line", Metric::P50, None),
+    ratio("park_rtt_vs_futex_p99", "64 B round trip, channel, park / bare futex floor", "rtt.shmrpc.park", "rtt.floor.futex", Metric::P99, None),
+    ratio("park_rtt_vs_uds_p99", "64 B round trip, channel, park / Unix socket", "rtt.shmrpc.park", "rtt.baseline.uds.64", Metric::P99, None),
+    ratio("async_park_rtt_vs_futex", "async park round trip / bare futex floor", "rtt.shmrpc.async_park", "rtt.floor.futex", Metric::P50, None),
+    ratio("async_park_rtt_vs_uds_tokio", "async park round trip / tokio Unix socket", "rtt.shmrpc.async_park", "rtt.baseline.uds_tokio.64", Metric::P50, None),
+    ratio("spin_rtt_vs_copy_floor_1m", "1 MiB round trip, channel, spin / copy ping-pong floor", "rtt.shmrpc.spin.1048576", "rtt.floor.copy.1048576", Metric::P50, None),
+    ratio("stream_1k_vs_batched_spsc", "1 KiB stream / batched SPSC baseline", "stream.shmrpc.1024", "stream.baseline.spsc.1024", Metric::MsgRate, None),
+    ratio("rpc_unary_stp_vs_uds_p99", "64 B RPC call, spin-then-park / tokio Unix socket", "rpc.unary.shmrpc.spin_then_park", "rpc.unary.baseline.uds", Metric::P99, None),
+    ratio("rpc_unary_park_vs_uds_p99", "64 B RPC call, park / tokio Unix socket", "rpc.unary.shmrpc.park", "rpc.unary.baseline.uds", Metric::P99, None),
 ];
 
 /// A server restart: the slowest reconnect, in milliseconds.
@@ -973,7 +764,7 @@ impl Runs<'_> {
 
     /// The median of the per-round ratios of two cases.
     fn ratio(&self, num: &str, den: &str, metric: Metric) -> Option<f64> {
-        self.per_rep(num, den, metric).map(median)
+        self.per_rep(num, den, metric).and_then(med)
     }
 
     /// Ratios of case `c` to its floor and to every byte-stream baseline of its size.
@@ -1037,36 +828,30 @@ impl Runs<'_> {
             ]
         };
         let rate = |unit: &'static str| {
-            let mps = median(reps.iter().filter_map(Measurement::msgs_per_s));
+            let mps = med(reps.iter().filter_map(Measurement::msgs_per_s));
             let key = if unit == "msg/s" {
                 "msgs_per_s"
             } else {
                 "calls_per_s"
             };
-            cell(key, unit, Fmt::Rate(unit), Some(mps))
+            cell(key, unit, Fmt::Rate(unit), mps)
         };
         let cpu = |head: &'static str| {
             let all: Vec<f64> = reps.iter().filter_map(Measurement::cpu_per_msg).collect();
             let parts: Vec<(f64, f64)> = reps.iter().filter_map(Measurement::cpu_parts).collect();
-            let some = |v: f64| (!all.is_empty()).then_some(v);
             vec![
-                cell(
-                    "cpu_ns_per_msg",
-                    head,
-                    Fmt::Nanos,
-                    some(median(all.iter().copied())),
-                ),
+                cell("cpu_ns_per_msg", head, Fmt::Nanos, med(all.iter().copied())),
                 cell(
                     "lead_cpu_ns_per_msg",
                     "",
                     Fmt::Nanos,
-                    some(median(parts.iter().map(|p| p.0))),
+                    med(parts.iter().map(|p| p.0)),
                 ),
                 cell(
                     "peer_cpu_ns_per_msg",
                     "",
                     Fmt::Nanos,
-                    some(median(parts.iter().map(|p| p.1))),
+                    med(parts.iter().map(|p| p.1)),
                 ),
             ]
         };
@@ -1085,11 +870,11 @@ impl Runs<'_> {
             }
             Workload::Stream => {
                 row.group = Group::Stream;
-                let bps = median(reps.iter().filter_map(Measurement::bytes_per_s));
+                let bps = med(reps.iter().filter_map(Measurement::bytes_per_s));
                 row.cells = vec![
                     cell("size", "size", Fmt::Size, Some(c.size as f64)),
                     rate("msg/s"),
-                    cell("gb_per_s", "GB/s", Fmt::GBps, Some(bps / 1e9)),
+                    cell("gb_per_s", "GB/s", Fmt::GBps, bps.map(|b| b / 1e9)),
                     cell("messages_per_rep", "", Fmt::Count, Some(c.total as f64)),
                 ];
                 row.cells.extend(cpu("CPU/msg"));
@@ -1158,7 +943,7 @@ impl Runs<'_> {
     /// The row of a ratio, if both of its cases ran.
     fn ratio_row(&self, spec: &'static RatioSpec, rows: &[Row]) -> Option<Row> {
         let per_rep = self.per_rep(spec.num, spec.den, spec.metric)?;
-        let value = median(per_rep.iter().copied());
+        let value = med(per_rep.iter().copied())?;
         let group = if spec.bound.is_some() {
             Group::Targets
         } else {
@@ -1194,6 +979,11 @@ impl Runs<'_> {
         }
         Some(row)
     }
+}
+
+/// The median of some values (`None` for none), by `shmrpc_harness::median`.
+fn med(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    shmrpc_harness::median(&values.into_iter().collect::<Vec<_>>())
 }
 
 fn ratio_label(spec: &RatioSpec) -> String {

@@ -20,6 +20,8 @@
 
 mod endpoint;
 mod handshake;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::sync::Arc;

@@ -264,10 +264,13 @@ impl Consumer {
 
     #[inline]
     fn payload(&self, at: Located) -> &[u8] {
-        let ptr = self.mem.bytes_ptr(at.off + RECORD_HEADER, at.len);
         // SAFETY: `locate` validated that the record (header + padded payload) lies inside
-        // the data area; the producer does not touch it until we release past `at.next`,
-        // which cannot happen while this borrow of `self` lives. (A hostile producer could
+        // the data area, so `off + RECORD_HEADER + len <= capacity`.
+        let ptr = unsafe { self.mem.bytes_ptr(at.off + RECORD_HEADER, at.len) };
+        // SAFETY: inside the data area (above); the producer does not touch the record
+        // until we release past `at.next`, which cannot happen while this borrow of `self`
+        // lives, and it is the ring's only producer in this process (attach claim and
+        // registry). (A hostile producer could
         // still write these bytes: they are shared memory it maps. We never derive an index
         // from payload bytes, so that can garble the data but not our memory safety.)
         unsafe { std::slice::from_raw_parts(ptr, at.len) }

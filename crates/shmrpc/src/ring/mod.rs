@@ -497,7 +497,9 @@ mod in_segment {
     ///     ring::init(s, 0, cap).map_err(|e| e.to_string())
     /// })?);
     /// // The header names a producer of process 4242, which died without detaching.
-    /// seg.atomic_u64(400).unwrap().store(4242 << 32 | 1, Ordering::Relaxed);
+    /// // SAFETY: the claim word is only ever accessed atomically.
+    /// let claim = unsafe { seg.atomic_u64(400) }.unwrap();
+    /// claim.store(4242 << 32 | 1, Ordering::Relaxed);
     /// let e = ring::producer(&seg, 0, cap).unwrap_err();
     /// assert!(matches!(e, AttachError::AlreadyAttached { holder_pid: 4242, .. }));
     /// // SAFETY: process 4242 is gone (here it never existed) and never touches the ring.

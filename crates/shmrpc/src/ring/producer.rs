@@ -490,24 +490,32 @@ impl<'a> WriteGrant<'a> {
 impl Deref for WriteGrant<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        let ptr = self
-            .producer
-            .mem
-            .bytes_ptr(self.off + RECORD_HEADER, self.len);
-        // SAFETY: `try_reserve` checked that the record lies inside the data area and
-        // that the consumer has released it (it is between read_pos + capacity and our
-        // write position), so nobody else reads or writes these bytes until we publish; the
-        // slice borrows the grant, which borrows the producer, which keeps the memory alive.
+        // SAFETY: `try_reserve` checked that the record (header + payload) lies inside the
+        // data area, so `off + RECORD_HEADER + len <= capacity`.
+        let ptr = unsafe {
+            self.producer
+                .mem
+                .bytes_ptr(self.off + RECORD_HEADER, self.len)
+        };
+        // SAFETY: the bytes are in the data area (above) and the consumer has released them
+        // (they lie between read_pos + capacity and our write position). No other handle
+        // in this process reaches them: this is the ring's only producer (its attach claim
+        // and this process's registry refuse a second one), the consumer does not look at
+        // them before we publish, and raw `Segment` access is `unsafe` with a contract that
+        // excludes them. The slice borrows the grant, which borrows the producer, which
+        // keeps the memory alive.
         unsafe { std::slice::from_raw_parts(ptr, self.len) }
     }
 }
 
 impl DerefMut for WriteGrant<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        let ptr = self
-            .producer
-            .mem
-            .bytes_ptr(self.off + RECORD_HEADER, self.len);
+        // SAFETY: as in `deref`: the record lies inside the data area.
+        let ptr = unsafe {
+            self.producer
+                .mem
+                .bytes_ptr(self.off + RECORD_HEADER, self.len)
+        };
         // SAFETY: as in `deref`; the range is exclusively ours until published, and the
         // `&mut self` borrow makes this the only slice.
         unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }

@@ -142,6 +142,9 @@ enum Event {
 enum Target {
     Shm(String),
     Tcp(SocketAddr),
+    /// An in-memory transport handed in by a unit test (it cannot be redialled).
+    #[cfg(test)]
+    Mem,
 }
 
 /// What a call in flight waits for.
@@ -377,6 +380,27 @@ impl Client {
         Ok(c)
     }
 
+    /// A client over an in-memory transport (unit tests).
+    #[cfg(test)]
+    pub(crate) fn over(tx: FrameTx, rx: FrameRx, cfg: ClientConfig) -> Self {
+        let conn = Arc::new(Conn {
+            tx: tokio::sync::Mutex::new(tx),
+            pending: Mutex::default(),
+            alive: AtomicBool::new(true),
+            shut: tokio_util::sync::CancellationToken::new(),
+        });
+        tokio::spawn(read_loop(conn.clone(), rx, cfg.heartbeat));
+        Self {
+            inner: Arc::new(Inner {
+                target: Target::Mem,
+                cfg,
+                current: Mutex::new(Some(conn)),
+                dialing: tokio::sync::Mutex::new(()),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
     /// The current connection if it is alive.
     fn live(&self) -> Option<Arc<Conn>> {
         let current = self.inner.current.lock().expect("poisoned");
@@ -421,6 +445,13 @@ impl Client {
     async fn dial(&self) -> Result<Arc<Conn>, ConnectError> {
         let cfg = &self.inner.cfg;
         let (tx, rx) = match &self.inner.target {
+            #[cfg(test)]
+            Target::Mem => {
+                return Err(RpcError::new(
+                    Code::Unavailable,
+                    "an in-memory connection cannot be redialled",
+                ))
+            }
             Target::Shm(name) => {
                 let (n, ch) = (name.clone(), cfg.channel.clone());
                 let ep = tokio::task::spawn_blocking(move || channel::connect(&n, &ch))
@@ -842,15 +873,10 @@ async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
         };
         let (h, payload) = match frame {
             Ok(f) => f,
-            Err(super::transport::TransportError::TooLarge {
-                call_id, message, ..
-            }) => {
+            Err(e @ super::transport::TransportError::TooLarge { call_id, .. }) => {
                 // Only that call fails; the connection goes on.
                 silence.heard();
-                conn.deliver(
-                    call_id,
-                    Event::Error(RpcError::new(Code::TooLarge, message)),
-                );
+                conn.deliver(call_id, Event::Error(RpcError::from(e)));
                 continue;
             }
             Err(e) => break e.into(),
@@ -886,3 +912,7 @@ async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
     };
     conn.fail_all(&end);
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

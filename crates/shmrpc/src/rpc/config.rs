@@ -60,7 +60,9 @@ use crate::ring::{MAX_CAPACITY, MIN_CAPACITY};
 pub struct ServerConfig {
     /// Ring sizes and wait strategy of each accepted connection.
     pub channel: ChannelConfig,
-    /// Calls in flight per connection before the server stops reading it (backpressure).
+    /// Calls running at once per connection. Up to as many more requests wait, in arrival
+    /// order, for one to finish; past that the server stops reading the connection, so the
+    /// ring fills and the client's sends wait (backpressure).
     pub max_in_flight: usize,
     /// Largest message accepted or sent (default 16 MiB).
     pub max_message: usize,

@@ -7,8 +7,9 @@
 //! - Cancellation: dropping a call (or its stream) sends `Cancel`; the handler sees it on
 //!   [`CallContext::cancelled`]. A client's death cancels all its calls.
 //! - Deadlines per call, enforced on both sides.
-//! - Bounded concurrency per connection: when it is reached the server stops reading that
-//!   connection, so the ring fills and the client waits (backpressure, not a queue).
+//! - Bounded concurrency per connection: past the limit requests wait in a queue of the
+//!   same length; when that is full too the server stops reading that connection, so the
+//!   ring fills and the client waits (backpressure).
 //! - Heartbeats; graceful shutdown that finishes in-flight calls.
 //! - Errors carry a [`Code`].
 //!
@@ -291,9 +292,11 @@ fn split_deadline(payload: &[u8]) -> Option<(Option<std::time::Duration>, &[u8])
     Some((d, &payload[DEADLINE_PREFIX..]))
 }
 
-/// Hashes call ids (sequential numbers this side chose) with one multiplication instead of
-/// SipHash: a call map is touched several times per call. Ids that arrive from the peer are
-/// only looked up, never inserted, so a hostile peer cannot grow a map with chosen keys.
+/// Hashes call ids with one multiplication instead of SipHash: a call map is touched several
+/// times per call. The client's map holds ids it chose; the server's map of running calls
+/// holds the client's ids, but at most one entry per concurrency permit (`max_in_flight`),
+/// and a request reusing an id in flight is refused, so a hostile peer can neither grow it
+/// nor overwrite an entry (chosen colliding keys slow only its own connection).
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
 
