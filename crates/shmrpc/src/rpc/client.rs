@@ -447,10 +447,9 @@ impl Client {
         let (tx, rx) = match &self.inner.target {
             #[cfg(test)]
             Target::Mem => {
-                return Err(RpcError::new(
-                    Code::Unavailable,
+                return Err(ConnectError::Runtime(std::io::Error::other(
                     "an in-memory connection cannot be redialled",
-                ))
+                )))
             }
             Target::Shm(name) => {
                 let (n, ch) = (name.clone(), cfg.channel.clone());
