@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use shmrpc::frame::{encode, FrameHeader, Kind, FLAG_MORE};
+use shmrpc::lowlevel::frame::{encode, FrameHeader, Kind, FLAG_MORE};
 use shmrpc_fuzz::frame::{encode_reassemble, Step};
 use shmrpc_fuzz::hello::hello_bytes;
 use shmrpc_fuzz::ring::{Op, Pre, RingInput};

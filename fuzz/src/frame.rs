@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use shmrpc::frame::{
+use shmrpc::lowlevel::frame::{
     decode, decode_header, encode, encode_into, encode_parts_into, fragments, FrameError,
     FrameHeader, Kind, Reassembler, ReassemblyError, FLAG_MORE, FRAME_HEADER_LEN, FRAME_MAGIC,
     FRAME_VERSION,

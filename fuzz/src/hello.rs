@@ -2,7 +2,7 @@
 //! the server's 32-byte hello.
 
 use shmrpc::channel::{ConnectError, Hello, HANDSHAKE_VERSION};
-use shmrpc::ring::{MAX_CAPACITY, MIN_CAPACITY};
+use shmrpc::lowlevel::ring::{MAX_CAPACITY, MIN_CAPACITY};
 
 /// The hello a server sends for rings of `cap0` and `cap1` bytes (for seeds and tests).
 pub fn hello_bytes(version: u32, side: u32, cap0: u64, cap1: u64) -> Vec<u8> {
@@ -42,7 +42,7 @@ pub fn hello_parse(data: &[u8]) {
                 assert!(ring_capacity_ok(c));
                 // The capacity must be usable as a ring size on this machine.
                 assert!(usize::try_from(c).is_ok());
-                assert!(shmrpc::ring::valid_capacity(c));
+                assert!(shmrpc::lowlevel::ring::valid_capacity(c));
             }
         }
         Err(ConnectError::BadHello(msg)) => {

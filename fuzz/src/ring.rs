@@ -25,12 +25,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use shmrpc::ring::{
+use shmrpc::lowlevel::ring::{
     self, record_size, AttachError, Consumer, CorruptError, PeekError, Producer, ReserveError,
     Spinner, WaitError, WaitStrategy, MAX_POSITION, RECORD_HEADER, RING_HEADER_SIZE, RING_MAGIC,
     RING_VERSION,
 };
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::sys::Segment;
 
 use crate::{Cursor, Writer};
 
@@ -402,28 +402,30 @@ struct Harness {
     meta: [u8; META_LEN],
 }
 
+// SAFETY (every raw access below): the harness is single-threaded, and it plays the peer
+// only between operations, when no read or write grant of its ends is alive, so no slice
+// of this process covers the bytes and no ring access runs meanwhile.
+#[allow(unsafe_code)]
 impl Harness {
     fn ring_read(&self, off: usize, len: usize) -> Vec<u8> {
         let mut v = vec![0u8; len];
-        self.seg
-            .read_bytes(RING_OFF + off, &mut v)
-            .expect("in bounds");
+        // SAFETY: see above the impl.
+        unsafe { self.seg.read_bytes(RING_OFF + off, &mut v) }.expect("in bounds");
         v
     }
     fn ring_write(&self, off: usize, bytes: &[u8]) {
-        self.seg
-            .write_bytes(RING_OFF + off, bytes)
-            .expect("in bounds");
+        // SAFETY: see above the impl.
+        unsafe { self.seg.write_bytes(RING_OFF + off, bytes) }.expect("in bounds");
     }
     fn w64(&self, off: usize) -> u64 {
-        self.seg
-            .atomic_u64(RING_OFF + off)
+        // SAFETY: see above the impl.
+        unsafe { self.seg.atomic_u64(RING_OFF + off) }
             .expect("aligned")
             .load(Ordering::SeqCst)
     }
     fn w32(&self, off: usize) -> u32 {
-        self.seg
-            .atomic_u32(RING_OFF + off)
+        // SAFETY: see above the impl.
+        unsafe { self.seg.atomic_u32(RING_OFF + off) }
             .expect("aligned")
             .load(Ordering::SeqCst)
     }
@@ -437,7 +439,8 @@ impl Harness {
     /// Nothing outside the ring changed, nor the meta words.
     fn check_memory(&self) {
         let mut before = vec![0u8; RING_OFF];
-        self.seg.read_bytes(0, &mut before).unwrap();
+        // SAFETY: see above the impl.
+        unsafe { self.seg.read_bytes(0, &mut before) }.unwrap();
         // Slice comparisons (one memcmp), not a per-byte loop: the fuzzer instruments
         // every comparison, and this runs after every operation.
         const GUARD: [u8; SEG_SIZE] = [FILL; SEG_SIZE];
@@ -447,7 +450,8 @@ impl Harness {
         );
         let end = RING_OFF + RING_HEADER_SIZE + self.cap;
         let mut after = vec![0u8; SEG_SIZE - end];
-        self.seg.read_bytes(end, &mut after).unwrap();
+        // SAFETY: see above the impl.
+        unsafe { self.seg.read_bytes(end, &mut after) }.unwrap();
         assert!(
             after[..] == GUARD[..after.len()],
             "bytes after the data area were written"
@@ -958,17 +962,20 @@ impl Harness {
 }
 
 /// Target `ring_reader` (see the module docs). Input: [`RingInput::encode`]'s format.
+#[allow(unsafe_code)]
 pub fn ring_reader(data: &[u8]) {
     let input = RingInput::decode(data);
     let seg = segment();
     let cap = 128usize << (input.cap_sel % 4);
-    seg.write_bytes(0, &[FILL; SEG_SIZE]).unwrap();
+    // SAFETY: single-threaded, and no ring end of the previous input is still attached
+    // (the harness dropped them), so nothing else accesses the segment.
+    unsafe { seg.write_bytes(0, &[FILL; SEG_SIZE]) }.unwrap();
     // The data area starts zeroed, as a fresh memfd's.
-    seg.write_bytes(RING_OFF + RING_HEADER_SIZE, &[0; MAX_CAP][..cap])
-        .unwrap();
+    // SAFETY: as above.
+    unsafe { seg.write_bytes(RING_OFF + RING_HEADER_SIZE, &[0; MAX_CAP][..cap]) }.unwrap();
     ring::init(seg, RING_OFF, cap).expect("ring fits");
-    let base = seg
-        .atomic_u64(RING_OFF + RING_HEADER_SIZE)
+    // SAFETY: only the address is taken; the word is not accessed through it.
+    let base = unsafe { seg.atomic_u64(RING_OFF + RING_HEADER_SIZE) }
         .map(|a| a as *const _ as usize)
         .unwrap();
     let mut h = Harness {

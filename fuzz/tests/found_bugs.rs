@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use shmrpc::ring::{self, ring_size, PeekError, ReserveError};
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::ring::{self, ring_size, PeekError, ReserveError};
+use shmrpc::lowlevel::sys::Segment;
 
 const CAP: usize = 256;
 
@@ -14,8 +14,11 @@ const CAP: usize = 256;
 fn ring_at(pos: u64) -> Arc<Segment> {
     let seg = Arc::new(Segment::anonymous(ring_size(CAP), 0, |_| Ok(())).unwrap());
     ring::init(&seg, 0, CAP).unwrap();
-    seg.write_bytes(128, &pos.to_le_bytes()).unwrap(); // write_pos
-    seg.write_bytes(256, &pos.to_le_bytes()).unwrap(); // read_pos
+    // SAFETY: nothing is attached to the ring yet and this thread is its only user.
+    unsafe {
+        seg.write_bytes(128, &pos.to_le_bytes()).unwrap(); // write_pos
+        seg.write_bytes(256, &pos.to_le_bytes()).unwrap(); // read_pos
+    }
     seg
 }
 

@@ -352,7 +352,7 @@ fn our_leftovers(env: &RunEnv) -> Vec<PathBuf> {
             }
         }
     }
-    if let Ok(dir) = shmrpc::sys::names::runtime_dir() {
+    if let Ok(dir) = shmrpc::lowlevel::sys::names::runtime_dir() {
         let p = sys::shm::name_prefix(env);
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.flatten() {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use shmrpc::channel::{Endpoint, TryRecvError, TrySendError};
 
 use super::raw::{stamp, stamped};
-use super::watchdog::Watchdog;
+use shmrpc_harness::Deadline;
 
 /// Records the producer commits (deferred) before one `notify`.
 pub const STREAM_BATCH: usize = 32;
@@ -22,14 +22,14 @@ pub const STREAM_READ_BYTES: usize = 32 << 10;
 
 /// Records per `recv_batch` for messages of `size` bytes, at most `bytes` per batch.
 pub fn read_max(size: usize, bytes: usize) -> usize {
-    (bytes / shmrpc::ring::record_size(size)).clamp(1, STREAM_READ_MAX)
+    (bytes / shmrpc::lowlevel::ring::record_size(size)).clamp(1, STREAM_READ_MAX)
 }
 
-/// Size of the round-trip messages of issue 2 (the 64 B cases).
+/// Size of the smallest round-trip messages (the 64 B cases).
 pub const RTT_SIZE: usize = 64;
 
 /// Buffers of the round trips: a fixed array for the 64 B cases, so the copies compile to
-/// a few moves as in issue 2's measurement and in the record-ring baseline (a `Vec` of
+/// a few moves as in the record-ring baseline (a `Vec` of
 /// run-time length costs a `memcpy` call per copy, ~15 % of a 64 B round trip).
 trait Buf: AsRef<[u8]> + AsMut<[u8]> {}
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Buf for B {}
@@ -173,7 +173,7 @@ async fn rtt_echo_async_in(ep: &mut Endpoint, mut buf: impl Buf, total: u64) -> 
 /// [`STREAM_BATCH`] whether the consumer sleeps (`notify`). Spins while the ring is full.
 /// Returns the time until the consumer reported that it had everything.
 pub fn stream_lead(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<Duration> {
-    let mut wd = Watchdog::new("channel stream", Duration::from_secs(60));
+    let mut wd = Deadline::new("channel stream", Duration::from_secs(60));
     let mut src = vec![0xA5u8; size];
     let mut i = 0u64;
     let t0 = Instant::now();

@@ -13,11 +13,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use serde_json::{json, Value};
-use shmrpc::rpc::CallOptions;
+use shmrpc::CallOptions;
 
 use super::rpc;
-use crate::child::{Control, Peer};
+use crate::child::{spawn_self, Control};
 use crate::PEER_SUBCOMMAND;
 
 /// Connections of the idle case.
@@ -148,29 +147,6 @@ impl IdleResult {
     pub fn per_conn_kib(&self) -> f64 {
         self.rss.total.saturating_sub(self.rss_empty.total) as f64 / self.connections.max(1) as f64
     }
-
-    /// As JSON.
-    pub fn to_json(&self) -> Value {
-        let rss = |r: &Rss| json!({"vm_rss_kib": r.total, "rss_anon_kib": r.anon, "rss_file_kib": r.file, "rss_shmem_kib": r.shmem});
-        json!({
-            "id": ID,
-            "connections": self.connections,
-            "server_rss_kib": self.rss.total,
-            "server_rss_bytes": self.rss.total * 1024,
-            "server_rss_per_connection_kib": self.per_conn_kib(),
-            "server_rss_empty_kib": self.rss_empty.total,
-            "server_memory": rss(&self.rss),
-            "server_memory_empty": rss(&self.rss_empty),
-            "server_fds": self.fds,
-            "server_fds_empty": self.fds_empty,
-            "idle_interval_s": self.interval.as_secs_f64(),
-            "server_cpu_percent": self.cpu_percent,
-            "server_cpu_percent_stat": self.cpu_percent_stat,
-            "clock_ticks_per_s": self.ticks_per_s,
-            "client_process_cpu_percent": self.client_cpu_percent,
-            "connect_s": self.connect_s,
-        })
-    }
 }
 
 /// Runs the idle case: starts the server process (pinned to `cpu`), connects the clients
@@ -191,17 +167,18 @@ pub fn measure(
     if let Some(c) = cpu {
         args.extend(["--cpu".to_owned(), c.to_string()]);
     }
-    let mut server = Peer::spawn(&args)?;
+    let mut server = spawn_self(&args)?;
     server.expect("ready", Duration::from_secs(30))?;
     let r = measure_server(rt, name, server.pid(), interval);
     // Stop the server gracefully whatever happened, so that it removes its socket file.
-    let stopped = server.send("quit").and_then(|()| {
-        let status = server.wait_exit(Duration::from_secs(30))?;
+    let stopped = (|| -> anyhow::Result<()> {
+        server.send("quit")?;
+        let status = server.finish(Duration::from_secs(30))?;
         if !status.success() {
             bail!("the idle server exited with {status}");
         }
         Ok(())
-    });
+    })();
     let r = r?;
     stopped?;
     Ok(r)
@@ -274,7 +251,7 @@ fn measure_server(
 
 /// Where the idle server's socket file is (as `channel::Listener` names it).
 pub fn socket_path(name: &str) -> PathBuf {
-    shmrpc::sys::names::runtime_dir()
+    shmrpc::lowlevel::sys::names::runtime_dir()
         .map(|d| d.join(format!("{name}.sock")))
         .unwrap_or_default()
 }
@@ -284,9 +261,9 @@ pub fn socket_path(name: &str) -> PathBuf {
 pub fn serve(name: &str) -> anyhow::Result<()> {
     let unused = std::env::temp_dir().join(format!("shmrpc-idle-{}.unused", std::process::id()));
     let mut server = rpc::Running::start(rpc::ServerKind::SpinThenPark, name, &unused)?;
-    let mut ctl = Control::new();
-    ctl.send("ready")?;
-    match ctl.next_line()?.as_deref() {
+    let mut ctl = Control::new("");
+    ctl.say("ready")?;
+    match ctl.next_command()?.as_deref() {
         Some("quit") | None => server.stop(),
         Some(other) => bail!("idle server: unexpected {other:?}"),
     }

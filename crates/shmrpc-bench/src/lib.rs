@@ -16,7 +16,9 @@
 //! every channel case runs between baselines measured moments apart. Figures are medians
 //! over rounds, and every ratio is the median of the per-round ratios: the ratios are the
 //! result; absolute figures on a shared 2-vCPU guest swing by 5–30 % between runs.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: the raw baselines (raw.rs) allow it for their shared-memory
+// accesses.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod chan;
@@ -32,7 +34,6 @@ mod report;
 mod rpc;
 pub mod stats;
 mod svg;
-mod watchdog;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -42,9 +43,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener};
-use shmrpc::sys::{names, Segment};
+use shmrpc::lowlevel::sys::{names, Segment};
 
-use child::{Control, Peer};
+use child::{rest, spawn_self, ChildProcess, Control};
 use link::Link;
 use machine::Machine;
 use protocol::{Chan, Cmd, Mode, RingKind};
@@ -196,8 +197,6 @@ pub(crate) struct Case {
     pub label: String,
     /// Mode name for the JSON.
     pub mode: &'static str,
-    /// Whether this is shmrpc or a baseline.
-    pub baseline: bool,
     /// What it is, for the JSON and the chart: `shmrpc`, `shmrpc-rpc`, `floor`,
     /// `baseline`, `uds`, `uds-tokio`, `pipe`, `tcp`.
     pub system: &'static str,
@@ -360,7 +359,7 @@ impl Plan {
             ("--big-ring", args.big_ring),
             ("--rtt-big-ring", args.rtt_big_ring),
         ] {
-            if !shmrpc::ring::valid_capacity(v as u64) {
+            if !shmrpc::lowlevel::ring::valid_capacity(v as u64) {
                 bail!("{what} {v}: not a valid ring capacity (a power of two, at least 128)");
             }
         }
@@ -400,7 +399,7 @@ impl Plan {
         for c in &plan.cases {
             if let Transport::Channel { chan } = c.transport {
                 let cap = plan.capacity(chan.ring);
-                let need = shmrpc::ring::record_size(c.size)
+                let need = shmrpc::lowlevel::ring::record_size(c.size)
                     * if c.workload == Workload::Stream { 2 } else { 1 };
                 if need > cap {
                     bail!(
@@ -487,7 +486,6 @@ fn push_rtt(cases: &mut Vec<Case>, div: u64, r: RttSpec) {
         id: format!("rtt.{}", r.id),
         label: r.label,
         mode: r.mode,
-        baseline: !matches!(r.transport, Transport::Channel { .. }),
         system: r.system,
         series: r.series,
         workload: Workload::RoundTrip,
@@ -671,7 +669,6 @@ fn stream_cases(cases: &mut Vec<Case>, div: u64, args: &BenchOptions, copy_slots
             id: format!("stream.{id}"),
             label,
             mode,
-            baseline: !matches!(transport, Transport::Channel { .. }),
             system,
             series: Some(series.to_owned()),
             workload: Workload::Stream,
@@ -795,7 +792,6 @@ fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
             id: format!("rpc.{id}"),
             label,
             mode,
-            baseline,
             system: if baseline { "uds-tokio" } else { "shmrpc-rpc" },
             series: None,
             workload,
@@ -896,7 +892,7 @@ struct Lead {
     seg: Segment,
     eps: Vec<(Chan, Endpoint)>,
     links: link::Links,
-    peer: Peer,
+    peer: ChildProcess,
     rt: tokio::runtime::Runtime,
     copy_slots: usize,
     read_bytes: usize,
@@ -913,14 +909,12 @@ struct CaseGuard {
 }
 
 impl CaseGuard {
-    fn arm(peer_pid: u32) -> Self {
+    fn arm(peer: shmrpc_harness::KillHandle) -> Self {
         let (tx, rx) = mpsc::channel::<()>();
         std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CASE_LIMIT) {
                 eprintln!("shmrpc bench: a case took over {CASE_LIMIT:?}; killing the peer");
-                if let Some(pid) = rustix::process::Pid::from_raw(peer_pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+                peer.kill();
             }
         });
         Self { _disarm: tx }
@@ -946,7 +940,7 @@ impl Lead {
 
     /// Runs one case: resets the baseline words, tells the peer, leads, collects.
     fn run_case(&mut self, case: &Case) -> anyhow::Result<Measurement> {
-        let _guard = CaseGuard::arm(self.peer.pid());
+        let _guard = CaseGuard::arm(self.peer.kill_handle());
         if matches!(
             case.workload,
             Workload::Call | Workload::Pipelined | Workload::Reconnect
@@ -1028,7 +1022,7 @@ impl Lead {
             }
         };
         let lead_ns = idle::process_cpu_ns().saturating_sub(cpu0);
-        let answer = self.peer.expect("done", PEER_TIMEOUT)?;
+        let answer = rest(&self.peer.expect("done", PEER_TIMEOUT)?, "done");
         let peer_ns = parse_done(&case.id, &answer)?;
         if let Measurement::Rate { cpu, .. } = &mut m {
             *cpu = Some(Cpu { lead_ns, peer_ns });
@@ -1039,7 +1033,7 @@ impl Lead {
     /// The peer's CPU time so far (during an RPC case), ns.
     fn peer_cpu(&mut self) -> anyhow::Result<u64> {
         self.peer.send("cpu")?;
-        let a = self.peer.expect("cpu", PEER_TIMEOUT)?;
+        let a = rest(&self.peer.expect("cpu", PEER_TIMEOUT)?, "cpu");
         a.parse().context("the peer's CPU time")
     }
 
@@ -1062,7 +1056,7 @@ impl Lead {
             _ => bail!("{}: not an RPC transport", case.id),
         };
         self.peer.send(&cmd.to_string())?;
-        self.peer.expect("ready", PEER_TIMEOUT)?;
+        rest(&self.peer.expect("ready", PEER_TIMEOUT)?, "ready");
         let (name, uds) = (self.rpc_name.clone(), self.uds.clone());
         let m = match (case.transport, case.workload) {
             (Transport::Rpc { park, conns }, w) => {
@@ -1103,12 +1097,12 @@ impl Lead {
                 let mut samples = Vec::new();
                 for _ in 0..total {
                     self.peer.send("restart")?;
-                    self.peer.expect("down", PEER_TIMEOUT)?;
+                    rest(&self.peer.expect("down", PEER_TIMEOUT)?, "down");
                     let (done, bound) = if early {
                         let done = self.rt.block_on(rpc::call_until_ok(&client))?;
-                        (done, self.peer.expect("up", PEER_TIMEOUT)?)
+                        (done, rest(&self.peer.expect("up", PEER_TIMEOUT)?, "up"))
                     } else {
-                        let bound = self.peer.expect("up", PEER_TIMEOUT)?;
+                        let bound = rest(&self.peer.expect("up", PEER_TIMEOUT)?, "up");
                         (self.rt.block_on(rpc::call_until_ok(&client))?, bound)
                     };
                     let bound: u64 = bound.parse().context("the peer's bind time")?;
@@ -1120,7 +1114,7 @@ impl Lead {
             _ => bail!("{}: not an RPC transport", case.id),
         };
         self.peer.send("rpc-stop")?;
-        let answer = self.peer.expect("done", PEER_TIMEOUT)?;
+        let answer = rest(&self.peer.expect("done", PEER_TIMEOUT)?, "done");
         parse_done(&case.id, &answer)?;
         Ok(m)
     }
@@ -1145,17 +1139,17 @@ fn with_cpu(m: Measurement, lead_ns: u64, peer_ns: u64) -> Measurement {
 fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> anyhow::Result<u64> {
     let (name, uds) = (format!("{prefix}-rpc"), rpc::uds_path(prefix));
     let mut server = rpc::Running::start(kind, &name, &uds)?;
-    ctl.send("ready")?;
+    ctl.say("ready")?;
     loop {
-        match ctl.next_line()?.as_deref() {
+        match ctl.next_command()?.as_deref() {
             Some("rpc-stop") => break,
-            Some("cpu") => ctl.send(&format!("cpu {}", idle::process_cpu_ns()))?,
+            Some("cpu") => ctl.say(&format!("cpu {}", idle::process_cpu_ns()))?,
             Some("restart") => {
                 server.stop()?;
-                ctl.send("down")?;
+                ctl.say("down")?;
                 std::thread::sleep(rpc::RESTART_GAP);
                 server = rpc::Running::start(kind, &name, &uds)?;
-                ctl.send(&format!("up {}", server.bound_at))?;
+                ctl.say(&format!("up {}", server.bound_at))?;
             }
             Some(other) => bail!("unexpected {other:?} during an RPC case"),
             None => bail!("the control pipe closed during an RPC case"),
@@ -1280,7 +1274,7 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
     if let Some((_, theirs)) = cpus {
         peer_args.extend(["--cpu".to_owned(), theirs.to_string()]);
     }
-    let mut peer = match Peer::spawn(&peer_args) {
+    let mut peer = match spawn_self(&peer_args) {
         Ok(p) => p,
         Err(e) => {
             drop(listeners);
@@ -1379,7 +1373,7 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
     }
 
     lead.peer.send(&Cmd::Quit.to_string())?;
-    let status = lead.peer.wait_exit(Duration::from_secs(10))?;
+    let status = lead.peer.finish(Duration::from_secs(10))?;
     if !status.success() {
         bail!("the peer process exited with {status}");
     }
@@ -1471,9 +1465,9 @@ pub fn peer(args: &PeerOptions) -> anyhow::Result<()> {
     };
     let mut links = link::connect(sock, port, &rt)?;
     idle::raise_fd_limit();
-    let mut ctl = Control::new();
-    ctl.send("ready")?;
-    while let Some(line) = ctl.next_line()? {
+    let mut ctl = Control::new("");
+    ctl.say("ready")?;
+    while let Some(line) = ctl.next_command()? {
         let cmd: Cmd = line.parse()?;
         let cpu0 = idle::process_cpu_ns();
         let bad = match cmd {
@@ -1516,7 +1510,7 @@ pub fn peer(args: &PeerOptions) -> anyhow::Result<()> {
             }
         };
         let cpu = idle::process_cpu_ns().saturating_sub(cpu0);
-        ctl.send(&format!("done {bad} {cpu}"))?;
+        ctl.say(&format!("done {bad} {cpu}"))?;
     }
     // End of file without "quit": the lead is gone.
     bail!("the control pipe closed before \"quit\"")

@@ -199,7 +199,7 @@ impl Accepted {
         // to_peer: we write, the peer reads; from_peer: the peer writes, we read.
         let (to_peer_r, to_peer_w) = rustix::pipe::pipe().context("pipe")?;
         let (from_peer_r, from_peer_w) = rustix::pipe::pipe().context("pipe")?;
-        shmrpc::sys::fdpass::send_with_fds(
+        shmrpc::lowlevel::sys::fdpass::send_with_fds(
             self.uds.as_fd(),
             b"pipes",
             &[to_peer_r.as_fd(), from_peer_w.as_fd()],
@@ -226,8 +226,8 @@ pub fn connect(path: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyhow::
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
     let mut buf = [0u8; 16];
-    let (n, mut fds) =
-        shmrpc::sys::fdpass::recv_with_fds(uds.as_fd(), &mut buf).context("receiving the pipes")?;
+    let (n, mut fds) = shmrpc::lowlevel::sys::fdpass::recv_with_fds(uds.as_fd(), &mut buf)
+        .context("receiving the pipes")?;
     if &buf[..n] != b"pipes" || fds.len() != 2 {
         bail!(
             "expected two pipe fds, got {} bytes and {} fds",

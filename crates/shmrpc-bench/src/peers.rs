@@ -1,5 +1,5 @@
 //! The figures of the peer-comparison crate (`peers/`, outside the workspace), merged
-//! into the table and the chart with `--peers FILE`.
+//! into the table, the JSON and the chart with `--peers FILE`.
 //!
 //! Its JSON:
 //!
@@ -12,13 +12,14 @@
 //! ```
 //!
 //! A figure may be `null` (a stream has no percentiles); `na` (true, or a reason) marks a
-//! case that system cannot run. The same schema is written by `shmrpc bench --json` under
-//! `"cases"`, so the peers crate and this command speak one format.
+//! case that system cannot run. Its cases become rows of the report (group `peers`, with
+//! the figures in the report's units: `p50_us`, `msgs_per_s`, `gb_per_s`, …) and its
+//! ratios rows beside them.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The `kind` of a peers file.
 pub const KIND: &str = "shmrpc-peers";
@@ -150,35 +151,6 @@ impl PeersFile {
         })
     }
 
-    /// The file as it is echoed in this run's JSON (`"peers"`).
-    pub fn to_json(&self) -> Value {
-        let f = |x: Option<f64>| x.map_or(Value::Null, |v| json!(v));
-        json!({
-            "file": self.path.display().to_string(),
-            "date": self.date,
-            "machine": self.machine,
-            "command": self.command,
-            "cases": self.cases.iter().map(|c| json!({
-                "id": c.id,
-                "system": c.system,
-                "mode": c.mode,
-                "workload": if c.stream { "stream" } else { "rtt" },
-                "size": c.size,
-                "p50_ns": f(c.p50_ns),
-                "p99_ns": f(c.p99_ns),
-                "p999_ns": f(c.p999_ns),
-                "max_ns": f(c.max_ns),
-                "msgs_per_s": f(c.msgs_per_s),
-                "bytes_per_s": f(c.bytes_per_s),
-                "rounds": c.rounds,
-                "na": c.na,
-            })).collect::<Vec<_>>(),
-            "ratios": self.ratios.iter().map(|r| json!({
-                "case": r.case, "baseline": r.baseline, "median": r.median,
-            })).collect::<Vec<_>>(),
-        })
-    }
-
     /// The series name of a peer case in the chart: system and mode, and where from.
     pub fn series(&self, c: &PeerCase) -> String {
         format!(
@@ -266,6 +238,7 @@ pub fn counterpart(mode: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_peers_file_loads_and_bad_ones_are_refused() {

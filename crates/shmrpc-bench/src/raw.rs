@@ -16,15 +16,21 @@
 //! 1024   FLAGS   one u64 per copy-floor buffer, 128 bytes apart
 //! 64 Ki  DATA    SPSC slots or copy-floor buffers
 //! ```
+//!
+//! Raw access to the segment is `unsafe` ([`Segment::atomic_u64`], `write_bytes`, ...): the
+//! private helpers below wrap it, and are sound only because every use in this module
+//! follows the baselines' hand-off protocol (see `write`).
+// The one module of the CLI that touches shared memory directly.
+#![allow(unsafe_code)]
 
 use std::hint::spin_loop;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use shmrpc::sys::{futex, Segment};
+use shmrpc::lowlevel::sys::{futex, Segment};
 
-use super::watchdog::Watchdog;
+use shmrpc_harness::Deadline;
 
 const OFF_PING: usize = 0;
 const OFF_FUTEX: usize = 128;
@@ -56,13 +62,33 @@ pub fn segment_size(data: usize) -> usize {
 }
 
 fn u64_at(seg: &Segment, off: usize) -> anyhow::Result<&AtomicU64> {
-    seg.atomic_u64(off)
+    // SAFETY: the baseline segment holds no ring, and this module accesses its control
+    // and stamp words only atomically (data bytes go through `write`/`read`, never
+    // overlapping a word used here).
+    unsafe { seg.atomic_u64(off) }
         .with_context(|| format!("baseline word at {off} outside the segment"))
 }
 
 fn u32_at(seg: &Segment, off: usize) -> anyhow::Result<&AtomicU32> {
-    seg.atomic_u32(off)
+    // SAFETY: as in `u64_at`.
+    unsafe { seg.atomic_u32(off) }
         .with_context(|| format!("baseline word at {off} outside the segment"))
+}
+
+/// Copies `src` to payload offset `off`. Private to this module, whose every call follows
+/// the hand-off protocol: a side writes a slot or buffer only while it owns it (before the
+/// Release store of the stamp/flag/index that hands it over, or while the peer waits for
+/// its command), and reads one only after the Acquire load that hands it back; so no two
+/// accesses to the same bytes from two threads are ever concurrent.
+fn write(seg: &Segment, off: usize, src: &[u8]) -> Option<()> {
+    // SAFETY: the hand-off protocol above excludes concurrent access to these bytes.
+    unsafe { seg.write_bytes(off, src) }
+}
+
+/// Copies payload bytes at `off` into `dst`; see `write` for why this is sound.
+fn read(seg: &Segment, off: usize, dst: &mut [u8]) -> Option<()> {
+    // SAFETY: as in `write`.
+    unsafe { seg.read_bytes(off, dst) }
 }
 
 /// Clears every control word (the lead does this before each case, while the peer waits
@@ -78,8 +104,7 @@ pub fn reset(seg: &Segment, copy_slots: usize) -> anyhow::Result<()> {
     }
     // Record-ring stamps from an earlier case must not match this case's positions.
     if seg.len() >= OFF_DATA + 2 * REC_RING {
-        seg.write_bytes(OFF_DATA, &vec![0u8; 2 * REC_RING])
-            .context("clearing the record rings")?;
+        write(seg, OFF_DATA, &vec![0u8; 2 * REC_RING]).context("clearing the record rings")?;
     }
     // Release: the peer's first Acquire load of any word then sees all of the above.
     std::sync::atomic::fence(Ordering::Release);
@@ -92,7 +117,7 @@ pub fn prefault(seg: &Segment) -> anyhow::Result<()> {
     let mut off = OFF_DATA;
     while off < seg.len() {
         let n = zeros.len().min(seg.len() - off);
-        seg.write_bytes(off, &zeros[..n]).context("prefault")?;
+        write(seg, off, &zeros[..n]).context("prefault")?;
         off += n;
     }
     Ok(())
@@ -122,7 +147,7 @@ pub fn stamped(buf: &[u8], seq: u64) -> bool {
 /// the peer. Returns the round-trip time of each of the last `total - warm` pings.
 pub fn line_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
     let w = u64_at(seg, OFF_PING)?;
-    let mut wd = Watchdog::new("cache-line ping-pong", Duration::from_secs(60));
+    let mut wd = Deadline::new("cache-line ping-pong", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     for i in 0..total {
         let t0 = Instant::now();
@@ -142,7 +167,7 @@ pub fn line_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u64
 /// The peer side of the cache-line ping-pong.
 pub fn line_echo(seg: &Segment, total: u64) -> anyhow::Result<()> {
     let w = u64_at(seg, OFF_PING)?;
-    let mut wd = Watchdog::for_peer("cache-line ping-pong", Duration::from_secs(120));
+    let mut wd = Deadline::new("cache-line ping-pong", Duration::from_secs(120)).watch_parent();
     for i in 0..total {
         let want = 2 * i + 1;
         while w.load(Ordering::Acquire) != want {
@@ -155,7 +180,7 @@ pub fn line_echo(seg: &Segment, total: u64) -> anyhow::Result<()> {
 }
 
 /// Sleeps on the futex word until it holds `want` (no spinning at all).
-fn futex_await(w: &AtomicU32, want: u32, wd: &mut Watchdog) -> anyhow::Result<()> {
+fn futex_await(w: &AtomicU32, want: u32, wd: &mut Deadline) -> anyhow::Result<()> {
     loop {
         let v = w.load(Ordering::Acquire);
         if v == want {
@@ -169,7 +194,7 @@ fn futex_await(w: &AtomicU32, want: u32, wd: &mut Watchdog) -> anyhow::Result<()
 /// The lead side of the bare futex ping-pong: store, wake, sleep until answered.
 pub fn futex_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
     let w = u32_at(seg, OFF_FUTEX)?;
-    let mut wd = Watchdog::new("futex ping-pong", Duration::from_secs(60));
+    let mut wd = Deadline::new("futex ping-pong", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     for i in 0..total as u32 {
         let t0 = Instant::now();
@@ -186,7 +211,7 @@ pub fn futex_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u6
 /// The peer side of the bare futex ping-pong.
 pub fn futex_echo(seg: &Segment, total: u64) -> anyhow::Result<()> {
     let w = u32_at(seg, OFF_FUTEX)?;
-    let mut wd = Watchdog::for_peer("futex ping-pong", Duration::from_secs(120));
+    let mut wd = Deadline::new("futex ping-pong", Duration::from_secs(120)).watch_parent();
     for i in 0..total as u32 {
         futex_await(w, 2 * i + 1, &mut wd)?;
         w.store(2 * i + 2, Ordering::Release);
@@ -230,14 +255,14 @@ impl<'a> RecRing<'a> {
     }
 
     /// Publishes record `i` (waiting while the ring is full).
-    fn push(&self, i: u64, msg: &[u8], tail: &mut u64, wd: &mut Watchdog) -> anyhow::Result<()> {
+    fn push(&self, i: u64, msg: &[u8], tail: &mut u64, wd: &mut Deadline) -> anyhow::Result<()> {
         while i - *tail >= REC_SLOTS {
             *tail = self.tail.load(Ordering::Acquire);
             spin_loop();
             wd.tick()?;
         }
         let off = self.base + (i % REC_SLOTS) as usize * REC;
-        self.seg.write_bytes(off + 16, msg).context("record")?;
+        write(self.seg, off + 16, msg).context("record")?;
         u64_at(self.seg, off + 8)?.store(msg.len() as u64, Ordering::Relaxed);
         // Release: the payload and length are visible before the stamp.
         u64_at(self.seg, off)?.store(i + 1, Ordering::Release);
@@ -248,7 +273,7 @@ impl<'a> RecRing<'a> {
     }
 
     /// Waits for record `i`, copies it out and releases it.
-    fn pop(&self, i: u64, out: &mut [u8], wd: &mut Watchdog) -> anyhow::Result<()> {
+    fn pop(&self, i: u64, out: &mut [u8], wd: &mut Deadline) -> anyhow::Result<()> {
         let stamp = self.stamp_word(i)?;
         while stamp.load(Ordering::Acquire) != i + 1 {
             spin_loop();
@@ -259,7 +284,7 @@ impl<'a> RecRing<'a> {
         if len != out.len() {
             bail!("record ring: length {len}, expected {}", out.len());
         }
-        self.seg.read_bytes(off + 16, out).context("record")?;
+        read(self.seg, off + 16, out).context("record")?;
         // Release: our copy is done before the producer reuses the slot.
         self.tail.store(i + 1, Ordering::Release);
         if self.fence {
@@ -275,7 +300,7 @@ impl<'a> RecRing<'a> {
 /// adds the SeqCst fence per publish and per release that the wake-up check costs).
 pub fn rec_lead(seg: &Segment, total: u64, warm: u64, fence: bool) -> anyhow::Result<Vec<u64>> {
     let (out, back) = (RecRing::new(seg, 0, fence)?, RecRing::new(seg, 1, fence)?);
-    let mut wd = Watchdog::new("record-ring round trip", Duration::from_secs(60));
+    let mut wd = Deadline::new("record-ring round trip", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     let mut msg = [0x11u8; 64];
     let mut got = [0u8; 64];
@@ -299,7 +324,7 @@ pub fn rec_lead(seg: &Segment, total: u64, warm: u64, fence: bool) -> anyhow::Re
 /// The peer side of the record-ring round trip.
 pub fn rec_echo(seg: &Segment, total: u64, fence: bool) -> anyhow::Result<()> {
     let (inp, back) = (RecRing::new(seg, 0, fence)?, RecRing::new(seg, 1, fence)?);
-    let mut wd = Watchdog::for_peer("record-ring round trip", Duration::from_secs(120));
+    let mut wd = Deadline::new("record-ring round trip", Duration::from_secs(120)).watch_parent();
     let mut buf = [0u8; 64];
     let mut tail = 0;
     for i in 0..total {
@@ -333,21 +358,21 @@ pub fn copy_rtt_lead(
     check_area(seg, copy_rtt_area(size))?;
     let (a, b) = copy_rtt_bufs(size);
     let (fa, fb) = (u64_at(seg, OFF_RTT_A)?, u64_at(seg, OFF_RTT_B)?);
-    let mut wd = Watchdog::new("copy ping-pong", Duration::from_secs(60));
+    let mut wd = Deadline::new("copy ping-pong", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     let mut msg = vec![0x11u8; size];
     let mut back = vec![0u8; size];
     for i in 0..total {
         stamp(&mut msg, i);
         let t0 = Instant::now();
-        seg.write_bytes(a, &msg).context("buffer A")?;
+        write(seg, a, &msg).context("buffer A")?;
         // Release: the buffer is written before the flag says so.
         fa.store(i + 1, Ordering::Release);
         while fb.load(Ordering::Acquire) != i + 1 {
             spin_loop();
             wd.tick()?;
         }
-        seg.read_bytes(b, &mut back).context("buffer B")?;
+        read(seg, b, &mut back).context("buffer B")?;
         let dt = t0.elapsed();
         if !stamped(&back, i) {
             bail!("copy ping-pong: echo {i} came back wrong");
@@ -365,7 +390,7 @@ pub fn copy_rtt_echo(seg: &Segment, size: usize, total: u64) -> anyhow::Result<(
     check_area(seg, copy_rtt_area(size))?;
     let (a, b) = copy_rtt_bufs(size);
     let (fa, fb) = (u64_at(seg, OFF_RTT_A)?, u64_at(seg, OFF_RTT_B)?);
-    let mut wd = Watchdog::for_peer("copy ping-pong", Duration::from_secs(120));
+    let mut wd = Deadline::new("copy ping-pong", Duration::from_secs(120)).watch_parent();
     let mut buf = vec![0u8; size];
     for i in 0..total {
         // Acquire: pairs with the lead's Release store; buffer A is complete.
@@ -373,15 +398,15 @@ pub fn copy_rtt_echo(seg: &Segment, size: usize, total: u64) -> anyhow::Result<(
             spin_loop();
             wd.tick()?;
         }
-        seg.read_bytes(a, &mut buf).context("buffer A")?;
-        seg.write_bytes(b, &buf).context("buffer B")?;
+        read(seg, a, &mut buf).context("buffer A")?;
+        write(seg, b, &buf).context("buffer B")?;
         fb.store(i + 1, Ordering::Release);
     }
     Ok(())
 }
 
 /// Waits (spinning) until the sink reports `total` received; the end of a stream's timing.
-fn await_done(seg: &Segment, total: u64, wd: &mut Watchdog) -> anyhow::Result<()> {
+fn await_done(seg: &Segment, total: u64, wd: &mut Deadline) -> anyhow::Result<()> {
     let done = u64_at(seg, OFF_DONE)?;
     while done.load(Ordering::Acquire) != total {
         spin_loop();
@@ -396,7 +421,7 @@ fn await_done(seg: &Segment, total: u64, wd: &mut Watchdog) -> anyhow::Result<()
 pub fn spsc_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow::Result<Duration> {
     check_area(seg, size * slots)?;
     let (head_w, tail_w) = (u64_at(seg, OFF_HEAD)?, u64_at(seg, OFF_TAIL)?);
-    let mut wd = Watchdog::new("batched SPSC stream", Duration::from_secs(60));
+    let mut wd = Deadline::new("batched SPSC stream", Duration::from_secs(60));
     let mut src = vec![0xA5u8; size];
     let n_slots = slots as u64;
     let (mut head, mut tail) = (0u64, 0u64);
@@ -413,7 +438,7 @@ pub fn spsc_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
             }
             stamp(&mut src, head);
             let off = OFF_DATA + (head % n_slots) as usize * size;
-            seg.write_bytes(off, &src).context("slot out of bounds")?;
+            write(seg, off, &src).context("slot out of bounds")?;
             head += 1;
             k += 1;
         }
@@ -433,7 +458,7 @@ pub fn spsc_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
 pub fn spsc_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow::Result<u64> {
     check_area(seg, size * slots)?;
     let (head_w, tail_w) = (u64_at(seg, OFF_HEAD)?, u64_at(seg, OFF_TAIL)?);
-    let mut wd = Watchdog::for_peer("batched SPSC stream", Duration::from_secs(120));
+    let mut wd = Deadline::new("batched SPSC stream", Duration::from_secs(120)).watch_parent();
     let mut dst = vec![0u8; size];
     let n_slots = slots as u64;
     let mut tail = 0u64;
@@ -452,8 +477,7 @@ pub fn spsc_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
         let end = head.min(tail + SPSC_READ_MAX);
         while tail < end {
             let off = OFF_DATA + (tail % n_slots) as usize * size;
-            seg.read_bytes(off, &mut dst)
-                .context("slot out of bounds")?;
+            read(seg, off, &mut dst).context("slot out of bounds")?;
             errors += u64::from(!stamped(&dst, tail));
             tail += 1;
         }
@@ -471,7 +495,7 @@ pub fn copy_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
     if slots == 0 || slots > MAX_COPY_SLOTS {
         bail!("copy floor: {slots} buffers (1..={MAX_COPY_SLOTS})");
     }
-    let mut wd = Watchdog::new("copy floor", Duration::from_secs(60));
+    let mut wd = Deadline::new("copy floor", Duration::from_secs(60));
     let mut src = vec![0x5Au8; size];
     let t0 = Instant::now();
     for i in 0..total {
@@ -483,8 +507,7 @@ pub fn copy_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
             wd.tick()?;
         }
         stamp(&mut src, i);
-        seg.write_bytes(OFF_DATA + s * size, &src)
-            .context("buffer out of bounds")?;
+        write(seg, OFF_DATA + s * size, &src).context("buffer out of bounds")?;
         // Release: publishes the buffer.
         flag.store(i + 1, Ordering::Release);
     }
@@ -498,7 +521,7 @@ pub fn copy_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
     if slots == 0 || slots > MAX_COPY_SLOTS {
         bail!("copy floor: {slots} buffers (1..={MAX_COPY_SLOTS})");
     }
-    let mut wd = Watchdog::for_peer("copy floor", Duration::from_secs(120));
+    let mut wd = Deadline::new("copy floor", Duration::from_secs(120)).watch_parent();
     let mut dst = vec![0u8; size];
     let mut errors = 0;
     for i in 0..total {
@@ -509,8 +532,7 @@ pub fn copy_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
             spin_loop();
             wd.tick()?;
         }
-        seg.read_bytes(OFF_DATA + s * size, &mut dst)
-            .context("buffer out of bounds")?;
+        read(seg, OFF_DATA + s * size, &mut dst).context("buffer out of bounds")?;
         errors += u64::from(!stamped(&dst, i));
         // Release: our copy is done before the writer reuses the buffer.
         flag.store(0, Ordering::Release);

@@ -1,4 +1,4 @@
-//! The RPC cases (issue 3): unary calls and pipelined calls through `shmrpc::rpc`, beside
+//! The RPC cases: unary calls and pipelined calls through `shmrpc::rpc`, beside
 //! a tokio Unix-socket baseline that moves the same frames (a 32-byte shmrpc frame header,
 //! CRC32C checked, plus the payload), and the time a client takes to reach a restarted
 //! server.
@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use shmrpc::channel::{ChannelConfig, WaitStrategy};
-use shmrpc::frame::{self, FrameHeader, Kind, FRAME_HEADER_LEN};
-use shmrpc::rpc::{method_id, CallOptions, Client, ClientConfig, ServerBuilder, ServerConfig};
+use shmrpc::lowlevel::frame::{self, FrameHeader, Kind, FRAME_HEADER_LEN};
+use shmrpc::rpc::method_id;
+use shmrpc::{CallOptions, Client, ClientConfig, ServerBuilder, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -30,7 +31,7 @@ pub const SIZE: usize = 64;
 pub const PIPELINE: usize = 64;
 /// Connections of the many-connection pipelined cases.
 pub const MANY: usize = 16;
-/// Connections of the most-connections pipelined cases (issue 4).
+/// Connections of the most-connections pipelined cases.
 pub const MANY_MORE: usize = 256;
 /// How long the restarted server stays down before it binds again.
 pub const RESTART_GAP: Duration = Duration::from_millis(50);
@@ -196,12 +197,11 @@ async fn serve(
         }
         ServerKind::SpinThenPark | ServerKind::Park => {
             let wait = wait_of(kind == ServerKind::Park);
-            let cfg = ServerConfig {
-                channel: ChannelConfig::default()
+            let cfg = ServerConfig::default().with_channel(
+                ChannelConfig::default()
                     .with_capacity(64 << 10)
                     .with_wait(wait),
-                ..ServerConfig::default()
-            };
+            );
             let server = ServerBuilder::new(cfg)
                 .unary_raw(METHOD, |_ctx, req| async move { Ok(req) })
                 .bind(name)
@@ -281,10 +281,7 @@ fn header(kind: Kind, call_id: u64) -> FrameHeader {
 
 /// Client settings of an shmrpc case.
 pub fn client_config(park: bool) -> ClientConfig {
-    ClientConfig {
-        channel: ChannelConfig::default().with_wait(wait_of(park)),
-        ..ClientConfig::default()
-    }
+    ClientConfig::default().with_channel(ChannelConfig::default().with_wait(wait_of(park)))
 }
 
 /// Connects `n` clients to `name`.

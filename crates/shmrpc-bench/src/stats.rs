@@ -1,4 +1,7 @@
-//! Percentiles, medians and human-readable figures.
+//! Latency percentiles (nearest rank and medians from `shmrpc_harness`) and
+//! human-readable figures.
+
+use shmrpc_harness::{median, quantile};
 
 /// Latency percentiles of one series of round trips, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -16,22 +19,25 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// Summarises `ns` (round trips in nanoseconds; sorted in place).
+    /// Summarises `ns` (round trips in nanoseconds; sorted in place). With no samples the
+    /// percentiles are NaN (not measured), never a made-up 0.
     pub fn from_nanos(ns: &mut [u64]) -> Self {
         ns.sort_unstable();
-        let us = |i: usize| ns.get(i).copied().unwrap_or(0) as f64 / 1000.0;
+        let us = |q: f64| quantile(ns, q).map_or(f64::NAN, |v| v as f64 / 1000.0);
         Self {
-            p50: us(rank(ns.len(), 0.50)),
-            p99: us(rank(ns.len(), 0.99)),
-            p999: us(rank(ns.len(), 0.999)),
-            max: us(ns.len().saturating_sub(1)),
+            p50: us(0.50),
+            p99: us(0.99),
+            p999: us(0.999),
+            max: us(1.0),
             samples: ns.len(),
         }
     }
 
-    /// The median of each field over several repetitions.
+    /// The median of each field over several repetitions (NaN if there are none).
     pub fn median_of(reps: &[Latency]) -> Self {
-        let m = |f: fn(&Latency) -> f64| median(reps.iter().map(f));
+        let m = |f: fn(&Latency) -> f64| {
+            median(&reps.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+        };
         Self {
             p50: m(|l| l.p50),
             p99: m(|l| l.p99),
@@ -39,29 +45,6 @@ impl Latency {
             max: m(|l| l.max),
             samples: reps.iter().map(|l| l.samples).sum(),
         }
-    }
-}
-
-/// Index of the `q` quantile in a sorted series of `n` (nearest rank).
-fn rank(n: usize, q: f64) -> usize {
-    if n == 0 {
-        return 0;
-    }
-    ((q * n as f64).ceil() as usize).clamp(1, n) - 1
-}
-
-/// The median of some values (the mean of the middle two for an even count; 0 if none).
-pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.into_iter().collect();
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
@@ -130,10 +113,13 @@ mod tests {
     }
 
     #[test]
-    fn median_of_even_and_odd_counts() {
-        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median([]), 0.0);
+    fn no_samples_are_not_measured_and_medians_skip_them() {
+        let none = Latency::from_nanos(&mut []);
+        assert!(none.p50.is_nan() && none.max.is_nan());
+        let one = Latency::from_nanos(&mut [2000]);
+        let m = Latency::median_of(&[one, none, one]);
+        assert_eq!(m.p50, 2.0);
+        assert_eq!(m.samples, 2);
     }
 
     #[test]

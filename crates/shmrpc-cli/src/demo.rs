@@ -10,9 +10,9 @@ use anyhow::{bail, Context};
 use shmrpc::channel::{
     self, ChannelConfig, Endpoint, Listener, RecvError, Sender, TrySendError, WaitStrategy,
 };
-use shmrpc::sys::names;
+use shmrpc::lowlevel::sys::names;
 
-use shmrpc_bench::child::{Control, Peer};
+use shmrpc_bench::child::{rest, spawn_self, Control};
 use shmrpc_bench::pin;
 use shmrpc_bench::stats::{fmt_count, fmt_gbps, fmt_mps, fmt_size, fmt_us, Latency};
 
@@ -68,8 +68,8 @@ pub fn run() -> anyhow::Result<()> {
     }
     println!("shmrpc demo: two processes talking through a shared-memory channel");
     println!();
-    let mut peer = Peer::spawn(&args)?;
-    let ready = peer.expect("ready", TIMEOUT)?;
+    let mut peer = spawn_self(&args)?;
+    let ready = rest(&peer.expect("ready", TIMEOUT)?, "ready");
     let sockets: Vec<PathBuf> = ready.split_whitespace().map(PathBuf::from).collect();
     if sockets.len() != 2 {
         bail!("the server announced {ready:?}, expected two socket paths");
@@ -162,7 +162,7 @@ pub fn run() -> anyhow::Result<()> {
     println!();
 
     println!("4. Shutdown");
-    let status = peer.wait_exit(TIMEOUT)?;
+    let status = peer.finish(TIMEOUT)?;
     if !status.success() {
         bail!("the server exited with {status}");
     }
@@ -266,8 +266,8 @@ pub fn peer(name: &str, cpu: Option<usize>) -> anyhow::Result<()> {
     let stp = Arc::new(Listener::bind(name, config(false))?);
     let park_name = format!("{name}-park");
     let park = Arc::new(Listener::bind(&park_name, config(true))?);
-    let mut ctl = Control::new();
-    ctl.send(&format!(
+    let ctl = Control::new("");
+    ctl.say(&format!(
         "ready {} {}",
         stp.path().display(),
         park.path().display()

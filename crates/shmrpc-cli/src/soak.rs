@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
 
-use shmrpc_bench::child::Peer;
+use shmrpc_bench::child::spawn_self;
 use shmrpc_bench::stats::{fmt_count, fmt_us};
 
 /// Arguments of `shmrpc soak`.
@@ -299,7 +299,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         .max(Duration::from_secs(1))
         .min(args.duration);
     let name = format!("soak-{}", std::process::id());
-    let mut peer = Peer::spawn(&["soak-server".to_owned(), "--name".to_owned(), name.clone()])?;
+    let mut peer = spawn_self(&["soak-server".to_owned(), "--name".to_owned(), name.clone()])?;
     peer.expect("ready", Duration::from_secs(10))?;
     let server_pid = peer.pid().to_string();
     println!(
@@ -409,7 +409,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     // End of its input: the server shuts down gracefully.
     peer.close_input();
     peer.expect("done", Duration::from_secs(15))?;
-    let status = peer.wait_exit(Duration::from_secs(5))?;
+    let status = peer.finish(Duration::from_secs(5))?;
     if !status.success() {
         bail!("the soak server exited with {status}");
     }

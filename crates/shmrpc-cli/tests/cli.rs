@@ -182,193 +182,105 @@ fn bench_quick_prints_the_table_and_writes_json() {
             "machine:",
             "pinned",
             "Round trip, 64 B, two processes",
-            "floor: one cache line ping-pong",
-            "floor: bare futex ping-pong",
-            "One-way stream, two processes",
-            "Ratios",
-            "spin round trip / cache-line ping-pong",
-            "park round trip / bare futex ping-pong",
-            "64 B stream / batched SPSC baseline",
-            "64 KiB stream / bare copy floor",
-            "cleanup: peer exited 0",
-            "RPC (issue 3): unary call, 64 B, two processes",
-            "RPC (issue 3): pipelined 64 B calls, two processes",
-            "RPC (issue 3): a server restart",
-            "RPC ratios, issue 3",
-            // Issue 4: every size, the byte-stream baselines, the idle server, the peers
-            // file, the verdicts, the chart.
             "Round trip, 1 KiB, two processes",
             "Round trip, 64 KiB, two processes",
             "Round trip, 1 MiB, two processes",
+            "floor: one cache line ping-pong",
+            "floor: bare futex ping-pong",
             "floor: copy ping-pong",
             "baseline: Unix socket,",
             "baseline: Unix socket, tokio,",
             "baseline: pipe pair,",
             "baseline: TCP loopback,",
+            "One-way stream, two processes",
             "CPU/msg",
+            "RPC: unary call, 64 B, two processes",
+            "RPC: pipelined 64 B calls",
             "256 connections",
-            "RPC (issue 4): 1000 idle connections",
-            "server resident memory",
+            "RPC: a server restart",
+            "RPC: idle connections",
+            "server, 1000 idle connections",
             "Peers (from",
             "iceoryx2, spin",
             "n/a: no busy-poll mode",
-            "Issue 4 targets",
+            "Targets",
+            "64 B round trip, channel, spin / cache-line floor, p50",
+            "64 B round trip, channel, park / bare futex floor, p50",
+            "64 B stream / batched SPSC baseline",
+            "64 KiB stream / bare copy floor",
             "64 KiB stream / Unix socket",
             "1 MiB stream / bare copy floor",
             "RPC pipelined, 256 connections / tokio Unix socket",
-            "idle server (no connection) < 3 MB resident",
+            "idle server (no connection), resident memory",
             "lower p50 and p99 than the peer in every mode with a counterpart: iceoryx2",
+            "Where the time goes",
+            "record-ring baseline / cache-line floor (layout cost)",
+            "cleanup: peer exited 0",
+            "JSON written to",
             "SVG chart written to",
         ],
     );
+    assert!(
+        !run.stdout.to_lowercase().contains("issue"),
+        "the output names things by what they are, not by tracker history"
+    );
 
     let doc: Value = serde_json::from_str(&text.expect("JSON file written")).expect("valid JSON");
-    assert_eq!(doc["schema"], "shmrpc-bench/1");
+    assert_eq!(doc["schema"], "shmrpc-bench/2");
     assert_eq!(doc["quick"], true);
     assert!(number(&doc["machine"], "nproc") >= 1.0);
     assert!(doc["machine"]["kernel"].is_string());
     assert!(number(&doc, "reps") >= 1.0);
 
-    let rtt = doc["round_trip"].as_array().expect("round_trip array");
-    for id in [
-        "rtt.shmrpc.spin",
-        "rtt.shmrpc.spin_then_park",
-        "rtt.shmrpc.park",
-        "rtt.shmrpc.async",
-        "rtt.shmrpc.async_park",
-        "rtt.floor.cache_line",
-        "rtt.floor.futex",
-    ] {
-        let r = rtt
-            .iter()
+    // One list of rows: every case, the peers file's cases, the targets and the ratios.
+    let rows = doc["rows"].as_array().expect("rows array");
+    let mut ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["id"].as_str().expect("every row has an id"))
+        .collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "row ids are unique");
+    let row = |id: &str| -> &Value {
+        rows.iter()
             .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("no round-trip result {id}"));
-        let (p50, p99, p999) = (
-            number(r, "p50_us"),
-            number(r, "p99_us"),
-            number(r, "p999_us"),
-        );
-        assert!(p50 > 0.0, "{id}: p50 {p50}");
-        assert!(p99 >= p50 && p999 >= p99, "{id}: percentiles out of order");
-        assert!(number(r, "samples") > 0.0);
-        assert_eq!(number(r, "size"), 64.0);
+            .unwrap_or_else(|| panic!("no row {id}"))
+    };
+    for r in rows {
+        assert!(r["group"].is_string() && r["label"].is_string(), "{r}");
     }
 
-    let streams = doc["stream"].as_array().expect("stream array");
-    for (id, size) in [
-        ("stream.shmrpc.64", 64.0),
-        ("stream.baseline.spsc.64", 64.0),
-        ("stream.shmrpc.1024", 1024.0),
-        ("stream.baseline.spsc.1024", 1024.0),
-        ("stream.shmrpc.65536", 65536.0),
-        ("stream.floor.copy.65536", 65536.0),
-    ] {
-        let s = streams
-            .iter()
-            .find(|s| s["id"] == id)
-            .unwrap_or_else(|| panic!("no stream result {id}"));
-        assert_eq!(number(s, "size"), size);
-        assert!(number(s, "msgs_per_s") > 0.0, "{id}");
-        assert!(number(s, "gb_per_s") > 0.0, "{id}");
-    }
-
-    let ratios = doc["ratios"].as_array().expect("ratios array");
-    for id in [
-        "spin_rtt_vs_cache_line",
-        "park_rtt_vs_futex",
-        "stream_64_vs_batched_spsc",
-        "stream_64k_vs_copy_floor",
-    ] {
-        let r = ratios
-            .iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("no ratio {id}"));
-        assert!(number(r, "ratio") > 0.0, "{id}");
-        assert!(r["target"].is_string(), "{id} has a target");
-        assert!(r["met"].is_boolean(), "{id} says met or not");
-    }
-
-    // The RPC cases of issue 3, in their own part of the document; issue 2's ratio list
-    // holds none of their ratios.
-    let rpc = &doc["rpc"];
-    let unary = rpc["unary"].as_array().expect("rpc.unary array");
-    for id in [
-        "rpc.unary.shmrpc.spin_then_park",
-        "rpc.unary.shmrpc.park",
-        "rpc.unary.baseline.uds",
-    ] {
-        let r = unary
-            .iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("no rpc unary result {id}"));
-        let (p50, p99) = (number(r, "p50_us"), number(r, "p99_us"));
-        assert!(p50 > 0.0 && p99 >= p50, "{id}: p50 {p50} p99 {p99}");
-        assert_eq!(number(r, "size"), 64.0);
-    }
-    let piped = rpc["pipelined"].as_array().expect("rpc.pipelined array");
-    for (id, conns) in [
-        ("rpc.pipelined.shmrpc.1", 1.0),
-        ("rpc.pipelined.baseline.uds.1", 1.0),
-        ("rpc.pipelined.shmrpc.16", 16.0),
-        ("rpc.pipelined.baseline.uds.16", 16.0),
-    ] {
-        let r = piped
-            .iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("no rpc pipelined result {id}"));
-        assert_eq!(number(r, "connections"), conns, "{id}");
-        assert!(number(r, "calls_per_s") > 0.0, "{id}");
-    }
-    let reconnect = rpc["reconnect"].as_array().expect("rpc.reconnect array");
-    for id in ["rpc.reconnect.shmrpc", "rpc.reconnect.shmrpc.after_bind"] {
-        let r = reconnect
-            .iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("no reconnect result {id}"));
-        assert!(number(r, "median_ms") > 0.0, "{id}");
-        assert!(number(r, "slowest_ms") >= number(r, "median_ms"), "{id}");
-        assert!(number(r, "restarts") >= 1.0, "{id}");
-        assert!(r["met"].is_boolean(), "{id}");
-    }
-    let rpc_ratios = rpc["ratios"].as_array().expect("rpc.ratios array");
-    for id in [
-        "rpc_unary_stp_vs_uds",
-        "rpc_unary_park_vs_uds",
-        "rpc_pipelined_1_vs_uds",
-        "rpc_pipelined_16_vs_uds",
-    ] {
-        let r = rpc_ratios
-            .iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("no rpc ratio {id}"));
-        assert!(number(r, "ratio") > 0.0, "{id}");
-        assert!(r["target"].is_string(), "{id} has a target");
-        assert!(r["met"].is_boolean(), "{id} says met or not");
-        assert!(
-            !ratios.iter().any(|x| x["id"] == id),
-            "{id} is not in issue 2's ratio list"
-        );
-    }
-
-    // Issue 4's round trips: every mode, floor and baseline at every size.
+    // Round trips: every mode, floor and baseline at every size.
     for size in [64u64, 1024, 65536, 1 << 20] {
-        let mut ids = vec![
+        let mut rtt = vec![
             format!("rtt.floor.copy.{size}"),
             format!("rtt.baseline.uds.{size}"),
             format!("rtt.baseline.uds_tokio.{size}"),
             format!("rtt.baseline.pipe.{size}"),
             format!("rtt.baseline.tcp.{size}"),
         ];
-        if size != 64 {
-            for m in ["spin", "spin_then_park", "park", "async", "async_park"] {
-                ids.push(format!("rtt.shmrpc.{m}.{size}"));
+        for m in ["spin", "spin_then_park", "park", "async", "async_park"] {
+            rtt.push(if size == 64 {
+                format!("rtt.shmrpc.{m}")
+            } else {
+                format!("rtt.shmrpc.{m}.{size}")
+            });
+        }
+        if size == 64 {
+            for id in [
+                "rtt.floor.cache_line",
+                "rtt.floor.futex",
+                "rtt.baseline.record_ring",
+                "rtt.baseline.record_ring_fence",
+            ] {
+                rtt.push(id.to_owned());
             }
         }
-        for id in ids {
-            let r = rtt
-                .iter()
-                .find(|r| r["id"] == id.as_str())
-                .unwrap_or_else(|| panic!("no round-trip result {id}"));
+        for id in &rtt {
+            let r = row(id);
+            assert_eq!(r["group"], format!("rtt.{size}"), "{id}");
+            assert_eq!(r["workload"], "rtt", "{id}");
             assert_eq!(number(r, "size"), size as f64, "{id}");
             let (p50, p99, p999, max) = (
                 number(r, "p50_us"),
@@ -378,25 +290,35 @@ fn bench_quick_prints_the_table_and_writes_json() {
             );
             assert!(
                 p50 > 0.0 && p99 >= p50 && p999 >= p99 && max >= p999,
-                "{id}"
+                "{id}: percentiles {p50} {p99} {p999} {max}"
             );
-            assert!(r["system"].is_string() && r["series"].is_string(), "{id}");
+            assert!(number(r, "samples") > 0.0, "{id}");
+            assert!(r["system"].is_string() && r["mode"].is_string(), "{id}");
         }
+        for id in [
+            format!("rtt.shmrpc.park.{size}"),
+            format!("rtt.shmrpc.spin.{size}"),
+        ] {
+            if size != 64 {
+                assert!(number(row(&id), "p50_vs_floor") > 0.0, "{id}");
+                assert!(number(row(&id), "p50_vs_uds") > 0.0, "{id}");
+            }
+        }
+
         // Streams: the channel in each mode and every baseline, with CPU per message.
-        let mut ids = vec![format!("stream.shmrpc.{size}")];
+        let mut streams = vec![format!("stream.shmrpc.{size}")];
         for m in ["spin_then_park", "park", "async"] {
-            ids.push(format!("stream.shmrpc.{m}.{size}"));
+            streams.push(format!("stream.shmrpc.{m}.{size}"));
         }
         for l in ["uds", "uds_tokio", "pipe", "tcp"] {
-            ids.push(format!("stream.baseline.{l}.{size}"));
+            streams.push(format!("stream.baseline.{l}.{size}"));
         }
-        for id in ids {
-            let s = streams
-                .iter()
-                .find(|s| s["id"] == id.as_str())
-                .unwrap_or_else(|| panic!("no stream result {id}"));
+        for id in &streams {
+            let s = row(id);
+            assert_eq!(s["group"], "stream", "{id}");
             assert_eq!(number(s, "size"), size as f64, "{id}");
             assert!(number(s, "msgs_per_s") > 0.0, "{id}");
+            assert!(number(s, "gb_per_s") > 0.0, "{id}");
             let (all, lead, peer) = (
                 number(s, "cpu_ns_per_msg"),
                 number(s, "lead_cpu_ns_per_msg"),
@@ -407,103 +329,119 @@ fn bench_quick_prints_the_table_and_writes_json() {
                 "{id}: CPU {all} {lead} {peer}"
             );
             if !id.starts_with("stream.baseline.uds.") {
-                assert!(number(s, "vs_uds") > 0.0, "{id}");
+                assert!(number(s, "msgs_per_s_vs_uds") > 0.0, "{id}");
             }
         }
-    }
-    let s = streams
-        .iter()
-        .find(|s| s["id"] == "stream.floor.copy.1048576")
-        .expect("the 1 MiB copy floor");
-    assert!(number(s, "msgs_per_s") > 0.0);
-
-    // Pipelined RPC with 256 connections, and CPU per call.
-    for id in ["rpc.pipelined.shmrpc.256", "rpc.pipelined.baseline.uds.256"] {
-        let r = piped
-            .iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("no rpc pipelined result {id}"));
-        assert_eq!(number(r, "connections"), 256.0, "{id}");
-        assert!(number(r, "calls_per_s") > 0.0, "{id}");
-    }
-    for r in piped {
+        let floor = if size >= 65536 {
+            format!("stream.floor.copy.{size}")
+        } else {
+            format!("stream.baseline.spsc.{size}")
+        };
+        assert!(number(row(&floor), "msgs_per_s") > 0.0, "{floor}");
         assert!(
-            number(r, "cpu_ns_per_msg") > 0.0,
-            "{}: CPU per call",
-            r["id"]
+            number(row(&format!("stream.shmrpc.{size}")), "msgs_per_s_vs_floor") > 0.0,
+            "{size}"
         );
     }
 
-    // 1000 idle connections: the server's memory and CPU.
-    let idle = &doc["idle_connections"];
+    // RPC: unary calls, pipelined calls (1, 16 and 256 connections), restarts, idle.
+    for id in [
+        "rpc.unary.shmrpc.spin_then_park",
+        "rpc.unary.shmrpc.park",
+        "rpc.unary.baseline.uds",
+    ] {
+        let r = row(id);
+        assert_eq!(r["group"], "rpc.unary", "{id}");
+        let (p50, p99) = (number(r, "p50_us"), number(r, "p99_us"));
+        assert!(p50 > 0.0 && p99 >= p50, "{id}: p50 {p50} p99 {p99}");
+        assert_eq!(number(r, "size"), 64.0);
+    }
+    for conns in [1u64, 16, 256] {
+        for id in [
+            format!("rpc.pipelined.shmrpc.{conns}"),
+            format!("rpc.pipelined.baseline.uds.{conns}"),
+        ] {
+            let r = row(&id);
+            assert_eq!(r["group"], "rpc.pipelined", "{id}");
+            assert_eq!(number(r, "connections"), conns as f64, "{id}");
+            assert!(number(r, "calls_per_s") > 0.0, "{id}");
+            assert!(number(r, "cpu_ns_per_msg") > 0.0, "{id}: CPU per call");
+        }
+    }
+    for id in ["rpc.reconnect.shmrpc", "rpc.reconnect.shmrpc.after_bind"] {
+        let r = row(id);
+        assert_eq!(r["group"], "rpc.restart", "{id}");
+        assert!(number(r, "median_ms") > 0.0, "{id}");
+        assert!(number(r, "slowest_ms") >= number(r, "median_ms"), "{id}");
+        assert!(number(r, "restarts") >= 1.0, "{id}");
+    }
+    let idle = row("rpc.idle.shmrpc.1000");
     assert_eq!(number(idle, "connections"), 1000.0);
-    assert!(number(idle, "server_rss_kib") > number(idle, "server_rss_empty_kib"));
+    assert!(number(idle, "server_rss_mb") > number(idle, "server_rss_empty_mb"));
     assert!(number(idle, "server_rss_per_connection_kib") > 0.0);
     assert!(number(idle, "server_cpu_percent") >= 0.0);
     assert!(number(idle, "server_cpu_percent_stat") >= 0.0);
     assert!(number(idle, "idle_interval_s") > 0.0);
     assert!(number(idle, "server_fds") >= 1000.0);
 
-    // Issue 4's ratios and the verdict on every target.
-    let i4 = &doc["issue4"];
-    let i4_ratios = i4["ratios"].as_array().expect("issue4.ratios array");
+    // Targets: every one has a verdict; those whose cases ran are MET or NOT MET.
+    let targets: Vec<&Value> = rows.iter().filter(|r| r["group"] == "targets").collect();
+    assert!(targets.len() >= 20, "{} targets", targets.len());
+    for t in &targets {
+        let v = t["verdict"].as_str().expect("a verdict");
+        assert!(["MET", "NOT MET", "NOT MEASURED"].contains(&v), "{t}");
+        assert_eq!(t["met"].is_null(), v == "NOT MEASURED", "{t}");
+        assert!(t["target"].is_string(), "{t}");
+    }
     for id in [
+        "spin_rtt_vs_cache_line",
         "stp_rtt_vs_cache_line",
         "rpc_unary_stp_vs_cache_line",
         "park_rtt_vs_futex",
         "park_rtt_vs_uds",
+        "rpc_unary_stp_vs_uds",
+        "rpc_unary_park_vs_uds",
+        "stream_64_vs_batched_spsc",
         "stream_64_vs_uds",
         "stream_64k_vs_copy_floor",
         "stream_64k_vs_uds",
         "stream_1m_vs_copy_floor",
         "stream_1m_vs_uds",
+        "rpc_pipelined_1_vs_uds",
+        "rpc_pipelined_16_vs_uds",
         "rpc_pipelined_256_vs_uds",
     ] {
-        let r = i4_ratios
-            .iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("no issue 4 ratio {id}"));
-        assert!(number(r, "ratio") > 0.0, "{id}");
-        assert!(r["met"].is_boolean(), "{id}");
-    }
-    let targets = i4["targets"].as_array().expect("issue4.targets array");
-    for t in targets {
-        let v = t["verdict"].as_str().expect("a verdict");
-        assert!(["MET", "NOT MET", "NOT MEASURED"].contains(&v), "{t}");
-        assert_eq!(t["met"].is_null(), v == "NOT MEASURED", "{t}");
-    }
-    for id in ["idle_server_rss", "idle_server_cpu", "rtt_below_iceoryx2"] {
-        let t = targets
-            .iter()
-            .find(|t| t["id"] == id)
-            .unwrap_or_else(|| panic!("no verdict {id}"));
+        let t = row(id);
+        assert_eq!(t["group"], "targets", "{id}");
+        assert!(number(t, "ratio") > 0.0, "{id}");
         assert!(t["met"].is_boolean(), "{id} is measured");
+        assert!(
+            t["numerator"].is_string() && t["denominator"].is_string(),
+            "{id}"
+        );
+    }
+    for id in [
+        "rpc.reconnect.shmrpc.slowest",
+        "idle_server_rss",
+        "idle_server_cpu",
+        "rtt_below_iceoryx2",
+    ] {
+        assert!(row(id)["met"].is_boolean(), "{id} is measured");
+    }
+    // Ratios for information: no verdict.
+    for id in ["record_ring_vs_cache_line", "spin_rtt_vs_record_ring"] {
+        let r = row(id);
+        assert_eq!(r["group"], "ratios", "{id}");
+        assert!(number(r, "ratio") > 0.0, "{id}");
+        assert!(r.get("verdict").is_none(), "{id}");
     }
 
-    // Our cases in the peers file's schema, and the peers file echoed.
-    let cases = doc["cases"].as_array().expect("cases array");
-    assert!(cases.len() >= 80, "{} cases", cases.len());
-    for c in cases {
-        for k in [
-            "id",
-            "system",
-            "mode",
-            "workload",
-            "size",
-            "p50_ns",
-            "p99_ns",
-            "p999_ns",
-            "max_ns",
-            "msgs_per_s",
-            "bytes_per_s",
-            "rounds",
-            "na",
-        ] {
-            assert!(c.get(k).is_some(), "case {} lacks {k}", c["id"]);
-        }
-    }
+    // The peers file: its cases are rows too, and its source is named.
+    let peer_rows: Vec<&Value> = rows.iter().filter(|r| r["group"] == "peers").collect();
+    assert_eq!(peer_rows.len(), 4, "3 cases and 1 ratio");
+    assert_eq!(number(row("rtt.iceoryx2.spin.64"), "p50_us"), 7.0);
+    assert_eq!(row("rtt.ipc_channel.spin.64")["na"], "no busy-poll mode");
     assert_eq!(doc["peers"]["date"], "2026-01-02 03:04:05 UTC");
-    assert_eq!(doc["peers"]["cases"].as_array().map(Vec::len), Some(3));
     assert_eq!(doc["svg"].as_str(), svg_path.to_str());
 
     // The chart: an SVG document with every series and the peers' ones.
@@ -577,7 +515,7 @@ fn soak_short_run_reports_clean_figures() {
     assert!(!calls_line.starts_with("calls 0 "), "{calls_line}");
     // The soak's server shut down cleanly: no socket or lock file of a soak is left in the
     // runtime directory (its connections' segments are anonymous memfds).
-    let dir = shmrpc::sys::names::runtime_dir().expect("runtime dir");
+    let dir = shmrpc::lowlevel::sys::names::runtime_dir().expect("runtime dir");
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())

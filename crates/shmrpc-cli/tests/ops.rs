@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::Value;
-use shmrpc::sys::{Segment, SegmentStatus};
+use shmrpc::lowlevel::sys::{Segment, SegmentStatus};
 
 /// Watchdog on every command and every wait for a line or an exit.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -548,6 +548,8 @@ fn shutdown_ends_a_stream_in_flight_and_a_taken_name_is_refused() {
     let r = dir.run(&["serve", &n]);
     assert!(!r.ok(), "{}", r.describe());
     assert!(r.stderr.contains("already"), "{}", r.describe());
+    // The error chain is printed once: each cause says its part, none repeats another.
+    assert_eq!(r.stderr.matches("already").count(), 1, "{}", r.describe());
 
     let mut caller = dir.spawn(&[
         "call",

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use shmrpc::channel::WaitStrategy;
-use shmrpc::ring::End;
+use shmrpc::lowlevel::ring::End;
 use thiserror::Error;
 
 use crate::{parse_wait, wait_arg, SizeProfile};

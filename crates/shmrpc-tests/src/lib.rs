@@ -362,19 +362,19 @@ pub fn unique_name(word: &str) -> String {
 
 /// The `/dev/shm` file of the named segment `name`.
 pub fn segment_file(name: &str) -> PathBuf {
-    shmrpc::sys::names::segment_path(name).expect("valid name")
+    shmrpc::lowlevel::sys::names::segment_path(name).expect("valid name")
 }
 
 /// The socket file a `Listener` bound to `name` uses.
 pub fn socket_file(name: &str) -> PathBuf {
-    shmrpc::sys::names::runtime_dir()
+    shmrpc::lowlevel::sys::names::runtime_dir()
         .expect("runtime dir")
         .join(format!("{name}.sock"))
 }
 
 /// The lock file a `Listener` bound to `name` holds (`flock`) while it lives.
 pub fn lock_file(name: &str) -> PathBuf {
-    shmrpc::sys::names::runtime_dir()
+    shmrpc::lowlevel::sys::names::runtime_dir()
         .expect("runtime dir")
         .join(format!("{name}.lock"))
 }
@@ -651,6 +651,9 @@ pub fn wait_arg(w: shmrpc::channel::WaitStrategy) -> String {
         WaitStrategy::Spin => "spin".to_owned(),
         WaitStrategy::Park => "park".to_owned(),
         WaitStrategy::SpinThenPark { spin } => format!("stp:{}", spin.as_micros()),
+        // A strategy added later: the peer refuses it by name (exit status 2) until
+        // `parse_wait` learns it.
+        other => format!("{other:?}"),
     }
 }
 
@@ -744,8 +747,8 @@ pub async fn within<T>(what: &str, limit: Duration, f: impl std::future::Future<
 }
 
 /// Asks a `peer rpc-server` for its `stats` line (`key=value ...`).
-pub async fn rpc_stats(client: &shmrpc::rpc::Client) -> String {
-    let opts = shmrpc::rpc::CallOptions::timeout(Duration::from_secs(10));
+pub async fn rpc_stats(client: &shmrpc::Client) -> String {
+    let opts = shmrpc::CallOptions::timeout(Duration::from_secs(10));
     client
         .call::<(), String>("stats", &(), opts)
         .await
@@ -755,7 +758,7 @@ pub async fn rpc_stats(client: &shmrpc::rpc::Client) -> String {
 /// Polls a `peer rpc-server`'s stats until `pred` holds, for at most `limit` (then panics
 /// with the last stats line and `what`).
 pub async fn rpc_wait_stats(
-    client: &shmrpc::rpc::Client,
+    client: &shmrpc::Client,
     what: &str,
     limit: Duration,
     pred: impl Fn(&str) -> bool,
@@ -772,6 +775,18 @@ pub async fn rpc_wait_stats(
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// An error and its sources, `": "`-joined (what `anyhow`'s `{:#}` prints).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        next = c.source();
+    }
+    s
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code};
+use shmrpc::{CallOptions, Client, ClientConfig, Code};
 use shmrpc_tests::{
     field_parse, make_request, rpc_runtime, rpc_stats, rpc_wait_stats, spawn_peer, transform,
     with_watchdog, within, PeerCommand, PeerProcess, RpcTarget, SplitMix64, TestNames,
@@ -102,10 +102,7 @@ fn kills_of_clients_and_servers_lose_nothing_and_leak_nothing() {
         let name = names.name("chaos");
         let mut server = start_server(&name);
         let rt = rpc_runtime();
-        let cfg = ClientConfig {
-            reconnect_for: Duration::from_secs(10),
-            ..ClientConfig::default()
-        };
+        let cfg = ClientConfig::default().with_reconnect_for(Duration::from_secs(10));
         let client = rt.block_on(Client::connect(&name, cfg)).expect("connect");
         let mut seq = 0;
         rt.block_on(good_call(&client, seq));

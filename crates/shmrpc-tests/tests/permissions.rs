@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig};
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::sys::Segment;
 use shmrpc_tests::{
     field, segment_file, unique_name, with_watchdog, PeerCommand, PeerProcess, Probe, TestNames,
 };

@@ -1,6 +1,7 @@
 //! Reopening never wipes, exactly one of many racing processes creates, and each kind of
 //! bad segment is refused with the error that names what differs.
-// Only the ring take-over after a peer's death is `unsafe`; it is allowed where it happens.
+// Raw segment words and the ring take-over after a peer's death are `unsafe`; each is
+// allowed where it happens.
 #![deny(unsafe_code)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -8,10 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmrpc::ring::{self, AttachError, End, PeekError, RING_MAGIC};
-use shmrpc::sys::segment::testing::{damage, Damage};
-use shmrpc::sys::segment::{SEGMENT_LAYOUT_VERSION, SEGMENT_MAGIC};
-use shmrpc::sys::{OpenError, OpenOrCreateError, Segment, SEGMENT_HEADER_SIZE};
+use shmrpc::lowlevel::ring::{self, AttachError, End, PeekError, RING_MAGIC};
+use shmrpc::lowlevel::sys::segment::testing::{damage, Damage};
+use shmrpc::lowlevel::sys::segment::{SEGMENT_LAYOUT_VERSION, SEGMENT_MAGIC};
+use shmrpc::lowlevel::sys::{OpenError, OpenOrCreateError, Segment, SEGMENT_HEADER_SIZE};
 use shmrpc_tests::{
     field, field_parse, segment_file, spawn_peer, with_watchdog, PeerCommand, StreamChecker,
     TestNames, RING_SEGMENT_KIND, RING_WRITER_PROFILE,
@@ -19,9 +20,25 @@ use shmrpc_tests::{
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Ring header offsets (see `shmrpc::ring`): write_pos @128, read_pos @256.
+/// Ring header offsets (see `shmrpc::lowlevel::ring`): write_pos @128, read_pos @256.
 const WRITE_POS: usize = 128;
 const READ_POS: usize = 256;
+
+/// The 32- and 64-bit words at `off` of `seg`: ring header words, or words of a segment
+/// without rings, which are only ever accessed atomically.
+#[allow(unsafe_code)]
+fn load32(seg: &Segment, off: usize) -> u32 {
+    // SAFETY: see above: nothing in this process accesses the word non-atomically.
+    unsafe { seg.atomic_u32(off) }
+        .unwrap()
+        .load(Ordering::Acquire)
+}
+
+#[allow(unsafe_code)]
+fn word64(seg: &Segment, off: usize) -> &std::sync::atomic::AtomicU64 {
+    // SAFETY: as in `load32`.
+    unsafe { seg.atomic_u64(off) }.unwrap()
+}
 
 /// Reads everything available from `c` into `check`; returns how many records it read.
 fn drain(c: &mut ring::Consumer, check: &mut StreamChecker) -> u64 {
@@ -60,17 +77,13 @@ fn reopening_from_another_process_finds_the_data_and_positions_intact() {
         assert!(!seg.unlinks_on_drop(), "an opener must not own the name");
         assert_eq!(seg.kind(), RING_SEGMENT_KIND);
         assert_eq!(seg.len(), ring::ring_size(cap));
+        assert_eq!(load32(&seg, 0), RING_MAGIC, "ring header wiped");
         assert_eq!(
-            seg.atomic_u32(0).unwrap().load(Ordering::Acquire),
-            RING_MAGIC,
-            "ring header wiped"
-        );
-        assert_eq!(
-            seg.atomic_u64(WRITE_POS).unwrap().load(Ordering::Acquire),
+            word64(&seg, WRITE_POS).load(Ordering::Acquire),
             peer_pos,
             "write_pos differs from what the writer reported"
         );
-        assert_eq!(seg.atomic_u64(READ_POS).unwrap().load(Ordering::Acquire), 0);
+        assert_eq!(word64(&seg, READ_POS).load(Ordering::Acquire), 0);
 
         // All N records are there, intact and in order; nothing more.
         let seg = Arc::new(seg);
@@ -253,7 +266,7 @@ fn refused_then_repaired(
     damage(seg, good);
     let again = Segment::open(name).expect("open after repair");
     assert_eq!(
-        again.atomic_u64(64).unwrap().load(Ordering::Acquire),
+        word64(&again, 64).load(Ordering::Acquire),
         0xfeed_f00d,
         "a refused open wiped the payload"
     );
@@ -266,9 +279,7 @@ fn bad_magic_version_and_size_give_their_specific_errors() {
         let name = names.name("damaged");
         let size = 8192;
         let seg = Segment::create(&name, size).unwrap();
-        seg.atomic_u64(64)
-            .unwrap()
-            .store(0xfeed_f00d, Ordering::Release);
+        word64(&seg, 64).store(0xfeed_f00d, Ordering::Release);
         let file = (size + SEGMENT_HEADER_SIZE) as u64;
 
         let wrong_magic = u64::from_le_bytes(*b"NOTOURS!");
@@ -318,7 +329,7 @@ fn foreign_owner_and_open_mode_give_their_specific_errors() {
         let seg = Segment::create(&name, 4096).unwrap();
         let path = segment_file(&name);
         assert_eq!(seg.path(), Some(path.as_path()));
-        let me = shmrpc::sys::names::uid();
+        let me = shmrpc::lowlevel::sys::names::uid();
 
         // Another user's file (we run as root in CI, so we can hand it over).
         let other = if me == 4242 { 4243 } else { 4242 };

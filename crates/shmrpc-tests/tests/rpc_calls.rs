@@ -17,8 +17,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use shmrpc::frame::{self, FrameHeader, Kind, FRAME_HEADER_LEN};
-use shmrpc::rpc::{method_id, CallOptions, Client, ClientConfig, Code};
+use shmrpc::lowlevel::frame::{self, FrameHeader, Kind, FRAME_HEADER_LEN};
+use shmrpc::rpc::method_id;
+use shmrpc::{CallOptions, Client, ClientConfig, Code};
 use shmrpc_tests::{
     chat_token, field, field_parse, heavy, make_request, rpc_runtime, rpc_stats, spawn_peer,
     transform, with_watchdog, within, ChatRequest, PeerCommand, PeerProcess, RpcTarget, TestNames,
@@ -205,8 +206,8 @@ fn call_suite(tcp: bool, per_task: u64) {
     names.assert_clean_with_locks();
 }
 
-/// 64 callers x 10,000 calls on one connection (about 8 s on two cores in the test
-/// build).
+/// The full count: 64 callers x 10,000 calls on one connection (about 8 s on two
+/// cores in the test build).
 #[test]
 fn rpc_calls_between_processes_over_shared_memory() {
     with_watchdog(Duration::from_secs(180), || {
@@ -294,7 +295,7 @@ fn a_shutdown_requested_before_serve_runs_is_not_lost() {
         let name = names.name("rpc-early-shutdown");
         let rt = rpc_runtime();
         rt.block_on(async {
-            let server = shmrpc::rpc::Server::builder()
+            let server = shmrpc::Server::builder()
                 .unary_raw("echo", |_ctx, req| async move { Ok(req) })
                 .bind(&name)
                 .expect("bind");

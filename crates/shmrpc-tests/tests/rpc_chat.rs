@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code};
+use shmrpc::{CallOptions, Client, ClientConfig, Code};
 use shmrpc_tests::{
     chat_token, field_parse, rpc_runtime, rpc_stats, rpc_wait_stats, spawn_peer, with_watchdog,
     within, ChatRequest, PeerCommand, RpcTarget, TestNames,
@@ -16,7 +16,7 @@ use shmrpc_tests::{
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn next_token(s: &mut shmrpc::rpc::CallStream, seed: u64, i: u32) {
+async fn next_token(s: &mut shmrpc::CallStream, seed: u64, i: u32) {
     let item: (u32, String) = within("a chat token", WAIT, s.next())
         .await
         .unwrap_or_else(|| panic!("stream {seed:#x} ended before token {i}"))

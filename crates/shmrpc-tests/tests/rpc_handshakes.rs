@@ -11,7 +11,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use shmrpc::rpc::inspect::ServerReport;
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, INSPECT_METHOD};
+use shmrpc::rpc::INSPECT_METHOD;
+use shmrpc::{CallOptions, Client, ClientConfig};
 use shmrpc_tests::{
     rpc_runtime, socket_file, spawn_peer, with_watchdog, within, PeerCommand, RpcTarget, TestNames,
 };
@@ -86,10 +87,7 @@ fn fifty_silent_handshakes_do_not_stall_an_honest_client() {
         });
         server.expect("ready", WAIT);
         let rt = rpc_runtime();
-        let cfg = ClientConfig {
-            reconnect_for: WAIT,
-            ..ClientConfig::default()
-        };
+        let cfg = ClientConfig::default().with_reconnect_for(WAIT);
         // An observer connected before the silent ones, to watch the server's counts.
         let observer = rt.block_on(async {
             within(

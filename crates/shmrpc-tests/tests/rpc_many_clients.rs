@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig};
+use shmrpc::{CallOptions, Client, ClientConfig};
 use shmrpc_tests::{
     field_parse, raise_nofile, rpc_runtime, rpc_stats, rpc_wait_stats, spawn_peer, with_watchdog,
     PeerCommand, RpcTarget, TestNames,

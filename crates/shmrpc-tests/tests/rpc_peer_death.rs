@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError};
 use shmrpc_tests::{
     field_parse, rpc_runtime, rpc_stats, rpc_wait_stats, spawn_peer, with_watchdog, within,
     ChatRequest, PeerCommand, PeerProcess, RpcTarget, TestNames,
@@ -292,12 +292,7 @@ fn no_call_hangs_when_the_server_is_killed_under_load() {
         for round in 0..3 {
             let name = names.name("rpc-kill-load");
             let mut server = start_server(&name);
-            let cfg = ClientConfig {
-                // Short: calls started after the death wait their turn for the connection
-                // and then try to reconnect for this long each (see the test below).
-                reconnect_for: Duration::from_millis(20),
-                ..ClientConfig::default()
-            };
+            let cfg = ClientConfig::default().with_reconnect_for(Duration::from_millis(20));
             let client = rt.block_on(Client::connect(&name, cfg)).expect("connect");
             let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let mut tasks = Vec::new();
@@ -416,10 +411,7 @@ fn a_stopped_server_is_given_up_by_the_clients_heartbeat() {
         let name = names.name("rpc-stop-server");
         let mut server = start_server(&name);
         let rt = rpc_runtime();
-        let cfg = ClientConfig {
-            heartbeat: Duration::from_millis(200),
-            ..ClientConfig::default()
-        };
+        let cfg = ClientConfig::default().with_heartbeat(Duration::from_millis(200));
         let client = rt.block_on(Client::connect(&name, cfg)).expect("connect");
         let c = client.clone();
         let pending =
@@ -458,10 +450,7 @@ fn calls_waiting_for_a_reconnect_give_up_within_the_reconnect_period() {
         let name = names.name("rpc-reconnect-queue");
         let mut server = start_server(&name);
         let rt = rpc_runtime();
-        let cfg = ClientConfig {
-            reconnect_for: Duration::from_millis(300),
-            ..ClientConfig::default()
-        };
+        let cfg = ClientConfig::default().with_reconnect_for(Duration::from_millis(300));
         let client = rt.block_on(Client::connect(&name, cfg)).expect("connect");
         let c = client.clone();
         let slow = rt.spawn(async move { c.call_raw("slow", b"", CallOptions::default()).await });

@@ -219,18 +219,24 @@ fn records_larger_than_half_the_ring_cross_process() {
 /// as the consumer has passed the padding (one poll, which returns `Empty`).
 #[test]
 fn an_empty_ring_accepts_any_record_up_to_max_payload() {
-    let (mut p, mut c) = shmrpc::ring::channel(CAP).unwrap();
+    let (mut p, mut c) = shmrpc::lowlevel::ring::channel(CAP).unwrap();
     let max = p.max_payload();
     for (first, big) in [(HALF, HALF + 1), (HALF, 40_000), (HALF, max), (1000, max)] {
         // Move both ends to some position, leaving the ring empty.
         p.try_push(0, &vec![1u8; first]).unwrap();
         c.try_peek().unwrap().release();
-        assert!(matches!(c.try_peek(), Err(shmrpc::ring::PeekError::Empty)));
+        assert!(matches!(
+            c.try_peek(),
+            Err(shmrpc::lowlevel::ring::PeekError::Empty)
+        ));
         let at = p.position() % CAP as u64;
         let mut r = p.try_push(7, &vec![2u8; big]);
-        if r == Err(shmrpc::ring::ReserveError::Full) {
+        if r == Err(shmrpc::lowlevel::ring::ReserveError::Full) {
             // Only the padding went in; the consumer skips it and releases its space.
-            assert!(matches!(c.try_peek(), Err(shmrpc::ring::PeekError::Empty)));
+            assert!(matches!(
+                c.try_peek(),
+                Err(shmrpc::lowlevel::ring::PeekError::Empty)
+            ));
             r = p.try_push(7, &vec![2u8; big]);
         }
         assert_eq!(

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmrpc::rpc::{self, BlockingClient, ClientConfig, Server};
+use shmrpc::rpc;
+use shmrpc::{BlockingClient, ClientConfig, Server};
 
 /// The server side (an ordinary async server, in the child process).
 fn server(name: &str) -> Result<(), Box<dyn std::error::Error>> {

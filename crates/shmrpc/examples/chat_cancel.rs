@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
 
 async fn server(name: &str) -> Result<(), RpcError> {
     let stop = Arc::new(tokio::sync::Notify::new());

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
 
 /// A place in a document, as language servers count it (zero-based).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

@@ -1,23 +1,28 @@
 //! The smallest shmrpc program: a server with one typed method, and a client in another
-//! process that calls it.
+//! process that calls it. Both sides name the method through one descriptor, `GREET`,
+//! which fixes its request and response types: a mismatch does not compile.
 //!
 //! Run: `cargo run --release -p shmrpc --example hello`
 //! (it starts the server as a child process of itself).
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+use shmrpc::{CallOptions, Client, ClientConfig, Server, Unary};
+
+/// The method: takes a name, returns a greeting. In a real program this lives in a module
+/// (or crate) that the server and the client share.
+const GREET: Unary<String, String> = Unary::new("greet");
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if let [_, flag, name] = &args[..] {
         if flag == "--server" {
-            // The server: `greet` takes a String and returns a String (postcard-encoded).
+            // The server: `GREET` takes a String and returns a String (postcard-encoded).
             // After one greeting it shuts down gracefully (the answer still goes out), which
             // also removes its socket file.
             let done = std::sync::Arc::new(tokio::sync::Notify::new());
             let done2 = done.clone();
             let server = Server::builder()
-                .unary("greet", move |_ctx, who: String| {
+                .method(GREET, move |_ctx, who| {
                     let done = done2.clone();
                     async move {
                         done.notify_one();
@@ -40,11 +45,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .args(["--server", &name])
         .spawn()?;
     // `connect` retries until the server listens (up to `ClientConfig::reconnect_for`).
-    let answer: Result<String, _> = async {
+    let answer: Result<String, Box<dyn std::error::Error>> = async {
         let client = Client::connect(&name, ClientConfig::default()).await?;
-        client
-            .call("greet", &"world".to_string(), CallOptions::default())
-            .await
+        let greeting = client
+            .invoke(GREET, &"world".to_string(), CallOptions::default())
+            .await?;
+        Ok(greeting)
     }
     .await;
     if answer.is_err() {

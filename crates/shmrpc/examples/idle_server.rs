@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use shmrpc::rpc::Server;
+use shmrpc::Server;
 
 fn status(key: &str) -> String {
     std::fs::read_to_string("/proc/self/status")

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+use shmrpc::{CallOptions, Client, ClientConfig, Server};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

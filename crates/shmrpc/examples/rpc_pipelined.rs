@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+use shmrpc::{CallOptions, Client, ClientConfig, Server};
 
 fn pin(cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             let r = c.call_raw("echo", &body, CallOptions::default()).await?;
                             assert_eq!(r, body);
                         }
-                        Ok::<_, shmrpc::rpc::RpcError>(())
+                        Ok::<_, shmrpc::RpcError>(())
                     }));
                 }
             }

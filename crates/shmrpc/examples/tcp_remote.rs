@@ -11,7 +11,7 @@ use std::io::BufRead;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server, ServerBuilder};
+use shmrpc::{CallOptions, Client, ClientConfig, Server, ServerBuilder};
 
 /// The routes, shared by both transports. `quit` stops every server of this process.
 fn routes(stop: Arc<tokio::sync::Notify>) -> ServerBuilder {

@@ -3,15 +3,21 @@
 //! Fast, trustworthy communication between processes on one host: lock-free rings in
 //! shared memory with blocking and async (tokio) APIs.
 //!
-//! Layers, each using only the ones below it:
+//! What most programs need is at the crate root: an RPC [`Server`] (built with a
+//! [`ServerBuilder`]) and a [`Client`] (or a [`BlockingClient`] for code without an async
+//! runtime), agreeing on methods through typed descriptors ([`Unary`], [`Streaming`]), and
+//! errors with a wire [`Code`] ([`RpcError`]).
 //!
-//! - [`sys`]: segments (`/dev/shm` and sealed memfd), futexes, eventfd doorbells, process
-//!   liveness, fd passing.
-//! - [`ring`]: a lock-free SPSC ring of variable-length records, validated against a
-//!   hostile peer, with the park/wake protocol.
-//! - [`channel`]: a duplex connection (two rings in one segment) used blocking or async,
-//!   by threads, tasks or processes through one code path, and the Unix-socket handshake
-//!   that hands it to another process.
+//! The modules:
+//!
+//! - [`channel`]: messages without RPC: a duplex connection (two rings in one segment)
+//!   used blocking or async, by threads, tasks or processes through one code path, and the
+//!   Unix-socket handshake that hands it to another process.
+//! - [`rpc`]: the rest of the RPC layer: the codec ([`rpc::encode`], [`rpc::decode`]),
+//!   method ids, configuration files, server introspection and observability.
+//! - [`lowlevel`]: the layers under the channel, for tools and tests that need them:
+//!   segments, futexes and doorbells ([`lowlevel::sys`]), the SPSC ring
+//!   ([`lowlevel::ring`]) and the frame format ([`lowlevel::frame`]).
 //!
 //! ```
 //! use shmrpc::channel::{self, ChannelConfig};
@@ -33,21 +39,19 @@
 #[cfg(not(shmrpc_loom))]
 pub mod channel;
 #[cfg(not(shmrpc_loom))]
-pub mod frame;
-pub mod ring;
-#[cfg(not(shmrpc_loom))]
 pub mod rpc;
 mod sync;
+
+pub mod lowlevel;
+
+// Inside the crate the layers keep their short paths (`crate::sys`, `crate::ring`, ...).
+pub(crate) use lowlevel::sys;
 #[cfg(not(shmrpc_loom))]
-pub mod sys;
-#[cfg(shmrpc_loom)]
-pub mod sys {
-    //! Under loom only the doorbell type is needed (never rung: loom models the futex).
-    /// Stand-in doorbell.
-    #[derive(Debug)]
-    pub struct Doorbell;
-    impl Doorbell {
-        /// Does nothing.
-        pub fn ring(&self) {}
-    }
-}
+pub(crate) use lowlevel::{frame, ring};
+
+#[cfg(not(shmrpc_loom))]
+pub use rpc::{
+    BindError, BlockingClient, CallContext, CallOptions, CallStream, Client, ClientConfig, Code,
+    ConfigError, ConnectError, ItemSink, RpcError, Server, ServerBuilder, ServerConfig,
+    ServerHandle, Sink, Streaming, TypedStream, Unary,
+};

@@ -19,11 +19,11 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, RecvError, SendError, WaitStrategy};
-use shmrpc::ring::{
+use shmrpc::lowlevel::ring::{
     self, ring_size, AttachError, Consumer, CorruptError, PeekError, Producer, ReserveError,
     MAX_POSITION, RING_HEADER_SIZE, RING_MAGIC, RING_VERSION,
 };
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::sys::Segment;
 
 // Offsets in a ring (from the ring's start), as documented in `ring`.
 const MAGIC: usize = 0;
@@ -68,12 +68,26 @@ impl Fixture {
         )
     }
 
+    #[allow(unsafe_code)]
     fn u64_at(&self, off: usize) -> &std::sync::atomic::AtomicU64 {
-        self.hostile.atomic_u64(off).expect("in bounds")
+        // SAFETY: the tests point this at ring header words and record-header words (stamp,
+        // length/tag), which the ring only ever accesses atomically, never lends out.
+        unsafe { self.hostile.atomic_u64(off) }.expect("in bounds")
     }
 
+    #[allow(unsafe_code)]
     fn u32_at(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
-        self.hostile.atomic_u32(off).expect("in bounds")
+        // SAFETY: as in `u64_at`.
+        unsafe { self.hostile.atomic_u32(off) }.expect("in bounds")
+    }
+
+    /// Writes `bytes` at ring offset `off`, anywhere, as the peer could.
+    #[allow(unsafe_code)]
+    fn scribble(&self, off: usize, bytes: &[u8]) {
+        // SAFETY: the tests are single-threaded and call this while no read or write grant
+        // is alive (each grant is dropped before the next attack), so no slice of this
+        // process covers the bytes; the ring's atomic words are not accessed meanwhile.
+        unsafe { self.hostile.write_bytes(off, bytes) }.expect("in bounds");
     }
 
     fn set_read_pos(&self, v: u64) {
@@ -336,7 +350,7 @@ fn garbage_stamps_read_as_empty_not_corrupt() {
     // The whole data area full of garbage: still Empty, still returns.
     let mut rng = Rng(0x5eed_0001);
     let garbage: Vec<u8> = (0..256).map(|_| rng.next() as u8).collect();
-    f.hostile.write_bytes(DATA, &garbage).unwrap();
+    f.scribble(DATA, &garbage);
     assert_eq!(c.try_peek().unwrap_err(), PeekError::Empty);
     assert_eq!(
         c.try_read_batch(16, |_, _| panic!("nothing valid")),
@@ -542,6 +556,7 @@ fn forged_claim_words() {
 /// The hostile view of a `channel::pair`'s anonymous segment, found through
 /// `/proc/self/fd` by a marker message just sent on it (as another process holding the
 /// fd could do). Returns the segment and the payload offset of the marker's record.
+#[allow(unsafe_code)]
 fn channel_peer_view(marker: &[u8]) -> (Segment, usize) {
     for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
         let path = entry.expect("fd entry").path();
@@ -562,7 +577,9 @@ fn channel_peer_view(marker: &[u8]) -> (Segment, usize) {
             continue;
         };
         let mut bytes = vec![0u8; seg.len()];
-        seg.read_bytes(0, &mut bytes).expect("whole payload");
+        // SAFETY: the channel's ends live on this thread, which is here, not in a send
+        // (no write grant is alive), so nothing writes the payload during the copy.
+        unsafe { seg.read_bytes(0, &mut bytes) }.expect("whole payload");
         if let Some(at) = bytes.windows(marker.len()).position(|w| w == marker) {
             return (seg, at - 16);
         }
@@ -591,8 +608,21 @@ fn channel_pair() -> (channel::Endpoint, channel::Endpoint) {
     channel::pair(&cfg).expect("pair")
 }
 
+/// Stores `v` at `off`, which must be a ring header or record-header word.
+#[allow(unsafe_code)]
 fn set_u32(seg: &Segment, off: usize, v: u32) {
-    seg.atomic_u32(off)
+    // SAFETY: callers pass header and record-header words, which the ring only accesses
+    // atomically.
+    unsafe { seg.atomic_u32(off) }
+        .expect("in bounds")
+        .store(v, Ordering::Release);
+}
+
+/// As [`set_u32`], for a 64-bit word.
+#[allow(unsafe_code)]
+fn set_u64(seg: &Segment, off: usize, v: u64) {
+    // SAFETY: as in `set_u32`.
+    unsafe { seg.atomic_u64(off) }
         .expect("in bounds")
         .store(v, Ordering::Release);
 }
@@ -664,9 +694,7 @@ fn channel_garbage_stamp_times_out_instead_of_hanging() {
     let m = marker("stamp");
     a.send(&m).unwrap();
     let (seg, rec) = channel_peer_view(&m);
-    seg.atomic_u64(rec)
-        .unwrap()
-        .store(0x0123_4567_89ab_cdef, Ordering::Release);
+    set_u64(&seg, rec, 0x0123_4567_89ab_cdef); // the record's stamp
     match brx.recv_timeout(Duration::from_millis(200)) {
         Err(RecvError::TimedOut) => {}
         other => panic!("got {:?}", other.map(|g| g.len())),
@@ -687,9 +715,7 @@ fn channel_send_reports_corrupt_read_pos() {
     let (seg, _) = channel_peer_view(&m);
     // A sends on ring 0, at the start of the payload: fill it, then lie about read_pos.
     while a.try_send(&[0; 100]).is_ok() {}
-    seg.atomic_u64(READ_POS)
-        .unwrap()
-        .store(1 << 40, Ordering::Release);
+    set_u64(&seg, READ_POS, 1 << 40);
     match a.sender().send_timeout(&[0; 100], Duration::from_secs(5)) {
         Err(SendError::Corrupt(CorruptError::ReadPosition { read, .. })) => {
             assert_eq!(read, 1 << 40)
@@ -828,7 +854,7 @@ fn fuzz_random_bytes_into_a_live_ring() {
                 let v = p.position().wrapping_add(rng.below(96)).wrapping_sub(48);
                 bytes.copy_from_slice(&v.to_le_bytes());
             }
-            f.hostile.write_bytes(off, &bytes).expect("in bounds");
+            f.scribble(off, &bytes);
         }
         // The victim: peek/reserve/batch cycles. Any outcome but a panic, a hang or an
         // out-of-area slice is acceptable.
@@ -847,6 +873,7 @@ fn fuzz_random_bytes_into_a_live_ring() {
                     t.peek_corrupt += 1;
                     broken = true;
                 }
+                Err(e) => panic!("unexpected peek error: {e}"),
             }
             let len = rng.below(max as u64 + 32) as usize;
             match p.try_reserve(len) {
@@ -870,6 +897,7 @@ fn fuzz_random_bytes_into_a_live_ring() {
                     t.reserve_corrupt += 1;
                     broken = true;
                 }
+                Err(e) => panic!("unexpected reserve error: {e}"),
             }
             let batch = c.try_read_batch(rng.below(8) as usize, |_, data| {
                 assert!(data.len() <= max);

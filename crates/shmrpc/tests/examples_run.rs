@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use shmrpc::sys::names;
+use shmrpc::lowlevel::sys::names;
 
 /// Runs `examples/<name>` with a 60 s watchdog; returns its stdout (which also holds its
 /// server child's output) and the pid it ran as (its names include it).

@@ -37,7 +37,7 @@
 #![cfg(shmrpc_loom)]
 
 use loom::thread;
-use shmrpc::ring::{
+use shmrpc::lowlevel::ring::{
     self, AttachError, Consumer, End, PeekError, Producer, ReserveError, Spinner, WaitStrategy,
 };
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::MetricKind;
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
 
 /// The value of the series `name` with label `label` (if any), from a snapshot.
 fn value<'a>(
@@ -48,10 +48,7 @@ fn calls_errors_bytes_latency_and_connections_are_counted() {
     let name = format!("metrics-{}", std::process::id());
     // The handles are registered when the server is built: build it with the recorder.
     let server = metrics::with_local_recorder(&recorder, || {
-        let cfg = ServerConfig {
-            metrics: true,
-            ..ServerConfig::default()
-        };
+        let cfg = ServerConfig::default().with_metrics(true);
         ServerBuilder::new(cfg)
             .unary_raw("echo", |_ctx, req| async move { Ok(req) })
             .unary_raw("fail", |_ctx, _req| async move {

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 
 use proptest::prelude::*;
-use shmrpc::ring::{self, record_size, Consumer, PeekError, Producer, ReserveError};
+use shmrpc::lowlevel::ring::{self, record_size, Consumer, PeekError, Producer, ReserveError};
 
 /// What the model says an operation returns (errors compared variant by variant).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,7 @@ fn reserve_outcome(r: &ReserveError) -> Outcome {
         },
         ReserveError::Closed => Outcome::Closed,
         ReserveError::Corrupt(c) => panic!("ring reports corruption with no peer: {c}"),
+        other => panic!("unexpected reserve error: {other}"),
     }
 }
 
@@ -44,6 +45,7 @@ fn peek_outcome(e: &PeekError) -> Outcome {
         PeekError::Empty => Outcome::Empty,
         PeekError::Closed => Outcome::Closed,
         PeekError::Corrupt(c) => panic!("ring reports corruption with no peer: {c}"),
+        other => panic!("unexpected peek error: {other}"),
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server, ServerHandle};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server, ServerHandle};
 
 fn name(what: &str) -> String {
     format!("rpc-{what}-{}", std::process::id())
@@ -16,7 +16,7 @@ struct Observed {
     streamed: AtomicUsize,
 }
 
-fn build(obs: Arc<Observed>) -> shmrpc::rpc::ServerBuilder {
+fn build(obs: Arc<Observed>) -> shmrpc::ServerBuilder {
     let o2 = obs.clone();
     Server::builder()
         .unary_raw("echo", |_ctx, req| async move { Ok(req) })
@@ -256,12 +256,11 @@ async fn graceful_shutdown_finishes_calls_in_flight() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_server_reports_its_connections_to_the_inspection_method() {
     use shmrpc::rpc::inspect::ServerReport;
-    use shmrpc::rpc::{ServerBuilder, ServerConfig, INSPECT_METHOD};
+    use shmrpc::rpc::INSPECT_METHOD;
+    use shmrpc::{ServerBuilder, ServerConfig};
     let n = name("inspect");
-    let cfg = ServerConfig {
-        channel: shmrpc::channel::ChannelConfig::default().with_capacity(8192),
-        ..ServerConfig::default()
-    };
+    let cfg = ServerConfig::default()
+        .with_channel(shmrpc::channel::ChannelConfig::default().with_capacity(8192));
     let server = ServerBuilder::new(cfg)
         .unary_raw("echo", |_ctx, req| async move { Ok(req) })
         .bind(&n)

@@ -6,9 +6,9 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError};
 
 use super::{hex, parse_duration, Format};
 
@@ -92,7 +92,7 @@ pub fn run(args: &CallArgs) -> anyhow::Result<()> {
                 }
                 _ => String::new(),
             };
-            Err(anyhow!("call {method} on {target} failed: {e}{hint}"))
+            Err(anyhow::Error::new(e).context(format!("call {method} on {target} failed{hint}")))
         }
     }
 }
@@ -137,12 +137,10 @@ fn read_body(arg: Option<&str>, raw: bool) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn call(args: &CallArgs, target: &Target, method: &str, body: &[u8]) -> Result<(), RpcError> {
-    let cfg = ClientConfig {
-        reconnect_for: args
-            .timeout
+    let cfg = ClientConfig::default().with_reconnect_for(
+        args.timeout
             .map_or(args.connect_timeout, |t| args.connect_timeout.min(t)),
-        ..ClientConfig::default()
-    };
+    );
     let client = match target {
         Target::Name(n) => Client::connect(n, cfg).await?,
         Target::Tcp(a) => Client::connect_tcp(*a, cfg).await?,

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use shmrpc::sys::names::{self, NameLock};
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::sys::names::{self, NameLock};
+use shmrpc::lowlevel::sys::Segment;
 
 use super::scan::{self, error_chain};
 use super::{human_bytes, Format};

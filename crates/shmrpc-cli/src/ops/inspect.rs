@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
-use shmrpc::ring::RingState;
+use anyhow::Context;
+use shmrpc::lowlevel::ring::RingState;
 use shmrpc::rpc::inspect::ServerReport;
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, INSPECT_METHOD};
+use shmrpc::rpc::INSPECT_METHOD;
+use shmrpc::{CallOptions, Client, ClientConfig};
 
 use super::{human_bytes, print_table, Format};
 
@@ -63,13 +64,10 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let report: ServerReport = rt.block_on(async {
-        let cfg = ClientConfig {
-            reconnect_for: args.timeout,
-            ..ClientConfig::default()
-        };
+        let cfg = ClientConfig::default().with_reconnect_for(args.timeout);
         let client = Client::connect(&args.name, cfg)
             .await
-            .map_err(|e| anyhow!("cannot reach {}: {e}", args.name))?;
+            .with_context(|| format!("cannot reach {}", args.name))?;
         client
             .call(
                 INSPECT_METHOD,
@@ -77,7 +75,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
                 CallOptions::timeout(Duration::from_secs(10)),
             )
             .await
-            .map_err(|e| anyhow!("{} did not answer the inspection: {e}", args.name))
+            .with_context(|| format!("{} did not answer the inspection", args.name))
     })?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use shmrpc::sys::names;
+use shmrpc::lowlevel::sys::names;
 
 use super::scan::{self, SegmentEntry, ServerEntry};
 use super::{human_bytes, print_table, Format};

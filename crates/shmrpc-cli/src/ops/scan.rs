@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use shmrpc::sys::{names, Segment, SegmentStatus};
+use shmrpc::lowlevel::sys::{names, Segment, SegmentStatus};
 
 /// A server name found in the runtime directory.
 #[derive(Debug)]

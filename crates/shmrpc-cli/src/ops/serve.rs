@@ -14,9 +14,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use serde_json::{json, Value};
-use shmrpc::rpc::{Code, RpcError, ServerBuilder, ServerConfig};
+use shmrpc::{Code, RpcError, ServerBuilder, ServerConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -103,7 +103,7 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             let server = builder
                 .bind_tcp(addr)
                 .await
-                .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
+                .with_context(|| format!("cannot listen on {addr}"))?;
             let local = server.local_addr().unwrap_or(addr);
             let ready = match args.format {
                 Format::Text => format!(
@@ -121,8 +121,8 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         (Some(name), None) => {
             let server = builder
                 .bind(name)
-                .map_err(|e| anyhow!("cannot serve {name:?}: {e}"))?;
-            let socket = shmrpc::sys::names::runtime_dir()
+                .with_context(|| format!("cannot serve {name:?}"))?;
+            let socket = shmrpc::lowlevel::sys::names::runtime_dir()
                 .map(|d| d.join(format!("{name}.sock")))
                 .context("runtime directory")?;
             let ready = match args.format {

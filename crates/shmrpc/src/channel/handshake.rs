@@ -39,9 +39,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of [`Listener::bind`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum BindError {
     /// The name is not acceptable.
-    #[error("invalid name: {0}")]
+    #[error("invalid name")]
     InvalidName(#[from] names::NameError),
     /// A live server already listens on this name.
     #[error("a live server already listens on {0}")]
@@ -59,6 +60,7 @@ pub enum BindError {
 
 /// Errors of [`Listener::accept`] and [`PendingClient::handshake`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum AcceptError {
     /// The connecting process runs as another user.
     #[error("client uid {found} refused (only uid {expected} may connect)")]
@@ -90,13 +92,20 @@ pub enum AcceptError {
 
 /// Errors of [`connect`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The name is not acceptable.
-    #[error("invalid name: {0}")]
+    #[error("invalid name")]
     InvalidName(#[from] names::NameError),
     /// No server listens on this name.
-    #[error("no server listens on {0}")]
-    NotFound(PathBuf),
+    #[error("no server listens on {}", .path.display())]
+    NotFound {
+        /// The socket the server would listen on.
+        path: PathBuf,
+        /// The OS error of connecting to it (`ENOENT` or `ECONNREFUSED`).
+        #[source]
+        source: io::Error,
+    },
     /// The server runs as another user.
     #[error("server uid {found} is not ours ({expected})")]
     WrongUid {
@@ -400,7 +409,7 @@ impl Drop for Listener {
 /// let cfg = ChannelConfig::default().with_wait(WaitStrategy::Spin);
 /// match channel::connect("engine", &cfg) {
 ///     Ok(mut conn) => conn.send(b"hello")?,
-///     Err(ConnectError::NotFound(_)) => eprintln!("no server called engine"),
+///     Err(ConnectError::NotFound { .. }) => eprintln!("no server called engine"),
 ///     Err(e) => return Err(e.into()),
 /// }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -414,13 +423,13 @@ pub fn connect(name: &str, cfg: &ChannelConfig) -> Result<Endpoint, ConnectError
     let path = dir.join(format!("{name}.sock"));
     let sock = match UnixStream::connect(&path) {
         Ok(s) => s,
-        Err(e)
+        Err(source)
             if matches!(
-                e.kind(),
+                source.kind(),
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Err(ConnectError::NotFound(path))
+            return Err(ConnectError::NotFound { path, source })
         }
         Err(source) => {
             return Err(ConnectError::Io {

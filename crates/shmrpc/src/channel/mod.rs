@@ -20,6 +20,8 @@
 
 mod endpoint;
 mod handshake;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::sync::Arc;
@@ -58,6 +60,7 @@ pub const SEGMENT_KIND_DUPLEX: u32 = u32::from_le_bytes(*b"DPLX");
 /// assert_eq!(ChannelConfig::default().capacity, 256 * 1024);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChannelConfig {
     /// Data bytes of each ring (a power of two, at least 128). The largest message is this
     /// less 16 bytes of record header.
@@ -125,6 +128,7 @@ impl ChannelConfig {
 
 /// Errors of building a channel (or of attaching to one received from a peer).
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ChannelError {
     /// The capacity is not a power of two in range.
     #[error("ring capacity {0} is not a power of two in [{min}, {max}]", min = ring::MIN_CAPACITY, max = ring::MAX_CAPACITY)]
@@ -142,15 +146,16 @@ pub enum ChannelError {
     #[error(transparent)]
     Attach(#[from] ring::AttachError),
     /// Duplicating the segment's fd failed.
-    #[error("dup of the segment fd: {0}")]
+    #[error("dup of the segment fd")]
     Dup(#[source] io::Error),
     /// Creating or adopting a doorbell failed.
-    #[error("doorbell: {0}")]
+    #[error("doorbell")]
     Doorbell(#[source] io::Error),
 }
 
 /// Errors of blocking and async sends.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The message can never fit in the ring.
     #[error("message of {len} bytes is larger than the largest the ring carries ({max})")]
@@ -164,7 +169,7 @@ pub enum SendError {
     #[error("channel closed by the receiver")]
     Closed,
     /// Shared memory is corrupt: close the channel.
-    #[error("channel corrupt: {0}")]
+    #[error("channel corrupt")]
     Corrupt(#[from] CorruptError),
     /// The deadline passed with the ring still full.
     #[error("send timed out")]
@@ -173,18 +178,19 @@ pub enum SendError {
     #[error("peer is gone")]
     PeerGone,
     /// Registering with the async runtime failed (no runtime?).
-    #[error("async runtime: {0}")]
+    #[error("async runtime")]
     Io(#[source] io::Error),
 }
 
 /// Errors of blocking and async receives.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum RecvError {
     /// The sending end closed the channel and everything it sent has been received.
     #[error("channel closed by the sender")]
     Closed,
     /// Shared memory is corrupt: close the channel.
-    #[error("channel corrupt: {0}")]
+    #[error("channel corrupt")]
     Corrupt(#[from] CorruptError),
     /// The deadline passed with nothing received.
     #[error("receive timed out")]
@@ -193,7 +199,7 @@ pub enum RecvError {
     #[error("peer is gone")]
     PeerGone,
     /// Registering with the async runtime failed (no runtime?).
-    #[error("async runtime: {0}")]
+    #[error("async runtime")]
     Io(#[source] io::Error),
 }
 

@@ -35,6 +35,7 @@ const KNOWN_FLAGS: u16 = FLAG_MORE;
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Kind {
     /// A call's request.
     Request = 1,
@@ -81,7 +82,7 @@ impl Kind {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::frame::{decode_header, encode, FrameHeader, Kind};
+/// use shmrpc::lowlevel::frame::{decode_header, encode, FrameHeader, Kind};
 ///
 /// let h = FrameHeader { kind: Kind::Ping, flags: 0, method: 0, call_id: 1, len: 0 };
 /// let bytes = encode(&h, b"").unwrap();
@@ -106,7 +107,7 @@ pub struct FrameHeader {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::frame::{decode, encode, FrameError, FrameHeader, Kind};
+/// use shmrpc::lowlevel::frame::{decode, encode, FrameError, FrameHeader, Kind};
 ///
 /// let h = FrameHeader { kind: Kind::Pong, flags: 0, method: 0, call_id: 1, len: 0 };
 /// let mut bytes = encode(&h, b"").unwrap();
@@ -116,6 +117,7 @@ pub struct FrameHeader {
 /// assert_eq!(err.to_string(), "frame version 2, we speak 1");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// Fewer bytes than a header.
     #[error("frame of {0} bytes is shorter than its {FRAME_HEADER_LEN}-byte header")]
@@ -174,7 +176,7 @@ fn crc(header: &[u8; FRAME_HEADER_LEN], payload: &[u8]) -> u32 {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::frame::{decode, encode_into, FrameError, FrameHeader, Kind, FRAME_HEADER_LEN};
+/// use shmrpc::lowlevel::frame::{decode, encode_into, FrameError, FrameHeader, Kind, FRAME_HEADER_LEN};
 ///
 /// let h = FrameHeader { kind: Kind::Request, flags: 0, method: 3, call_id: 9, len: 0 };
 /// let mut out = [0u8; FRAME_HEADER_LEN + 5];
@@ -198,7 +200,7 @@ pub fn encode_into(out: &mut [u8], h: &FrameHeader, payload: &[u8]) -> Result<()
 /// # Examples
 ///
 /// ```
-/// use shmrpc::frame::{decode, encode_parts_into, FrameHeader, Kind, FRAME_HEADER_LEN};
+/// use shmrpc::lowlevel::frame::{decode, encode_parts_into, FrameHeader, Kind, FRAME_HEADER_LEN};
 ///
 /// let h = FrameHeader { kind: Kind::Response, flags: 0, method: 1, call_id: 2, len: 0 };
 /// let mut out = vec![0u8; FRAME_HEADER_LEN + 6];
@@ -247,7 +249,7 @@ pub fn encode_parts_into(
 /// # Examples
 ///
 /// ```
-/// use shmrpc::frame::{encode, FrameHeader, Kind, FRAME_HEADER_LEN, FRAME_MAGIC};
+/// use shmrpc::lowlevel::frame::{encode, FrameHeader, Kind, FRAME_HEADER_LEN, FRAME_MAGIC};
 ///
 /// let h = FrameHeader { kind: Kind::Request, flags: 0, method: 1, call_id: 7, len: 0 };
 /// let bytes = encode(&h, b"abc").unwrap();
@@ -268,7 +270,7 @@ pub fn encode(h: &FrameHeader, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::frame::{decode, encode, FrameError, FrameHeader, Kind};
+/// use shmrpc::lowlevel::frame::{decode, encode, FrameError, FrameHeader, Kind};
 ///
 /// let h = FrameHeader { kind: Kind::Request, flags: 0, method: 4, call_id: 11, len: 0 };
 /// let mut bytes = encode(&h, b"data").unwrap();
@@ -307,7 +309,7 @@ pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, &[u8]), FrameError> {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::frame::{decode_header, encode, FrameError, FrameHeader, Kind, FRAME_HEADER_LEN};
+/// use shmrpc::lowlevel::frame::{decode_header, encode, FrameError, FrameHeader, Kind, FRAME_HEADER_LEN};
 ///
 /// let h = FrameHeader { kind: Kind::StreamItem, flags: 0, method: 2, call_id: 5, len: 0 };
 /// let bytes = encode(&h, &[0u8; 100]).unwrap();
@@ -346,6 +348,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
 
 /// Errors of reassembling fragments.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ReassemblyError {
     /// The message grew past the configured maximum. Its remaining fragments are skipped,
     /// so the connection can go on: only this call fails.
@@ -381,7 +384,7 @@ pub type Whole<'a> = (FrameHeader, std::borrow::Cow<'a, [u8]>);
 /// # Examples
 ///
 /// ```
-/// use shmrpc::frame::{decode, encode, fragments, FrameHeader, Kind, Reassembler};
+/// use shmrpc::lowlevel::frame::{decode, encode, fragments, FrameHeader, Kind, Reassembler};
 ///
 /// let message = vec![7u8; 10_000];
 /// let mut r = Reassembler::new(64 * 1024);
@@ -411,7 +414,7 @@ impl Reassembler {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::frame::{FrameHeader, Kind, ReassemblyError, Reassembler};
+    /// use shmrpc::lowlevel::frame::{FrameHeader, Kind, ReassemblyError, Reassembler};
     ///
     /// let mut r = Reassembler::new(4);
     /// let h = FrameHeader { kind: Kind::Request, flags: 0, method: 1, call_id: 1, len: 5 };
@@ -435,7 +438,7 @@ impl Reassembler {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::frame::{FrameHeader, Kind, Reassembler, FLAG_MORE};
+    /// use shmrpc::lowlevel::frame::{FrameHeader, Kind, Reassembler, FLAG_MORE};
     ///
     /// let mut r = Reassembler::new(1024);
     /// let first = FrameHeader { kind: Kind::Request, flags: FLAG_MORE, method: 1, call_id: 8, len: 3 };
@@ -517,7 +520,7 @@ impl Reassembler {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::frame::{fragments, FLAG_MORE};
+/// use shmrpc::lowlevel::frame::{fragments, FLAG_MORE};
 ///
 /// let parts: Vec<_> = fragments(b"abcde", 2).collect();
 /// assert_eq!(parts, [(FLAG_MORE, &b"ab"[..]), (FLAG_MORE, &b"cd"[..]), (0, &b"e"[..])]);

@@ -242,10 +242,10 @@ pub(crate) mod registry {
 
 #[cfg(all(test, not(shmrpc_loom)))]
 mod tests {
-    use std::sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
-    use crate::ring::{self, ring_size, AttachError, End};
+    use crate::ring::{self, ring_size, AttachError, End, RING_HEADER_SIZE};
     use crate::sys::Segment;
 
     const CAP: usize = 4096;
@@ -279,10 +279,15 @@ mod tests {
         }
     }
 
+    /// A header word of the ring at offset 0 of `seg`, written as a peer would.
+    fn header_word(seg: &Segment, off: usize) -> &AtomicU64 {
+        assert!(off < RING_HEADER_SIZE, "header words only");
+        // SAFETY: ring header words are only ever accessed atomically (never lent out).
+        unsafe { seg.atomic_u64(off) }.expect("in bounds")
+    }
+
     fn claim_word(seg: &Segment, off: usize) -> u64 {
-        seg.atomic_u64(off)
-            .expect("in bounds")
-            .load(Ordering::Acquire)
+        header_word(seg, off).load(Ordering::Acquire)
     }
 
     #[test]
@@ -330,10 +335,7 @@ mod tests {
         let _p = ring::producer(&seg, 0, CAP).expect("producer");
         assert_held_by_us(ring::producer(&again, 0, CAP), End::Producer);
         // Even with the shared claim cleared (a peer can write it), the registry refuses.
-        again
-            .atomic_u64(PRODUCER_CLAIM)
-            .unwrap()
-            .store(0, Ordering::Release);
+        header_word(&again, PRODUCER_CLAIM).store(0, Ordering::Release);
         assert_held_by_us(ring::producer(&again, 0, CAP), End::Producer);
         // SAFETY: nothing is taken over: a handle of this process holds the end, which
         // the registry refuses before the claim word is touched.
@@ -382,9 +384,7 @@ mod tests {
     fn take_over_replaces_a_dead_holders_claim() {
         let seg = anonymous(2);
         let ghost = 4242u64 << 32 | 7;
-        seg.atomic_u64(CONSUMER_CLAIM)
-            .unwrap()
-            .store(ghost, Ordering::Release);
+        header_word(&seg, CONSUMER_CLAIM).store(ghost, Ordering::Release);
         match ring::consumer(&seg, 0, CAP) {
             Err(AttachError::AlreadyAttached {
                 end: End::Consumer,
@@ -408,14 +408,14 @@ mod tests {
     fn a_refused_attach_leaves_no_claim_behind() {
         let seg = anonymous(1);
         // Inconsistent positions: refused after the end was claimed; the claim must go.
-        seg.atomic_u64(128).unwrap().store(16, Ordering::Release); // write_pos
-        seg.atomic_u64(256).unwrap().store(32, Ordering::Release); // read_pos
+        header_word(&seg, 128).store(16, Ordering::Release); // write_pos
+        header_word(&seg, 256).store(32, Ordering::Release); // read_pos
         assert!(matches!(
             ring::producer(&seg, 0, CAP),
             Err(AttachError::Corrupt(_))
         ));
         assert_eq!(claim_word(&seg, PRODUCER_CLAIM), 0);
-        seg.atomic_u64(256).unwrap().store(0, Ordering::Release);
+        header_word(&seg, 256).store(0, Ordering::Release);
         ring::producer(&seg, 0, CAP).expect("nothing registered by the refused attach");
     }
 }

@@ -15,6 +15,7 @@ use crate::sys::Doorbell;
 
 /// Why no record could be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum PeekError {
     /// Nothing to read now.
     #[error("ring is empty")]
@@ -23,7 +24,7 @@ pub enum PeekError {
     #[error("ring closed by the producer")]
     Closed,
     /// The producer wrote an impossible record.
-    #[error("ring corrupt: {0}")]
+    #[error("ring corrupt")]
     Corrupt(#[from] CorruptError),
 }
 
@@ -113,7 +114,7 @@ impl Consumer {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::ring::{self, PeekError};
+    /// use shmrpc::lowlevel::ring::{self, PeekError};
     ///
     /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
     /// assert!(matches!(rx.try_peek(), Err(PeekError::Empty)));
@@ -223,7 +224,7 @@ impl Consumer {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::ring::{self, PeekError};
+    /// use shmrpc::lowlevel::ring::{self, PeekError};
     ///
     /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
     /// for i in 0..5u8 {
@@ -263,10 +264,13 @@ impl Consumer {
 
     #[inline]
     fn payload(&self, at: Located) -> &[u8] {
-        let ptr = self.mem.bytes_ptr(at.off + RECORD_HEADER, at.len);
         // SAFETY: `locate` validated that the record (header + padded payload) lies inside
-        // the data area; the producer does not touch it until we release past `at.next`,
-        // which cannot happen while this borrow of `self` lives. (A hostile producer could
+        // the data area, so `off + RECORD_HEADER + len <= capacity`.
+        let ptr = unsafe { self.mem.bytes_ptr(at.off + RECORD_HEADER, at.len) };
+        // SAFETY: inside the data area (above); the producer does not touch the record
+        // until we release past `at.next`, which cannot happen while this borrow of `self`
+        // lives, and it is the ring's only producer in this process (attach claim and
+        // registry). (A hostile producer could
         // still write these bytes: they are shared memory it maps. We never derive an index
         // from payload bytes, so that can garble the data but not our memory safety.)
         unsafe { std::slice::from_raw_parts(ptr, at.len) }
@@ -354,7 +358,7 @@ impl Drop for Consumer {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::ring;
+/// use shmrpc::lowlevel::ring;
 ///
 /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
 /// tx.try_push(3, b"abc").unwrap();

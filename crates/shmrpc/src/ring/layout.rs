@@ -199,28 +199,35 @@ impl RingMem {
     /// The 8-byte word at data offset `off`.
     ///
     /// Callers pass offsets that are multiples of 8 and below `capacity` (record starts,
-    /// masked by `capacity - 1`, plus 0 or 8); the debug assertion documents that.
+    /// masked by `capacity - 1`, plus 0 or 8). The offset is masked into the area and down
+    /// to a multiple of 8 anyway, so even a wrong one stays in bounds in release builds
+    /// (the debug assertion catches it in tests).
     #[inline]
     pub(crate) fn word(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off % 8 == 0 && off + 8 <= self.capacity);
+        // `capacity` is a power of two >= 128: the mask keeps `off + 8 <= capacity`.
+        let off = off & (self.capacity - 1) & !7;
         #[cfg(not(shmrpc_loom))]
-        // SAFETY: `off + 8 <= capacity` (callers mask offsets into the area) and `off` is a
-        // multiple of 8 in a 128-aligned area, so this is an aligned 8-byte location inside
-        // the mapping; AtomicU64 has u64's layout, and all accesses to record-header words
-        // are atomic on both sides.
+        // SAFETY: `off + 8 <= capacity` and `off` is a multiple of 8 (masked just above)
+        // in a 128-aligned area, so this is an aligned 8-byte location inside the mapping;
+        // AtomicU64 has u64's layout, and all accesses to record-header words are atomic
+        // on both sides.
         return unsafe { &*self.data.as_ptr().add(off).cast::<AtomicU64>() };
         #[cfg(shmrpc_loom)]
         return &self.heap.words[off / 8];
     }
 
     /// Pointer to payload byte `off` of the data area, for `len` bytes.
+    ///
+    /// # Safety
+    /// `off + len <= capacity` (the caller validated the record against the data area).
     #[inline]
-    pub(crate) fn bytes_ptr(&self, off: usize, len: usize) -> *mut u8 {
+    pub(crate) unsafe fn bytes_ptr(&self, off: usize, len: usize) -> *mut u8 {
         debug_assert!(off + len <= self.capacity);
         let _ = len;
         #[cfg(not(shmrpc_loom))]
-        // SAFETY: callers validated `off + len <= capacity`, so the pointer stays inside
-        // the data area (computing it is all this does).
+        // SAFETY: the caller guarantees `off + len <= capacity`, so the pointer stays
+        // inside the data area (computing it is all this does).
         return unsafe { self.data.as_ptr().add(off) };
         #[cfg(shmrpc_loom)]
         return self.heap.bytes_ptr(off);

@@ -80,6 +80,7 @@ use layout::RingMem;
 /// Shared memory broke the ring's invariants: the peer is buggy or hostile. The connection
 /// must be closed; nothing read from it can be trusted any more.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum CorruptError {
     /// `read_pos` moved backwards or beyond what was written.
     #[error("read position {read} outside [{released}, {written}]")]
@@ -123,6 +124,7 @@ pub enum CorruptError {
 
 /// Errors of attaching to (or initialising) a ring in a segment.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum AttachError {
     /// The ring would not fit in the segment at that offset, or is misaligned.
     #[error("ring of {size} bytes at offset {offset} does not fit a {segment}-byte segment (or is not 128-aligned)")]
@@ -365,8 +367,8 @@ mod in_segment {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(2 * ring_size(cap), 0, |s| {
@@ -406,8 +408,8 @@ mod in_segment {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
@@ -447,8 +449,8 @@ mod in_segment {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size, AttachError};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size, AttachError};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
@@ -487,15 +489,17 @@ mod in_segment {
     /// ```
     /// use std::sync::atomic::Ordering;
     /// use std::sync::Arc;
-    /// use shmrpc::ring::{self, ring_size, AttachError};
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::ring::{self, ring_size, AttachError};
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let cap = 4096;
     /// let seg = Arc::new(Segment::anonymous(ring_size(cap), 0, |s| {
     ///     ring::init(s, 0, cap).map_err(|e| e.to_string())
     /// })?);
     /// // The header names a producer of process 4242, which died without detaching.
-    /// seg.atomic_u64(400).unwrap().store(4242 << 32 | 1, Ordering::Relaxed);
+    /// // SAFETY: the claim word is only ever accessed atomically.
+    /// let claim = unsafe { seg.atomic_u64(400) }.unwrap();
+    /// claim.store(4242 << 32 | 1, Ordering::Relaxed);
     /// let e = ring::producer(&seg, 0, cap).unwrap_err();
     /// assert!(matches!(e, AttachError::AlreadyAttached { holder_pid: 4242, .. }));
     /// // SAFETY: process 4242 is gone (here it never existed) and never touches the ring.
@@ -553,7 +557,7 @@ mod in_segment {
     ///
     /// ```
     /// use std::time::{Duration, Instant};
-    /// use shmrpc::ring::{self, Spinner, WaitStrategy};
+    /// use shmrpc::lowlevel::ring::{self, Spinner, WaitStrategy};
     ///
     /// let (mut tx, mut rx) = ring::channel(1 << 16)?;
     /// let t = std::thread::spawn(move || {

@@ -9,7 +9,7 @@ use crate::sync::Ordering;
 /// # Examples
 ///
 /// ```
-/// use shmrpc::ring;
+/// use shmrpc::lowlevel::ring;
 ///
 /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
 /// tx.try_push(0, &[0u8; 16]).unwrap();
@@ -45,7 +45,7 @@ pub struct RingState {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::ring;
+/// use shmrpc::lowlevel::ring;
 ///
 /// let (tx, rx) = ring::channel(4096).unwrap();
 /// let probe = rx.inspector();

@@ -15,6 +15,7 @@ use crate::sys::Doorbell;
 
 /// Why a record could not be reserved.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum ReserveError {
     /// Not enough free space now; retry after the consumer has read.
     #[error("ring is full")]
@@ -31,7 +32,7 @@ pub enum ReserveError {
     #[error("ring closed by the consumer")]
     Closed,
     /// The consumer wrote an impossible `read_pos`.
-    #[error("ring corrupt: {0}")]
+    #[error("ring corrupt")]
     Corrupt(#[from] CorruptError),
 }
 
@@ -121,7 +122,7 @@ impl Producer {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::ring::{self, ReserveError};
+    /// use shmrpc::lowlevel::ring::{self, ReserveError};
     ///
     /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
     /// let mut grant = tx.try_reserve(5).unwrap();
@@ -174,7 +175,7 @@ impl Producer {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::ring::{self, ReserveError};
+    /// use shmrpc::lowlevel::ring::{self, ReserveError};
     ///
     /// let (mut tx, mut rx) = ring::channel(128).unwrap();
     /// tx.try_push(7, &[1u8; 48]).unwrap();
@@ -258,7 +259,7 @@ impl Producer {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::ring;
+    /// use shmrpc::lowlevel::ring;
     ///
     /// let (mut tx, rx) = ring::channel(4096).unwrap();
     /// let probe = tx.inspector();
@@ -286,7 +287,7 @@ impl Producer {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::ring;
+    /// use shmrpc::lowlevel::ring;
     ///
     /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
     /// for i in 0..3u32 {
@@ -325,7 +326,7 @@ impl Producer {
     ///
     /// ```
     /// use std::time::{Duration, Instant};
-    /// use shmrpc::ring::{self, ReserveError, Spinner, WaitError, WaitStrategy};
+    /// use shmrpc::lowlevel::ring::{self, ReserveError, Spinner, WaitError, WaitStrategy};
     ///
     /// let (mut tx, mut rx) = ring::channel(128).unwrap();
     /// tx.try_push(0, &[0u8; 100]).unwrap();
@@ -400,7 +401,7 @@ impl Drop for Producer {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::ring::{self, PeekError};
+/// use shmrpc::lowlevel::ring::{self, PeekError};
 ///
 /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
 /// let mut g = tx.try_reserve(3).unwrap();
@@ -422,7 +423,7 @@ impl<'a> WriteGrant<'a> {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::ring;
+    /// use shmrpc::lowlevel::ring;
     ///
     /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
     /// let mut g = tx.try_reserve(2).unwrap();
@@ -443,7 +444,7 @@ impl<'a> WriteGrant<'a> {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::ring;
+    /// use shmrpc::lowlevel::ring;
     ///
     /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
     /// tx.try_reserve(0).unwrap().commit_deferred(1);
@@ -489,24 +490,32 @@ impl<'a> WriteGrant<'a> {
 impl Deref for WriteGrant<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        let ptr = self
-            .producer
-            .mem
-            .bytes_ptr(self.off + RECORD_HEADER, self.len);
-        // SAFETY: `try_reserve` checked that the record lies inside the data area and
-        // that the consumer has released it (it is between read_pos + capacity and our
-        // write position), so nobody else reads or writes these bytes until we publish; the
-        // slice borrows the grant, which borrows the producer, which keeps the memory alive.
+        // SAFETY: `try_reserve` checked that the record (header + payload) lies inside the
+        // data area, so `off + RECORD_HEADER + len <= capacity`.
+        let ptr = unsafe {
+            self.producer
+                .mem
+                .bytes_ptr(self.off + RECORD_HEADER, self.len)
+        };
+        // SAFETY: the bytes are in the data area (above) and the consumer has released them
+        // (they lie between read_pos + capacity and our write position). No other handle
+        // in this process reaches them: this is the ring's only producer (its attach claim
+        // and this process's registry refuse a second one), the consumer does not look at
+        // them before we publish, and raw `Segment` access is `unsafe` with a contract that
+        // excludes them. The slice borrows the grant, which borrows the producer, which
+        // keeps the memory alive.
         unsafe { std::slice::from_raw_parts(ptr, self.len) }
     }
 }
 
 impl DerefMut for WriteGrant<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        let ptr = self
-            .producer
-            .mem
-            .bytes_ptr(self.off + RECORD_HEADER, self.len);
+        // SAFETY: as in `deref`: the record lies inside the data area.
+        let ptr = unsafe {
+            self.producer
+                .mem
+                .bytes_ptr(self.off + RECORD_HEADER, self.len)
+        };
         // SAFETY: as in `deref`; the range is exclusively ours until published, and the
         // `&mut self` borrow makes this the only slice.
         unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }

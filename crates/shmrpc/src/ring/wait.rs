@@ -45,7 +45,7 @@ pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use shmrpc::ring::{self, Spinner, WaitError, WaitStrategy};
+/// use shmrpc::lowlevel::ring::{self, Spinner, WaitError, WaitStrategy};
 ///
 /// assert_eq!(
 ///     WaitStrategy::default(),
@@ -57,6 +57,7 @@ pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(100);
 /// assert_eq!(rx.wait(&mut spinner, Some(deadline), || true), Err(WaitError::TimedOut));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WaitStrategy {
     /// Busy-poll and never sleep: lowest latency, one core fully used while waiting.
     Spin,
@@ -80,6 +81,7 @@ impl Default for WaitStrategy {
 
 /// Why a wait ended without its condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum WaitError {
     /// The deadline passed.
     #[error("timed out")]
@@ -97,7 +99,7 @@ pub enum WaitError {
 ///
 /// ```
 /// use std::time::{Duration, Instant};
-/// use shmrpc::ring::{self, Spinner, WaitStrategy};
+/// use shmrpc::lowlevel::ring::{self, Spinner, WaitStrategy};
 ///
 /// let (mut tx, mut rx) = ring::channel(4096).unwrap();
 /// let mut spinner = Spinner::new(WaitStrategy::SpinThenPark { spin: Duration::from_micros(20) });

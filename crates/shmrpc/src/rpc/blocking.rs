@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::client::{CallOptions, Client, ClientConfig};
-use super::{Code, RpcError};
+use super::{ConnectError, RpcError};
 
 /// A blocking RPC client. It runs the async client on a private one-thread runtime, so
 /// heartbeats are answered between calls too.
@@ -17,7 +17,8 @@ use super::{Code, RpcError};
 /// ```no_run
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use shmrpc::rpc::{self, BlockingClient, ClientConfig};
+/// use shmrpc::{BlockingClient, ClientConfig};
+/// use shmrpc::rpc;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = Arc::new(BlockingClient::connect("engine", ClientConfig::default())?);
@@ -43,13 +44,14 @@ impl BlockingClient {
     /// Connects to the shared-memory server `name`.
     ///
     /// # Errors
-    /// [`Code::Unavailable`] if the runtime cannot start or no server answers.
-    pub fn connect(name: &str, cfg: ClientConfig) -> Result<Self, RpcError> {
+    /// [`ConnectError::Runtime`] if the runtime cannot start; otherwise as
+    /// [`Client::connect`].
+    pub fn connect(name: &str, cfg: ClientConfig) -> Result<Self, ConnectError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
-            .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
+            .map_err(ConnectError::Runtime)?;
         let client = rt.block_on(Client::connect(name, cfg))?;
         Ok(Self { rt, client })
     }

@@ -11,7 +11,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
 
 use super::transport::{FrameRx, FrameTx};
-use super::{decode, encode, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
+use super::{decode, encode, method_id, Code, ConnectError, IdMap, RpcError, DEADLINE_PREFIX};
 use crate::channel::{self, ChannelConfig};
 use crate::frame::Kind;
 
@@ -21,16 +21,15 @@ use crate::frame::Kind;
 ///
 /// ```
 /// use std::time::Duration;
-/// use shmrpc::rpc::ClientConfig;
+/// use shmrpc::ClientConfig;
 ///
 /// // Give up on a missing server after one second instead of five.
-/// let cfg = ClientConfig {
-///     reconnect_for: Duration::from_secs(1),
-///     ..ClientConfig::default()
-/// };
+/// let cfg = ClientConfig::default().with_reconnect_for(Duration::from_secs(1));
+/// assert_eq!(cfg.reconnect_for, Duration::from_secs(1));
 /// assert_eq!(cfg.max_backoff, Duration::from_millis(100));
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Wait strategy of the channel (ring sizes are the server's).
     pub channel: ChannelConfig,
@@ -60,6 +59,52 @@ impl Default for ClientConfig {
     }
 }
 
+/// Setters, one per field (the struct is `#[non_exhaustive]`: build it from
+/// [`ClientConfig::default`] with these).
+impl ClientConfig {
+    /// This config with another `channel` (the wait strategy).
+    #[must_use]
+    pub fn with_channel(mut self, channel: ChannelConfig) -> Self {
+        self.channel = channel;
+        self
+    }
+
+    /// This config with another `max_message` (largest message).
+    #[must_use]
+    pub fn with_max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
+    /// This config with another `heartbeat` (ping period).
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// This config with another `reconnect_for` (how long a call keeps trying to connect).
+    #[must_use]
+    pub fn with_reconnect_for(mut self, reconnect_for: Duration) -> Self {
+        self.reconnect_for = reconnect_for;
+        self
+    }
+
+    /// This config with another `backoff` (first reconnect back-off).
+    #[must_use]
+    pub fn with_backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// This config with another `max_backoff` (longest pause between reconnect attempts).
+    #[must_use]
+    pub fn with_max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+}
+
 /// Per-call options.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallOptions {
@@ -74,7 +119,7 @@ impl CallOptions {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use shmrpc::rpc::CallOptions;
+    /// use shmrpc::CallOptions;
     ///
     /// let opts = CallOptions::timeout(Duration::from_secs(2));
     /// assert_eq!(opts.timeout, Some(Duration::from_secs(2)));
@@ -97,6 +142,9 @@ enum Event {
 enum Target {
     Shm(String),
     Tcp(SocketAddr),
+    /// An in-memory transport handed in by a unit test (it cannot be redialled).
+    #[cfg(test)]
+    Mem,
 }
 
 /// What a call in flight waits for.
@@ -251,9 +299,9 @@ struct Inner {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use shmrpc::rpc::{CallOptions, Client, ClientConfig};
+/// use shmrpc::{CallOptions, Client, ClientConfig};
 ///
-/// # async fn f() -> Result<(), shmrpc::rpc::RpcError> {
+/// # async fn f() -> Result<(), shmrpc::RpcError> {
 /// let client = Client::connect("engine", ClientConfig::default()).await?;
 /// // Clones share the connection; calls from many tasks run concurrently on it.
 /// let other = client.clone();
@@ -281,24 +329,22 @@ impl Client {
     /// Connects to the shared-memory server `name`.
     ///
     /// # Errors
-    /// [`Code::Unavailable`] if no server answers within `cfg.reconnect_for`.
+    /// [`ConnectError`] (with the last attempt's error as its source) if no server
+    /// answers within `cfg.reconnect_for`.
     ///
     /// # Examples
     ///
     /// ```no_run
     /// use std::time::Duration;
-    /// use shmrpc::rpc::{Client, ClientConfig};
+    /// use shmrpc::{Client, ClientConfig};
     ///
-    /// # async fn f() -> Result<(), shmrpc::rpc::RpcError> {
+    /// # async fn f() -> Result<(), shmrpc::ConnectError> {
     /// // Wait up to a second for the server to appear (for example, just after starting it).
-    /// let cfg = ClientConfig {
-    ///     reconnect_for: Duration::from_secs(1),
-    ///     ..ClientConfig::default()
-    /// };
+    /// let cfg = ClientConfig::default().with_reconnect_for(Duration::from_secs(1));
     /// let client = Client::connect("engine", cfg).await?;
     /// # drop(client); Ok(()) }
     /// ```
-    pub async fn connect(name: &str, cfg: ClientConfig) -> Result<Self, RpcError> {
+    pub async fn connect(name: &str, cfg: ClientConfig) -> Result<Self, ConnectError> {
         Self::start(Target::Shm(name.to_owned()), cfg).await
     }
 
@@ -310,17 +356,17 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// use shmrpc::rpc::{Client, ClientConfig};
+    /// use shmrpc::{Client, ClientConfig};
     ///
     /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = Client::connect_tcp("192.0.2.7:7000".parse()?, ClientConfig::default()).await?;
     /// # drop(client); Ok(()) }
     /// ```
-    pub async fn connect_tcp(addr: SocketAddr, cfg: ClientConfig) -> Result<Self, RpcError> {
+    pub async fn connect_tcp(addr: SocketAddr, cfg: ClientConfig) -> Result<Self, ConnectError> {
         Self::start(Target::Tcp(addr), cfg).await
     }
 
-    async fn start(target: Target, cfg: ClientConfig) -> Result<Self, RpcError> {
+    async fn start(target: Target, cfg: ClientConfig) -> Result<Self, ConnectError> {
         let c = Self {
             inner: Arc::new(Inner {
                 target,
@@ -332,6 +378,27 @@ impl Client {
         };
         c.conn(None).await?;
         Ok(c)
+    }
+
+    /// A client over an in-memory transport (unit tests).
+    #[cfg(test)]
+    pub(crate) fn over(tx: FrameTx, rx: FrameRx, cfg: ClientConfig) -> Self {
+        let conn = Arc::new(Conn {
+            tx: tokio::sync::Mutex::new(tx),
+            pending: Mutex::default(),
+            alive: AtomicBool::new(true),
+            shut: tokio_util::sync::CancellationToken::new(),
+        });
+        tokio::spawn(read_loop(conn.clone(), rx, cfg.heartbeat));
+        Self {
+            inner: Arc::new(Inner {
+                target: Target::Mem,
+                cfg,
+                current: Mutex::new(Some(conn)),
+                dialing: tokio::sync::Mutex::new(()),
+                next_id: AtomicU64::new(1),
+            }),
+        }
     }
 
     /// The current connection if it is alive.
@@ -346,7 +413,7 @@ impl Client {
     /// The live connection, reconnecting (with back-off) if it is gone, until `until` or
     /// `reconnect_for` from now, whichever is first. Each caller measures its own give-up
     /// time from when it asked, not from when it got the lock.
-    async fn conn(&self, until: Option<Instant>) -> Result<Arc<Conn>, RpcError> {
+    async fn conn(&self, until: Option<Instant>) -> Result<Arc<Conn>, ConnectError> {
         if let Some(c) = self.live() {
             return Ok(c);
         }
@@ -375,17 +442,24 @@ impl Client {
         }
     }
 
-    async fn dial(&self) -> Result<Arc<Conn>, RpcError> {
+    async fn dial(&self) -> Result<Arc<Conn>, ConnectError> {
         let cfg = &self.inner.cfg;
-        let unavailable =
-            |e: &dyn std::fmt::Display| RpcError::new(Code::Unavailable, e.to_string());
         let (tx, rx) = match &self.inner.target {
+            #[cfg(test)]
+            Target::Mem => {
+                return Err(ConnectError::Runtime(std::io::Error::other(
+                    "an in-memory connection cannot be redialled",
+                )))
+            }
             Target::Shm(name) => {
-                let (name, ch) = (name.clone(), cfg.channel.clone());
-                let ep = tokio::task::spawn_blocking(move || channel::connect(&name, &ch))
+                let (n, ch) = (name.clone(), cfg.channel.clone());
+                let ep = tokio::task::spawn_blocking(move || channel::connect(&n, &ch))
                     .await
-                    .map_err(|e| unavailable(&e))?
-                    .map_err(|e| unavailable(&e))?;
+                    .map_err(|e| ConnectError::Runtime(std::io::Error::other(e)))?
+                    .map_err(|source| ConnectError::Shm {
+                        name: name.clone(),
+                        source,
+                    })?;
                 let (tx, rx) = ep.split();
                 (
                     FrameTx::Shm(tx, Vec::new()),
@@ -395,7 +469,10 @@ impl Client {
             Target::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr)
                     .await
-                    .map_err(|e| unavailable(&e))?;
+                    .map_err(|source| ConnectError::Tcp {
+                        addr: *addr,
+                        source,
+                    })?;
                 let _ = s.set_nodelay(true);
                 let (r, w) = s.into_split();
                 (
@@ -438,7 +515,7 @@ impl Client {
         // A connection can die (or start draining) between `conn` and `register`: then
         // take the next one.
         let conn = loop {
-            let conn = self.conn(until).await?;
+            let conn = self.conn(until).await.map_err(RpcError::from)?;
             if conn.register(id, waiter()) {
                 break conn;
             }
@@ -472,8 +549,8 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
-    /// use shmrpc::rpc::CallOptions;
+    /// # async fn f(client: shmrpc::Client) -> Result<(), shmrpc::RpcError> {
+    /// use shmrpc::CallOptions;
     ///
     /// let echoed = client.call_raw("echo", b"bytes as they are", CallOptions::default()).await?;
     /// assert_eq!(echoed, b"bytes as they are");
@@ -522,9 +599,9 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
+    /// # async fn f(client: shmrpc::Client) -> Result<(), shmrpc::RpcError> {
     /// use std::time::Duration;
-    /// use shmrpc::rpc::{CallOptions, Code};
+    /// use shmrpc::{CallOptions, Code};
     ///
     /// // Request and response types are any serde types; both sides must agree on them.
     /// let opts = CallOptions::timeout(Duration::from_millis(500));
@@ -576,8 +653,8 @@ impl Client {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn f(client: shmrpc::rpc::Client) -> Result<(), shmrpc::rpc::RpcError> {
-    /// use shmrpc::rpc::CallOptions;
+    /// # async fn f(client: shmrpc::Client) -> Result<(), shmrpc::RpcError> {
+    /// use shmrpc::CallOptions;
     ///
     /// let prompt = "fn main() {".to_string();
     /// let mut stream = client.call_stream("chat", &prompt, CallOptions::default()).await?;
@@ -729,7 +806,7 @@ impl CallStream {
     /// the end.
     ///
     /// ```
-    /// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+    /// use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
     ///
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let name = format!("doc-next-{}", std::process::id());
@@ -795,15 +872,10 @@ async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
         };
         let (h, payload) = match frame {
             Ok(f) => f,
-            Err(super::transport::TransportError::TooLarge {
-                call_id, message, ..
-            }) => {
+            Err(e @ super::transport::TransportError::TooLarge { call_id, .. }) => {
                 // Only that call fails; the connection goes on.
                 silence.heard();
-                conn.deliver(
-                    call_id,
-                    Event::Error(RpcError::new(Code::TooLarge, message)),
-                );
+                conn.deliver(call_id, Event::Error(RpcError::from(e)));
                 continue;
             }
             Err(e) => break e.into(),
@@ -839,3 +911,7 @@ async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
     };
     conn.fail_all(&end);
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

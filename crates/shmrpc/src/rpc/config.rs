@@ -4,7 +4,7 @@
 //! wrong type or a value out of range is an error that names the key and what is allowed.
 //!
 //! ```
-//! use shmrpc::rpc::ServerConfig;
+//! use shmrpc::ServerConfig;
 //!
 //! let cfg = ServerConfig::from_toml(
 //!     r#"
@@ -25,7 +25,7 @@
 //!
 //! let err = ServerConfig::from_toml("ring_size = 1000").unwrap_err();
 //! assert!(err.to_string().contains("ring_size"));
-//! # Ok::<(), shmrpc::rpc::ConfigError>(())
+//! # Ok::<(), shmrpc::ConfigError>(())
 //! ```
 
 use std::path::Path;
@@ -44,23 +44,25 @@ use crate::ring::{MAX_CAPACITY, MIN_CAPACITY};
 /// ```
 /// use std::time::Duration;
 /// use shmrpc::channel::WaitStrategy;
-/// use shmrpc::rpc::ServerConfig;
+/// use shmrpc::ServerConfig;
 ///
-/// let mut cfg = ServerConfig {
-///     max_in_flight: 32,
-///     heartbeat: Duration::from_millis(500),
-///     ..ServerConfig::default()
-/// };
-/// cfg.channel = cfg.channel.with_capacity(1 << 20).with_wait(WaitStrategy::Park);
+/// let cfg = ServerConfig::default()
+///     .with_max_in_flight(32)
+///     .with_heartbeat(Duration::from_millis(500));
+/// let cfg = cfg.clone().with_channel(cfg.channel.with_capacity(1 << 20).with_wait(WaitStrategy::Park));
+/// assert_eq!(cfg.max_in_flight, 32);
 /// assert_eq!(cfg.max_message, 16 << 20);
 /// ```
 ///
 /// Or from a file: [`ServerConfig::from_toml_file`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Ring sizes and wait strategy of each accepted connection.
     pub channel: ChannelConfig,
-    /// Calls in flight per connection before the server stops reading it (backpressure).
+    /// Calls running at once per connection. Up to as many more requests wait, in arrival
+    /// order, for one to finish; past that the server stops reading the connection, so the
+    /// ring fills and the client's sends wait (backpressure).
     pub max_in_flight: usize,
     /// Largest message accepted or sent (default 16 MiB).
     pub max_message: usize,
@@ -96,8 +98,69 @@ impl Default for ServerConfig {
     }
 }
 
+/// Setters, one per field (the struct is `#[non_exhaustive]`: build it from
+/// [`ServerConfig::default`] with these, or from a file).
+impl ServerConfig {
+    /// This config with another `channel` (ring sizes, wait strategy, allowed uids).
+    #[must_use]
+    pub fn with_channel(mut self, channel: ChannelConfig) -> Self {
+        self.channel = channel;
+        self
+    }
+
+    /// This config with another `max_in_flight` (calls in flight per connection).
+    #[must_use]
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// This config with another `max_message` (largest message).
+    #[must_use]
+    pub fn with_max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
+    /// This config with another `heartbeat` (ping period).
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// This config with another `cancel_grace` (how long a cancelled handler may run on).
+    #[must_use]
+    pub fn with_cancel_grace(mut self, cancel_grace: Duration) -> Self {
+        self.cancel_grace = cancel_grace;
+        self
+    }
+
+    /// This config with another `max_handshakes` (handshakes at once).
+    #[must_use]
+    pub fn with_max_handshakes(mut self, max_handshakes: usize) -> Self {
+        self.max_handshakes = max_handshakes;
+        self
+    }
+
+    /// This config with another `handshake_timeout` (time a client has to acknowledge the handshake).
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, handshake_timeout: Duration) -> Self {
+        self.handshake_timeout = handshake_timeout;
+        self
+    }
+
+    /// This config with another `metrics` (record metrics).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: bool) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("reading {path}")]
@@ -109,8 +172,14 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// Not valid TOML, an unknown key, or a value of the wrong type.
-    #[error("{0}")]
-    Syntax(String),
+    #[error("invalid configuration{}", .file.as_deref().map(|f| format!(" in {f}")).unwrap_or_default())]
+    Syntax {
+        /// The file, if the text came from one.
+        file: Option<String>,
+        /// What the TOML parser reported (with the line).
+        #[source]
+        source: toml::de::Error,
+    },
     /// A value outside what is allowed.
     #[error("`{key}` = {value}: must be {allowed}")]
     OutOfRange {
@@ -222,7 +291,8 @@ impl ServerConfig {
     /// [`ConfigError::Syntax`] for bad TOML, an unknown key or a wrong type (with the line);
     /// [`ConfigError::OutOfRange`] naming the key and the allowed range.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let f: File = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let f: File =
+            toml::from_str(text).map_err(|source| ConfigError::Syntax { file: None, source })?;
         let mut cfg = ServerConfig::default();
         if let Some(r) = f.ring_size {
             if !crate::ring::valid_capacity(r) {
@@ -339,7 +409,7 @@ impl ServerConfig {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::rpc::{ConfigError, ServerConfig};
+    /// use shmrpc::{ConfigError, ServerConfig};
     ///
     /// let path = std::env::temp_dir().join(format!("doc-server-{}.toml", std::process::id()));
     /// std::fs::write(&path, "max_in_flight = 8\nheartbeat = \"500ms\"\n")?;
@@ -361,7 +431,10 @@ impl ServerConfig {
             source,
         })?;
         Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Syntax(m) => ConfigError::Syntax(format!("{}: {m}", path.display())),
+            ConfigError::Syntax { source, .. } => ConfigError::Syntax {
+                file: Some(path.display().to_string()),
+                source,
+            },
             other => other,
         })
     }
@@ -371,8 +444,16 @@ impl ServerConfig {
 mod tests {
     use super::*;
 
+    /// The error and its sources, as a CLI prints them.
     fn err(text: &str) -> String {
-        ServerConfig::from_toml(text).unwrap_err().to_string()
+        let e = ServerConfig::from_toml(text).unwrap_err();
+        let mut s = e.to_string();
+        let mut next = std::error::Error::source(&e);
+        while let Some(c) = next {
+            s = format!("{s}: {c}");
+            next = c.source();
+        }
+        s
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! [`INSPECT_METHOD`], answered by every server (`shmrpc inspect NAME` calls it).
 //!
 //! ```no_run
-//! # async fn f() -> Result<(), shmrpc::rpc::RpcError> {
-//! use shmrpc::rpc::{inspect::ServerReport, CallOptions, Client, ClientConfig, INSPECT_METHOD};
+//! # async fn f() -> Result<(), shmrpc::RpcError> {
+//! use shmrpc::{CallOptions, Client, ClientConfig};
+//! use shmrpc::rpc::{inspect::ServerReport, INSPECT_METHOD};
 //!
 //! let client = Client::connect("engine", ClientConfig::default()).await?;
 //! let report: ServerReport = client.call(INSPECT_METHOD, &(), CallOptions::default()).await?;
@@ -31,7 +32,8 @@ pub const INSPECT_METHOD: &str = "shmrpc.inspect";
 ///
 /// ```
 /// use shmrpc::rpc::inspect::ServerReport;
-/// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server, INSPECT_METHOD};
+/// use shmrpc::{CallOptions, Client, ClientConfig, Server};
+/// use shmrpc::rpc::INSPECT_METHOD;
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let name = format!("doc-inspect-{}", std::process::id());

@@ -7,8 +7,9 @@
 //! - Cancellation: dropping a call (or its stream) sends `Cancel`; the handler sees it on
 //!   [`CallContext::cancelled`]. A client's death cancels all its calls.
 //! - Deadlines per call, enforced on both sides.
-//! - Bounded concurrency per connection: when it is reached the server stops reading that
-//!   connection, so the ring fills and the client waits (backpressure, not a queue).
+//! - Bounded concurrency per connection: past the limit requests wait in a queue of the
+//!   same length; when that is full too the server stops reading that connection, so the
+//!   ring fills and the client waits (backpressure).
 //! - Heartbeats; graceful shutdown that finishes in-flight calls.
 //! - Errors carry a [`Code`].
 //!
@@ -18,7 +19,9 @@
 mod blocking;
 mod client;
 pub mod config;
+mod error;
 pub mod inspect;
+mod method;
 pub mod obs;
 mod server;
 mod transport;
@@ -26,27 +29,35 @@ mod transport;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use blocking::BlockingClient;
 pub use client::{CallOptions, CallStream, Client, ClientConfig};
 pub use config::{ConfigError, ServerConfig};
+pub use error::{BindError, ConnectError};
 pub use inspect::INSPECT_METHOD;
+pub use method::{Sink, Streaming, TypedStream, Unary};
 pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
 
 /// Why a call failed. The numeric values are part of the wire format.
 ///
+/// New codes may be added: match with a wildcard arm. A value this version does not know
+/// (from a newer peer, or a broken one) decodes as [`Code::Protocol`], so decoding never
+/// fails.
+///
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::Code;
+/// use shmrpc::Code;
 ///
 /// assert_eq!(Code::DeadlineExceeded as u16, 4);
 /// assert_ne!(Code::Cancelled, Code::PeerGone);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
+#[non_exhaustive]
 pub enum Code {
     /// No handler for the method.
     UnknownMethod = 1,
@@ -87,12 +98,16 @@ impl Code {
     }
 }
 
-/// An RPC error: a code and a human-readable message.
+/// An RPC error: a code and a human-readable message, and for an error raised on this side
+/// the error that caused it ([`source`](std::error::Error::source)).
+///
+/// Only the code and the text cross the wire: an error sent to the peer carries its message
+/// followed by the messages of its sources, so the peer sees the whole story as text.
 ///
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::{Code, RpcError};
+/// use shmrpc::{Code, RpcError};
 ///
 /// let e = RpcError::new(Code::BadRequest, "missing field `id`");
 /// assert_eq!(e.to_string(), "BadRequest: missing field `id`");
@@ -100,14 +115,32 @@ impl Code {
 /// // Handlers return it; callers match on the code.
 /// let retry = matches!(e.code, Code::Unavailable | Code::PeerGone);
 /// assert!(!retry);
+///
+/// // A cause is kept as the source, not pasted into the message.
+/// let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+/// let e = RpcError::with_source(Code::HandlerFailed, "loading the model", io);
+/// assert_eq!(e.to_string(), "HandlerFailed: loading the model");
+/// let source = std::error::Error::source(&e).unwrap();
+/// assert_eq!(source.to_string(), "no such file");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RpcError {
     /// What kind of failure.
     pub code: Code,
     /// Details.
     pub message: String,
+    /// The local cause, if any (never sent as such: see [`RpcError`]).
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
+
+/// Equal if code and message are: the source is a local detail.
+impl PartialEq for RpcError {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code && self.message == other.message
+    }
+}
+
+impl Eq for RpcError {}
 
 impl RpcError {
     /// An error with `code` and `message`.
@@ -115,6 +148,20 @@ impl RpcError {
         Self {
             code,
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error with `code` and `message` (what was being done), caused by `source`.
+    pub fn with_source(
+        code: Code,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            source: Some(Arc::from(source.into())),
         }
     }
 
@@ -123,10 +170,23 @@ impl RpcError {
         Self::new(Code::HandlerFailed, message)
     }
 
+    /// The message and those of every source, joined by `": "`: the text the peer gets.
+    fn full_message(&self) -> String {
+        let mut m = self.message.clone();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            m.push_str(": ");
+            m.push_str(&e.to_string());
+            next = e.source();
+        }
+        m
+    }
+
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(2 + self.message.len());
+        let message = self.full_message();
+        let mut v = Vec::with_capacity(2 + message.len());
         v.extend_from_slice(&(self.code as u16).to_le_bytes());
-        v.extend_from_slice(self.message.as_bytes());
+        v.extend_from_slice(message.as_bytes());
         v
     }
 
@@ -147,7 +207,13 @@ impl fmt::Display for RpcError {
     }
 }
 
-impl std::error::Error for RpcError {}
+impl std::error::Error for RpcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The method id carried in frames: FNV-1a of the method name. Servers refuse to register
 /// two names with one id.
@@ -188,10 +254,10 @@ pub const fn method_id(name: &str) -> u32 {
 /// assert_eq!(bytes, [0xac, 0x02, 2, b'h', b'i']); // varint 300, then a length-prefixed str
 /// let (n, s): (u32, String) = decode(&bytes)?;
 /// assert_eq!((n, s.as_str()), (300, "hi"));
-/// # Ok::<(), shmrpc::rpc::RpcError>(())
+/// # Ok::<(), shmrpc::RpcError>(())
 /// ```
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
-    postcard::to_stdvec(v).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))
+    postcard::to_stdvec(v).map_err(|e| RpcError::with_source(Code::BadRequest, "encoding", e))
 }
 
 /// Decodes a value with the default codec.
@@ -202,17 +268,18 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::{decode, encode, Code};
+/// use shmrpc::Code;
+/// use shmrpc::rpc::{decode, encode};
 ///
 /// let v: Vec<u16> = decode(&encode(&vec![1u16, 2, 3])?)?;
 /// assert_eq!(v, [1, 2, 3]);
 /// // Too few bytes for what the header promises.
 /// let err = decode::<Vec<u16>>(&[5, 1]).unwrap_err();
 /// assert_eq!(err.code, Code::BadRequest);
-/// # Ok::<(), shmrpc::rpc::RpcError>(())
+/// # Ok::<(), shmrpc::RpcError>(())
 /// ```
 pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, RpcError> {
-    postcard::from_bytes(b).map_err(|e| RpcError::new(Code::BadRequest, e.to_string()))
+    postcard::from_bytes(b).map_err(|e| RpcError::with_source(Code::BadRequest, "decoding", e))
 }
 
 /// Request payloads start with the call's remaining time budget in milliseconds
@@ -225,9 +292,11 @@ fn split_deadline(payload: &[u8]) -> Option<(Option<std::time::Duration>, &[u8])
     Some((d, &payload[DEADLINE_PREFIX..]))
 }
 
-/// Hashes call ids (sequential numbers this side chose) with one multiplication instead of
-/// SipHash: a call map is touched several times per call. Ids that arrive from the peer are
-/// only looked up, never inserted, so a hostile peer cannot grow a map with chosen keys.
+/// Hashes call ids with one multiplication instead of SipHash: a call map is touched several
+/// times per call. The client's map holds ids it chose; the server's map of running calls
+/// holds the client's ids, but at most one entry per concurrency permit (`max_in_flight`),
+/// and a request reusing an id in flight is refused, so a hostile peer can neither grow it
+/// nor overwrite an entry (chosen colliding keys slow only its own connection).
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
 

@@ -1,55 +1,124 @@
-//! Frames over a connection: a shared-memory channel or a TCP stream.
+//! Frames over a connection: a shared-memory channel, a TCP stream, or (for unit tests of
+//! the server and the client) a pair of in-memory queues.
 
+use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
 
 use super::{Code, RpcError};
 use crate::channel::{self, RecvError, SendError};
-use crate::frame::{self, FrameHeader, Kind, Reassembler, FRAME_HEADER_LEN};
+use crate::frame::FRAME_HEADER_LEN;
+use crate::frame::{self, FrameError, FrameHeader, Kind, Reassembler, ReassemblyError};
 
 /// Largest frame on a TCP connection (larger messages are fragmented).
 const TCP_MAX_FRAGMENT: usize = 1 << 20;
 
-/// Why a connection cannot carry frames any more.
-#[derive(Debug)]
+/// Why a connection cannot carry frames any more (or, `TooLarge`, one message).
+#[derive(Debug, Error)]
 pub(crate) enum TransportError {
     /// The peer closed or died.
-    Gone(String),
-    /// The peer sent something that is not a valid frame.
-    Protocol(String),
+    #[error("the peer is gone")]
+    Gone(#[source] Cause),
+    /// The peer sent something that is not a valid frame, or broke the ring.
+    #[error("the peer broke the protocol")]
+    Protocol(#[source] Cause),
     /// One message was over the size limit and was skipped; the connection goes on.
+    #[error("message too large")]
     TooLarge {
         /// Its call.
         call_id: u64,
         /// Its method.
         method: u32,
-        /// What it said.
-        message: String,
+        /// The reassembler's refusal.
+        #[source]
+        source: ReassemblyError,
     },
 }
 
-fn reassembly(e: crate::frame::ReassemblyError) -> TransportError {
+/// What failed underneath a [`TransportError`].
+#[derive(Debug, Error)]
+pub(crate) enum Cause {
+    /// Sending on the shared-memory channel.
+    #[error("channel send failed")]
+    Send(#[source] SendError),
+    /// Receiving from the shared-memory channel.
+    #[error("channel receive failed")]
+    Recv(#[source] RecvError),
+    /// Reading or writing the TCP stream.
+    #[error("socket i/o failed")]
+    Io(#[source] std::io::Error),
+    /// Encoding or decoding a frame.
+    #[error("bad frame")]
+    Frame(#[source] FrameError),
+    /// Fragments that do not make a message.
+    #[error("bad fragments")]
+    Reassembly(#[source] ReassemblyError),
+    /// A TCP frame header announcing more than a fragment may hold.
+    #[error("frame of {0} bytes exceeds the {TCP_MAX_FRAGMENT}-byte fragment limit")]
+    Oversized(u32),
+    /// The peer closed its end (TCP end of stream, or the in-memory peer dropped).
+    #[error("connection closed")]
+    Closed,
+}
+
+fn reassembly(e: ReassemblyError) -> TransportError {
     match e {
-        crate::frame::ReassemblyError::TooLarge {
+        ReassemblyError::TooLarge {
             call_id, method, ..
         } => TransportError::TooLarge {
             call_id,
             method,
-            message: e.to_string(),
+            source: e,
         },
-        other => TransportError::Protocol(other.to_string()),
+        other => TransportError::Protocol(Cause::Reassembly(other)),
     }
+}
+
+fn frame_error(e: FrameError) -> TransportError {
+    TransportError::Protocol(Cause::Frame(e))
+}
+
+/// The error and its sources, as one line (`RpcError` carries a message, not a source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    s
 }
 
 impl From<TransportError> for RpcError {
     fn from(e: TransportError) -> Self {
-        match e {
-            TransportError::Gone(m) => RpcError::new(Code::PeerGone, m),
-            TransportError::Protocol(m) => RpcError::new(Code::Protocol, m),
-            TransportError::TooLarge { message, .. } => RpcError::new(Code::TooLarge, message),
-        }
+        let code = match e {
+            TransportError::Gone(_) => Code::PeerGone,
+            TransportError::Protocol(_) => Code::Protocol,
+            TransportError::TooLarge { .. } => Code::TooLarge,
+        };
+        RpcError::new(code, chain(&e))
     }
+}
+
+/// One whole message on an in-memory transport.
+pub(crate) type MemFrame = (FrameHeader, Vec<u8>);
+
+/// Two connected in-memory transports (`(tx, rx)` of each end), each direction a queue of
+/// `depth` whole messages (a full queue makes the sender wait, as a full ring does). For
+/// unit tests of the server and the client without shared memory or sockets.
+#[cfg(test)]
+pub(crate) fn mem_pair(
+    depth: usize,
+    max_message: usize,
+) -> ((FrameTx, FrameRx), (FrameTx, FrameRx)) {
+    let (a_tx, b_rx) = mpsc::channel(depth);
+    let (b_tx, a_rx) = mpsc::channel(depth);
+    (
+        (FrameTx::Mem(a_tx), FrameRx::Mem(a_rx, max_message)),
+        (FrameTx::Mem(b_tx), FrameRx::Mem(b_rx, max_message)),
+    )
 }
 
 /// The sending half.
@@ -57,6 +126,9 @@ impl From<TransportError> for RpcError {
 pub(crate) enum FrameTx {
     Shm(channel::Sender, Vec<u8>),
     Tcp(OwnedWriteHalf, Vec<u8>),
+    /// Whole messages into an in-memory queue (no fragments, no encoding).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Mem(mpsc::Sender<MemFrame>),
 }
 
 impl FrameTx {
@@ -64,6 +136,7 @@ impl FrameTx {
         match self {
             FrameTx::Shm(s, _) => s.max_message() - FRAME_HEADER_LEN,
             FrameTx::Tcp(..) => TCP_MAX_FRAGMENT,
+            FrameTx::Mem(_) => usize::MAX,
         }
     }
 
@@ -90,6 +163,19 @@ impl FrameTx {
         parts: &[&[u8]],
     ) -> Result<(), TransportError> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
+        if let FrameTx::Mem(q) = self {
+            let h = FrameHeader {
+                kind,
+                flags: 0,
+                method,
+                call_id,
+                len: total as u32,
+            };
+            return q
+                .send((h, parts.concat()))
+                .await
+                .map_err(|_| TransportError::Gone(Cause::Closed));
+        }
         let max = self.max_fragment();
         let header = |flags, len| FrameHeader {
             kind,
@@ -102,7 +188,7 @@ impl FrameTx {
             if total <= max {
                 if let Ok(mut grant) = s.producer().try_reserve(FRAME_HEADER_LEN + total) {
                     frame::encode_parts_into(&mut grant, &header(0, total as u32), parts)
-                        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                        .map_err(frame_error)?;
                     grant.commit(0);
                     return Ok(());
                 }
@@ -122,23 +208,22 @@ impl FrameTx {
             match self {
                 FrameTx::Shm(s, buf) => {
                     buf.resize(FRAME_HEADER_LEN + part.len(), 0);
-                    frame::encode_into(buf, &h, part)
-                        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    frame::encode_into(buf, &h, part).map_err(frame_error)?;
                     s.send_tagged_async(0, buf, None)
                         .await
                         .map_err(|e| match e {
-                            SendError::Corrupt(c) => TransportError::Protocol(c.to_string()),
-                            other => TransportError::Gone(other.to_string()),
+                            SendError::Corrupt(_) => TransportError::Protocol(Cause::Send(e)),
+                            e => TransportError::Gone(Cause::Send(e)),
                         })?;
                 }
                 FrameTx::Tcp(w, buf) => {
                     buf.resize(FRAME_HEADER_LEN + part.len(), 0);
-                    frame::encode_into(buf, &h, part)
-                        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    frame::encode_into(buf, &h, part).map_err(frame_error)?;
                     w.write_all(buf)
                         .await
-                        .map_err(|e| TransportError::Gone(e.to_string()))?;
+                        .map_err(|e| TransportError::Gone(Cause::Io(e)))?;
                 }
+                FrameTx::Mem(_) => unreachable!("sent whole above"),
             }
         }
         Ok(())
@@ -151,6 +236,9 @@ pub(crate) enum FrameRx {
     Shm(channel::Receiver, Reassembler),
     /// Read half, reassembler, frame buffer, bytes of the current frame already read.
     Tcp(OwnedReadHalf, Reassembler, Vec<u8>, usize),
+    /// Whole messages from an in-memory queue, and the largest accepted.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Mem(mpsc::Receiver<MemFrame>, usize),
 }
 
 impl FrameRx {
@@ -168,6 +256,7 @@ impl FrameRx {
         match self {
             FrameRx::Shm(rx, _) => rx.consumer().has_event(),
             FrameRx::Tcp(..) => false,
+            FrameRx::Mem(q, _) => !q.is_empty(),
         }
     }
 
@@ -177,11 +266,10 @@ impl FrameRx {
             let whole = match self {
                 FrameRx::Shm(rx, re) => {
                     let msg = rx.recv_async().await.map_err(|e| match e {
-                        RecvError::Corrupt(c) => TransportError::Protocol(c.to_string()),
-                        other => TransportError::Gone(other.to_string()),
+                        RecvError::Corrupt(_) => TransportError::Protocol(Cause::Recv(e)),
+                        e => TransportError::Gone(Cause::Recv(e)),
                     })?;
-                    let (h, payload) =
-                        frame::decode(&msg).map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    let (h, payload) = frame::decode(&msg).map_err(frame_error)?;
                     re.push(&h, payload)
                         .map_err(reassembly)?
                         .map(|(h, p)| (h, p.into_owned()))
@@ -193,12 +281,9 @@ impl FrameRx {
                     let total = loop {
                         if *filled >= FRAME_HEADER_LEN {
                             let h = frame::decode_header(&buf[..FRAME_HEADER_LEN])
-                                .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                                .map_err(frame_error)?;
                             if h.len as usize > TCP_MAX_FRAGMENT {
-                                return Err(TransportError::Protocol(format!(
-                                    "frame of {} bytes exceeds {TCP_MAX_FRAGMENT}",
-                                    h.len
-                                )));
+                                return Err(TransportError::Protocol(Cause::Oversized(h.len)));
                             }
                             let total = FRAME_HEADER_LEN + h.len as usize;
                             if *filled == total {
@@ -212,18 +297,33 @@ impl FrameRx {
                         let n = r
                             .read(&mut buf[*filled..end])
                             .await
-                            .map_err(|e| TransportError::Gone(e.to_string()))?;
+                            .map_err(|e| TransportError::Gone(Cause::Io(e)))?;
                         if n == 0 {
-                            return Err(TransportError::Gone("connection closed".into()));
+                            return Err(TransportError::Gone(Cause::Closed));
                         }
                         *filled += n;
                     };
                     *filled = 0;
-                    let (h, payload) = frame::decode(&buf[..total])
-                        .map_err(|e| TransportError::Protocol(e.to_string()))?;
+                    let (h, payload) = frame::decode(&buf[..total]).map_err(frame_error)?;
                     re.push(&h, payload)
                         .map_err(reassembly)?
                         .map(|(h, p)| (h, p.into_owned()))
+                }
+                FrameRx::Mem(q, max) => {
+                    let (h, payload) = q.recv().await.ok_or(TransportError::Gone(Cause::Closed))?;
+                    if payload.len() > *max {
+                        return Err(TransportError::TooLarge {
+                            call_id: h.call_id,
+                            method: h.method,
+                            source: ReassemblyError::TooLarge {
+                                max: *max,
+                                call_id: h.call_id,
+                                method: h.method,
+                                kind: h.kind,
+                            },
+                        });
+                    }
+                    Some((h, payload))
                 }
             };
             if let Some(w) = whole {

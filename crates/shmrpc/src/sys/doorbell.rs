@@ -11,7 +11,7 @@ use rustix::event::{eventfd, EventfdFlags};
 /// # Examples
 ///
 /// ```
-/// use shmrpc::sys::Doorbell;
+/// use shmrpc::lowlevel::sys::Doorbell;
 ///
 /// let bell = Doorbell::new()?;
 /// let other = bell.try_clone()?; // same eventfd, e.g. for the peer
@@ -86,7 +86,7 @@ impl Doorbell {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use shmrpc::sys::Doorbell;
+    /// use shmrpc::lowlevel::sys::Doorbell;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {

@@ -21,6 +21,7 @@ pub const MAX_NAME_LEN: usize = 200;
 
 /// A user-supplied name was not acceptable.
 #[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NameError {
     /// Empty, or longer than [`MAX_NAME_LEN`].
     #[error("name length {0} is outside 1..={MAX_NAME_LEN}")]

@@ -90,9 +90,10 @@ const _: () = {
 
 /// Errors of [`Segment::create`] and [`Segment::anonymous`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum CreateError {
     /// The name is not acceptable.
-    #[error("invalid segment name: {0}")]
+    #[error("invalid segment name")]
     InvalidName(#[from] NameError),
     /// A segment of that name exists already. It is never wiped; open it instead.
     #[error("segment {0} already exists")]
@@ -116,9 +117,10 @@ pub enum CreateError {
 
 /// Errors of [`Segment::open`] and [`Segment::from_fd`]. Each names what differs.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The name is not acceptable.
-    #[error("invalid segment name: {0}")]
+    #[error("invalid segment name")]
     InvalidName(#[from] NameError),
     /// No segment of that name.
     #[error("segment {0} does not exist")]
@@ -184,6 +186,7 @@ pub enum OpenError {
 
 /// Errors of [`Segment::open_or_create`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum OpenOrCreateError {
     /// Creating failed for a reason other than "exists".
     #[error(transparent)]
@@ -195,9 +198,10 @@ pub enum OpenOrCreateError {
 
 /// Errors of [`Segment::status`] and [`Segment::reclaim_stale`].
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StatusError {
     /// The name is not acceptable.
-    #[error("invalid segment name: {0}")]
+    #[error("invalid segment name")]
     InvalidName(#[from] NameError),
     /// No segment of that name.
     #[error("segment {0} does not exist")]
@@ -273,13 +277,17 @@ impl Drop for Mapping {
 /// # Example
 ///
 /// ```
-/// use shmrpc::sys::Segment;
+/// use shmrpc::lowlevel::sys::Segment;
 /// let name = format!("doc-example-{}", std::process::id());
 /// let seg = Segment::create(&name, 4096)?;
-/// seg.atomic_u64(0).unwrap().store(42, std::sync::atomic::Ordering::Release);
+/// // SAFETY: no ring lives in this segment; these 8 bytes are only accessed atomically.
+/// let word = unsafe { seg.atomic_u64(0) }.unwrap();
+/// word.store(42, std::sync::atomic::Ordering::Release);
 /// let (again, created) = Segment::open_or_create(&name, 4096)?;
 /// assert!(!created); // opened, not wiped
-/// assert_eq!(again.atomic_u64(0).unwrap().load(std::sync::atomic::Ordering::Acquire), 42);
+/// // SAFETY: as above.
+/// let word = unsafe { again.atomic_u64(0) }.unwrap();
+/// assert_eq!(word.load(std::sync::atomic::Ordering::Acquire), 42);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Segment {
@@ -295,7 +303,8 @@ pub struct Segment {
 // atomics or through the ring layer's protocol, which is designed for concurrent access
 // from other processes, and therefore also from other threads.
 unsafe impl Send for Segment {}
-// SAFETY: as above; `&Segment` only hands out atomics and bounds-checked copies.
+// SAFETY: as above; safe methods of `&Segment` only reach the header's atomics; raw access
+// to the payload is `unsafe` (its callers exclude concurrent non-atomic access).
 unsafe impl Sync for Segment {}
 
 impl std::fmt::Debug for Segment {
@@ -323,7 +332,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::{CreateError, Segment};
+    /// use shmrpc::lowlevel::sys::{CreateError, Segment};
     ///
     /// let name = format!("doc-create-{}", std::process::id());
     /// let seg = Segment::create(&name, 1 << 16)?;
@@ -350,17 +359,19 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::{CreateError, Segment};
+    /// use shmrpc::lowlevel::sys::{CreateError, Segment};
     ///
     /// let name = format!("doc-create-with-{}", std::process::id());
     /// let seg = Segment::create_with(&name, 4096, 0xC0FFEE, |s| {
-    ///     s.write_bytes(0, b"ready").ok_or("out of bounds")?;
+    ///     // SAFETY: nobody else has the segment yet.
+    ///     unsafe { s.write_bytes(0, b"ready") }.ok_or("out of bounds")?;
     ///     Ok(())
     /// })?;
     /// // Whoever opens it sees the initialiser's writes and the kind.
     /// let other = Segment::open(&name)?;
     /// let mut buf = [0u8; 5];
-    /// other.read_bytes(0, &mut buf).unwrap();
+    /// // SAFETY: nothing writes these bytes any more.
+    /// unsafe { other.read_bytes(0, &mut buf) }.unwrap();
     /// assert_eq!((&buf, other.kind()), (b"ready", 0xC0FFEE));
     /// drop((other, seg));
     ///
@@ -412,20 +423,24 @@ impl Segment {
     ///
     /// ```
     /// use std::sync::atomic::Ordering;
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let seg = Segment::anonymous(4096, 7, |s| {
-    ///     s.write_bytes(0, b"hello").ok_or("out of bounds")?;
+    ///     // SAFETY: nobody else has the segment yet.
+    ///     unsafe { s.write_bytes(0, b"hello") }.ok_or("out of bounds")?;
     ///     Ok(())
     /// })?;
     /// assert!(seg.path().is_none()); // nothing in /dev/shm
     /// // A peer maps the same memory from a duplicate of the fd.
     /// let peer = Segment::from_fd(seg.fd().try_clone_to_owned()?)?;
     /// let mut buf = [0u8; 5];
-    /// peer.read_bytes(0, &mut buf).unwrap();
+    /// // SAFETY: nothing writes these bytes any more; bytes 8..16 are only used atomically.
+    /// unsafe {
+    ///     peer.read_bytes(0, &mut buf).unwrap();
+    ///     peer.atomic_u64(8).unwrap().store(9, Ordering::Release);
+    ///     assert_eq!(seg.atomic_u64(8).unwrap().load(Ordering::Acquire), 9);
+    /// }
     /// assert_eq!((&buf, peer.kind()), (b"hello", 7));
-    /// peer.atomic_u64(8).unwrap().store(9, Ordering::Release);
-    /// assert_eq!(seg.atomic_u64(8).unwrap().load(Ordering::Acquire), 9);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn anonymous(
@@ -514,15 +529,17 @@ impl Segment {
     /// the same bytes:
     ///
     /// ```
-    /// use shmrpc::sys::{OpenError, Segment};
+    /// use shmrpc::lowlevel::sys::{OpenError, Segment};
     ///
     /// let name = format!("doc-open-{}", std::process::id());
     /// let creator = Segment::create(&name, 4096)?;
-    /// creator.write_bytes(0, b"hello").ok_or("out of bounds")?;
+    /// // SAFETY: one thread, no ring in the segment: nothing else accesses these bytes.
+    /// unsafe { creator.write_bytes(0, b"hello") }.ok_or("out of bounds")?;
     ///
     /// let opener = Segment::open(&name)?;
     /// let mut buf = [0u8; 5];
-    /// opener.read_bytes(0, &mut buf).ok_or("out of bounds")?;
+    /// // SAFETY: as above.
+    /// unsafe { opener.read_bytes(0, &mut buf) }.ok_or("out of bounds")?;
     /// assert_eq!(&buf, b"hello");
     ///
     /// drop(opener);
@@ -585,7 +602,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let name = format!("doc-ooc-{}", std::process::id());
     /// let (first, created) = Segment::open_or_create(&name, 4096)?;
@@ -659,8 +676,8 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::proc::ProcessId;
-    /// use shmrpc::sys::{Segment, SegmentStatus, StatusError};
+    /// use shmrpc::lowlevel::sys::proc::ProcessId;
+    /// use shmrpc::lowlevel::sys::{Segment, SegmentStatus, StatusError};
     ///
     /// let name = format!("doc-status-{}", std::process::id());
     /// assert!(matches!(Segment::status(&name), Err(StatusError::NotFound(_))));
@@ -733,7 +750,7 @@ impl Segment {
     /// A segment whose owner is alive (here: this process) is left alone:
     ///
     /// ```
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let name = format!("doc-reclaim-{}", std::process::id());
     /// let seg = Segment::create(&name, 4096)?;
@@ -773,7 +790,7 @@ impl Segment {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::sys::Segment;
+    /// use shmrpc::lowlevel::sys::Segment;
     ///
     /// let name = format!("doc-persist-{}", std::process::id());
     /// let mut seg = Segment::create(&name, 4096)?;
@@ -835,16 +852,31 @@ impl Segment {
     }
 
     /// The atomic `u64` at payload offset `offset`, if in bounds and 8-aligned.
-    pub fn atomic_u64(&self, offset: usize) -> Option<&AtomicU64> {
+    ///
+    /// Raw access to memory that rings lend out as slices: for hand-written layouts
+    /// (benchmarks), and for tests and fuzzers playing a hostile peer.
+    ///
+    /// # Safety
+    /// While the returned reference is used, every other access to these 8 bytes from
+    /// this process must be atomic: no concurrent [`write_bytes`](Self::write_bytes) or
+    /// [`read_bytes`](Self::read_bytes) of them, and no slice over them — a ring attached in
+    /// this process lends its payload bytes out as `&mut [u8]` / `&[u8]` (its header and
+    /// record-header words are atomics, so pointing at those is fine). Other processes'
+    /// accesses are ordered by the caller's protocol.
+    pub unsafe fn atomic_u64(&self, offset: usize) -> Option<&AtomicU64> {
         let p = self.payload_range(offset, 8, 8)?;
         // SAFETY: `payload_range` checked that [offset, offset+8) lies in the mapping and
         // is 8-aligned; AtomicU64 has the size and alignment of u64; the reference borrows
-        // `self`, which keeps the mapping alive.
+        // `self`, which keeps the mapping alive; the caller guarantees that nothing in this
+        // process accesses the bytes non-atomically meanwhile.
         Some(unsafe { &*p.cast::<AtomicU64>() })
     }
 
     /// The atomic `u32` at payload offset `offset`, if in bounds and 4-aligned.
-    pub fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
+    ///
+    /// # Safety
+    /// As for [`atomic_u64`](Self::atomic_u64), for these 4 bytes.
+    pub unsafe fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
         let p = self.payload_range(offset, 4, 4)?;
         // SAFETY: as in `atomic_u64`, for a 4-byte, 4-aligned range.
         Some(unsafe { &*p.cast::<AtomicU32>() })
@@ -852,21 +884,33 @@ impl Segment {
 
     /// Copies `src` into the payload at `offset`. Returns `None` if out of bounds.
     /// Ordering with other processes is the caller's protocol (e.g. a Release store after).
-    pub fn write_bytes(&self, offset: usize, src: &[u8]) -> Option<()> {
+    ///
+    /// # Safety
+    /// Nothing else in this process may access these bytes while the copy runs: no other
+    /// thread's `write_bytes`, `read_bytes` or atomics on them, and no slice over them (a
+    /// ring attached in this process lends its payload bytes out as slices). A concurrent
+    /// non-atomic access would be a data race.
+    pub unsafe fn write_bytes(&self, offset: usize, src: &[u8]) -> Option<()> {
         let p = self.payload_range(offset, src.len(), 1)?;
         // SAFETY: the destination range is inside the mapping (checked); `src` is a
-        // separate Rust allocation, so the ranges do not overlap. Concurrent writers of the
-        // same bytes are excluded by the caller's protocol; a misbehaving peer can at worst
-        // make the bytes garbage, never move the copy out of bounds.
+        // separate Rust allocation, so the ranges do not overlap; the caller guarantees
+        // that nothing else in this process accesses the destination meanwhile. Another
+        // process can at worst make the bytes garbage, never move the copy out of bounds.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
         Some(())
     }
 
     /// Copies payload bytes at `offset` into `dst`. Returns `None` if out of bounds.
-    pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Option<()> {
+    ///
+    /// # Safety
+    /// Nothing in this process may write these bytes while the copy runs: no other
+    /// thread's `write_bytes` or atomic stores to them, and no `&mut [u8]` over them (a
+    /// ring producer's write grant).
+    pub unsafe fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Option<()> {
         let p = self.payload_range(offset, dst.len(), 1)?;
         // SAFETY: the source range is inside the mapping (checked) and `dst` is a separate
-        // exclusive borrow; the copy reads bytes, valid for any value.
+        // exclusive borrow; the caller guarantees no concurrent writer in this process; the
+        // copy reads bytes, valid for any value.
         unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
         Some(())
     }
@@ -990,7 +1034,8 @@ fn validate(map: &Mapping, file_size: u64) -> Result<(), OpenError> {
 }
 
 /// Test support: overwrite header fields of a named segment to provoke open errors.
-#[doc(hidden)]
+/// Only with the `testing` feature, which test crates enable.
+#[cfg(feature = "testing")]
 pub mod testing {
     use super::*;
 

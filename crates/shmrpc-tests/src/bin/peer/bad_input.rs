@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, RecvError};
-use shmrpc::frame::{self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION};
-use shmrpc::rpc::{method_id, Client, ClientConfig};
+use shmrpc::lowlevel::frame::{
+    self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION,
+};
+use shmrpc::rpc::method_id;
+use shmrpc::{Client, ClientConfig};
 use shmrpc_tests::BadServerMode;
 
 use crate::rpc::rpc_runtime;
@@ -178,22 +181,24 @@ pub(crate) fn rpc_foreign(name: &str, path: &Path) {
     };
     say(format!(
         "direct uid={} result={direct}",
-        shmrpc::sys::names::uid()
+        shmrpc::lowlevel::sys::names::uid()
     ));
     let rt = rpc_runtime();
-    let cfg = ClientConfig {
-        reconnect_for: Duration::from_millis(200),
-        ..ClientConfig::default()
-    };
+    let cfg = ClientConfig::default().with_reconnect_for(Duration::from_millis(200));
     let attempt = |label: &str| {
         let r = rt.block_on(Client::connect(&name, cfg.clone()));
         match r {
             Ok(_) => say(format!("{label} result=connected")),
-            Err(e) => say(format!(
-                "{label} code={:?} message={}",
-                e.code,
-                one_line(e.message)
-            )),
+            Err(e) => {
+                // Reported as a caller sees it through `RpcError`: the code, and the
+                // whole chain of causes as the message.
+                let e = shmrpc::RpcError::from(e);
+                say(format!(
+                    "{label} code={:?} message={}",
+                    e.code,
+                    one_line(shmrpc_tests::error_chain(&e))
+                ))
+            }
         }
     };
     attempt("rpc");
@@ -203,7 +208,7 @@ pub(crate) fn rpc_foreign(name: &str, path: &Path) {
         }
         attempt("rpc-linked");
         // Raw: connect to the socket and read what the server sends a foreign uid.
-        let sock = shmrpc::sys::names::runtime_dir()
+        let sock = shmrpc::lowlevel::sys::names::runtime_dir()
             .map(|d| d.join(format!("{name}.sock")))
             .and_then(std::os::unix::net::UnixStream::connect);
         match sock {

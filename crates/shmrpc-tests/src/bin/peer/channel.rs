@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use shmrpc::channel::{ChannelConfig, Endpoint, RecvError, SendError};
-use shmrpc::ring::{self, End};
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::ring::{self, End};
+use shmrpc::lowlevel::sys::Segment;
 use shmrpc_tests::{
     fill_stream_message, transform, ServeMode, SizeProfile, RING_SEGMENT_KIND, RING_WRITER_PROFILE,
 };
@@ -153,19 +153,21 @@ pub(crate) fn ring_claim(name: &str, cap: usize, held: End) {
 
 /// Waits for `go`, then races `open_or_create` on `name`. The creator's initialiser stores
 /// its pid at offset 0; everyone reports what it finds there.
+#[allow(unsafe_code)]
 pub(crate) fn race_open(name: &str, size: usize) {
     say("ready");
     serve_stdin(|line| line != "go");
     let me = u64::from(std::process::id());
     let (seg, created) = Segment::open_or_create_with(name, size, RING_SEGMENT_KIND, |s| {
-        s.atomic_u64(0)
+        // SAFETY: no ring lives in this segment; word 0 is only accessed atomically.
+        unsafe { s.atomic_u64(0) }
             .ok_or("segment too small")?
             .store(me, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     })
     .unwrap_or_else(|e| fail(format!("open_or_create {name}: {e}")));
-    let stamp = seg
-        .atomic_u64(0)
+    // SAFETY: as in the initialiser.
+    let stamp = unsafe { seg.atomic_u64(0) }
         .map(|a| a.load(std::sync::atomic::Ordering::Acquire))
         .unwrap_or(0);
     say(format!(
@@ -176,10 +178,12 @@ pub(crate) fn race_open(name: &str, size: usize) {
 }
 
 /// Creates a named segment, stamps it, and holds it until told to exit (or killed).
+#[allow(unsafe_code)]
 pub(crate) fn hold_segment(name: &str, size: usize) {
     let seg = Segment::create(name, size).unwrap_or_else(|e| fail(format!("create: {e}")));
     let me = u64::from(std::process::id());
-    seg.atomic_u64(0)
+    // SAFETY: no ring lives in this segment; word 0 is only accessed atomically.
+    unsafe { seg.atomic_u64(0) }
         .expect("8 bytes")
         .store(me, std::sync::atomic::Ordering::Release);
     say(format!("ready pid={me}"));

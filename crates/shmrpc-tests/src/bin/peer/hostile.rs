@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, Endpoint, RecvError};
-use shmrpc::frame::{self, Kind};
-use shmrpc::ring;
-use shmrpc::sys::Segment;
+use shmrpc::lowlevel::frame::{self, Kind};
+use shmrpc::lowlevel::ring;
+use shmrpc::lowlevel::sys::Segment;
 
 use crate::bad_input::echo_request;
 use crate::{fail, say};
@@ -54,15 +54,18 @@ impl RawView {
         fail("no shmrpc memfd among this process's fds")
     }
 
+    #[allow(unsafe_code)]
     fn u64_at(&self, off: usize) -> &std::sync::atomic::AtomicU64 {
-        self.seg
-            .atomic_u64(off)
+        // SAFETY: used for ring header and record-header words only, which the rings
+        // access atomically.
+        unsafe { self.seg.atomic_u64(off) }
             .unwrap_or_else(|| fail(format!("offset {off} out of the segment")))
     }
 
+    #[allow(unsafe_code)]
     fn u32_at(&self, off: usize) -> &std::sync::atomic::AtomicU32 {
-        self.seg
-            .atomic_u32(off)
+        // SAFETY: as in `u64_at`.
+        unsafe { self.seg.atomic_u32(off) }
             .unwrap_or_else(|| fail(format!("offset {off} out of the segment")))
     }
 
@@ -73,12 +76,15 @@ impl RawView {
 
     /// Publishes a record at the producer's next position by hand: `len` word, tag 0,
     /// `payload`, then the stamp the server's consumer waits for.
+    #[allow(unsafe_code)]
     fn forge(&self, ep: &mut Endpoint, len_word: u32, payload: &[u8]) -> usize {
         let pos = ep.sender().producer().position();
         let key = self.u64_at(self.tx_ring + 16).load(Ordering::Relaxed);
         let rec = self.record(self.tx_ring, pos);
-        self.seg
-            .write_bytes(rec + 16, payload)
+        // SAFETY: the bytes after our producer's position are not lent out (we hold the
+        // endpoint mutably and no grant is alive) and the consumer does not read them before
+        // the stamp below; this process is single-threaded here.
+        unsafe { self.seg.write_bytes(rec + 16, payload) }
             .unwrap_or_else(|| fail("record out of the segment"));
         self.u32_at(rec + 8).store(len_word, Ordering::Relaxed);
         self.u32_at(rec + 12).store(0, Ordering::Relaxed);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shmrpc::channel::ChannelConfig;
-use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
+use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
 use shmrpc_tests::{chat_token, make_request, transform, ChatRequest, RpcTarget};
 
 use crate::{fail, say, serve_stdin};
@@ -205,12 +205,10 @@ pub(crate) fn rpc_server(
     max_in_flight: Option<usize>,
     handshake_timeout_ms: Option<u64>,
 ) {
-    let mut cfg = ServerConfig {
-        channel: ChannelConfig::default().with_capacity(cap),
-        heartbeat: Duration::from_millis(heartbeat_ms),
-        max_message,
-        ..ServerConfig::default()
-    };
+    let mut cfg = ServerConfig::default()
+        .with_channel(ChannelConfig::default().with_capacity(cap))
+        .with_heartbeat(Duration::from_millis(heartbeat_ms))
+        .with_max_message(max_message);
     if let Some(m) = max_in_flight {
         cfg.max_in_flight = m;
     }
@@ -265,10 +263,7 @@ pub(crate) fn rpc_server(
 }
 
 fn client_config() -> ClientConfig {
-    ClientConfig {
-        reconnect_for: Duration::from_secs(10),
-        ..ClientConfig::default()
-    }
+    ClientConfig::default().with_reconnect_for(Duration::from_secs(10))
 }
 
 /// One call of `transform` with a request unique to (`who`, `k`), checked.
@@ -408,10 +403,7 @@ pub(crate) fn chaos_client(name: &str, seed: u64) {
     let rt = rpc_runtime();
     rt.block_on(async move {
         let mut rng = shmrpc_tests::SplitMix64::new(seed);
-        let cfg = ClientConfig {
-            reconnect_for: Duration::from_secs(30),
-            ..client_config()
-        };
+        let cfg = client_config().with_reconnect_for(Duration::from_secs(30));
         let mut seq = 0u64;
         let mut ok = 0u64;
         let mut client = None;

@@ -10,7 +10,7 @@ use super::accept::Acceptor;
 use super::{CallContext, Handler, ItemSink, Route, Server, INSPECT_ID};
 use crate::channel::Listener;
 use crate::rpc::obs::MethodObs;
-use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError, ServerConfig};
+use crate::rpc::{decode, encode, method_id, BindError, IdMap, RpcError, ServerConfig};
 
 /// Builds a [`Server`]: add routes, then bind.
 ///
@@ -20,12 +20,9 @@ use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError, ServerConfig}
 /// [`bind`](Self::bind) or [`bind_tcp`](Self::bind_tcp)):
 ///
 /// ```
-/// use shmrpc::rpc::{Code, RpcError, ServerBuilder, ServerConfig};
+/// use shmrpc::{Code, RpcError, ServerBuilder, ServerConfig};
 ///
-/// let cfg = ServerConfig {
-///     max_in_flight: 64,
-///     ..ServerConfig::default()
-/// };
+/// let cfg = ServerConfig::default().with_max_in_flight(64);
 /// let builder = ServerBuilder::new(cfg)
 ///     // Raw bytes in, raw bytes out.
 ///     .unary_raw("echo", |_ctx, body: Vec<u8>| async move { Ok(body) })
@@ -199,14 +196,15 @@ impl ServerBuilder {
     /// Listens on the shared-memory name `name` (see [`Listener::bind`]).
     ///
     /// # Errors
-    /// [`Code::Unavailable`] with the bind error (e.g. a live server has the name).
+    /// [`BindError::Shm`], with the channel's bind error as its source (e.g. a live server
+    /// has the name).
     ///
     /// # Examples
     ///
     /// ```
     /// use shmrpc::rpc::Server;
     ///
-    /// # #[tokio::main] async fn main() -> Result<(), shmrpc::rpc::RpcError> {
+    /// # #[tokio::main] async fn main() -> Result<(), shmrpc::BindError> {
     /// let name = format!("doc-bind-{}", std::process::id());
     /// let server = Server::builder()
     ///     .unary("ping", |_ctx, (): ()| async { Ok(()) })
@@ -218,17 +216,20 @@ impl ServerBuilder {
     /// server.serve().await;
     /// # Ok(()) }
     /// ```
-    pub fn bind(self, name: &str) -> Result<Server, RpcError> {
+    pub fn bind(self, name: &str) -> Result<Server, BindError> {
         raise_fd_limit();
-        let listener = Listener::bind(name, self.cfg.channel.clone())
-            .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
+        let listener =
+            Listener::bind(name, self.cfg.channel.clone()).map_err(|source| BindError::Shm {
+                name: name.to_owned(),
+                source,
+            })?;
         Ok(Server::new(self, Acceptor::Shm(Arc::new(listener))))
     }
 
     /// Listens on a TCP address (for peers on other hosts); same frames, same handlers.
     ///
     /// # Errors
-    /// [`Code::Unavailable`] with the bind error.
+    /// [`BindError::Tcp`], with the OS error as its source.
     ///
     /// # Examples
     ///
@@ -254,10 +255,10 @@ impl ServerBuilder {
     /// serving.await?;
     /// # Ok(()) }
     /// ```
-    pub async fn bind_tcp(self, addr: SocketAddr) -> Result<Server, RpcError> {
+    pub async fn bind_tcp(self, addr: SocketAddr) -> Result<Server, BindError> {
         let l = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))?;
+            .map_err(|source| BindError::Tcp { addr, source })?;
         Ok(Server::new(self, Acceptor::Tcp(l)))
     }
 }

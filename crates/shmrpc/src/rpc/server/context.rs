@@ -26,8 +26,9 @@ impl std::fmt::Debug for CallToken {
 
 impl CallToken {
     pub(super) fn cancel(&self) {
-        // Release: pairs with the Acquire load in `is_cancelled`.
-        if !self.0.cancelled.swap(true, Ordering::AcqRel) {
+        // Release: pairs with the Acquire load in `is_cancelled`. Only the first canceller
+        // notifies; the swap needs no Acquire, as nothing else is published by the flag.
+        if !self.0.cancelled.swap(true, Ordering::Release) {
             self.0.notify.notify_waiters();
         }
     }

@@ -1,7 +1,11 @@
 //! Starting a call: routing it, running its handler (inline if it answers at once, else in
 //! a task raced against cancellation and deadline), and sending its outcome.
 
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -14,7 +18,9 @@ use crate::frame::{FrameHeader, Kind};
 use crate::rpc::{encode, split_deadline, Code, IdMap, RpcError, DEADLINE_PREFIX};
 
 /// A call that waits (its handler runs in a task): its cancellation token and, if it
-/// streams, its credit. Calls answered on their first poll never get an entry.
+/// streams, its credit. Calls answered on their first poll never get an entry. Keyed by
+/// the client's call id: at most one entry per concurrency permit, and a request whose id
+/// is already in flight is refused (`Connection::on_request`), never overwrites one.
 type Running = (CallToken, Option<Arc<Semaphore>>);
 
 /// What one connection's calls share.
@@ -89,8 +95,8 @@ impl ConnState {
         };
         let mut fut = (route.handler)(ctx, payload, sink);
         // Fast path: most handlers answer without waiting for anything. Poll once here; if
-        // the answer is ready, reply at once and skip the two task spawns (and their
-        // wake-ups) that a handler which waits needs. No frame of this connection is read
+        // the answer is ready, reply at once and skip the task spawn (and its wake-ups)
+        // that a handler which waits needs. No frame of this connection is read
         // meanwhile, so a call that finishes here needs no entry in `calls` (a later
         // `Cancel` or `Credit` for it finds nothing, as for any finished call).
         let first = {
@@ -104,10 +110,12 @@ impl ConnState {
             drop(permit);
             return;
         }
+        // `on_request` refused an id already in flight, and no frame was read since.
         self.calls
             .lock()
             .expect("poisoned")
-            .insert(h.call_id, (token.clone(), credit));
+            .entry(h.call_id)
+            .or_insert((token.clone(), credit));
         let (tx, calls) = (self.tx.clone(), self.calls.clone());
         let grace = self.shared.cfg.cancel_grace;
         #[cfg(feature = "tracing")]
@@ -137,14 +145,27 @@ impl ConnState {
     }
 }
 
+/// A handler's future with its panics caught: a panic fails only its call. After it has
+/// returned `Ready` (a panic included) it is not polled again.
+struct CatchPanic(BoxFuture<Result<Option<Vec<u8>>, RpcError>>);
+
+impl Future for CatchPanic {
+    type Output = Result<Option<Vec<u8>>, RpcError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(p) => p,
+            Err(_) => Poll::Ready(Err(RpcError::handler("handler panicked"))),
+        }
+    }
+}
+
 /// Polls a handler once with a no-op waker. `Some` if it finished (a panic counts as a
 /// failed call); `None` if it must wait, in which case it is spawned and polled again with a
 /// real waker (futures re-register their waker on every poll, so nothing is lost).
 fn poll_once(
     fut: &mut BoxFuture<Result<Option<Vec<u8>>, RpcError>>,
 ) -> Option<Result<Option<Vec<u8>>, RpcError>> {
-    use std::panic::{catch_unwind, AssertUnwindSafe};
-    use std::task::{Context, Poll, Waker};
     let mut cx = Context::from_waker(Waker::noop());
     match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
         Ok(Poll::Ready(r)) => Some(r),
@@ -183,43 +204,34 @@ pub(super) async fn reply_error(tx: &ConnTx, method: u32, call_id: u64, e: RpcEr
     let _ = tx.send(Kind::Error, method, call_id, &e.encode()).await;
 }
 
-/// Runs a handler in its own task (so a panic fails only this call), racing it against
-/// cancellation and the deadline. A cancelled handler gets `grace` to notice and return
-/// before it is aborted.
+/// Runs a waiting handler inside the call's task (one task per waiting call), racing it
+/// against cancellation and the deadline. A cancelled handler gets `grace` to notice and
+/// return; then it is dropped (it is not polled again, which ends it at its next `.await`).
 async fn run_handler(
     fut: BoxFuture<Result<Option<Vec<u8>>, RpcError>>,
     token: CallToken,
     deadline: Option<Duration>,
     grace: Duration,
 ) -> Result<Option<Vec<u8>>, RpcError> {
-    let mut task = tokio::spawn(fut);
+    let mut fut = CatchPanic(fut);
     let expired = async {
         match deadline {
             Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending().await,
         }
     };
+    // Biased: a handler that returns because it saw the cancel (both ready in one wake-up)
+    // still answers `Cancelled`, the outcome the caller asked for.
     let why = tokio::select! {
-        r = &mut task => return flatten(r),
+        biased;
         _ = token.cancelled() => RpcError::new(Code::Cancelled, "call cancelled"),
         _ = expired => {
             token.cancel();
             RpcError::new(Code::DeadlineExceeded, "deadline exceeded")
         }
+        r = &mut fut => return r,
     };
-    match tokio::time::timeout(grace, &mut task).await {
-        Ok(_) => {}
-        Err(_) => task.abort(),
-    }
+    // Whatever it returns in its grace period, the caller was told `why`.
+    let _ = tokio::time::timeout(grace, &mut fut).await;
     Err(why)
-}
-
-fn flatten(
-    r: Result<Result<Option<Vec<u8>>, RpcError>, tokio::task::JoinError>,
-) -> Result<Option<Vec<u8>>, RpcError> {
-    match r {
-        Ok(r) => r,
-        Err(e) if e.is_panic() => Err(RpcError::handler("handler panicked")),
-        Err(_) => Err(RpcError::new(Code::Cancelled, "handler aborted")),
-    }
 }

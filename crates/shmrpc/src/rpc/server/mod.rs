@@ -64,6 +64,23 @@ struct Shared {
     registry: Registry,
 }
 
+impl Shared {
+    fn new(b: ServerBuilder) -> Arc<Self> {
+        let (draining, _) = watch::channel(false);
+        let obs = Arc::new(ServerObs::new(b.cfg.metrics));
+        let handshakes = Arc::new(Semaphore::new(b.cfg.max_handshakes.max(1)));
+        Arc::new(Shared {
+            cfg: b.cfg,
+            routes: b.routes,
+            draining,
+            conns: tokio_util::task::TaskTracker::new(),
+            obs,
+            handshakes,
+            registry: Registry::default(),
+        })
+    }
+}
+
 /// A bound server. Run it with [`serve`](Self::serve); stop it with a [`ServerHandle`].
 ///
 /// # Examples
@@ -151,19 +168,8 @@ impl ServerHandle {
 
 impl Server {
     fn new(b: ServerBuilder, acceptor: Acceptor) -> Self {
-        let (draining, _) = watch::channel(false);
-        let obs = Arc::new(ServerObs::new(b.cfg.metrics));
-        let handshakes = Arc::new(Semaphore::new(b.cfg.max_handshakes.max(1)));
         Self {
-            shared: Arc::new(Shared {
-                cfg: b.cfg,
-                routes: b.routes,
-                draining,
-                conns: tokio_util::task::TaskTracker::new(),
-                obs,
-                handshakes,
-                registry: Registry::default(),
-            }),
+            shared: Shared::new(b),
             acceptor,
         }
     }
@@ -205,3 +211,6 @@ impl Server {
         self.shared.conns.wait().await;
     }
 }
+
+#[cfg(test)]
+mod tests;
