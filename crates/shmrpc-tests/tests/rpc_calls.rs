@@ -41,7 +41,7 @@ fn start_server(names: &mut TestNames, tcp: bool, heartbeat_ms: u64) -> (PeerPro
         let mut p = spawn_peer!(PeerCommand::RpcServer {
             target: RpcTarget::Tcp,
             cap: CAP,
-            heartbeat_ms: heartbeat_ms,
+            heartbeat_ms,
             max_message: MAX_MESSAGE,
             max_in_flight: None,
             handshake_timeout_ms: None,
@@ -57,7 +57,7 @@ fn start_server(names: &mut TestNames, tcp: bool, heartbeat_ms: u64) -> (PeerPro
         let mut p = spawn_peer!(PeerCommand::RpcServer {
             target: RpcTarget::Shm(name.clone()),
             cap: CAP,
-            heartbeat_ms: heartbeat_ms,
+            heartbeat_ms,
             max_message: MAX_MESSAGE,
             max_in_flight: None,
             handshake_timeout_ms: None,

@@ -127,7 +127,7 @@ pub(crate) fn rpc_garbage(name: &str) {
         "response",
         "interleaved",
     ] {
-        let mut ep = channel::connect(&name, &ChannelConfig::default())
+        let mut ep = channel::connect(name, &ChannelConfig::default())
             .unwrap_or_else(|e| fail(format!("connect: {e}")));
         // Control: the same connection answers a well-formed request.
         ep.send(&echo_request(1, b"hello"))
@@ -175,7 +175,7 @@ pub(crate) fn rpc_garbage(name: &str) {
 ///    `raw`: a plain socket connection, reporting how many bytes of hello the server sends.
 pub(crate) fn rpc_foreign(name: &str, path: &Path) {
     let one_line = |s: String| s.replace(['\n', ' '], "_");
-    let direct = match std::os::unix::net::UnixStream::connect(&path) {
+    let direct = match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => "connected".to_owned(),
         Err(e) => format!("{:?}", e.kind()),
     };
@@ -186,7 +186,7 @@ pub(crate) fn rpc_foreign(name: &str, path: &Path) {
     let rt = rpc_runtime();
     let cfg = ClientConfig::default().with_reconnect_for(Duration::from_millis(200));
     let attempt = |label: &str| {
-        let r = rt.block_on(Client::connect(&name, cfg.clone()));
+        let r = rt.block_on(Client::connect(name, cfg.clone()));
         match r {
             Ok(_) => say(format!("{label} result=connected")),
             Err(e) => {
@@ -238,7 +238,7 @@ pub(crate) fn rpc_foreign(name: &str, path: &Path) {
 pub(crate) fn rpc_bad_server(name: &str, mode: BadServerMode) {
     match mode {
         BadServerMode::FrameVersion => {
-            let l = bind(&name, ChannelConfig::default().with_capacity(64 * 1024));
+            let l = bind(name, ChannelConfig::default().with_capacity(64 * 1024));
             say("ready");
             let mut ep = accept(&l);
             drop(l);

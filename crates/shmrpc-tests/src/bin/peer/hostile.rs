@@ -135,7 +135,7 @@ pub(crate) fn rpc_hostile(name: &str) {
     ];
     for mode in modes {
         let started = std::time::Instant::now();
-        let mut ep = channel::connect(&name, &ChannelConfig::default())
+        let mut ep = channel::connect(name, &ChannelConfig::default())
             .unwrap_or_else(|e| fail(format!("connect: {e}")));
         ep.send(&echo_request(1, b"hello"))
             .unwrap_or_else(|e| fail(format!("{mode}: send echo: {e}")));

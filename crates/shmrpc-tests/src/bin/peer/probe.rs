@@ -31,15 +31,15 @@ pub(crate) fn perm_probe(probe: &Probe) {
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open(&path)
+                .open(path)
                 .map(|_| "opened".to_owned())
                 .map_err(kind),
         ),
         // Put a file of our own where a victim will look for its segment.
         Probe::SquatFile { path } => {
             use std::os::unix::fs::PermissionsExt;
-            let r = std::fs::write(&path, b"attacker").and_then(|()| {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+            let r = std::fs::write(path, b"attacker").and_then(|()| {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
             });
             report(r.map(|()| "squatted".to_owned()).map_err(kind));
         }

@@ -288,7 +288,7 @@ pub(crate) fn rpc_clients(name: &str, n: usize, calls: u64) {
     rt.block_on(async move {
         let mut clients = Vec::with_capacity(n);
         for i in 0..n {
-            let c = Client::connect(&name, client_config())
+            let c = Client::connect(name, client_config())
                 .await
                 .unwrap_or_else(|e| fail(format!("connect {i} (fd limit {limit}): {e}")));
             clients.push(c);
@@ -345,7 +345,7 @@ pub(crate) fn rpc_clients(name: &str, n: usize, calls: u64) {
 pub(crate) fn rpc_caller(name: &str, n: usize) {
     let rt = rpc_runtime();
     rt.block_on(async move {
-        let c = Client::connect(&name, client_config())
+        let c = Client::connect(name, client_config())
             .await
             .unwrap_or_else(|e| fail(format!("connect: {e}")));
         let mut tasks = Vec::new();
@@ -411,7 +411,7 @@ pub(crate) fn chaos_client(name: &str, seed: u64) {
         loop {
             let c = match &client {
                 Some(c) => c,
-                None => match Client::connect(&name, cfg.clone()).await {
+                None => match Client::connect(name, cfg.clone()).await {
                     Ok(c) => client.insert(c),
                     Err(_) => continue,
                 },
