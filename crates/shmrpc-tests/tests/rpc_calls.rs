@@ -250,14 +250,35 @@ fn rpc_tcp_frame_arriving_slowly_is_still_one_frame() {
             len: 0,
         };
         let f = frame::encode(&h, &payload).unwrap();
-        for part in [
+        // Each part goes out after the server has sent a heartbeat Ping, so the server has
+        // run at least one tick while holding a partial frame. No sleeps: a pause measured
+        // in milliseconds races the server's silence limit (three heartbeats) on a loaded
+        // machine, while one Ping per part keeps the gaps at about one heartbeat.
+        let mut await_ping = |s: &mut std::net::TcpStream| loop {
+            let mut hdr = [0u8; FRAME_HEADER_LEN];
+            std::io::Read::read_exact(s, &mut hdr).expect("a server frame before the answer");
+            let h = frame::decode_header(&hdr).expect("server frame header");
+            let mut body = vec![0u8; h.len as usize];
+            std::io::Read::read_exact(s, &mut body).expect("server frame payload");
+            assert!(
+                matches!(h.kind, Kind::Ping | Kind::Pong),
+                "only heartbeats before the request is complete, got {h:?}"
+            );
+            if h.kind == Kind::Ping {
+                break;
+            }
+        };
+        let parts = [
             &f[..10],
             &f[10..FRAME_HEADER_LEN + 5],
             &f[FRAME_HEADER_LEN + 5..],
-        ] {
+        ];
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                await_ping(&mut s);
+            }
             s.write_all(part).unwrap();
             s.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(300));
         }
         // Read frames until the response (pings may come first; answer none: the pauses
         // are over).
