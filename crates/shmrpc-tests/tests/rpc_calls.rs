@@ -254,7 +254,7 @@ fn rpc_tcp_frame_arriving_slowly_is_still_one_frame() {
         // run at least one tick while holding a partial frame. No sleeps: a pause measured
         // in milliseconds races the server's silence limit (three heartbeats) on a loaded
         // machine, while one Ping per part keeps the gaps at about one heartbeat.
-        let mut await_ping = |s: &mut std::net::TcpStream| loop {
+        let await_ping = |s: &mut std::net::TcpStream| loop {
             let mut hdr = [0u8; FRAME_HEADER_LEN];
             std::io::Read::read_exact(s, &mut hdr).expect("a server frame before the answer");
             let h = frame::decode_header(&hdr).expect("server frame header");
