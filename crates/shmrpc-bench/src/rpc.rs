@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use shmrpc::channel::{ChannelConfig, WaitStrategy};
 use shmrpc::lowlevel::frame::{self, FrameHeader, Kind, FRAME_HEADER_LEN};
-use shmrpc::rpc::method_id;
+use shmrpc::method_id;
 use shmrpc::{CallOptions, Client, ClientConfig, ServerBuilder, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmrpc::rpc;
+use shmrpc::RpcError;
 use shmrpc::{BlockingClient, ClientConfig, Server};
 
 /// The server side (an ordinary async server, in the child process).
@@ -54,7 +54,7 @@ fn client(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
             let client = client.clone();
-            std::thread::spawn(move || -> Result<u64, rpc::RpcError> {
+            std::thread::spawn(move || -> Result<u64, RpcError> {
                 let mut sum = 0;
                 for i in 0..100 {
                     sum = client.call::<_, u64>("add", &(sum, t * 100 + i), timeout)?;
@@ -69,10 +69,10 @@ fn client(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // A streaming call, collected into a Vec (raw bytes in, raw items out).
-    let items = client.call_stream_collect("countdown", &rpc::encode(&5u32)?, timeout)?;
+    let items = client.call_stream_collect("countdown", &shmrpc::encode(&5u32)?, timeout)?;
     let countdown: Vec<u32> = items
         .iter()
-        .map(|b| rpc::decode(b))
+        .map(|b| shmrpc::decode(b))
         .collect::<Result<_, _>>()?;
     println!("countdown: {countdown:?}");
 

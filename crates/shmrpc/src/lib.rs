@@ -13,8 +13,7 @@
 //! - [`channel`]: messages without RPC: a duplex connection (two rings in one segment)
 //!   used blocking or async, by threads, tasks or processes through one code path, and the
 //!   Unix-socket handshake that hands it to another process.
-//! - [`rpc`]: the rest of the RPC layer: the codec ([`rpc::encode`], [`rpc::decode`]),
-//!   method ids, configuration files, server introspection and observability.
+//! - [`inspect`]: what a running server reports about itself (`shmrpc inspect`).
 //! - [`lowlevel`]: the layers under the channel, for tools and tests that need them:
 //!   segments, futexes and doorbells ([`lowlevel::sys`]), the SPSC ring
 //!   ([`lowlevel::ring`]) and the frame format ([`lowlevel::frame`]).
@@ -33,13 +32,33 @@
 //! assert_eq!(&*a.recv()?, b"re: hello");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Observability
+//!
+//! With the cargo feature `metrics`, a server whose [`ServerConfig::with_metrics`] is set
+//! records series through the `metrics` facade; with `tracing`, each call runs in a span.
+//! Without the features the hooks compile to nothing.
+//!
+//! Series (all prefixed `shmrpc_`):
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `calls_total` | counter | `method` | calls started |
+//! | `call_seconds` | histogram | `method` | from the request read to the answer sent |
+//! | `errors_total` | counter | `code` | calls that ended with an error, by [`Code`] |
+//! | `bytes_received_total` | counter | | request bytes |
+//! | `bytes_sent_total` | counter | | response and stream-item bytes |
+//! | `backpressure_waits_total` | counter | | requests that waited for a concurrency permit |
+//! | `connections` | gauge | | connections being served |
+//! | `handshake_failures_total` | counter | | shared-memory handshakes that failed |
+//! | `ring_occupancy_bytes` | histogram | | bytes queued towards a client, sampled per heartbeat |
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 #[cfg(not(shmrpc_loom))]
 pub mod channel;
 #[cfg(not(shmrpc_loom))]
-pub mod rpc;
+mod rpc;
 mod sync;
 
 pub mod lowlevel;
@@ -55,3 +74,8 @@ pub use rpc::{
     ConfigError, ConnectError, ItemSink, RpcError, Server, ServerBuilder, ServerConfig,
     ServerHandle, Sink, Streaming, TypedStream, Unary,
 };
+// The codec both ends use for typed calls, and the method id carried in frames.
+#[cfg(not(shmrpc_loom))]
+pub use rpc::inspect;
+#[cfg(not(shmrpc_loom))]
+pub use rpc::{decode, encode, method_id};

@@ -255,8 +255,8 @@ async fn graceful_shutdown_finishes_calls_in_flight() {
 /// The built-in inspection method: each connection with its peer, counters and rings.
 #[tokio::test(flavor = "current_thread")]
 async fn a_server_reports_its_connections_to_the_inspection_method() {
-    use shmrpc::rpc::inspect::ServerReport;
-    use shmrpc::rpc::INSPECT_METHOD;
+    use shmrpc::inspect::ServerReport;
+    use shmrpc::inspect::INSPECT_METHOD;
     use shmrpc::{ServerBuilder, ServerConfig};
     let n = name("inspect");
     let cfg = ServerConfig::default()

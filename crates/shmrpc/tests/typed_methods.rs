@@ -39,7 +39,7 @@ fn server(name: &str) -> Result<Server, Box<dyn std::error::Error>> {
 #[test]
 fn descriptors_name_the_method_and_its_id() {
     assert_eq!(ADD.name(), "add");
-    assert_eq!(ADD.id(), shmrpc::rpc::method_id("add"));
+    assert_eq!(ADD.id(), shmrpc::method_id("add"));
     assert_eq!(COUNTDOWN.name(), "countdown");
     assert_eq!(format!("{ADD:?}"), "Unary(\"add\")");
 }

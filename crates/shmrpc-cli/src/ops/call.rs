@@ -145,9 +145,7 @@ async fn call(args: &CallArgs, target: &Target, method: &str, body: &[u8]) -> Re
         Target::Name(n) => Client::connect(n, cfg).await?,
         Target::Tcp(a) => Client::connect_tcp(*a, cfg).await?,
     };
-    let opts = CallOptions {
-        timeout: args.timeout,
-    };
+    let opts = CallOptions::default().with_timeout(args.timeout);
     let mut out = std::io::stdout().lock();
     if !args.stream {
         let answer = client.call_raw(method, body, opts).await?;

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use shmrpc::inspect::ServerReport;
+use shmrpc::inspect::INSPECT_METHOD;
 use shmrpc::lowlevel::ring::RingState;
-use shmrpc::rpc::inspect::ServerReport;
-use shmrpc::rpc::INSPECT_METHOD;
 use shmrpc::{CallOptions, Client, ClientConfig};
 
 use super::{human_bytes, print_table, Format};

@@ -79,7 +79,7 @@ impl SegmentEntry {
             Ok(SegmentStatus::Live(_)) => "alive",
             Ok(SegmentStatus::Stale(_)) => "stale",
             Ok(SegmentStatus::Initialising) => "initialising",
-            Err(_) => "unknown",
+            Ok(_) | Err(_) => "unknown",
         }
     }
 

@@ -18,7 +18,7 @@ use super::{ConnectError, RpcError};
 /// use std::sync::Arc;
 /// use std::time::Duration;
 /// use shmrpc::{BlockingClient, ClientConfig};
-/// use shmrpc::rpc;
+/// use shmrpc::{decode, encode};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = Arc::new(BlockingClient::connect("engine", ClientConfig::default())?);
@@ -29,8 +29,8 @@ use super::{ConnectError, RpcError};
 /// assert_eq!(worker.join().unwrap()?, 3);
 ///
 /// // A streaming call, all items collected (raw bytes in and out).
-/// let items = client.call_stream_collect("range", &rpc::encode(&3u32)?, timeout)?;
-/// let numbers: Vec<u32> = items.iter().map(|b| rpc::decode(b)).collect::<Result<_, _>>()?;
+/// let items = client.call_stream_collect("range", &encode(&3u32)?, timeout)?;
+/// let numbers: Vec<u32> = items.iter().map(|b| decode(b)).collect::<Result<_, _>>()?;
 /// assert_eq!(numbers, [0, 1, 2]);
 /// # Ok(()) }
 /// ```

@@ -105,8 +105,10 @@ impl ClientConfig {
     }
 }
 
-/// Per-call options.
+/// Per-call options. Built from [`CallOptions::default`] or [`CallOptions::timeout`] and
+/// the `with_*` setters, so that new options do not break callers.
 #[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
 pub struct CallOptions {
     /// Give up (and cancel the call on the server) after this long.
     pub timeout: Option<Duration>,
@@ -127,6 +129,13 @@ impl CallOptions {
     /// ```
     pub fn timeout(d: Duration) -> Self {
         Self { timeout: Some(d) }
+    }
+
+    /// These options with another timeout (`None`: wait as long as it takes).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 

@@ -1,32 +1,4 @@
-//! A server's settings from a TOML file, validated when loaded.
-//!
-//! Every key is optional (a missing one keeps [`ServerConfig::default`]); an unknown key, a
-//! wrong type or a value out of range is an error that names the key and what is allowed.
-//!
-//! ```
-//! use shmrpc::ServerConfig;
-//!
-//! let cfg = ServerConfig::from_toml(
-//!     r#"
-//!     ring_size = 131072          # bytes per ring, a power of two
-//!     max_in_flight = 64          # calls in flight per connection
-//!     max_message = "4 MiB"
-//!     heartbeat = "1s"
-//!     cancel_grace = "100ms"
-//!     wait = "spin-then-park"     # or "spin", "park"
-//!     spin = "20us"
-//!     allowed_uids = [1001]
-//!     max_handshakes = 32         # handshakes running at once
-//!     handshake_timeout = "2s"    # a client's time to acknowledge the handshake
-//!     metrics = true              # record metrics (needs the `metrics` feature)
-//!     "#,
-//! )?;
-//! assert_eq!(cfg.channel.capacity, 131072);
-//!
-//! let err = ServerConfig::from_toml("ring_size = 1000").unwrap_err();
-//! assert!(err.to_string().contains("ring_size"));
-//! # Ok::<(), shmrpc::ConfigError>(())
-//! ```
+//! A server's settings, also from a TOML file.
 
 use std::path::Path;
 use std::time::Duration;
@@ -285,7 +257,35 @@ fn size(key: &'static str, s: &Size, min: u64, max: u64) -> Result<u64, ConfigEr
 }
 
 impl ServerConfig {
-    /// Settings from TOML text (see the [module docs](self) for the keys).
+    /// Settings from TOML text.
+    ///
+    /// Every key is optional (a missing one keeps [`ServerConfig::default`]); an unknown key, a
+    /// wrong type or a value out of range is an error that names the key and what is allowed.
+    ///
+    /// ```
+    /// use shmrpc::ServerConfig;
+    ///
+    /// let cfg = ServerConfig::from_toml(
+    ///     r#"
+    ///     ring_size = 131072          # bytes per ring, a power of two
+    ///     max_in_flight = 64          # calls in flight per connection
+    ///     max_message = "4 MiB"
+    ///     heartbeat = "1s"
+    ///     cancel_grace = "100ms"
+    ///     wait = "spin-then-park"     # or "spin", "park"
+    ///     spin = "20us"
+    ///     allowed_uids = [1001]
+    ///     max_handshakes = 32         # handshakes running at once
+    ///     handshake_timeout = "2s"    # a client's time to acknowledge the handshake
+    ///     metrics = true              # record metrics (needs the `metrics` feature)
+    ///     "#,
+    /// )?;
+    /// assert_eq!(cfg.channel.capacity, 131072);
+    ///
+    /// let err = ServerConfig::from_toml("ring_size = 1000").unwrap_err();
+    /// assert!(err.to_string().contains("ring_size"));
+    /// # Ok::<(), shmrpc::ConfigError>(())
+    /// ```
     ///
     /// # Errors
     /// [`ConfigError::Syntax`] for bad TOML, an unknown key or a wrong type (with the line);

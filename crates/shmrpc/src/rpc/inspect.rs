@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn f() -> Result<(), shmrpc::RpcError> {
 //! use shmrpc::{CallOptions, Client, ClientConfig};
-//! use shmrpc::rpc::{inspect::ServerReport, INSPECT_METHOD};
+//! use shmrpc::inspect::{ServerReport, INSPECT_METHOD};
 //!
 //! let client = Client::connect("engine", ClientConfig::default()).await?;
 //! let report: ServerReport = client.call(INSPECT_METHOD, &(), CallOptions::default()).await?;
@@ -31,9 +31,9 @@ pub const INSPECT_METHOD: &str = "shmrpc.inspect";
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::inspect::ServerReport;
+/// use shmrpc::inspect::ServerReport;
 /// use shmrpc::{CallOptions, Client, ClientConfig, Server};
-/// use shmrpc::rpc::INSPECT_METHOD;
+/// use shmrpc::inspect::INSPECT_METHOD;
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let name = format!("doc-inspect-{}", std::process::id());

@@ -1,67 +1,4 @@
-//! Typed method descriptors: a method's name together with its request and response (or
-//! item) types, declared once and used by both the server ([`ServerBuilder::method`]) and
-//! the client ([`Client::invoke`]), so the two ends agree by type instead of by a string
-//! and a pair of turbofish annotations.
-//!
-//! ```
-//! use shmrpc::{CallOptions, Client, ClientConfig, Server, Streaming, Unary};
-//!
-//! // Shared by both sides (in a crate or module both depend on).
-//! pub const ADD: Unary<(u64, u64), u64> = Unary::new("add");
-//! pub const COUNT: Streaming<u32, u32> = Streaming::new("count");
-//!
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let name = format!("doc-method-{}", std::process::id());
-//! let server = Server::builder()
-//!     .method(ADD, |_ctx, (a, b)| async move { Ok(a + b) })
-//!     .stream_method(COUNT, |_ctx, n, sink| async move {
-//!         for i in 0..n {
-//!             sink.send(&i).await?;
-//!         }
-//!         Ok(())
-//!     })
-//!     .bind(&name)?;
-//! let handle = server.handle();
-//! let serving = tokio::spawn(server.serve());
-//!
-//! let client = Client::connect(&name, ClientConfig::default()).await?;
-//! assert_eq!(client.invoke(ADD, &(2, 3), CallOptions::default()).await?, 5);
-//! let mut items = client.invoke_stream(COUNT, &3, CallOptions::default()).await?;
-//! let mut got = Vec::new();
-//! while let Some(i) = items.next().await {
-//!     got.push(i?);
-//! }
-//! assert_eq!(got, [0, 1, 2]);
-//!
-//! drop((items, client));
-//! handle.shutdown();
-//! serving.await?;
-//! # Ok(()) }
-//! ```
-//!
-//! A client that sends the wrong request type does not compile:
-//!
-//! ```compile_fail,E0308
-//! use shmrpc::{CallOptions, Client, Unary};
-//!
-//! const ADD: Unary<(u64, u64), u64> = Unary::new("add");
-//!
-//! async fn f(client: Client) {
-//!     // The request is a `(u64, u64)`, not a string.
-//!     let _ = client.invoke(ADD, &"1 + 2".to_string(), CallOptions::default()).await;
-//! }
-//! ```
-//!
-//! Nor does a handler that returns the wrong response type:
-//!
-//! ```compile_fail,E0271
-//! use shmrpc::{Server, Unary};
-//!
-//! const ADD: Unary<(u64, u64), u64> = Unary::new("add");
-//!
-//! // The response is a `u64`, not a string.
-//! let _ = Server::builder().method(ADD, |_ctx, (a, b)| async move { Ok(format!("{}", a + b)) });
-//! ```
+//! Typed method descriptors (see [`Unary`]).
 
 use std::fmt;
 use std::future::Future;
@@ -77,8 +14,70 @@ use super::{
 
 /// A unary method: its name, request type `Req` and response type `Resp`.
 ///
-/// Declare it once as a `const` shared by server and client; see the
-/// [module docs](self).
+/// A descriptor names a method together with its request and response (or item) types,
+/// declared once and used by both the server ([`ServerBuilder::method`]) and
+/// the client ([`Client::invoke`]), so the two ends agree by type instead of by a string
+/// and a pair of turbofish annotations.
+///
+/// ```
+/// use shmrpc::{CallOptions, Client, ClientConfig, Server, Streaming, Unary};
+///
+/// // Shared by both sides (in a crate or module both depend on).
+/// pub const ADD: Unary<(u64, u64), u64> = Unary::new("add");
+/// pub const COUNT: Streaming<u32, u32> = Streaming::new("count");
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let name = format!("doc-method-{}", std::process::id());
+/// let server = Server::builder()
+///     .method(ADD, |_ctx, (a, b)| async move { Ok(a + b) })
+///     .stream_method(COUNT, |_ctx, n, sink| async move {
+///         for i in 0..n {
+///             sink.send(&i).await?;
+///         }
+///         Ok(())
+///     })
+///     .bind(&name)?;
+/// let handle = server.handle();
+/// let serving = tokio::spawn(server.serve());
+///
+/// let client = Client::connect(&name, ClientConfig::default()).await?;
+/// assert_eq!(client.invoke(ADD, &(2, 3), CallOptions::default()).await?, 5);
+/// let mut items = client.invoke_stream(COUNT, &3, CallOptions::default()).await?;
+/// let mut got = Vec::new();
+/// while let Some(i) = items.next().await {
+///     got.push(i?);
+/// }
+/// assert_eq!(got, [0, 1, 2]);
+///
+/// drop((items, client));
+/// handle.shutdown();
+/// serving.await?;
+/// # Ok(()) }
+/// ```
+///
+/// A client that sends the wrong request type does not compile:
+///
+/// ```compile_fail,E0308
+/// use shmrpc::{CallOptions, Client, Unary};
+///
+/// const ADD: Unary<(u64, u64), u64> = Unary::new("add");
+///
+/// async fn f(client: Client) {
+///     // The request is a `(u64, u64)`, not a string.
+///     let _ = client.invoke(ADD, &"1 + 2".to_string(), CallOptions::default()).await;
+/// }
+/// ```
+///
+/// Nor does a handler that returns the wrong response type:
+///
+/// ```compile_fail,E0271
+/// use shmrpc::{Server, Unary};
+///
+/// const ADD: Unary<(u64, u64), u64> = Unary::new("add");
+///
+/// // The response is a `u64`, not a string.
+/// let _ = Server::builder().method(ADD, |_ctx, (a, b)| async move { Ok(format!("{}", a + b)) });
+/// ```
 pub struct Unary<Req, Resp> {
     name: &'static str,
     // `fn(Req) -> Resp`: the descriptor holds no value of either type, and is `Send`,
@@ -88,8 +87,7 @@ pub struct Unary<Req, Resp> {
 
 /// A server-streaming method: its name, request type `Req` and item type `Item`.
 ///
-/// Declare it once as a `const` shared by server and client; see the
-/// [module docs](self).
+/// Declare it once as a `const` shared by server and client; see [`Unary`].
 pub struct Streaming<Req, Item> {
     name: &'static str,
     _types: PhantomData<fn(Req) -> Item>,

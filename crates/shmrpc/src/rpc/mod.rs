@@ -18,11 +18,11 @@
 
 mod blocking;
 mod client;
-pub mod config;
+mod config;
 mod error;
 pub mod inspect;
 mod method;
-pub mod obs;
+pub(crate) mod obs;
 mod server;
 mod transport;
 
@@ -37,7 +37,6 @@ pub use blocking::BlockingClient;
 pub use client::{CallOptions, CallStream, Client, ClientConfig};
 pub use config::{ConfigError, ServerConfig};
 pub use error::{BindError, ConnectError};
-pub use inspect::INSPECT_METHOD;
 pub use method::{Sink, Streaming, TypedStream, Unary};
 pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
 
@@ -221,7 +220,7 @@ impl std::error::Error for RpcError {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::method_id;
+/// use shmrpc::method_id;
 ///
 /// const ECHO: u32 = method_id("echo"); // usable in constants
 /// assert_eq!(ECHO, method_id("echo"));
@@ -248,7 +247,7 @@ pub const fn method_id(name: &str) -> u32 {
 /// # Examples
 ///
 /// ```
-/// use shmrpc::rpc::{decode, encode};
+/// use shmrpc::{decode, encode};
 ///
 /// let bytes = encode(&(300u32, "hi"))?;
 /// assert_eq!(bytes, [0xac, 0x02, 2, b'h', b'i']); // varint 300, then a length-prefixed str
@@ -269,7 +268,7 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
 ///
 /// ```
 /// use shmrpc::Code;
-/// use shmrpc::rpc::{decode, encode};
+/// use shmrpc::{decode, encode};
 ///
 /// let v: Vec<u16> = decode(&encode(&vec![1u16, 2, 3])?)?;
 /// assert_eq!(v, [1, 2, 3]);

@@ -3,24 +3,12 @@
 //!
 //! Without the features every type here is empty and every method an inlined no-op, so a
 //! build without them pays nothing on the call path. With `metrics`, series are recorded
-//! only for a server whose [`ServerConfig::metrics`](super::ServerConfig::metrics) is set:
+//! only for a server whose `ServerConfig::metrics` is set:
 //! its handles are registered once (per method, per error code) when it is built, and a
 //! call costs a few relaxed atomic additions and one clock read. With the flag off, a call
 //! checks one `Option` and reads no clock.
 //!
-//! Series (all prefixed `shmrpc_`):
-//!
-//! | name | kind | labels | what |
-//! |---|---|---|---|
-//! | `calls_total` | counter | `method` | calls started |
-//! | `call_seconds` | histogram | `method` | from the request read to the answer sent |
-//! | `errors_total` | counter | `code` | calls that ended with an error, by [`Code`] |
-//! | `bytes_received_total` | counter | | request bytes |
-//! | `bytes_sent_total` | counter | | response and stream-item bytes |
-//! | `backpressure_waits_total` | counter | | requests that waited for a concurrency permit |
-//! | `connections` | gauge | | connections being served |
-//! | `handshake_failures_total` | counter | | shared-memory handshakes that failed |
-//! | `ring_occupancy_bytes` | histogram | | bytes queued towards a client, sampled per heartbeat |
+//! The series are listed in the crate docs ("Observability").
 
 use super::Code;
 

@@ -219,6 +219,7 @@ pub enum StatusError {
 
 /// What a named segment's header says about its owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SegmentStatus {
     /// Initialised, owner alive.
     Live(ProcessId),

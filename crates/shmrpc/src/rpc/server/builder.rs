@@ -202,7 +202,7 @@ impl ServerBuilder {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::rpc::Server;
+    /// use shmrpc::Server;
     ///
     /// # #[tokio::main] async fn main() -> Result<(), shmrpc::BindError> {
     /// let name = format!("doc-bind-{}", std::process::id());
@@ -234,7 +234,7 @@ impl ServerBuilder {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+    /// use shmrpc::{CallOptions, Client, ClientConfig, Server};
     ///
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// // Port 0: the OS picks a free port; `local_addr` tells which.

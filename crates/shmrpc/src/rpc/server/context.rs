@@ -59,7 +59,7 @@ impl CallToken {
 ///
 /// ```
 /// use std::time::Duration;
-/// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Code, Server};
+/// use shmrpc::{CallOptions, Client, ClientConfig, Code, Server};
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let name = format!("doc-ctx-{}", std::process::id());

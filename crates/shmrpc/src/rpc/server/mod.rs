@@ -38,8 +38,8 @@ type Handler = Arc<
         + Sync,
 >;
 
-/// The id of the built-in [`INSPECT_METHOD`](crate::rpc::INSPECT_METHOD).
-const INSPECT_ID: u32 = method_id(crate::rpc::INSPECT_METHOD);
+/// The id of the built-in [`INSPECT_METHOD`](crate::rpc::inspect::INSPECT_METHOD).
+const INSPECT_ID: u32 = method_id(crate::rpc::inspect::INSPECT_METHOD);
 
 /// A method: its name, whether it streams, and its handler.
 struct Route {
@@ -60,7 +60,7 @@ struct Shared {
     obs: Arc<ServerObs>,
     /// Bounds the handshakes running at once (`max_handshakes`).
     handshakes: Arc<Semaphore>,
-    /// Live connections, for [`INSPECT_METHOD`](crate::rpc::INSPECT_METHOD).
+    /// Live connections, for [`INSPECT_METHOD`](crate::rpc::inspect::INSPECT_METHOD).
     registry: Registry,
 }
 
@@ -89,7 +89,7 @@ impl Shared {
 /// same):
 ///
 /// ```
-/// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+/// use shmrpc::{CallOptions, Client, ClientConfig, Server};
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let name = format!("doc-server-{}", std::process::id());
@@ -146,7 +146,7 @@ impl ServerHandle {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use shmrpc::rpc::Server;
+    /// use shmrpc::Server;
     ///
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let name = format!("doc-shutdown-{}", std::process::id());

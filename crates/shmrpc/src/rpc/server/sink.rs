@@ -76,7 +76,7 @@ impl ItemSink {
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::rpc::{CallOptions, Client, ClientConfig, Server};
+    /// use shmrpc::{CallOptions, Client, ClientConfig, Server};
     ///
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let name = format!("doc-sink-{}", std::process::id());
