@@ -394,6 +394,20 @@ fn path_arg(p: &std::path::Path) -> String {
 }
 
 impl PeerCommand {
+    /// An RPC server at `target` with the settings most tests want: 64 KiB rings, 2 s
+    /// heartbeats (far from any test's waits), 16 MiB messages, the server's defaults for
+    /// the rest.
+    pub fn rpc_server(target: RpcTarget) -> Self {
+        Self::RpcServer {
+            target,
+            cap: 65536,
+            heartbeat_ms: 2000,
+            max_message: 16 << 20,
+            max_in_flight: None,
+            handshake_timeout_ms: None,
+        }
+    }
+
     /// A command running `exe` (the `peer` binary) in this role.
     pub fn command(&self, exe: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
         let mut cmd = std::process::Command::new(exe);

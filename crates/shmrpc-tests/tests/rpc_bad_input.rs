@@ -193,7 +193,7 @@ fn unknown_methods_and_oversized_messages_get_clear_codes() {
             let e = client
                 .call_raw(
                     "blob",
-                    &shmrpc::rpc::encode(&((SERVER_MAX + 1) as u32)).unwrap(),
+                    &shmrpc::encode(&((SERVER_MAX + 1) as u32)).unwrap(),
                     CallOptions::default(),
                 )
                 .await
@@ -457,7 +457,7 @@ fn garbage_over_tcp_closes_only_that_connection() {
             &shmrpc::lowlevel::frame::FrameHeader {
                 kind: shmrpc::lowlevel::frame::Kind::Request,
                 flags: 0,
-                method: shmrpc::rpc::method_id("echo"),
+                method: shmrpc::method_id("echo"),
                 call_id: 1,
                 len: 0,
             },

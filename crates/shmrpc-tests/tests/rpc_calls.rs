@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use shmrpc::lowlevel::frame::{self, FrameHeader, Kind, FRAME_HEADER_LEN};
-use shmrpc::rpc::method_id;
+use shmrpc::method_id;
 use shmrpc::{CallOptions, Client, ClientConfig, Code};
 use shmrpc_tests::{
     chat_token, field, field_parse, heavy, make_request, rpc_runtime, rpc_stats, spawn_peer,

@@ -29,14 +29,7 @@ fn chat_tokens_arrive_in_order_and_a_dropped_stream_cancels_the_engines_handler(
     with_watchdog(Duration::from_secs(60), || {
         let mut names = TestNames::new();
         let name = names.name("rpc-chat");
-        let mut engine = spawn_peer!(PeerCommand::RpcServer {
-            target: RpcTarget::Shm(name.clone()),
-            cap: 65536,
-            heartbeat_ms: 2000,
-            max_message: 16 << 20,
-            max_in_flight: None,
-            handshake_timeout_ms: None,
-        });
+        let mut engine = spawn_peer!(PeerCommand::rpc_server(RpcTarget::Shm(name.clone())));
         engine.expect("ready", WAIT);
         let rt = rpc_runtime();
         rt.block_on(async {
@@ -239,14 +232,7 @@ fn an_editor_that_stops_reading_holds_back_the_engine() {
     with_watchdog(Duration::from_secs(60), || {
         let mut names = TestNames::new();
         let name = names.name("rpc-chat-slow-reader");
-        let mut engine = spawn_peer!(PeerCommand::RpcServer {
-            target: RpcTarget::Shm(name.clone()),
-            cap: 65536,
-            heartbeat_ms: 2000,
-            max_message: 16 << 20,
-            max_in_flight: None,
-            handshake_timeout_ms: None,
-        });
+        let mut engine = spawn_peer!(PeerCommand::rpc_server(RpcTarget::Shm(name.clone())));
         engine.expect("ready", WAIT);
         let rt = rpc_runtime();
         rt.block_on(async {

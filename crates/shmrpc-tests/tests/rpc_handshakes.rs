@@ -10,8 +10,8 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use shmrpc::rpc::inspect::ServerReport;
-use shmrpc::rpc::INSPECT_METHOD;
+use shmrpc::inspect::ServerReport;
+use shmrpc::inspect::INSPECT_METHOD;
 use shmrpc::{CallOptions, Client, ClientConfig};
 use shmrpc_tests::{
     rpc_runtime, socket_file, spawn_peer, with_watchdog, within, PeerCommand, RpcTarget, TestNames,

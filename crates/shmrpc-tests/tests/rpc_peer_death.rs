@@ -26,14 +26,7 @@ const WAIT: Duration = Duration::from_secs(10);
 const PROMPT: Duration = Duration::from_secs(5);
 
 fn start_server(name: &str) -> PeerProcess {
-    let mut p = spawn_peer!(PeerCommand::RpcServer {
-        target: RpcTarget::Shm(name.to_owned()),
-        cap: 65536,
-        heartbeat_ms: 2000,
-        max_message: 16 << 20,
-        max_in_flight: None,
-        handshake_timeout_ms: None,
-    });
+    let mut p = spawn_peer!(PeerCommand::rpc_server(RpcTarget::Shm(name.to_owned())));
     p.expect("ready", WAIT);
     p
 }
@@ -178,14 +171,7 @@ fn a_killed_server_fails_pending_calls_with_peer_gone_and_a_restarted_one_is_rec
         });
         std::thread::sleep(Duration::from_millis(300));
         assert!(!waiting.is_finished(), "a call succeeded with no server");
-        let mut server = spawn_peer!(PeerCommand::RpcServer {
-            target: RpcTarget::Shm(name.clone()),
-            cap: 65536,
-            heartbeat_ms: 2000,
-            max_message: 16 << 20,
-            max_in_flight: None,
-            handshake_timeout_ms: None,
-        });
+        let mut server = spawn_peer!(PeerCommand::rpc_server(RpcTarget::Shm(name.clone())));
         server.expect("ready", WAIT);
         let ready = Instant::now();
         let (r, at) = rt

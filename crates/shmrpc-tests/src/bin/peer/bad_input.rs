@@ -10,7 +10,7 @@ use shmrpc::channel::{self, ChannelConfig, RecvError};
 use shmrpc::lowlevel::frame::{
     self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION,
 };
-use shmrpc::rpc::method_id;
+use shmrpc::method_id;
 use shmrpc::{Client, ClientConfig};
 use shmrpc_tests::BadServerMode;
 
