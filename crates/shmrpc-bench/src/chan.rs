@@ -4,7 +4,7 @@
 use std::hint::spin_loop;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use crate::error::{BenchError, Result};
 use shmrpc::channel::{Endpoint, TryRecvError, TrySendError};
 
 use super::raw::{stamp, stamped};
@@ -36,7 +36,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Buf for B {}
 
 /// The lead side of blocking round trips: send `size` bytes, wait for the echo, copy it
 /// out. Returns the round-trip time of each of the last `total - warm`.
-pub fn rtt_lead(ep: &mut Endpoint, size: usize, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+pub fn rtt_lead(ep: &mut Endpoint, size: usize, total: u64, warm: u64) -> Result<Vec<u64>> {
     if size == RTT_SIZE {
         rtt_lead_in(ep, [0x11u8; RTT_SIZE], [0u8; RTT_SIZE], total, warm)
     } else {
@@ -50,23 +50,26 @@ fn rtt_lead_in(
     mut back: impl Buf,
     total: u64,
     warm: u64,
-) -> anyhow::Result<Vec<u64>> {
+) -> Result<Vec<u64>> {
     let size = msg.as_ref().len();
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     for i in 0..total {
         stamp(msg.as_mut(), i);
         let t0 = Instant::now();
-        ep.send(msg.as_ref()).context("send")?;
+        ep.send(msg.as_ref()).map_err(BenchError::shmrpc("send"))?;
         {
-            let m = ep.recv().context("recv")?;
+            let m = ep.recv().map_err(BenchError::shmrpc("recv"))?;
             if m.len() != size {
-                bail!("echo of {} bytes, expected {size}", m.len());
+                return Err(BenchError::WrongData(format!(
+                    "echo of {} bytes, expected {size}",
+                    m.len()
+                )));
             }
             back.as_mut().copy_from_slice(&m);
         }
         let dt = t0.elapsed();
         if !stamped(back.as_ref(), i) {
-            bail!("echo {i} came back wrong");
+            return Err(BenchError::WrongData(format!("echo {i} came back wrong")));
         }
         if i >= warm {
             samples.push(dt.as_nanos() as u64);
@@ -76,7 +79,7 @@ fn rtt_lead_in(
 }
 
 /// The peer side of blocking round trips: receive, copy out, send the copy back.
-pub fn rtt_echo(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<()> {
+pub fn rtt_echo(ep: &mut Endpoint, size: usize, total: u64) -> Result<()> {
     if size == RTT_SIZE {
         rtt_echo_in(ep, [0u8; RTT_SIZE], total)
     } else {
@@ -84,17 +87,20 @@ pub fn rtt_echo(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<()
     }
 }
 
-fn rtt_echo_in(ep: &mut Endpoint, mut buf: impl Buf, total: u64) -> anyhow::Result<()> {
+fn rtt_echo_in(ep: &mut Endpoint, mut buf: impl Buf, total: u64) -> Result<()> {
     let size = buf.as_ref().len();
     for _ in 0..total {
         {
-            let m = ep.recv().context("recv")?;
+            let m = ep.recv().map_err(BenchError::shmrpc("recv"))?;
             if m.len() != size {
-                bail!("request of {} bytes, expected {size}", m.len());
+                return Err(BenchError::WrongData(format!(
+                    "request of {} bytes, expected {size}",
+                    m.len()
+                )));
             }
             buf.as_mut().copy_from_slice(&m);
         }
-        ep.send(buf.as_ref()).context("send")?;
+        ep.send(buf.as_ref()).map_err(BenchError::shmrpc("send"))?;
     }
     Ok(())
 }
@@ -105,7 +111,7 @@ pub async fn rtt_lead_async(
     size: usize,
     total: u64,
     warm: u64,
-) -> anyhow::Result<Vec<u64>> {
+) -> Result<Vec<u64>> {
     if size == RTT_SIZE {
         rtt_lead_async_in(ep, [0x11u8; RTT_SIZE], [0u8; RTT_SIZE], total, warm).await
     } else {
@@ -119,23 +125,31 @@ async fn rtt_lead_async_in(
     mut back: impl Buf,
     total: u64,
     warm: u64,
-) -> anyhow::Result<Vec<u64>> {
+) -> Result<Vec<u64>> {
     let size = msg.as_ref().len();
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     for i in 0..total {
         stamp(msg.as_mut(), i);
         let t0 = Instant::now();
-        ep.send_async(msg.as_ref()).await.context("send_async")?;
+        ep.send_async(msg.as_ref())
+            .await
+            .map_err(BenchError::shmrpc("send_async"))?;
         {
-            let m = ep.recv_async().await.context("recv_async")?;
+            let m = ep
+                .recv_async()
+                .await
+                .map_err(BenchError::shmrpc("recv_async"))?;
             if m.len() != size {
-                bail!("echo of {} bytes, expected {size}", m.len());
+                return Err(BenchError::WrongData(format!(
+                    "echo of {} bytes, expected {size}",
+                    m.len()
+                )));
             }
             back.as_mut().copy_from_slice(&m);
         }
         let dt = t0.elapsed();
         if !stamped(back.as_ref(), i) {
-            bail!("echo {i} came back wrong");
+            return Err(BenchError::WrongData(format!("echo {i} came back wrong")));
         }
         if i >= warm {
             samples.push(dt.as_nanos() as u64);
@@ -145,7 +159,7 @@ async fn rtt_lead_async_in(
 }
 
 /// [`rtt_echo`] from a tokio task.
-pub async fn rtt_echo_async(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<()> {
+pub async fn rtt_echo_async(ep: &mut Endpoint, size: usize, total: u64) -> Result<()> {
     if size == RTT_SIZE {
         rtt_echo_async_in(ep, [0u8; RTT_SIZE], total).await
     } else {
@@ -153,17 +167,25 @@ pub async fn rtt_echo_async(ep: &mut Endpoint, size: usize, total: u64) -> anyho
     }
 }
 
-async fn rtt_echo_async_in(ep: &mut Endpoint, mut buf: impl Buf, total: u64) -> anyhow::Result<()> {
+async fn rtt_echo_async_in(ep: &mut Endpoint, mut buf: impl Buf, total: u64) -> Result<()> {
     let size = buf.as_ref().len();
     for _ in 0..total {
         {
-            let m = ep.recv_async().await.context("recv_async")?;
+            let m = ep
+                .recv_async()
+                .await
+                .map_err(BenchError::shmrpc("recv_async"))?;
             if m.len() != size {
-                bail!("request of {} bytes, expected {size}", m.len());
+                return Err(BenchError::WrongData(format!(
+                    "request of {} bytes, expected {size}",
+                    m.len()
+                )));
             }
             buf.as_mut().copy_from_slice(&m);
         }
-        ep.send_async(buf.as_ref()).await.context("send_async")?;
+        ep.send_async(buf.as_ref())
+            .await
+            .map_err(BenchError::shmrpc("send_async"))?;
     }
     Ok(())
 }
@@ -172,7 +194,7 @@ async fn rtt_echo_async_in(ep: &mut Endpoint, mut buf: impl Buf, total: u64) -> 
 /// commits it without a wake check (`commit_deferred`), and checks once per
 /// [`STREAM_BATCH`] whether the consumer sleeps (`notify`). Spins while the ring is full.
 /// Returns the time until the consumer reported that it had everything.
-pub fn stream_lead(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<Duration> {
+pub fn stream_lead(ep: &mut Endpoint, size: usize, total: u64) -> Result<Duration> {
     let mut wd = Deadline::new("channel stream", Duration::from_secs(60));
     let mut src = vec![0xA5u8; size];
     let mut i = 0u64;
@@ -190,7 +212,7 @@ pub fn stream_lead(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result
                     k += 1;
                 }
                 Err(TrySendError::Full) => break,
-                Err(e) => return Err(e).context("try_reserve"),
+                Err(e) => return Err(BenchError::shmrpc("try_reserve")(e)),
             }
         }
         if k == 0 {
@@ -203,7 +225,9 @@ pub fn stream_lead(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result
     let (got, errors) = read_report(ep)?;
     let dt = t0.elapsed();
     if got != total || errors != 0 {
-        bail!("stream: the consumer got {got} of {total} messages, {errors} bad");
+        return Err(BenchError::WrongData(format!(
+            "stream: the consumer got {got} of {total} messages, {errors} bad"
+        )));
     }
     Ok(dt)
 }
@@ -211,12 +235,7 @@ pub fn stream_lead(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result
 /// The consumer of a one-way stream: `recv_batch` of at most `read_max` records, copying
 /// each message out and checking its sequence stamp, then a 16-byte report (count, bad)
 /// back to the producer.
-pub fn stream_sink(
-    ep: &mut Endpoint,
-    size: usize,
-    total: u64,
-    read_max: usize,
-) -> anyhow::Result<u64> {
+pub fn stream_sink(ep: &mut Endpoint, size: usize, total: u64, read_max: usize) -> Result<u64> {
     let mut dst = vec![0u8; size];
     let mut next = 0u64;
     let mut errors = 0u64;
@@ -232,12 +251,13 @@ pub fn stream_sink(
                 }
                 next += 1;
             })
-            .context("recv_batch")?;
+            .map_err(BenchError::shmrpc("recv_batch"))?;
     }
     let mut report = [0u8; 16];
     report[..8].copy_from_slice(&next.to_le_bytes());
     report[8..].copy_from_slice(&errors.to_le_bytes());
-    ep.send(&report).context("send report")?;
+    ep.send(&report)
+        .map_err(BenchError::shmrpc("send report"))?;
     Ok(errors)
 }
 
@@ -245,7 +265,7 @@ pub fn stream_sink(
 /// [`stream_lead`], but when the ring is full it first wakes the consumer for what it
 /// committed (`notify`), then waits for room with the channel's strategy
 /// (`Sender::reserve`) instead of spinning on its own.
-pub fn stream_lead_waiting(ep: &mut Endpoint, size: usize, total: u64) -> anyhow::Result<Duration> {
+pub fn stream_lead_waiting(ep: &mut Endpoint, size: usize, total: u64) -> Result<Duration> {
     let mut src = vec![0xA5u8; size];
     let mut i = 0u64;
     let t0 = Instant::now();
@@ -263,14 +283,17 @@ pub fn stream_lead_waiting(ep: &mut Endpoint, size: usize, total: u64) -> anyhow
                         k += 1;
                     }
                     Err(TrySendError::Full) => break,
-                    Err(e) => return Err(e).context("try_reserve"),
+                    Err(e) => return Err(BenchError::shmrpc("try_reserve")(e)),
                 }
             }
             p.notify();
         }
         if k < STREAM_BATCH && i < total {
             // Full: wait for room as the channel's strategy says, then write there.
-            let mut g = ep.sender().reserve(size).context("reserve")?;
+            let mut g = ep
+                .sender()
+                .reserve(size)
+                .map_err(BenchError::shmrpc("reserve"))?;
             stamp(&mut src, i);
             g.copy_from_slice(&src);
             g.commit(0);
@@ -280,34 +303,36 @@ pub fn stream_lead_waiting(ep: &mut Endpoint, size: usize, total: u64) -> anyhow
     let (got, errors) = read_report(ep)?;
     let dt = t0.elapsed();
     if got != total || errors != 0 {
-        bail!("stream: the consumer got {got} of {total} messages, {errors} bad");
+        return Err(BenchError::WrongData(format!(
+            "stream: the consumer got {got} of {total} messages, {errors} bad"
+        )));
     }
     Ok(dt)
 }
 
 /// The producer of a one-way stream from a tokio task: one `send_async` per message (it
 /// copies the message into the ring and wakes the consumer if it sleeps).
-pub async fn stream_lead_async(
-    ep: &mut Endpoint,
-    size: usize,
-    total: u64,
-) -> anyhow::Result<Duration> {
+pub async fn stream_lead_async(ep: &mut Endpoint, size: usize, total: u64) -> Result<Duration> {
     let mut src = vec![0xA5u8; size];
     let t0 = Instant::now();
     for i in 0..total {
         stamp(&mut src, i);
-        ep.send_async(&src).await.context("send_async")?;
+        ep.send_async(&src)
+            .await
+            .map_err(BenchError::shmrpc("send_async"))?;
     }
     let (got, errors) = {
         let m = ep
             .recv_async()
             .await
-            .context("waiting for the consumer's report")?;
+            .map_err(BenchError::shmrpc("waiting for the consumer's report"))?;
         parse_report(&m)?
     };
     let dt = t0.elapsed();
     if got != total || errors != 0 {
-        bail!("stream: the consumer got {got} of {total} messages, {errors} bad");
+        return Err(BenchError::WrongData(format!(
+            "stream: the consumer got {got} of {total} messages, {errors} bad"
+        )));
     }
     Ok(dt)
 }
@@ -320,13 +345,16 @@ pub async fn stream_sink_async(
     size: usize,
     total: u64,
     read_max: usize,
-) -> anyhow::Result<u64> {
+) -> Result<u64> {
     let mut dst = vec![0u8; size];
     let mut next = 0u64;
     let mut errors = 0u64;
     while next < total {
         {
-            let m = ep.recv_async().await.context("recv_async")?;
+            let m = ep
+                .recv_async()
+                .await
+                .map_err(BenchError::shmrpc("recv_async"))?;
             if m.len() == size {
                 dst.copy_from_slice(&m);
                 errors += u64::from(!stamped(&dst, next));
@@ -347,27 +375,34 @@ pub async fn stream_sink_async(
                 next += 1;
             }) {
                 Ok(_) | Err(TryRecvError::Empty) => {}
-                Err(e) => return Err(e).context("try_recv_batch"),
+                Err(e) => return Err(BenchError::shmrpc("try_recv_batch")(e)),
             }
         }
     }
     let mut report = [0u8; 16];
     report[..8].copy_from_slice(&next.to_le_bytes());
     report[8..].copy_from_slice(&errors.to_le_bytes());
-    ep.send_async(&report).await.context("send report")?;
+    ep.send_async(&report)
+        .await
+        .map_err(BenchError::shmrpc("send report"))?;
     Ok(errors)
 }
 
-fn parse_report(m: &[u8]) -> anyhow::Result<(u64, u64)> {
+fn parse_report(m: &[u8]) -> Result<(u64, u64)> {
     if m.len() != 16 {
-        bail!("report of {} bytes, expected 16", m.len());
+        return Err(BenchError::WrongData(format!(
+            "report of {} bytes, expected 16",
+            m.len()
+        )));
     }
     let word = |i: usize| u64::from_le_bytes(m[i..i + 8].try_into().expect("8 bytes"));
     Ok((word(0), word(8)))
 }
 
-fn read_report(ep: &mut Endpoint) -> anyhow::Result<(u64, u64)> {
-    let m = ep.recv().context("waiting for the consumer's report")?;
+fn read_report(ep: &mut Endpoint) -> Result<(u64, u64)> {
+    let m = ep
+        .recv()
+        .map_err(BenchError::shmrpc("waiting for the consumer's report"))?;
     parse_report(&m)
 }
 

@@ -5,24 +5,29 @@
 
 use std::process::Command;
 
-use anyhow::Context;
 pub use shmrpc_harness::{ChildProcess, Control};
+
+use crate::BenchError;
 
 /// Starts this binary with `args` (the first is the hidden subcommand), its stdin and
 /// stdout connected to us.
 ///
 /// # Errors
 ///
-/// This executable cannot be found or started.
-pub fn spawn_self(args: &[String]) -> anyhow::Result<ChildProcess> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
+/// [`BenchError::Io`] if this executable cannot be found, [`BenchError::Spawn`] if it
+/// cannot be started.
+pub fn spawn_self(args: &[String]) -> Result<ChildProcess, BenchError> {
+    let exe = std::env::current_exe().map_err(BenchError::io("cannot find this executable"))?;
     let mut cmd = Command::new(&exe);
     cmd.args(args);
     let what = args.first().map_or("second", String::as_str);
     ChildProcess::builder(cmd)
         .label(format!("the {what} process"))
         .spawn()
-        .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))
+        .map_err(|source| BenchError::Spawn {
+            command: format!("{} {}", exe.display(), args.join(" ")),
+            source,
+        })
 }
 
 /// The rest of `line` after its first word `word` (the answer's arguments), trimmed.

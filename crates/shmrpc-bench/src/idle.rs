@@ -12,12 +12,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
 use shmrpc::CallOptions;
 
 use super::rpc;
 use crate::child::{spawn_self, Control};
-use crate::PEER_SUBCOMMAND;
+use crate::error::{BenchError, Result};
+use crate::{CONTROL_PIPE, PEER_SUBCOMMAND};
 
 /// Connections of the idle case.
 pub const CONNECTIONS: usize = 1000;
@@ -44,10 +44,10 @@ pub struct Rss {
 }
 
 /// Reads the memory of process `pid`.
-pub fn rss(pid: u32) -> anyhow::Result<Rss> {
+pub fn rss(pid: u32) -> Result<Rss> {
     let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_status(&text).with_context(|| format!("no VmRSS in {path}"))
+    let text = read(&path)?;
+    parse_status(&text).ok_or_else(|| unparsable(&path, "no VmRSS field"))
 }
 
 fn parse_status(text: &str) -> Option<Rss> {
@@ -65,10 +65,25 @@ fn parse_status(text: &str) -> Option<Rss> {
 }
 
 /// utime + stime of process `pid` (all its threads), in clock ticks.
-pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_stat(&text).with_context(|| format!("cannot parse {path}"))
+    let text = read(&path)?;
+    parse_stat(&text).ok_or_else(|| unparsable(&path, "no utime and stime fields"))
+}
+
+/// A `/proc` file without the fields it should have.
+fn unparsable(path: &str, what: &str) -> BenchError {
+    BenchError::ReadFile {
+        path: path.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, what),
+    }
+}
+
+fn read(path: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| BenchError::ReadFile {
+        path: path.into(),
+        source,
+    })
 }
 
 fn parse_stat(text: &str) -> Option<u64> {
@@ -82,11 +97,15 @@ fn parse_stat(text: &str) -> Option<u64> {
 }
 
 /// Nanoseconds on a CPU of every thread of process `pid` (`/proc/<pid>/task/*/schedstat`).
-pub fn cpu_ns_schedstat(pid: u32) -> anyhow::Result<u64> {
+pub fn cpu_ns_schedstat(pid: u32) -> Result<u64> {
     let dir = format!("/proc/{pid}/task");
     let mut sum = 0;
-    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        let p = e?.path().join("schedstat");
+    let listing = |source| BenchError::ReadFile {
+        path: dir.clone().into(),
+        source,
+    };
+    for e in std::fs::read_dir(&dir).map_err(listing)? {
+        let p = e.map_err(listing)?.path().join("schedstat");
         // A thread may end between the listing and the read.
         if let Ok(s) = std::fs::read_to_string(&p) {
             sum += s
@@ -157,7 +176,7 @@ pub fn measure(
     name: &str,
     cpu: Option<usize>,
     interval: Duration,
-) -> anyhow::Result<IdleResult> {
+) -> Result<IdleResult> {
     raise_fd_limit();
     let mut args = vec![
         PEER_SUBCOMMAND.to_owned(),
@@ -171,11 +190,14 @@ pub fn measure(
     server.expect("ready", Duration::from_secs(30))?;
     let r = measure_server(rt, name, server.pid(), interval);
     // Stop the server gracefully whatever happened, so that it removes its socket file.
-    let stopped = (|| -> anyhow::Result<()> {
+    let stopped = (|| -> Result<()> {
         server.send("quit")?;
         let status = server.finish(Duration::from_secs(30))?;
         if !status.success() {
-            bail!("the idle server exited with {status}");
+            return Err(BenchError::ChildExit {
+                child: "the idle server".to_owned(),
+                status,
+            });
         }
         Ok(())
     })();
@@ -189,7 +211,7 @@ fn measure_server(
     name: &str,
     pid: u32,
     interval: Duration,
-) -> anyhow::Result<IdleResult> {
+) -> Result<IdleResult> {
     // Let the runtime finish starting up before the first reading.
     std::thread::sleep(Duration::from_millis(100));
     let rss_empty = rss(pid)?;
@@ -207,15 +229,23 @@ fn measure_server(
                         CallOptions::timeout(Duration::from_secs(10)),
                     )
                     .await
-                    .map_err(|e| anyhow!("call on idle connection {i}: {e}"))?;
+                    .map_err(|source| BenchError::Rpc {
+                        what: format!("call on idle connection {i}"),
+                        source,
+                    })?;
                 if r != msg {
-                    bail!("idle connection {i}: wrong answer");
+                    return Err(BenchError::WrongData(format!(
+                        "idle connection {i}: wrong answer"
+                    )));
                 }
             }
-            anyhow::Ok(clients)
+            Ok(clients)
         })
         .await
-        .map_err(|_| anyhow!("connecting {CONNECTIONS} clients took over 120 s"))?
+        .map_err(|_| BenchError::TimedOut {
+            what: format!("connecting {CONNECTIONS} clients"),
+            limit: Duration::from_secs(120),
+        })?
     })?;
     let connect_s = t0.elapsed().as_secs_f64();
     // Settle: the last answers and any lazily allocated buffers.
@@ -230,7 +260,7 @@ fn measure_server(
         let dt = t.elapsed().as_secs_f64();
         let (ticks1, ns1, mine1) = (cpu_ticks(pid)?, cpu_ns_schedstat(pid)?, process_cpu_ns());
         let ticks_per_s = rustix::param::clock_ticks_per_second();
-        anyhow::Ok(IdleResult {
+        Ok::<_, BenchError>(IdleResult {
             connections: clients.len(),
             rss_empty,
             rss: rss_now,
@@ -258,14 +288,18 @@ pub fn socket_path(name: &str) -> PathBuf {
 
 /// `bench-peer --idle-server NAME`: an RPC echo server with the default configuration,
 /// serving on its own thread until "quit" (or the end of the control pipe).
-pub fn serve(name: &str) -> anyhow::Result<()> {
+pub fn serve(name: &str) -> Result<()> {
     let unused = std::env::temp_dir().join(format!("shmrpc-idle-{}.unused", std::process::id()));
     let mut server = rpc::Running::start(rpc::ServerKind::SpinThenPark, name, &unused)?;
     let mut ctl = Control::new("");
-    ctl.say("ready")?;
-    match ctl.next_command()?.as_deref() {
+    ctl.say("ready").map_err(BenchError::io(CONTROL_PIPE))?;
+    match ctl
+        .next_command()
+        .map_err(BenchError::io(CONTROL_PIPE))?
+        .as_deref()
+    {
         Some("quit") | None => server.stop(),
-        Some(other) => bail!("idle server: unexpected {other:?}"),
+        Some(other) => Err(BenchError::protocol("\"quit\"", Some(other))),
     }
 }
 

@@ -23,6 +23,7 @@
 
 mod chan;
 pub mod child;
+mod error;
 mod idle;
 mod link;
 pub mod machine;
@@ -40,17 +41,18 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shmrpc::channel::{self, ChannelConfig, Endpoint, Listener};
 use shmrpc::lowlevel::sys::{names, Segment};
 
 use child::{rest, spawn_self, ChildProcess, Control};
+use error::Result;
 use link::Link;
 use machine::Machine;
 use protocol::{Chan, Cmd, Mode, RingKind};
 use stats::{fmt_size, Latency};
 
+pub use error::{BenchError, OptionsError, PeersFileError, ShmrpcError};
 pub use report::Report;
 
 /// The hidden subcommand of the calling binary that runs the peer process: the binary
@@ -139,6 +141,8 @@ const BIG: usize = 64 << 10;
 pub(crate) const SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
 /// Ring capacity of the round-trip channels for 64 B and 1 KiB.
 const RTT_RING: usize = 64 << 10;
+/// What failed when the peer cannot read or write its side of the control pipe.
+pub(crate) const CONTROL_PIPE: &str = "the control pipe";
 /// How long the peer may take to set up or to finish a case.
 const PEER_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long one case may take before the lead kills the peer (which turns a hang in a
@@ -353,19 +357,19 @@ enum StreamClass {
 
 impl Plan {
     /// Every case, or those `--only` selects, with their message counts.
-    pub(crate) fn new(args: &BenchOptions) -> anyhow::Result<Self> {
-        for (what, v) in [
+    pub(crate) fn new(args: &BenchOptions) -> Result<Self, OptionsError> {
+        for (option, value) in [
             ("--small-ring", args.small_ring),
             ("--big-ring", args.big_ring),
             ("--rtt-big-ring", args.rtt_big_ring),
         ] {
-            if !shmrpc::lowlevel::ring::valid_capacity(v as u64) {
-                bail!("{what} {v}: not a valid ring capacity (a power of two, at least 128)");
+            if !shmrpc::lowlevel::ring::valid_capacity(value as u64) {
+                return Err(OptionsError::RingCapacity { option, value });
             }
         }
         let copy_slots = args.copy_slots.unwrap_or(args.big_ring / BIG);
         if copy_slots == 0 || copy_slots > raw::MAX_COPY_SLOTS {
-            bail!("--copy-slots must be in 1..={}", raw::MAX_COPY_SLOTS);
+            return Err(OptionsError::CopySlots(copy_slots));
         }
         let div = if args.quick { 10 } else { 1 };
         let mut cases = Vec::new();
@@ -377,7 +381,7 @@ impl Plan {
             cases.retain(|c| args.only.iter().any(|o| selects(&c.id, o)));
             idle = args.only.iter().any(|o| selects(idle::ID, o));
             if cases.is_empty() && !idle {
-                bail!("--only {:?} matches no case", args.only);
+                return Err(OptionsError::NothingSelected(args.only.clone()));
             }
         }
         let plan = Self {
@@ -402,17 +406,12 @@ impl Plan {
                 let need = shmrpc::lowlevel::ring::record_size(c.size)
                     * if c.workload == Workload::Stream { 2 } else { 1 };
                 if need > cap {
-                    bail!(
-                        "{}: a ring of {} cannot carry {} messages{}; give a bigger ring",
-                        c.id,
-                        fmt_size(cap),
-                        fmt_size(c.size),
-                        if c.workload == Workload::Stream {
-                            " two at a time"
-                        } else {
-                            ""
-                        }
-                    );
+                    return Err(OptionsError::RingTooSmall {
+                        case: c.id.clone(),
+                        ring: cap,
+                        size: c.size,
+                        two_at_a_time: c.workload == Workload::Stream,
+                    });
                 }
             }
         }
@@ -922,24 +921,26 @@ impl CaseGuard {
 }
 
 /// The peer's "done <bad> <cpu ns>" answer.
-fn parse_done(case: &str, answer: &str) -> anyhow::Result<u64> {
+fn parse_done(case: &str, answer: &str) -> Result<u64> {
     let mut w = answer.split_whitespace();
     let bad = w.next().unwrap_or("?");
     if bad != "0" {
-        bail!("{case}: the peer counted {bad} bad messages ({answer:?})");
+        return Err(BenchError::WrongData(format!(
+            "{case}: the peer counted {bad} bad messages ({answer:?})"
+        )));
     }
-    w.next()
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("{case}: no CPU time in the peer's answer {answer:?}"))
+    w.next().and_then(|c| c.parse().ok()).ok_or_else(|| {
+        BenchError::protocol("\"done <bad> <CPU ns>\"", Some(&format!("done {answer}")))
+    })
 }
 
 impl Lead {
-    fn ep(&mut self, c: Chan) -> anyhow::Result<&mut Endpoint> {
+    fn ep(&mut self, c: Chan) -> Result<&mut Endpoint> {
         find(&mut self.eps, c)
     }
 
     /// Runs one case: resets the baseline words, tells the peer, leads, collects.
-    fn run_case(&mut self, case: &Case) -> anyhow::Result<Measurement> {
+    fn run_case(&mut self, case: &Case) -> Result<Measurement> {
         let _guard = CaseGuard::arm(self.peer.kill_handle());
         if matches!(
             case.workload,
@@ -967,7 +968,10 @@ impl Lead {
             Transport::Link { link } if stream => Cmd::LinkSink { link, size, total },
             Transport::Link { link } => Cmd::LinkEcho { link, size, total },
             Transport::Rpc { .. } | Transport::Uds { .. } | Transport::RpcRestart { .. } => {
-                bail!("{}: an RPC transport in a channel workload", case.id)
+                return Err(BenchError::Inconsistent(format!(
+                    "{}: an RPC transport in a channel workload",
+                    case.id
+                )))
             }
         };
         let cpu0 = idle::process_cpu_ns();
@@ -1018,7 +1022,10 @@ impl Lead {
                 size,
             ),
             (Transport::Rpc { .. } | Transport::Uds { .. } | Transport::RpcRestart { .. }, _) => {
-                bail!("{}: an RPC transport in a channel workload", case.id)
+                return Err(BenchError::Inconsistent(format!(
+                    "{}: an RPC transport in a channel workload",
+                    case.id
+                )))
             }
         };
         let lead_ns = idle::process_cpu_ns().saturating_sub(cpu0);
@@ -1031,15 +1038,16 @@ impl Lead {
     }
 
     /// The peer's CPU time so far (during an RPC case), ns.
-    fn peer_cpu(&mut self) -> anyhow::Result<u64> {
+    fn peer_cpu(&mut self) -> Result<u64> {
         self.peer.send("cpu")?;
         let a = rest(&self.peer.expect("cpu", PEER_TIMEOUT)?, "cpu");
-        a.parse().context("the peer's CPU time")
+        a.parse()
+            .map_err(|_| BenchError::protocol("\"cpu <ns>\"", Some(&format!("cpu {a}"))))
     }
 
     /// Runs one RPC case: the peer binds a server for it, the lead's clients call it, the
     /// peer stops it.
-    fn run_rpc_case(&mut self, case: &Case) -> anyhow::Result<Measurement> {
+    fn run_rpc_case(&mut self, case: &Case) -> Result<Measurement> {
         let (total, warm) = (case.total, case.warm);
         let cmd = match case.transport {
             Transport::Rpc { park, .. } => Cmd::RpcServe {
@@ -1053,7 +1061,12 @@ impl Lead {
                 kind: rpc::ServerKind::Uds,
             },
             Transport::RpcRestart { .. } => Cmd::RpcRestart { count: total },
-            _ => bail!("{}: not an RPC transport", case.id),
+            _ => {
+                return Err(BenchError::Inconsistent(format!(
+                    "{}: not an RPC transport",
+                    case.id
+                )))
+            }
         };
         self.peer.send(&cmd.to_string())?;
         rest(&self.peer.expect("ready", PEER_TIMEOUT)?, "ready");
@@ -1092,7 +1105,7 @@ impl Lead {
                 let client = self.rt.block_on(async {
                     let c = rpc::connect(&name, false, 1).await?.remove(0);
                     rpc::call_until_ok(&c).await?;
-                    anyhow::Ok(c)
+                    Ok::<_, BenchError>(c)
                 })?;
                 let mut samples = Vec::new();
                 for _ in 0..total {
@@ -1105,13 +1118,20 @@ impl Lead {
                         let bound = rest(&self.peer.expect("up", PEER_TIMEOUT)?, "up");
                         (self.rt.block_on(rpc::call_until_ok(&client))?, bound)
                     };
-                    let bound: u64 = bound.parse().context("the peer's bind time")?;
+                    let bound: u64 = bound.parse().map_err(|_| {
+                        BenchError::protocol("\"up <ns>\"", Some(&format!("up {bound}")))
+                    })?;
                     samples.push(done.saturating_sub(bound));
                 }
                 self.rt.block_on(async move { drop(client) });
                 Measurement::Latency(Latency::from_nanos(&mut samples))
             }
-            _ => bail!("{}: not an RPC transport", case.id),
+            _ => {
+                return Err(BenchError::Inconsistent(format!(
+                    "{}: not an RPC transport",
+                    case.id
+                )))
+            }
         };
         self.peer.send("rpc-stop")?;
         let answer = rest(&self.peer.expect("done", PEER_TIMEOUT)?, "done");
@@ -1136,23 +1156,29 @@ fn with_cpu(m: Measurement, lead_ns: u64, peer_ns: u64) -> Measurement {
 
 /// The peer's side of an RPC case: runs the server until "rpc-stop", restarting it on
 /// each "restart" line and answering "cpu" lines with its CPU time.
-fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> anyhow::Result<u64> {
+fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> Result<u64> {
     let (name, uds) = (format!("{prefix}-rpc"), rpc::uds_path(prefix));
     let mut server = rpc::Running::start(kind, &name, &uds)?;
-    ctl.say("ready")?;
+    ctl.say("ready").map_err(BenchError::io(CONTROL_PIPE))?;
     loop {
-        match ctl.next_command()?.as_deref() {
+        let line = ctl.next_command().map_err(BenchError::io(CONTROL_PIPE))?;
+        let say = |s: &str| ctl.say(s).map_err(BenchError::io(CONTROL_PIPE));
+        match line.as_deref() {
             Some("rpc-stop") => break,
-            Some("cpu") => ctl.say(&format!("cpu {}", idle::process_cpu_ns()))?,
+            Some("cpu") => say(&format!("cpu {}", idle::process_cpu_ns()))?,
             Some("restart") => {
                 server.stop()?;
-                ctl.say("down")?;
+                say("down")?;
                 std::thread::sleep(rpc::RESTART_GAP);
                 server = rpc::Running::start(kind, &name, &uds)?;
-                ctl.say(&format!("up {}", server.bound_at))?;
+                say(&format!("up {}", server.bound_at))?;
             }
-            Some(other) => bail!("unexpected {other:?} during an RPC case"),
-            None => bail!("the control pipe closed during an RPC case"),
+            other => {
+                return Err(BenchError::protocol(
+                    "\"rpc-stop\", \"cpu\" or \"restart\" during an RPC case",
+                    other,
+                ))
+            }
         }
     }
     server.stop()?;
@@ -1160,11 +1186,11 @@ fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> anyhow::R
 }
 
 /// The endpoint of channel `c`.
-fn find(eps: &mut [(Chan, Endpoint)], c: Chan) -> anyhow::Result<&mut Endpoint> {
+fn find(eps: &mut [(Chan, Endpoint)], c: Chan) -> Result<&mut Endpoint> {
     eps.iter_mut()
         .find(|(k, _)| *k == c)
         .map(|(_, e)| e)
-        .with_context(|| format!("no {} channel", c.as_str()))
+        .ok_or_else(|| BenchError::Inconsistent(format!("no {} channel", c.as_str())))
 }
 
 fn rate(dt: Duration, msgs: u64, size: usize) -> Measurement {
@@ -1217,10 +1243,12 @@ impl Progress {
 ///
 /// # Errors
 ///
-/// A bad option or peers file, a resource that cannot be made (segment, sockets, the peer
-/// process), a case that fails or finds damaged messages, a peer that hangs (every case
-/// has a time limit), or files left behind.
-pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
+/// A bad option ([`BenchError::Options`]) or peers file ([`BenchError::PeersFile`]),
+/// found before anything starts; a resource that cannot be made (segment, sockets, the
+/// peer process); a case that fails or finds damaged messages, or a peer that hangs (every
+/// case has a time limit): [`BenchError::Case`], with the cause as its source; or files
+/// left behind ([`BenchError::LeftBehind`]).
+pub fn run(args: &BenchOptions) -> Result<Report> {
     let plan = Plan::new(args)?;
     // Read the peers file first: a bad file is an error before minutes of measuring.
     let peers = match &args.peers {
@@ -1235,10 +1263,11 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
     idle::raise_fd_limit();
     let pid = std::process::id();
     let seg_name = format!("bench.{pid}");
-    let seg = Segment::create(&seg_name, raw::segment_size(plan.data_bytes()))
-        .with_context(|| format!("creating the baseline segment {seg_name}"))?;
+    let seg = Segment::create(&seg_name, raw::segment_size(plan.data_bytes())).map_err(
+        BenchError::shmrpc(format!("creating the baseline segment {seg_name}")),
+    )?;
     raw::prefault(&seg)?;
-    let seg_path = names::segment_path(&seg_name)?;
+    let seg_path = names::segment_path(&seg_name).map_err(BenchError::shmrpc("segment name"))?;
 
     // One listener per channel; the peer connects to each in order.
     let prefix = format!("bench-{pid}");
@@ -1246,7 +1275,7 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
     for c in Chan::all() {
         let name = format!("{prefix}-{}", c.as_str());
         let l = Listener::bind(&name, plan.channel_config(c))
-            .with_context(|| format!("listening on {name}"))?;
+            .map_err(BenchError::shmrpc(format!("listening on {name}")))?;
         listeners.push((c, l));
     }
     let sockets: Vec<PathBuf> = listeners.iter().map(|(_, l)| l.path().to_owned()).collect();
@@ -1292,9 +1321,11 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
                 .into_iter()
                 .map(|(c, l)| l.accept().map(|ep| (c, ep)))
                 .collect::<Result<Vec<(Chan, Endpoint)>, _>>()
-                .context("accepting the peer's channel connections")?;
+                .map_err(BenchError::shmrpc(
+                    "accepting the peer's channel connections",
+                ))?;
             let accepted = listening.accept()?;
-            anyhow::Ok((eps, accepted))
+            Ok::<_, BenchError>((eps, accepted))
         })();
         let _ = tx.send(r);
     });
@@ -1306,17 +1337,20 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
         }
         Err(_) => {
             remove_sockets();
-            bail!("the peer did not connect within {PEER_TIMEOUT:?}");
+            return Err(BenchError::TimedOut {
+                what: "the peer connecting".to_owned(),
+                limit: PEER_TIMEOUT,
+            });
         }
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("tokio runtime")?;
+        .map_err(BenchError::io("tokio runtime"))?;
     let links = accepted.finish(&rt)?;
     peer.expect("ready", PEER_TIMEOUT)?;
     // The peer has mapped the segment: its name is no longer needed.
-    Segment::unlink(&seg_name).context("unlinking the baseline segment")?;
+    Segment::unlink(&seg_name).map_err(BenchError::io("unlinking the baseline segment"))?;
 
     let mut lead = Lead {
         seg,
@@ -1347,8 +1381,7 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
     progress.line(&format!("warm-up round ({} cases)", warmup.len()));
     for c in &warmup {
         progress.bar.set_message(format!("warm-up: {}", c.id));
-        lead.run_case(c)
-            .with_context(|| format!("{} (warm-up)", c.id))?;
+        lead.run_case(c).map_err(|e| e.in_case(&c.id, true))?;
         progress.bar.inc(1);
     }
     let mut results: Vec<Vec<Measurement>> = vec![Vec::new(); n];
@@ -1360,7 +1393,9 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
             progress
                 .bar
                 .set_message(format!("round {}/{}: {}", rep + 1, plan.reps, case.id));
-            let m = lead.run_case(case).with_context(|| case.id.clone())?;
+            let m = lead
+                .run_case(case)
+                .map_err(|e| e.in_case(&case.id, false))?;
             results[i].push(m);
             progress.bar.inc(1);
         }
@@ -1375,7 +1410,10 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
     lead.peer.send(&Cmd::Quit.to_string())?;
     let status = lead.peer.finish(Duration::from_secs(10))?;
     if !status.success() {
-        bail!("the peer process exited with {status}");
+        return Err(BenchError::ChildExit {
+            child: "the peer process".to_owned(),
+            status,
+        });
     }
     let idle_name = format!("{prefix}-idle");
     let idle = if plan.idle {
@@ -1391,7 +1429,7 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
             cpus.map(|(_, theirs)| theirs),
             plan.idle_interval,
         )
-        .context(idle::ID)?;
+        .map_err(|e| e.in_case(idle::ID, false))?;
         progress.bar.inc(1);
         Some(r)
     } else {
@@ -1411,15 +1449,15 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
         .chain(&sockets)
         .map(|p| p.with_extension("lock"))
         .collect();
-    let leftovers: Vec<String> = sockets
+    let leftovers: Vec<PathBuf> = sockets
         .iter()
         .chain([&seg_path, &uds, &rpc_socket, &idle_socket, &link_path])
         .chain(&locks)
         .filter(|p| !p.as_os_str().is_empty() && p.exists())
-        .map(|p| p.display().to_string())
+        .cloned()
         .collect();
     if !leftovers.is_empty() {
-        bail!("left behind: {}", leftovers.join(", "));
+        return Err(BenchError::LeftBehind(leftovers));
     }
 
     let info = report::RunInfo {
@@ -1440,34 +1478,36 @@ pub fn run(args: &BenchOptions) -> anyhow::Result<Report> {
 /// # Errors
 ///
 /// The segment, channels or sockets cannot be opened, a case fails or times out, or the
-/// control pipe closes before "quit".
-pub fn peer(args: &PeerOptions) -> anyhow::Result<()> {
+/// control pipe closes before "quit" ([`BenchError::Protocol`]).
+pub fn peer(args: &PeerOptions) -> Result<()> {
     if let Some(cpu) = args.cpu {
         pin::pin_to(cpu)?;
     }
     if let Some(name) = &args.idle_server {
         return idle::serve(name);
     }
-    let seg = Segment::open(&args.seg).with_context(|| format!("opening {}", args.seg))?;
+    let seg =
+        Segment::open(&args.seg).map_err(BenchError::shmrpc(format!("opening {}", args.seg)))?;
     let mut eps = Vec::new();
     for c in Chan::all() {
         let name = format!("{}-{}", args.prefix, c.as_str());
         let cfg = ChannelConfig::default().with_wait(c.mode.wait());
-        let ep = channel::connect(&name, &cfg).with_context(|| format!("connecting to {name}"))?;
+        let ep = channel::connect(&name, &cfg)
+            .map_err(BenchError::shmrpc(format!("connecting to {name}")))?;
         eps.push((c, ep));
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("tokio runtime")?;
+        .map_err(BenchError::io("tokio runtime"))?;
     let (Some(sock), Some(port)) = (&args.sock, args.tcp_port) else {
-        bail!("{PEER_SUBCOMMAND} needs --sock and --tcp-port");
+        return Err(OptionsError::PeerSockets.into());
     };
     let mut links = link::connect(sock, port, &rt)?;
     idle::raise_fd_limit();
     let mut ctl = Control::new("");
-    ctl.say("ready")?;
-    while let Some(line) = ctl.next_command()? {
+    ctl.say("ready").map_err(BenchError::io(CONTROL_PIPE))?;
+    while let Some(line) = ctl.next_command().map_err(BenchError::io(CONTROL_PIPE))? {
         let cmd: Cmd = line.parse()?;
         let cpu0 = idle::process_cpu_ns();
         let bad = match cmd {
@@ -1510,10 +1550,11 @@ pub fn peer(args: &PeerOptions) -> anyhow::Result<()> {
             }
         };
         let cpu = idle::process_cpu_ns().saturating_sub(cpu0);
-        ctl.say(&format!("done {bad} {cpu}"))?;
+        ctl.say(&format!("done {bad} {cpu}"))
+            .map_err(BenchError::io(CONTROL_PIPE))?;
     }
     // End of file without "quit": the lead is gone.
-    bail!("the control pipe closed before \"quit\"")
+    Err(BenchError::protocol("\"quit\"", None))
 }
 
 #[cfg(test)]
@@ -1598,9 +1639,36 @@ mod tests {
     fn a_ring_too_small_for_the_selected_messages_is_refused() {
         let mut a = args(&["stream.shmrpc.1048576"]);
         a.big_ring = 1 << 20;
-        assert!(Plan::new(&a).is_err());
+        assert!(matches!(
+            Plan::new(&a),
+            Err(OptionsError::RingTooSmall { ring, size, two_at_a_time: true, .. })
+                if ring == 1 << 20 && size == 1 << 20
+        ));
         let mut a = args(&["stream.shmrpc.65536"]);
         a.big_ring = 1 << 20;
         assert!(Plan::new(&a).is_ok());
+    }
+
+    #[test]
+    fn bad_options_are_refused_before_anything_starts() {
+        let mut a = args(&[]);
+        a.small_ring = 100;
+        // `run` fails at the plan: no segment, socket or peer process is made.
+        match run(&a) {
+            Err(BenchError::Options(OptionsError::RingCapacity { option, value })) => {
+                assert_eq!((option, value), ("--small-ring", 100));
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a run with --small-ring 100"),
+        }
+        let mut a = args(&[]);
+        a.copy_slots = Some(0);
+        assert_eq!(Plan::new(&a).err(), Some(OptionsError::CopySlots(0)));
+        assert_eq!(
+            Plan::new(&args(&["nothing.like.this"])).err(),
+            Some(OptionsError::NothingSelected(vec![
+                "nothing.like.this".to_owned()
+            ]))
+        );
     }
 }

@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::raw::{stamp, stamped};
+use crate::error::{BenchError, Result};
 
 /// Bytes the reader asks the kernel for at most, per `read`.
 pub const READ_BUF: usize = 256 << 10;
@@ -79,12 +79,12 @@ impl fmt::Display for Link {
 }
 
 impl FromStr for Link {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
+    type Err = BenchError;
+    fn from_str(s: &str) -> Result<Self> {
         Link::ALL
             .into_iter()
             .find(|l| l.as_str() == s)
-            .ok_or_else(|| anyhow!("unknown link {s:?}"))
+            .ok_or_else(|| BenchError::protocol("a byte-stream baseline's name", Some(s)))
     }
 }
 
@@ -102,14 +102,18 @@ impl Blocking {
         }
     }
 
-    fn from_unix(s: UnixStream) -> anyhow::Result<Self> {
-        let r = s.try_clone().context("dup of a Unix socket")?;
+    fn from_unix(s: UnixStream) -> Result<Self> {
+        let r = s
+            .try_clone()
+            .map_err(BenchError::io("dup of a Unix socket"))?;
         Ok(Self::new(r, s))
     }
 
-    fn from_tcp(s: TcpStream) -> anyhow::Result<Self> {
-        s.set_nodelay(true).context("TCP_NODELAY")?;
-        let r = s.try_clone().context("dup of a TCP socket")?;
+    fn from_tcp(s: TcpStream) -> Result<Self> {
+        s.set_nodelay(true).map_err(BenchError::io("TCP_NODELAY"))?;
+        let r = s
+            .try_clone()
+            .map_err(BenchError::io("dup of a TCP socket"))?;
         Ok(Self::new(r, s))
     }
 }
@@ -122,10 +126,12 @@ pub struct Tokio {
 
 impl Tokio {
     /// Registers `s` with the runtime `rt`.
-    fn new(s: UnixStream, rt: &tokio::runtime::Runtime) -> anyhow::Result<Self> {
-        s.set_nonblocking(true).context("O_NONBLOCK")?;
+    fn new(s: UnixStream, rt: &tokio::runtime::Runtime) -> Result<Self> {
+        s.set_nonblocking(true)
+            .map_err(BenchError::io("O_NONBLOCK"))?;
         let _enter = rt.enter();
-        let s = tokio::net::UnixStream::from_std(s).context("registering with tokio")?;
+        let s = tokio::net::UnixStream::from_std(s)
+            .map_err(BenchError::io("registering with tokio"))?;
         let (r, w) = s.into_split();
         Ok(Self {
             r: tokio::io::BufReader::with_capacity(READ_BUF, r),
@@ -153,11 +159,12 @@ pub struct Listening {
 }
 
 /// The lead's listeners: a Unix socket at `path`, a TCP port on 127.0.0.1.
-pub fn listen(path: &Path) -> anyhow::Result<Listening> {
+pub fn listen(path: &Path) -> Result<Listening> {
     let _ = std::fs::remove_file(path);
-    let uds = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    let tcp = TcpListener::bind(("127.0.0.1", 0)).context("binding 127.0.0.1:0")?;
-    let port = tcp.local_addr().context("TCP port")?.port();
+    let uds =
+        UnixListener::bind(path).map_err(BenchError::io(format!("binding {}", path.display())))?;
+    let tcp = TcpListener::bind(("127.0.0.1", 0)).map_err(BenchError::io("binding 127.0.0.1:0"))?;
+    let port = tcp.local_addr().map_err(BenchError::io("TCP port"))?.port();
     Ok(Listening {
         uds,
         path: path.to_owned(),
@@ -176,12 +183,18 @@ pub struct Accepted {
 impl Listening {
     /// Accepts the peer's three connections (blocking: run it on a thread with a timeout),
     /// then removes the socket file.
-    pub fn accept(self) -> anyhow::Result<Accepted> {
+    pub fn accept(self) -> Result<Accepted> {
         let r = (|| {
-            let (uds, _) = self.uds.accept().context("accepting the Unix socket")?;
-            let (uds_tokio, _) = self.uds.accept().context("accepting the Unix socket")?;
-            let (tcp, _) = self.tcp.accept().context("accepting TCP")?;
-            anyhow::Ok(Accepted {
+            let (uds, _) = self
+                .uds
+                .accept()
+                .map_err(BenchError::io("accepting the Unix socket"))?;
+            let (uds_tokio, _) = self
+                .uds
+                .accept()
+                .map_err(BenchError::io("accepting the Unix socket"))?;
+            let (tcp, _) = self.tcp.accept().map_err(BenchError::io("accepting TCP"))?;
+            Ok::<_, BenchError>(Accepted {
                 uds,
                 uds_tokio,
                 tcp,
@@ -195,16 +208,16 @@ impl Listening {
 impl Accepted {
     /// Makes the pipes, passes their peer ends over the Unix socket, and registers the
     /// tokio socket with `rt`.
-    pub fn finish(self, rt: &tokio::runtime::Runtime) -> anyhow::Result<Links> {
+    pub fn finish(self, rt: &tokio::runtime::Runtime) -> Result<Links> {
         // to_peer: we write, the peer reads; from_peer: the peer writes, we read.
-        let (to_peer_r, to_peer_w) = rustix::pipe::pipe().context("pipe")?;
-        let (from_peer_r, from_peer_w) = rustix::pipe::pipe().context("pipe")?;
+        let (to_peer_r, to_peer_w) = rustix::pipe::pipe().map_err(BenchError::io("pipe"))?;
+        let (from_peer_r, from_peer_w) = rustix::pipe::pipe().map_err(BenchError::io("pipe"))?;
         shmrpc::lowlevel::sys::fdpass::send_with_fds(
             self.uds.as_fd(),
             b"pipes",
             &[to_peer_r.as_fd(), from_peer_w.as_fd()],
         )
-        .context("passing the pipes to the peer")?;
+        .map_err(BenchError::io("passing the pipes to the peer"))?;
         // Our copies of the peer's ends close here, so that the peer's death is an EOF.
         drop((to_peer_r, from_peer_w));
         Ok(Links {
@@ -218,22 +231,22 @@ impl Accepted {
 
 /// The peer's side of the setup: connect to the lead's Unix socket twice and to its TCP
 /// port, then take the pipes that come over the first socket.
-pub fn connect(path: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyhow::Result<Links> {
-    let uds =
-        UnixStream::connect(path).with_context(|| format!("connecting to {}", path.display()))?;
-    let uds_tokio =
-        UnixStream::connect(path).with_context(|| format!("connecting to {}", path.display()))?;
+pub fn connect(path: &Path, port: u16, rt: &tokio::runtime::Runtime) -> Result<Links> {
+    let uds = UnixStream::connect(path)
+        .map_err(BenchError::io(format!("connecting to {}", path.display())))?;
+    let uds_tokio = UnixStream::connect(path)
+        .map_err(BenchError::io(format!("connecting to {}", path.display())))?;
     let tcp = TcpStream::connect(("127.0.0.1", port))
-        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        .map_err(BenchError::io(format!("connecting to 127.0.0.1:{port}")))?;
     let mut buf = [0u8; 16];
     let (n, mut fds) = shmrpc::lowlevel::sys::fdpass::recv_with_fds(uds.as_fd(), &mut buf)
-        .context("receiving the pipes")?;
+        .map_err(BenchError::io("receiving the pipes"))?;
     if &buf[..n] != b"pipes" || fds.len() != 2 {
-        bail!(
+        return Err(BenchError::WrongData(format!(
             "expected two pipe fds, got {} bytes and {} fds",
             n,
             fds.len()
-        );
+        )));
     }
     let w = fds.pop().expect("two fds");
     let r = fds.pop().expect("two fds");
@@ -265,7 +278,7 @@ impl Links {
         size: usize,
         total: u64,
         warm: u64,
-    ) -> anyhow::Result<Vec<u64>> {
+    ) -> Result<Vec<u64>> {
         match self.blocking(link) {
             Some(b) => rtt_lead(b, size, total, warm),
             None => rt.block_on(rtt_lead_async(&mut self.uds_tokio, size, total, warm)),
@@ -279,7 +292,7 @@ impl Links {
         link: Link,
         size: usize,
         total: u64,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         match self.blocking(link) {
             Some(b) => rtt_echo(b, size, total),
             None => rt.block_on(rtt_echo_async(&mut self.uds_tokio, size, total)),
@@ -294,7 +307,7 @@ impl Links {
         link: Link,
         size: usize,
         total: u64,
-    ) -> anyhow::Result<Duration> {
+    ) -> Result<Duration> {
         match self.blocking(link) {
             Some(b) => stream_lead(b, size, total),
             None => rt.block_on(stream_lead_async(&mut self.uds_tokio, size, total)),
@@ -308,7 +321,7 @@ impl Links {
         link: Link,
         size: usize,
         total: u64,
-    ) -> anyhow::Result<u64> {
+    ) -> Result<u64> {
         match self.blocking(link) {
             Some(b) => stream_sink(b, size, total),
             None => rt.block_on(stream_sink_async(&mut self.uds_tokio, size, total)),
@@ -327,23 +340,26 @@ fn prefix_len(p: [u8; PREFIX]) -> usize {
     u32::from_le_bytes(p) as usize
 }
 
-fn rtt_lead(b: &mut Blocking, size: usize, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+fn rtt_lead(b: &mut Blocking, size: usize, total: u64, warm: u64) -> Result<Vec<u64>> {
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     let mut out = frame(size);
     let mut back = vec![0u8; size];
     for i in 0..total {
         stamp(&mut out[PREFIX..], i);
         let t0 = Instant::now();
-        b.w.write_all(&out).context("write")?;
+        b.w.write_all(&out).map_err(BenchError::io("write"))?;
         let mut p = [0u8; PREFIX];
-        b.r.read_exact(&mut p).context("read")?;
+        b.r.read_exact(&mut p).map_err(BenchError::io("read"))?;
         if prefix_len(p) != size {
-            bail!("echo of {} bytes, expected {size}", prefix_len(p));
+            return Err(BenchError::WrongData(format!(
+                "echo of {} bytes, expected {size}",
+                prefix_len(p)
+            )));
         }
-        b.r.read_exact(&mut back).context("read")?;
+        b.r.read_exact(&mut back).map_err(BenchError::io("read"))?;
         let dt = t0.elapsed();
         if !stamped(&back, i) {
-            bail!("echo {i} came back wrong");
+            return Err(BenchError::WrongData(format!("echo {i} came back wrong")));
         }
         if i >= warm {
             samples.push(dt.as_nanos() as u64);
@@ -352,42 +368,48 @@ fn rtt_lead(b: &mut Blocking, size: usize, total: u64, warm: u64) -> anyhow::Res
     Ok(samples)
 }
 
-fn rtt_echo(b: &mut Blocking, size: usize, total: u64) -> anyhow::Result<()> {
+fn rtt_echo(b: &mut Blocking, size: usize, total: u64) -> Result<()> {
     let mut f = frame(size);
     for _ in 0..total {
         let mut p = [0u8; PREFIX];
-        b.r.read_exact(&mut p).context("read")?;
+        b.r.read_exact(&mut p).map_err(BenchError::io("read"))?;
         if prefix_len(p) != size {
-            bail!("request of {} bytes, expected {size}", prefix_len(p));
+            return Err(BenchError::WrongData(format!(
+                "request of {} bytes, expected {size}",
+                prefix_len(p)
+            )));
         }
-        b.r.read_exact(&mut f[PREFIX..]).context("read")?;
-        b.w.write_all(&f).context("write")?;
+        b.r.read_exact(&mut f[PREFIX..])
+            .map_err(BenchError::io("read"))?;
+        b.w.write_all(&f).map_err(BenchError::io("write"))?;
     }
     Ok(())
 }
 
-async fn rtt_lead_async(
-    t: &mut Tokio,
-    size: usize,
-    total: u64,
-    warm: u64,
-) -> anyhow::Result<Vec<u64>> {
+async fn rtt_lead_async(t: &mut Tokio, size: usize, total: u64, warm: u64) -> Result<Vec<u64>> {
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
     let mut out = frame(size);
     let mut back = vec![0u8; size];
     for i in 0..total {
         stamp(&mut out[PREFIX..], i);
         let t0 = Instant::now();
-        t.w.write_all(&out).await.context("write")?;
+        t.w.write_all(&out).await.map_err(BenchError::io("write"))?;
         let mut p = [0u8; PREFIX];
-        t.r.read_exact(&mut p).await.context("read")?;
+        t.r.read_exact(&mut p)
+            .await
+            .map_err(BenchError::io("read"))?;
         if prefix_len(p) != size {
-            bail!("echo of {} bytes, expected {size}", prefix_len(p));
+            return Err(BenchError::WrongData(format!(
+                "echo of {} bytes, expected {size}",
+                prefix_len(p)
+            )));
         }
-        t.r.read_exact(&mut back).await.context("read")?;
+        t.r.read_exact(&mut back)
+            .await
+            .map_err(BenchError::io("read"))?;
         let dt = t0.elapsed();
         if !stamped(&back, i) {
-            bail!("echo {i} came back wrong");
+            return Err(BenchError::WrongData(format!("echo {i} came back wrong")));
         }
         if i >= warm {
             samples.push(dt.as_nanos() as u64);
@@ -396,89 +418,113 @@ async fn rtt_lead_async(
     Ok(samples)
 }
 
-async fn rtt_echo_async(t: &mut Tokio, size: usize, total: u64) -> anyhow::Result<()> {
+async fn rtt_echo_async(t: &mut Tokio, size: usize, total: u64) -> Result<()> {
     let mut f = frame(size);
     for _ in 0..total {
         let mut p = [0u8; PREFIX];
-        t.r.read_exact(&mut p).await.context("read")?;
+        t.r.read_exact(&mut p)
+            .await
+            .map_err(BenchError::io("read"))?;
         if prefix_len(p) != size {
-            bail!("request of {} bytes, expected {size}", prefix_len(p));
+            return Err(BenchError::WrongData(format!(
+                "request of {} bytes, expected {size}",
+                prefix_len(p)
+            )));
         }
-        t.r.read_exact(&mut f[PREFIX..]).await.context("read")?;
-        t.w.write_all(&f).await.context("write")?;
+        t.r.read_exact(&mut f[PREFIX..])
+            .await
+            .map_err(BenchError::io("read"))?;
+        t.w.write_all(&f).await.map_err(BenchError::io("write"))?;
     }
     Ok(())
 }
 
-fn stream_lead(b: &mut Blocking, size: usize, total: u64) -> anyhow::Result<Duration> {
+fn stream_lead(b: &mut Blocking, size: usize, total: u64) -> Result<Duration> {
     let mut out = frame(size);
     let t0 = Instant::now();
     for i in 0..total {
         stamp(&mut out[PREFIX..], i);
-        b.w.write_all(&out).context("write")?;
+        b.w.write_all(&out).map_err(BenchError::io("write"))?;
     }
     let mut report = [0u8; PREFIX + 16];
     b.r.read_exact(&mut report)
-        .context("waiting for the consumer's report")?;
+        .map_err(BenchError::io("waiting for the consumer's report"))?;
     let dt = t0.elapsed();
     check_report(&report, total)?;
     Ok(dt)
 }
 
 /// Reads `total` frames, copying each payload out of the reader's buffer and checking it.
-fn stream_sink(b: &mut Blocking, size: usize, total: u64) -> anyhow::Result<u64> {
+fn stream_sink(b: &mut Blocking, size: usize, total: u64) -> Result<u64> {
     let mut dst = vec![0u8; size];
     let mut errors = 0u64;
     for i in 0..total {
         let mut p = [0u8; PREFIX];
-        b.r.read_exact(&mut p).context("read")?;
+        b.r.read_exact(&mut p).map_err(BenchError::io("read"))?;
         if prefix_len(p) != size {
-            bail!("message of {} bytes, expected {size}", prefix_len(p));
+            return Err(BenchError::WrongData(format!(
+                "message of {} bytes, expected {size}",
+                prefix_len(p)
+            )));
         }
-        b.r.read_exact(&mut dst).context("read")?;
+        b.r.read_exact(&mut dst).map_err(BenchError::io("read"))?;
         errors += u64::from(!stamped(&dst, i));
     }
     if !b.r.buffer().is_empty() {
-        bail!("{} bytes after the last message", b.r.buffer().len());
+        return Err(BenchError::WrongData(format!(
+            "{} bytes after the last message",
+            b.r.buffer().len()
+        )));
     }
-    b.w.write_all(&report(total, errors)).context("write")?;
+    b.w.write_all(&report(total, errors))
+        .map_err(BenchError::io("write"))?;
     Ok(errors)
 }
 
-async fn stream_lead_async(t: &mut Tokio, size: usize, total: u64) -> anyhow::Result<Duration> {
+async fn stream_lead_async(t: &mut Tokio, size: usize, total: u64) -> Result<Duration> {
     let mut out = frame(size);
     let t0 = Instant::now();
     for i in 0..total {
         stamp(&mut out[PREFIX..], i);
-        t.w.write_all(&out).await.context("write")?;
+        t.w.write_all(&out).await.map_err(BenchError::io("write"))?;
     }
     let mut report = [0u8; PREFIX + 16];
     t.r.read_exact(&mut report)
         .await
-        .context("waiting for the consumer's report")?;
+        .map_err(BenchError::io("waiting for the consumer's report"))?;
     let dt = t0.elapsed();
     check_report(&report, total)?;
     Ok(dt)
 }
 
-async fn stream_sink_async(t: &mut Tokio, size: usize, total: u64) -> anyhow::Result<u64> {
+async fn stream_sink_async(t: &mut Tokio, size: usize, total: u64) -> Result<u64> {
     let mut dst = vec![0u8; size];
     let mut errors = 0u64;
     for i in 0..total {
         let mut p = [0u8; PREFIX];
-        t.r.read_exact(&mut p).await.context("read")?;
+        t.r.read_exact(&mut p)
+            .await
+            .map_err(BenchError::io("read"))?;
         if prefix_len(p) != size {
-            bail!("message of {} bytes, expected {size}", prefix_len(p));
+            return Err(BenchError::WrongData(format!(
+                "message of {} bytes, expected {size}",
+                prefix_len(p)
+            )));
         }
-        t.r.read_exact(&mut dst).await.context("read")?;
+        t.r.read_exact(&mut dst)
+            .await
+            .map_err(BenchError::io("read"))?;
         errors += u64::from(!stamped(&dst, i));
     }
     if !t.r.buffer().is_empty() {
-        bail!("{} bytes after the last message", t.r.buffer().len());
+        return Err(BenchError::WrongData(format!(
+            "{} bytes after the last message",
+            t.r.buffer().len()
+        )));
     }
     t.w.write_all(&report(total, errors))
         .await
-        .context("write")?;
+        .map_err(BenchError::io("write"))?;
     Ok(errors)
 }
 
@@ -491,7 +537,7 @@ fn report(count: u64, errors: u64) -> [u8; PREFIX + 16] {
     r
 }
 
-fn check_report(r: &[u8; PREFIX + 16], total: u64) -> anyhow::Result<()> {
+fn check_report(r: &[u8; PREFIX + 16], total: u64) -> Result<()> {
     let word = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().expect("8 bytes"));
     let (len, got, errors) = (
         prefix_len(r[..PREFIX].try_into().expect("4 bytes")),
@@ -499,7 +545,7 @@ fn check_report(r: &[u8; PREFIX + 16], total: u64) -> anyhow::Result<()> {
         word(PREFIX + 8),
     );
     if len != 16 || got != total || errors != 0 {
-        bail!("stream: the consumer got {got} of {total} messages, {errors} bad (report of {len} bytes)");
+        return Err(BenchError::WrongData(format!("stream: the consumer got {got} of {total} messages, {errors} bad (report of {len} bytes)")));
     }
     Ok(())
 }

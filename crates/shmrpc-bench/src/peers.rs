@@ -18,8 +18,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
 use serde_json::Value;
+
+use crate::{BenchError, PeersFileError};
 
 /// The `kind` of a peers file.
 pub const KIND: &str = "shmrpc-peers";
@@ -94,52 +95,69 @@ fn text(v: &Value) -> String {
 
 impl PeersFile {
     /// Reads and checks `path`.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let s = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the peers file {}", path.display()))?;
-        let v: Value =
-            serde_json::from_str(&s).with_context(|| format!("{}: not JSON", path.display()))?;
-        Self::from_json(path, &v).with_context(|| format!("peers file {}", path.display()))
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::ReadFile`] if it cannot be read, [`BenchError::PeersFile`] if it is
+    /// not a peers file.
+    pub fn load(path: &Path) -> Result<Self, BenchError> {
+        let s = std::fs::read_to_string(path).map_err(|source| BenchError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        let bad = |source| BenchError::PeersFile {
+            path: path.to_owned(),
+            source,
+        };
+        let v: Value = serde_json::from_str(&s).map_err(|e| bad(PeersFileError::Json(e)))?;
+        Self::from_json(path, &v).map_err(bad)
     }
 
     /// Checks and converts a parsed document.
-    pub fn from_json(path: &Path, v: &Value) -> anyhow::Result<Self> {
+    ///
+    /// # Errors
+    ///
+    /// [`PeersFileError::Invalid`], naming the first field that is missing or wrong.
+    pub fn from_json(path: &Path, v: &Value) -> Result<Self, PeersFileError> {
+        let invalid = |s: String| PeersFileError::Invalid(s);
         if v["kind"] != KIND {
-            bail!("\"kind\" is {}, expected {KIND:?}", v["kind"]);
+            return Err(invalid(format!(
+                "\"kind\" is {}, expected {KIND:?}",
+                v["kind"]
+            )));
         }
         if v["version"] != 1 {
-            bail!("\"version\" is {}, expected 1", v["version"]);
+            return Err(invalid(format!(
+                "\"version\" is {}, expected 1",
+                v["version"]
+            )));
         }
         let cases = v["cases"]
             .as_array()
-            .context("no \"cases\" array")?
+            .ok_or_else(|| invalid("no \"cases\" array".to_owned()))?
             .iter()
             .enumerate()
-            .map(|(i, c)| case(c).with_context(|| format!("cases[{i}]")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .map(|(i, c)| case(c).map_err(|e| invalid(format!("cases[{i}]: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let ratios = match v.get("ratios") {
             None | Some(Value::Null) => Vec::new(),
             Some(r) => r
                 .as_array()
-                .context("\"ratios\" is not an array")?
+                .ok_or_else(|| invalid("\"ratios\" is not an array".to_owned()))?
                 .iter()
                 .enumerate()
                 .map(|(i, r)| {
+                    let no = |k: &str| invalid(format!("ratios[{i}]: no \"{k}\""));
                     Ok(PeerRatio {
-                        case: r["case"]
-                            .as_str()
-                            .with_context(|| format!("ratios[{i}]: no \"case\""))?
-                            .to_owned(),
+                        case: r["case"].as_str().ok_or_else(|| no("case"))?.to_owned(),
                         baseline: r["baseline"]
                             .as_str()
-                            .with_context(|| format!("ratios[{i}]: no \"baseline\""))?
+                            .ok_or_else(|| no("baseline"))?
                             .to_owned(),
-                        median: r["median"]
-                            .as_f64()
-                            .with_context(|| format!("ratios[{i}]: no \"median\""))?,
+                        median: r["median"].as_f64().ok_or_else(|| no("median"))?,
                     })
                 })
-                .collect::<anyhow::Result<Vec<_>>>()?,
+                .collect::<Result<Vec<_>, _>>()?,
         };
         Ok(Self {
             path: path.to_owned(),
@@ -167,18 +185,23 @@ pub fn short_date(d: &str) -> &str {
     d.split([' ', 'T']).next().unwrap_or(d)
 }
 
-fn case(c: &Value) -> anyhow::Result<PeerCase> {
-    let s = |k: &str| -> anyhow::Result<String> {
+/// One case of the file; the error says what is wrong with it.
+fn case(c: &Value) -> Result<PeerCase, String> {
+    let s = |k: &str| -> Result<String, String> {
         Ok(c[k]
             .as_str()
-            .with_context(|| format!("no string \"{k}\""))?
+            .ok_or_else(|| format!("no string \"{k}\""))?
             .to_owned())
     };
     let f = |k: &str| c.get(k).and_then(Value::as_f64).filter(|x| x.is_finite());
     let stream = match c["workload"].as_str() {
         Some("rtt") => false,
         Some("stream") => true,
-        other => bail!("\"workload\" is {other:?}, expected \"rtt\" or \"stream\""),
+        other => {
+            return Err(format!(
+                "\"workload\" is {other:?}, expected \"rtt\" or \"stream\""
+            ))
+        }
     };
     let na = match c.get("na") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => None,
@@ -189,9 +212,9 @@ fn case(c: &Value) -> anyhow::Result<PeerCase> {
     };
     let size = c["size"]
         .as_u64()
-        .context("no integer \"size\"")?
+        .ok_or("no integer \"size\"")?
         .try_into()
-        .context("\"size\" too large")?;
+        .map_err(|_| "\"size\" too large")?;
     Ok(PeerCase {
         id: s("id")?,
         system: s("system")?,
@@ -274,7 +297,10 @@ mod tests {
         assert!(PeersFile::from_json(Path::new("p.json"), &bad).is_err());
         let mut bad = v.clone();
         bad["cases"][0]["workload"] = json!("pingpong");
-        assert!(PeersFile::from_json(Path::new("p.json"), &bad).is_err());
+        match PeersFile::from_json(Path::new("p.json"), &bad) {
+            Err(PeersFileError::Invalid(m)) => assert!(m.starts_with("cases[0]: "), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! makes figures swing by orders of magnitude (a spinner can land on the core its peer
 //! needs). So each side is pinned, and the output says so.
 
-use anyhow::Context;
 use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+
+use crate::BenchError;
 
 /// The first two CPUs this process may run on (the parent takes the first, the child the
 /// second), or `None` when fewer than two are available.
@@ -19,10 +20,17 @@ pub fn two_cpus() -> Option<(usize, usize)> {
 
 /// Pins the calling thread (the whole process, when called before any other thread
 /// exists) to `cpu`.
-pub fn pin_to(cpu: usize) -> anyhow::Result<()> {
+///
+/// # Errors
+///
+/// [`BenchError::Pin`]: the CPU does not exist or this process may not run on it.
+pub fn pin_to(cpu: usize) -> Result<(), BenchError> {
     let mut set = CpuSet::new();
     set.set(cpu);
-    sched_setaffinity(None, &set).with_context(|| format!("pinning to CPU {cpu}"))
+    sched_setaffinity(None, &set).map_err(|e| BenchError::Pin {
+        cpu,
+        source: e.into(),
+    })
 }
 
 /// A line for the output: which CPUs the two processes run on.

@@ -3,11 +3,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{anyhow, bail, Context};
 use shmrpc::channel::WaitStrategy;
 
 pub use super::link::Link;
 pub use super::rpc::ServerKind;
+use crate::BenchError;
 
 /// How both ends of a channel wait, and whether they run as tokio tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -156,12 +156,12 @@ impl Chan {
 }
 
 impl FromStr for Chan {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
+    type Err = BenchError;
+    fn from_str(s: &str) -> Result<Self, BenchError> {
         Chan::all()
             .into_iter()
             .find(|c| c.as_str() == s)
-            .ok_or_else(|| anyhow!("unknown channel {s:?}"))
+            .ok_or_else(|| BenchError::protocol("a channel name", Some(s)))
     }
 }
 
@@ -247,25 +247,24 @@ impl fmt::Display for Cmd {
 }
 
 impl FromStr for Cmd {
-    type Err = anyhow::Error;
-    fn from_str(line: &str) -> anyhow::Result<Self> {
+    type Err = BenchError;
+    fn from_str(line: &str) -> Result<Self, BenchError> {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let num = |i: usize| -> anyhow::Result<u64> {
-            let w = words
-                .get(i)
-                .with_context(|| format!("{line:?}: missing field {i}"))?;
-            w.parse()
-                .with_context(|| format!("{line:?}: field {i} is not a number"))
-        };
-        let word = |i: usize| -> anyhow::Result<&str> {
+        let bad = |expected: String| BenchError::protocol(expected, Some(line));
+        let word = |i: usize| -> Result<&str, BenchError> {
             words
                 .get(i)
                 .copied()
-                .with_context(|| format!("{line:?}: missing field {i}"))
+                .ok_or_else(|| bad(format!("a field {i}")))
         };
-        let expect_len = |n: usize| -> anyhow::Result<()> {
+        let num = |i: usize| -> Result<u64, BenchError> {
+            word(i)?
+                .parse()
+                .map_err(|_| bad(format!("a number as field {i}")))
+        };
+        let expect_len = |n: usize| -> Result<(), BenchError> {
             if words.len() != n {
-                bail!("{line:?}: expected {n} fields");
+                return Err(bad(format!("{n} fields")));
             }
             Ok(())
         };
@@ -355,7 +354,7 @@ impl FromStr for Cmd {
                 expect_len(1)?;
                 Cmd::Quit
             }
-            _ => bail!("unknown command {line:?}"),
+            _ => return Err(bad("a command".to_owned())),
         };
         Ok(cmd)
     }
@@ -429,7 +428,10 @@ mod tests {
         assert!("chan-echo nope 64 1".parse::<Cmd>().is_err());
         assert!("link-echo nope 64 1".parse::<Cmd>().is_err());
         assert!("line-echo".parse::<Cmd>().is_err());
-        assert!("what".parse::<Cmd>().is_err());
+        match "what".parse::<Cmd>() {
+            Err(BenchError::Protocol { got, .. }) => assert_eq!(got.as_deref(), Some("what")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -27,9 +27,9 @@ use std::hint::spin_loop;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use shmrpc::lowlevel::sys::{futex, Segment};
 
+use crate::error::{BenchError, Result};
 use shmrpc_harness::Deadline;
 
 const OFF_PING: usize = 0;
@@ -61,18 +61,21 @@ pub fn segment_size(data: usize) -> usize {
     OFF_DATA + data
 }
 
-fn u64_at(seg: &Segment, off: usize) -> anyhow::Result<&AtomicU64> {
+fn u64_at(seg: &Segment, off: usize) -> Result<&AtomicU64> {
     // SAFETY: the baseline segment holds no ring, and this module accesses its control
     // and stamp words only atomically (data bytes go through `write`/`read`, never
     // overlapping a word used here).
-    unsafe { seg.atomic_u64(off) }
-        .with_context(|| format!("baseline word at {off} outside the segment"))
+    unsafe { seg.atomic_u64(off) }.ok_or_else(|| outside(&format!("baseline word at {off}")))
 }
 
-fn u32_at(seg: &Segment, off: usize) -> anyhow::Result<&AtomicU32> {
+fn u32_at(seg: &Segment, off: usize) -> Result<&AtomicU32> {
     // SAFETY: as in `u64_at`.
-    unsafe { seg.atomic_u32(off) }
-        .with_context(|| format!("baseline word at {off} outside the segment"))
+    unsafe { seg.atomic_u32(off) }.ok_or_else(|| outside(&format!("baseline word at {off}")))
+}
+
+/// An access past the end of the baseline segment (sized from the plan, so a bug).
+fn outside(what: &str) -> BenchError {
+    BenchError::Inconsistent(format!("{what}: outside the baseline segment"))
 }
 
 /// Copies `src` to payload offset `off`. Private to this module, whose every call follows
@@ -93,7 +96,7 @@ fn read(seg: &Segment, off: usize, dst: &mut [u8]) -> Option<()> {
 
 /// Clears every control word (the lead does this before each case, while the peer waits
 /// for its command) and touches the data area so that page faults are not measured.
-pub fn reset(seg: &Segment, copy_slots: usize) -> anyhow::Result<()> {
+pub fn reset(seg: &Segment, copy_slots: usize) -> Result<()> {
     u64_at(seg, OFF_PING)?.store(0, Ordering::Relaxed);
     u32_at(seg, OFF_FUTEX)?.store(0, Ordering::Relaxed);
     for off in [OFF_HEAD, OFF_TAIL, OFF_DONE, OFF_RTT_A, OFF_RTT_B] {
@@ -104,7 +107,8 @@ pub fn reset(seg: &Segment, copy_slots: usize) -> anyhow::Result<()> {
     }
     // Record-ring stamps from an earlier case must not match this case's positions.
     if seg.len() >= OFF_DATA + 2 * REC_RING {
-        write(seg, OFF_DATA, &vec![0u8; 2 * REC_RING]).context("clearing the record rings")?;
+        write(seg, OFF_DATA, &vec![0u8; 2 * REC_RING])
+            .ok_or_else(|| outside("clearing the record rings"))?;
     }
     // Release: the peer's first Acquire load of any word then sees all of the above.
     std::sync::atomic::fence(Ordering::Release);
@@ -112,12 +116,12 @@ pub fn reset(seg: &Segment, copy_slots: usize) -> anyhow::Result<()> {
 }
 
 /// Writes zeros over the whole data area once, so its pages exist before any timing.
-pub fn prefault(seg: &Segment) -> anyhow::Result<()> {
+pub fn prefault(seg: &Segment) -> Result<()> {
     let zeros = vec![0u8; 1 << 20];
     let mut off = OFF_DATA;
     while off < seg.len() {
         let n = zeros.len().min(seg.len() - off);
-        write(seg, off, &zeros[..n]).context("prefault")?;
+        write(seg, off, &zeros[..n]).ok_or_else(|| outside("prefault"))?;
         off += n;
     }
     Ok(())
@@ -145,7 +149,7 @@ pub fn stamped(buf: &[u8], seq: u64) -> bool {
 
 /// The lead side of the cache-line ping-pong: one u64, odd values from us, even ones from
 /// the peer. Returns the round-trip time of each of the last `total - warm` pings.
-pub fn line_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+pub fn line_lead(seg: &Segment, total: u64, warm: u64) -> Result<Vec<u64>> {
     let w = u64_at(seg, OFF_PING)?;
     let mut wd = Deadline::new("cache-line ping-pong", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
@@ -165,7 +169,7 @@ pub fn line_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u64
 }
 
 /// The peer side of the cache-line ping-pong.
-pub fn line_echo(seg: &Segment, total: u64) -> anyhow::Result<()> {
+pub fn line_echo(seg: &Segment, total: u64) -> Result<()> {
     let w = u64_at(seg, OFF_PING)?;
     let mut wd = Deadline::new("cache-line ping-pong", Duration::from_secs(120)).watch_parent();
     for i in 0..total {
@@ -180,7 +184,7 @@ pub fn line_echo(seg: &Segment, total: u64) -> anyhow::Result<()> {
 }
 
 /// Sleeps on the futex word until it holds `want` (no spinning at all).
-fn futex_await(w: &AtomicU32, want: u32, wd: &mut Deadline) -> anyhow::Result<()> {
+fn futex_await(w: &AtomicU32, want: u32, wd: &mut Deadline) -> Result<()> {
     loop {
         let v = w.load(Ordering::Acquire);
         if v == want {
@@ -192,7 +196,7 @@ fn futex_await(w: &AtomicU32, want: u32, wd: &mut Deadline) -> anyhow::Result<()
 }
 
 /// The lead side of the bare futex ping-pong: store, wake, sleep until answered.
-pub fn futex_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+pub fn futex_lead(seg: &Segment, total: u64, warm: u64) -> Result<Vec<u64>> {
     let w = u32_at(seg, OFF_FUTEX)?;
     let mut wd = Deadline::new("futex ping-pong", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
@@ -209,7 +213,7 @@ pub fn futex_lead(seg: &Segment, total: u64, warm: u64) -> anyhow::Result<Vec<u6
 }
 
 /// The peer side of the bare futex ping-pong.
-pub fn futex_echo(seg: &Segment, total: u64) -> anyhow::Result<()> {
+pub fn futex_echo(seg: &Segment, total: u64) -> Result<()> {
     let w = u32_at(seg, OFF_FUTEX)?;
     let mut wd = Deadline::new("futex ping-pong", Duration::from_secs(120)).watch_parent();
     for i in 0..total as u32 {
@@ -240,7 +244,7 @@ struct RecRing<'a> {
 }
 
 impl<'a> RecRing<'a> {
-    fn new(seg: &'a Segment, dir: usize, fence: bool) -> anyhow::Result<Self> {
+    fn new(seg: &'a Segment, dir: usize, fence: bool) -> Result<Self> {
         check_area(seg, 2 * REC_RING)?;
         Ok(Self {
             seg,
@@ -250,19 +254,19 @@ impl<'a> RecRing<'a> {
         })
     }
 
-    fn stamp_word(&self, i: u64) -> anyhow::Result<&'a AtomicU64> {
+    fn stamp_word(&self, i: u64) -> Result<&'a AtomicU64> {
         u64_at(self.seg, self.base + (i % REC_SLOTS) as usize * REC)
     }
 
     /// Publishes record `i` (waiting while the ring is full).
-    fn push(&self, i: u64, msg: &[u8], tail: &mut u64, wd: &mut Deadline) -> anyhow::Result<()> {
+    fn push(&self, i: u64, msg: &[u8], tail: &mut u64, wd: &mut Deadline) -> Result<()> {
         while i - *tail >= REC_SLOTS {
             *tail = self.tail.load(Ordering::Acquire);
             spin_loop();
             wd.tick()?;
         }
         let off = self.base + (i % REC_SLOTS) as usize * REC;
-        write(self.seg, off + 16, msg).context("record")?;
+        write(self.seg, off + 16, msg).ok_or_else(|| outside("record"))?;
         u64_at(self.seg, off + 8)?.store(msg.len() as u64, Ordering::Relaxed);
         // Release: the payload and length are visible before the stamp.
         u64_at(self.seg, off)?.store(i + 1, Ordering::Release);
@@ -273,7 +277,7 @@ impl<'a> RecRing<'a> {
     }
 
     /// Waits for record `i`, copies it out and releases it.
-    fn pop(&self, i: u64, out: &mut [u8], wd: &mut Deadline) -> anyhow::Result<()> {
+    fn pop(&self, i: u64, out: &mut [u8], wd: &mut Deadline) -> Result<()> {
         let stamp = self.stamp_word(i)?;
         while stamp.load(Ordering::Acquire) != i + 1 {
             spin_loop();
@@ -282,9 +286,12 @@ impl<'a> RecRing<'a> {
         let off = self.base + (i % REC_SLOTS) as usize * REC;
         let len = u64_at(self.seg, off + 8)?.load(Ordering::Relaxed) as usize;
         if len != out.len() {
-            bail!("record ring: length {len}, expected {}", out.len());
+            return Err(BenchError::WrongData(format!(
+                "record ring: length {len}, expected {}",
+                out.len()
+            )));
         }
-        read(self.seg, off + 16, out).context("record")?;
+        read(self.seg, off + 16, out).ok_or_else(|| outside("record"))?;
         // Release: our copy is done before the producer reuses the slot.
         self.tail.store(i + 1, Ordering::Release);
         if self.fence {
@@ -298,7 +305,7 @@ impl<'a> RecRing<'a> {
 /// publish/release protocol (a stamp per record, the consumer's position stored per
 /// message), with nothing else: no validation, no wake-up protocol (unless `fence`, which
 /// adds the SeqCst fence per publish and per release that the wake-up check costs).
-pub fn rec_lead(seg: &Segment, total: u64, warm: u64, fence: bool) -> anyhow::Result<Vec<u64>> {
+pub fn rec_lead(seg: &Segment, total: u64, warm: u64, fence: bool) -> Result<Vec<u64>> {
     let (out, back) = (RecRing::new(seg, 0, fence)?, RecRing::new(seg, 1, fence)?);
     let mut wd = Deadline::new("record-ring round trip", Duration::from_secs(60));
     let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
@@ -312,7 +319,9 @@ pub fn rec_lead(seg: &Segment, total: u64, warm: u64, fence: bool) -> anyhow::Re
         back.pop(i, &mut got, &mut wd)?;
         let dt = t0.elapsed();
         if !stamped(&got, i) {
-            bail!("record ring: echo {i} came back wrong");
+            return Err(BenchError::WrongData(format!(
+                "record ring: echo {i} came back wrong"
+            )));
         }
         if i >= warm {
             samples.push(dt.as_nanos() as u64);
@@ -322,7 +331,7 @@ pub fn rec_lead(seg: &Segment, total: u64, warm: u64, fence: bool) -> anyhow::Re
 }
 
 /// The peer side of the record-ring round trip.
-pub fn rec_echo(seg: &Segment, total: u64, fence: bool) -> anyhow::Result<()> {
+pub fn rec_echo(seg: &Segment, total: u64, fence: bool) -> Result<()> {
     let (inp, back) = (RecRing::new(seg, 0, fence)?, RecRing::new(seg, 1, fence)?);
     let mut wd = Deadline::new("record-ring round trip", Duration::from_secs(120)).watch_parent();
     let mut buf = [0u8; 64];
@@ -349,12 +358,7 @@ pub fn copy_rtt_area(size: usize) -> usize {
 /// flag; wait for B's flag, copy buffer B out. The least a round trip of `size` bytes
 /// through shared memory can cost: two copies in, two copies out, two flag transfers.
 /// Returns the round-trip time of each of the last `total - warm`.
-pub fn copy_rtt_lead(
-    seg: &Segment,
-    size: usize,
-    total: u64,
-    warm: u64,
-) -> anyhow::Result<Vec<u64>> {
+pub fn copy_rtt_lead(seg: &Segment, size: usize, total: u64, warm: u64) -> Result<Vec<u64>> {
     check_area(seg, copy_rtt_area(size))?;
     let (a, b) = copy_rtt_bufs(size);
     let (fa, fb) = (u64_at(seg, OFF_RTT_A)?, u64_at(seg, OFF_RTT_B)?);
@@ -365,17 +369,19 @@ pub fn copy_rtt_lead(
     for i in 0..total {
         stamp(&mut msg, i);
         let t0 = Instant::now();
-        write(seg, a, &msg).context("buffer A")?;
+        write(seg, a, &msg).ok_or_else(|| outside("buffer A"))?;
         // Release: the buffer is written before the flag says so.
         fa.store(i + 1, Ordering::Release);
         while fb.load(Ordering::Acquire) != i + 1 {
             spin_loop();
             wd.tick()?;
         }
-        read(seg, b, &mut back).context("buffer B")?;
+        read(seg, b, &mut back).ok_or_else(|| outside("buffer B"))?;
         let dt = t0.elapsed();
         if !stamped(&back, i) {
-            bail!("copy ping-pong: echo {i} came back wrong");
+            return Err(BenchError::WrongData(format!(
+                "copy ping-pong: echo {i} came back wrong"
+            )));
         }
         if i >= warm {
             samples.push(dt.as_nanos() as u64);
@@ -386,7 +392,7 @@ pub fn copy_rtt_lead(
 
 /// The peer side of the copy ping-pong floor: copy buffer A out, write the copy into
 /// buffer B, flip B's flag.
-pub fn copy_rtt_echo(seg: &Segment, size: usize, total: u64) -> anyhow::Result<()> {
+pub fn copy_rtt_echo(seg: &Segment, size: usize, total: u64) -> Result<()> {
     check_area(seg, copy_rtt_area(size))?;
     let (a, b) = copy_rtt_bufs(size);
     let (fa, fb) = (u64_at(seg, OFF_RTT_A)?, u64_at(seg, OFF_RTT_B)?);
@@ -398,15 +404,15 @@ pub fn copy_rtt_echo(seg: &Segment, size: usize, total: u64) -> anyhow::Result<(
             spin_loop();
             wd.tick()?;
         }
-        read(seg, a, &mut buf).context("buffer A")?;
-        write(seg, b, &buf).context("buffer B")?;
+        read(seg, a, &mut buf).ok_or_else(|| outside("buffer A"))?;
+        write(seg, b, &buf).ok_or_else(|| outside("buffer B"))?;
         fb.store(i + 1, Ordering::Release);
     }
     Ok(())
 }
 
 /// Waits (spinning) until the sink reports `total` received; the end of a stream's timing.
-fn await_done(seg: &Segment, total: u64, wd: &mut Deadline) -> anyhow::Result<()> {
+fn await_done(seg: &Segment, total: u64, wd: &mut Deadline) -> Result<()> {
     let done = u64_at(seg, OFF_DONE)?;
     while done.load(Ordering::Acquire) != total {
         spin_loop();
@@ -418,7 +424,7 @@ fn await_done(seg: &Segment, total: u64, wd: &mut Deadline) -> anyhow::Result<()
 /// The producer of the batched SPSC baseline: fixed slots of `size` bytes, the shared
 /// head index stored once per [`SPSC_BATCH`] records, the consumer's tail read only when
 /// the ring looks full. Returns the time until the consumer had everything.
-pub fn spsc_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow::Result<Duration> {
+pub fn spsc_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> Result<Duration> {
     check_area(seg, size * slots)?;
     let (head_w, tail_w) = (u64_at(seg, OFF_HEAD)?, u64_at(seg, OFF_TAIL)?);
     let mut wd = Deadline::new("batched SPSC stream", Duration::from_secs(60));
@@ -438,7 +444,7 @@ pub fn spsc_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
             }
             stamp(&mut src, head);
             let off = OFF_DATA + (head % n_slots) as usize * size;
-            write(seg, off, &src).context("slot out of bounds")?;
+            write(seg, off, &src).ok_or_else(|| outside("slot"))?;
             head += 1;
             k += 1;
         }
@@ -455,7 +461,7 @@ pub fn spsc_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
 }
 
 /// The consumer of the batched SPSC baseline. Returns the number of bad records.
-pub fn spsc_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow::Result<u64> {
+pub fn spsc_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> Result<u64> {
     check_area(seg, size * slots)?;
     let (head_w, tail_w) = (u64_at(seg, OFF_HEAD)?, u64_at(seg, OFF_TAIL)?);
     let mut wd = Deadline::new("batched SPSC stream", Duration::from_secs(120)).watch_parent();
@@ -472,12 +478,14 @@ pub fn spsc_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
             continue;
         }
         if head < tail || head - tail > n_slots {
-            bail!("SPSC baseline: head {head} impossible with tail {tail}");
+            return Err(BenchError::WrongData(format!(
+                "SPSC baseline: head {head} impossible with tail {tail}"
+            )));
         }
         let end = head.min(tail + SPSC_READ_MAX);
         while tail < end {
             let off = OFF_DATA + (tail % n_slots) as usize * size;
-            read(seg, off, &mut dst).context("slot out of bounds")?;
+            read(seg, off, &mut dst).ok_or_else(|| outside("slot"))?;
             errors += u64::from(!stamped(&dst, tail));
             tail += 1;
         }
@@ -490,10 +498,12 @@ pub fn spsc_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
 
 /// The writer of the copy floor: `slots` buffers of `size` bytes, each with a flag; fill
 /// a free buffer, flip its flag, move on. Returns the time until the reader had all.
-pub fn copy_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow::Result<Duration> {
+pub fn copy_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> Result<Duration> {
     check_area(seg, size * slots)?;
     if slots == 0 || slots > MAX_COPY_SLOTS {
-        bail!("copy floor: {slots} buffers (1..={MAX_COPY_SLOTS})");
+        return Err(BenchError::Inconsistent(format!(
+            "copy floor: {slots} buffers (1..={MAX_COPY_SLOTS})"
+        )));
     }
     let mut wd = Deadline::new("copy floor", Duration::from_secs(60));
     let mut src = vec![0x5Au8; size];
@@ -507,7 +517,7 @@ pub fn copy_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
             wd.tick()?;
         }
         stamp(&mut src, i);
-        write(seg, OFF_DATA + s * size, &src).context("buffer out of bounds")?;
+        write(seg, OFF_DATA + s * size, &src).ok_or_else(|| outside("buffer"))?;
         // Release: publishes the buffer.
         flag.store(i + 1, Ordering::Release);
     }
@@ -516,10 +526,12 @@ pub fn copy_lead(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
 }
 
 /// The reader of the copy floor. Returns the number of bad buffers.
-pub fn copy_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow::Result<u64> {
+pub fn copy_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> Result<u64> {
     check_area(seg, size * slots)?;
     if slots == 0 || slots > MAX_COPY_SLOTS {
-        bail!("copy floor: {slots} buffers (1..={MAX_COPY_SLOTS})");
+        return Err(BenchError::Inconsistent(format!(
+            "copy floor: {slots} buffers (1..={MAX_COPY_SLOTS})"
+        )));
     }
     let mut wd = Deadline::new("copy floor", Duration::from_secs(120)).watch_parent();
     let mut dst = vec![0u8; size];
@@ -532,7 +544,7 @@ pub fn copy_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
             spin_loop();
             wd.tick()?;
         }
-        read(seg, OFF_DATA + s * size, &mut dst).context("buffer out of bounds")?;
+        read(seg, OFF_DATA + s * size, &mut dst).ok_or_else(|| outside("buffer"))?;
         errors += u64::from(!stamped(&dst, i));
         // Release: our copy is done before the writer reuses the buffer.
         flag.store(0, Ordering::Release);
@@ -541,13 +553,13 @@ pub fn copy_sink(seg: &Segment, size: usize, slots: usize, total: u64) -> anyhow
     Ok(errors)
 }
 
-fn check_area(seg: &Segment, bytes: usize) -> anyhow::Result<()> {
+fn check_area(seg: &Segment, bytes: usize) -> Result<()> {
     if OFF_DATA + bytes > seg.len() {
-        bail!(
+        return Err(BenchError::Inconsistent(format!(
             "baseline needs {} data bytes; the segment has {}",
             bytes,
             seg.len().saturating_sub(OFF_DATA)
-        );
+        )));
     }
     Ok(())
 }

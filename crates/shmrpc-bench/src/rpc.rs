@@ -13,7 +13,6 @@ use std::str::FromStr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
 use shmrpc::channel::{ChannelConfig, WaitStrategy};
 use shmrpc::lowlevel::frame::{self, FrameHeader, Kind, FRAME_HEADER_LEN};
 use shmrpc::method_id;
@@ -22,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::raw::{stamp, stamped};
+use crate::error::{BenchError, Result};
 
 /// The echo method every RPC case calls.
 pub const METHOD: &str = "bench.echo";
@@ -64,12 +64,12 @@ impl ServerKind {
 }
 
 impl FromStr for ServerKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
+    type Err = BenchError;
+    fn from_str(s: &str) -> Result<Self> {
         [ServerKind::SpinThenPark, ServerKind::Park, ServerKind::Uds]
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| anyhow!("unknown server kind {s:?}"))
+            .ok_or_else(|| BenchError::protocol("a server kind", Some(s)))
     }
 }
 
@@ -107,22 +107,22 @@ pub fn uds_path(prefix: &str) -> PathBuf {
 /// A server running on its own thread.
 pub struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
     /// CLOCK_MONOTONIC when the server was bound (listening).
     pub bound_at: u64,
 }
 
 impl Running {
     /// Binds `kind` on `name` (shmrpc) or `uds` (baseline) and serves until stopped.
-    pub fn start(kind: ServerKind, name: &str, uds: &Path) -> anyhow::Result<Self> {
+    pub fn start(kind: ServerKind, name: &str, uds: &Path) -> Result<Self> {
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = mpsc::channel::<u64>();
         let (name, uds) = (name.to_owned(), uds.to_owned());
-        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+        let thread = std::thread::spawn(move || -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .context("tokio runtime")?;
+                .map_err(BenchError::io("tokio runtime"))?;
             let r = rt.block_on(serve(kind, &name, &uds, ready_tx, stop_rx));
             rt.shutdown_timeout(Duration::from_secs(1));
             if kind == ServerKind::Uds {
@@ -140,22 +140,23 @@ impl Running {
                 me.bound_at = t;
                 Ok(me)
             }
-            Err(_) => Err(me
-                .stop()
-                .err()
-                .unwrap_or_else(|| anyhow!("the {} server did not start", kind.as_str()))),
+            Err(_) => Err(me.stop().err().unwrap_or_else(|| BenchError::TimedOut {
+                what: format!("starting the {} server", kind.as_str()),
+                limit: Duration::from_secs(10),
+            })),
         }
     }
 
     /// Shuts the server down (gracefully: connections are told goodbye) and waits for it.
-    pub fn stop(&mut self) -> anyhow::Result<()> {
+    pub fn stop(&mut self) -> Result<()> {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| anyhow!("the server thread panicked"))?,
+            Some(t) => t.join().map_err(|_| BenchError::Task {
+                what: "the server thread",
+                source: None,
+            })?,
             None => Ok(()),
         }
     }
@@ -173,12 +174,12 @@ async fn serve(
     uds: &Path,
     ready: mpsc::Sender<u64>,
     stop: tokio::sync::oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     match kind {
         ServerKind::Uds => {
             let _ = std::fs::remove_file(uds);
-            let l =
-                UnixListener::bind(uds).with_context(|| format!("binding {}", uds.display()))?;
+            let l = UnixListener::bind(uds)
+                .map_err(BenchError::io(format!("binding {}", uds.display())))?;
             let _ = ready.send(mono_ns());
             let mut conns = tokio::task::JoinSet::new();
             tokio::pin!(stop);
@@ -205,7 +206,7 @@ async fn serve(
             let server = ServerBuilder::new(cfg)
                 .unary_raw(METHOD, |_ctx, req| async move { Ok(req) })
                 .bind(name)
-                .map_err(|e| anyhow!("binding the RPC server {name}: {e}"))?;
+                .map_err(BenchError::shmrpc(format!("binding the RPC server {name}")))?;
             let _ = ready.send(mono_ns());
             let handle = server.handle();
             let serving = tokio::spawn(server.serve());
@@ -215,7 +216,10 @@ async fn serve(
                 .await
                 .is_err()
             {
-                bail!("the RPC server did not shut down within 5 s");
+                return Err(BenchError::TimedOut {
+                    what: "shutting the RPC server down".to_owned(),
+                    limit: Duration::from_secs(5),
+                });
             }
             Ok(())
         }
@@ -223,11 +227,11 @@ async fn serve(
 }
 
 /// The length of the first frame in `b`, if all of it is there.
-fn frame_len(b: &[u8]) -> anyhow::Result<Option<usize>> {
+fn frame_len(b: &[u8]) -> Result<Option<usize>> {
     if b.len() < FRAME_HEADER_LEN {
         return Ok(None);
     }
-    let h = frame::decode_header(b)?;
+    let h = frame::decode_header(b).map_err(BenchError::shmrpc("decoding a frame header"))?;
     let total = FRAME_HEADER_LEN + h.len as usize;
     Ok((b.len() >= total).then_some(total))
 }
@@ -235,31 +239,33 @@ fn frame_len(b: &[u8]) -> anyhow::Result<Option<usize>> {
 /// The baseline server's side of one connection: reads what is there, answers every
 /// complete request (CRC checked, the deadline prefix dropped, as the RPC server does)
 /// with one write.
-async fn uds_echo(mut s: UnixStream) -> anyhow::Result<()> {
+async fn uds_echo(mut s: UnixStream) -> Result<()> {
     let mut inb: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut buf = vec![0u8; 64 << 10];
     loop {
-        let n = s.read(&mut buf).await?;
+        let n = s.read(&mut buf).await.map_err(BenchError::io("read"))?;
         if n == 0 {
             return Ok(());
         }
         inb.extend_from_slice(&buf[..n]);
         let mut off = 0;
         while let Some(len) = frame_len(&inb[off..])? {
-            let (h, payload) = frame::decode(&inb[off..off + len])?;
+            let (h, payload) = frame::decode(&inb[off..off + len])
+                .map_err(BenchError::shmrpc("decoding a request"))?;
             if h.kind != Kind::Request || payload.len() < DEADLINE_PREFIX {
-                bail!("not a request");
+                return Err(BenchError::WrongData("not a request".to_owned()));
             }
             let body = &payload[DEADLINE_PREFIX..];
             let at = out.len();
             out.resize(at + FRAME_HEADER_LEN + body.len(), 0);
-            frame::encode_into(&mut out[at..], &header(Kind::Response, h.call_id), body)?;
+            frame::encode_into(&mut out[at..], &header(Kind::Response, h.call_id), body)
+                .map_err(BenchError::shmrpc("encoding a response"))?;
             off += len;
         }
         inb.drain(..off);
         if !out.is_empty() {
-            s.write_all(&out).await?;
+            s.write_all(&out).await.map_err(BenchError::io("write"))?;
             out.clear();
         }
     }
@@ -285,29 +291,29 @@ pub fn client_config(park: bool) -> ClientConfig {
 }
 
 /// Connects `n` clients to `name`.
-pub async fn connect(name: &str, park: bool, n: usize) -> anyhow::Result<Vec<Client>> {
+pub async fn connect(name: &str, park: bool, n: usize) -> Result<Vec<Client>> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         v.push(
             Client::connect(name, client_config(park))
                 .await
-                .map_err(|e| anyhow!("connecting to {name}: {e}"))?,
+                .map_err(BenchError::shmrpc(format!("connecting to {name}")))?,
         );
     }
     Ok(v)
 }
 
-async fn limited<T>(
-    what: &str,
-    f: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
+async fn limited<T>(what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::time::timeout(CASE_LIMIT, f)
         .await
-        .map_err(|_| anyhow!("{what}: not done within {CASE_LIMIT:?}"))?
+        .map_err(|_| BenchError::TimedOut {
+            what: what.to_owned(),
+            limit: CASE_LIMIT,
+        })?
 }
 
 /// Unary calls one after another; the time of each of the last `total - warm`.
-pub async fn rpc_unary(client: &Client, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+pub async fn rpc_unary(client: &Client, total: u64, warm: u64) -> Result<Vec<u64>> {
     limited("rpc unary", async {
         let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
         let mut msg = [0x22u8; SIZE];
@@ -317,10 +323,13 @@ pub async fn rpc_unary(client: &Client, total: u64, warm: u64) -> anyhow::Result
             let r = client
                 .call_raw(METHOD, &msg, CallOptions::default())
                 .await
-                .map_err(|e| anyhow!("call {i}: {e}"))?;
+                .map_err(|source| BenchError::Rpc {
+                    what: format!("call {i}"),
+                    source,
+                })?;
             let dt = t0.elapsed();
             if r.len() != SIZE || !stamped(&r, i) {
-                bail!("answer {i} came back wrong");
+                return Err(BenchError::WrongData(format!("answer {i} came back wrong")));
             }
             if i >= warm {
                 samples.push(dt.as_nanos() as u64);
@@ -332,10 +341,10 @@ pub async fn rpc_unary(client: &Client, total: u64, warm: u64) -> anyhow::Result
 }
 
 /// The same over a Unix socket: encode, write, read the header, read the payload, decode.
-pub async fn uds_unary(path: &Path, total: u64, warm: u64) -> anyhow::Result<Vec<u64>> {
+pub async fn uds_unary(path: &Path, total: u64, warm: u64) -> Result<Vec<u64>> {
     let mut s = UnixStream::connect(path)
         .await
-        .with_context(|| format!("connecting to {}", path.display()))?;
+        .map_err(BenchError::io(format!("connecting to {}", path.display())))?;
     limited("unix-socket unary", async {
         let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
         let mut body = [0u8; DEADLINE_PREFIX + SIZE];
@@ -345,18 +354,27 @@ pub async fn uds_unary(path: &Path, total: u64, warm: u64) -> anyhow::Result<Vec
         for i in 0..total {
             stamp(&mut body[DEADLINE_PREFIX..], i);
             let t0 = Instant::now();
-            frame::encode_into(&mut req, &header(Kind::Request, i), &body)?;
-            s.write_all(&req).await?;
-            s.read_exact(&mut resp[..FRAME_HEADER_LEN]).await?;
-            let h = frame::decode_header(&resp)?;
+            frame::encode_into(&mut req, &header(Kind::Request, i), &body)
+                .map_err(BenchError::shmrpc("encoding a request"))?;
+            s.write_all(&req).await.map_err(BenchError::io("write"))?;
+            s.read_exact(&mut resp[..FRAME_HEADER_LEN])
+                .await
+                .map_err(BenchError::io("read"))?;
+            let h = frame::decode_header(&resp)
+                .map_err(BenchError::shmrpc("decoding an answer's header"))?;
             if h.len as usize != SIZE {
-                bail!("answer {i} of {} bytes", h.len);
+                return Err(BenchError::WrongData(format!(
+                    "answer {i} of {} bytes",
+                    h.len
+                )));
             }
-            s.read_exact(&mut resp[FRAME_HEADER_LEN..]).await?;
-            let (h, p) = frame::decode(&resp)?;
+            s.read_exact(&mut resp[FRAME_HEADER_LEN..])
+                .await
+                .map_err(BenchError::io("read"))?;
+            let (h, p) = frame::decode(&resp).map_err(BenchError::shmrpc("decoding an answer"))?;
             let dt = t0.elapsed();
             if h.call_id != i || !stamped(p, i) {
-                bail!("answer {i} came back wrong");
+                return Err(BenchError::WrongData(format!("answer {i} came back wrong")));
             }
             if i >= warm {
                 samples.push(dt.as_nanos() as u64);
@@ -369,7 +387,7 @@ pub async fn uds_unary(path: &Path, total: u64, warm: u64) -> anyhow::Result<Vec
 
 /// `PIPELINE` caller tasks per client, each making calls one after another, `total` calls
 /// in all (rounded down to a multiple of the tasks). Returns the wall time and the calls.
-pub async fn rpc_pipelined(clients: &[Client], total: u64) -> anyhow::Result<(Duration, u64)> {
+pub async fn rpc_pipelined(clients: &[Client], total: u64) -> Result<(Duration, u64)> {
     let tasks = (clients.len() * PIPELINE) as u64;
     let per = (total / tasks).max(1);
     limited("rpc pipelined", async {
@@ -386,9 +404,11 @@ pub async fn rpc_pipelined(clients: &[Client], total: u64) -> anyhow::Result<(Du
                         let r = client
                             .call_raw(METHOD, &msg, CallOptions::default())
                             .await
-                            .map_err(|e| anyhow!("pipelined call: {e}"))?;
+                            .map_err(BenchError::rpc("pipelined call"))?;
                         if r.len() != SIZE || !stamped(&r, base + j) {
-                            bail!("a pipelined answer came back wrong");
+                            return Err(BenchError::WrongData(
+                                "a pipelined answer came back wrong".to_owned(),
+                            ));
                         }
                     }
                     Ok(())
@@ -396,7 +416,10 @@ pub async fn rpc_pipelined(clients: &[Client], total: u64) -> anyhow::Result<(Du
             }
         }
         while let Some(r) = set.join_next().await {
-            r.context("caller task")??;
+            r.map_err(|e| BenchError::Task {
+                what: "a caller task",
+                source: Some(e),
+            })??;
         }
         Ok((t0.elapsed(), per * tasks))
     })
@@ -404,13 +427,13 @@ pub async fn rpc_pipelined(clients: &[Client], total: u64) -> anyhow::Result<(Du
 }
 
 /// Opens `conns` Unix-socket connections to the baseline server.
-pub async fn uds_connect(path: &Path, conns: usize) -> anyhow::Result<Vec<UnixStream>> {
+pub async fn uds_connect(path: &Path, conns: usize) -> Result<Vec<UnixStream>> {
     let mut streams = Vec::with_capacity(conns);
     for _ in 0..conns {
         streams.push(
             UnixStream::connect(path)
                 .await
-                .with_context(|| format!("connecting to {}", path.display()))?,
+                .map_err(BenchError::io(format!("connecting to {}", path.display())))?,
         );
     }
     Ok(streams)
@@ -420,10 +443,7 @@ pub async fn uds_connect(path: &Path, conns: usize) -> anyhow::Result<Vec<UnixSt
 /// outstanding: a task per connection writes a window of requests, then answers every
 /// batch of responses it reads with as many new requests (one write). `total` requests in
 /// all.
-pub async fn uds_pipelined(
-    streams: Vec<UnixStream>,
-    total: u64,
-) -> anyhow::Result<(Duration, u64)> {
+pub async fn uds_pipelined(streams: Vec<UnixStream>, total: u64) -> Result<(Duration, u64)> {
     let conns = streams.len().max(1);
     let per = (total / conns as u64).max(PIPELINE as u64);
     limited("unix-socket pipelined", async {
@@ -433,45 +453,53 @@ pub async fn uds_pipelined(
             set.spawn(uds_pipe_conn(s, per));
         }
         while let Some(r) = set.join_next().await {
-            r.context("connection task")??;
+            r.map_err(|e| BenchError::Task {
+                what: "a connection task",
+                source: Some(e),
+            })??;
         }
         Ok((t0.elapsed(), per * conns as u64))
     })
     .await
 }
 
-async fn uds_pipe_conn(mut s: UnixStream, n: u64) -> anyhow::Result<()> {
+async fn uds_pipe_conn(mut s: UnixStream, n: u64) -> Result<()> {
     let mut body = [0x33u8; DEADLINE_PREFIX + SIZE];
     body[..DEADLINE_PREFIX].fill(0);
     let req_len = FRAME_HEADER_LEN + body.len();
     let mut out: Vec<u8> = Vec::with_capacity(PIPELINE * req_len);
     let (mut sent, mut done) = (0u64, 0u64);
-    let push = |out: &mut Vec<u8>, body: &mut [u8], id: u64| -> anyhow::Result<()> {
+    let push = |out: &mut Vec<u8>, body: &mut [u8], id: u64| -> Result<()> {
         stamp(&mut body[DEADLINE_PREFIX..], id);
         let at = out.len();
         out.resize(at + req_len, 0);
-        frame::encode_into(&mut out[at..], &header(Kind::Request, id), body)?;
-        Ok(())
+        frame::encode_into(&mut out[at..], &header(Kind::Request, id), body)
+            .map_err(BenchError::shmrpc("encoding a request"))
     };
     while sent < n.min(PIPELINE as u64) {
         push(&mut out, &mut body, sent)?;
         sent += 1;
     }
-    s.write_all(&out).await?;
+    s.write_all(&out).await.map_err(BenchError::io("write"))?;
     out.clear();
     let mut inb: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut buf = vec![0u8; 64 << 10];
     while done < n {
-        let k = s.read(&mut buf).await?;
+        let k = s.read(&mut buf).await.map_err(BenchError::io("read"))?;
         if k == 0 {
-            bail!("the server closed the connection");
+            return Err(BenchError::WrongData(
+                "the server closed the connection".to_owned(),
+            ));
         }
         inb.extend_from_slice(&buf[..k]);
         let mut off = 0;
         while let Some(len) = frame_len(&inb[off..])? {
-            let (h, p) = frame::decode(&inb[off..off + len])?;
+            let (h, p) = frame::decode(&inb[off..off + len])
+                .map_err(BenchError::shmrpc("decoding an answer"))?;
             if h.kind != Kind::Response || h.call_id >= sent || !stamped(p, h.call_id) {
-                bail!("a pipelined answer came back wrong");
+                return Err(BenchError::WrongData(
+                    "a pipelined answer came back wrong".to_owned(),
+                ));
             }
             done += 1;
             off += len;
@@ -482,7 +510,7 @@ async fn uds_pipe_conn(mut s: UnixStream, n: u64) -> anyhow::Result<()> {
         }
         inb.drain(..off);
         if !out.is_empty() {
-            s.write_all(&out).await?;
+            s.write_all(&out).await.map_err(BenchError::io("write"))?;
             out.clear();
         }
     }
@@ -491,7 +519,7 @@ async fn uds_pipe_conn(mut s: UnixStream, n: u64) -> anyhow::Result<()> {
 
 /// Calls until one succeeds (the first attempts may meet the old, closed connection);
 /// returns CLOCK_MONOTONIC when it did.
-pub async fn call_until_ok(client: &Client) -> anyhow::Result<u64> {
+pub async fn call_until_ok(client: &Client) -> Result<u64> {
     let msg = [0x44u8; SIZE];
     let give_up = Instant::now() + Duration::from_secs(20);
     loop {
@@ -500,8 +528,17 @@ pub async fn call_until_ok(client: &Client) -> anyhow::Result<u64> {
             .await;
         match r {
             Ok(b) if b == msg => return Ok(mono_ns()),
-            Ok(_) => bail!("the answer after the restart came back wrong"),
-            Err(e) if Instant::now() > give_up => bail!("no call succeeded after a restart: {e}"),
+            Ok(_) => {
+                return Err(BenchError::WrongData(
+                    "the answer after the restart came back wrong".to_owned(),
+                ))
+            }
+            Err(source) if Instant::now() > give_up => {
+                return Err(BenchError::Rpc {
+                    what: "no call succeeded within 20 s after a restart".to_owned(),
+                    source,
+                })
+            }
             Err(_) => tokio::task::yield_now().await,
         }
     }

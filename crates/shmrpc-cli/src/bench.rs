@@ -115,12 +115,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// `shmrpc bench-peer`: the benchmark's second process.
 pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
-    shmrpc_bench::peer(&PeerOptions {
+    Ok(shmrpc_bench::peer(&PeerOptions {
         seg: args.seg.clone(),
         prefix: args.prefix.clone(),
         sock: args.sock.clone(),
         tcp_port: args.tcp_port,
         idle_server: args.idle_server.clone(),
         cpu: args.cpu,
-    })
+    })?)
 }
