@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use shmrpc::channel::{ChannelConfig, WaitStrategy};
-use shmrpc::lowlevel::frame::{self, FrameHeader, Kind, FRAME_HEADER_LEN};
+use shmrpc::lowlevel::frame::{self, FrameHeader, Kind, FLAG_TO_CALLEE, FRAME_HEADER_LEN};
 use shmrpc::method_id;
 use shmrpc::{CallOptions, Client, ClientConfig, ServerBuilder, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -271,10 +271,16 @@ async fn uds_echo(mut s: UnixStream) -> Result<()> {
     }
 }
 
+/// A frame header as the shmrpc runtime writes it: a request travels to its callee
+/// ([`FLAG_TO_CALLEE`]), an answer back without the flag.
 fn header(kind: Kind, call_id: u64) -> FrameHeader {
     FrameHeader {
         kind,
-        flags: 0,
+        flags: if kind == Kind::Request {
+            FLAG_TO_CALLEE
+        } else {
+            0
+        },
         method: method_id(METHOD),
         call_id,
         len: 0,

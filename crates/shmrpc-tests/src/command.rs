@@ -30,6 +30,32 @@ pub enum RpcTarget {
     Tcp,
 }
 
+/// Where a client dials: a shared-memory name (`shm:<name>`) or a TCP address
+/// (`tcp:<addr>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcDial {
+    /// A shared-memory server's name.
+    Shm(String),
+    /// A TCP server's address.
+    Tcp(std::net::SocketAddr),
+}
+
+impl RpcDial {
+    fn to_arg(&self) -> String {
+        match self {
+            RpcDial::Shm(name) => format!("shm:{name}"),
+            RpcDial::Tcp(addr) => format!("tcp:{addr}"),
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        if let Some(name) = s.strip_prefix("shm:") {
+            return Some(RpcDial::Shm(name.to_owned()));
+        }
+        s.strip_prefix("tcp:")?.parse().ok().map(RpcDial::Tcp)
+    }
+}
+
 /// How `rpc-bad-server` misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadServerMode {
@@ -192,6 +218,17 @@ pub enum PeerCommand {
         name: String,
         /// Calls to start.
         calls: usize,
+    },
+    /// A client that serves methods too: `client_double` (`u64` -> `("client", 2n + 1)`)
+    /// and `hang` (raw; prints `hanging` and never answers). Prints `ready pid=<pid>`; on
+    /// `go`, makes `calls` concurrent calls of the server's `server_triple` (`u64` ->
+    /// `("server", 3n)`), checks each answer and prints `calls ok=<n> bad=<n>`; leaves on
+    /// `exit` or end of stdin.
+    RpcServingClient {
+        /// Where the server is.
+        dial: RpcDial,
+        /// Calls to make on `go`.
+        calls: u64,
     },
     /// Sends each kind of malformed frame on a fresh connection and reports how it ended.
     RpcGarbage {
@@ -358,6 +395,7 @@ usage: peer <role> <arguments>
              [max-in-flight=<n>] [handshake-timeout-ms=<ms>]
   rpc-clients <name> <clients> <calls>             (stdin: \"check\", \"exit\")
   rpc-caller <name> <calls>
+  rpc-serving-client <shm:NAME|tcp:ADDR> <calls> (stdin: \"go\", \"exit\")
   rpc-garbage <name>
   rpc-foreign <name> <server-socket-path>          (run as another user)
   rpc-bad-server <name> <frame-version|hello-version>
@@ -368,7 +406,7 @@ usage: peer <role> <arguments>
 <profile>: mixed:<max> or large:<lo>:<max>";
 
 /// Every role name, in [`USAGE`] order.
-pub const ROLES: [&str; 18] = [
+pub const ROLES: [&str; 19] = [
     "echo-server",
     "ring-writer",
     "race-open",
@@ -381,6 +419,7 @@ pub const ROLES: [&str; 18] = [
     "rpc-server",
     "rpc-clients",
     "rpc-caller",
+    "rpc-serving-client",
     "rpc-garbage",
     "rpc-foreign",
     "rpc-bad-server",
@@ -430,6 +469,7 @@ impl PeerCommand {
             Self::RpcServer { .. } => "rpc-server",
             Self::RpcClients { .. } => "rpc-clients",
             Self::RpcCaller { .. } => "rpc-caller",
+            Self::RpcServingClient { .. } => "rpc-serving-client",
             Self::RpcGarbage { .. } => "rpc-garbage",
             Self::RpcForeign { .. } => "rpc-foreign",
             Self::RpcBadServer { .. } => "rpc-bad-server",
@@ -506,6 +546,7 @@ impl PeerCommand {
                 calls,
             } => a.extend([s(name), s(clients), s(calls)]),
             Self::RpcCaller { name, calls } => a.extend([s(name), s(calls)]),
+            Self::RpcServingClient { dial, calls } => a.extend([dial.to_arg(), s(calls)]),
             Self::RpcForeign {
                 name,
                 server_socket,
@@ -621,6 +662,10 @@ impl PeerCommand {
             },
             "rpc-caller" => Self::RpcCaller {
                 name: a.string("name")?,
+                calls: a.num("calls")?,
+            },
+            "rpc-serving-client" => Self::RpcServingClient {
+                dial: a.with("shm:NAME|tcp:ADDR", RpcDial::parse)?,
                 calls: a.num("calls")?,
             },
             "rpc-garbage" => Self::RpcGarbage {
@@ -751,6 +796,14 @@ mod tests {
             RpcCaller {
                 name: name(),
                 calls: 2,
+            },
+            RpcServingClient {
+                dial: RpcDial::Shm(name()),
+                calls: 7,
+            },
+            RpcServingClient {
+                dial: RpcDial::Tcp("127.0.0.1:4567".parse().unwrap()),
+                calls: 1000,
             },
             RpcGarbage { name: name() },
             RpcForeign {

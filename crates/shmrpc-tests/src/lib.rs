@@ -8,7 +8,9 @@
 
 mod command;
 mod install;
-pub use command::{ArgsError, BadServerMode, PeerCommand, Probe, RpcTarget, ServeMode, USAGE};
+pub use command::{
+    ArgsError, BadServerMode, PeerCommand, Probe, RpcDial, RpcTarget, ServeMode, USAGE,
+};
 pub use install::install_peer_exe;
 use shmrpc_harness::{ChildProcess, KillHandle};
 use std::cell::RefCell;

@@ -456,7 +456,7 @@ fn garbage_over_tcp_closes_only_that_connection() {
         let mut lying = shmrpc::lowlevel::frame::encode(
             &shmrpc::lowlevel::frame::FrameHeader {
                 kind: shmrpc::lowlevel::frame::Kind::Request,
-                flags: 0,
+                flags: shmrpc::lowlevel::frame::FLAG_TO_CALLEE,
                 method: shmrpc::method_id("echo"),
                 call_id: 1,
                 len: 0,

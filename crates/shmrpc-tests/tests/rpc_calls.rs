@@ -244,7 +244,7 @@ fn rpc_tcp_frame_arriving_slowly_is_still_one_frame() {
         payload.extend_from_slice(b"slowly but surely");
         let h = FrameHeader {
             kind: Kind::Request,
-            flags: 0,
+            flags: frame::FLAG_TO_CALLEE,
             method: method_id("echo"),
             call_id: 42,
             len: 0,

@@ -30,8 +30,11 @@ use super::{attach, create_segment, ChannelConfig, ChannelError, Endpoint, Side}
 use crate::sys::{fdpass, names, Doorbell, Segment};
 
 const HELLO_MAGIC: [u8; 8] = *b"SHMRPCH1";
-/// Version of the handshake; bumped on any change to HELLO or the channel layout.
-pub const HANDSHAKE_VERSION: u32 = 1;
+/// Version of the handshake; bumped on any change to HELLO, the channel layout, or the
+/// protocol spoken over the channel (so that peers of two protocol versions refuse each
+/// other at connect, naming both versions, instead of exchanging frames neither reads).
+/// Version 2: frames of version 2 (calls in both directions).
+pub const HANDSHAKE_VERSION: u32 = 2;
 const HELLO_LEN: usize = 32;
 const ACK: [u8; 8] = *b"SHMRPCOK";
 /// How long either side waits for the other's handshake message.
@@ -491,7 +494,7 @@ impl Hello {
         let u64_at = |i: usize| u64::from_le_bytes(hello[i..i + 8].try_into().expect("8 bytes"));
         if u32_at(8) != HANDSHAKE_VERSION {
             return Err(bad(format!(
-                "server speaks handshake version {}, we speak {HANDSHAKE_VERSION}",
+                "server speaks handshake version {}, this end speaks {HANDSHAKE_VERSION}",
                 u32_at(8)
             )));
         }

@@ -7,7 +7,7 @@
 //! 0   magic      "SRPC"
 //! 4   version    u8  (FRAME_VERSION)
 //! 5   kind       u8  (Kind)
-//! 6   flags      u16 (bit 0: more fragments follow)
+//! 6   flags      u16 (bit 0: more fragments follow; bit 1: from the call's caller to its callee)
 //! 8   method     u32 (method id, per connection)
 //! 12  len        u32 payload bytes after the header
 //! 16  call_id    u64
@@ -24,13 +24,20 @@ use thiserror::Error;
 
 /// First four bytes of every frame.
 pub const FRAME_MAGIC: [u8; 4] = *b"SRPC";
-/// Version of the frame format.
-pub const FRAME_VERSION: u8 = 1;
+/// Version of the frame format. Version 2 added [`FLAG_TO_CALLEE`]: either end of a
+/// connection may call the other.
+pub const FRAME_VERSION: u8 = 2;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 32;
 /// Flag: more fragments of this message follow.
 pub const FLAG_MORE: u16 = 1;
-const KNOWN_FLAGS: u16 = FLAG_MORE;
+/// Flag: the frame travels from its call's caller to the callee (`Request`, `Cancel`, and
+/// `Credit` for the callee's stream); without it, from the callee to the caller
+/// (`Response`, `StreamItem`, `StreamEnd`, `Error`). Either end may call the other, and
+/// each numbers its own calls, so a call is named by this bit and its id together.
+/// Connection frames (`Ping`, `Pong`, `Goodbye`) belong to no call and never carry it.
+pub const FLAG_TO_CALLEE: u16 = 2;
+const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,10 +118,10 @@ pub struct FrameHeader {
 ///
 /// let h = FrameHeader { kind: Kind::Pong, flags: 0, method: 0, call_id: 1, len: 0 };
 /// let mut bytes = encode(&h, b"").unwrap();
-/// bytes[4] = 2; // a future version
+/// bytes[4] = 3; // a future version
 /// let err = decode(&bytes).unwrap_err();
-/// assert_eq!(err, FrameError::Version { found: 2 });
-/// assert_eq!(err.to_string(), "frame version 2, we speak 1");
+/// assert_eq!(err, FrameError::Version { found: 3 });
+/// assert_eq!(err.to_string(), "the peer speaks protocol 3, this end speaks 2");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -126,7 +133,7 @@ pub enum FrameError {
     #[error("bad frame magic {0:02x?}")]
     BadMagic([u8; 4]),
     /// A frame version we do not speak.
-    #[error("frame version {found}, we speak {FRAME_VERSION}")]
+    #[error("the peer speaks protocol {found}, this end speaks {FRAME_VERSION}")]
     Version {
         /// Version found.
         found: u8,
@@ -362,6 +369,8 @@ pub enum ReassemblyError {
         method: u32,
         /// Its kind.
         kind: Kind,
+        /// Its flags (which way it travels: [`FLAG_TO_CALLEE`]).
+        flags: u16,
     },
     /// A fragment of another call or kind arrived in the middle of a message.
     #[error("fragment of call {got} arrived while call {expected} was incomplete")]
@@ -403,7 +412,8 @@ pub type Whole<'a> = (FrameHeader, std::borrow::Cow<'a, [u8]>);
 pub struct Reassembler {
     max: usize,
     buf: Vec<u8>,
-    current: Option<(u64, Kind, u32)>,
+    /// The message being assembled: call, kind, method and direction flags.
+    current: Option<(u64, Kind, u32, u16)>,
     /// A refused message whose remaining fragments are being skipped.
     discarding: Option<u64>,
 }
@@ -472,6 +482,7 @@ impl Reassembler {
                 call_id: h.call_id,
                 method: h.method,
                 kind: h.kind,
+                flags: h.flags & !FLAG_MORE,
             }
         };
         match self.current {
@@ -481,8 +492,11 @@ impl Reassembler {
                 }
                 Ok(Some((*h, std::borrow::Cow::Borrowed(payload))))
             }
-            Some((call, kind, method))
-                if call != h.call_id || kind != h.kind || method != h.method =>
+            Some((call, kind, method, dir))
+                if call != h.call_id
+                    || kind != h.kind
+                    || method != h.method
+                    || dir != h.flags & !FLAG_MORE =>
             {
                 self.reset();
                 Err(ReassemblyError::Interleaved {
@@ -494,7 +508,7 @@ impl Reassembler {
                 if self.buf.len() + payload.len() > self.max {
                     return Err(too_large(self));
                 }
-                self.current = Some((h.call_id, h.kind, h.method));
+                self.current = Some((h.call_id, h.kind, h.method, h.flags & !FLAG_MORE));
                 self.buf.extend_from_slice(payload);
                 if more {
                     return Ok(None);
@@ -632,7 +646,8 @@ mod tests {
                 max: 5_000,
                 call_id: 5,
                 method: 7,
-                kind: Kind::Request
+                kind: Kind::Request,
+                flags: 0,
             })
         );
         // The refused message's remaining fragments are skipped; the next message is fine.

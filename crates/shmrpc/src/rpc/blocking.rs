@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::client::{CallOptions, Client, ClientConfig};
+use super::{CallOptions, Client, ClientConfig};
 use super::{ConnectError, RpcError};
 
 /// A blocking RPC client. It runs the async client on a private one-thread runtime, so

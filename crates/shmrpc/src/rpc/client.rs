@@ -1,19 +1,22 @@
-//! The client: one connection shared by many tasks, calls matched by id, cancel on drop,
-//! reconnect with backoff.
+//! The client: one connection shared by many tasks, dialled and redialled with back-off;
+//! the calls on it (and the methods it serves, if any) run in the connection engine of
+//! [`session`](super::session).
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::inspect::{ConnInfo, Registry};
+use super::obs::ServerObs;
+use super::session::outgoing::{check_size, within};
+use super::session::{self, CallContext, Ends, Host, ItemSink, Methods, Peer, Role};
 use super::transport::{FrameRx, FrameTx};
-use super::{decode, encode, method_id, Code, ConnectError, IdMap, RpcError, DEADLINE_PREFIX};
+use super::{decode, encode, CallOptions, CallStream, ConnectError, RpcError};
 use crate::channel::{self, ChannelConfig};
-use crate::frame::Kind;
 
 /// Client settings.
 ///
@@ -44,6 +47,14 @@ pub struct ClientConfig {
     /// Longest pause between reconnect attempts (default 100 ms), so a restarted server is
     /// found within about this long whatever the length of the outage.
     pub max_backoff: Duration,
+    /// Calls from the server (to methods this client registered) running at once; as many
+    /// more wait in a queue, past which the client stops reading the connection, as a
+    /// server does (see [`ServerConfig::max_in_flight`](super::ServerConfig::max_in_flight)).
+    /// Default 256.
+    pub max_in_flight: usize,
+    /// How long a cancelled handler of this client may run on before it is dropped
+    /// (default 200 ms).
+    pub cancel_grace: Duration,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +66,8 @@ impl Default for ClientConfig {
             reconnect_for: Duration::from_secs(5),
             backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(100),
+            max_in_flight: 256,
+            cancel_grace: Duration::from_millis(200),
         }
     }
 }
@@ -103,48 +116,20 @@ impl ClientConfig {
         self.max_backoff = max_backoff;
         self
     }
-}
 
-/// Per-call options. Built from [`CallOptions::default`] or [`CallOptions::timeout`] and
-/// the `with_*` setters, so that new options do not break callers.
-#[derive(Debug, Clone, Copy, Default)]
-#[non_exhaustive]
-pub struct CallOptions {
-    /// Give up (and cancel the call on the server) after this long.
-    pub timeout: Option<Duration>,
-}
-
-impl CallOptions {
-    /// Options with a timeout.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use shmrpc::CallOptions;
-    ///
-    /// let opts = CallOptions::timeout(Duration::from_secs(2));
-    /// assert_eq!(opts.timeout, Some(Duration::from_secs(2)));
-    /// assert_eq!(CallOptions::default().timeout, None); // wait as long as it takes
-    /// ```
-    pub fn timeout(d: Duration) -> Self {
-        Self { timeout: Some(d) }
-    }
-
-    /// These options with another timeout (`None`: wait as long as it takes).
+    /// This config with another `max_in_flight` (calls from the server running at once).
     #[must_use]
-    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.timeout = timeout;
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
         self
     }
-}
 
-#[derive(Debug)]
-enum Event {
-    Response(Vec<u8>),
-    Item(Vec<u8>),
-    End,
-    Error(RpcError),
+    /// This config with another `cancel_grace` (how long a cancelled handler may run on).
+    #[must_use]
+    pub fn with_cancel_grace(mut self, cancel_grace: Duration) -> Self {
+        self.cancel_grace = cancel_grace;
+        self
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -156,127 +141,12 @@ enum Target {
     Mem,
 }
 
-/// What a call in flight waits for.
-enum Waiter {
-    /// A unary call: its answer once it came, and the task to wake then. Kept in the map
-    /// (no channel per call): the caller takes the answer out and removes the entry.
-    Unary {
-        answer: Option<Result<Vec<u8>, RpcError>>,
-        waker: Option<Waker>,
-    },
-    /// A streaming call: its events, in order.
-    Stream(mpsc::UnboundedSender<Event>),
-}
-
-impl Waiter {
-    fn unary() -> Self {
-        Waiter::Unary {
-            answer: None,
-            waker: None,
-        }
-    }
-}
-
-/// One live connection.
-struct Conn {
-    tx: tokio::sync::Mutex<FrameTx>,
-    pending: Mutex<IdMap<Waiter>>,
-    alive: AtomicBool,
+/// One live connection: the handle that calls on it, and what ends it.
+struct Live {
+    peer: Peer,
     /// Cancelled when the last `Client` handle is gone: the reader says goodbye and ends,
     /// which frees the connection on both sides.
-    shut: tokio_util::sync::CancellationToken,
-}
-
-impl Conn {
-    /// Marks the connection dead and fails every registered call. Done under the `pending`
-    /// lock, so a call is either registered before (and failed here) or sees "dead" in
-    /// [`register`](Self::register): none can slip in between and wait forever.
-    fn fail_all(&self, e: &RpcError) {
-        let mut wake = Vec::new();
-        let mut pending = self.pending.lock().expect("poisoned");
-        self.alive.store(false, Ordering::Release);
-        pending.retain(|_, w| match w {
-            Waiter::Unary { answer, waker } => {
-                answer.get_or_insert_with(|| Err(e.clone()));
-                wake.extend(waker.take());
-                true // its caller takes the error and removes the entry
-            }
-            Waiter::Stream(tx) => {
-                let _ = tx.send(Event::Error(e.clone()));
-                false
-            }
-        });
-        drop(pending);
-        wake.into_iter().for_each(Waker::wake);
-    }
-
-    /// Registers a call if the connection still takes calls.
-    fn register(&self, id: u64, waiter: Waiter) -> bool {
-        let mut pending = self.pending.lock().expect("poisoned");
-        if !self.alive.load(Ordering::Acquire) {
-            return false;
-        }
-        pending.insert(id, waiter);
-        true
-    }
-
-    /// Hands a frame's event to its call. Frames for calls no longer waiting (cancelled,
-    /// timed out) are dropped. Returns whether a waiting task was woken.
-    fn deliver(&self, call_id: u64, ev: Event) -> bool {
-        let mut pending = self.pending.lock().expect("poisoned");
-        let waker = match pending.get_mut(&call_id) {
-            None => None,
-            Some(Waiter::Unary { answer, waker }) => {
-                let a = match ev {
-                    Event::Response(b) => Ok(b),
-                    Event::Error(e) => Err(e),
-                    Event::Item(_) | Event::End => Err(RpcError::new(
-                        Code::Protocol,
-                        "stream frames for a unary call",
-                    )),
-                };
-                answer.get_or_insert(a);
-                waker.take()
-            }
-            Some(Waiter::Stream(tx)) => {
-                let last = matches!(ev, Event::Response(_) | Event::End | Event::Error(_));
-                let _ = tx.send(ev);
-                if last {
-                    pending.remove(&call_id);
-                }
-                None
-            }
-        };
-        drop(pending);
-        let woke = waker.is_some();
-        if let Some(w) = waker {
-            w.wake();
-        }
-        woke
-    }
-
-    /// Waits for a unary call's answer.
-    async fn answer(&self, id: u64) -> Result<Vec<u8>, RpcError> {
-        std::future::poll_fn(|cx| {
-            let mut pending = self.pending.lock().expect("poisoned");
-            match pending.get_mut(&id) {
-                Some(Waiter::Unary { answer, waker }) => match answer.take() {
-                    Some(a) => {
-                        pending.remove(&id);
-                        Poll::Ready(a)
-                    }
-                    None => {
-                        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                            *waker = Some(cx.waker().clone());
-                        }
-                        Poll::Pending
-                    }
-                },
-                _ => Poll::Ready(Err(RpcError::new(Code::PeerGone, "connection closed"))),
-            }
-        })
-        .await
-    }
+    shut: CancellationToken,
 }
 
 /// Closes the connection when the last handle (a `Client` clone or a `CallStream`) is
@@ -293,14 +163,155 @@ impl Drop for Inner {
 struct Inner {
     target: Target,
     cfg: ClientConfig,
+    /// The methods this client serves, and its limits, for each of its connections.
+    host: Arc<Host>,
     /// The connection calls use; replaced when it dies.
-    current: Mutex<Option<Arc<Conn>>>,
+    current: Mutex<Option<Arc<Live>>>,
     /// Held while (re)connecting, so one caller dials and the others wait for its result.
     dialing: tokio::sync::Mutex<()>,
-    next_id: AtomicU64,
+}
+
+/// Builds a [`Client`] that serves methods too: the server (its handlers, through
+/// [`CallContext::peer`], or [`ServerHandle::peers`](super::ServerHandle::peers)) calls
+/// them on the client's connection. Registration is as on a
+/// [`ServerBuilder`](super::ServerBuilder); a call from the server to a method the client
+/// lacks fails with `UnknownMethod`. Each reconnection serves the same methods.
+///
+/// # Examples
+///
+/// ```no_run
+/// use shmrpc::{ClientBuilder, ClientConfig, RpcError};
+///
+/// # async fn f() -> Result<(), shmrpc::ConnectError> {
+/// // An editor: the engine asks it for the text of an open file.
+/// let client = ClientBuilder::new(ClientConfig::default())
+///     .unary("file_text", |_ctx, path: String| async move {
+///         std::fs::read_to_string(&path).map_err(|e| RpcError::with_source(
+///             shmrpc::Code::HandlerFailed, format!("reading {path}"), e))
+///     })
+///     .connect("engine")
+///     .await?;
+/// # drop(client); Ok(()) }
+/// ```
+pub struct ClientBuilder {
+    cfg: ClientConfig,
+    methods: Methods,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("methods", &self.methods)
+            .finish()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self::new(ClientConfig::default())
+    }
+}
+
+impl ClientBuilder {
+    /// A builder with `cfg` and no methods.
+    pub fn new(cfg: ClientConfig) -> Self {
+        Self {
+            cfg,
+            methods: Methods::new(false),
+        }
+    }
+
+    /// A unary method on raw bytes.
+    ///
+    /// # Panics
+    /// As [`ServerBuilder::unary_raw`](super::ServerBuilder::unary_raw).
+    pub fn unary_raw<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(CallContext, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, RpcError>> + Send + 'static,
+    {
+        self.methods.unary_raw(name, f);
+        self
+    }
+
+    /// A unary method with typed request and response (default codec).
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn unary<Req, Resp, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        self.methods.unary(name, f);
+        self
+    }
+
+    /// A streaming method on raw bytes: the handler sends items through the sink;
+    /// returning `Ok` ends the stream.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn streaming_raw<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(CallContext, Vec<u8>, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        self.methods.streaming_raw(name, f);
+        self
+    }
+
+    /// A streaming method with a typed request.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn streaming<Req, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        F: Fn(CallContext, Req, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        self.methods.streaming(name, f);
+        self
+    }
+
+    /// Connects to the shared-memory server `name`, serving these methods on the
+    /// connection.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect(self, name: &str) -> Result<Client, ConnectError> {
+        Client::start(Target::Shm(name.to_owned()), self).await
+    }
+
+    /// Connects to a server over TCP, serving these methods on the connection.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_tcp(self, addr: SocketAddr) -> Result<Client, ConnectError> {
+        Client::start(Target::Tcp(addr), self).await
+    }
+
+    fn host(self) -> (ClientConfig, Arc<Host>) {
+        let cfg = self.cfg;
+        let host = Arc::new(Host {
+            methods: self.methods,
+            max_in_flight: cfg.max_in_flight,
+            max_message: cfg.max_message,
+            heartbeat: cfg.heartbeat,
+            cancel_grace: cfg.cancel_grace,
+            obs: Arc::new(ServerObs::new(false)),
+            registry: Registry::default(),
+        });
+        (cfg, host)
+    }
 }
 
 /// An RPC client. Cheap to clone; all clones share one connection.
+///
+/// A client made by [`Client::builder`] serves methods too, on the same connection.
 ///
 /// # Examples
 ///
@@ -335,6 +346,11 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// A builder for a client that serves methods too (see [`ClientBuilder`]).
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
     /// Connects to the shared-memory server `name`.
     ///
     /// # Errors
@@ -354,7 +370,7 @@ impl Client {
     /// # drop(client); Ok(()) }
     /// ```
     pub async fn connect(name: &str, cfg: ClientConfig) -> Result<Self, ConnectError> {
-        Self::start(Target::Shm(name.to_owned()), cfg).await
+        ClientBuilder::new(cfg).connect(name).await
     }
 
     /// Connects to a server over TCP.
@@ -372,17 +388,18 @@ impl Client {
     /// # drop(client); Ok(()) }
     /// ```
     pub async fn connect_tcp(addr: SocketAddr, cfg: ClientConfig) -> Result<Self, ConnectError> {
-        Self::start(Target::Tcp(addr), cfg).await
+        ClientBuilder::new(cfg).connect_tcp(addr).await
     }
 
-    async fn start(target: Target, cfg: ClientConfig) -> Result<Self, ConnectError> {
+    async fn start(target: Target, b: ClientBuilder) -> Result<Self, ConnectError> {
+        let (cfg, host) = b.host();
         let c = Self {
             inner: Arc::new(Inner {
                 target,
                 cfg,
+                host,
                 current: Mutex::new(None),
                 dialing: tokio::sync::Mutex::new(()),
-                next_id: AtomicU64::new(1),
             }),
         };
         c.conn(None).await?;
@@ -391,38 +408,36 @@ impl Client {
 
     /// A client over an in-memory transport (unit tests).
     #[cfg(test)]
-    pub(crate) fn over(tx: FrameTx, rx: FrameRx, cfg: ClientConfig) -> Self {
-        let conn = Arc::new(Conn {
-            tx: tokio::sync::Mutex::new(tx),
-            pending: Mutex::default(),
-            alive: AtomicBool::new(true),
-            shut: tokio_util::sync::CancellationToken::new(),
-        });
-        tokio::spawn(read_loop(conn.clone(), rx, cfg.heartbeat));
-        Self {
+    pub(crate) fn over(tx: FrameTx, rx: FrameRx, b: ClientBuilder) -> Self {
+        let (cfg, host) = b.host();
+        let c = Self {
             inner: Arc::new(Inner {
                 target: Target::Mem,
                 cfg,
-                current: Mutex::new(Some(conn)),
+                host,
+                current: Mutex::new(None),
                 dialing: tokio::sync::Mutex::new(()),
-                next_id: AtomicU64::new(1),
             }),
-        }
+        };
+        let live = c.open(tx, rx, ConnInfo::new(1, None, "mem", None));
+        *c.inner.current.lock().expect("poisoned") = Some(live);
+        c
     }
 
-    /// The current connection if it is alive.
-    fn live(&self) -> Option<Arc<Conn>> {
+    /// The current connection if it takes calls.
+    fn live(&self) -> Option<Peer> {
         let current = self.inner.current.lock().expect("poisoned");
         current
             .as_ref()
-            .filter(|c| c.alive.load(Ordering::Acquire))
+            .map(|c| &c.peer)
+            .filter(|p| p.is_connected())
             .cloned()
     }
 
     /// The live connection, reconnecting (with back-off) if it is gone, until `until` or
     /// `reconnect_for` from now, whichever is first. Each caller measures its own give-up
     /// time from when it asked, not from when it got the lock.
-    async fn conn(&self, until: Option<Instant>) -> Result<Arc<Conn>, ConnectError> {
+    async fn conn(&self, until: Option<Instant>) -> Result<Peer, ConnectError> {
         if let Some(c) = self.live() {
             return Ok(c);
         }
@@ -439,8 +454,11 @@ impl Client {
         loop {
             match self.dial().await {
                 Ok(c) => {
-                    *self.inner.current.lock().expect("poisoned") = Some(c.clone());
-                    return Ok(c);
+                    let peer = c.peer.clone();
+                    // A previous connection that drains (the server said goodbye) stays
+                    // open until the server has answered its calls and closes it.
+                    *self.inner.current.lock().expect("poisoned") = Some(c);
+                    return Ok(peer);
                 }
                 Err(e) if Instant::now() + backoff >= give_up => return Err(e),
                 Err(_) => {
@@ -451,9 +469,10 @@ impl Client {
         }
     }
 
-    async fn dial(&self) -> Result<Arc<Conn>, ConnectError> {
+    async fn dial(&self) -> Result<Arc<Live>, ConnectError> {
         let cfg = &self.inner.cfg;
-        let (tx, rx) = match &self.inner.target {
+        let id = self.inner.host.registry.next_id();
+        let (tx, rx, info) = match &self.inner.target {
             #[cfg(test)]
             Target::Mem => {
                 return Err(ConnectError::Runtime(std::io::Error::other(
@@ -462,17 +481,23 @@ impl Client {
             }
             Target::Shm(name) => {
                 let (n, ch) = (name.clone(), cfg.channel.clone());
-                let ep = tokio::task::spawn_blocking(move || channel::connect(&n, &ch))
+                let mut ep = tokio::task::spawn_blocking(move || channel::connect(&n, &ch))
                     .await
                     .map_err(|e| ConnectError::Runtime(std::io::Error::other(e)))?
                     .map_err(|source| ConnectError::Shm {
                         name: name.clone(),
                         source,
                     })?;
+                let rings = (
+                    ep.sender().producer().inspector(),
+                    ep.receiver().consumer().inspector(),
+                );
+                let info = ConnInfo::new(id, ep.peer_pid(), "shm", Some(rings));
                 let (tx, rx) = ep.split();
                 (
                     FrameTx::Shm(tx, Vec::new()),
                     FrameRx::shm(rx, cfg.max_message),
+                    info,
                 )
             }
             Target::Tcp(addr) => {
@@ -487,67 +512,24 @@ impl Client {
                 (
                     FrameTx::Tcp(w, Vec::new()),
                     FrameRx::tcp(r, cfg.max_message),
+                    ConnInfo::new(id, None, "tcp", None),
                 )
             }
         };
-        let conn = Arc::new(Conn {
-            tx: tokio::sync::Mutex::new(tx),
-            pending: Mutex::default(),
-            alive: AtomicBool::new(true),
-            shut: tokio_util::sync::CancellationToken::new(),
-        });
-        tokio::spawn(read_loop(conn.clone(), rx, cfg.heartbeat));
-        Ok(conn)
+        Ok(self.open(tx, rx, info))
     }
 
-    /// Registers a call (with `waiter`) and sends its request; returns the connection and
-    /// the call id.
-    async fn start_call(
-        &self,
-        method: &str,
-        body: &[u8],
-        timeout: Option<Duration>,
-        waiter: impl Fn() -> Waiter,
-    ) -> Result<(Arc<Conn>, u64), RpcError> {
-        if body.len() + DEADLINE_PREFIX > self.inner.cfg.max_message {
-            return Err(RpcError::new(
-                Code::TooLarge,
-                format!(
-                    "request of {} bytes exceeds the maximum message size {}",
-                    body.len(),
-                    self.inner.cfg.max_message - DEADLINE_PREFIX
-                ),
-            ));
-        }
-        let until = timeout.map(|d| Instant::now() + d);
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        // A connection can die (or start draining) between `conn` and `register`: then
-        // take the next one.
-        let conn = loop {
-            let conn = self.conn(until).await.map_err(RpcError::from)?;
-            if conn.register(id, waiter()) {
-                break conn;
-            }
+    /// Starts the engine of a new connection.
+    fn open(&self, tx: FrameTx, rx: FrameRx, info: ConnInfo) -> Arc<Live> {
+        let shut = CancellationToken::new();
+        let ends = Ends {
+            draining: None,
+            shut: Some(shut.clone()),
         };
-        let ms = timeout.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
-        let sent = conn
-            .tx
-            .lock()
-            .await
-            .send_parts(
-                Kind::Request,
-                method_id(method),
-                id,
-                &[&ms.to_le_bytes(), body],
-            )
-            .await;
-        if let Err(e) = sent {
-            conn.pending.lock().expect("poisoned").remove(&id);
-            let e = RpcError::from(e);
-            conn.fail_all(&e);
-            return Err(e);
-        }
-        Ok((conn, id))
+        let host = self.inner.host.clone();
+        let (peer, run) = session::open(host, Role::Client, tx, rx, Arc::new(info), ends);
+        tokio::spawn(run);
+        Arc::new(Live { peer, shut })
     }
 
     /// Calls a unary method with raw bytes.
@@ -571,33 +553,19 @@ impl Client {
         body: &[u8],
         opts: CallOptions,
     ) -> Result<Vec<u8>, RpcError> {
-        match opts.timeout {
-            // The deadline covers the whole call: (re)connecting and sending too.
-            Some(d) => tokio::time::timeout(d, self.call_raw_inner(method, body, opts))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(RpcError::new(Code::DeadlineExceeded, "deadline exceeded"))
-                }),
-            None => self.call_raw_inner(method, body, opts).await,
-        }
-    }
-
-    async fn call_raw_inner(
-        &self,
-        method: &str,
-        body: &[u8],
-        opts: CallOptions,
-    ) -> Result<Vec<u8>, RpcError> {
-        let (conn, id) = self
-            .start_call(method, body, opts.timeout, Waiter::unary)
-            .await?;
-        // The caller's deadline is enforced around the whole call (`call_raw`): if it fires,
-        // this future is dropped with the guard armed, which sends `Cancel`.
-        let mut guard = CancelOnDrop::new(conn, id, method_id(method));
-        let r = guard.conn.answer(id).await;
-        // The server answered (or the connection is gone): nothing to cancel.
-        guard.done();
-        r
+        check_size(body, self.inner.cfg.max_message)?;
+        let until = opts.timeout.map(|d| Instant::now() + d);
+        within(opts.timeout, async {
+            // A connection can die (or start draining) between `conn` and the call's
+            // registration: then take the next one.
+            loop {
+                let peer = self.conn(until).await.map_err(RpcError::from)?;
+                if let Some(r) = peer.out.call_raw(method, body, opts.timeout).await? {
+                    return Ok(r);
+                }
+            }
+        })
+        .await
     }
 
     /// Calls a unary method with typed request and response.
@@ -641,17 +609,22 @@ impl Client {
         body: &[u8],
         opts: CallOptions,
     ) -> Result<CallStream, RpcError> {
-        let (etx, events) = mpsc::unbounded_channel();
-        let waiter = || Waiter::Stream(etx.clone());
-        let (conn, id) = self.start_call(method, body, opts.timeout, waiter).await?;
-        Ok(CallStream {
-            _client: self.clone(),
-            events,
-            guard: CancelOnDrop::new(conn, id, method_id(method)),
-            deadline: opts.timeout.map(|d| Instant::now() + d),
-            finished: false,
-            unacked: 0,
+        check_size(body, self.inner.cfg.max_message)?;
+        let until = opts.timeout.map(|d| Instant::now() + d);
+        within(opts.timeout, async {
+            loop {
+                let peer = self.conn(until).await.map_err(RpcError::from)?;
+                let keep: Arc<dyn std::any::Any + Send + Sync> = self.inner.clone();
+                let started = peer
+                    .out
+                    .call_stream_raw(method, body, opts.timeout, Some(keep))
+                    .await?;
+                if let Some(s) = started {
+                    return Ok(s);
+                }
+            }
         })
+        .await
     }
 
     /// Calls a server-streaming method with a typed request.
@@ -687,240 +660,6 @@ impl Client {
     }
 }
 
-/// Sends `Cancel` for a call that is dropped before it finished.
-struct CancelOnDrop {
-    conn: Arc<Conn>,
-    id: u64,
-    method: u32,
-    armed: bool,
-}
-
-impl CancelOnDrop {
-    fn new(conn: Arc<Conn>, id: u64, method: u32) -> Self {
-        Self {
-            conn,
-            id,
-            method,
-            armed: true,
-        }
-    }
-
-    fn done(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.conn.pending.lock().expect("poisoned").remove(&self.id);
-        if self.armed && self.conn.alive.load(Ordering::Acquire) {
-            let (conn, id, method) = (self.conn.clone(), self.id, self.method);
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = conn
-                        .tx
-                        .lock()
-                        .await
-                        .send(Kind::Cancel, method, id, &[])
-                        .await;
-                });
-            }
-        }
-    }
-}
-
-/// The items of a streaming call, in order.
-pub struct CallStream {
-    /// Keeps the connection open while the stream is read, even if every other handle of
-    /// the client is dropped.
-    _client: Client,
-    events: mpsc::UnboundedReceiver<Event>,
-    guard: CancelOnDrop,
-    deadline: Option<Instant>,
-    finished: bool,
-    /// Items read since credit was last returned to the server.
-    unacked: u32,
-}
-
-impl std::fmt::Debug for CallStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallStream")
-            .field("call_id", &self.guard.id)
-            .finish()
-    }
-}
-
-impl CallStream {
-    /// The next raw item; `None` at the end of the stream.
-    ///
-    /// # Errors
-    /// The server's error, `DeadlineExceeded` or `PeerGone`; the stream is over after one.
-    pub async fn next_raw(&mut self) -> Option<Result<Vec<u8>, RpcError>> {
-        if self.finished {
-            return None;
-        }
-        let ev = match self.deadline {
-            Some(d) => match tokio::time::timeout_at(d.into(), self.events.recv()).await {
-                Ok(ev) => ev,
-                Err(_) => {
-                    self.finished = true;
-                    return Some(Err(RpcError::new(
-                        Code::DeadlineExceeded,
-                        "deadline exceeded",
-                    )));
-                }
-            },
-            None => self.events.recv().await,
-        };
-        let out = match ev {
-            Some(Event::Item(b)) => {
-                // Return credit in halves of the window, so the server never stalls on a
-                // reader that keeps up, and never runs more than a window ahead of one that
-                // does not.
-                self.unacked += 1;
-                if self.unacked as usize >= super::server::STREAM_WINDOW / 2 {
-                    let n = std::mem::take(&mut self.unacked);
-                    let g = &self.guard;
-                    let _ = g
-                        .conn
-                        .tx
-                        .lock()
-                        .await
-                        .send(Kind::Credit, g.method, g.id, &n.to_le_bytes())
-                        .await;
-                }
-                return Some(Ok(b));
-            }
-            Some(Event::End) => None,
-            Some(Event::Error(e)) => Some(Err(e)),
-            Some(Event::Response(_)) => Some(Err(RpcError::new(
-                Code::Protocol,
-                "unary response to a streaming call",
-            ))),
-            None => Some(Err(RpcError::new(Code::PeerGone, "connection closed"))),
-        };
-        self.finished = true;
-        self.guard.done();
-        out
-    }
-
-    /// The next item decoded with the default codec.
-    ///
-    /// # Errors
-    /// As [`next_raw`](Self::next_raw), or `BadRequest` for an undecodable item.
-    ///
-    /// # Examples
-    ///
-    /// A stream whose handler fails after two items: the items arrive, then the error, then
-    /// the end.
-    ///
-    /// ```
-    /// use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
-    ///
-    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let name = format!("doc-next-{}", std::process::id());
-    /// let server = Server::builder()
-    ///     .streaming("two-then-fail", |_ctx, (): (), sink| async move {
-    ///         sink.send(&1u8).await?;
-    ///         sink.send(&2u8).await?;
-    ///         Err(RpcError::handler("out of items"))
-    ///     })
-    ///     .bind(&name)?;
-    /// let handle = server.handle();
-    /// let serving = tokio::spawn(server.serve());
-    ///
-    /// let client = Client::connect(&name, ClientConfig::default()).await?;
-    /// let mut stream = client.call_stream("two-then-fail", &(), CallOptions::default()).await?;
-    /// assert_eq!(stream.next::<u8>().await.transpose()?, Some(1));
-    /// assert_eq!(stream.next::<u8>().await.transpose()?, Some(2));
-    /// let err = stream.next::<u8>().await.unwrap().unwrap_err();
-    /// assert_eq!((err.code, err.message.as_str()), (Code::HandlerFailed, "out of items"));
-    /// assert!(stream.next::<u8>().await.is_none());
-    ///
-    /// drop((stream, client));
-    /// handle.shutdown();
-    /// serving.await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn next<T: DeserializeOwned>(&mut self) -> Option<Result<T, RpcError>> {
-        Some(self.next_raw().await?.and_then(|b| decode(&b)))
-    }
-
-    /// Cancels the call now (same as dropping the stream).
-    pub fn cancel(self) {}
-}
-
-/// Dispatches frames from the server to the calls waiting for them; fails every pending
-/// call when the connection ends.
-async fn read_loop(conn: Arc<Conn>, mut rx: FrameRx, hb: Duration) {
-    let mut silence = super::Silence::default();
-    // One timer for the connection's life (see the server's read loop).
-    let heartbeat = tokio::time::sleep(hb);
-    tokio::pin!(heartbeat);
-    let end = loop {
-        let frame = tokio::select! {
-            f = rx.recv() => f,
-            () = &mut heartbeat => {
-                heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
-                let silent = silence.tick();
-                if silent >= 3 {
-                    break RpcError::new(Code::PeerGone, "server stopped answering heartbeats");
-                }
-                if silent >= 1 {
-                    if let Err(e) = conn.tx.lock().await.send(Kind::Ping, 0, 0, &[]).await {
-                        break e.into();
-                    }
-                }
-                continue;
-            }
-            () = conn.shut.cancelled() => {
-                // Every handle is gone: tell the server, and end.
-                let _ = conn.tx.lock().await.send(Kind::Goodbye, 0, 0, &[]).await;
-                break RpcError::new(Code::PeerGone, "the client was dropped");
-            }
-        };
-        let (h, payload) = match frame {
-            Ok(f) => f,
-            Err(e @ super::transport::TransportError::TooLarge { call_id, .. }) => {
-                // Only that call fails; the connection goes on.
-                silence.heard();
-                conn.deliver(call_id, Event::Error(RpcError::from(e)));
-                continue;
-            }
-            Err(e) => break e.into(),
-        };
-        silence.heard();
-        let ev = match h.kind {
-            Kind::Response => Event::Response(payload),
-            Kind::StreamItem => Event::Item(payload),
-            Kind::StreamEnd => Event::End,
-            Kind::Error => Event::Error(RpcError::decode(&payload)),
-            Kind::Ping => {
-                if let Err(e) = conn.tx.lock().await.send(Kind::Pong, 0, 0, &[]).await {
-                    break e.into();
-                }
-                continue;
-            }
-            Kind::Pong => continue,
-            Kind::Goodbye => {
-                // The server drains: calls in flight still get their answers, but new calls
-                // must go to a new connection.
-                conn.alive.store(false, Ordering::Release);
-                continue;
-            }
-            Kind::Request | Kind::Cancel | Kind::Credit => {
-                break RpcError::new(Code::Protocol, "server sent a client frame");
-            }
-        };
-        if conn.deliver(h.call_id, ev) && !rx.has_frame() {
-            // Let the woken caller run now, before this task starts waiting (and spinning)
-            // for the next frame: with a single caller that is the whole round trip.
-            tokio::task::yield_now().await;
-        }
-    };
-    conn.fail_all(&end);
-}
-
 #[cfg(test)]
-#[path = "client_tests.rs"]
+#[path = "session/outgoing_tests.rs"]
 mod tests;

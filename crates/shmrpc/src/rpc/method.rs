@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    method_id, BlockingClient, CallContext, CallOptions, CallStream, Client, ItemSink, RpcError,
-    ServerBuilder,
+    method_id, BlockingClient, CallContext, CallOptions, CallStream, Client, ClientBuilder,
+    ItemSink, Peer, RpcError, ServerBuilder,
 };
 
 /// A unary method: its name, request type `Req` and response type `Resp`.
@@ -201,87 +201,116 @@ impl<Item: DeserializeOwned> TypedStream<Item> {
     }
 }
 
-impl ServerBuilder {
-    /// Registers the handler of a typed unary method: it takes the method's request type
-    /// and returns its response type.
-    ///
-    /// # Panics
-    /// As [`unary_raw`](Self::unary_raw).
-    pub fn method<Req, Resp, F, Fut>(self, method: Unary<Req, Resp>, f: F) -> Self
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-        F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
-    {
-        self.unary(method.name(), f)
+/// A typed streaming handler as an untyped one: its sink takes only the item type.
+fn typed_sink<Req, Item, F, Fut>(f: F) -> impl Fn(CallContext, Req, ItemSink) -> Fut
+where
+    F: Fn(CallContext, Req, Sink<Item>) -> Fut,
+{
+    move |ctx, req, sink| {
+        f(
+            ctx,
+            req,
+            Sink {
+                inner: sink,
+                _item: PhantomData,
+            },
+        )
     }
+}
 
-    /// Registers the handler of a typed streaming method: it takes the method's request
-    /// type and sends items of its item type; returning `Ok` ends the stream.
-    ///
-    /// # Panics
-    /// As [`unary_raw`](Self::unary_raw).
-    pub fn stream_method<Req, Item, F, Fut>(self, method: Streaming<Req, Item>, f: F) -> Self
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Item: Serialize + 'static,
-        F: Fn(CallContext, Req, Sink<Item>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
-    {
-        self.streaming(method.name(), move |ctx, req, sink| {
-            f(
-                ctx,
-                req,
-                Sink {
-                    inner: sink,
+/// Typed registration ([`Unary`], [`Streaming`]), the same on both builders.
+macro_rules! typed_registration {
+    ($builder:ty) => {
+        impl $builder {
+            /// Registers the handler of a typed unary method: it takes the method's request
+            /// type and returns its response type.
+            ///
+            /// # Panics
+            /// As [`unary_raw`](Self::unary_raw).
+            pub fn method<Req, Resp, F, Fut>(self, method: Unary<Req, Resp>, f: F) -> Self
+            where
+                Req: DeserializeOwned + Send + 'static,
+                Resp: Serialize + Send + 'static,
+                F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
+                Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+            {
+                self.unary(method.name(), f)
+            }
+
+            /// Registers the handler of a typed streaming method: it takes the method's
+            /// request type and sends items of its item type; returning `Ok` ends the
+            /// stream.
+            ///
+            /// # Panics
+            /// As [`unary_raw`](Self::unary_raw).
+            pub fn stream_method<Req, Item, F, Fut>(
+                self,
+                method: Streaming<Req, Item>,
+                f: F,
+            ) -> Self
+            where
+                Req: DeserializeOwned + Send + 'static,
+                Item: Serialize + 'static,
+                F: Fn(CallContext, Req, Sink<Item>) -> Fut + Send + Sync + 'static,
+                Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+            {
+                self.streaming(method.name(), typed_sink(f))
+            }
+        }
+    };
+}
+
+typed_registration!(ServerBuilder);
+typed_registration!(ClientBuilder);
+
+/// Typed calls ([`Unary`], [`Streaming`]), the same on a [`Client`] and a [`Peer`].
+macro_rules! typed_calls {
+    ($caller:ty) => {
+        impl $caller {
+            /// Calls a typed unary method.
+            ///
+            /// # Errors
+            /// As [`call`](Self::call).
+            pub async fn invoke<Req, Resp>(
+                &self,
+                method: Unary<Req, Resp>,
+                req: &Req,
+                opts: CallOptions,
+            ) -> Result<Resp, RpcError>
+            where
+                Req: Serialize,
+                Resp: DeserializeOwned,
+            {
+                self.call(method.name(), req, opts).await
+            }
+
+            /// Calls a typed streaming method. Dropping the stream before its end cancels
+            /// the call on the callee.
+            ///
+            /// # Errors
+            /// As [`call_stream`](Self::call_stream).
+            pub async fn invoke_stream<Req, Item>(
+                &self,
+                method: Streaming<Req, Item>,
+                req: &Req,
+                opts: CallOptions,
+            ) -> Result<TypedStream<Item>, RpcError>
+            where
+                Req: Serialize,
+                Item: DeserializeOwned,
+            {
+                let inner = self.call_stream(method.name(), req, opts).await?;
+                Ok(TypedStream {
+                    inner,
                     _item: PhantomData,
-                },
-            )
-        })
-    }
+                })
+            }
+        }
+    };
 }
 
-impl Client {
-    /// Calls a typed unary method.
-    ///
-    /// # Errors
-    /// As [`call`](Self::call).
-    pub async fn invoke<Req, Resp>(
-        &self,
-        method: Unary<Req, Resp>,
-        req: &Req,
-        opts: CallOptions,
-    ) -> Result<Resp, RpcError>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-    {
-        self.call(method.name(), req, opts).await
-    }
-
-    /// Calls a typed streaming method. Dropping the stream before its end cancels the call
-    /// on the server.
-    ///
-    /// # Errors
-    /// As [`call_stream`](Self::call_stream).
-    pub async fn invoke_stream<Req, Item>(
-        &self,
-        method: Streaming<Req, Item>,
-        req: &Req,
-        opts: CallOptions,
-    ) -> Result<TypedStream<Item>, RpcError>
-    where
-        Req: Serialize,
-        Item: DeserializeOwned,
-    {
-        let inner = self.call_stream(method.name(), req, opts).await?;
-        Ok(TypedStream {
-            inner,
-            _item: PhantomData,
-        })
-    }
-}
+typed_calls!(Client);
+typed_calls!(Peer);
 
 impl BlockingClient {
     /// Calls a typed unary method.

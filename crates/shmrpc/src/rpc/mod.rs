@@ -4,6 +4,9 @@
 //!
 //! - Unary calls ([`Client::call`]) and server-streaming calls ([`Client::call_stream`]);
 //!   many calls in flight per connection, from many tasks.
+//! - Either end serves: a client may register methods too ([`ClientBuilder`]), and a
+//!   server's handlers call their caller back ([`CallContext::peer`]), or the server calls
+//!   any connected client ([`ServerHandle::peers`]), on the same connection.
 //! - Cancellation: dropping a call (or its stream) sends `Cancel`; the handler sees it on
 //!   [`CallContext::cancelled`]. A client's death cancels all its calls.
 //! - Deadlines per call, enforced on both sides.
@@ -24,6 +27,7 @@ pub mod inspect;
 mod method;
 pub(crate) mod obs;
 mod server;
+mod session;
 mod transport;
 
 use std::collections::HashMap;
@@ -34,11 +38,12 @@ use std::sync::Arc;
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use blocking::BlockingClient;
-pub use client::{CallOptions, CallStream, Client, ClientConfig};
+pub use client::{Client, ClientBuilder, ClientConfig};
 pub use config::{ConfigError, ServerConfig};
 pub use error::{BindError, ConnectError};
 pub use method::{Sink, Streaming, TypedStream, Unary};
-pub use server::{CallContext, ItemSink, Server, ServerBuilder, ServerHandle};
+pub use server::{Server, ServerBuilder, ServerHandle};
+pub use session::{CallContext, CallOptions, CallStream, ItemSink, Peer};
 
 /// Why a call failed. The numeric values are part of the wire format.
 ///
@@ -292,8 +297,8 @@ fn split_deadline(payload: &[u8]) -> Option<(Option<std::time::Duration>, &[u8])
 }
 
 /// Hashes call ids with one multiplication instead of SipHash: a call map is touched several
-/// times per call. The client's map holds ids it chose; the server's map of running calls
-/// holds the client's ids, but at most one entry per concurrency permit (`max_in_flight`),
+/// times per call. The map of outgoing calls holds ids this end chose; the map of incoming
+/// calls holds the peer's ids, but at most one entry per concurrency permit (`max_in_flight`),
 /// and a request reusing an id in flight is refused, so a hostile peer can neither grow it
 /// nor overwrite an entry (chosen colliding keys slow only its own connection).
 #[derive(Default)]

@@ -8,11 +8,39 @@ use tokio::sync::mpsc;
 
 use super::{Code, RpcError};
 use crate::channel::{self, RecvError, SendError};
-use crate::frame::FRAME_HEADER_LEN;
 use crate::frame::{self, FrameError, FrameHeader, Kind, Reassembler, ReassemblyError};
+use crate::frame::{FLAG_TO_CALLEE, FRAME_HEADER_LEN};
 
 /// Largest frame on a TCP connection (larger messages are fragmented).
 const TCP_MAX_FRAGMENT: usize = 1 << 20;
+
+/// Which way a frame travels: within a call (from its caller to its callee, or back), or
+/// between the two ends of the connection (heartbeats, goodbye), belonging to no call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// From the call's caller to its callee: `Request`, `Cancel`, `Credit` for the callee's
+    /// stream.
+    ToCallee,
+    /// From the callee back to the caller: `Response`, `StreamItem`, `StreamEnd`, `Error`.
+    ToCaller,
+    /// A connection frame: `Ping`, `Pong`, `Goodbye`.
+    Conn,
+}
+
+impl Dir {
+    /// The frame flags that say so.
+    pub(crate) fn flags(self) -> u16 {
+        match self {
+            Dir::ToCallee => FLAG_TO_CALLEE,
+            Dir::ToCaller | Dir::Conn => 0,
+        }
+    }
+
+    /// Whether a received frame's flags say it travels to its callee.
+    pub(crate) fn to_callee(flags: u16) -> bool {
+        flags & FLAG_TO_CALLEE != 0
+    }
+}
 
 /// Why a connection cannot carry frames any more (or, `TooLarge`, one message).
 #[derive(Debug, Error)]
@@ -30,6 +58,8 @@ pub(crate) enum TransportError {
         call_id: u64,
         /// Its method.
         method: u32,
+        /// Whether it travelled to its callee (a request) or to its caller (an answer).
+        to_callee: bool,
         /// The reassembler's refusal.
         #[source]
         source: ReassemblyError,
@@ -65,10 +95,14 @@ pub(crate) enum Cause {
 fn reassembly(e: ReassemblyError) -> TransportError {
     match e {
         ReassemblyError::TooLarge {
-            call_id, method, ..
+            call_id,
+            method,
+            flags,
+            ..
         } => TransportError::TooLarge {
             call_id,
             method,
+            to_callee: Dir::to_callee(flags),
             source: e,
         },
         other => TransportError::Protocol(Cause::Reassembly(other)),
@@ -142,14 +176,17 @@ impl FrameTx {
 
     /// Sends one message, fragmented to fit, as consecutive frames (callers serialise
     /// whole messages, so fragments of two messages never interleave).
+    #[cfg(test)]
     pub(crate) async fn send(
         &mut self,
+        dir: Dir,
         kind: Kind,
         method: u32,
         call_id: u64,
         payload: &[u8],
     ) -> Result<(), TransportError> {
-        self.send_parts(kind, method, call_id, &[payload]).await
+        self.send_parts(dir, kind, method, call_id, &[payload])
+            .await
     }
 
     /// [`send`](Self::send) for a payload in pieces (a request's deadline prefix and its
@@ -157,6 +194,7 @@ impl FrameTx {
     /// into it, with no intermediate buffer.
     pub(crate) async fn send_parts(
         &mut self,
+        dir: Dir,
         kind: Kind,
         method: u32,
         call_id: u64,
@@ -166,7 +204,7 @@ impl FrameTx {
         if let FrameTx::Mem(q) = self {
             let h = FrameHeader {
                 kind,
-                flags: 0,
+                flags: dir.flags(),
                 method,
                 call_id,
                 len: total as u32,
@@ -177,9 +215,9 @@ impl FrameTx {
                 .map_err(|_| TransportError::Gone(Cause::Closed));
         }
         let max = self.max_fragment();
-        let header = |flags, len| FrameHeader {
+        let header = |more: u16, len| FrameHeader {
             kind,
-            flags,
+            flags: more | dir.flags(),
             method,
             call_id,
             len,
@@ -315,11 +353,13 @@ impl FrameRx {
                         return Err(TransportError::TooLarge {
                             call_id: h.call_id,
                             method: h.method,
+                            to_callee: Dir::to_callee(h.flags),
                             source: ReassemblyError::TooLarge {
                                 max: *max,
                                 call_id: h.call_id,
                                 method: h.method,
                                 kind: h.kind,
+                                flags: h.flags,
                             },
                         });
                     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, RecvError};
 use shmrpc::lowlevel::frame::{
-    self, FrameHeader, Kind, FLAG_MORE, FRAME_HEADER_LEN, FRAME_VERSION,
+    self, FrameHeader, Kind, FLAG_MORE, FLAG_TO_CALLEE, FRAME_HEADER_LEN, FRAME_VERSION,
 };
 use shmrpc::method_id;
 use shmrpc::{Client, ClientConfig};
@@ -49,7 +49,13 @@ fn fix_crc(f: &mut [u8]) {
 pub(crate) fn echo_request(call_id: u64, body: &[u8]) -> Vec<u8> {
     let mut p = vec![0u8; 4];
     p.extend_from_slice(body);
-    frame_bytes(Kind::Request, 0, method_id("echo"), call_id, &p)
+    frame_bytes(
+        Kind::Request,
+        FLAG_TO_CALLEE,
+        method_id("echo"),
+        call_id,
+        &p,
+    )
 }
 
 /// The messages of one kind of garbage (each sent as one ring record).
@@ -99,10 +105,23 @@ fn garbage(kind: &str) -> Vec<Vec<u8>> {
             g[last] ^= 0x20;
         })],
         // Valid frames a client must not send.
-        "response" => vec![frame_bytes(Kind::Response, 0, method_id("echo"), 7, b"x")],
+        // An answer sent the wrong way: towards a callee.
+        "response" => vec![frame_bytes(
+            Kind::Response,
+            FLAG_TO_CALLEE,
+            method_id("echo"),
+            7,
+            b"x",
+        )],
         // A fragment of one call, then a frame of another.
         "interleaved" => vec![
-            frame_bytes(Kind::Request, FLAG_MORE, method_id("echo"), 8, &[0u8; 64]),
+            frame_bytes(
+                Kind::Request,
+                FLAG_MORE | FLAG_TO_CALLEE,
+                method_id("echo"),
+                8,
+                &[0u8; 64],
+            ),
             echo_request(9, b"in the middle"),
         ],
         _ => fail(format!("unknown garbage {kind}")),

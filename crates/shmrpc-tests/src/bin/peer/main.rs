@@ -125,6 +125,7 @@ fn main() {
             calls,
         } => rpc::rpc_clients(&name, clients, calls),
         PeerCommand::RpcCaller { name, calls } => rpc::rpc_caller(&name, calls),
+        PeerCommand::RpcServingClient { dial, calls } => rpc::rpc_serving_client(&dial, calls),
         PeerCommand::RpcGarbage { name } => bad_input::rpc_garbage(&name),
         PeerCommand::RpcForeign {
             name,

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shmrpc::channel::ChannelConfig;
-use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig};
-use shmrpc_tests::{chat_token, make_request, transform, ChatRequest, RpcTarget};
+use shmrpc::{
+    CallOptions, Client, ClientBuilder, ClientConfig, Code, RpcError, ServerBuilder, ServerConfig,
+};
+use shmrpc_tests::{chat_token, make_request, transform, ChatRequest, RpcDial, RpcTarget};
 
 use crate::{fail, say, serve_stdin};
 
@@ -359,6 +361,54 @@ pub(crate) fn rpc_caller(name: &str, n: usize) {
         say(format!("calling n={n}"));
         for t in tasks {
             let _ = t.await;
+        }
+    });
+}
+
+/// A client that serves methods to its server while it calls it (see
+/// [`PeerCommand::RpcServingClient`](shmrpc_tests::PeerCommand::RpcServingClient)).
+pub(crate) fn rpc_serving_client(dial: &RpcDial, calls: u64) {
+    let rt = rpc_runtime();
+    rt.block_on(async move {
+        let builder = ClientBuilder::new(client_config())
+            .unary("client_double", |_ctx, n: u64| async move {
+                Ok(("client".to_string(), 2 * n + 1))
+            })
+            .unary_raw("hang", |_ctx, _body| async move {
+                say("hanging");
+                std::future::pending::<()>().await;
+                Ok(Vec::new())
+            });
+        let client = match dial {
+            RpcDial::Shm(name) => builder.connect(name).await,
+            RpcDial::Tcp(addr) => builder.connect_tcp(*addr).await,
+        }
+        .unwrap_or_else(|e| fail(format!("connect: {e}")));
+        say(format!("ready pid={}", std::process::id()));
+        let mut lines = stdin_lines();
+        while let Some(line) = lines.recv().await {
+            if line != "go" {
+                continue;
+            }
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in 0..calls {
+                let c = client.clone();
+                tasks.spawn(async move {
+                    let opts = CallOptions::timeout(Duration::from_secs(60));
+                    let r: Result<(String, u64), RpcError> =
+                        c.call("server_triple", &n, opts).await;
+                    matches!(r, Ok((ref who, v)) if who == "server" && v == 3 * n)
+                });
+            }
+            let (mut ok, mut bad) = (0, 0);
+            while let Some(r) = tasks.join_next().await {
+                if r.unwrap_or(false) {
+                    ok += 1;
+                } else {
+                    bad += 1;
+                }
+            }
+            say(format!("calls ok={ok} bad={bad}"));
         }
     });
 }

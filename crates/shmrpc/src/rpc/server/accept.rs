@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{connection, Server, Shared};
+use super::{Server, Shared};
 use crate::channel::{Endpoint, Listener, PendingClient};
 use crate::rpc::inspect::ConnInfo;
+use crate::rpc::session::{self, Ends, Role};
 use crate::rpc::transport::{FrameRx, FrameTx};
 
 pub(super) enum Acceptor {
@@ -39,14 +40,14 @@ impl Server {
                 };
                 let pending = pending.with_timeout(self.shared.cfg.handshake_timeout);
                 let shared = self.shared.clone();
-                shared.registry.handshake_started();
+                shared.registry().handshake_started();
                 tokio::spawn(async move {
                     let done = handshake(pending).await;
                     drop(permit);
-                    shared.registry.handshake_ended(done.is_ok());
+                    shared.registry().handshake_ended(done.is_ok());
                     match done {
                         Ok(endpoint) => start_shm(&shared, endpoint),
-                        Err(e) => shared.obs.handshake_failed(&e),
+                        Err(e) => shared.obs().handshake_failed(&e),
                     }
                 });
             }
@@ -57,14 +58,11 @@ impl Server {
                 };
                 let _ = s.set_nodelay(true);
                 let (r, w) = s.into_split();
-                let id = self.shared.registry.next_id();
+                let id = self.shared.registry().next_id();
                 let info = Arc::new(ConnInfo::new(id, None, "tcp", None));
                 let max = self.shared.cfg.max_message;
                 let (tx, rx) = (FrameTx::Tcp(w, Vec::new()), FrameRx::tcp(r, max));
-                let shared = self.shared.clone();
-                self.shared
-                    .conns
-                    .spawn(connection::serve_conn(shared, tx, rx, info));
+                serve(&self.shared, tx, rx, info);
             }
         }
     }
@@ -92,12 +90,26 @@ fn start_shm(shared: &Arc<Shared>, mut endpoint: Endpoint) {
         endpoint.sender().producer().inspector(),
         endpoint.receiver().consumer().inspector(),
     );
-    let id = shared.registry.next_id();
+    let id = shared.registry().next_id();
     let info = Arc::new(ConnInfo::new(id, pid, "shm", Some(rings)));
     let (tx, rx) = endpoint.split();
     let max = shared.cfg.max_message;
     let (tx, rx) = (FrameTx::Shm(tx, Vec::new()), FrameRx::shm(rx, max));
-    shared
-        .conns
-        .spawn(connection::serve_conn(shared.clone(), tx, rx, info));
+    serve(shared, tx, rx, info);
+}
+
+/// Serves an accepted connection: its client is a peer (to call) until it ends.
+fn serve(shared: &Arc<Shared>, tx: FrameTx, rx: FrameRx, info: Arc<ConnInfo>) {
+    let ends = Ends {
+        draining: Some(shared.draining.subscribe()),
+        shut: None,
+    };
+    let id = info.id;
+    let (peer, run) = session::open(shared.host.clone(), Role::Server, tx, rx, info, ends);
+    shared.peers.lock().expect("poisoned").insert(id, peer);
+    let peers = shared.peers.clone();
+    shared.conns.spawn(async move {
+        run.await;
+        peers.lock().expect("poisoned").remove(&id);
+    });
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::accept::Acceptor;
-use super::{CallContext, Handler, ItemSink, Route, Server, INSPECT_ID};
+use super::Server;
 use crate::channel::Listener;
-use crate::rpc::obs::MethodObs;
-use crate::rpc::{decode, encode, method_id, BindError, IdMap, RpcError, ServerConfig};
+use crate::rpc::session::{CallContext, ItemSink, Methods};
+use crate::rpc::{BindError, RpcError, ServerConfig};
 
-/// Builds a [`Server`]: add routes, then bind.
+/// Builds a [`Server`]: add methods, then bind.
 ///
 /// # Examples
 ///
@@ -48,14 +48,13 @@ use crate::rpc::{decode, encode, method_id, BindError, IdMap, RpcError, ServerCo
 /// ```
 pub struct ServerBuilder {
     pub(super) cfg: ServerConfig,
-    pub(super) routes: IdMap<Route, u32>,
+    pub(super) methods: Methods,
 }
 
 impl std::fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<_> = self.routes.values().map(|r| &r.name).collect();
         f.debug_struct("ServerBuilder")
-            .field("routes", &names)
+            .field("methods", &self.methods)
             .finish()
     }
 }
@@ -70,82 +69,39 @@ impl ServerBuilder {
     /// A builder with `cfg`.
     pub fn new(cfg: ServerConfig) -> Self {
         Self {
+            methods: Methods::new(cfg.metrics),
             cfg,
-            routes: IdMap::default(),
         }
-    }
-
-    fn add(mut self, name: &str, streaming: bool, handler: Handler) -> Self {
-        let id = method_id(name);
-        assert!(
-            id != INSPECT_ID,
-            "{name:?} is the built-in inspection method's name (or has its id); rename it"
-        );
-        if let Some(other) = self.routes.get(&id) {
-            assert!(
-                other.name == name,
-                "method names {:?} and {name:?} have the same id; rename one",
-                other.name
-            );
-        }
-        let name = name.to_owned();
-        self.routes.insert(
-            id,
-            Route {
-                obs: MethodObs::new(&name, self.cfg.metrics),
-                name,
-                streaming,
-                handler,
-            },
-        );
-        self
     }
 
     /// A unary method on raw bytes.
     ///
     /// # Panics
-    /// If another registered name has the same [`method_id`] (a programming error, found at
-    /// start-up).
-    pub fn unary_raw<F, Fut>(self, name: &str, f: F) -> Self
+    /// If another registered name has the same [`method_id`](crate::method_id) (a
+    /// programming error, found at start-up), or the name is the built-in
+    /// [`INSPECT_METHOD`](crate::inspect::INSPECT_METHOD).
+    pub fn unary_raw<F, Fut>(mut self, name: &str, f: F) -> Self
     where
         F: Fn(CallContext, Vec<u8>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<u8>, RpcError>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        self.add(
-            name,
-            false,
-            Arc::new(move |ctx, req, _sink| {
-                let fut = f(ctx, req);
-                Box::pin(async move { fut.await.map(Some) })
-            }),
-        )
+        self.methods.unary_raw(name, f);
+        self
     }
 
     /// A unary method with typed request and response (default codec).
     ///
     /// # Panics
     /// As [`unary_raw`](Self::unary_raw).
-    pub fn unary<Req, Resp, F, Fut>(self, name: &str, f: F) -> Self
+    pub fn unary<Req, Resp, F, Fut>(mut self, name: &str, f: F) -> Self
     where
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
         F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        self.add(
-            name,
-            false,
-            Arc::new(move |ctx, req, _sink| {
-                let f = f.clone();
-                Box::pin(async move {
-                    let req: Req = decode(&req)?;
-                    let resp = f(ctx, req).await?;
-                    encode(&resp).map(Some)
-                })
-            }),
-        )
+        self.methods.unary(name, f);
+        self
     }
 
     /// A server-streaming method on raw bytes: the handler sends items through the sink;
@@ -153,44 +109,27 @@ impl ServerBuilder {
     ///
     /// # Panics
     /// As [`unary_raw`](Self::unary_raw).
-    pub fn streaming_raw<F, Fut>(self, name: &str, f: F) -> Self
+    pub fn streaming_raw<F, Fut>(mut self, name: &str, f: F) -> Self
     where
         F: Fn(CallContext, Vec<u8>, ItemSink) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        self.add(
-            name,
-            true,
-            Arc::new(move |ctx, req, sink| {
-                let fut = f(ctx, req, sink);
-                Box::pin(async move { fut.await.map(|()| None) })
-            }),
-        )
+        self.methods.streaming_raw(name, f);
+        self
     }
 
     /// A server-streaming method with a typed request.
     ///
     /// # Panics
     /// As [`unary_raw`](Self::unary_raw).
-    pub fn streaming<Req, F, Fut>(self, name: &str, f: F) -> Self
+    pub fn streaming<Req, F, Fut>(mut self, name: &str, f: F) -> Self
     where
         Req: DeserializeOwned + Send + 'static,
         F: Fn(CallContext, Req, ItemSink) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        self.add(
-            name,
-            true,
-            Arc::new(move |ctx, req, sink| {
-                let f = f.clone();
-                Box::pin(async move {
-                    let req: Req = decode(&req)?;
-                    f(ctx, req, sink).await.map(|()| None)
-                })
-            }),
-        )
+        self.methods.streaming(name, f);
+        self
     }
 
     /// Listens on the shared-memory name `name` (see [`Listener::bind`]).

@@ -1,67 +1,41 @@
-//! The server: routes, per-connection dispatch, concurrency limits, shutdown.
+//! The server: binding, accepting connections, shutdown, and its connected peers. Each
+//! connection runs the engine of [`session`](super::session), which serves the methods
+//! and carries the server's calls back to the client.
 //!
-//! - [`builder`]: routes and binding ([`ServerBuilder`]).
+//! - [`builder`]: methods and binding ([`ServerBuilder`]).
 //! - [`accept`]: taking connections (shared-memory handshake or TCP).
-//! - [`connection`]: one connection's read loop: requests, cancels, credit, heartbeats.
-//! - [`dispatch`]: starting a call, running its handler, sending its outcome.
-//! - [`context`]: what a handler knows about its call ([`CallContext`]).
-//! - [`sink`]: where a streaming handler sends its items ([`ItemSink`]).
 
 mod accept;
 mod builder;
-mod connection;
-mod context;
-mod dispatch;
-mod sink;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, Semaphore};
 
 use super::inspect::Registry;
-use super::obs::{MethodObs, ServerObs};
-use super::{method_id, IdMap, RpcError, ServerConfig};
+use super::obs::ServerObs;
+use super::session::{Host, Peer};
+use super::{IdMap, ServerConfig};
 use accept::Acceptor;
 
 pub use builder::ServerBuilder;
-pub use context::CallContext;
-pub use sink::ItemSink;
-pub(crate) use sink::STREAM_WINDOW;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-type Handler = Arc<
-    dyn Fn(CallContext, Vec<u8>, ItemSink) -> BoxFuture<Result<Option<Vec<u8>>, RpcError>>
-        + Send
-        + Sync,
->;
-
-/// The id of the built-in [`INSPECT_METHOD`](crate::rpc::inspect::INSPECT_METHOD).
-const INSPECT_ID: u32 = method_id(crate::rpc::inspect::INSPECT_METHOD);
-
-/// A method: its name, whether it streams, and its handler.
-struct Route {
-    name: String,
-    streaming: bool,
-    handler: Handler,
-    obs: MethodObs,
-}
+/// The connected clients, by connection id.
+type Peers = Arc<Mutex<IdMap<Peer>>>;
 
 struct Shared {
     cfg: ServerConfig,
-    routes: IdMap<Route, u32>,
+    /// Methods and limits, shared by every connection.
+    host: Arc<Host>,
     /// Set once shutdown starts: no new calls.
     draining: watch::Sender<bool>,
     /// Live connections, to wait for at shutdown.
     conns: tokio_util::task::TaskTracker,
-    /// Metrics handles (empty without the `metrics` feature).
-    obs: Arc<ServerObs>,
     /// Bounds the handshakes running at once (`max_handshakes`).
     handshakes: Arc<Semaphore>,
-    /// Live connections, for [`INSPECT_METHOD`](crate::rpc::inspect::INSPECT_METHOD).
-    registry: Registry,
+    /// The clients connected now, to call them ([`ServerHandle::peers`]).
+    peers: Peers,
 }
 
 impl Shared {
@@ -69,15 +43,31 @@ impl Shared {
         let (draining, _) = watch::channel(false);
         let obs = Arc::new(ServerObs::new(b.cfg.metrics));
         let handshakes = Arc::new(Semaphore::new(b.cfg.max_handshakes.max(1)));
+        let host = Arc::new(Host {
+            methods: b.methods,
+            max_in_flight: b.cfg.max_in_flight,
+            max_message: b.cfg.max_message,
+            heartbeat: b.cfg.heartbeat,
+            cancel_grace: b.cfg.cancel_grace,
+            obs,
+            registry: Registry::default(),
+        });
         Arc::new(Shared {
             cfg: b.cfg,
-            routes: b.routes,
+            host,
             draining,
             conns: tokio_util::task::TaskTracker::new(),
-            obs,
             handshakes,
-            registry: Registry::default(),
+            peers: Peers::default(),
         })
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.host.registry
+    }
+
+    fn obs(&self) -> &ServerObs {
+        &self.host.obs
     }
 }
 
@@ -132,13 +122,74 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// Stops a running server gracefully.
-#[derive(Debug, Clone)]
+/// Stops a running server gracefully, and reaches its connected clients.
+#[derive(Clone)]
 pub struct ServerHandle {
     draining: watch::Sender<bool>,
+    peers: Peers,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("draining", &*self.draining.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerHandle {
+    /// The clients connected now, in connection order, to call them (a client serves the
+    /// methods it registered with [`ClientBuilder`](crate::ClientBuilder)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::{CallOptions, Client, Server};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let name = format!("doc-peers-{}", std::process::id());
+    /// let server = Server::builder().bind(&name)?;
+    /// let handle = server.handle();
+    /// let serving = tokio::spawn(server.serve());
+    ///
+    /// let client = Client::builder()
+    ///     .unary("version", |_ctx, (): ()| async { Ok("editor 1.0".to_string()) })
+    ///     .connect(&name)
+    ///     .await?;
+    /// // The connection is served once the handshake is done; wait for it to show.
+    /// let peer = loop {
+    ///     if let Some(p) = handle.peers().pop() {
+    ///         break p;
+    ///     }
+    ///     tokio::task::yield_now().await;
+    /// };
+    /// assert_eq!(peer.pid(), Some(std::process::id()));
+    /// let v: String = peer.call("version", &(), CallOptions::default()).await?;
+    /// assert_eq!(v, "editor 1.0");
+    /// assert_eq!(handle.peer(peer.conn_id()).map(|p| p.conn_id()), Some(peer.conn_id()));
+    ///
+    /// drop(client);
+    /// handle.shutdown();
+    /// serving.await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn peers(&self) -> Vec<Peer> {
+        let mut v: Vec<Peer> = self
+            .peers
+            .lock()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(Peer::conn_id);
+        v
+    }
+
+    /// The client on connection `conn_id` ([`Peer::conn_id`]), if still connected.
+    pub fn peer(&self, conn_id: u64) -> Option<Peer> {
+        self.peers.lock().expect("poisoned").get(&conn_id).cloned()
+    }
+
     /// Starts a graceful shutdown: no new connections or calls (they get
     /// `ShuttingDown`); calls in flight finish; then `serve` returns.
     ///
@@ -183,6 +234,7 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             draining: self.shared.draining.clone(),
+            peers: self.shared.peers.clone(),
         }
     }
 

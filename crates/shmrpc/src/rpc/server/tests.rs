@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
-use super::{connection, ServerBuilder, Shared, STREAM_WINDOW};
+use super::{ServerBuilder, Shared};
 use crate::frame::{FrameHeader, Kind};
 use crate::rpc::inspect::ConnInfo;
-use crate::rpc::transport::{mem_pair, FrameRx, FrameTx};
+use crate::rpc::session::{self, Ends, Role, STREAM_WINDOW};
+use crate::rpc::transport::{mem_pair, Dir, FrameRx, FrameTx};
 use crate::rpc::{decode, encode, method_id, Code, RpcError, ServerConfig};
 
 /// The client's end of a connection served in memory.
@@ -32,7 +33,9 @@ fn serve(b: ServerBuilder) -> Peer {
     let shared = Shared::new(b);
     let ((stx, srx), (ctx, crx)) = mem_pair(256, shared.cfg.max_message);
     let info = Arc::new(ConnInfo::new(1, None, "mem", None));
-    tokio::spawn(connection::serve_conn(shared.clone(), stx, srx, info));
+    let host = shared.host.clone();
+    let (_peer, run) = session::open(host, Role::Server, stx, srx, info, Ends::default());
+    tokio::spawn(run);
     Peer {
         tx: ctx,
         rx: crx,
@@ -45,6 +48,7 @@ impl Peer {
         // The deadline prefix: 0 = none.
         self.tx
             .send_parts(
+                Dir::ToCallee,
                 Kind::Request,
                 method_id(method),
                 id,
@@ -55,7 +59,10 @@ impl Peer {
     }
 
     async fn send(&mut self, kind: Kind, id: u64, payload: &[u8]) {
-        self.tx.send(kind, 0, id, payload).await.expect("send");
+        self.tx
+            .send(Dir::ToCallee, kind, 0, id, payload)
+            .await
+            .expect("send");
     }
 
     async fn next(&mut self) -> (FrameHeader, Vec<u8>) {
@@ -264,5 +271,5 @@ async fn a_panicking_handler_fails_its_call_and_the_connection_goes_on() {
     assert_eq!(error(&body).code, Code::HandlerFailed);
     p.request(2, "echo", b"ok").await;
     assert_eq!(p.next().await.1, b"ok");
-    assert_eq!(p.shared.registry.report().connections.len(), 1);
+    assert_eq!(p.shared.registry().report().connections.len(), 1);
 }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use super::{CallOptions, Client, ClientConfig};
+use super::{CallOptions, Client, ClientBuilder, ClientConfig};
 use crate::frame::{FrameHeader, Kind};
-use crate::rpc::transport::{mem_pair, FrameRx, FrameTx};
+use crate::rpc::transport::{mem_pair, Dir, FrameRx, FrameTx};
 use crate::rpc::{decode, encode, method_id, Code, RpcError, DEADLINE_PREFIX};
 
 fn config() -> ClientConfig {
@@ -19,7 +19,7 @@ fn config() -> ClientConfig {
 fn client() -> (Client, FrameTx, FrameRx) {
     let cfg = config();
     let ((ctx, crx), (stx, srx)) = mem_pair(256, cfg.max_message);
-    (Client::over(ctx, crx, cfg), stx, srx)
+    (Client::over(ctx, crx, ClientBuilder::new(cfg)), stx, srx)
 }
 
 async fn next(rx: &mut FrameRx) -> (FrameHeader, Vec<u8>) {
@@ -52,9 +52,15 @@ async fn answers_reach_their_own_calls_whatever_their_order() {
     assert_ne!(reqs[0].0, reqs[1].0, "each call has its own id");
     for &(id, arg) in reqs.iter().rev() {
         let answer = encode(&format!("answer to {arg}")).unwrap();
-        tx.send(Kind::Response, method_id("name"), id, &answer)
-            .await
-            .unwrap();
+        tx.send(
+            Dir::ToCaller,
+            Kind::Response,
+            method_id("name"),
+            id,
+            &answer,
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(a.await.unwrap().unwrap(), "answer to 1");
     assert_eq!(b.await.unwrap().unwrap(), "answer to 2");
@@ -66,11 +72,17 @@ async fn a_stream_yields_its_items_then_ends() {
     let server = tokio::spawn(async move {
         let (h, _) = next(&mut rx).await;
         for i in 0..3u32 {
-            tx.send(Kind::StreamItem, h.method, h.call_id, &encode(&i).unwrap())
-                .await
-                .unwrap();
+            tx.send(
+                Dir::ToCaller,
+                Kind::StreamItem,
+                h.method,
+                h.call_id,
+                &encode(&i).unwrap(),
+            )
+            .await
+            .unwrap();
         }
-        tx.send(Kind::StreamEnd, h.method, h.call_id, &[])
+        tx.send(Dir::ToCaller, Kind::StreamEnd, h.method, h.call_id, &[])
             .await
             .unwrap();
         (tx, rx)
@@ -98,7 +110,7 @@ async fn an_error_frame_fails_its_call_with_the_servers_code() {
     });
     let (h, _) = next(&mut rx).await;
     let e = RpcError::new(Code::BadRequest, "no");
-    tx.send(Kind::Error, h.method, h.call_id, &e.encode())
+    tx.send(Dir::ToCaller, Kind::Error, h.method, h.call_id, &e.encode())
         .await
         .unwrap();
     assert_eq!(call.await.unwrap().unwrap_err(), e);

@@ -10,26 +10,28 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::connection::ConnTx;
 use super::context::{CallContext, CallToken};
+use super::methods::{BoxFuture, INSPECT_ID};
 use super::sink::{ItemSink, STREAM_WINDOW};
-use super::{BoxFuture, Shared, INSPECT_ID};
+use super::{Host, Link, Peer};
 use crate::frame::{FrameHeader, Kind};
+use crate::rpc::transport::Dir;
 use crate::rpc::{encode, split_deadline, Code, IdMap, RpcError, DEADLINE_PREFIX};
 
 /// A call that waits (its handler runs in a task): its cancellation token and, if it
 /// streams, its credit. Calls answered on their first poll never get an entry. Keyed by
-/// the client's call id: at most one entry per concurrency permit, and a request whose id
-/// is already in flight is refused (`Connection::on_request`), never overwrites one.
+/// the caller's call id: at most one entry per concurrency permit, and a request whose id
+/// is already in flight is refused (`Incoming::on_request`), never overwrites one.
 type Running = (CallToken, Option<Arc<Semaphore>>);
 
-/// What one connection's calls share.
+/// What one connection's incoming calls share.
 pub(super) struct ConnState {
-    pub(super) shared: Arc<Shared>,
-    pub(super) tx: Arc<ConnTx>,
+    pub(super) host: Arc<Host>,
+    pub(super) tx: Arc<Link>,
     pub(super) calls: Arc<Mutex<IdMap<Running>>>,
     pub(super) in_flight: tokio_util::task::TaskTracker,
-    pub(super) peer_pid: Option<u32>,
+    /// The caller, for handlers to call back.
+    pub(super) peer: Peer,
 }
 
 impl ConnState {
@@ -42,35 +44,35 @@ impl ConnState {
     ) {
         let Some((deadline, _)) = split_deadline(&payload) else {
             let e = RpcError::new(Code::BadRequest, "request without deadline prefix");
-            self.shared.obs.rejected(e.code);
+            self.host.obs.rejected(e.code);
             reply_error(&self.tx, h.method, h.call_id, e).await;
             return;
         };
         if h.method == INSPECT_ID {
-            // Built in: what this server knows of its connections.
-            let outcome = encode(&self.shared.registry.report()).map(Some);
+            // Built in: what this end knows of its connections.
+            let outcome = encode(&self.host.registry.report()).map(Some);
             send_outcome(
                 &self.tx,
                 h.method,
                 h.call_id,
                 outcome,
-                self.shared.cfg.max_message,
+                self.host.max_message,
             )
             .await;
             return;
         }
-        let Some(route) = self.shared.routes.get(&h.method) else {
+        let Some(route) = self.host.methods.get(h.method) else {
             let e = RpcError::new(
                 Code::UnknownMethod,
                 format!("no method with id {:#010x}", h.method),
             );
-            self.shared.obs.rejected(e.code);
+            self.host.obs.rejected(e.code);
             reply_error(&self.tx, h.method, h.call_id, e).await;
             return;
         };
         // The body is the payload after its prefix: shift it down instead of copying it out.
         payload.drain(..DEADLINE_PREFIX);
-        let obs = route.obs.start(&self.shared.obs, h.call_id, payload.len());
+        let obs = route.obs.start(&self.host.obs, h.call_id, payload.len());
         // A token of its own per call, not a child of a per-connection token: a child costs
         // a lock on the parent at creation and drop. When the connection ends, the calls
         // still running are cancelled one by one from `calls`.
@@ -82,9 +84,9 @@ impl ConnState {
             call_id: h.call_id,
             deadline: deadline.map(|d| Instant::now() + d),
             token: token.clone(),
-            peer_pid: self.peer_pid,
+            peer: self.peer.clone(),
         };
-        let max = self.shared.cfg.max_message;
+        let max = self.host.max_message;
         let sink = ItemSink {
             tx: self.tx.clone(),
             method: h.method,
@@ -106,7 +108,7 @@ impl ConnState {
         };
         if let Some(outcome) = first {
             let code = send_outcome(&self.tx, h.method, h.call_id, outcome, max).await;
-            obs.end(&self.shared.obs, code);
+            obs.end(&self.host.obs, code);
             drop(permit);
             return;
         }
@@ -117,10 +119,10 @@ impl ConnState {
             .entry(h.call_id)
             .or_insert((token.clone(), credit));
         let (tx, calls) = (self.tx.clone(), self.calls.clone());
-        let grace = self.shared.cfg.cancel_grace;
+        let grace = self.host.cancel_grace;
         #[cfg(feature = "tracing")]
         let fut: BoxFuture<_> = Box::pin(tracing::Instrument::instrument(fut, obs.span()));
-        let server_obs = self.shared.obs.clone();
+        let server_obs = self.host.obs.clone();
         self.tx
             .info
             .running
@@ -177,7 +179,7 @@ fn poll_once(
 /// Sends a finished call's answer: its response, the end of its stream, or its error.
 /// Returns the error's code if the call failed.
 async fn send_outcome(
-    tx: &ConnTx,
+    tx: &Link,
     method: u32,
     call_id: u64,
     outcome: Result<Option<Vec<u8>>, RpcError>,
@@ -195,13 +197,15 @@ async fn send_outcome(
         Ok(None) => (Kind::StreamEnd, Vec::new(), None),
         Err(e) => (Kind::Error, e.encode(), Some(e.code)),
     };
-    // A failed send marks the connection broken (`ConnTx::send`); nothing else to do here.
-    let _ = tx.send(kind, method, call_id, &body).await;
+    // A failed send marks the connection broken (`Link::send`); nothing else to do here.
+    let _ = tx.send(Dir::ToCaller, kind, method, call_id, &body).await;
     code
 }
 
-pub(super) async fn reply_error(tx: &ConnTx, method: u32, call_id: u64, e: RpcError) {
-    let _ = tx.send(Kind::Error, method, call_id, &e.encode()).await;
+pub(super) async fn reply_error(tx: &Link, method: u32, call_id: u64, e: RpcError) {
+    let _ = tx
+        .send(Dir::ToCaller, Kind::Error, method, call_id, &e.encode())
+        .await;
 }
 
 /// Runs a waiting handler inside the call's task (one task per waiting call), racing it

@@ -1,14 +1,16 @@
-//! What a handler knows about its call: its id, deadline and cancellation.
+//! What a handler knows about its call: its id, deadline, cancellation, and its caller.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::Peer;
+
 /// A call's cancellation: set once (by the client's `Cancel`, its death, or the deadline)
 /// and seen by the handler. One allocation per waiting call and a plain reference count
 /// per clone (a `tokio_util` token takes a lock for each clone and drop).
 #[derive(Clone, Default)]
-pub(super) struct CallToken(Arc<TokenState>);
+pub(crate) struct CallToken(Arc<TokenState>);
 
 #[derive(Default)]
 struct TokenState {
@@ -25,7 +27,7 @@ impl std::fmt::Debug for CallToken {
 }
 
 impl CallToken {
-    pub(super) fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         // Release: pairs with the Acquire load in `is_cancelled`. Only the first canceller
         // notifies; the swap needs no Acquire, as nothing else is published by the flag.
         if !self.0.cancelled.swap(true, Ordering::Release) {
@@ -33,12 +35,12 @@ impl CallToken {
         }
     }
 
-    pub(super) fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         // Acquire: pairs with the swap in `cancel`.
         self.0.cancelled.load(Ordering::Acquire)
     }
 
-    pub(super) async fn cancelled(&self) {
+    pub(crate) async fn cancelled(&self) {
         loop {
             // A `Notified` receives `notify_waiters` from the moment it exists, so creating
             // it before looking at the flag loses no cancel.
@@ -98,7 +100,7 @@ pub struct CallContext {
     pub(super) call_id: u64,
     pub(super) deadline: Option<Instant>,
     pub(super) token: CallToken,
-    pub(super) peer_pid: Option<u32>,
+    pub(super) peer: Peer,
 }
 
 impl CallContext {
@@ -124,6 +126,12 @@ impl CallContext {
 
     /// The calling process's pid (for shared-memory connections).
     pub fn peer_pid(&self) -> Option<u32> {
-        self.peer_pid
+        self.peer.pid()
+    }
+
+    /// The caller, to call it back (on the same connection) while answering it: see
+    /// [`Peer`]. A callback to a caller that is gone fails with `PeerGone`.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
     }
 }

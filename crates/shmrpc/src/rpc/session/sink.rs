@@ -5,12 +5,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::connection::ConnTx;
 use super::context::CallToken;
+use super::Link;
 use crate::frame::Kind;
+use crate::rpc::transport::Dir;
 use crate::rpc::{encode, Code, RpcError};
 
-/// How many stream items a server may send ahead of what the caller has read. The caller
+/// How many stream items a callee may send ahead of what the caller has read. The caller
 /// returns credit as it reads (`Credit` frames), so a caller that stops reading holds back
 /// only its own stream, not the connection.
 pub(crate) const STREAM_WINDOW: usize = 64;
@@ -18,7 +19,7 @@ pub(crate) const STREAM_WINDOW: usize = 64;
 /// Where a streaming handler sends its items.
 #[derive(Clone)]
 pub struct ItemSink {
-    pub(super) tx: Arc<ConnTx>,
+    pub(super) tx: Arc<Link>,
     pub(super) method: u32,
     pub(super) call_id: u64,
     pub(super) max_message: usize,
@@ -63,7 +64,13 @@ impl ItemSink {
             }
         }
         self.tx
-            .send(Kind::StreamItem, self.method, self.call_id, item)
+            .send(
+                Dir::ToCaller,
+                Kind::StreamItem,
+                self.method,
+                self.call_id,
+                item,
+            )
             .await
             .map_err(RpcError::from)
     }

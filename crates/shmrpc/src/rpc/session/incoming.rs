@@ -1,0 +1,139 @@
+//! The calls the other end started on one connection: a request is refused if its id is
+//! in flight, started if a permit is free, else queued; cancels and credit reach their
+//! calls; a drain refuses the queue; the end cancels what still runs.
+//!
+//! Concurrency is bounded per connection: at most `max_in_flight` calls run at once, and
+//! up to `max_in_flight` more requests wait, in arrival order, for a permit. While that
+//! queue is full the connection is not read at all ([`Incoming::can_read`]), so the ring
+//! fills and the caller's sends wait (backpressure). Until then, cancels, credit, answers
+//! and heartbeats keep being read even when every permit is taken (a cancel reaches a
+//! waiting request too).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::dispatch::{reply_error, ConnState};
+use super::sink::STREAM_WINDOW;
+use crate::frame::FrameHeader;
+use crate::rpc::{Code, RpcError};
+
+pub(super) struct Incoming {
+    pub(super) st: ConnState,
+    /// Permits for calls running at once.
+    limit: Arc<Semaphore>,
+    /// Requests read but not yet started, oldest first.
+    waiting: VecDeque<(FrameHeader, Vec<u8>)>,
+    max_waiting: usize,
+}
+
+impl Incoming {
+    pub(super) fn new(st: ConnState) -> Self {
+        let max = st.host.max_in_flight.max(1);
+        Self {
+            st,
+            limit: Arc::new(Semaphore::new(max)),
+            waiting: VecDeque::new(),
+            max_waiting: max,
+        }
+    }
+
+    /// Whether the connection may be read: not while the queue of waiting requests is full.
+    pub(super) fn can_read(&self) -> bool {
+        self.waiting.len() < self.max_waiting
+    }
+
+    /// A permit for the oldest waiting request, once one is free (pending for ever while
+    /// nothing waits).
+    pub(super) async fn next_permit(&self) -> OwnedSemaphorePermit {
+        if self.waiting.is_empty() {
+            return std::future::pending().await;
+        }
+        self.limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed")
+    }
+
+    /// Starts the oldest waiting request with `permit`.
+    pub(super) async fn start_waiting(&mut self, permit: OwnedSemaphorePermit) {
+        if let Some((h, payload)) = self.waiting.pop_front() {
+            self.st.start(h, payload, permit).await;
+        }
+    }
+
+    /// A request: refused if its id is already in flight on this connection; started at
+    /// once if a permit is free and nothing waits before it; else queued.
+    pub(super) async fn on_request(&mut self, h: FrameHeader, payload: Vec<u8>) {
+        let id = h.call_id;
+        let running = self.st.calls.lock().expect("poisoned").contains_key(&id);
+        if running || self.waiting.iter().any(|(w, _)| w.call_id == id) {
+            // Answering would mix two calls' frames; the earlier call goes on untouched.
+            let e = RpcError::new(
+                Code::Protocol,
+                format!("call id {id} is already in flight on this connection"),
+            );
+            self.st.host.obs.rejected(e.code);
+            reply_error(&self.st.tx, h.method, id, e).await;
+            return;
+        }
+        match self.limit.clone().try_acquire_owned() {
+            Ok(permit) if self.waiting.is_empty() => self.st.start(h, payload, permit).await,
+            // Keep arrival order: the oldest waiting request goes first.
+            _ => {
+                self.st.tx.obs.backpressure();
+                self.waiting.push_back((h, payload));
+            }
+        }
+    }
+
+    /// The caller gave up on a call: cancel it if it runs, answer it if it waits.
+    pub(super) async fn on_cancel(&mut self, h: FrameHeader) {
+        if let Some((t, _)) = self.st.calls.lock().expect("poisoned").get(&h.call_id) {
+            t.cancel();
+        }
+        if let Some(i) = self
+            .waiting
+            .iter()
+            .position(|(w, _)| w.call_id == h.call_id)
+        {
+            self.waiting.remove(i);
+            let e = RpcError::new(Code::Cancelled, "call cancelled");
+            reply_error(&self.st.tx, h.method, h.call_id, e).await;
+        }
+    }
+
+    /// The caller read stream items: let the call's handler send as many more.
+    pub(super) fn on_credit(&mut self, h: FrameHeader, payload: &[u8]) {
+        let n = payload
+            .get(..4)
+            .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+        if let Some((_, Some(c))) = self.st.calls.lock().expect("poisoned").get(&h.call_id) {
+            // Bounded: a caller cannot grant more than a window's worth at once.
+            let room = STREAM_WINDOW.saturating_sub(c.available_permits());
+            c.add_permits((n as usize).min(room));
+        }
+    }
+
+    /// This end shuts down: refuse the waiting requests; the calls in flight finish (in
+    /// [`finish`](Self::finish)).
+    pub(super) async fn on_drain(&mut self) {
+        for (h, _) in self.waiting.drain(..) {
+            let e = RpcError::new(Code::ShuttingDown, "server is shutting down");
+            reply_error(&self.st.tx, h.method, h.call_id, e).await;
+        }
+    }
+
+    /// The connection ended: cancel whatever still runs (unless draining gracefully over a
+    /// working connection), and let it wind down.
+    pub(super) async fn finish(self, drained: bool) {
+        let st = self.st;
+        st.in_flight.close();
+        if !drained || st.tx.broken.is_cancelled() {
+            st.cancel_all();
+        }
+        st.in_flight.wait().await;
+    }
+}

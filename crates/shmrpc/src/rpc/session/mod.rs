@@ -1,0 +1,164 @@
+//! One connection's engine, the same at both ends: either end calls the other and serves
+//! the other's calls, over any [`FrameTx`]/[`FrameRx`] pair. The server runs one per
+//! accepted connection; the client one per connection it dials (and redials on top).
+//!
+//! - [`methods`]: the method table an end serves ([`Methods`]), shared by both builders.
+//! - [`outgoing`]: the calls this end started: their table, answers, cancel on drop,
+//!   stream credit ([`CallStream`]).
+//! - [`peer`]: the handle that calls the other end ([`Peer`]).
+//! - [`incoming`]: the calls the other end started: concurrency limit, queue, cancels,
+//!   credit.
+//! - [`dispatch`]: starting an incoming call, running its handler, sending its outcome.
+//! - [`context`]: what a handler knows about its call ([`CallContext`]).
+//! - [`sink`]: where a streaming handler sends its items ([`ItemSink`]).
+//! - [`reader`]: the connection's read loop, which routes each frame by its direction
+//!   (to this end as callee: incoming; to this end as caller: outgoing), heartbeats, and
+//!   the end of the connection.
+
+mod context;
+mod dispatch;
+mod incoming;
+pub(crate) mod methods;
+pub(crate) mod outgoing;
+mod peer;
+mod reader;
+mod sink;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::inspect::{ConnInfo, Registry};
+use super::obs::ServerObs;
+use super::transport::{Dir, FrameRx, FrameTx, TransportError};
+use crate::frame::Kind;
+
+pub use context::CallContext;
+pub(crate) use context::CallToken;
+pub(crate) use methods::Methods;
+pub use outgoing::{CallOptions, CallStream};
+pub use peer::Peer;
+pub use sink::ItemSink;
+pub(crate) use sink::STREAM_WINDOW;
+
+/// What one end brings to each of its connections: the methods it serves and its limits.
+/// A server has one for all its connections; a client one for all its (re)connections.
+pub(crate) struct Host {
+    pub(crate) methods: Methods,
+    /// Incoming calls running at once per connection (as many more wait in a queue).
+    pub(crate) max_in_flight: usize,
+    /// Largest message sent or accepted.
+    pub(crate) max_message: usize,
+    /// Ping after this much silence; three silent periods end the connection.
+    pub(crate) heartbeat: Duration,
+    /// How long a cancelled handler may run on before it is dropped.
+    pub(crate) cancel_grace: Duration,
+    /// Metrics (inert unless enabled).
+    pub(crate) obs: Arc<ServerObs>,
+    /// Live connections, for the built-in inspection method.
+    pub(crate) registry: Registry,
+}
+
+/// Which end of the connection this is: it decides only what a `Goodbye` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The accepting end: a `Goodbye` from the client means it leaves (the connection
+    /// ends).
+    Server,
+    /// The dialling end: a `Goodbye` from the server means it drains (answers still come,
+    /// but new calls go to a new connection).
+    Client,
+}
+
+/// What else ends a connection, besides the peer leaving or breaking it.
+#[derive(Default)]
+pub(crate) struct Ends {
+    /// The server's shutdown: refuse waiting calls, say goodbye, let running calls finish.
+    pub(crate) draining: Option<watch::Receiver<bool>>,
+    /// The client's last handle is gone: say goodbye and end.
+    pub(crate) shut: Option<CancellationToken>,
+}
+
+/// A connection's sending half, shared by its reader, its incoming calls and its outgoing
+/// calls. A failed send (the peer is gone, or broke the ring: a `read_pos` that lies) marks
+/// the connection broken, which ends it: its reader stops, its calls fail.
+pub(crate) struct Link {
+    tx: tokio::sync::Mutex<FrameTx>,
+    pub(crate) broken: CallToken,
+    pub(crate) obs: Arc<ServerObs>,
+    pub(crate) info: Arc<ConnInfo>,
+}
+
+impl Link {
+    /// Sends one message.
+    pub(crate) async fn send(
+        &self,
+        dir: Dir,
+        kind: Kind,
+        method: u32,
+        call_id: u64,
+        payload: &[u8],
+    ) -> Result<(), TransportError> {
+        self.send_parts(dir, kind, method, call_id, &[payload])
+            .await
+    }
+
+    /// Sends one message given in pieces.
+    pub(crate) async fn send_parts(
+        &self,
+        dir: Dir,
+        kind: Kind,
+        method: u32,
+        call_id: u64,
+        parts: &[&[u8]],
+    ) -> Result<(), TransportError> {
+        let r = self
+            .tx
+            .lock()
+            .await
+            .send_parts(dir, kind, method, call_id, parts)
+            .await;
+        match &r {
+            Err(_) => self.broken.cancel(),
+            Ok(()) => {
+                let n = parts.iter().map(|p| p.len()).sum();
+                self.obs.sent(n);
+                self.info.sent(n);
+            }
+        }
+        r
+    }
+}
+
+/// Starts the engine of one connection: returns the handle that calls the peer, and the
+/// future that serves the connection until it ends (run it in a task). When it ends, every
+/// call still open on it fails, in both directions.
+pub(crate) fn open(
+    host: Arc<Host>,
+    role: Role,
+    tx: FrameTx,
+    rx: FrameRx,
+    info: Arc<ConnInfo>,
+    ends: Ends,
+) -> (Peer, impl std::future::Future<Output = ()> + Send + 'static) {
+    let link = Arc::new(Link {
+        tx: tokio::sync::Mutex::new(tx),
+        broken: CallToken::default(),
+        obs: host.obs.clone(),
+        info,
+    });
+    // As many open calls as the peer runs and queues, if it is configured like this end.
+    let max_open = host.max_in_flight.max(1) * 2;
+    let peer = Peer::new(Arc::new(outgoing::Outgoing::new(
+        link.clone(),
+        host.max_message,
+        max_open,
+    )));
+    let conn = reader::Connection::new(host, role, link, peer.clone());
+    (peer, conn.run(rx, ends))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,236 @@
+//! One connection's read loop, the same at both ends: each frame goes by its direction
+//! flag to the incoming calls (frames to this end as callee) or the outgoing calls (frames
+//! to this end as caller); heartbeats are answered and kept; at the end, every call still
+//! open fails, in both directions.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::dispatch::{reply_error, ConnState};
+use super::incoming::Incoming;
+use super::outgoing::Event;
+use super::{Ends, Host, Link, Peer, Role};
+use crate::frame::{FrameHeader, Kind};
+use crate::rpc::transport::{Dir, FrameRx, TransportError};
+use crate::rpc::{Code, RpcError, Silence};
+
+/// Whether the connection goes on after a frame or an event, or why it ends.
+#[derive(Debug)]
+pub(super) enum Flow {
+    Continue,
+    Stop(RpcError),
+}
+
+fn violation(what: &str) -> Flow {
+    Flow::Stop(RpcError::new(Code::Protocol, what))
+}
+
+/// One connection being served.
+pub(super) struct Connection {
+    host: Arc<Host>,
+    role: Role,
+    link: Arc<Link>,
+    peer: Peer,
+    incoming: Incoming,
+    silence: Silence,
+    /// An answer just woke a caller waiting for it.
+    woke: bool,
+}
+
+impl Connection {
+    pub(super) fn new(host: Arc<Host>, role: Role, link: Arc<Link>, peer: Peer) -> Self {
+        let peer_pid = link.info.peer_pid;
+        host.registry.add(link.info.clone());
+        host.obs.connection(1.0, peer_pid);
+        let st = ConnState {
+            host: host.clone(),
+            tx: link.clone(),
+            calls: Arc::default(),
+            in_flight: tokio_util::task::TaskTracker::new(),
+            peer: peer.clone(),
+        };
+        Self {
+            host,
+            role,
+            link,
+            peer,
+            incoming: Incoming::new(st),
+            silence: Silence::default(),
+            woke: false,
+        }
+    }
+
+    /// The read loop: waits for a frame, a free permit for the oldest waiting request, a
+    /// heartbeat tick, the end of the server (drain) or of the client (its last handle
+    /// dropped), or a failed send, and hands it on.
+    pub(super) async fn run(mut self, mut rx: FrameRx, ends: Ends) {
+        // Without a drain signal, one that never fires (its sender lives as long as the
+        // loop: a dropped sender would make `changed` return at once, for ever).
+        let (_never, no_drain) = watch::channel(false);
+        let mut draining = ends.draining.unwrap_or(no_drain);
+        let shut = ends.shut.unwrap_or_default();
+        let hb = self.host.heartbeat;
+        // One timer for the connection's life, re-armed when it fires: re-creating a sleep
+        // for every frame cost a clock read and a timer-wheel insert and removal per message.
+        let heartbeat = tokio::time::sleep(hb);
+        tokio::pin!(heartbeat);
+        let broken = self.link.broken.clone();
+        let mut drained = false;
+        let end = loop {
+            if *draining.borrow() {
+                drained = true;
+                self.incoming.on_drain().await;
+                let _ = self.link.send(Dir::Conn, Kind::Goodbye, 0, 0, &[]).await;
+                break RpcError::new(Code::ShuttingDown, "this end is shutting down");
+            }
+            let can_read = self.incoming.can_read();
+            let flow = tokio::select! {
+                p = self.incoming.next_permit() => {
+                    self.incoming.start_waiting(p).await;
+                    Flow::Continue
+                }
+                f = rx.recv(), if can_read => match f {
+                    Ok((h, payload)) => self.on_frame(h, payload).await,
+                    Err(e) => self.on_recv_error(e).await,
+                },
+                () = &mut heartbeat => {
+                    heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
+                    self.on_tick().await
+                }
+                _ = draining.changed() => Flow::Continue,
+                () = shut.cancelled() => {
+                    // Every handle of the client is gone: tell the server, and end.
+                    let _ = self.link.send(Dir::Conn, Kind::Goodbye, 0, 0, &[]).await;
+                    Flow::Stop(RpcError::new(Code::PeerGone, "the client was dropped"))
+                }
+                // A send failed: the peer is gone or broke the ring.
+                () = broken.cancelled() => Flow::Stop(RpcError::new(
+                    Code::PeerGone,
+                    "the connection broke (a send failed)",
+                )),
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Stop(e) => break e,
+            }
+            if std::mem::take(&mut self.woke) && !rx.has_frame() {
+                // Let the woken caller run now, before this task starts waiting (and
+                // spinning) for the next frame: with a single caller that is the whole
+                // round trip.
+                tokio::task::yield_now().await;
+            }
+        };
+        self.finish(drained, &end).await;
+    }
+
+    /// A receive failed: a message over the size limit fails its call only; anything else
+    /// ends the connection.
+    async fn on_recv_error(&mut self, e: TransportError) -> Flow {
+        match e {
+            TransportError::TooLarge {
+                call_id,
+                method,
+                to_callee,
+                ..
+            } => {
+                self.silence.heard();
+                let e = RpcError::from(e);
+                if to_callee {
+                    reply_error(&self.link, method, call_id, e).await;
+                } else {
+                    self.woke |= self.peer.out.deliver(call_id, Event::Error(e));
+                }
+                Flow::Continue
+            }
+            e @ (TransportError::Protocol(_) | TransportError::Gone(_)) => Flow::Stop(e.into()),
+        }
+    }
+
+    /// A whole message from the peer, routed by its direction.
+    async fn on_frame(&mut self, h: FrameHeader, payload: Vec<u8>) -> Flow {
+        self.silence.heard();
+        self.link.info.received(payload.len());
+        let to_callee = Dir::to_callee(h.flags);
+        match (h.kind, to_callee) {
+            // The peer calls this end.
+            (Kind::Request, true) => {
+                self.incoming.on_request(h, payload).await;
+                Flow::Continue
+            }
+            (Kind::Cancel, true) => {
+                self.incoming.on_cancel(h).await;
+                Flow::Continue
+            }
+            (Kind::Credit, true) => {
+                self.incoming.on_credit(h, &payload);
+                Flow::Continue
+            }
+            // The peer answers a call of this end.
+            (Kind::Response | Kind::StreamItem | Kind::StreamEnd | Kind::Error, false) => {
+                let ev = match h.kind {
+                    Kind::Response => Event::Response(payload),
+                    Kind::StreamItem => Event::Item(payload),
+                    Kind::StreamEnd => Event::End,
+                    _ => Event::Error(RpcError::decode(&payload)),
+                };
+                self.woke |= self.peer.out.deliver(h.call_id, ev);
+                Flow::Continue
+            }
+            // The connection itself.
+            (Kind::Ping, false) => match self.link.send(Dir::Conn, Kind::Pong, 0, 0, &[]).await {
+                Ok(()) => Flow::Continue,
+                Err(e) => Flow::Stop(e.into()),
+            },
+            (Kind::Pong, false) => Flow::Continue,
+            (Kind::Goodbye, false) => match self.role {
+                Role::Server => Flow::Stop(RpcError::new(Code::PeerGone, "the client left")),
+                Role::Client => {
+                    // The server drains: calls in flight still get their answers, but new
+                    // calls must go to a new connection.
+                    self.peer.out.stop_new_calls();
+                    Flow::Continue
+                }
+            },
+            (kind, true) => violation(&format!("{kind:?} frame sent towards a callee")),
+            (kind, false) => violation(&format!("{kind:?} frame sent towards a caller")),
+        }
+    }
+
+    /// A heartbeat period passed: sample the ring, ping a quiet peer, give up on a silent
+    /// one.
+    async fn on_tick(&mut self) -> Flow {
+        let silent = self.silence.tick();
+        if self.link.obs.wants_occupancy() {
+            // The ring probe reads the shared header: no need for the sender's lock.
+            if let Some((to_peer, _)) = &self.link.info.rings {
+                self.link.obs.occupancy(to_peer.state().queued);
+            }
+        }
+        if silent >= 3 {
+            // A silent peer (stopped, or hung): treat as gone.
+            return Flow::Stop(RpcError::new(
+                Code::PeerGone,
+                "the peer stopped answering heartbeats",
+            ));
+        }
+        if silent >= 1 {
+            if let Err(e) = self.link.send(Dir::Conn, Kind::Ping, 0, 0, &[]).await {
+                return Flow::Stop(e.into());
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The connection ended (`end` says why): fail the calls this end started, then end
+    /// the peer's (cancelled, unless draining gracefully over a working connection), and
+    /// let them wind down.
+    async fn finish(self, drained: bool, end: &RpcError) {
+        // First the outgoing calls: a handler waiting for a callback's answer then ends
+        // at once instead of holding the drain up.
+        self.peer.out.fail_all(end);
+        self.incoming.finish(drained).await;
+        self.host.obs.connection(-1.0, self.link.info.peer_pid);
+        self.host.registry.remove(self.link.info.id);
+    }
+}

@@ -1,0 +1,195 @@
+//! The engine with both ends in one process over the in-memory transport: calls in both
+//! directions at once on one connection (the two ends' call ids overlap, told apart by the
+//! direction flag), a missing method, frames sent the wrong way, and the end of the
+//! connection failing open calls in both directions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{open, CallOptions, Ends, Host, Methods, Peer, Role};
+use crate::frame::Kind;
+use crate::rpc::inspect::{ConnInfo, Registry};
+use crate::rpc::obs::ServerObs;
+use crate::rpc::transport::{mem_pair, Dir, FrameRx, FrameTx};
+use crate::rpc::{method_id, Code, RpcError};
+
+/// Settings of both ends (no heartbeats: the paused clock would reach one).
+fn host(methods: Methods) -> Arc<Host> {
+    Arc::new(Host {
+        methods,
+        max_in_flight: 8,
+        max_message: 1 << 20,
+        heartbeat: Duration::from_secs(3600),
+        cancel_grace: Duration::from_millis(100),
+        obs: Arc::new(ServerObs::new(false)),
+        registry: Registry::default(),
+    })
+}
+
+/// Methods that answer `(tag, n)` with `(tag, n * 2)`; `hang` waits for its cancel and
+/// reports it.
+fn methods(
+    tag: &'static str,
+    cancelled: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+) -> Methods {
+    let mut m = Methods::new(false);
+    m.unary("double", move |_ctx, n: u64| async move {
+        tokio::task::yield_now().await; // answer later, not on the first poll
+        Ok((tag.to_string(), n * 2))
+    });
+    m.unary_raw("hang", move |ctx, _req| {
+        let cancelled = cancelled.clone();
+        async move {
+            ctx.cancelled().await;
+            if let Some(c) = cancelled {
+                let _ = c.send(());
+            }
+            Err(RpcError::new(Code::Cancelled, "saw the cancel"))
+        }
+    });
+    m
+}
+
+/// A server end and a client end connected in memory: the handle each has on the other.
+fn pair(server: Methods, client: Methods) -> (Peer, Peer) {
+    let ((stx, srx), (ctx, crx)) = mem_pair(64, 1 << 20);
+    let (to_client, run) = open(
+        host(server),
+        Role::Server,
+        stx,
+        srx,
+        Arc::new(ConnInfo::new(1, None, "mem", None)),
+        Ends::default(),
+    );
+    tokio::spawn(run);
+    let (to_server, run) = open(
+        host(client),
+        Role::Client,
+        ctx,
+        crx,
+        Arc::new(ConnInfo::new(1, None, "mem", None)),
+        Ends::default(),
+    );
+    tokio::spawn(run);
+    (to_client, to_server)
+}
+
+#[tokio::test(start_paused = true)]
+async fn both_ends_call_each_other_at_once_and_every_answer_is_its_own() {
+    let (to_client, to_server) = pair(methods("server", None), methods("client", None));
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..200u64 {
+        // Interleaved: even numbers from the server, odd from the client; both ends number
+        // their calls from 1, so the same ids are in flight both ways.
+        let (who, peer) = if n % 2 == 0 {
+            ("client", to_client.clone())
+        } else {
+            ("server", to_server.clone())
+        };
+        calls.spawn(async move {
+            let got: (String, u64) = peer
+                .call("double", &n, CallOptions::default())
+                .await
+                .expect("answered");
+            assert_eq!(got, (who.to_string(), n * 2), "call {n}");
+        });
+    }
+    let mut done = 0;
+    while let Some(r) = calls.join_next().await {
+        r.expect("call task");
+        done += 1;
+    }
+    assert_eq!(done, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callback_to_a_method_the_client_lacks_is_unknown_method() {
+    let (to_client, to_server) = pair(methods("server", None), Methods::new(false));
+    let e = to_client
+        .call_raw("double", b"", CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::UnknownMethod, "{e}");
+    // The connection goes on, in both directions.
+    let got: (String, u64) = to_server
+        .call("double", &4u64, CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(got, ("server".to_string(), 8));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_callback_cancels_the_handler_on_the_client() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (to_client, _to_server) = pair(methods("server", None), methods("client", Some(seen_tx)));
+    let opts = CallOptions::timeout(Duration::from_secs(5));
+    let e = to_client.call_raw("hang", b"", opts).await.unwrap_err();
+    assert_eq!(e.code, Code::DeadlineExceeded, "{e}");
+    seen.recv()
+        .await
+        .expect("the client's handler saw the cancel");
+}
+
+/// The server's end alone, driven by a scripted client: returns the server's handle on
+/// the client, and the client's end of the transport.
+fn scripted(server: Methods) -> (Peer, FrameTx, FrameRx) {
+    let ((stx, srx), (ctx, crx)) = mem_pair(64, 1 << 20);
+    let info = Arc::new(ConnInfo::new(1, None, "mem", None));
+    let (to_client, run) = open(host(server), Role::Server, stx, srx, info, Ends::default());
+    tokio::spawn(run);
+    (to_client, ctx, crx)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_sent_towards_the_callee_is_a_protocol_error() {
+    let (to_client, mut tx, mut rx) = scripted(methods("server", None));
+    let call = tokio::spawn(async move {
+        to_client
+            .call_raw("anything", b"", CallOptions::default())
+            .await
+    });
+    let (h, _) = rx.recv().await.expect("the server's request");
+    assert_eq!((h.kind, Dir::to_callee(h.flags)), (Kind::Request, true));
+    // The answer, but flagged as travelling to a callee: nobody's answer.
+    tx.send(Dir::ToCallee, Kind::Response, h.method, h.call_id, b"x")
+        .await
+        .unwrap();
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.code, Code::Protocol, "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_end_of_the_connection_fails_open_calls_both_ways() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (to_client, mut tx, mut rx) = scripted(methods("server", Some(seen_tx)));
+    // The scripted client calls `hang` on the server ...
+    tx.send_parts(
+        Dir::ToCallee,
+        Kind::Request,
+        method_id("hang"),
+        1,
+        &[&0u32.to_le_bytes()],
+    )
+    .await
+    .unwrap();
+    // ... and the server calls the client (call id 1 too: the other direction).
+    let callback = tokio::spawn({
+        let p = to_client.clone();
+        async move { p.call_raw("anything", b"", CallOptions::default()).await }
+    });
+    let (h, _) = rx.recv().await.expect("the server's request");
+    assert_eq!((h.kind, h.call_id), (Kind::Request, 1));
+    // The client goes away.
+    drop((tx, rx));
+    let e = callback.await.unwrap().unwrap_err();
+    assert_eq!(e.code, Code::PeerGone, "{e}");
+    seen.recv()
+        .await
+        .expect("the server's handler was cancelled");
+    let e = to_client
+        .call_raw("anything", b"", CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::PeerGone, "{e}");
+    assert!(!to_client.is_connected());
+}
