@@ -121,7 +121,7 @@ pub struct FrameHeader {
 /// bytes[4] = 3; // a future version
 /// let err = decode(&bytes).unwrap_err();
 /// assert_eq!(err, FrameError::Version { found: 3 });
-/// assert_eq!(err.to_string(), "the peer speaks protocol 3, this end speaks 2");
+/// assert_eq!(err.to_string(), "the peer speaks protocol version 3, this end speaks version 2");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -133,7 +133,7 @@ pub enum FrameError {
     #[error("bad frame magic {0:02x?}")]
     BadMagic([u8; 4]),
     /// A frame version we do not speak.
-    #[error("the peer speaks protocol {found}, this end speaks {FRAME_VERSION}")]
+    #[error("the peer speaks protocol version {found}, this end speaks version {FRAME_VERSION}")]
     Version {
         /// Version found.
         found: u8,
