@@ -661,5 +661,5 @@ impl Client {
 }
 
 #[cfg(test)]
-#[path = "session/outgoing_tests.rs"]
+#[path = "client_tests.rs"]
 mod tests;
