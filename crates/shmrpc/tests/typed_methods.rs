@@ -110,3 +110,57 @@ fn the_blocking_client_takes_the_same_descriptors() -> Result<(), Box<dyn std::e
     rt.block_on(serving)?;
     Ok(())
 }
+
+/// The client's side of a callback: a question the engine asks the editor.
+const CURSOR: Unary<String, u32> = Unary::new("cursor");
+/// And a stream the editor sends the engine: the lines of a buffer.
+const LINES: Streaming<u32, String> = Streaming::new("lines");
+/// What the editor asks the engine: it answers by calling the editor back.
+const SUMMARY: Unary<String, String> = Unary::new("summary");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_methods_registered_on_a_client_are_called_back_by_the_server(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let name = name("callback");
+    let server = Server::builder()
+        .method(SUMMARY, |ctx, file| async move {
+            let opts = CallOptions::timeout(Duration::from_secs(10));
+            let peer = ctx.peer();
+            let cursor = peer.invoke(CURSOR, &file, opts).await?;
+            let mut lines = peer.invoke_stream(LINES, &3, opts).await?;
+            let mut got = Vec::new();
+            while let Some(line) = lines.next().await {
+                got.push(line?);
+            }
+            Ok(format!("{file}@{cursor}: {}", got.join("|")))
+        })
+        .bind(&name)?;
+    let handle = server.handle();
+    let serving = tokio::spawn(server.serve());
+
+    let client = Client::builder()
+        .method(CURSOR, |_ctx, file| async move { Ok(file.len() as u32) })
+        .stream_method(LINES, |_ctx, n, sink| async move {
+            for i in 0..n {
+                sink.send(&format!("line {i}")).await?;
+            }
+            Ok(())
+        })
+        .connect(&name)
+        .await?;
+    let opts = CallOptions::timeout(Duration::from_secs(10));
+    let summary = client.invoke(SUMMARY, &"main.rs".to_string(), opts).await?;
+    assert_eq!(summary, "main.rs@7: line 0|line 1|line 2");
+    // A client without the methods: the server's callback fails, and says why.
+    let plain = Client::connect(&name, ClientConfig::default()).await?;
+    let err = plain
+        .invoke(SUMMARY, &"x".to_string(), opts)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::UnknownMethod, "{err}");
+
+    drop((client, plain));
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), serving).await??;
+    Ok(())
+}
