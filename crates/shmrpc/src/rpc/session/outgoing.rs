@@ -176,6 +176,7 @@ impl Outgoing {
         Some(id)
     }
 
+    /// Removes a call's entry (freeing its slot).
     fn forget(&self, id: u64) {
         self.pending.lock().expect("poisoned").remove(&id);
     }
@@ -220,21 +221,24 @@ impl Outgoing {
         check_size(body, self.max_message)
     }
 
-    /// Registers a call (with `waiter`) and sends its request. `Ok(None)` if this
+    /// Registers a call (with `waiter`) and sends its request; returns its guard, which
+    /// cancels the call if dropped before it is done (also while the request is being
+    /// sent, so a call abandoned then frees its entry and its slot). `Ok(None)` if this
     /// connection takes no new calls (the client then tries its next connection).
     ///
     /// # Errors
     /// The send failed: the connection is broken (and every call on it fails).
-    pub(crate) async fn start(
-        &self,
+    async fn start(
+        self: &Arc<Self>,
         method: u32,
         body: &[u8],
         timeout: Option<Duration>,
         waiter: Waiter,
-    ) -> Result<Option<u64>, RpcError> {
+    ) -> Result<Option<CancelOnDrop>, RpcError> {
         let Some(id) = self.register(waiter).await else {
             return Ok(None);
         };
+        let mut guard = CancelOnDrop::new(self.clone(), id, method);
         let ms = timeout.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
         let sent = self
             .link
@@ -247,22 +251,18 @@ impl Outgoing {
             )
             .await;
         if let Err(e) = sent {
-            self.forget(id);
+            guard.done(); // nothing to cancel: the request is not out (dropping forgets it)
             let e = RpcError::from(e);
             self.fail_all(&e);
             return Err(e);
         }
-        Ok(Some(id))
+        Ok(Some(guard))
     }
 
-    /// Waits for the answer of unary call `id`, which was started. Dropped before the
-    /// answer (its deadline passed), it cancels the call.
-    pub(crate) async fn answer(
-        self: &Arc<Self>,
-        id: u64,
-        method: &str,
-    ) -> Result<Vec<u8>, RpcError> {
-        let mut guard = CancelOnDrop::new(self.clone(), id, method_id(method));
+    /// Waits for the answer of the unary call of `guard`, which was started. Dropped
+    /// before the answer (its deadline passed), it cancels the call.
+    async fn answer(&self, mut guard: CancelOnDrop) -> Result<Vec<u8>, RpcError> {
+        let id = guard.id;
         let r = std::future::poll_fn(|cx| {
             let mut pending = self.pending.lock().expect("poisoned");
             match pending.get_mut(&id).map(|e| &mut e.waiter) {
@@ -298,7 +298,7 @@ impl Outgoing {
             .start(method_id(method), body, timeout, Waiter::unary())
             .await?
         {
-            Some(id) => self.answer(id, method).await.map(Some),
+            Some(guard) => self.answer(guard).await.map(Some),
             None => Ok(None),
         }
     }
@@ -314,13 +314,13 @@ impl Outgoing {
     ) -> Result<Option<CallStream>, RpcError> {
         let (etx, events) = mpsc::unbounded_channel();
         let m = method_id(method);
-        let Some(id) = self.start(m, body, timeout, Waiter::Stream(etx)).await? else {
+        let Some(guard) = self.start(m, body, timeout, Waiter::Stream(etx)).await? else {
             return Ok(None);
         };
         Ok(Some(CallStream {
             _keep: keep,
             events,
-            guard: CancelOnDrop::new(self.clone(), id, m),
+            guard,
             deadline: timeout.map(|d| Instant::now() + d),
             finished: false,
             unacked: 0,

@@ -193,3 +193,64 @@ async fn the_end_of_the_connection_fails_open_calls_both_ways() {
     assert_eq!(e.code, Code::PeerGone, "{e}");
     assert!(!to_client.is_connected());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_keeps_at_most_twice_max_in_flight_calls_open() {
+    // The server end (max_in_flight 8) calls a scripted client that reads but never
+    // answers, until told to.
+    let (to_client, mut tx, mut rx) = scripted(Methods::new(false));
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        let p = to_client.clone();
+        open.push(tokio::spawn(async move {
+            p.call_raw("x", b"", CallOptions::default()).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for _ in 0..16 {
+        let (h, _) = rx.recv().await.expect("a request");
+        ids.push(h.call_id);
+    }
+    // A 17th call waits for a slot: nothing is sent, and its deadline passes.
+    let e = to_client
+        .call_raw("x", b"", CallOptions::timeout(Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::DeadlineExceeded, "{e}");
+    let nothing = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert!(nothing.is_err(), "no request beyond the slots: {nothing:?}");
+    // One answer frees a slot: the next call goes out.
+    tx.send(
+        Dir::ToCaller,
+        Kind::Response,
+        method_id("x"),
+        ids[0],
+        b"done",
+    )
+    .await
+    .unwrap();
+    let next = tokio::spawn({
+        let p = to_client.clone();
+        async move { p.call_raw("x", b"", CallOptions::default()).await }
+    });
+    let (h, _) = rx.recv().await.expect("the next request");
+    assert_eq!(h.kind, Kind::Request);
+    assert!(!ids.contains(&h.call_id), "a new call id");
+    drop((tx, rx));
+    assert_eq!(next.await.unwrap().unwrap_err().code, Code::PeerGone);
+    // The answered call got its answer; the others fail with the connection.
+    let (mut answered, mut gone) = (0, 0);
+    for call in open {
+        match call.await.unwrap() {
+            Ok(b) => {
+                assert_eq!(b, b"done");
+                answered += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.code, Code::PeerGone, "{e}");
+                gone += 1;
+            }
+        }
+    }
+    assert_eq!((answered, gone), (1, 15));
+}
