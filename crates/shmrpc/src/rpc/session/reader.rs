@@ -67,6 +67,8 @@ impl Connection {
     pub(super) async fn run(mut self, mut rx: FrameRx, ends: Ends) {
         // Without a drain signal, one that never fires (its sender lives as long as the
         // loop: a dropped sender would make `changed` return at once, for ever).
+        // Each end waits only for its own signal: an idle branch costs nothing per frame.
+        let (has_drain, has_shut) = (ends.draining.is_some(), ends.shut.is_some());
         let (_never, no_drain) = watch::channel(false);
         let mut draining = ends.draining.unwrap_or(no_drain);
         let shut = ends.shut.unwrap_or_default();
@@ -98,8 +100,8 @@ impl Connection {
                     heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
                     self.on_tick().await
                 }
-                _ = draining.changed() => Flow::Continue,
-                () = shut.cancelled() => {
+                _ = draining.changed(), if has_drain => Flow::Continue,
+                () = shut.cancelled(), if has_shut => {
                     // Every handle of the client is gone: tell the server, and end.
                     let _ = self.link.send(Dir::Conn, Kind::Goodbye, 0, 0, &[]).await;
                     Flow::Stop(RpcError::new(Code::PeerGone, "the client was dropped"))
