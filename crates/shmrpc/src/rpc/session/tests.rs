@@ -254,3 +254,38 @@ async fn a_caller_keeps_at_most_twice_max_in_flight_calls_open() {
     }
     assert_eq!((answered, gone), (1, 15));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_fails_the_servers_own_open_calls_and_the_client_stops_calling() {
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    let ((stx, srx), (ctx, crx)) = mem_pair(64, 1 << 20);
+    let info = || Arc::new(ConnInfo::new(1, None, "mem", None));
+    let ends = Ends {
+        draining: Some(draining),
+        shut: None,
+    };
+    let server = host(methods("server", None));
+    let (to_client, run) = open(server, Role::Server, stx, srx, info(), ends);
+    let serving = tokio::spawn(run);
+    let client = host(methods("client", None));
+    let (to_server, run) = open(client, Role::Client, ctx, crx, info(), Ends::default());
+    tokio::spawn(run);
+    let open_call = tokio::spawn({
+        let p = to_client.clone();
+        async move { p.call_raw("hang", b"", CallOptions::default()).await }
+    });
+    // Paused clock: this returns once every task is idle, the call waiting on the client.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!open_call.is_finished());
+    drain.send_replace(true);
+    let e = open_call.await.unwrap().unwrap_err();
+    assert_eq!(e.code, Code::ShuttingDown, "{e}");
+    serving.await.expect("the server's end finishes");
+    // The client got the goodbye: no new calls on this connection.
+    assert!(!to_server.is_connected());
+    let e = to_server
+        .call_raw("double", b"", CallOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::PeerGone, "{e}");
+}
