@@ -189,6 +189,51 @@ impl FrameTx {
             .await
     }
 
+    /// Sends one message only if it can go at once, without waiting: `Ok(true)` if it was
+    /// sent, `Ok(false)` if it would have to wait (full ring or queue, a message of several
+    /// fragments, or a TCP stream), in which case nothing was sent. Errors are left to the
+    /// waiting [`send_parts`](Self::send_parts), which reports them.
+    pub(crate) fn try_send_parts(
+        &mut self,
+        dir: Dir,
+        kind: Kind,
+        method: u32,
+        call_id: u64,
+        parts: &[&[u8]],
+    ) -> Result<bool, TransportError> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let header = FrameHeader {
+            kind,
+            flags: dir.flags(),
+            method,
+            call_id,
+            len: total as u32,
+        };
+        match self {
+            FrameTx::Mem(q) => match q.try_send((header, parts.concat())) {
+                Ok(()) => Ok(true),
+                Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(TransportError::Gone(Cause::Closed))
+                }
+            },
+            FrameTx::Shm(s, _) if total <= s.max_message() - FRAME_HEADER_LEN => {
+                match s.producer().try_reserve(FRAME_HEADER_LEN + total) {
+                    Ok(mut grant) => {
+                        frame::encode_parts_into(&mut grant, &header, parts)
+                            .map_err(frame_error)?;
+                        grant.commit(0);
+                        Ok(true)
+                    }
+                    Err(_) => Ok(false),
+                }
+            }
+            // Fragments must go out together (a later one may find no room), and a TCP
+            // write may go out in part: both wait.
+            FrameTx::Shm(..) | FrameTx::Tcp(..) => Ok(false),
+        }
+    }
+
     /// [`send`](Self::send) for a payload in pieces (a request's deadline prefix and its
     /// body). A message that fits one frame and finds room in the ring is written straight
     /// into it, with no intermediate buffer.

@@ -32,33 +32,98 @@ pub(super) struct ConnState {
     pub(super) in_flight: tokio_util::task::TaskTracker,
     /// The caller, for handlers to call back.
     pub(super) peer: Peer,
+    /// Bounds the reader's sends that had to be deferred and hold no call's permit
+    /// (refusals, heartbeats): see [`reply`](Self::reply).
+    pub(super) spare: Arc<Semaphore>,
+}
+
+/// How many of the reader's deferred sends may hold no call's permit, for a connection
+/// whose ends run `max_in_flight` calls at once: a peer configured like this end has at
+/// most twice that many calls open here (`Outgoing`), each refused at most once, plus a
+/// heartbeat or two.
+pub(super) fn spare_sends(max_in_flight: usize) -> usize {
+    max_in_flight.max(1) * 2 + 2
 }
 
 impl ConnState {
-    /// Starts a request that holds a concurrency permit.
-    pub(super) async fn start(
+    /// Sends a message the reader produced (an answer, a refusal, a heartbeat) without the
+    /// reader ever waiting for room in the ring.
+    ///
+    /// Why: the peer drains that ring only while its own reader runs. If both readers
+    /// waited on a send at once, each into a full ring the other no longer reads (large
+    /// messages or many calls flowing both ways), neither would read again: a deadlock. So
+    /// the message goes at once if it can ([`Link::try_send`]); if it would wait, a task
+    /// sends it (through the link's lock, so its fragments never interleave with another
+    /// message's) and the reader reads on. A call's answer is its only frame from here, so
+    /// deferring it keeps each call's frames in order.
+    ///
+    /// Deferred sends are bounded per connection: one that answers a call holds the call's
+    /// concurrency `permit` until it is sent, so the calls' limit bounds them; any other
+    /// takes a `spare` permit, and the reader reads no frame while none is free
+    /// ([`Connection::run`](super::reader::Connection::run)). Only a peer that stops
+    /// reading gets there, and it holds back only its own connection.
+    pub(super) fn reply(
         &self,
-        h: FrameHeader,
-        mut payload: Vec<u8>,
-        permit: OwnedSemaphorePermit,
+        dir: Dir,
+        kind: Kind,
+        method: u32,
+        call_id: u64,
+        body: Vec<u8>,
+        permit: Option<OwnedSemaphorePermit>,
     ) {
+        // A failed send marks the connection broken (`Link`); nothing else to do here.
+        if !matches!(
+            self.tx.try_send(dir, kind, method, call_id, &body),
+            Ok(false)
+        ) {
+            return;
+        }
+        // At most one per frame read, and frames are read only while a spare permit is
+        // free; past the bound (refusing a drained queue) the task goes without one.
+        let spare = match permit {
+            Some(_) => None,
+            None => self.spare.clone().try_acquire_owned().ok(),
+        };
+        let tx = self.tx.clone();
+        self.in_flight.spawn(async move {
+            let _ = tx.send(dir, kind, method, call_id, &body).await;
+            drop((permit, spare));
+        });
+    }
+
+    /// Refuses a call with `e`, without waiting ([`reply`](Self::reply)).
+    pub(super) fn reply_error(
+        &self,
+        method: u32,
+        call_id: u64,
+        e: &RpcError,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        self.reply(
+            Dir::ToCaller,
+            Kind::Error,
+            method,
+            call_id,
+            e.encode(),
+            permit,
+        );
+    }
+
+    /// Starts a request that holds a concurrency permit. Never waits: a handler that does
+    /// not answer on its first poll runs in a task, and answers go by
+    /// [`reply`](Self::reply).
+    pub(super) fn start(&self, h: FrameHeader, mut payload: Vec<u8>, permit: OwnedSemaphorePermit) {
         let Some((deadline, _)) = split_deadline(&payload) else {
             let e = RpcError::new(Code::BadRequest, "request without deadline prefix");
             self.host.obs.rejected(e.code);
-            reply_error(&self.tx, h.method, h.call_id, e).await;
+            self.reply_error(h.method, h.call_id, &e, Some(permit));
             return;
         };
         if h.method == INSPECT_ID {
             // Built in: what this end knows of its connections.
             let outcome = encode(&self.host.registry.report()).map(Some);
-            send_outcome(
-                &self.tx,
-                h.method,
-                h.call_id,
-                outcome,
-                self.host.max_message,
-            )
-            .await;
+            let (kind, body, _) = outcome_frame(outcome, self.host.max_message);
+            self.reply(Dir::ToCaller, kind, h.method, h.call_id, body, Some(permit));
             return;
         }
         let Some(route) = self.host.methods.get(h.method) else {
@@ -67,7 +132,7 @@ impl ConnState {
                 format!("no method with id {:#010x}", h.method),
             );
             self.host.obs.rejected(e.code);
-            reply_error(&self.tx, h.method, h.call_id, e).await;
+            self.reply_error(h.method, h.call_id, &e, Some(permit));
             return;
         };
         // The body is the payload after its prefix: shift it down instead of copying it out.
@@ -97,19 +162,20 @@ impl ConnState {
         };
         let mut fut = (route.handler)(ctx, payload, sink);
         // Fast path: most handlers answer without waiting for anything. Poll once here; if
-        // the answer is ready, reply at once and skip the task spawn (and its wake-ups)
-        // that a handler which waits needs. No frame of this connection is read
-        // meanwhile, so a call that finishes here needs no entry in `calls` (a later
-        // `Cancel` or `Credit` for it finds nothing, as for any finished call).
+        // the answer is ready, reply at once (if the ring has room; else a task sends it,
+        // see `reply`) and skip the task spawn (and its wake-ups) that a handler which
+        // waits needs. No frame of this connection is read meanwhile, so a call that
+        // finishes here needs no entry in `calls` (a later `Cancel` or `Credit` for it
+        // finds nothing, as for any finished call).
         let first = {
             #[cfg(feature = "tracing")]
             let _in_span = obs.span().entered();
             poll_once(&mut fut)
         };
         if let Some(outcome) = first {
-            let code = send_outcome(&self.tx, h.method, h.call_id, outcome, max).await;
+            let (kind, body, code) = outcome_frame(outcome, max);
             obs.end(&self.host.obs, code);
-            drop(permit);
+            self.reply(Dir::ToCaller, kind, h.method, h.call_id, body, Some(permit));
             return;
         }
         // `on_request` refused an id already in flight, and no frame was read since.
@@ -176,16 +242,13 @@ fn poll_once(
     }
 }
 
-/// Sends a finished call's answer: its response, the end of its stream, or its error.
-/// Returns the error's code if the call failed.
-async fn send_outcome(
-    tx: &Link,
-    method: u32,
-    call_id: u64,
+/// A finished call's answer: its response, the end of its stream, or its error; and the
+/// error's code if the call failed.
+fn outcome_frame(
     outcome: Result<Option<Vec<u8>>, RpcError>,
     max: usize,
-) -> Option<Code> {
-    let (kind, body, code) = match outcome {
+) -> (Kind, Vec<u8>, Option<Code>) {
+    match outcome {
         Ok(Some(resp)) if resp.len() > max => {
             let e = RpcError::new(
                 Code::TooLarge,
@@ -196,16 +259,22 @@ async fn send_outcome(
         Ok(Some(resp)) => (Kind::Response, resp, None),
         Ok(None) => (Kind::StreamEnd, Vec::new(), None),
         Err(e) => (Kind::Error, e.encode(), Some(e.code)),
-    };
+    }
+}
+
+/// Sends a finished call's answer from its task (which may wait for room: the reader reads
+/// on meanwhile). Returns the error's code if the call failed.
+async fn send_outcome(
+    tx: &Link,
+    method: u32,
+    call_id: u64,
+    outcome: Result<Option<Vec<u8>>, RpcError>,
+    max: usize,
+) -> Option<Code> {
+    let (kind, body, code) = outcome_frame(outcome, max);
     // A failed send marks the connection broken (`Link::send`); nothing else to do here.
     let _ = tx.send(Dir::ToCaller, kind, method, call_id, &body).await;
     code
-}
-
-pub(super) async fn reply_error(tx: &Link, method: u32, call_id: u64, e: RpcError) {
-    let _ = tx
-        .send(Dir::ToCaller, Kind::Error, method, call_id, &e.encode())
-        .await;
 }
 
 /// Runs a waiting handler inside the call's task (one task per waiting call), racing it

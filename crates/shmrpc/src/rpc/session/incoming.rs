@@ -8,13 +8,16 @@
 //! fills and the caller's sends wait (backpressure). Until then, cancels, credit, answers
 //! and heartbeats keep being read even when every permit is taken (a cancel reaches a
 //! waiting request too).
+//!
+//! Nothing here waits on a send: answers and refusals go by `ConnState::reply`, which
+//! never makes the reader wait for room in the ring (see there why).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::dispatch::{reply_error, ConnState};
+use super::dispatch::ConnState;
 use super::sink::STREAM_WINDOW;
 use crate::frame::FrameHeader;
 use crate::rpc::{Code, RpcError};
@@ -39,9 +42,21 @@ impl Incoming {
         }
     }
 
-    /// Whether the connection may be read: not while the queue of waiting requests is full.
+    /// Whether the connection may be read: not while the queue of waiting requests is
+    /// full, nor while no spare permit is free for a refusal the next frame may need
+    /// (`ConnState::reply`).
     pub(super) fn can_read(&self) -> bool {
-        self.waiting.len() < self.max_waiting
+        self.waiting.len() < self.max_waiting && self.has_spare()
+    }
+
+    /// Whether a spare permit is free.
+    pub(super) fn has_spare(&self) -> bool {
+        self.st.spare.available_permits() > 0
+    }
+
+    /// Returns once a spare permit is free (at once if one is).
+    pub(super) async fn spare_free(&self) {
+        drop(self.st.spare.acquire().await);
     }
 
     /// A permit for the oldest waiting request, once one is free (pending for ever while
@@ -58,15 +73,15 @@ impl Incoming {
     }
 
     /// Starts the oldest waiting request with `permit`.
-    pub(super) async fn start_waiting(&mut self, permit: OwnedSemaphorePermit) {
+    pub(super) fn start_waiting(&mut self, permit: OwnedSemaphorePermit) {
         if let Some((h, payload)) = self.waiting.pop_front() {
-            self.st.start(h, payload, permit).await;
+            self.st.start(h, payload, permit);
         }
     }
 
     /// A request: refused if its id is already in flight on this connection; started at
     /// once if a permit is free and nothing waits before it; else queued.
-    pub(super) async fn on_request(&mut self, h: FrameHeader, payload: Vec<u8>) {
+    pub(super) fn on_request(&mut self, h: FrameHeader, payload: Vec<u8>) {
         let id = h.call_id;
         let running = self.st.calls.lock().expect("poisoned").contains_key(&id);
         if running || self.waiting.iter().any(|(w, _)| w.call_id == id) {
@@ -76,11 +91,11 @@ impl Incoming {
                 format!("call id {id} is already in flight on this connection"),
             );
             self.st.host.obs.rejected(e.code);
-            reply_error(&self.st.tx, h.method, id, e).await;
+            self.st.reply_error(h.method, id, &e, None);
             return;
         }
         match self.limit.clone().try_acquire_owned() {
-            Ok(permit) if self.waiting.is_empty() => self.st.start(h, payload, permit).await,
+            Ok(permit) if self.waiting.is_empty() => self.st.start(h, payload, permit),
             // Keep arrival order: the oldest waiting request goes first.
             _ => {
                 self.st.tx.obs.backpressure();
@@ -90,7 +105,7 @@ impl Incoming {
     }
 
     /// The caller gave up on a call: cancel it if it runs, answer it if it waits.
-    pub(super) async fn on_cancel(&mut self, h: FrameHeader) {
+    pub(super) fn on_cancel(&mut self, h: FrameHeader) {
         if let Some((t, _)) = self.st.calls.lock().expect("poisoned").get(&h.call_id) {
             t.cancel();
         }
@@ -101,7 +116,7 @@ impl Incoming {
         {
             self.waiting.remove(i);
             let e = RpcError::new(Code::Cancelled, "call cancelled");
-            reply_error(&self.st.tx, h.method, h.call_id, e).await;
+            self.st.reply_error(h.method, h.call_id, &e, None);
         }
     }
 
@@ -119,10 +134,10 @@ impl Incoming {
 
     /// This end shuts down: refuse the waiting requests; the calls in flight finish (in
     /// [`finish`](Self::finish)).
-    pub(super) async fn on_drain(&mut self) {
+    pub(super) fn on_drain(&mut self) {
         for (h, _) in self.waiting.drain(..) {
             let e = RpcError::new(Code::ShuttingDown, "server is shutting down");
-            reply_error(&self.st.tx, h.method, h.call_id, e).await;
+            self.st.reply_error(h.method, h.call_id, &e, None);
         }
     }
 

@@ -105,6 +105,33 @@ impl Link {
             .await
     }
 
+    /// Sends one message only if it can go at once (no other message is being sent and
+    /// the ring has room): `Ok(true)` if it was sent, `Ok(false)` if it would wait (then
+    /// nothing was sent). For the reader, which must never wait on a send
+    /// ([`dispatch::ConnState::reply`]).
+    pub(crate) fn try_send(
+        &self,
+        dir: Dir,
+        kind: Kind,
+        method: u32,
+        call_id: u64,
+        payload: &[u8],
+    ) -> Result<bool, TransportError> {
+        let Ok(mut tx) = self.tx.try_lock() else {
+            return Ok(false);
+        };
+        let r = tx.try_send_parts(dir, kind, method, call_id, &[payload]);
+        match &r {
+            Err(_) => self.broken.cancel(),
+            Ok(true) => {
+                self.obs.sent(payload.len());
+                self.info.sent(payload.len());
+            }
+            Ok(false) => {}
+        }
+        r
+    }
+
     /// Sends one message given in pieces.
     pub(crate) async fn send_parts(
         &self,

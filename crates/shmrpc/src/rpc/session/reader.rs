@@ -2,12 +2,18 @@
 //! flag to the incoming calls (frames to this end as callee) or the outgoing calls (frames
 //! to this end as caller); heartbeats are answered and kept; at the end, every call still
 //! open fails, in both directions.
+//!
+//! The reader never waits for room to send: the frames it produces itself (fast answers,
+//! refusals, `Pong`, `Ping`) go by `ConnState::reply`, which hands a send that would wait
+//! to a task. Otherwise two readers, each sending into a full ring that only the other
+//! drains, would wait for each other for ever. Only the final `Goodbye` is awaited here,
+//! after this end stopped reading for good.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::dispatch::{reply_error, ConnState};
+use super::dispatch::{spare_sends, ConnState};
 use super::incoming::Incoming;
 use super::outgoing::Event;
 use super::{Ends, Host, Link, Peer, Role};
@@ -49,6 +55,7 @@ impl Connection {
             calls: Arc::default(),
             in_flight: tokio_util::task::TaskTracker::new(),
             peer: peer.clone(),
+            spare: Arc::new(tokio::sync::Semaphore::new(spare_sends(host.max_in_flight))),
         };
         Self {
             host,
@@ -82,23 +89,26 @@ impl Connection {
         let end = loop {
             if *draining.borrow() {
                 drained = true;
-                self.incoming.on_drain().await;
+                self.incoming.on_drain();
                 let _ = self.link.send(Dir::Conn, Kind::Goodbye, 0, 0, &[]).await;
                 break RpcError::new(Code::ShuttingDown, "this end is shutting down");
             }
             let can_read = self.incoming.can_read();
+            let no_spare = !self.incoming.has_spare();
             let flow = tokio::select! {
                 p = self.incoming.next_permit() => {
-                    self.incoming.start_waiting(p).await;
+                    self.incoming.start_waiting(p);
                     Flow::Continue
                 }
+                // Every spare permit is held by a deferred send: read on once one is sent.
+                () = self.incoming.spare_free(), if no_spare => Flow::Continue,
                 f = rx.recv(), if can_read => match f {
-                    Ok((h, payload)) => self.on_frame(h, payload).await,
-                    Err(e) => self.on_recv_error(e).await,
+                    Ok((h, payload)) => self.on_frame(h, payload),
+                    Err(e) => self.on_recv_error(e),
                 },
                 () = &mut heartbeat => {
                     heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
-                    self.on_tick().await
+                    self.on_tick()
                 }
                 _ = draining.changed(), if has_drain => Flow::Continue,
                 () = shut.cancelled(), if has_shut => {
@@ -128,7 +138,7 @@ impl Connection {
 
     /// A receive failed: a message over the size limit fails its call only; anything else
     /// ends the connection.
-    async fn on_recv_error(&mut self, e: TransportError) -> Flow {
+    fn on_recv_error(&mut self, e: TransportError) -> Flow {
         match e {
             TransportError::TooLarge {
                 call_id,
@@ -139,7 +149,7 @@ impl Connection {
                 self.silence.heard();
                 let e = RpcError::from(e);
                 if to_callee {
-                    reply_error(&self.link, method, call_id, e).await;
+                    self.incoming.st.reply_error(method, call_id, &e, None);
                 } else {
                     self.woke |= self.peer.out.deliver(call_id, Event::Error(e));
                 }
@@ -150,18 +160,18 @@ impl Connection {
     }
 
     /// A whole message from the peer, routed by its direction.
-    async fn on_frame(&mut self, h: FrameHeader, payload: Vec<u8>) -> Flow {
+    fn on_frame(&mut self, h: FrameHeader, payload: Vec<u8>) -> Flow {
         self.silence.heard();
         self.link.info.received(payload.len());
         let to_callee = Dir::to_callee(h.flags);
         match (h.kind, to_callee) {
             // The peer calls this end.
             (Kind::Request, true) => {
-                self.incoming.on_request(h, payload).await;
+                self.incoming.on_request(h, payload);
                 Flow::Continue
             }
             (Kind::Cancel, true) => {
-                self.incoming.on_cancel(h).await;
+                self.incoming.on_cancel(h);
                 Flow::Continue
             }
             (Kind::Credit, true) => {
@@ -180,10 +190,13 @@ impl Connection {
                 Flow::Continue
             }
             // The connection itself.
-            (Kind::Ping, false) => match self.link.send(Dir::Conn, Kind::Pong, 0, 0, &[]).await {
-                Ok(()) => Flow::Continue,
-                Err(e) => Flow::Stop(e.into()),
-            },
+            (Kind::Ping, false) => {
+                // A failed send marks the link broken, which ends the loop.
+                self.incoming
+                    .st
+                    .reply(Dir::Conn, Kind::Pong, 0, 0, Vec::new(), None);
+                Flow::Continue
+            }
             (Kind::Pong, false) => Flow::Continue,
             (Kind::Goodbye, false) => match self.role {
                 Role::Server => Flow::Stop(RpcError::new(Code::PeerGone, "the client left")),
@@ -201,7 +214,7 @@ impl Connection {
 
     /// A heartbeat period passed: sample the ring, ping a quiet peer, give up on a silent
     /// one.
-    async fn on_tick(&mut self) -> Flow {
+    fn on_tick(&mut self) -> Flow {
         let silent = self.silence.tick();
         if self.link.obs.wants_occupancy() {
             // The ring probe reads the shared header: no need for the sender's lock.
@@ -217,9 +230,10 @@ impl Connection {
             ));
         }
         if silent >= 1 {
-            if let Err(e) = self.link.send(Dir::Conn, Kind::Ping, 0, 0, &[]).await {
-                return Flow::Stop(e.into());
-            }
+            // A failed send marks the link broken, which ends the loop.
+            self.incoming
+                .st
+                .reply(Dir::Conn, Kind::Ping, 0, 0, Vec::new(), None);
         }
         Flow::Continue
     }

@@ -289,3 +289,76 @@ async fn a_drain_fails_the_servers_own_open_calls_and_the_client_stops_calling()
         .unwrap_err();
     assert_eq!(e.code, Code::PeerGone, "{e}");
 }
+
+/// Both ends flood each other with large calls over queues of two messages each way: both
+/// queues are full at once, while each end's reader has fast answers (handlers that finish
+/// on their first poll) to send. A reader that waited for room to send them would wait for
+/// the other reader, which waits for it: every call must complete instead.
+#[tokio::test(start_paused = true)]
+async fn both_ends_flooding_each_other_with_large_calls_never_deadlock() {
+    const BIG: usize = 64 * 1024;
+    const CALLS: u64 = 200;
+    // Answers on the first poll: the reader sends the answer itself.
+    let echo = |tag: u8| {
+        let mut m = Methods::new(false);
+        m.unary_raw("echo", move |_ctx, mut req: Vec<u8>| async move {
+            req.push(tag);
+            Ok(req)
+        });
+        m
+    };
+    let ((stx, srx), (ctx, crx)) = mem_pair(2, 1 << 20);
+    let info = || Arc::new(ConnInfo::new(1, None, "mem", None));
+    let (to_client, run) = open(
+        host(echo(b's')),
+        Role::Server,
+        stx,
+        srx,
+        info(),
+        Ends::default(),
+    );
+    tokio::spawn(run);
+    let (to_server, run) = open(
+        host(echo(b'c')),
+        Role::Client,
+        ctx,
+        crx,
+        info(),
+        Ends::default(),
+    );
+    tokio::spawn(run);
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..CALLS {
+        let (peer, tag) = if n % 2 == 0 {
+            (to_client.clone(), b'c')
+        } else {
+            (to_server.clone(), b's')
+        };
+        calls.spawn(async move {
+            let req = vec![n as u8; BIG];
+            let got = peer
+                .call_raw("echo", &req, CallOptions::default())
+                .await
+                .expect("answered");
+            assert_eq!(got.len(), BIG + 1, "call {n}");
+            assert!(
+                got[..BIG].iter().all(|&b| b == n as u8),
+                "call {n}'s own bytes"
+            );
+            assert_eq!(got[BIG], tag, "call {n} answered by the other end");
+        });
+    }
+    // A bound on a paused clock: it passes only if every task is stuck (a deadlock).
+    let all = async {
+        let mut done = 0;
+        while let Some(r) = calls.join_next().await {
+            r.expect("call task");
+            done += 1;
+        }
+        done
+    };
+    let done = tokio::time::timeout(Duration::from_secs(600), all)
+        .await
+        .expect("deadlock: both readers stuck sending into full queues");
+    assert_eq!(done, CALLS);
+}
