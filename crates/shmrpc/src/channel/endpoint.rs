@@ -701,6 +701,16 @@ impl Receiver {
         self.consumer.try_peek().map_err(convert_peek)
     }
 
+    /// Waits until a message (or the close) is there, without reading it. Padding records
+    /// met on the way are consumed, giving their space back: a producer may be waiting for
+    /// it to write a record that does not fit before the ring's end.
+    ///
+    /// # Errors
+    /// As [`recv_async`](Self::recv_async).
+    pub(crate) async fn ready_async(&mut self) -> Result<(), RecvError> {
+        self.wait_async(None).await
+    }
+
     async fn wait_async(&mut self, deadline: Option<Instant>) -> Result<(), RecvError> {
         loop {
             match self.consumer.probe() {

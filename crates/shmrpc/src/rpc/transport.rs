@@ -343,6 +343,33 @@ impl FrameRx {
         }
     }
 
+    /// For a reader that does not read for now (its queue is full): never returns, but
+    /// meanwhile gives back the space of padding records the peer writes (a record that
+    /// does not fit before the ring's end is preceded by padding, which only the reader
+    /// consumes). Without that, the peer's next large message could not fit until this
+    /// end read again, and this end may be waiting for the peer to read its own answers:
+    /// both would stop for good. Cancel-safe; reads no message.
+    async fn release_padding(&mut self) -> std::convert::Infallible {
+        if let FrameRx::Shm(rx, _) = self {
+            // Returns once a message (or the close, or an error) waits: the next `recv`
+            // reads or reports it.
+            let _ = rx.ready_async().await;
+        }
+        std::future::pending().await
+    }
+
+    /// [`recv`](Self::recv) if `read`, else [`release_padding`](Self::release_padding)
+    /// (which never returns). Cancel-safe.
+    pub(crate) async fn recv_if(
+        &mut self,
+        read: bool,
+    ) -> Result<(FrameHeader, Vec<u8>), TransportError> {
+        if !read {
+            match self.release_padding().await {}
+        }
+        self.recv().await
+    }
+
     /// The next whole message. Garbage is a protocol error: the connection is done.
     pub(crate) async fn recv(&mut self) -> Result<(FrameHeader, Vec<u8>), TransportError> {
         loop {

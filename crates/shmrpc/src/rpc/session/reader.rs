@@ -102,7 +102,9 @@ impl Connection {
                 }
                 // Every spare permit is held by a deferred send: read on once one is sent.
                 () = self.incoming.spare_free(), if no_spare => Flow::Continue,
-                f = rx.recv(), if can_read => match f {
+                // Not reading (`can_read` false): it still gives back the padding the peer
+                // writes, and never returns.
+                f = rx.recv_if(can_read) => match f {
                     Ok((h, payload)) => self.on_frame(h, payload),
                     Err(e) => self.on_recv_error(e),
                 },
