@@ -5,7 +5,9 @@
 //! Concurrency is bounded per connection: at most `max_in_flight` calls run at once, and
 //! up to `max_in_flight` more requests wait, in arrival order, for a permit. While that
 //! queue is full the connection is not read at all ([`Incoming::can_read`]), so the ring
-//! fills and the caller's sends wait (backpressure). Until then, cancels, credit, answers
+//! fills and the caller's sends wait (backpressure); only padding records are still
+//! consumed (`FrameRx::recv_if`), since the peer's next large message may wait for their
+//! space. Until then, cancels, credit, answers
 //! and heartbeats keep being read even when every permit is taken (a cancel reaches a
 //! waiting request too).
 //!
