@@ -292,7 +292,7 @@ async fn a_drain_fails_the_servers_own_open_calls_and_the_client_stops_calling()
 
 /// Both ends flood each other with large calls over queues of two messages each way: both
 /// queues are full at once, while each end's reader has fast answers (handlers that finish
-/// on their first poll) to send. A reader that waited for room to send them would wait for
+/// on their first poll) and refusals (a missing method) to send. A reader that waited for room to send them would wait for
 /// the other reader, which waits for it: every call must complete instead.
 #[tokio::test(start_paused = true)]
 async fn both_ends_flooding_each_other_with_large_calls_never_deadlock() {
@@ -336,6 +336,15 @@ async fn both_ends_flooding_each_other_with_large_calls_never_deadlock() {
         };
         calls.spawn(async move {
             let req = vec![n as u8; BIG];
+            if n % 5 == 0 {
+                // Refused by the reader (sent from a spare permit when it must wait).
+                let e = peer
+                    .call_raw("missing", &req, CallOptions::default())
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code, Code::UnknownMethod, "call {n}: {e}");
+                return;
+            }
             let got = peer
                 .call_raw("echo", &req, CallOptions::default())
                 .await
