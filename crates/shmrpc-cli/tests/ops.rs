@@ -745,11 +745,9 @@ fn scrape(addr: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
     s.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    // One write: the request goes out whole.
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read the scrape");
     out
@@ -774,9 +772,7 @@ fn the_metrics_endpoint_is_scraped_with_the_expected_series() {
     }
     let r = dir.run(&["call", &n, "nope"]);
     assert!(!r.ok());
-    let body = scrape(&addr);
-    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    for series in [
+    let expected = [
         "shmrpc_calls_total{method=\"add\"} 3",
         "shmrpc_errors_total{code=\"UnknownMethod\"} 1",
         "shmrpc_call_seconds{method=\"add\",quantile=\"0.5\"}",
@@ -784,11 +780,23 @@ fn the_metrics_endpoint_is_scraped_with_the_expected_series() {
         "shmrpc_bytes_sent_total",
         "shmrpc_connections",
         "shmrpc_backpressure_waits_total 0",
-    ] {
+    ];
+    // The server records a call's duration after its answer has gone out, so the caller
+    // can exit (and we can scrape) a moment before the last call is recorded: scrape
+    // until every series is there, within a bound.
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let body = scrape(&addr);
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        let missing: Vec<_> = expected.iter().filter(|s| !body.contains(*s)).collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            body.contains(series),
-            "no {series:?} in the scrape:\n{body}"
+            std::time::Instant::now() < deadline,
+            "no {missing:?} in the scrape:\n{body}"
         );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     server.signal(Signal::TERM);
     let (status, _) = server.wait();

@@ -25,13 +25,24 @@ pub async fn serve_prometheus(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
             let Ok((mut sock, _)) = listener.accept().await else {
                 continue;
             };
-            let body = handle.render();
+            let handle = handle.clone();
             tokio::spawn(async move {
-                // Read (and ignore) the request head; one response per connection.
-                let mut buf = [0u8; 2048];
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(2), sock.read(&mut buf))
-                        .await;
+                // Read the whole request head (it may come in several segments) before
+                // answering: closing a socket with unread bytes sends a reset, which can
+                // destroy the answer before the scraper reads it. Bounded in time and size.
+                let mut request = Vec::with_capacity(512);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                    let mut buf = [0u8; 1024];
+                    while request.len() < 8192 && !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                })
+                .await;
+                // Rendered after the request arrived: the figures as of the scrape.
+                let body = handle.render();
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
                      Content-Length: {}\r\nConnection: close\r\n\r\n",
