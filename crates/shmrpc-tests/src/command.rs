@@ -801,10 +801,6 @@ mod tests {
                 dial: RpcDial::Shm(name()),
                 calls: 7,
             },
-            RpcServingClient {
-                dial: RpcDial::Tcp("127.0.0.1:4567".parse().unwrap()),
-                calls: 1000,
-            },
             RpcGarbage { name: name() },
             RpcForeign {
                 name: name(),
@@ -834,6 +830,10 @@ mod tests {
         let roles: Vec<&str> = all.iter().map(PeerCommand::role).collect();
         assert_eq!(roles, ROLES, "one example per role, in ROLES order");
         let more = [
+            PeerCommand::RpcServingClient {
+                dial: RpcDial::Tcp("127.0.0.1:4567".parse().unwrap()),
+                calls: 1000,
+            },
             PeerCommand::RpcServer {
                 target: RpcTarget::Tcp,
                 cap: 1,
