@@ -4,13 +4,14 @@
 //!
 //! - [`methods`]: the method table an end serves ([`Methods`]), shared by both builders.
 //! - [`outgoing`]: the calls this end started: their table, answers, cancel on drop,
-//!   stream credit ([`CallStream`]).
+//!   stream credit both ways ([`CallStream`], [`ItemSender`]).
 //! - [`peer`]: the handle that calls the other end ([`Peer`]).
 //! - [`incoming`]: the calls the other end started: concurrency limit, queue, cancels,
 //!   credit.
 //! - [`dispatch`]: starting an incoming call, running its handler, sending its outcome.
 //! - [`context`]: what a handler knows about its call ([`CallContext`]).
 //! - [`sink`]: where a streaming handler sends its items ([`ItemSink`]).
+//! - [`items`]: where a handler reads the items its caller streams ([`ItemStream`]).
 //! - [`reader`]: the connection's read loop, which routes each frame by its direction
 //!   (to this end as callee: incoming; to this end as caller: outgoing), heartbeats, and
 //!   the end of the connection.
@@ -18,6 +19,7 @@
 mod context;
 mod dispatch;
 mod incoming;
+mod items;
 pub(crate) mod methods;
 pub(crate) mod outgoing;
 mod peer;
@@ -37,8 +39,9 @@ use crate::frame::Kind;
 
 pub use context::CallContext;
 pub(crate) use context::CallToken;
+pub use items::{ItemStream, Items};
 pub(crate) use methods::Methods;
-pub use outgoing::{CallOptions, CallStream};
+pub use outgoing::{BidiCall, CallOptions, CallStream, ClientStreamCall, ItemSender};
 pub use peer::Peer;
 pub use sink::ItemSink;
 pub(crate) use sink::STREAM_WINDOW;
