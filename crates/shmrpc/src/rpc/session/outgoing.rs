@@ -846,10 +846,12 @@ impl ClientStreamCall {
 /// sending half ends its stream (as [`ItemSender::finish`]).
 #[derive(Debug)]
 pub struct BidiCall {
-    /// Sends items to the callee.
-    pub sender: ItemSender,
+    // The receiver first: dropped whole, the call drops its receiving half first, so the
+    // sender sees it gone and sends no `StreamEnd` before the `Cancel`.
     /// Reads the callee's items.
     pub receiver: CallStream,
+    /// Sends items to the callee.
+    pub sender: ItemSender,
 }
 
 impl BidiCall {
