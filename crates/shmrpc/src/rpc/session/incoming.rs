@@ -31,6 +31,8 @@ pub(super) struct Incoming {
     /// Requests read but not yet started, oldest first.
     waiting: VecDeque<(FrameHeader, Vec<u8>)>,
     max_waiting: usize,
+    /// This end drains: new requests are refused.
+    draining: bool,
 }
 
 impl Incoming {
@@ -41,6 +43,7 @@ impl Incoming {
             limit: Arc::new(Semaphore::new(max)),
             waiting: VecDeque::new(),
             max_waiting: max,
+            draining: false,
         }
     }
 
@@ -96,6 +99,12 @@ impl Incoming {
             self.st.reply_error(h.method, id, &e, None);
             return;
         }
+        if self.draining {
+            let e = RpcError::new(Code::ShuttingDown, "server is shutting down");
+            self.st.host.obs.rejected(e.code);
+            self.st.reply_error(h.method, id, &e, None);
+            return;
+        }
         match self.limit.clone().try_acquire_owned() {
             Ok(permit) if self.waiting.is_empty() => self.st.start(h, payload, permit),
             // Keep arrival order: the oldest waiting request goes first.
@@ -134,22 +143,34 @@ impl Incoming {
         }
     }
 
-    /// This end shuts down: refuse the waiting requests; the calls in flight finish (in
-    /// [`finish`](Self::finish)).
+    /// This end shuts down: refuse the waiting requests and every new one; the calls in
+    /// flight run on (the connection is still read: their cancels, credit and callback
+    /// answers must arrive) until [`idle`](Self::idle).
     pub(super) fn on_drain(&mut self) {
+        self.draining = true;
         for (h, _) in self.waiting.drain(..) {
             let e = RpcError::new(Code::ShuttingDown, "server is shutting down");
             self.st.reply_error(h.method, h.call_id, &e, None);
         }
+        // From now on `idle` may complete (tasks spawned later are still waited for).
+        self.st.in_flight.close();
     }
 
-    /// The connection ended: cancel whatever still runs (unless draining gracefully over a
-    /// working connection), and let it wind down.
-    pub(super) async fn finish(self, drained: bool) {
+    /// After [`on_drain`](Self::on_drain): completes once no call runs and nothing waits to
+    /// be sent. Cancel-safe.
+    pub(super) async fn idle(&self) {
+        self.st.in_flight.wait().await;
+    }
+
+    /// The connection ended; `graceful`: a drain that ran every call to its end. Otherwise
+    /// whatever still runs is cancelled and sends still waiting give up (the peer may be
+    /// alive but not reading), so this never waits on the peer, only on handlers' grace.
+    pub(super) async fn finish(self, graceful: bool) {
         let st = self.st;
         st.in_flight.close();
-        if !drained || st.tx.broken.is_cancelled() {
+        if !graceful {
             st.cancel_all();
+            st.tx.ended.cancel();
         }
         st.in_flight.wait().await;
     }
