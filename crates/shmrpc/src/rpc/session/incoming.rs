@@ -40,6 +40,8 @@ pub(super) struct Incoming {
     /// its caller streams meanwhile (if its method takes items).
     waiting: VecDeque<Waiting>,
     max_waiting: usize,
+    /// This end drains: new requests are refused.
+    draining: bool,
 }
 
 impl Incoming {
@@ -50,6 +52,7 @@ impl Incoming {
             limit: Arc::new(Semaphore::new(max)),
             waiting: VecDeque::new(),
             max_waiting: max,
+            draining: false,
         }
     }
 
@@ -101,6 +104,12 @@ impl Incoming {
                 Code::Protocol,
                 format!("call id {id} is already in flight on this connection"),
             );
+            self.st.host.obs.rejected(e.code);
+            self.st.reply_error(h.method, id, &e, None);
+            return;
+        }
+        if self.draining {
+            let e = RpcError::new(Code::ShuttingDown, "server is shutting down");
             self.st.host.obs.rejected(e.code);
             self.st.reply_error(h.method, id, &e, None);
             return;
@@ -225,22 +234,34 @@ impl Incoming {
         }
     }
 
-    /// This end shuts down: refuse the waiting requests; the calls in flight finish (in
-    /// [`finish`](Self::finish)).
+    /// This end shuts down: refuse the waiting requests and every new one; the calls in
+    /// flight run on (the connection is still read: their cancels, credit and callback
+    /// answers must arrive) until [`idle`](Self::idle).
     pub(super) fn on_drain(&mut self) {
+        self.draining = true;
         for Waiting { h, .. } in self.waiting.drain(..) {
             let e = RpcError::new(Code::ShuttingDown, "server is shutting down");
             self.st.reply_error(h.method, h.call_id, &e, None);
         }
+        // From now on `idle` may complete (tasks spawned later are still waited for).
+        self.st.in_flight.close();
     }
 
-    /// The connection ended: cancel whatever still runs (unless draining gracefully over a
-    /// working connection), and let it wind down.
-    pub(super) async fn finish(self, drained: bool) {
+    /// After [`on_drain`](Self::on_drain): completes once no call runs and nothing waits to
+    /// be sent. Cancel-safe.
+    pub(super) async fn idle(&self) {
+        self.st.in_flight.wait().await;
+    }
+
+    /// The connection ended; `graceful`: a drain that ran every call to its end. Otherwise
+    /// whatever still runs is cancelled and sends still waiting give up (the peer may be
+    /// alive but not reading), so this never waits on the peer, only on handlers' grace.
+    pub(super) async fn finish(self, graceful: bool) {
         let st = self.st;
         st.in_flight.close();
-        if !drained || st.tx.broken.is_cancelled() {
+        if !graceful {
             st.cancel_all();
+            st.tx.ended.cancel();
         }
         st.in_flight.wait().await;
     }

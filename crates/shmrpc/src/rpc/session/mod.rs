@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::inspect::{ConnInfo, Registry};
 use super::obs::ServerObs;
-use super::transport::{Dir, FrameRx, FrameTx, TransportError};
+use super::transport::{Cause, Dir, FrameRx, FrameTx, TransportError};
 use crate::frame::Kind;
 
 pub use context::CallContext;
@@ -90,6 +90,9 @@ pub(crate) struct Ends {
 pub(crate) struct Link {
     tx: tokio::sync::Mutex<FrameTx>,
     pub(crate) broken: CallToken,
+    /// The connection is over: sends still waiting (for room in a ring the peer no longer
+    /// reads, say) give up, so that winding the connection down never waits on the peer.
+    pub(crate) ended: CallToken,
     pub(crate) obs: Arc<ServerObs>,
     pub(crate) info: Arc<ConnInfo>,
 }
@@ -144,12 +147,19 @@ impl Link {
         call_id: u64,
         parts: &[&[u8]],
     ) -> Result<(), TransportError> {
-        let r = self
-            .tx
-            .lock()
-            .await
-            .send_parts(dir, kind, method, call_id, parts)
-            .await;
+        let send = async {
+            self.tx
+                .lock()
+                .await
+                .send_parts(dir, kind, method, call_id, parts)
+                .await
+        };
+        // Biased: a send that goes at once (the common case) never looks at `ended`.
+        let r = tokio::select! {
+            biased;
+            r = send => r,
+            () = self.ended.cancelled() => return Err(TransportError::Gone(Cause::Closed)),
+        };
         match &r {
             Err(_) => self.broken.cancel(),
             Ok(()) => {
@@ -176,6 +186,7 @@ pub(crate) fn open(
     let link = Arc::new(Link {
         tx: tokio::sync::Mutex::new(tx),
         broken: CallToken::default(),
+        ended: CallToken::default(),
         obs: host.obs.clone(),
         info,
     });

@@ -6,8 +6,12 @@
 //! The reader never waits for room to send: the frames it produces itself (fast answers,
 //! refusals, `Pong`, `Ping`) go by `ConnState::reply`, which hands a send that would wait
 //! to a task. Otherwise two readers, each sending into a full ring that only the other
-//! drains, would wait for each other for ever. Only the final `Goodbye` is awaited here,
-//! after this end stopped reading for good.
+//! drains, would wait for each other for ever.
+//!
+//! A drain (the server shuts down) refuses new calls and says `Goodbye`, but reads on
+//! until the calls in flight are done: their cancels, stream credit and the answers to
+//! their callbacks still arrive. When the connection ends otherwise, whatever still runs
+//! is cancelled and sends still waiting give up ([`Link`]'s `ended`).
 
 use std::sync::Arc;
 
@@ -85,13 +89,17 @@ impl Connection {
         let heartbeat = tokio::time::sleep(hb);
         tokio::pin!(heartbeat);
         let broken = self.link.broken.clone();
-        let mut drained = false;
+        // The drain began (the goodbye is sent), and whether it ran every call to its end.
+        let (mut drained, mut graceful) = (false, false);
         let end = loop {
-            if *draining.borrow() {
+            if !drained && *draining.borrow() {
+                // Refuse what waits and whatever comes, tell the client, and read on until
+                // the calls in flight are done.
                 drained = true;
                 self.incoming.on_drain();
-                let _ = self.link.send(Dir::Conn, Kind::Goodbye, 0, 0, &[]).await;
-                break RpcError::new(Code::ShuttingDown, "this end is shutting down");
+                self.incoming
+                    .st
+                    .reply(Dir::Conn, Kind::Goodbye, 0, 0, Vec::new(), None);
             }
             let can_read = self.incoming.can_read();
             let no_spare = !self.incoming.has_spare();
@@ -112,10 +120,15 @@ impl Connection {
                     heartbeat.as_mut().reset(tokio::time::Instant::now() + hb);
                     self.on_tick()
                 }
-                _ = draining.changed(), if has_drain => Flow::Continue,
+                _ = draining.changed(), if has_drain && !drained => Flow::Continue,
+                () = self.incoming.idle(), if drained => {
+                    graceful = true;
+                    Flow::Stop(RpcError::new(Code::ShuttingDown, "this end is shutting down"))
+                }
                 () = shut.cancelled(), if has_shut => {
-                    // Every handle of the client is gone: tell the server, and end.
-                    let _ = self.link.send(Dir::Conn, Kind::Goodbye, 0, 0, &[]).await;
+                    // Every handle of the client is gone: tell the server (if the ring has
+                    // room: the end of the connection tells it anyway), and end.
+                    let _ = self.link.try_send(Dir::Conn, Kind::Goodbye, 0, 0, &[]);
                     Flow::Stop(RpcError::new(Code::PeerGone, "the client was dropped"))
                 }
                 // A send failed: the peer is gone or broke the ring.
@@ -135,7 +148,7 @@ impl Connection {
                 tokio::task::yield_now().await;
             }
         };
-        self.finish(drained, &end).await;
+        self.finish(graceful, &end).await;
     }
 
     /// A receive failed: a message over the size limit fails its call only; anything else
@@ -248,13 +261,13 @@ impl Connection {
     }
 
     /// The connection ended (`end` says why): fail the calls this end started, then end
-    /// the peer's (cancelled, unless draining gracefully over a working connection), and
-    /// let them wind down.
-    async fn finish(self, drained: bool, end: &RpcError) {
+    /// the peer's (cancelled, unless a drain ran them all to their end), and let them wind
+    /// down.
+    async fn finish(self, graceful: bool, end: &RpcError) {
         // First the outgoing calls: a handler waiting for a callback's answer then ends
-        // at once instead of holding the drain up.
+        // at once instead of holding the end up.
         self.peer.out.fail_all(end);
-        self.incoming.finish(drained).await;
+        self.incoming.finish(graceful).await;
         self.host.obs.connection(-1.0, self.link.info.peer_pid);
         self.host.registry.remove(self.link.info.id);
     }

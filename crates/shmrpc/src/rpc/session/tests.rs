@@ -835,3 +835,124 @@ async fn items_sent_while_the_request_waits_for_a_permit_are_kept_within_the_win
     let got = summing.await.unwrap().expect("answered");
     assert_eq!(got, (500, checksum(0..500)));
 }
+
+/// During a drain the connection is still read: a streaming handler longer than the credit
+/// window gets the caller's credit, and its callback to the client gets its answer; a call
+/// started after the drain began is refused; the end comes once both handlers are done.
+#[tokio::test(start_paused = true)]
+async fn a_drain_reads_on_until_the_calls_in_flight_are_done() {
+    const ITEMS: u64 = 3 * super::STREAM_WINDOW as u64;
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    let ((stx, srx), (ctx, crx)) = mem_pair(64, 1 << 20);
+    let info = || Arc::new(ConnInfo::new(1, None, "mem", None));
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (go_tx, go) = tokio::sync::watch::channel(false);
+    let mut server = methods("server", None);
+    server.streaming("count", {
+        let (started_tx, go) = (started_tx.clone(), go.clone());
+        move |_ctx, n: u64, sink| {
+            let (started_tx, mut go) = (started_tx.clone(), go.clone());
+            async move {
+                let _ = started_tx.send(());
+                let _ = go.wait_for(|g| *g).await;
+                for i in 0..n {
+                    sink.send(&i).await?;
+                }
+                Ok(())
+            }
+        }
+    });
+    server.unary("ask", move |ctx, n: u64| {
+        let (started_tx, mut go) = (started_tx.clone(), go.clone());
+        async move {
+            let _ = started_tx.send(());
+            let _ = go.wait_for(|g| *g).await;
+            // A callback to the client while this end drains.
+            let (_tag, doubled): (String, u64) = ctx
+                .peer()
+                .call("double", &n, CallOptions::default())
+                .await?;
+            Ok(doubled + 1)
+        }
+    });
+    let ends = Ends {
+        draining: Some(draining),
+        shut: None,
+    };
+    let (_to_client, run) = open(host(server), Role::Server, stx, srx, info(), ends);
+    let serving = tokio::spawn(run);
+    let client = host(methods("client", None));
+    let (to_server, run) = open(client, Role::Client, ctx, crx, info(), Ends::default());
+    tokio::spawn(run);
+    let mut stream = to_server
+        .call_stream("count", &ITEMS, CallOptions::default())
+        .await
+        .unwrap();
+    let ask = tokio::spawn({
+        let p = to_server.clone();
+        async move {
+            p.call::<_, u64>("ask", &20u64, CallOptions::default())
+                .await
+        }
+    });
+    started.recv().await.unwrap();
+    started.recv().await.unwrap();
+    drain.send_replace(true);
+    // Paused clock: returns once every task is idle, the goodbye received.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!to_server.is_connected(), "the client got the goodbye");
+    assert!(!serving.is_finished(), "two calls still run");
+    go_tx.send_replace(true);
+    let read_all = async {
+        let mut got = 0;
+        while let Some(item) = stream.next::<u64>().await {
+            assert_eq!(item.unwrap(), got);
+            got += 1;
+        }
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(60), read_all)
+        .await
+        .expect("the stream goes on during the drain");
+    assert_eq!(got, ITEMS, "every item, past the credit window");
+    let answer = tokio::time::timeout(Duration::from_secs(60), ask)
+        .await
+        .expect("the callback is answered during the drain");
+    assert_eq!(answer.unwrap().unwrap(), 41);
+    tokio::time::timeout(Duration::from_secs(60), serving)
+        .await
+        .expect("the drain ends once its calls are done")
+        .unwrap();
+}
+
+/// A peer that is alive but never reads: answers pile up unsent, then the drain begins.
+/// The end of the connection (the peer falls silent) must not wait for those sends.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_reads_does_not_hold_the_end_of_the_connection() {
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    // Queues of two messages each way.
+    let ((stx, srx), (mut ctx, _crx_never_read)) = mem_pair(2, 1 << 20);
+    let ends = Ends {
+        draining: Some(draining),
+        shut: None,
+    };
+    let mut server = host(methods("server", None));
+    Arc::get_mut(&mut server).unwrap().heartbeat = Duration::from_secs(2);
+    let info = Arc::new(ConnInfo::new(1, None, "mem", None));
+    let (_to_client, run) = open(server, Role::Server, stx, srx, info, ends);
+    let serving = tokio::spawn(run);
+    // Calls whose answers cannot all go: the client reads nothing.
+    for id in 1..=6u64 {
+        let body = [&0u32.to_le_bytes()[..], &crate::rpc::encode(&id).unwrap()].concat();
+        ctx.send(Dir::ToCallee, Kind::Request, method_id("double"), id, &body)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drain.send_replace(true);
+    // Three silent heartbeat periods end it; stuck sends give up instead of waiting.
+    tokio::time::timeout(Duration::from_secs(3600), serving)
+        .await
+        .expect("the connection ended although its peer reads nothing")
+        .unwrap();
+}
