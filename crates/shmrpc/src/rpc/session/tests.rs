@@ -517,6 +517,44 @@ fn stream_methods(cancelled: Option<tokio::sync::mpsc::UnboundedSender<&'static 
     m
 }
 
+/// A client-streaming method that reads until its item stream fails, and reports how:
+/// `Ok(code)` if it failed with a cancelled context, `Err` with what happened otherwise.
+fn reading_until_cancelled(
+    seen: tokio::sync::mpsc::UnboundedSender<Result<Code, String>>,
+) -> Methods {
+    let mut m = Methods::new(false);
+    m.client_streaming_raw("read_until_cancelled", move |ctx, mut items| {
+        let seen = seen.clone();
+        async move {
+            let outcome = loop {
+                match items.next_raw().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) if ctx.is_cancelled() => break Ok(e.code),
+                    other => break Err(format!("{other:?}")),
+                }
+            };
+            let _ = seen.send(outcome);
+            Ok(Vec::new())
+        }
+    });
+    m
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_callers_item_stream_fails_in_the_handler() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (_to_client, to_server) = pair(reading_until_cancelled(seen_tx), Methods::new(false));
+    let mut call = to_server
+        .call_client_stream("read_until_cancelled", CallOptions::default())
+        .await
+        .unwrap();
+    for i in 0..100u64 {
+        call.send(&i).await.unwrap();
+    }
+    call.cancel();
+    assert_eq!(seen.recv().await, Some(Ok(Code::Cancelled)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_client_stream_of_100000_items_reaches_the_handler_in_order() {
     const N: u64 = 100_000;
