@@ -11,7 +11,7 @@
 //!   call fails with `PeerGone` within a bounded wait, the server forgets the peer, and
 //!   nothing is left in /dev/shm or the socket directory.
 //!
-//! Over shared memory, streams both ways: the server streams items to the client's
+//! Over shared memory and over TCP alike, streams both ways: the server streams items to the client's
 //! client-streaming and bidirectional methods through its `Peer`, while the client streams
 //! to the server's; each stream is checked by its count and checksum.
 #![forbid(unsafe_code)]
@@ -187,9 +187,64 @@ fn stream_server() -> shmrpc::ServerBuilder {
 /// Items in each stream: many windows of credit.
 const ITEMS: u64 = 20_000;
 
-/// Client streams and bidirectional streams between two processes over shared memory,
-/// both ways: the server streams to the client's methods through its `Peer`, the client
-/// to the server's; every stream checked by count and checksum.
+/// Client streams and bidirectional streams between two processes, both ways: the server
+/// streams to the client's methods through its `Peer`, the client to the server's; every
+/// stream checked by count and checksum. The client reaches the server through `dial`.
+fn streams_both_ways(rt: &tokio::runtime::Runtime, handle: &ServerHandle, dial: RpcDial) {
+    let mut client: PeerProcess = spawn_peer!(PeerCommand::RpcServingClient { dial, calls: ITEMS });
+    client.expect("ready", WAIT);
+    let peer = rt.block_on(the_peer(handle));
+    let want = sequence_checksum(0..ITEMS);
+
+    // The client streams to the server (while the server streams to the client).
+    client.send("streams");
+    rt.block_on(within("streams to the client", CALLS_WAIT, async {
+        let opts = CallOptions::timeout(CALLS_WAIT);
+        let mut call = peer
+            .call_client_stream("client_sum", opts)
+            .await
+            .expect("client stream");
+        for i in 0..ITEMS {
+            call.send(&i).await.expect("item sent");
+        }
+        let got: (u64, u64) = call.finish().await.expect("the client's sum");
+        assert_eq!(got, (ITEMS, want));
+
+        let (mut tx, mut rx) = peer
+            .call_bidi("client_echo", opts)
+            .await
+            .expect("bidi call")
+            .split();
+        let sending = tokio::spawn(async move {
+            for i in 0..ITEMS {
+                tx.send(&i).await.expect("item sent");
+            }
+            tx.finish().await.expect("finished");
+        });
+        let mut back = Vec::new();
+        while let Some(item) = rx.next::<u64>().await {
+            back.push(item.expect("an echo"));
+        }
+        sending.await.expect("sender task");
+        assert_eq!(back.len() as u64, ITEMS);
+        assert_eq!(
+            sequence_checksum(back),
+            sequence_checksum((0..ITEMS).map(|i| 3 * i + 1))
+        );
+    }));
+    let done = client.expect("streams ", CALLS_WAIT);
+    assert_eq!(field_parse::<u64>(&done, "sum_count"), ITEMS, "{done}");
+    assert!(field_parse::<bool>(&done, "sum_ok"), "{done}");
+    assert_eq!(field_parse::<u64>(&done, "echo_count"), ITEMS, "{done}");
+    assert!(field_parse::<bool>(&done, "echo_ok"), "{done}");
+
+    client.send("exit");
+    assert!(
+        client.wait_exit(WAIT).success(),
+        "the client leaves cleanly"
+    );
+}
+
 #[test]
 fn client_and_bidi_streams_both_ways_over_shared_memory() {
     with_watchdog(Duration::from_secs(300), || {
@@ -201,65 +256,28 @@ fn client_and_bidi_streams_both_ways_over_shared_memory() {
             .expect("bind");
         let handle = server.handle();
         let serving = rt.spawn(server.serve());
-        let mut client: PeerProcess = spawn_peer!(PeerCommand::RpcServingClient {
-            dial: RpcDial::Shm(name.clone()),
-            calls: ITEMS,
-        });
-        client.expect("ready", WAIT);
-        let peer = rt.block_on(the_peer(&handle));
-        let want = sequence_checksum(0..ITEMS);
-
-        // The client streams to the server (while the server streams to the client).
-        client.send("streams");
-        rt.block_on(within("streams to the client", CALLS_WAIT, async {
-            let opts = CallOptions::timeout(CALLS_WAIT);
-            let mut call = peer
-                .call_client_stream("client_sum", opts)
-                .await
-                .expect("client stream");
-            for i in 0..ITEMS {
-                call.send(&i).await.expect("item sent");
-            }
-            let got: (u64, u64) = call.finish().await.expect("the client's sum");
-            assert_eq!(got, (ITEMS, want));
-
-            let (mut tx, mut rx) = peer
-                .call_bidi("client_echo", opts)
-                .await
-                .expect("bidi call")
-                .split();
-            let sending = tokio::spawn(async move {
-                for i in 0..ITEMS {
-                    tx.send(&i).await.expect("item sent");
-                }
-                tx.finish().await.expect("finished");
-            });
-            let mut back = Vec::new();
-            while let Some(item) = rx.next::<u64>().await {
-                back.push(item.expect("an echo"));
-            }
-            sending.await.expect("sender task");
-            assert_eq!(back.len() as u64, ITEMS);
-            assert_eq!(
-                sequence_checksum(back),
-                sequence_checksum((0..ITEMS).map(|i| 3 * i + 1))
-            );
-        }));
-        let done = client.expect("streams ", CALLS_WAIT);
-        assert_eq!(field_parse::<u64>(&done, "sum_count"), ITEMS, "{done}");
-        assert!(field_parse::<bool>(&done, "sum_ok"), "{done}");
-        assert_eq!(field_parse::<u64>(&done, "echo_count"), ITEMS, "{done}");
-        assert!(field_parse::<bool>(&done, "echo_ok"), "{done}");
-
-        client.send("exit");
-        assert!(
-            client.wait_exit(WAIT).success(),
-            "the client leaves cleanly"
-        );
+        streams_both_ways(&rt, &handle, RpcDial::Shm(name.clone()));
         handle.shutdown();
         rt.block_on(within("serve returns", WAIT, serving))
             .expect("serve");
         drop(rt);
         names.assert_clean_with_locks();
+    });
+}
+
+#[test]
+fn client_and_bidi_streams_both_ways_over_tcp() {
+    with_watchdog(Duration::from_secs(300), || {
+        let rt = rpc_runtime();
+        let server = rt
+            .block_on(stream_server().bind_tcp("127.0.0.1:0".parse().unwrap()))
+            .expect("bind_tcp");
+        let addr = server.local_addr().expect("a TCP server has an address");
+        let handle = server.handle();
+        let serving = rt.spawn(server.serve());
+        streams_both_ways(&rt, &handle, RpcDial::Tcp(addr));
+        handle.shutdown();
+        rt.block_on(within("serve returns", WAIT, serving))
+            .expect("serve");
     });
 }
