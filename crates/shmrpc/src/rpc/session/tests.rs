@@ -994,3 +994,44 @@ async fn a_peer_that_never_reads_does_not_hold_the_end_of_the_connection() {
         .expect("the connection ended although its peer reads nothing")
         .unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_item_over_the_size_limit_fails_only_its_call() {
+    let (to_client, mut tx, mut rx) = scripted(stream_methods(None));
+    let m = method_id("sum");
+    tx.send_parts(Dir::ToCallee, Kind::Request, m, 1, &[&0u32.to_le_bytes()])
+        .await
+        .unwrap();
+    // Over the 1 MiB limit of the test's ends.
+    tx.send(
+        Dir::ToCallee,
+        Kind::StreamItem,
+        m,
+        1,
+        &vec![0u8; (1 << 20) + 1],
+    )
+    .await
+    .unwrap();
+    let (h, payload) = rx.recv().await.expect("the call's outcome");
+    assert_eq!((h.kind, h.call_id), (Kind::Error, 1));
+    let e = RpcError::decode(&payload);
+    assert_eq!(e.code, Code::TooLarge, "{e}");
+    // The connection goes on: another client stream is summed.
+    tx.send_parts(Dir::ToCallee, Kind::Request, m, 2, &[&0u32.to_le_bytes()])
+        .await
+        .unwrap();
+    for n in [5u64, 6] {
+        let item = crate::rpc::encode(&n).unwrap();
+        tx.send(Dir::ToCallee, Kind::StreamItem, m, 2, &item)
+            .await
+            .unwrap();
+    }
+    tx.send(Dir::ToCallee, Kind::StreamEnd, m, 2, b"")
+        .await
+        .unwrap();
+    let (h, payload) = rx.recv().await.expect("the answer");
+    assert_eq!((h.kind, h.call_id), (Kind::Response, 2));
+    let got: (u64, u64) = crate::rpc::decode(&payload).unwrap();
+    assert_eq!(got, (2, checksum([5, 6])));
+    assert!(to_client.is_connected());
+}
