@@ -173,22 +173,21 @@ impl Outgoing {
         // Release: pairs with the Acquire loads in `is_alive` and `register`.
         self.alive.store(false, Ordering::Release);
         self.slots.close();
-        pending.retain(|_, entry| match &mut entry.waiter {
-            _ if entry.credit.is_some() => {
-                if let Waiter::Stream(tx) = &entry.waiter {
-                    let _ = tx.send(Event::Error(e.clone()));
+        pending.retain(|_, entry| {
+            // A send waiting for credit fails too.
+            if let Some(c) = &entry.credit {
+                c.end(e.clone());
+            }
+            match &mut entry.waiter {
+                Waiter::Unary { answer, waker } => {
+                    answer.get_or_insert_with(|| Err(e.clone()));
+                    wake.extend(waker.take());
+                    true // its caller takes the error and removes the entry
                 }
-                entry.credit.as_ref().expect("checked").end(e.clone());
-                false
-            }
-            Waiter::Unary { answer, waker } => {
-                answer.get_or_insert_with(|| Err(e.clone()));
-                wake.extend(waker.take());
-                true // its caller takes the error and removes the entry
-            }
-            Waiter::Stream(tx) => {
-                let _ = tx.send(Event::Error(e.clone()));
-                false
+                Waiter::Stream(tx) => {
+                    let _ = tx.send(Event::Error(e.clone()));
+                    false
+                }
             }
         });
         drop(pending);

@@ -1035,3 +1035,31 @@ async fn an_item_over_the_size_limit_fails_only_its_call() {
     assert_eq!(got, (2, checksum([5, 6])));
     assert!(to_client.is_connected());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_send_waiting_for_credit_fails_when_the_connection_ends() {
+    // The server streams to a scripted client that reads its items but grants no credit.
+    let (to_client, tx, mut rx) = scripted(Methods::new(false));
+    let sending = tokio::spawn(async move {
+        let mut call = to_client
+            .call_client_stream("sink", CallOptions::default())
+            .await?;
+        for i in 0..1_000u64 {
+            call.send(&i).await?;
+        }
+        Ok::<_, RpcError>(())
+    });
+    let (h, _) = rx.recv().await.expect("the request");
+    assert_eq!((h.kind, Dir::to_callee(h.flags)), (Kind::Request, true));
+    for n in 0..64u64 {
+        let (h, payload) = rx.recv().await.expect("an item");
+        assert_eq!((h.kind, Dir::to_callee(h.flags)), (Kind::StreamItem, true));
+        assert_eq!(crate::rpc::decode::<u64>(&payload).unwrap(), n);
+    }
+    // A window sent: the next send waits for credit. Paused clock: returns once idle.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!sending.is_finished());
+    drop((tx, rx));
+    let e = sending.await.unwrap().unwrap_err();
+    assert_eq!(e.code, Code::PeerGone, "{e}");
+}
