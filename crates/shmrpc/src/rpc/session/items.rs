@@ -17,7 +17,6 @@ use tokio::sync::Notify;
 use super::context::CallToken;
 use super::sink::STREAM_WINDOW;
 use super::Link;
-use crate::frame::Kind;
 use crate::rpc::transport::Dir;
 use crate::rpc::{decode, RpcError};
 
@@ -114,7 +113,7 @@ impl std::fmt::Debug for ItemStream {
 
 impl ItemStream {
     /// The next raw item; `None` once the caller finished its stream (and every item
-    /// before its end was read).
+    /// before its end was read). Cancel-safe: dropped before it returns, it took no item.
     ///
     /// # Errors
     /// `Cancelled` (or the reason the call ended, such as `DeadlineExceeded`) once the
@@ -148,18 +147,10 @@ impl ItemStream {
                 }
             };
             if let Some((item, grant)) = item {
+                // Nothing awaited once the item is taken: dropping this future loses
+                // neither the item nor the grant.
                 if let Some(n) = grant {
-                    // A failed send marks the connection broken, which cancels the call.
-                    let _ = self
-                        .tx
-                        .send(
-                            Dir::ToCaller,
-                            Kind::Credit,
-                            self.method,
-                            self.call_id,
-                            &n.to_le_bytes(),
-                        )
-                        .await;
+                    self.tx.grant(Dir::ToCaller, self.method, self.call_id, n);
                 }
                 return Some(Ok(item));
             }

@@ -138,6 +138,28 @@ impl Link {
         r
     }
 
+    /// Grants the writer of a stream `n` more items (a `Credit` frame) without waiting: at
+    /// once if it can go, else from a task. A stream's reader may be dropped at any
+    /// `.await` (in a `select!`, say): waiting here, it would lose the grant, and the
+    /// writer would wait for it for ever. Grants add up in any order; one that arrives
+    /// after its call ended is ignored.
+    pub(crate) fn grant(self: &Arc<Self>, dir: Dir, method: u32, call_id: u64, n: u32) {
+        let body = n.to_le_bytes();
+        // A failed send marks the connection broken (`try_send`); nothing else to do here.
+        if !matches!(
+            self.try_send(dir, Kind::Credit, method, call_id, &body),
+            Ok(false)
+        ) {
+            return;
+        }
+        let link = self.clone();
+        // Bounded: a reader grants at most twice per window it reads; and the connection's
+        // end makes a send still waiting give up (`ended`).
+        tokio::spawn(async move {
+            let _ = link.send(dir, Kind::Credit, method, call_id, &body).await;
+        });
+    }
+
     /// Sends one message given in pieces.
     pub(crate) async fn send_parts(
         &self,

@@ -542,7 +542,8 @@ impl std::fmt::Debug for CallStream {
 }
 
 impl CallStream {
-    /// The next raw item; `None` at the end of the stream.
+    /// The next raw item; `None` at the end of the stream. Cancel-safe: dropped before it
+    /// returns (in a `select!`, say), it took no item.
     ///
     /// # Errors
     /// The callee's error, `DeadlineExceeded` or `PeerGone`; the stream is over after one.
@@ -563,17 +564,9 @@ impl CallStream {
                 if self.unacked as usize >= STREAM_WINDOW / 2 {
                     let n = std::mem::take(&mut self.unacked);
                     let g = &self.guard;
-                    let _ = g
-                        .out
-                        .link
-                        .send(
-                            Dir::ToCallee,
-                            Kind::Credit,
-                            g.method,
-                            g.id,
-                            &n.to_le_bytes(),
-                        )
-                        .await;
+                    // Never awaited: dropping this future after the item came loses
+                    // neither the item's credit nor (being past the last await) the item.
+                    g.out.link.grant(Dir::ToCallee, g.method, g.id, n);
                 }
                 return Some(Ok(b));
             }
