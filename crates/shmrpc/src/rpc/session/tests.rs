@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{open, CallOptions, Ends, Host, Methods, Peer, Role};
+use super::{open, CallOptions, Ends, Host, Items, Methods, Peer, Role};
 use crate::frame::Kind;
 use crate::rpc::inspect::{ConnInfo, Registry};
 use crate::rpc::obs::ServerObs;
@@ -1062,4 +1062,46 @@ async fn a_send_waiting_for_credit_fails_when_the_connection_ends() {
     drop((tx, rx));
     let e = sending.await.unwrap().unwrap_err();
     assert_eq!(e.code, Code::PeerGone, "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_readers_dropped_while_waiting_lose_no_item() {
+    // Both readers poll `next` once at a time and drop it when it would wait: the handler
+    // reading the caller's items, and the caller reading the handler's echoes.
+    let mut m = Methods::new(false);
+    m.bidi(
+        "impatient_echo",
+        |_ctx, mut items: Items<u64>, sink| async move {
+            loop {
+                match tokio::time::timeout(Duration::ZERO, items.next()).await {
+                    Err(_) => tokio::task::yield_now().await,
+                    Ok(None) => return Ok(()),
+                    Ok(Some(n)) => sink.send(&(3 * n? + 1)).await?,
+                }
+            }
+        },
+    );
+    let (_to_client, to_server) = pair(m, Methods::new(false));
+    let (mut tx, mut rx) = to_server
+        .call_bidi("impatient_echo", CallOptions::default())
+        .await
+        .unwrap()
+        .split();
+    const N: u64 = 5_000;
+    let sending = tokio::spawn(async move {
+        for i in 0..N {
+            tx.send(&i).await.expect("sent");
+        }
+        tx.finish().await.expect("finished");
+    });
+    let mut back = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::ZERO, rx.next::<u64>()).await {
+            Err(_) => tokio::task::yield_now().await,
+            Ok(None) => break,
+            Ok(Some(item)) => back.push(item.expect("an echo")),
+        }
+    }
+    sending.await.unwrap();
+    assert_eq!(checksum(back), checksum((0..N).map(|i| 3 * i + 1)));
 }
