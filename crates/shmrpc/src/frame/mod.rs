@@ -64,6 +64,12 @@ pub enum Kind {
     Goodbye = 9,
     /// The caller grants a streaming call credit for more items (payload: `u32` count).
     Credit = 10,
+    /// A notification: a one-way message, answered by nothing (payload: its body; method
+    /// id: its name's).
+    Notify = 11,
+    /// The receiver of notifications handled `count` more (payload: `u32` count): the
+    /// notifier may send as many more.
+    NotifyCredit = 12,
 }
 
 impl Kind {
@@ -79,6 +85,8 @@ impl Kind {
             8 => Kind::Pong,
             9 => Kind::Goodbye,
             10 => Kind::Credit,
+            11 => Kind::Notify,
+            12 => Kind::NotifyCredit,
             _ => return None,
         })
     }

@@ -15,7 +15,7 @@ use super::obs::ServerObs;
 use super::session::outgoing::{check_size, within};
 use super::session::{
     self, BidiCall, CallContext, ClientStreamCall, Ends, Host, ItemSender, ItemSink, ItemStream,
-    Items, Methods, Peer, Role,
+    Items, Methods, NotifyContext, Peer, Role,
 };
 use super::transport::{FrameRx, FrameTx};
 use super::{decode, encode, CallOptions, CallStream, ConnectError, RpcError};
@@ -222,6 +222,36 @@ impl ClientBuilder {
             cfg,
             methods: Methods::new(false),
         }
+    }
+
+    /// Handles the notification `name` (raw bytes): each arrives once, in the order the
+    /// peer sent them, handled one at a time per connection (the next waits for this
+    /// handler to finish). Notifications and methods have separate names.
+    ///
+    /// # Panics
+    /// If another notification name has the same [`method_id`](crate::method_id).
+    pub fn on_notify_raw<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(NotifyContext, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.methods.on_notify_raw(name, f);
+        self
+    }
+
+    /// Handles the typed notification `name` (default codec; a body that does not decode
+    /// is dropped).
+    ///
+    /// # Panics
+    /// As [`on_notify_raw`](Self::on_notify_raw).
+    pub fn on_notify<T, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(NotifyContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.methods.on_notify(name, f);
+        self
     }
 
     /// A unary method on raw bytes.
@@ -593,6 +623,27 @@ impl Client {
         let (peer, run) = session::open(host, Role::Client, tx, rx, Arc::new(info), ends);
         tokio::spawn(run);
         Arc::new(Live { peer, shut })
+    }
+
+    /// Sends the notification `name` with raw bytes to the server, on the current
+    /// connection (dialling one if there is none): a one-way message, answered by nothing.
+    /// Waits only while this end has no notification credit (the server's handlers are
+    /// behind by 64 on this connection); calls go on meanwhile. A notification is never
+    /// resent on another connection: if the connection ends first, it fails `PeerGone`.
+    ///
+    /// # Errors
+    /// `TooLarge` (nothing sent), `PeerGone`, or the dial's failure (`Unavailable`).
+    pub async fn notify_raw(&self, name: &str, body: &[u8]) -> Result<(), RpcError> {
+        let peer = self.conn(None).await.map_err(RpcError::from)?;
+        peer.notify_raw(name, body).await
+    }
+
+    /// Sends a typed notification (default codec): see [`notify_raw`](Self::notify_raw).
+    ///
+    /// # Errors
+    /// As [`notify_raw`](Self::notify_raw), or `BadRequest` if `body` does not encode.
+    pub async fn notify<T: Serialize>(&self, name: &str, body: &T) -> Result<(), RpcError> {
+        self.notify_raw(name, &encode(body)?).await
     }
 
     /// Calls a unary method with raw bytes.

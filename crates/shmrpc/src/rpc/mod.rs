@@ -49,7 +49,7 @@ pub use method::{
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use session::{
     BidiCall, CallContext, CallOptions, CallStream, ClientStreamCall, ItemSender, ItemSink,
-    ItemStream, Items, Peer,
+    ItemStream, Items, NotifyContext, Peer,
 };
 
 /// Why a call failed. The numeric values are part of the wire format.

@@ -60,6 +60,8 @@ pub(crate) enum TransportError {
         method: u32,
         /// Whether it travelled to its callee (a request) or to its caller (an answer).
         to_callee: bool,
+        /// Its kind (a notification's refusal answers nothing: it returns its credit).
+        kind: Kind,
         /// The reassembler's refusal.
         #[source]
         source: ReassemblyError,
@@ -98,11 +100,13 @@ fn reassembly(e: ReassemblyError) -> TransportError {
             call_id,
             method,
             flags,
+            kind,
             ..
         } => TransportError::TooLarge {
             call_id,
             method,
             to_callee: Dir::to_callee(flags),
+            kind,
             source: e,
         },
         other => TransportError::Protocol(Cause::Reassembly(other)),
@@ -426,6 +430,7 @@ impl FrameRx {
                             call_id: h.call_id,
                             method: h.method,
                             to_callee: Dir::to_callee(h.flags),
+                            kind: h.kind,
                             source: ReassemblyError::TooLarge {
                                 max: *max,
                                 call_id: h.call_id,

@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::accept::Acceptor;
 use super::Server;
 use crate::channel::Listener;
-use crate::rpc::session::{CallContext, ItemSink, ItemStream, Items, Methods};
+use crate::rpc::session::{CallContext, ItemSink, ItemStream, Items, Methods, NotifyContext};
 use crate::rpc::{BindError, RpcError, ServerConfig};
 
 /// Builds a [`Server`]: add methods, then bind.
@@ -72,6 +72,36 @@ impl ServerBuilder {
             methods: Methods::new(cfg.metrics),
             cfg,
         }
+    }
+
+    /// Handles the notification `name` (raw bytes): each arrives once, in the order the
+    /// peer sent them, handled one at a time per connection (the next waits for this
+    /// handler to finish). Notifications and methods have separate names.
+    ///
+    /// # Panics
+    /// If another notification name has the same [`method_id`](crate::method_id).
+    pub fn on_notify_raw<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(NotifyContext, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.methods.on_notify_raw(name, f);
+        self
+    }
+
+    /// Handles the typed notification `name` (default codec; a body that does not decode
+    /// is dropped).
+    ///
+    /// # Panics
+    /// As [`on_notify_raw`](Self::on_notify_raw).
+    pub fn on_notify<T, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(NotifyContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.methods.on_notify(name, f);
+        self
     }
 
     /// A unary method on raw bytes.

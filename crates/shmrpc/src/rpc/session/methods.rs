@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{CallContext, ItemSink, ItemStream, Items};
+use super::{CallContext, ItemSink, ItemStream, Items, NotifyContext};
 use crate::rpc::inspect::INSPECT_METHOD;
 use crate::rpc::obs::MethodObs;
 use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError};
@@ -26,6 +26,9 @@ pub(crate) type Handler = Arc<
         + Send
         + Sync,
 >;
+
+/// A notification handler as the engine runs it: raw body in, nothing out.
+pub(crate) type NotifyHandler = Arc<dyn Fn(NotifyContext, Vec<u8>) -> BoxFuture<()> + Send + Sync>;
 
 /// The id of the built-in [`INSPECT_METHOD`], answered by every end.
 pub(crate) const INSPECT_ID: u32 = method_id(INSPECT_METHOD);
@@ -67,6 +70,8 @@ pub(crate) struct Route {
 /// [`ServerBuilder`](crate::ServerBuilder) and [`ClientBuilder`](crate::ClientBuilder).
 pub(crate) struct Methods {
     routes: IdMap<Route, u32>,
+    /// Notification handlers by [`method_id`] of their names, with the names.
+    notifications: IdMap<(String, NotifyHandler), u32>,
     metrics: bool,
 }
 
@@ -83,6 +88,7 @@ impl Methods {
     pub(crate) fn new(metrics: bool) -> Self {
         Self {
             routes: IdMap::default(),
+            notifications: IdMap::default(),
             metrics,
         }
     }
@@ -90,6 +96,48 @@ impl Methods {
     /// The method with id `id`.
     pub(crate) fn get(&self, id: u32) -> Option<&Route> {
         self.routes.get(&id)
+    }
+
+    /// The handler of the notification with id `id`.
+    pub(crate) fn notification(&self, id: u32) -> Option<NotifyHandler> {
+        self.notifications.get(&id).map(|(_, h)| h.clone())
+    }
+
+    /// Registers a notification handler on raw bytes. Panics on a name sharing an id with
+    /// another notification's (notifications and methods have separate names).
+    pub(crate) fn on_notify_raw<F, Fut>(&mut self, name: &str, f: F)
+    where
+        F: Fn(NotifyContext, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let id = method_id(name);
+        if let Some((other, _)) = self.notifications.get(&id) {
+            assert!(
+                other == name,
+                "notification names {other:?} and {name:?} have the same id; rename one"
+            );
+        }
+        let handler: NotifyHandler = Arc::new(move |ctx, body| Box::pin(f(ctx, body)));
+        self.notifications.insert(id, (name.to_owned(), handler));
+    }
+
+    /// Registers a typed notification handler (default codec). A body that does not
+    /// decode is dropped (counted as a bad request).
+    pub(crate) fn on_notify<T, F, Fut>(&mut self, name: &str, f: F)
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(NotifyContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.on_notify_raw(name, move |ctx, body| {
+            let f = f.clone();
+            async move {
+                if let Ok(v) = decode::<T>(&body) {
+                    f(ctx, v).await;
+                }
+            }
+        });
     }
 
     /// Registers a handler. Panics on a name taken by the built-in method or sharing an

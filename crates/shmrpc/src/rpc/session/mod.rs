@@ -21,6 +21,7 @@ mod dispatch;
 mod incoming;
 mod items;
 pub(crate) mod methods;
+mod notify;
 pub(crate) mod outgoing;
 mod peer;
 mod reader;
@@ -41,6 +42,8 @@ pub use context::CallContext;
 pub(crate) use context::CallToken;
 pub use items::{ItemStream, Items};
 pub(crate) use methods::Methods;
+pub use notify::NotifyContext;
+pub(crate) use notify::NOTIFY_WINDOW;
 pub use outgoing::{BidiCall, CallOptions, CallStream, ClientStreamCall, ItemSender};
 pub use peer::Peer;
 pub use sink::ItemSink;
@@ -144,19 +147,29 @@ impl Link {
     /// writer would wait for it for ever. Grants add up in any order; one that arrives
     /// after its call ended is ignored.
     pub(crate) fn grant(self: &Arc<Self>, dir: Dir, method: u32, call_id: u64, n: u32) {
+        self.grant_kind(Kind::Credit, dir, method, call_id, n);
+    }
+
+    /// As [`grant`](Self::grant), with a credit frame of `kind` (`Credit` for a stream,
+    /// `NotifyCredit` for the connection's notifications).
+    pub(crate) fn grant_kind(
+        self: &Arc<Self>,
+        kind: Kind,
+        dir: Dir,
+        method: u32,
+        call_id: u64,
+        n: u32,
+    ) {
         let body = n.to_le_bytes();
         // A failed send marks the connection broken (`try_send`); nothing else to do here.
-        if !matches!(
-            self.try_send(dir, Kind::Credit, method, call_id, &body),
-            Ok(false)
-        ) {
+        if !matches!(self.try_send(dir, kind, method, call_id, &body), Ok(false)) {
             return;
         }
         let link = self.clone();
         // Bounded: a reader grants at most twice per window it reads; and the connection's
         // end makes a send still waiting give up (`ended`).
         tokio::spawn(async move {
-            let _ = link.send(dir, Kind::Credit, method, call_id, &body).await;
+            let _ = link.send(dir, kind, method, call_id, &body).await;
         });
     }
 

@@ -134,6 +134,9 @@ pub(crate) struct Outgoing {
     /// direction flag tells which end a call id belongs to).
     next_id: AtomicU64,
     max_message: usize,
+    /// Notifications this end may still send before the peer handles some
+    /// ([`notify`](super::notify)). Closed when the connection ends.
+    pub(super) notify_credit: Semaphore,
 }
 
 impl Outgoing {
@@ -146,7 +149,13 @@ impl Outgoing {
             alive: AtomicBool::new(true),
             next_id: AtomicU64::new(1),
             max_message,
+            notify_credit: Semaphore::new(super::NOTIFY_WINDOW),
         }
+    }
+
+    /// The largest message this end sends.
+    pub(super) fn max_message(&self) -> usize {
+        self.max_message
     }
 
     /// Whether new calls may start on this connection.
@@ -162,6 +171,7 @@ impl Outgoing {
         self.alive.store(false, Ordering::Release);
         // Calls waiting for a slot go to the next connection.
         self.slots.close();
+        self.notify_credit.close();
     }
 
     /// Marks the connection dead and fails every registered call. Done under the `pending`

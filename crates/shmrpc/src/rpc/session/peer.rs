@@ -91,6 +91,26 @@ impl Peer {
         RpcError::new(Code::PeerGone, "the connection has ended")
     }
 
+    /// Sends the notification `name` with raw bytes: a one-way message, answered by
+    /// nothing. Waits only while this end has no notification credit on the connection
+    /// (the peer's handlers are behind by `NOTIFY_WINDOW` = 64); calls go on meanwhile.
+    /// Returns once the notification is sent, not handled. A peer without a handler for
+    /// `name` drops it.
+    ///
+    /// # Errors
+    /// `TooLarge` (nothing sent), or `PeerGone` once the connection has ended.
+    pub async fn notify_raw(&self, name: &str, body: &[u8]) -> Result<(), RpcError> {
+        self.out.notify_raw(name, body).await
+    }
+
+    /// Sends a typed notification (default codec): see [`notify_raw`](Self::notify_raw).
+    ///
+    /// # Errors
+    /// As [`notify_raw`](Self::notify_raw), or `BadRequest` if `body` does not encode.
+    pub async fn notify<T: Serialize>(&self, name: &str, body: &T) -> Result<(), RpcError> {
+        self.notify_raw(name, &encode(body)?).await
+    }
+
     /// Calls a unary method with raw bytes.
     ///
     /// # Errors

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::dispatch::{spare_sends, ConnState};
 use super::incoming::Incoming;
+use super::notify::Inbox;
 use super::outgoing::Event;
 use super::{Ends, Host, Link, Peer, Role};
 use crate::frame::{FrameHeader, Kind};
@@ -43,6 +44,8 @@ pub(super) struct Connection {
     link: Arc<Link>,
     peer: Peer,
     incoming: Incoming,
+    /// The peer's notifications.
+    inbox: Inbox,
     silence: Silence,
     /// An answer just woke a caller waiting for it.
     woke: bool,
@@ -61,12 +64,14 @@ impl Connection {
             peer: peer.clone(),
             spare: Arc::new(tokio::sync::Semaphore::new(spare_sends(host.max_in_flight))),
         };
+        let inbox = Inbox::new(host.clone(), link.clone(), peer.clone());
         Self {
             host,
             role,
             link,
             peer,
             incoming: Incoming::new(st),
+            inbox,
             silence: Silence::default(),
             woke: false,
         }
@@ -159,9 +164,13 @@ impl Connection {
                 call_id,
                 method,
                 to_callee,
+                kind,
                 ..
             } => {
                 self.silence.heard();
+                if kind == Kind::Notify && to_callee {
+                    return self.inbox.on_too_large();
+                }
                 let e = RpcError::from(e);
                 if to_callee {
                     self.incoming.on_too_large(method, call_id, e);
@@ -194,6 +203,9 @@ impl Connection {
                 Flow::Continue
             }
             (Kind::StreamItem, true) => self.incoming.on_item(h, Some(payload)),
+            // A notification from the peer; credit for this end's notifications.
+            (Kind::Notify, true) => self.inbox.on_notify(h, payload),
+            (Kind::NotifyCredit, false) => self.peer.out.on_notify_credit(&payload),
             (Kind::StreamEnd, true) => self.incoming.on_item(h, None),
             // The peer grants credit for this end's stream to it.
             (Kind::Credit, false) => {
