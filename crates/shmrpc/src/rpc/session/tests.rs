@@ -1159,3 +1159,175 @@ async fn a_full_queue_from_a_like_configured_caller_does_not_stop_the_reading() 
         answered.insert(h.call_id);
     }
 }
+
+/// Methods of `methods(tag)`, plus the notification `seq` (each `u64` received is passed
+/// on to `seen`) and `gated` (each handler first takes one permit of `gate`, then passes
+/// its `u64` on).
+fn notify_methods(
+    tag: &'static str,
+    seen: tokio::sync::mpsc::UnboundedSender<u64>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> Methods {
+    let mut m = methods(tag, None);
+    let seen2 = seen.clone();
+    m.on_notify("seq", move |_ctx, n: u64| {
+        let seen = seen.clone();
+        async move {
+            let _ = seen.send(n);
+        }
+    });
+    m.on_notify("gated", move |_ctx, n: u64| {
+        let (seen, gate) = (seen2.clone(), gate.clone());
+        async move {
+            gate.acquire().await.expect("open").forget();
+            let _ = seen.send(n);
+        }
+    });
+    m
+}
+
+/// Receives `n` values from `seen`; asserts they are 0..n in order, returns their checksum.
+async fn in_order(seen: &mut tokio::sync::mpsc::UnboundedReceiver<u64>, n: u64) -> u64 {
+    let mut sum = 0u64;
+    for want in 0..n {
+        let got = seen.recv().await.expect("a notification");
+        assert_eq!(got, want, "notifications out of order");
+        sum = sum.wrapping_mul(31).wrapping_add(got);
+    }
+    sum
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_notifications_each_way_arrive_in_order() {
+    const N: u64 = 10_000;
+    let (s_tx, mut s_seen) = tokio::sync::mpsc::unbounded_channel();
+    let (c_tx, mut c_seen) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (to_client, to_server) = pair(
+        notify_methods("server", s_tx, gate.clone()),
+        notify_methods("client", c_tx, gate),
+    );
+    let send = |peer: Peer| {
+        tokio::spawn(async move {
+            for n in 0..N {
+                peer.notify("seq", &n).await.expect("sent");
+            }
+        })
+    };
+    let (a, b) = (send(to_client), send(to_server));
+    let want = (0..N).fold(0u64, |s, n| s.wrapping_mul(31).wrapping_add(n));
+    assert_eq!(in_order(&mut s_seen, N).await, want);
+    assert_eq!(in_order(&mut c_seen, N).await, want);
+    a.await.unwrap();
+    b.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocked_notification_handler_holds_the_sender_after_the_window_only() {
+    let (s_tx, mut s_seen) = tokio::sync::mpsc::unbounded_channel();
+    let (c_tx, _c_seen) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (_to_client, to_server) = pair(
+        notify_methods("server", s_tx, gate.clone()),
+        notify_methods("client", c_tx, Arc::new(tokio::sync::Semaphore::new(0))),
+    );
+    let window = super::NOTIFY_WINDOW as u64;
+    // The client notifies `gated` window + 1 times, reporting each send that returned.
+    let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
+    let sender = tokio::spawn({
+        let p = to_server.clone();
+        async move {
+            for n in 0..=window {
+                p.notify("gated", &n).await.expect("sent");
+                let _ = sent_tx.send(n);
+            }
+        }
+    });
+    for n in 0..window {
+        assert_eq!(sent.recv().await, Some(n));
+    }
+    // A call on the same connection completes while the notifier waits ...
+    let got: (String, u64) = to_server
+        .call("double", &21u64, CallOptions::default())
+        .await
+        .expect("the call goes on");
+    assert_eq!(got, ("server".to_string(), 42));
+    // ... and the notifier is still held: its credit is spent, the last send waits.
+    assert_eq!(to_server.out.notify_credit.available_permits(), 0);
+    assert!(
+        sent.try_recv().is_err(),
+        "a send beyond the window returned"
+    );
+    assert!(s_seen.try_recv().is_err(), "a gated handler ran");
+    // Released, every notification is handled in order and the last send returns.
+    gate.add_permits(window as usize + 1);
+    assert_eq!(sent.recv().await, Some(window));
+    in_order(&mut s_seen, window + 1).await;
+    sender.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_notification_is_dropped_and_its_credit_returned() {
+    let (s_tx, _s_seen) = tokio::sync::mpsc::unbounded_channel();
+    let (c_tx, _c_seen) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (_to_client, to_server) = pair(
+        notify_methods("server", s_tx, gate.clone()),
+        notify_methods("client", c_tx, gate),
+    );
+    // Well beyond the window: only returned credit lets these go.
+    for n in 0..(3 * super::NOTIFY_WINDOW as u64) {
+        to_server.notify("nobody", &n).await.expect("sent");
+    }
+    let got: (String, u64) = to_server
+        .call("double", &5u64, CallOptions::default())
+        .await
+        .expect("the connection goes on");
+    assert_eq!(got, ("server".to_string(), 10));
+    assert!(to_server.is_connected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn notifications_beyond_the_credit_end_the_connection() {
+    let (s_tx, _s_seen) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (to_client, mut tx, mut rx) = scripted(notify_methods("server", s_tx, gate));
+    let callback = tokio::spawn({
+        let p = to_client.clone();
+        async move { p.call_raw("anything", b"", CallOptions::default()).await }
+    });
+    let (h, _) = rx.recv().await.expect("the server's request");
+    assert_eq!(h.kind, Kind::Request);
+    let m = method_id("gated");
+    let body = crate::rpc::encode(&7u64).unwrap();
+    // A window of notifications is fine (the handler holds them all) ...
+    for _ in 0..super::NOTIFY_WINDOW {
+        tx.send(Dir::ToCallee, Kind::Notify, m, 0, &body)
+            .await
+            .unwrap();
+    }
+    // ... one more breaks flow control.
+    tx.send(Dir::ToCallee, Kind::Notify, m, 0, &body)
+        .await
+        .unwrap();
+    let e = callback.await.unwrap().unwrap_err();
+    assert_eq!(e.code, Code::Protocol, "{e}");
+    assert!(e.message.contains("credit"), "{e}");
+    assert!(!to_client.is_connected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_notification_without_the_to_callee_bit_is_a_protocol_error() {
+    let (to_client, mut tx, mut rx) = scripted(methods("server", None));
+    let callback = tokio::spawn({
+        let p = to_client.clone();
+        async move { p.call_raw("anything", b"", CallOptions::default()).await }
+    });
+    let (h, _) = rx.recv().await.expect("the server's request");
+    assert_eq!(h.kind, Kind::Request);
+    tx.send(Dir::ToCaller, Kind::Notify, method_id("x"), 0, b"")
+        .await
+        .unwrap();
+    let e = callback.await.unwrap().unwrap_err();
+    assert_eq!(e.code, Code::Protocol, "{e}");
+}
