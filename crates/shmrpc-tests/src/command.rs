@@ -227,7 +227,10 @@ pub enum PeerCommand {
     /// `("server", 3n)`), checks each answer and prints `calls ok=<n> bad=<n>`; on
     /// `streams`, streams `calls` items to the server's `server_sum` and through its
     /// `server_echo` (same shapes as its own) and prints `streams sum_count=<n>
-    /// sum_ok=<bool> echo_count=<n> echo_ok=<bool>`; leaves on `exit` or end of stdin.
+    /// sum_ok=<bool> echo_count=<n> echo_ok=<bool>`; on `notes`, sends `calls`
+    /// notifications `server_note` (`u64` 0, 1, ...) while reading `calls` of the server's
+    /// `client_note` and prints `notes count=<n> sum=<checksum> in_order=<bool>`; leaves on
+    /// `exit` or end of stdin.
     RpcServingClient {
         /// Where the server is.
         dial: RpcDial,

@@ -11,6 +11,10 @@
 //!   call fails with `PeerGone` within a bounded wait, the server forgets the peer, and
 //!   nothing is left in /dev/shm or the socket directory.
 //!
+//! Over shared memory, notifications both ways: the server pushes 10,000 to the client
+//! while the client sends as many to the server; each side checks their count, order and
+//! checksum.
+//!
 //! Over shared memory and over TCP alike, streams both ways: the server streams items to the client's
 //! client-streaming and bidirectional methods through its `Peer`, while the client streams
 //! to the server's; each stream is checked by its count and checksum.
@@ -279,5 +283,69 @@ fn client_and_bidi_streams_both_ways_over_tcp() {
         handle.shutdown();
         rt.block_on(within("serve returns", WAIT, serving))
             .expect("serve");
+    });
+}
+
+/// Notifications each way.
+const NOTES: u64 = 10_000;
+
+#[test]
+fn notifications_both_ways_over_shared_memory() {
+    with_watchdog(Duration::from_secs(300), || {
+        let mut names = TestNames::new();
+        let name = names.name("rpc-notes");
+        let rt = rpc_runtime();
+        let (note_tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let server = rt
+            .block_on(async {
+                server()
+                    .on_notify("server_note", move |_ctx, n: u64| {
+                        let _ = note_tx.send(n);
+                        async {}
+                    })
+                    .bind(&name)
+            })
+            .expect("bind");
+        let handle = server.handle();
+        let serving = rt.spawn(server.serve());
+        let mut client: PeerProcess = spawn_peer!(PeerCommand::RpcServingClient {
+            dial: RpcDial::Shm(name.clone()),
+            calls: NOTES,
+        });
+        client.expect("ready", WAIT);
+        let peer = rt.block_on(the_peer(&handle));
+
+        // The server pushes its notifications while the client sends its own.
+        client.send("notes");
+        let seen = rt.block_on(within("notifications both ways", CALLS_WAIT, async {
+            for n in 0..NOTES {
+                peer.notify("client_note", &n).await.expect("notified");
+            }
+            let mut seen = Vec::new();
+            while (seen.len() as u64) < NOTES {
+                seen.push(notes.recv().await.expect("a notification"));
+            }
+            seen
+        }));
+        assert!(seen.iter().copied().eq(0..NOTES), "the server's in order");
+        let done = client.expect("notes ", CALLS_WAIT);
+        assert_eq!(field_parse::<u64>(&done, "count"), NOTES, "{done}");
+        assert_eq!(
+            field_parse::<u64>(&done, "sum"),
+            sequence_checksum(0..NOTES),
+            "{done}"
+        );
+        assert!(field_parse::<bool>(&done, "in_order"), "{done}");
+
+        client.send("exit");
+        assert!(
+            client.wait_exit(WAIT).success(),
+            "the client leaves cleanly"
+        );
+        handle.shutdown();
+        rt.block_on(within("serve returns", WAIT, serving))
+            .expect("serve");
+        drop(rt);
+        names.assert_clean_with_locks();
     });
 }

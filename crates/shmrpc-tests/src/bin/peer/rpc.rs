@@ -370,7 +370,13 @@ pub(crate) fn rpc_caller(name: &str, n: usize) {
 pub(crate) fn rpc_serving_client(dial: &RpcDial, calls: u64) {
     let rt = rpc_runtime();
     rt.block_on(async move {
+        // The server's notifications, in the order they were handled.
+        let (note_tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let builder = ClientBuilder::new(client_config())
+            .on_notify("client_note", move |_ctx, n: u64| {
+                let _ = note_tx.send(n);
+                async {}
+            })
             .unary("client_double", |_ctx, n: u64| async move {
                 Ok(("client".to_string(), 2 * n + 1))
             })
@@ -405,6 +411,36 @@ pub(crate) fn rpc_serving_client(dial: &RpcDial, calls: u64) {
         while let Some(line) = lines.recv().await {
             if line == "streams" {
                 streams_to_server(&client, calls).await;
+                continue;
+            }
+            if line == "notes" {
+                // Notify the server `calls` times while reading as many of its
+                // notifications.
+                let c = client.clone();
+                let sending = tokio::spawn(async move {
+                    for n in 0..calls {
+                        c.notify("server_note", &n).await?;
+                    }
+                    Ok::<(), RpcError>(())
+                });
+                let mut seen = Vec::new();
+                while (seen.len() as u64) < calls {
+                    match notes.recv().await {
+                        Some(n) => seen.push(n),
+                        None => break,
+                    }
+                }
+                match sending.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => fail(format!("notify: {e}")),
+                    Err(e) => fail(format!("notifying task: {e}")),
+                }
+                let in_order = seen.iter().copied().eq(0..seen.len() as u64);
+                say(format!(
+                    "notes count={} sum={} in_order={in_order}",
+                    seen.len(),
+                    shmrpc_tests::sequence_checksum(seen)
+                ));
                 continue;
             }
             if line != "go" {
