@@ -72,9 +72,9 @@ pub(crate) use lowlevel::{frame, ring};
 pub use rpc::{
     Bidi, BidiCall, BindError, BlockingClient, CallContext, CallOptions, CallStream, Client,
     ClientBuilder, ClientConfig, ClientStreamCall, ClientStreaming, Code, ConfigError,
-    ConnectError, ItemSender, ItemSink, ItemStream, Items, NotifyContext, Peer, RpcError, Server,
-    ServerBuilder, ServerConfig, ServerHandle, Sink, Streaming, TypedClientStream, TypedSender,
-    TypedStream, Unary,
+    ConnectError, ItemSender, ItemSink, ItemStream, Items, Notification, NotifyContext, Peer,
+    RpcError, Server, ServerBuilder, ServerConfig, ServerHandle, Sink, Streaming,
+    TypedClientStream, TypedSender, TypedStream, Unary,
 };
 // The codec both ends use for typed calls, and the method id carried in frames.
 #[cfg(not(shmrpc_loom))]

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use shmrpc::{
-    BlockingClient, CallOptions, Client, ClientConfig, Code, RpcError, Server, Streaming, Unary,
+    BlockingClient, CallOptions, Client, ClientConfig, Code, Notification, RpcError, Server,
+    Streaming, Unary,
 };
 
 const ADD: Unary<(u64, u64), u64> = Unary::new("add");
@@ -160,6 +161,59 @@ async fn typed_methods_registered_on_a_client_are_called_back_by_the_server(
     assert_eq!(err.code, Code::UnknownMethod, "{err}");
 
     drop((client, plain));
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), serving).await??;
+    Ok(())
+}
+
+/// A diagnostic: line and message.
+const DIAGNOSTIC: Notification<(u32, String)> = Notification::new("diagnostic");
+/// What the server sends back: how many diagnostics it saw.
+const SEEN: Notification<u32> = Notification::new("seen");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_notifications_go_both_ways() -> Result<(), Box<dyn std::error::Error>> {
+    assert_eq!(DIAGNOSTIC.id(), shmrpc::method_id("diagnostic"));
+    assert_eq!(format!("{SEEN:?}"), "Notification(\"seen\")");
+    let name = name("notify");
+    let (diag_tx, mut diags) = tokio::sync::mpsc::unbounded_channel();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let server = Server::builder()
+        .notify_method(DIAGNOSTIC, move |ctx, d| {
+            let (diag_tx, count) = (diag_tx.clone(), count.clone());
+            async move {
+                let _ = diag_tx.send(d);
+                // Relaxed: a counter read only by this handler, which runs one at a time.
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let _ = ctx.peer().send_notification(SEEN, &n).await;
+            }
+        })
+        .bind(&name)?;
+    let handle = server.handle();
+    let serving = tokio::spawn(server.serve());
+
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let client = Client::builder()
+        .notify_method(SEEN, move |_ctx, n| {
+            let _ = seen_tx.send(n);
+            async {}
+        })
+        .connect(&name)
+        .await?;
+    for line in 0..200u32 {
+        client
+            .send_notification(DIAGNOSTIC, &(line, format!("unused variable {line}")))
+            .await?;
+    }
+    let bound = Duration::from_secs(30);
+    for line in 0..200u32 {
+        let d = tokio::time::timeout(bound, diags.recv()).await?;
+        assert_eq!(d, Some((line, format!("unused variable {line}"))));
+        let n = tokio::time::timeout(bound, seen.recv()).await?;
+        assert_eq!(n, Some(line + 1));
+    }
+
+    drop(client);
     handle.shutdown();
     tokio::time::timeout(Duration::from_secs(10), serving).await??;
     Ok(())

@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
     method_id, BlockingClient, CallContext, CallOptions, CallStream, Client, ClientBuilder,
-    ClientStreamCall, ItemSender, ItemSink, Items, Peer, RpcError, ServerBuilder,
+    ClientStreamCall, ItemSender, ItemSink, Items, NotifyContext, Peer, RpcError, ServerBuilder,
 };
 
 /// A unary method: its name, request type `Req` and response type `Resp`.
@@ -200,6 +200,50 @@ descriptor!(Unary);
 descriptor!(Streaming);
 descriptor!(ClientStreaming);
 descriptor!(Bidi);
+
+/// A notification: its name and body type `T`. One-way, answered by nothing; either end
+/// sends it ([`Client::send_notification`], [`Peer::send_notification`]) to the other,
+/// which handles it ([`ServerBuilder::notify_method`], [`ClientBuilder::notify_method`]).
+///
+/// Declare it once as a `const` shared by both ends, as a [`Unary`].
+pub struct Notification<T> {
+    name: &'static str,
+    _types: PhantomData<fn(T)>,
+}
+
+impl<T> Notification<T> {
+    /// The notification called `name`.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            _types: PhantomData,
+        }
+    }
+
+    /// The notification's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The id carried in frames ([`method_id`] of the name).
+    pub const fn id(&self) -> u32 {
+        method_id(self.name)
+    }
+}
+
+impl<T> Clone for Notification<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Notification<T> {}
+
+impl<T> fmt::Debug for Notification<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Notification").field(&self.name).finish()
+    }
+}
 
 /// Where the handler of a [`Streaming`] method sends its items: an [`ItemSink`] that takes
 /// only the method's item type.
@@ -450,6 +494,20 @@ macro_rules! typed_registration {
             {
                 self.bidi(method.name(), typed_bidi(f))
             }
+
+            /// Registers the handler of a typed notification (see
+            /// [`on_notify`](Self::on_notify)).
+            ///
+            /// # Panics
+            /// As [`on_notify_raw`](Self::on_notify_raw).
+            pub fn notify_method<T, F, Fut>(self, notification: Notification<T>, f: F) -> Self
+            where
+                T: DeserializeOwned + Send + 'static,
+                F: Fn(NotifyContext, T) -> Fut + Send + Sync + 'static,
+                Fut: Future<Output = ()> + Send + 'static,
+            {
+                self.on_notify(notification.name(), f)
+            }
         }
     };
 }
@@ -554,6 +612,28 @@ macro_rules! typed_calls {
 
 typed_calls!(Client);
 typed_calls!(Peer);
+
+/// Typed notifications, the same on a [`Client`] and a [`Peer`].
+macro_rules! typed_notifications {
+    ($sender:ty) => {
+        impl $sender {
+            /// Sends a typed notification (see [`notify`](Self::notify)).
+            ///
+            /// # Errors
+            /// As [`notify`](Self::notify).
+            pub async fn send_notification<T: Serialize>(
+                &self,
+                notification: Notification<T>,
+                body: &T,
+            ) -> Result<(), RpcError> {
+                self.notify(notification.name(), body).await
+            }
+        }
+    };
+}
+
+typed_notifications!(Client);
+typed_notifications!(Peer);
 
 impl BlockingClient {
     /// Calls a typed unary method.

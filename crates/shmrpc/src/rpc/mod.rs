@@ -44,7 +44,8 @@ pub use client::{Client, ClientBuilder, ClientConfig};
 pub use config::{ConfigError, ServerConfig};
 pub use error::{BindError, ConnectError};
 pub use method::{
-    Bidi, ClientStreaming, Sink, Streaming, TypedClientStream, TypedSender, TypedStream, Unary,
+    Bidi, ClientStreaming, Notification, Sink, Streaming, TypedClientStream, TypedSender,
+    TypedStream, Unary,
 };
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use session::{
