@@ -177,13 +177,16 @@ pub(crate) fn rpc_hostile(name: &str) {
                 };
                 rp.store(lie, Ordering::Release);
                 // The server's producer consults our position only when its cached room
-                // runs out: send more answers' worth than the ring holds, reading none.
+                // runs out, and reading an answer here would overwrite the lie with our
+                // true position. So read nothing and keep asking until the server hangs
+                // up: with no answer read, its answers fill the ring, and the next one
+                // makes it look. (A fixed number of requests raced the server: under load
+                // it had answered less than a ring's worth when we stopped and read.)
                 let mut sent = 0;
-                let until = std::time::Instant::now() + Duration::from_secs(5);
-                while sent < answers && std::time::Instant::now() < until {
+                let until = std::time::Instant::now() + Duration::from_secs(10);
+                while ep.sender().peer_alive() && std::time::Instant::now() < until {
                     match ep.try_send(&echo_request(100 + sent, &body)) {
                         Ok(()) => sent += 1,
-                        Err(_) if !ep.sender().peer_alive() => break,
                         Err(_) => std::thread::sleep(Duration::from_millis(1)),
                     }
                 }

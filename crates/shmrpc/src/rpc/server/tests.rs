@@ -228,16 +228,18 @@ async fn past_the_limit_requests_queue_and_then_reading_stops() {
         }
     });
     let mut p = serve(b);
-    // Two run, two wait; the fifth stays unread in the transport.
-    for id in 1..=5u64 {
+    // Two run and two wait: as many as a client configured like the server keeps open, so
+    // the server still reads. A fifth (a client with more open) is read and waits too, and
+    // then the server stops reading: the sixth stays unread in the transport.
+    for id in 1..=6u64 {
         p.request(id, "gated", &id.to_le_bytes()).await;
     }
     assert!(p.quiet().await);
     assert!(
         p.rx_unread_by_server(),
-        "the server stopped reading at 2 + 2"
+        "the server stopped reading at 2 running + 3 waiting"
     );
-    for _ in 0..5 {
+    for _ in 0..6 {
         gate.notify_one();
         let _ = p.next().await;
         // Let the next queued call reach the gate before releasing it.

@@ -3,8 +3,9 @@
 //! calls; a drain refuses the queue; the end cancels what still runs.
 //!
 //! Concurrency is bounded per connection: at most `max_in_flight` calls run at once, and
-//! up to `max_in_flight` more requests wait, in arrival order, for a permit. While that
-//! queue is full the connection is not read at all ([`Incoming::can_read`]), so the ring
+//! up to `max_in_flight` more requests wait, in arrival order, for a permit. While more
+//! than that wait (only a caller with over `2 × max_in_flight` calls open sends so many)
+//! the connection is not read at all ([`Incoming::can_read`]), so the ring
 //! fills and the caller's sends wait (backpressure); only padding records are still
 //! consumed (`FrameRx::recv_if`), since the peer's next large message may wait for their
 //! space. Until then, cancels, credit, answers
@@ -47,11 +48,18 @@ impl Incoming {
         }
     }
 
-    /// Whether the connection may be read: not while the queue of waiting requests is
-    /// full, nor while no spare permit is free for a refusal the next frame may need
+    /// Whether the connection may be read: not while more requests wait than the queue
+    /// holds, nor while no spare permit is free for a refusal the next frame may need
     /// (`ConnState::reply`).
+    ///
+    /// A full queue alone does not stop the reading: a caller configured like this end
+    /// keeps at most `2 × max_in_flight` calls open, which fill the running slots and the
+    /// queue exactly, so it never makes this end stop. Were it to stop there, two such ends
+    /// calling each other could both stop at once, each with answers for the other in a
+    /// ring that only the other reads: for ever. Only a caller with more calls open (one
+    /// configured for more, or misbehaving) is held back.
     pub(super) fn can_read(&self) -> bool {
-        self.waiting.len() < self.max_waiting && self.has_spare()
+        self.waiting.len() <= self.max_waiting && self.has_spare()
     }
 
     /// Whether a spare permit is free.

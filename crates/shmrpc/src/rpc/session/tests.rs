@@ -575,3 +575,57 @@ async fn a_peer_that_never_reads_does_not_hold_the_end_of_the_connection() {
         .expect("the connection ended although its peer reads nothing")
         .unwrap();
 }
+
+/// A caller configured like this end keeps at most `2 × max_in_flight` calls open: as many
+/// as this end runs plus as many as it queues. With all of them here, this end must still
+/// read: the answer to its own call to that caller arrives. (A reader that stopped at a
+/// full queue, while the caller's reader stopped the same way, deadlocked two ends
+/// flooding each other: each one's answers waited in a ring only the other would read.)
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_from_a_like_configured_caller_does_not_stop_the_reading() {
+    let (gate_tx, gate) = tokio::sync::watch::channel(false);
+    let mut server = Methods::new(false);
+    server.unary_raw("block", move |_ctx, req| {
+        let mut gate = gate.clone();
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+            Ok(req)
+        }
+    });
+    let (to_client, mut tx, mut rx) = scripted(server);
+    // This end (max_in_flight 8) calls the scripted client.
+    let own_call = tokio::spawn({
+        let p = to_client.clone();
+        async move { p.call_raw("x", b"", CallOptions::default()).await }
+    });
+    let (h, _) = rx.recv().await.expect("this end's request");
+    assert_eq!(h.kind, Kind::Request);
+    // The client's 16 calls: 8 run (blocked), 8 wait.
+    for id in 1..=16u64 {
+        tx.send(
+            Dir::ToCallee,
+            Kind::Request,
+            method_id("block"),
+            id,
+            &0u32.to_le_bytes(),
+        )
+        .await
+        .unwrap();
+    }
+    // The answer to this end's call comes after them.
+    tx.send(Dir::ToCaller, Kind::Response, h.method, h.call_id, b"mine")
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(60), own_call)
+        .await
+        .expect("the answer was read although 8 requests wait");
+    assert_eq!(answer.unwrap().unwrap(), b"mine");
+    // Then every blocked call is answered.
+    gate_tx.send_replace(true);
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < 16 {
+        let (h, body) = rx.recv().await.expect("an answer");
+        assert_eq!((h.kind, body.as_slice()), (Kind::Response, &b""[..]));
+        answered.insert(h.call_id);
+    }
+}
