@@ -219,11 +219,15 @@ pub enum PeerCommand {
         /// Calls to start.
         calls: usize,
     },
-    /// A client that serves methods too: `client_double` (`u64` -> `("client", 2n + 1)`)
-    /// and `hang` (raw; prints `hanging` and never answers). Prints `ready pid=<pid>`; on
-    /// `go`, makes `calls` concurrent calls of the server's `server_triple` (`u64` ->
-    /// `("server", 3n)`), checks each answer and prints `calls ok=<n> bad=<n>`; leaves on
-    /// `exit` or end of stdin.
+    /// A client that serves methods too: `client_double` (`u64` -> `("client", 2n + 1)`),
+    /// `hang` (raw; prints `hanging` and never answers), `client_sum` (client-streaming
+    /// `u64` items -> their count and [`sequence_checksum`](crate::sequence_checksum)) and
+    /// `client_echo` (bidirectional, `n` -> `3n + 1`). Prints `ready pid=<pid>`; on `go`,
+    /// makes `calls` concurrent calls of the server's `server_triple` (`u64` ->
+    /// `("server", 3n)`), checks each answer and prints `calls ok=<n> bad=<n>`; on
+    /// `streams`, streams `calls` items to the server's `server_sum` and through its
+    /// `server_echo` (same shapes as its own) and prints `streams sum_count=<n>
+    /// sum_ok=<bool> echo_count=<n> echo_ok=<bool>`; leaves on `exit` or end of stdin.
     RpcServingClient {
         /// Where the server is.
         dial: RpcDial,

@@ -34,6 +34,14 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A checksum of a sequence of numbers that depends on their order (streams checked end
+/// to end: every item there, none twice, in order).
+pub fn sequence_checksum(items: impl IntoIterator<Item = u64>) -> u64 {
+    items
+        .into_iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, n| mix64(h ^ n))
+}
+
 /// SplitMix64: a tiny deterministic PRNG, the same in every process for the same seed.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);

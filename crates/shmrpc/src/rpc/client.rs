@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::inspect::{ConnInfo, Registry};
 use super::obs::ServerObs;
 use super::session::outgoing::{check_size, within};
-use super::session::{self, CallContext, Ends, Host, ItemSink, Methods, Peer, Role};
+use super::session::{
+    self, BidiCall, CallContext, ClientStreamCall, Ends, Host, ItemSender, ItemSink, ItemStream,
+    Items, Methods, Peer, Role,
+};
 use super::transport::{FrameRx, FrameTx};
 use super::{decode, encode, CallOptions, CallStream, ConnectError, RpcError};
 use crate::channel::{self, ChannelConfig};
@@ -274,6 +277,66 @@ impl ClientBuilder {
         Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
     {
         self.methods.streaming(name, f);
+        self
+    }
+
+    /// A client-streaming method on raw bytes: the caller streams items (the handler
+    /// reads them from its [`ItemStream`] until `None`, the caller's end), then the
+    /// handler's `Ok` is the one response.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn client_streaming_raw<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(CallContext, ItemStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, RpcError>> + Send + 'static,
+    {
+        self.methods.client_streaming_raw(name, f);
+        self
+    }
+
+    /// A client-streaming method with typed items and response (default codec).
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn client_streaming<Item, Resp, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        Item: DeserializeOwned + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(CallContext, Items<Item>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        self.methods.client_streaming(name, f);
+        self
+    }
+
+    /// A bidirectional method on raw bytes: the handler reads the caller's items from its
+    /// [`ItemStream`] and sends its own through the sink, at once; returning `Ok` ends its
+    /// stream.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn bidi_raw<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(CallContext, ItemStream, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        self.methods.bidi_raw(name, f);
+        self
+    }
+
+    /// A bidirectional method with typed incoming items (default codec); its own items go
+    /// through the sink.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn bidi<Item, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        Item: DeserializeOwned + 'static,
+        F: Fn(CallContext, Items<Item>, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        self.methods.bidi(name, f);
         self
     }
 
@@ -667,6 +730,70 @@ impl Client {
         opts: CallOptions,
     ) -> Result<CallStream, RpcError> {
         self.call_stream_raw(method, &encode(req)?, opts).await
+    }
+
+    /// Calls a client-streaming method: send its items, then
+    /// [`finish`](ClientStreamCall::finish) for the one response. Dropping the call before
+    /// its response cancels it on the server. The deadline covers the whole call.
+    ///
+    /// # Errors
+    /// As [`call_raw`](Self::call_raw) for starting the call.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(client: shmrpc::Client) -> Result<(), shmrpc::RpcError> {
+    /// use shmrpc::CallOptions;
+    ///
+    /// let mut call = client.call_client_stream("sum", CallOptions::default()).await?;
+    /// for n in 1..=10u64 {
+    ///     call.send(&n).await?; // waits only if the server is a window behind
+    /// }
+    /// let total: u64 = call.finish().await?;
+    /// assert_eq!(total, 55);
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_client_stream(
+        &self,
+        method: &str,
+        opts: CallOptions,
+    ) -> Result<ClientStreamCall, RpcError> {
+        Ok(ClientStreamCall::new(
+            self.call_sending(method, opts).await?,
+        ))
+    }
+
+    /// Calls a bidirectional method: items go both ways at once, through the call's
+    /// sending and receiving halves ([`BidiCall::split`] to use them from two tasks).
+    /// Dropping both halves before the end cancels the call on the server. The deadline
+    /// covers the whole call.
+    ///
+    /// # Errors
+    /// As [`call_raw`](Self::call_raw) for starting the call.
+    pub async fn call_bidi(&self, method: &str, opts: CallOptions) -> Result<BidiCall, RpcError> {
+        Ok(BidiCall::new(self.call_sending(method, opts).await?))
+    }
+
+    async fn call_sending(
+        &self,
+        method: &str,
+        opts: CallOptions,
+    ) -> Result<(ItemSender, CallStream), RpcError> {
+        let until = opts.timeout.map(|d| Instant::now() + d);
+        within(opts.timeout, || async move {
+            loop {
+                let peer = self.conn_now(until).await?;
+                let keep: Arc<dyn std::any::Any + Send + Sync> = self.inner.clone();
+                let started = peer
+                    .out
+                    .call_sending(method, opts.timeout, Some(keep))
+                    .await?;
+                if let Some(s) = started {
+                    return Ok(s);
+                }
+            }
+        })
+        .await
     }
 }
 

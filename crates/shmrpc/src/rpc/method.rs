@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
     method_id, BlockingClient, CallContext, CallOptions, CallStream, Client, ClientBuilder,
-    ItemSink, Peer, RpcError, ServerBuilder,
+    ClientStreamCall, ItemSender, ItemSink, Items, Peer, RpcError, ServerBuilder,
 };
 
 /// A unary method: its name, request type `Req` and response type `Resp`.
@@ -93,6 +93,71 @@ pub struct Streaming<Req, Item> {
     _types: PhantomData<fn(Req) -> Item>,
 }
 
+/// A client-streaming method: its name, the type `Req` of the items the caller streams,
+/// and its response type `Resp`.
+///
+/// Declare it once as a `const` shared by both ends; see [`Unary`].
+///
+/// ```
+/// use shmrpc::{Bidi, CallOptions, Client, ClientConfig, ClientStreaming, Server};
+///
+/// pub const SUM: ClientStreaming<u64, u64> = ClientStreaming::new("sum");
+/// pub const SHOUT: Bidi<String, String> = Bidi::new("shout");
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let name = format!("doc-cstream-{}", std::process::id());
+/// let server = Server::builder()
+///     .client_stream_method(SUM, |_ctx, mut items| async move {
+///         let mut total = 0;
+///         while let Some(n) = items.next().await {
+///             total += n?;
+///         }
+///         Ok(total)
+///     })
+///     .bidi_method(SHOUT, |_ctx, mut words, sink| async move {
+///         while let Some(w) = words.next().await {
+///             sink.send(&w?.to_uppercase()).await?;
+///         }
+///         Ok(())
+///     })
+///     .bind(&name)?;
+/// let handle = server.handle();
+/// let serving = tokio::spawn(server.serve());
+///
+/// let client = Client::connect(&name, ClientConfig::default()).await?;
+/// let mut sum = client.invoke_client_stream(SUM, CallOptions::default()).await?;
+/// for n in 1..=4 {
+///     sum.send(&n).await?;
+/// }
+/// assert_eq!(sum.finish().await?, 10);
+///
+/// let (mut words, mut shouted) = client.invoke_bidi(SHOUT, CallOptions::default()).await?;
+/// words.send(&"to".to_string()).await?;
+/// assert_eq!(shouted.next().await.transpose()?.as_deref(), Some("TO"));
+/// words.send(&"be".to_string()).await?;
+/// words.finish().await?;
+/// assert_eq!(shouted.next().await.transpose()?.as_deref(), Some("BE"));
+/// assert!(shouted.next().await.is_none());
+///
+/// drop(client);
+/// handle.shutdown();
+/// serving.await?;
+/// # Ok(()) }
+/// ```
+pub struct ClientStreaming<Req, Resp> {
+    name: &'static str,
+    _types: PhantomData<fn(Req) -> Resp>,
+}
+
+/// A bidirectional method: its name, the type `Item` of the items the caller streams, and
+/// the type `Out` of the items the callee streams back.
+///
+/// Declare it once as a `const` shared by both ends; see [`ClientStreaming`].
+pub struct Bidi<Item, Out> {
+    name: &'static str,
+    _types: PhantomData<fn(Item) -> Out>,
+}
+
 macro_rules! descriptor {
     ($t:ident) => {
         impl<A, B> $t<A, B> {
@@ -133,6 +198,8 @@ macro_rules! descriptor {
 
 descriptor!(Unary);
 descriptor!(Streaming);
+descriptor!(ClientStreaming);
+descriptor!(Bidi);
 
 /// Where the handler of a [`Streaming`] method sends its items: an [`ItemSink`] that takes
 /// only the method's item type.
@@ -201,6 +268,98 @@ impl<Item: DeserializeOwned> TypedStream<Item> {
     }
 }
 
+/// The sending half of a call to a [`Bidi`] method: an [`ItemSender`] that takes only the
+/// method's item type.
+pub struct TypedSender<Item> {
+    inner: ItemSender,
+    _item: PhantomData<fn(Item)>,
+}
+
+impl<Item> fmt::Debug for TypedSender<Item> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<Item: Serialize> TypedSender<Item> {
+    /// Sends one item (waiting for the callee's credit if it is behind).
+    ///
+    /// # Errors
+    /// As [`ItemSender::send`].
+    pub async fn send(&mut self, item: &Item) -> Result<(), RpcError> {
+        self.inner.send(item).await
+    }
+
+    /// Ends the stream.
+    ///
+    /// # Errors
+    /// As [`ItemSender::finish`].
+    pub async fn finish(&mut self) -> Result<(), RpcError> {
+        self.inner.finish().await
+    }
+
+    /// The untyped sender underneath.
+    pub fn into_untyped(self) -> ItemSender {
+        self.inner
+    }
+}
+
+/// A call to a [`ClientStreaming`] method: it sends items of the method's item type, then
+/// gets its response type.
+pub struct TypedClientStream<Req, Resp> {
+    inner: ClientStreamCall,
+    _types: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req, Resp> fmt::Debug for TypedClientStream<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<Req: Serialize, Resp: DeserializeOwned> TypedClientStream<Req, Resp> {
+    /// Sends one item.
+    ///
+    /// # Errors
+    /// As [`ClientStreamCall::send`].
+    pub async fn send(&mut self, item: &Req) -> Result<(), RpcError> {
+        self.inner.send(item).await
+    }
+
+    /// Ends the stream and waits for the response.
+    ///
+    /// # Errors
+    /// As [`ClientStreamCall::finish`].
+    pub async fn finish(self) -> Result<Resp, RpcError> {
+        self.inner.finish().await
+    }
+
+    /// Cancels the call now (same as dropping it).
+    pub fn cancel(self) {}
+
+    /// The untyped call underneath.
+    pub fn into_untyped(self) -> ClientStreamCall {
+        self.inner
+    }
+}
+
+/// A typed bidirectional handler as an untyped one: its sink takes only the out type.
+fn typed_bidi<Item, Out, F, Fut>(f: F) -> impl Fn(CallContext, Items<Item>, ItemSink) -> Fut
+where
+    F: Fn(CallContext, Items<Item>, Sink<Out>) -> Fut,
+{
+    move |ctx, items, sink| {
+        f(
+            ctx,
+            items,
+            Sink {
+                inner: sink,
+                _item: PhantomData,
+            },
+        )
+    }
+}
+
 /// A typed streaming handler as an untyped one: its sink takes only the item type.
 fn typed_sink<Req, Item, F, Fut>(f: F) -> impl Fn(CallContext, Req, ItemSink) -> Fut
 where
@@ -256,6 +415,41 @@ macro_rules! typed_registration {
             {
                 self.streaming(method.name(), typed_sink(f))
             }
+
+            /// Registers the handler of a typed client-streaming method: it reads the
+            /// caller's items of the method's item type and returns its response type.
+            ///
+            /// # Panics
+            /// As [`unary_raw`](Self::unary_raw).
+            pub fn client_stream_method<Req, Resp, F, Fut>(
+                self,
+                method: ClientStreaming<Req, Resp>,
+                f: F,
+            ) -> Self
+            where
+                Req: DeserializeOwned + 'static,
+                Resp: Serialize + Send + 'static,
+                F: Fn(CallContext, Items<Req>) -> Fut + Send + Sync + 'static,
+                Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+            {
+                self.client_streaming(method.name(), f)
+            }
+
+            /// Registers the handler of a typed bidirectional method: it reads the
+            /// caller's items of the method's item type and sends items of its out type;
+            /// returning `Ok` ends its stream.
+            ///
+            /// # Panics
+            /// As [`unary_raw`](Self::unary_raw).
+            pub fn bidi_method<Item, Out, F, Fut>(self, method: Bidi<Item, Out>, f: F) -> Self
+            where
+                Item: DeserializeOwned + 'static,
+                Out: Serialize + 'static,
+                F: Fn(CallContext, Items<Item>, Sink<Out>) -> Fut + Send + Sync + 'static,
+                Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+            {
+                self.bidi(method.name(), typed_bidi(f))
+            }
         }
     };
 }
@@ -304,6 +498,55 @@ macro_rules! typed_calls {
                     inner,
                     _item: PhantomData,
                 })
+            }
+
+            /// Calls a typed client-streaming method: send its items, then `finish` for
+            /// the response. Dropping the call before its response cancels it.
+            ///
+            /// # Errors
+            /// As [`call_client_stream`](Self::call_client_stream).
+            pub async fn invoke_client_stream<Req, Resp>(
+                &self,
+                method: ClientStreaming<Req, Resp>,
+                opts: CallOptions,
+            ) -> Result<TypedClientStream<Req, Resp>, RpcError>
+            where
+                Req: Serialize,
+                Resp: DeserializeOwned,
+            {
+                let inner = self.call_client_stream(method.name(), opts).await?;
+                Ok(TypedClientStream {
+                    inner,
+                    _types: PhantomData,
+                })
+            }
+
+            /// Calls a typed bidirectional method: its sending half and its receiving
+            /// half, usable from different tasks. Dropping both before the end cancels
+            /// the call; dropping the sender ends its stream.
+            ///
+            /// # Errors
+            /// As [`call_bidi`](Self::call_bidi).
+            pub async fn invoke_bidi<Item, Out>(
+                &self,
+                method: Bidi<Item, Out>,
+                opts: CallOptions,
+            ) -> Result<(TypedSender<Item>, TypedStream<Out>), RpcError>
+            where
+                Item: Serialize,
+                Out: DeserializeOwned,
+            {
+                let (sender, receiver) = self.call_bidi(method.name(), opts).await?.split();
+                Ok((
+                    TypedSender {
+                        inner: sender,
+                        _item: PhantomData,
+                    },
+                    TypedStream {
+                        inner: receiver,
+                        _item: PhantomData,
+                    },
+                ))
             }
         }
     };

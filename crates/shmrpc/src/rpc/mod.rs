@@ -2,8 +2,10 @@
 //! clients that call them, over a shared-memory channel (same host) or TCP (another host),
 //! with the same frames either way.
 //!
-//! - Unary calls ([`Client::call`]) and server-streaming calls ([`Client::call_stream`]);
-//!   many calls in flight per connection, from many tasks.
+//! - Unary calls ([`Client::call`]), server-streaming calls ([`Client::call_stream`]),
+//!   client-streaming calls ([`Client::call_client_stream`]) and bidirectional calls
+//!   ([`Client::call_bidi`]), each stream paced by its reader's credit; many calls in
+//!   flight per connection, from many tasks.
 //! - Either end serves: a client may register methods too ([`ClientBuilder`]), and a
 //!   server's handlers call their caller back ([`CallContext::peer`]), or the server calls
 //!   any connected client ([`ServerHandle::peers`]), on the same connection.
@@ -41,9 +43,14 @@ pub use blocking::BlockingClient;
 pub use client::{Client, ClientBuilder, ClientConfig};
 pub use config::{ConfigError, ServerConfig};
 pub use error::{BindError, ConnectError};
-pub use method::{Sink, Streaming, TypedStream, Unary};
+pub use method::{
+    Bidi, ClientStreaming, Sink, Streaming, TypedClientStream, TypedSender, TypedStream, Unary,
+};
 pub use server::{Server, ServerBuilder, ServerHandle};
-pub use session::{CallContext, CallOptions, CallStream, ItemSink, Peer};
+pub use session::{
+    BidiCall, CallContext, CallOptions, CallStream, ClientStreamCall, ItemSender, ItemSink,
+    ItemStream, Items, Peer,
+};
 
 /// Why a call failed. The numeric values are part of the wire format.
 ///

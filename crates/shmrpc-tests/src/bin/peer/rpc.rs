@@ -378,6 +378,22 @@ pub(crate) fn rpc_serving_client(dial: &RpcDial, calls: u64) {
                 say("hanging");
                 std::future::pending::<()>().await;
                 Ok(Vec::new())
+            })
+            // Streams to this client: the count and checksum of what it read; and an
+            // echo of `3n + 1` for each `n`.
+            .client_streaming("client_sum", |_ctx, mut items| async move {
+                let mut seen = Vec::new();
+                while let Some(n) = items.next().await {
+                    seen.push(n?);
+                }
+                Ok((seen.len() as u64, shmrpc_tests::sequence_checksum(seen)))
+            })
+            .bidi("client_echo", |_ctx, mut items, sink| async move {
+                while let Some(n) = items.next().await {
+                    let n: u64 = n?;
+                    sink.send(&(3 * n + 1)).await?;
+                }
+                Ok(())
             });
         let client = match dial {
             RpcDial::Shm(name) => builder.connect(name).await,
@@ -387,6 +403,10 @@ pub(crate) fn rpc_serving_client(dial: &RpcDial, calls: u64) {
         say(format!("ready pid={}", std::process::id()));
         let mut lines = stdin_lines();
         while let Some(line) = lines.recv().await {
+            if line == "streams" {
+                streams_to_server(&client, calls).await;
+                continue;
+            }
             if line != "go" {
                 continue;
             }
@@ -411,6 +431,55 @@ pub(crate) fn rpc_serving_client(dial: &RpcDial, calls: u64) {
             say(format!("calls ok={ok} bad={bad}"));
         }
     });
+}
+
+/// The serving client's streams to its server: `n` items in a client stream to
+/// `server_sum` (which answers their count and checksum), and `n` items through the
+/// `server_echo` bidirectional call (sent and read by two tasks at once). Prints
+/// `streams sum_count=.. sum_ok=.. echo_count=.. echo_ok=..`.
+async fn streams_to_server(client: &Client, n: u64) {
+    let opts = CallOptions::timeout(Duration::from_secs(60));
+    let want = shmrpc_tests::sequence_checksum(0..n);
+    let sum = async {
+        let mut call = client.call_client_stream("server_sum", opts).await?;
+        for i in 0..n {
+            call.send(&i).await?;
+        }
+        call.finish::<(u64, u64)>().await
+    };
+    let (sum_count, sum_ok) = match sum.await {
+        Ok((count, sum)) => (count, sum == want),
+        Err(e) => fail(format!("client stream: {e}")),
+    };
+    let (mut tx, mut rx) = match client.call_bidi("server_echo", opts).await {
+        Ok(call) => call.split(),
+        Err(e) => fail(format!("bidi call: {e}")),
+    };
+    let sending = tokio::spawn(async move {
+        for i in 0..n {
+            tx.send(&i).await?;
+        }
+        tx.finish().await
+    });
+    let mut back = Vec::new();
+    while let Some(item) = rx.next::<u64>().await {
+        match item {
+            Ok(b) => back.push(b),
+            Err(e) => fail(format!("bidi echo: {e}")),
+        }
+    }
+    match sending.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => fail(format!("bidi send: {e}")),
+        Err(e) => fail(format!("bidi sender task: {e}")),
+    }
+    let echo_ok = shmrpc_tests::sequence_checksum(back.iter().map(|b| b.wrapping_sub(1) / 3))
+        == want
+        && back.iter().all(|b| b % 3 == 1);
+    say(format!(
+        "streams sum_count={sum_count} sum_ok={sum_ok} echo_count={} echo_ok={echo_ok}",
+        back.len()
+    ));
 }
 
 /// A `once` request: a token (client id, sequence number), `len` bytes derived from it,

@@ -9,7 +9,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::accept::Acceptor;
 use super::Server;
 use crate::channel::Listener;
-use crate::rpc::session::{CallContext, ItemSink, Methods};
+use crate::rpc::session::{CallContext, ItemSink, ItemStream, Items, Methods};
 use crate::rpc::{BindError, RpcError, ServerConfig};
 
 /// Builds a [`Server`]: add methods, then bind.
@@ -129,6 +129,66 @@ impl ServerBuilder {
         Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
     {
         self.methods.streaming(name, f);
+        self
+    }
+
+    /// A client-streaming method on raw bytes: the caller streams items (the handler
+    /// reads them from its [`ItemStream`] until `None`, the caller's end), then the
+    /// handler's `Ok` is the one response.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn client_streaming_raw<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(CallContext, ItemStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, RpcError>> + Send + 'static,
+    {
+        self.methods.client_streaming_raw(name, f);
+        self
+    }
+
+    /// A client-streaming method with typed items and response (default codec).
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn client_streaming<Item, Resp, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        Item: DeserializeOwned + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(CallContext, Items<Item>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        self.methods.client_streaming(name, f);
+        self
+    }
+
+    /// A bidirectional method on raw bytes: the handler reads the caller's items from its
+    /// [`ItemStream`] and sends its own through the sink, at once; returning `Ok` ends its
+    /// stream.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn bidi_raw<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(CallContext, ItemStream, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        self.methods.bidi_raw(name, f);
+        self
+    }
+
+    /// A bidirectional method with typed incoming items (default codec); its own items go
+    /// through the sink.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn bidi<Item, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        Item: DeserializeOwned + 'static,
+        F: Fn(CallContext, Items<Item>, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        self.methods.bidi(name, f);
         self
     }
 

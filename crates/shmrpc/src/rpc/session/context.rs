@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Peer;
+use crate::rpc::{Code, RpcError};
 
 /// A call's cancellation: set once (by the client's `Cancel`, its death, or the deadline)
 /// and seen by the handler. One allocation per waiting call and a plain reference count
@@ -16,6 +17,8 @@ pub(crate) struct CallToken(Arc<TokenState>);
 struct TokenState {
     cancelled: AtomicBool,
     notify: tokio::sync::Notify,
+    /// Why the call ends, if not a plain cancel (set before `cancelled`).
+    reason: std::sync::OnceLock<RpcError>,
 }
 
 impl std::fmt::Debug for CallToken {
@@ -33,6 +36,25 @@ impl CallToken {
         if !self.0.cancelled.swap(true, Ordering::Release) {
             self.0.notify.notify_waiters();
         }
+    }
+
+    /// Cancels the call for `why`, which its caller is told (instead of `Cancelled`) if
+    /// nothing ended the call before.
+    pub(crate) fn cancel_with(&self, why: RpcError) {
+        if !self.is_cancelled() {
+            let _ = self.0.reason.set(why);
+            self.cancel();
+        }
+    }
+
+    /// Why the call was cancelled: the reason given to [`cancel_with`](Self::cancel_with),
+    /// else `Cancelled`.
+    pub(crate) fn reason(&self) -> RpcError {
+        self.0
+            .reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| RpcError::new(Code::Cancelled, "call cancelled"))
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::context::{CallContext, CallToken};
+use super::items::{ItemQueue, ItemStream};
 use super::methods::{BoxFuture, INSPECT_ID};
 use super::sink::{ItemSink, STREAM_WINDOW};
 use super::{Host, Link, Peer};
@@ -18,11 +19,16 @@ use crate::frame::{FrameHeader, Kind};
 use crate::rpc::transport::Dir;
 use crate::rpc::{encode, split_deadline, Code, IdMap, RpcError, DEADLINE_PREFIX};
 
-/// A call that waits (its handler runs in a task): its cancellation token and, if it
-/// streams, its credit. Calls answered on their first poll never get an entry. Keyed by
-/// the caller's call id: at most one entry per concurrency permit, and a request whose id
-/// is already in flight is refused (`Incoming::on_request`), never overwrites one.
-type Running = (CallToken, Option<Arc<Semaphore>>);
+/// A call that waits (its handler runs in a task): its cancellation token, its credit if
+/// the callee streams, and the queue of the caller's items if the caller streams. Calls
+/// answered on their first poll never get an entry. Keyed by the caller's call id: at most
+/// one entry per concurrency permit, and a request whose id is already in flight is
+/// refused (`Incoming::on_request`), never overwrites one.
+pub(super) struct Running {
+    pub(super) token: CallToken,
+    pub(super) credit: Option<Arc<Semaphore>>,
+    pub(super) items: Option<Arc<ItemQueue>>,
+}
 
 /// What one connection's incoming calls share.
 pub(super) struct ConnState {
@@ -112,7 +118,15 @@ impl ConnState {
     /// Starts a request that holds a concurrency permit. Never waits: a handler that does
     /// not answer on its first poll runs in a task, and answers go by
     /// [`reply`](Self::reply).
-    pub(super) fn start(&self, h: FrameHeader, mut payload: Vec<u8>, permit: OwnedSemaphorePermit) {
+    /// `items`: the queue of the caller's items, if its method takes them and some may
+    /// have arrived while the request waited (else one is made here).
+    pub(super) fn start(
+        &self,
+        h: FrameHeader,
+        mut payload: Vec<u8>,
+        permit: OwnedSemaphorePermit,
+        items: Option<Arc<ItemQueue>>,
+    ) {
         let Some((deadline, _)) = split_deadline(&payload) else {
             let e = RpcError::new(Code::BadRequest, "request without deadline prefix");
             self.host.obs.rejected(e.code);
@@ -143,8 +157,13 @@ impl ConnState {
         // still running are cancelled one by one from `calls`.
         let token = CallToken::default();
         let credit = route
-            .streaming
+            .shape
+            .sends_items()
             .then(|| Arc::new(Semaphore::new(STREAM_WINDOW)));
+        let queue = route
+            .shape
+            .takes_items()
+            .then(|| items.unwrap_or_else(|| Arc::new(ItemQueue::new())));
         let ctx = CallContext {
             call_id: h.call_id,
             deadline: deadline.map(|d| Instant::now() + d),
@@ -160,7 +179,16 @@ impl ConnState {
             token: token.clone(),
             credit: credit.clone(),
         };
-        let mut fut = (route.handler)(ctx, payload, sink);
+        let stream = queue.clone().map(|queue| ItemStream {
+            queue,
+            tx: self.tx.clone(),
+            method: h.method,
+            call_id: h.call_id,
+            token: token.clone(),
+            unacked: 0,
+            done: false,
+        });
+        let mut fut = (route.handler)(ctx, payload, sink, stream);
         // Fast path: most handlers answer without waiting for anything. Poll once here; if
         // the answer is ready, reply at once (if the ring has room; else a task sends it,
         // see `reply`) and skip the task spawn (and its wake-ups) that a handler which
@@ -183,7 +211,11 @@ impl ConnState {
             .lock()
             .expect("poisoned")
             .entry(h.call_id)
-            .or_insert((token.clone(), credit));
+            .or_insert(Running {
+                token: token.clone(),
+                credit,
+                items: queue,
+            });
         let (tx, calls) = (self.tx.clone(), self.calls.clone());
         let grace = self.host.cancel_grace;
         #[cfg(feature = "tracing")]
@@ -207,8 +239,8 @@ impl ConnState {
 
     /// Cancels every call still running (the connection ended).
     pub(super) fn cancel_all(&self) {
-        for (token, _) in self.calls.lock().expect("poisoned").values() {
-            token.cancel();
+        for call in self.calls.lock().expect("poisoned").values() {
+            call.token.cancel();
         }
     }
 }
@@ -297,10 +329,11 @@ async fn run_handler(
     // still answers `Cancelled`, the outcome the caller asked for.
     let why = tokio::select! {
         biased;
-        _ = token.cancelled() => RpcError::new(Code::Cancelled, "call cancelled"),
+        _ = token.cancelled() => token.reason(),
         _ = expired => {
-            token.cancel();
-            RpcError::new(Code::DeadlineExceeded, "deadline exceeded")
+            let e = RpcError::new(Code::DeadlineExceeded, "deadline exceeded");
+            token.cancel_with(e.clone());
+            e
         }
         r = &mut fut => return r,
     };

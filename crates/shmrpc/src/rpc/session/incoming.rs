@@ -21,16 +21,25 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::dispatch::ConnState;
+use super::items::{ItemQueue, QueueError};
+use super::reader::Flow;
 use super::sink::STREAM_WINDOW;
 use crate::frame::FrameHeader;
 use crate::rpc::{Code, RpcError};
+
+struct Waiting {
+    h: FrameHeader,
+    payload: Vec<u8>,
+    items: Option<Arc<ItemQueue>>,
+}
 
 pub(super) struct Incoming {
     pub(super) st: ConnState,
     /// Permits for calls running at once.
     limit: Arc<Semaphore>,
-    /// Requests read but not yet started, oldest first.
-    waiting: VecDeque<(FrameHeader, Vec<u8>)>,
+    /// Requests read but not yet started, oldest first, each with the queue of the items
+    /// its caller streams meanwhile (if its method takes items).
+    waiting: VecDeque<Waiting>,
     max_waiting: usize,
     /// This end drains: new requests are refused.
     draining: bool,
@@ -87,8 +96,8 @@ impl Incoming {
 
     /// Starts the oldest waiting request with `permit`.
     pub(super) fn start_waiting(&mut self, permit: OwnedSemaphorePermit) {
-        if let Some((h, payload)) = self.waiting.pop_front() {
-            self.st.start(h, payload, permit);
+        if let Some(w) = self.waiting.pop_front() {
+            self.st.start(w.h, w.payload, permit, w.items);
         }
     }
 
@@ -97,7 +106,7 @@ impl Incoming {
     pub(super) fn on_request(&mut self, h: FrameHeader, payload: Vec<u8>) {
         let id = h.call_id;
         let running = self.st.calls.lock().expect("poisoned").contains_key(&id);
-        if running || self.waiting.iter().any(|(w, _)| w.call_id == id) {
+        if running || self.waiting.iter().any(|w| w.h.call_id == id) {
             // Answering would mix two calls' frames; the earlier call goes on untouched.
             let e = RpcError::new(
                 Code::Protocol,
@@ -114,25 +123,29 @@ impl Incoming {
             return;
         }
         match self.limit.clone().try_acquire_owned() {
-            Ok(permit) if self.waiting.is_empty() => self.st.start(h, payload, permit),
+            Ok(permit) if self.waiting.is_empty() => self.st.start(h, payload, permit, None),
             // Keep arrival order: the oldest waiting request goes first.
             _ => {
                 self.st.tx.obs.backpressure();
-                self.waiting.push_back((h, payload));
+                // The caller may stream its items before the call starts: keep them (within
+                // the window) until it does.
+                let takes_items =
+                    (self.st.host.methods.get(h.method)).is_some_and(|r| r.shape.takes_items());
+                self.waiting.push_back(Waiting {
+                    h,
+                    payload,
+                    items: takes_items.then(|| Arc::new(ItemQueue::new())),
+                });
             }
         }
     }
 
     /// The caller gave up on a call: cancel it if it runs, answer it if it waits.
     pub(super) fn on_cancel(&mut self, h: FrameHeader) {
-        if let Some((t, _)) = self.st.calls.lock().expect("poisoned").get(&h.call_id) {
-            t.cancel();
+        if let Some(call) = self.st.calls.lock().expect("poisoned").get(&h.call_id) {
+            call.token.cancel();
         }
-        if let Some(i) = self
-            .waiting
-            .iter()
-            .position(|(w, _)| w.call_id == h.call_id)
-        {
+        if let Some(i) = self.waiting.iter().position(|w| w.h.call_id == h.call_id) {
             self.waiting.remove(i);
             let e = RpcError::new(Code::Cancelled, "call cancelled");
             self.st.reply_error(h.method, h.call_id, &e, None);
@@ -144,10 +157,88 @@ impl Incoming {
         let n = payload
             .get(..4)
             .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-        if let Some((_, Some(c))) = self.st.calls.lock().expect("poisoned").get(&h.call_id) {
+        let calls = self.st.calls.lock().expect("poisoned");
+        if let Some(c) = calls.get(&h.call_id).and_then(|c| c.credit.as_ref()) {
             // Bounded: a caller cannot grant more than a window's worth at once.
             let room = STREAM_WINDOW.saturating_sub(c.available_permits());
             c.add_permits((n as usize).min(room));
+        }
+    }
+
+    /// An item of the caller's stream (`None`: its end), for a client-streaming or
+    /// bidirectional call: queued for the handler (also while the request waits for a
+    /// permit). For a call that is over (or never was) it is ignored: it crossed the
+    /// call's end. For a call whose method takes no items, that call fails (`BadRequest`)
+    /// and the connection goes on. Past the caller's credit, or after its end, the caller
+    /// broke the protocol: the connection ends.
+    pub(super) fn on_item(&mut self, h: FrameHeader, item: Option<Vec<u8>>) -> Flow {
+        let refuse = || {
+            RpcError::new(
+                Code::BadRequest,
+                "stream items for a method that takes none",
+            )
+        };
+        let running = {
+            let calls = self.st.calls.lock().expect("poisoned");
+            calls
+                .get(&h.call_id)
+                .map(|c| (c.token.clone(), c.items.clone()))
+        };
+        let queue = match running {
+            Some((_, Some(q))) => q,
+            Some((token, None)) => {
+                // The handler's outcome is this error (`run_handler`).
+                token.cancel_with(refuse());
+                return Flow::Continue;
+            }
+            None => match self.waiting.iter().position(|w| w.h.call_id == h.call_id) {
+                None => return Flow::Continue,
+                Some(i) => match &self.waiting[i].items {
+                    Some(q) => q.clone(),
+                    None => {
+                        // A missing method is refused as such when its turn comes.
+                        if self.st.host.methods.get(h.method).is_some() {
+                            let w = self.waiting.remove(i).expect("found above");
+                            self.st.host.obs.rejected(Code::BadRequest);
+                            self.st
+                                .reply_error(w.h.method, w.h.call_id, &refuse(), None);
+                        }
+                        return Flow::Continue;
+                    }
+                },
+            },
+        };
+        match queue.push(item) {
+            Ok(()) => Flow::Continue,
+            Err(QueueError::NoCredit) => Flow::Stop(RpcError::new(
+                Code::Protocol,
+                format!("call {}: stream items beyond the credit granted", h.call_id),
+            )),
+            Err(QueueError::AfterEnd) => Flow::Stop(RpcError::new(
+                Code::Protocol,
+                format!("call {}: stream frames after the stream's end", h.call_id),
+            )),
+        }
+    }
+
+    /// A message to a call this end serves was too large: that call fails.
+    pub(super) fn on_too_large(&mut self, method: u32, call_id: u64, e: RpcError) {
+        let running = self
+            .st
+            .calls
+            .lock()
+            .expect("poisoned")
+            .get(&call_id)
+            .map(|c| c.token.clone());
+        match running {
+            // A running call answers with its handler's outcome: this error.
+            Some(token) => token.cancel_with(e),
+            None => {
+                if let Some(i) = self.waiting.iter().position(|w| w.h.call_id == call_id) {
+                    self.waiting.remove(i);
+                }
+                self.st.reply_error(method, call_id, &e, None);
+            }
         }
     }
 
@@ -156,7 +247,7 @@ impl Incoming {
     /// answers must arrive) until [`idle`](Self::idle).
     pub(super) fn on_drain(&mut self) {
         self.draining = true;
-        for (h, _) in self.waiting.drain(..) {
+        for Waiting { h, .. } in self.waiting.drain(..) {
             let e = RpcError::new(Code::ShuttingDown, "server is shutting down");
             self.st.reply_error(h.method, h.call_id, &e, None);
         }

@@ -7,17 +7,22 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{CallContext, ItemSink};
+use super::{CallContext, ItemSink, ItemStream, Items};
 use crate::rpc::inspect::INSPECT_METHOD;
 use crate::rpc::obs::MethodObs;
-use crate::rpc::{decode, encode, method_id, IdMap, RpcError};
+use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-/// A handler as the engine runs it: raw request in, the response (`Some`) or the end of
-/// its stream (`None`) out.
+/// A handler as the engine runs it: raw request in (and the caller's items, for a method
+/// that takes them), the response (`Some`) or the end of its stream (`None`) out.
 pub(crate) type Handler = Arc<
-    dyn Fn(CallContext, Vec<u8>, ItemSink) -> BoxFuture<Result<Option<Vec<u8>>, RpcError>>
+    dyn Fn(
+            CallContext,
+            Vec<u8>,
+            ItemSink,
+            Option<ItemStream>,
+        ) -> BoxFuture<Result<Option<Vec<u8>>, RpcError>>
         + Send
         + Sync,
 >;
@@ -25,10 +30,35 @@ pub(crate) type Handler = Arc<
 /// The id of the built-in [`INSPECT_METHOD`], answered by every end.
 pub(crate) const INSPECT_ID: u32 = method_id(INSPECT_METHOD);
 
-/// A method: its name, whether it streams, and its handler.
+/// What a method's caller and callee send each other besides the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// One response.
+    Unary,
+    /// The callee streams items.
+    ServerStream,
+    /// The caller streams items; one response.
+    ClientStream,
+    /// Both stream items.
+    Bidi,
+}
+
+impl Shape {
+    /// Whether the callee sends items (and gets credit for them).
+    pub(crate) fn sends_items(self) -> bool {
+        matches!(self, Shape::ServerStream | Shape::Bidi)
+    }
+
+    /// Whether the caller sends items (and the callee queues them).
+    pub(crate) fn takes_items(self) -> bool {
+        matches!(self, Shape::ClientStream | Shape::Bidi)
+    }
+}
+
+/// A method: its name, its shape, and its handler.
 pub(crate) struct Route {
     pub(crate) name: String,
-    pub(crate) streaming: bool,
+    pub(crate) shape: Shape,
     pub(crate) handler: Handler,
     pub(crate) obs: MethodObs,
 }
@@ -64,7 +94,7 @@ impl Methods {
 
     /// Registers a handler. Panics on a name taken by the built-in method or sharing an
     /// id with another (programming errors, found at start-up).
-    fn add(&mut self, name: &str, streaming: bool, handler: Handler) {
+    fn add(&mut self, name: &str, shape: Shape, handler: Handler) {
         let id = method_id(name);
         assert!(
             id != INSPECT_ID,
@@ -83,7 +113,7 @@ impl Methods {
             Route {
                 obs: MethodObs::new(&name, self.metrics),
                 name,
-                streaming,
+                shape,
                 handler,
             },
         );
@@ -97,8 +127,8 @@ impl Methods {
         let f = Arc::new(f);
         self.add(
             name,
-            false,
-            Arc::new(move |ctx, req, _sink| {
+            Shape::Unary,
+            Arc::new(move |ctx, req, _sink, _items| {
                 let fut = f(ctx, req);
                 Box::pin(async move { fut.await.map(Some) })
             }),
@@ -115,8 +145,8 @@ impl Methods {
         let f = Arc::new(f);
         self.add(
             name,
-            false,
-            Arc::new(move |ctx, req, _sink| {
+            Shape::Unary,
+            Arc::new(move |ctx, req, _sink, _items| {
                 let f = f.clone();
                 Box::pin(async move {
                     let req: Req = decode(&req)?;
@@ -135,8 +165,8 @@ impl Methods {
         let f = Arc::new(f);
         self.add(
             name,
-            true,
-            Arc::new(move |ctx, req, sink| {
+            Shape::ServerStream,
+            Arc::new(move |ctx, req, sink, _items| {
                 let fut = f(ctx, req, sink);
                 Box::pin(async move { fut.await.map(|()| None) })
             }),
@@ -152,8 +182,8 @@ impl Methods {
         let f = Arc::new(f);
         self.add(
             name,
-            true,
-            Arc::new(move |ctx, req, sink| {
+            Shape::ServerStream,
+            Arc::new(move |ctx, req, sink, _items| {
                 let f = f.clone();
                 Box::pin(async move {
                     let req: Req = decode(&req)?;
@@ -162,4 +192,71 @@ impl Methods {
             }),
         );
     }
+
+    pub(crate) fn client_streaming_raw<F, Fut>(&mut self, name: &str, f: F)
+    where
+        F: Fn(CallContext, ItemStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            name,
+            Shape::ClientStream,
+            Arc::new(move |ctx, _req, _sink, items| match items {
+                Some(items) => {
+                    let fut = f(ctx, items);
+                    Box::pin(async move { fut.await.map(Some) })
+                }
+                None => Box::pin(async { Err(no_items()) }),
+            }),
+        );
+    }
+
+    pub(crate) fn client_streaming<Item, Resp, F, Fut>(&mut self, name: &str, f: F)
+    where
+        Item: DeserializeOwned + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(CallContext, Items<Item>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+    {
+        self.client_streaming_raw(name, move |ctx, items| {
+            let fut = f(ctx, Items::new(items));
+            async move { encode(&fut.await?) }
+        });
+    }
+
+    pub(crate) fn bidi_raw<F, Fut>(&mut self, name: &str, f: F)
+    where
+        F: Fn(CallContext, ItemStream, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        self.add(
+            name,
+            Shape::Bidi,
+            Arc::new(move |ctx, _req, sink, items| match items {
+                Some(items) => {
+                    let fut = f(ctx, items, sink);
+                    Box::pin(async move { fut.await.map(|()| None) })
+                }
+                None => Box::pin(async { Err(no_items()) }),
+            }),
+        );
+    }
+
+    pub(crate) fn bidi<Item, F, Fut>(&mut self, name: &str, f: F)
+    where
+        Item: DeserializeOwned + 'static,
+        F: Fn(CallContext, Items<Item>, ItemSink) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RpcError>> + Send + 'static,
+    {
+        self.bidi_raw(name, move |ctx, items, sink| {
+            f(ctx, Items::new(items), sink)
+        });
+    }
+}
+
+/// The engine gives every call of a method that takes items its queue; never seen.
+fn no_items() -> RpcError {
+    RpcError::new(Code::Protocol, "no item stream for a streaming call")
 }

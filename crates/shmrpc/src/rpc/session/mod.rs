@@ -4,13 +4,14 @@
 //!
 //! - [`methods`]: the method table an end serves ([`Methods`]), shared by both builders.
 //! - [`outgoing`]: the calls this end started: their table, answers, cancel on drop,
-//!   stream credit ([`CallStream`]).
+//!   stream credit both ways ([`CallStream`], [`ItemSender`]).
 //! - [`peer`]: the handle that calls the other end ([`Peer`]).
 //! - [`incoming`]: the calls the other end started: concurrency limit, queue, cancels,
 //!   credit.
 //! - [`dispatch`]: starting an incoming call, running its handler, sending its outcome.
 //! - [`context`]: what a handler knows about its call ([`CallContext`]).
 //! - [`sink`]: where a streaming handler sends its items ([`ItemSink`]).
+//! - [`items`]: where a handler reads the items its caller streams ([`ItemStream`]).
 //! - [`reader`]: the connection's read loop, which routes each frame by its direction
 //!   (to this end as callee: incoming; to this end as caller: outgoing), heartbeats, and
 //!   the end of the connection.
@@ -18,6 +19,7 @@
 mod context;
 mod dispatch;
 mod incoming;
+mod items;
 pub(crate) mod methods;
 pub(crate) mod outgoing;
 mod peer;
@@ -37,8 +39,9 @@ use crate::frame::Kind;
 
 pub use context::CallContext;
 pub(crate) use context::CallToken;
+pub use items::{ItemStream, Items};
 pub(crate) use methods::Methods;
-pub use outgoing::{CallOptions, CallStream};
+pub use outgoing::{BidiCall, CallOptions, CallStream, ClientStreamCall, ItemSender};
 pub use peer::Peer;
 pub use sink::ItemSink;
 pub(crate) use sink::STREAM_WINDOW;
@@ -148,6 +151,28 @@ impl Link {
             Ok(false) => {}
         }
         r
+    }
+
+    /// Grants the writer of a stream `n` more items (a `Credit` frame) without waiting: at
+    /// once if it can go, else from a task. A stream's reader may be dropped at any
+    /// `.await` (in a `select!`, say): waiting here, it would lose the grant, and the
+    /// writer would wait for it for ever. Grants add up in any order; one that arrives
+    /// after its call ended is ignored.
+    pub(crate) fn grant(self: &Arc<Self>, dir: Dir, method: u32, call_id: u64, n: u32) {
+        let body = n.to_le_bytes();
+        // A failed send marks the connection broken (`try_send`); nothing else to do here.
+        if !matches!(
+            self.try_send(dir, Kind::Credit, method, call_id, &body),
+            Ok(false)
+        ) {
+            return;
+        }
+        let link = self.clone();
+        // Bounded: a reader grants at most twice per window it reads; and the connection's
+        // end makes a send still waiting give up (`ended`).
+        tokio::spawn(async move {
+            let _ = link.send(dir, Kind::Credit, method, call_id, &body).await;
+        });
     }
 
     /// Sends one message given in pieces.

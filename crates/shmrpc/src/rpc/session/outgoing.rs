@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
+use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::{Link, STREAM_WINDOW};
 use crate::frame::Kind;
 use crate::rpc::transport::Dir;
-use crate::rpc::{decode, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
+use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
 
 /// Per-call options. Built from [`CallOptions::default`] or [`CallOptions::timeout`] and
 /// the `with_*` setters, so that new options do not break callers.
@@ -80,10 +80,42 @@ impl Waiter {
     }
 }
 
-/// A call in the table: what it waits for, and its slot (freed with the entry).
+/// A call in the table: what it waits for, its credit if it streams items to the callee,
+/// and its slot (freed with the entry).
 struct Entry {
     waiter: Waiter,
+    credit: Option<Arc<SendCredit>>,
     _slot: OwnedSemaphorePermit,
+}
+
+/// The credit of a call that streams items to its callee: how many more it may send (the
+/// callee grants more as its handler reads), and why no more can go once the call is over.
+pub(crate) struct SendCredit {
+    credit: Semaphore,
+    ended: std::sync::OnceLock<RpcError>,
+}
+
+impl SendCredit {
+    fn new() -> Self {
+        Self {
+            credit: Semaphore::new(STREAM_WINDOW),
+            ended: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The call is over (`why`): a send waiting for credit fails with it.
+    fn end(&self, why: RpcError) {
+        let _ = self.ended.set(why);
+        self.credit.close();
+    }
+
+    /// Why no more items can go.
+    fn why(&self) -> RpcError {
+        self.ended
+            .get()
+            .cloned()
+            .unwrap_or_else(|| RpcError::new(Code::Cancelled, "the call is over"))
+    }
 }
 
 /// The calls this end started on one connection.
@@ -141,15 +173,21 @@ impl Outgoing {
         // Release: pairs with the Acquire loads in `is_alive` and `register`.
         self.alive.store(false, Ordering::Release);
         self.slots.close();
-        pending.retain(|_, entry| match &mut entry.waiter {
-            Waiter::Unary { answer, waker } => {
-                answer.get_or_insert_with(|| Err(e.clone()));
-                wake.extend(waker.take());
-                true // its caller takes the error and removes the entry
+        pending.retain(|_, entry| {
+            // A send waiting for credit fails too.
+            if let Some(c) = &entry.credit {
+                c.end(e.clone());
             }
-            Waiter::Stream(tx) => {
-                let _ = tx.send(Event::Error(e.clone()));
-                false
+            match &mut entry.waiter {
+                Waiter::Unary { answer, waker } => {
+                    answer.get_or_insert_with(|| Err(e.clone()));
+                    wake.extend(waker.take());
+                    true // its caller takes the error and removes the entry
+                }
+                Waiter::Stream(tx) => {
+                    let _ = tx.send(Event::Error(e.clone()));
+                    false
+                }
             }
         });
         drop(pending);
@@ -158,7 +196,7 @@ impl Outgoing {
 
     /// Registers a call under a new id if the connection still takes calls, once a slot
     /// is free.
-    async fn register(&self, waiter: Waiter) -> Option<u64> {
+    async fn register(&self, waiter: Waiter, credit: Option<Arc<SendCredit>>) -> Option<u64> {
         // A free slot (the common case) is taken without a future.
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -175,6 +213,7 @@ impl Outgoing {
             id,
             Entry {
                 waiter,
+                credit,
                 _slot: slot,
             },
         );
@@ -183,7 +222,25 @@ impl Outgoing {
 
     /// Removes a call's entry (freeing its slot).
     fn forget(&self, id: u64) {
-        self.pending.lock().expect("poisoned").remove(&id);
+        let entry = self.pending.lock().expect("poisoned").remove(&id);
+        if let Some(c) = entry.and_then(|e| e.credit) {
+            c.end(RpcError::new(Code::Cancelled, "call cancelled"));
+        }
+    }
+
+    /// The callee read items of a call that streams to it: it may send as many more.
+    /// Credit for a call that is over (or never was) is ignored.
+    pub(crate) fn on_credit(&self, call_id: u64, payload: &[u8]) {
+        let n = payload
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes);
+        let pending = self.pending.lock().expect("poisoned");
+        if let Some(c) = pending.get(&call_id).and_then(|e| e.credit.as_ref()) {
+            // Bounded: a callee cannot grant more than a window's worth at once.
+            let room = STREAM_WINDOW.saturating_sub(c.credit.available_permits());
+            c.credit.add_permits((n as usize).min(room));
+        }
     }
 
     /// Hands an answer frame's event to its call. Frames for calls not waiting (cancelled,
@@ -205,10 +262,21 @@ impl Outgoing {
                 waker.take()
             }
             Some(Waiter::Stream(tx)) => {
-                let last = matches!(ev, Event::Response(_) | Event::End | Event::Error(_));
+                // After the callee's last frame, items the caller still sends go nowhere:
+                // its sends fail with the callee's error, or as over.
+                let last = match &ev {
+                    Event::Item(_) => None,
+                    Event::Error(e) => Some(e.clone()),
+                    Event::Response(_) | Event::End => Some(RpcError::new(
+                        Code::Cancelled,
+                        "the callee ended the call: it takes no more items",
+                    )),
+                };
                 let _ = tx.send(ev);
-                if last {
-                    pending.remove(&call_id);
+                if let Some(why) = last {
+                    if let Some(c) = pending.remove(&call_id).and_then(|e| e.credit) {
+                        c.end(why);
+                    }
                 }
                 None
             }
@@ -239,11 +307,12 @@ impl Outgoing {
         body: &[u8],
         timeout: Option<Duration>,
         waiter: Waiter,
+        credit: Option<Arc<SendCredit>>,
     ) -> Result<Option<CancelOnDrop>, RpcError> {
-        let Some(id) = self.register(waiter).await else {
+        let Some(id) = self.register(waiter, credit).await else {
             return Ok(None);
         };
-        let mut guard = CancelOnDrop::new(self.clone(), id, method);
+        let guard = CancelOnDrop::new(self.clone(), id, method);
         let ms = timeout.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
         let parts: &[&[u8]] = &[&ms.to_le_bytes(), body];
         let (dir, kind) = (Dir::ToCallee, Kind::Request);
@@ -267,7 +336,7 @@ impl Outgoing {
 
     /// Waits for the answer of the unary call of `guard`, which was started. Dropped
     /// before the answer (its deadline passed), it cancels the call.
-    async fn answer(&self, mut guard: CancelOnDrop) -> Result<Vec<u8>, RpcError> {
+    async fn answer(&self, guard: CancelOnDrop) -> Result<Vec<u8>, RpcError> {
         let id = guard.id;
         let r = std::future::poll_fn(|cx| {
             let mut pending = self.pending.lock().expect("poisoned");
@@ -302,7 +371,7 @@ impl Outgoing {
         timeout: Option<Duration>,
     ) -> Result<Option<Vec<u8>>, RpcError> {
         match self
-            .start(method_id(method), body, timeout, Waiter::unary())
+            .start(method_id(method), body, timeout, Waiter::unary(), None)
             .await?
         {
             Some(guard) => self.answer(guard).await.map(Some),
@@ -321,17 +390,61 @@ impl Outgoing {
     ) -> Result<Option<CallStream>, RpcError> {
         let (etx, events) = mpsc::unbounded_channel();
         let m = method_id(method);
-        let Some(guard) = self.start(m, body, timeout, Waiter::Stream(etx)).await? else {
+        let Some(guard) = self
+            .start(m, body, timeout, Waiter::Stream(etx), None)
+            .await?
+        else {
             return Ok(None);
         };
         Ok(Some(CallStream {
             _keep: keep,
             events,
-            guard,
+            guard: Arc::new(guard),
             deadline: timeout.map(|d| Instant::now() + d),
             finished: false,
             unacked: 0,
         }))
+    }
+
+    /// A call that streams items to the callee (client-streaming or bidirectional; the
+    /// request has an empty body) on this connection: its sending half and the half that
+    /// reads what the callee sends. `Ok(None)` if it takes no new calls. `keep` as for
+    /// [`call_stream_raw`](Self::call_stream_raw).
+    pub(crate) async fn call_sending(
+        self: &Arc<Self>,
+        method: &str,
+        timeout: Option<Duration>,
+        keep: Option<Arc<dyn Any + Send + Sync>>,
+    ) -> Result<Option<(ItemSender, CallStream)>, RpcError> {
+        let (etx, events) = mpsc::unbounded_channel();
+        let credit = Arc::new(SendCredit::new());
+        let m = method_id(method);
+        let started = self
+            .start(m, &[], timeout, Waiter::Stream(etx), Some(credit.clone()))
+            .await?;
+        let Some(guard) = started else {
+            return Ok(None);
+        };
+        let guard = Arc::new(guard);
+        let deadline = timeout.map(|d| Instant::now() + d);
+        let sender = ItemSender {
+            _keep: keep.clone(),
+            guard: guard.clone(),
+            credit,
+            deadline,
+            max_message: self.max_message,
+            finished: false,
+            end_on_drop: false,
+        };
+        let stream = CallStream {
+            _keep: keep,
+            events,
+            guard,
+            deadline,
+            finished: false,
+            unacked: 0,
+        };
+        Ok(Some((sender, stream)))
     }
 }
 
@@ -379,9 +492,10 @@ struct CancelOnDrop {
     out: Arc<Outgoing>,
     id: u64,
     method: u32,
-    armed: bool,
+    /// Cleared once the call is done (no `Cancel` then). Shared by a call's two halves.
+    armed: AtomicBool,
     /// The call's entry may still be in the table.
-    listed: bool,
+    listed: AtomicBool,
 }
 
 impl CancelOnDrop {
@@ -390,30 +504,38 @@ impl CancelOnDrop {
             out,
             id,
             method,
-            armed: true,
-            listed: true,
+            armed: AtomicBool::new(true),
+            listed: AtomicBool::new(true),
         }
     }
 
     /// The call is over: nothing to cancel.
-    fn done(&mut self) {
-        self.armed = false;
+    fn done(&self) {
+        // Relaxed: read only when the guard is dropped, by whoever holds it last (the
+        // `Arc`'s drop orders it after this store).
+        self.armed.store(false, Ordering::Relaxed);
+    }
+
+    fn is_armed(&self) -> bool {
+        self.armed.load(Ordering::Relaxed)
     }
 
     /// The call is over and its entry was removed with its answer: nothing to cancel or
     /// remove (which spares the table's lock).
-    fn answered(&mut self) {
-        self.armed = false;
-        self.listed = false;
+    fn answered(&self) {
+        // Relaxed: as in `done`.
+        self.armed.store(false, Ordering::Relaxed);
+        self.listed.store(false, Ordering::Relaxed);
     }
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if self.listed {
+        // Relaxed: as in `done`.
+        if self.listed.load(Ordering::Relaxed) {
             self.out.forget(self.id);
         }
-        if self.armed && !self.out.link.broken.is_cancelled() {
+        if self.is_armed() && !self.out.link.broken.is_cancelled() {
             let (out, id, method) = (self.out.clone(), self.id, self.method);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
@@ -433,7 +555,8 @@ pub struct CallStream {
     /// handle of the client is dropped.
     _keep: Option<Arc<dyn Any + Send + Sync>>,
     events: mpsc::UnboundedReceiver<Event>,
-    guard: CancelOnDrop,
+    /// Shared with the sending half of a call that streams both ways.
+    guard: Arc<CancelOnDrop>,
     deadline: Option<Instant>,
     finished: bool,
     /// Items read since credit was last returned to the callee.
@@ -449,7 +572,8 @@ impl std::fmt::Debug for CallStream {
 }
 
 impl CallStream {
-    /// The next raw item; `None` at the end of the stream.
+    /// The next raw item; `None` at the end of the stream. Cancel-safe: dropped before it
+    /// returns (in a `select!`, say), it took no item.
     ///
     /// # Errors
     /// The callee's error, `DeadlineExceeded` or `PeerGone`; the stream is over after one.
@@ -457,18 +581,9 @@ impl CallStream {
         if self.finished {
             return None;
         }
-        let ev = match self.deadline {
-            Some(d) => match tokio::time::timeout_at(d.into(), self.events.recv()).await {
-                Ok(ev) => ev,
-                Err(_) => {
-                    self.finished = true;
-                    return Some(Err(RpcError::new(
-                        Code::DeadlineExceeded,
-                        "deadline exceeded",
-                    )));
-                }
-            },
-            None => self.events.recv().await,
+        let ev = match self.next_event().await {
+            Ok(ev) => ev,
+            Err(e) => return Some(Err(e)),
         };
         let out = match ev {
             Some(Event::Item(b)) => {
@@ -479,17 +594,9 @@ impl CallStream {
                 if self.unacked as usize >= STREAM_WINDOW / 2 {
                     let n = std::mem::take(&mut self.unacked);
                     let g = &self.guard;
-                    let _ = g
-                        .out
-                        .link
-                        .send(
-                            Dir::ToCallee,
-                            Kind::Credit,
-                            g.method,
-                            g.id,
-                            &n.to_le_bytes(),
-                        )
-                        .await;
+                    // Never awaited: dropping this future after the item came loses
+                    // neither the item's credit nor (being past the last await) the item.
+                    g.out.link.grant(Dir::ToCallee, g.method, g.id, n);
                 }
                 return Some(Ok(b));
             }
@@ -504,6 +611,42 @@ impl CallStream {
         self.finished = true;
         self.guard.done();
         out
+    }
+
+    /// The response of a client-streaming call (after its items).
+    async fn response(&mut self) -> Result<Vec<u8>, RpcError> {
+        if self.finished {
+            return Err(RpcError::new(Code::Cancelled, "the call is over"));
+        }
+        let ev = self.next_event().await?;
+        self.finished = true;
+        self.guard.done();
+        match ev {
+            Some(Event::Response(b)) => Ok(b),
+            Some(Event::Error(e)) => Err(e),
+            Some(Event::Item(_) | Event::End) => Err(RpcError::new(
+                Code::Protocol,
+                "stream frames for a client-streaming call",
+            )),
+            None => Err(RpcError::new(Code::PeerGone, "connection closed")),
+        }
+    }
+
+    /// The next event of the call, within its deadline (`None`: the connection ended).
+    ///
+    /// # Errors
+    /// `DeadlineExceeded`; the call is over then (dropping it cancels it on the callee).
+    async fn next_event(&mut self) -> Result<Option<Event>, RpcError> {
+        match self.deadline {
+            Some(d) => match tokio::time::timeout_at(d.into(), self.events.recv()).await {
+                Ok(ev) => Ok(ev),
+                Err(_) => {
+                    self.finished = true;
+                    Err(RpcError::new(Code::DeadlineExceeded, "deadline exceeded"))
+                }
+            },
+            None => Ok(self.events.recv().await),
+        }
     }
 
     /// The next item decoded with the default codec.
@@ -550,4 +693,197 @@ impl CallStream {
 
     /// Cancels the call now (same as dropping the stream).
     pub fn cancel(self) {}
+}
+
+/// The sending half of a call that streams items to its callee: the items go in order,
+/// each once the callee has room for it (credit), so a callee that reads slowly holds back
+/// only this call. [`finish`](Self::finish) ends the stream.
+pub struct ItemSender {
+    /// As in [`CallStream`].
+    _keep: Option<Arc<dyn Any + Send + Sync>>,
+    guard: Arc<CancelOnDrop>,
+    credit: Arc<SendCredit>,
+    deadline: Option<Instant>,
+    max_message: usize,
+    /// `finish` was called (or failed).
+    finished: bool,
+    /// Dropped unfinished, it ends the stream (the sending half of a bidirectional call,
+    /// whose receiving half may still read).
+    end_on_drop: bool,
+}
+
+impl std::fmt::Debug for ItemSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItemSender")
+            .field("call_id", &self.guard.id)
+            .finish()
+    }
+}
+
+impl ItemSender {
+    /// Sends one raw item, once the callee has room for it (never holding back other
+    /// calls).
+    ///
+    /// # Errors
+    /// `TooLarge` (nothing is sent; the call goes on); the callee's error if it ended the
+    /// call (its handler failed), or `Cancelled` if it ended it otherwise or the stream
+    /// was finished; `DeadlineExceeded`; `PeerGone`.
+    pub async fn send_raw(&mut self, item: &[u8]) -> Result<(), RpcError> {
+        if self.finished {
+            return Err(RpcError::new(Code::Cancelled, "the stream was finished"));
+        }
+        if item.len() > self.max_message {
+            return Err(RpcError::new(
+                Code::TooLarge,
+                format!(
+                    "item of {} bytes exceeds the maximum message size {}",
+                    item.len(),
+                    self.max_message
+                ),
+            ));
+        }
+        let credit = match self.deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), self.credit.credit.acquire())
+                .await
+                .map_err(|_| RpcError::new(Code::DeadlineExceeded, "deadline exceeded"))?,
+            None => self.credit.credit.acquire().await,
+        };
+        credit.map_err(|_| self.credit.why())?.forget();
+        let g = &self.guard;
+        g.out
+            .link
+            .send(Dir::ToCallee, Kind::StreamItem, g.method, g.id, item)
+            .await
+            .map_err(RpcError::from)
+    }
+
+    /// Sends one item encoded with the default codec.
+    ///
+    /// # Errors
+    /// As [`send_raw`](Self::send_raw), or `BadRequest` if it cannot be encoded.
+    pub async fn send<T: Serialize>(&mut self, item: &T) -> Result<(), RpcError> {
+        self.send_raw(&encode(item)?).await
+    }
+
+    /// Ends the stream: the callee's handler reads the end after the last item. The call
+    /// goes on (its response or the callee's items are still to come).
+    ///
+    /// # Errors
+    /// `PeerGone` if the connection broke. Finishing twice does nothing.
+    pub async fn finish(&mut self) -> Result<(), RpcError> {
+        if std::mem::replace(&mut self.finished, true) {
+            return Ok(());
+        }
+        let g = &self.guard;
+        g.out
+            .link
+            .send(Dir::ToCallee, Kind::StreamEnd, g.method, g.id, &[])
+            .await
+            .map_err(RpcError::from)
+    }
+}
+
+impl Drop for ItemSender {
+    fn drop(&mut self) {
+        let g = &self.guard;
+        // The receiving half still reads: end the stream instead of leaving the callee
+        // waiting for items that will not come.
+        if self.end_on_drop
+            && !self.finished
+            && g.is_armed()
+            && Arc::strong_count(g) > 1
+            && !g.out.link.broken.is_cancelled()
+        {
+            let (out, id, method) = (g.out.clone(), g.id, g.method);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = out
+                        .link
+                        .send(Dir::ToCallee, Kind::StreamEnd, method, id, &[])
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+/// A client-streaming call: send items ([`send`](Self::send)), then
+/// [`finish`](Self::finish) and get the one response. Dropping it before its response
+/// cancels the call on the callee.
+#[derive(Debug)]
+pub struct ClientStreamCall {
+    sender: ItemSender,
+    answer: CallStream,
+}
+
+impl ClientStreamCall {
+    pub(crate) fn new((sender, answer): (ItemSender, CallStream)) -> Self {
+        Self { sender, answer }
+    }
+
+    /// Sends one raw item.
+    ///
+    /// # Errors
+    /// As [`ItemSender::send_raw`]. After an error that ended the call,
+    /// [`finish_raw`](Self::finish_raw) gives the callee's outcome.
+    pub async fn send_raw(&mut self, item: &[u8]) -> Result<(), RpcError> {
+        self.sender.send_raw(item).await
+    }
+
+    /// Sends one item encoded with the default codec.
+    ///
+    /// # Errors
+    /// As [`ItemSender::send`].
+    pub async fn send<T: Serialize>(&mut self, item: &T) -> Result<(), RpcError> {
+        self.sender.send(item).await
+    }
+
+    /// Ends the stream and waits for the callee's raw response (which may have come
+    /// already, if the handler answered before reading every item).
+    ///
+    /// # Errors
+    /// The callee's error, `DeadlineExceeded`, `PeerGone`.
+    pub async fn finish_raw(mut self) -> Result<Vec<u8>, RpcError> {
+        // Refused only if the connection broke, which fails the response too.
+        let _ = self.sender.finish().await;
+        self.answer.response().await
+    }
+
+    /// Ends the stream and waits for the callee's response, decoded with the default
+    /// codec.
+    ///
+    /// # Errors
+    /// As [`finish_raw`](Self::finish_raw), or `BadRequest` for an undecodable response.
+    pub async fn finish<T: DeserializeOwned>(self) -> Result<T, RpcError> {
+        decode(&self.finish_raw().await?)
+    }
+
+    /// Cancels the call now (same as dropping it).
+    pub fn cancel(self) {}
+}
+
+/// A bidirectional call: items go both ways at once. [`split`](Self::split) it into its
+/// sending half and its receiving half to use them from different tasks. Dropping both
+/// halves before the callee ended the call cancels it on the callee; dropping only the
+/// sending half ends its stream (as [`ItemSender::finish`]).
+#[derive(Debug)]
+pub struct BidiCall {
+    // The receiver first: dropped whole, the call drops its receiving half first, so the
+    // sender sees it gone and sends no `StreamEnd` before the `Cancel`.
+    /// Reads the callee's items.
+    pub receiver: CallStream,
+    /// Sends items to the callee.
+    pub sender: ItemSender,
+}
+
+impl BidiCall {
+    pub(crate) fn new((mut sender, receiver): (ItemSender, CallStream)) -> Self {
+        sender.end_on_drop = true;
+        Self { sender, receiver }
+    }
+
+    /// The sending half and the receiving half.
+    pub fn split(self) -> (ItemSender, CallStream) {
+        (self.sender, self.receiver)
+    }
 }

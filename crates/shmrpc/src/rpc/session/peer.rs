@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::outgoing::{within, Outgoing};
-use super::{CallOptions, CallStream};
+use super::{BidiCall, CallOptions, CallStream, ClientStreamCall, ItemSender};
 use crate::rpc::{decode, encode, Code, RpcError};
 
 /// The other end of one connection, to call it: a server's handle on a connected client
@@ -156,5 +156,44 @@ impl Peer {
         opts: CallOptions,
     ) -> Result<CallStream, RpcError> {
         self.call_stream_raw(method, &encode(req)?, opts).await
+    }
+
+    /// Calls a client-streaming method: send its items, then
+    /// [`finish`](ClientStreamCall::finish) for the one response. Dropping the call before
+    /// its response cancels it.
+    ///
+    /// # Errors
+    /// As [`call_raw`](Self::call_raw) for starting the call.
+    pub async fn call_client_stream(
+        &self,
+        method: &str,
+        opts: CallOptions,
+    ) -> Result<ClientStreamCall, RpcError> {
+        Ok(ClientStreamCall::new(
+            self.call_sending(method, opts).await?,
+        ))
+    }
+
+    /// Calls a bidirectional method: items go both ways at once, through the call's
+    /// sending and receiving halves. Dropping both halves before the end cancels the call.
+    ///
+    /// # Errors
+    /// As [`call_raw`](Self::call_raw) for starting the call.
+    pub async fn call_bidi(&self, method: &str, opts: CallOptions) -> Result<BidiCall, RpcError> {
+        Ok(BidiCall::new(self.call_sending(method, opts).await?))
+    }
+
+    async fn call_sending(
+        &self,
+        method: &str,
+        opts: CallOptions,
+    ) -> Result<(ItemSender, CallStream), RpcError> {
+        within(opts.timeout, || async move {
+            self.out
+                .call_sending(method, opts.timeout, None)
+                .await?
+                .ok_or_else(Self::gone)
+        })
+        .await
     }
 }

@@ -169,7 +169,7 @@ impl Connection {
                 self.silence.heard();
                 let e = RpcError::from(e);
                 if to_callee {
-                    self.incoming.st.reply_error(method, call_id, &e, None);
+                    self.incoming.on_too_large(method, call_id, e);
                 } else {
                     self.woke |= self.peer.out.deliver(call_id, Event::Error(e));
                 }
@@ -196,6 +196,13 @@ impl Connection {
             }
             (Kind::Credit, true) => {
                 self.incoming.on_credit(h, &payload);
+                Flow::Continue
+            }
+            (Kind::StreamItem, true) => self.incoming.on_item(h, Some(payload)),
+            (Kind::StreamEnd, true) => self.incoming.on_item(h, None),
+            // The peer grants credit for this end's stream to it.
+            (Kind::Credit, false) => {
+                self.peer.out.on_credit(h.call_id, &payload);
                 Flow::Continue
             }
             // The peer answers a call of this end.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{open, CallOptions, Ends, Host, Methods, Peer, Role};
+use super::{open, CallOptions, Ends, Host, Items, Methods, Peer, Role};
 use crate::frame::Kind;
 use crate::rpc::inspect::{ConnInfo, Registry};
 use crate::rpc::obs::ServerObs;
@@ -455,6 +455,425 @@ async fn both_ends_flooding_each_other_over_small_rings_never_deadlock() {
     assert_eq!(done, CALLS);
 }
 
+/// A checksum of a sequence of numbers that depends on their order.
+fn checksum(items: impl IntoIterator<Item = u64>) -> u64 {
+    items.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, n| {
+        (h ^ n).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Streaming methods of both new shapes: `sum` answers the count and checksum of the items
+/// it read; `echo` sends back `3n + 1` for each item `n`; `fail_after_one` reads one item
+/// and fails; `wait_cancel` (both shapes) waits for its cancel and reports it.
+fn stream_methods(cancelled: Option<tokio::sync::mpsc::UnboundedSender<&'static str>>) -> Methods {
+    let mut m = Methods::new(false);
+    m.client_streaming("sum", |_ctx, mut items| async move {
+        let mut seen = Vec::new();
+        while let Some(n) = items.next().await {
+            seen.push(n?);
+        }
+        Ok((seen.len() as u64, checksum(seen)))
+    });
+    m.bidi("echo", |_ctx, mut items, sink| async move {
+        while let Some(n) = items.next().await {
+            let n: u64 = n?;
+            sink.send(&(3 * n + 1)).await?;
+        }
+        Ok(())
+    });
+    m.client_streaming("fail_after_one", |_ctx, mut items| async move {
+        let _: Option<Result<u64, _>> = items.next().await;
+        Err::<u64, _>(RpcError::handler("enough"))
+    });
+    m.bidi("bidi_fail_after_one", |_ctx, mut items, _sink| async move {
+        let _: Option<Result<u64, _>> = items.next().await;
+        Err(RpcError::handler("enough"))
+    });
+    let c = cancelled.clone();
+    m.client_streaming_raw("wait_cancel", move |ctx, _items| {
+        let c = c.clone();
+        async move {
+            ctx.cancelled().await;
+            if let Some(c) = c {
+                let _ = c.send("client stream");
+            }
+            Ok(Vec::new())
+        }
+    });
+    m.bidi_raw("bidi_wait_cancel", move |ctx, _items, _sink| {
+        let c = cancelled.clone();
+        async move {
+            ctx.cancelled().await;
+            if let Some(c) = c {
+                let _ = c.send("bidi");
+            }
+            Ok(())
+        }
+    });
+    m.unary("double", |_ctx, n: u64| async move {
+        tokio::task::yield_now().await;
+        Ok(n * 2)
+    });
+    m
+}
+
+/// A client-streaming method that reads until its item stream fails, and reports how:
+/// `Ok(code)` if it failed with a cancelled context, `Err` with what happened otherwise.
+fn reading_until_cancelled(
+    seen: tokio::sync::mpsc::UnboundedSender<Result<Code, String>>,
+) -> Methods {
+    let mut m = Methods::new(false);
+    m.client_streaming_raw("read_until_cancelled", move |ctx, mut items| {
+        let seen = seen.clone();
+        async move {
+            let outcome = loop {
+                match items.next_raw().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) if ctx.is_cancelled() => break Ok(e.code),
+                    other => break Err(format!("{other:?}")),
+                }
+            };
+            let _ = seen.send(outcome);
+            Ok(Vec::new())
+        }
+    });
+    m
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_callers_item_stream_fails_in_the_handler() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (_to_client, to_server) = pair(reading_until_cancelled(seen_tx), Methods::new(false));
+    let mut call = to_server
+        .call_client_stream("read_until_cancelled", CallOptions::default())
+        .await
+        .unwrap();
+    for i in 0..100u64 {
+        call.send(&i).await.unwrap();
+    }
+    call.cancel();
+    assert_eq!(seen.recv().await, Some(Ok(Code::Cancelled)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_stream_of_100000_items_reaches_the_handler_in_order() {
+    const N: u64 = 100_000;
+    let (to_client, to_server) = pair(stream_methods(None), stream_methods(None));
+    let items = || (0..N).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut call = to_server
+        .call_client_stream("sum", CallOptions::default())
+        .await
+        .unwrap();
+    for n in items() {
+        call.send(&n).await.expect("sent");
+    }
+    let got: (u64, u64) = call.finish().await.expect("answered");
+    assert_eq!(got, (N, checksum(items())));
+    // The other way: the server calls the client's method.
+    let mut call = to_client
+        .call_client_stream("sum", CallOptions::default())
+        .await
+        .unwrap();
+    for n in 0..1000u64 {
+        call.send(&n).await.expect("sent");
+    }
+    let got: (u64, u64) = call.finish().await.expect("answered");
+    assert_eq!(got, (1000, checksum(0..1000)));
+}
+
+/// A bidirectional echo of `n` items from two tasks (sender and receiver): checksums of
+/// what was sent and what came back.
+async fn bidi_echo(peer: &Peer, n: u64) {
+    let (mut tx, mut rx) = peer
+        .call_bidi("echo", CallOptions::default())
+        .await
+        .unwrap()
+        .split();
+    let sending = tokio::spawn(async move {
+        for i in 0..n {
+            tx.send(&i).await.expect("sent");
+        }
+        tx.finish().await.expect("finished");
+        checksum(0..n)
+    });
+    let mut back = Vec::new();
+    while let Some(item) = rx.next::<u64>().await {
+        back.push(item.expect("an echo"));
+    }
+    let sent = sending.await.unwrap();
+    assert_eq!(back.len() as u64, n);
+    assert_eq!(checksum(back.iter().map(|b| (b - 1) / 3)), sent);
+    assert_eq!(checksum(back), checksum((0..n).map(|i| 3 * i + 1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bidi_echo_returns_every_item_both_ways_at_once() {
+    let (to_client, to_server) = pair(stream_methods(None), stream_methods(None));
+    // Both directions at once on the one connection.
+    let other = tokio::spawn(async move { bidi_echo(&to_client, 5_000).await });
+    bidi_echo(&to_server, 20_000).await;
+    other.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_stops_reading_its_bidi_output_stalls_only_that_call() {
+    let (_to_client, to_server) = pair(stream_methods(None), Methods::new(false));
+    let (mut tx, mut rx) = to_server
+        .call_bidi("echo", CallOptions::default())
+        .await
+        .unwrap()
+        .split();
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sending = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            for i in 0..1_000u64 {
+                tx.send(&i).await.expect("sent");
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tx.finish().await.expect("finished");
+        }
+    });
+    // Nothing reads the echoes: the handler sends a window of them, then waits for credit
+    // and reads no more items; the sender gets credit for what the handler read (two
+    // grants of half a window) and then waits too.
+    let got: u64 = to_server
+        .call("double", &21u64, CallOptions::default())
+        .await
+        .expect("another call on the connection goes on");
+    assert_eq!(got, 42);
+    // Paused clock: this returns once every task waits.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!sending.is_finished());
+    assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 2 * 64);
+    // Reading again lets the whole call through.
+    let mut back = Vec::new();
+    while let Some(item) = rx.next::<u64>().await {
+        back.push(item.expect("an echo"));
+    }
+    sending.await.unwrap();
+    assert_eq!(checksum(back), checksum((0..1_000).map(|i| 3 * i + 1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_client_stream_or_bidi_call_cancels_its_handler() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (to_client, to_server) = pair(
+        stream_methods(Some(seen_tx.clone())),
+        stream_methods(Some(seen_tx)),
+    );
+    for peer in [&to_server, &to_client] {
+        let mut call = peer
+            .call_client_stream("wait_cancel", CallOptions::default())
+            .await
+            .unwrap();
+        call.send_raw(b"one").await.unwrap();
+        drop(call);
+        assert_eq!(seen.recv().await, Some("client stream"));
+        let mut call = peer
+            .call_bidi("bidi_wait_cancel", CallOptions::default())
+            .await
+            .unwrap();
+        call.sender.send_raw(b"one").await.unwrap();
+        drop(call);
+        assert_eq!(seen.recv().await, Some("bidi"));
+    }
+    // A deadline cancels it too, and fails the caller's waiting response.
+    let call = to_server
+        .call_client_stream("wait_cancel", CallOptions::timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let e = call.finish_raw().await.unwrap_err();
+    assert_eq!(e.code, Code::DeadlineExceeded, "{e}");
+    assert_eq!(seen.recv().await, Some("client stream"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_only_the_bidi_sender_ends_the_handlers_input() {
+    let (_to_client, to_server) = pair(stream_methods(None), Methods::new(false));
+    let (mut tx, mut rx) = to_server
+        .call_bidi("echo", CallOptions::default())
+        .await
+        .unwrap()
+        .split();
+    tx.send(&7u64).await.unwrap();
+    drop(tx);
+    assert_eq!(rx.next::<u64>().await.transpose().unwrap(), Some(22));
+    // The handler saw the end of its input and ended its stream.
+    assert!(rx.next::<u64>().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_ends_early_fails_the_callers_pending_send() {
+    let (_to_client, to_server) = pair(stream_methods(None), Methods::new(false));
+    // Client stream: the sender runs out of credit (the handler read one item and
+    // failed), and its waiting send fails with the handler's error; so does the response.
+    let mut call = to_server
+        .call_client_stream("fail_after_one", CallOptions::default())
+        .await
+        .unwrap();
+    let mut e = None;
+    for i in 0..1_000u64 {
+        if let Err(err) = call.send(&i).await {
+            e = Some(err);
+            break;
+        }
+    }
+    let e = e.expect("a send failed");
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (Code::HandlerFailed, "enough")
+    );
+    let e = call.finish_raw().await.unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (Code::HandlerFailed, "enough")
+    );
+    // Bidi: the receiver gets the error, and so does the sender.
+    let (mut tx, mut rx) = to_server
+        .call_bidi("bidi_fail_after_one", CallOptions::default())
+        .await
+        .unwrap()
+        .split();
+    let sending = tokio::spawn(async move {
+        for i in 0..1_000u64 {
+            if let Err(e) = tx.send(&i).await {
+                return e;
+            }
+        }
+        panic!("every send went through");
+    });
+    let e = rx.next::<u64>().await.expect("an outcome").unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (Code::HandlerFailed, "enough")
+    );
+    let e = sending.await.unwrap();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (Code::HandlerFailed, "enough")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn items_beyond_the_credit_end_the_connection() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (to_client, mut tx, mut rx) = scripted(stream_methods(Some(seen_tx)));
+    // The server has a call open on the (scripted) client: it fails when the connection
+    // ends, with the reason.
+    let callback = tokio::spawn({
+        let p = to_client.clone();
+        async move { p.call_raw("anything", b"", CallOptions::default()).await }
+    });
+    let (h, _) = rx.recv().await.expect("the server's request");
+    assert_eq!(h.kind, Kind::Request);
+    let m = method_id("wait_cancel");
+    tx.send_parts(Dir::ToCallee, Kind::Request, m, 1, &[&0u32.to_le_bytes()])
+        .await
+        .unwrap();
+    // A window of items is fine (the handler reads none) ...
+    for _ in 0..64 {
+        tx.send(Dir::ToCallee, Kind::StreamItem, m, 1, b"x")
+            .await
+            .unwrap();
+    }
+    // ... one more breaks flow control.
+    tx.send(Dir::ToCallee, Kind::StreamItem, m, 1, b"x")
+        .await
+        .unwrap();
+    let e = callback.await.unwrap().unwrap_err();
+    assert_eq!(e.code, Code::Protocol, "{e}");
+    assert!(e.message.contains("credit"), "{e}");
+    assert_eq!(
+        seen.recv().await,
+        Some("client stream"),
+        "handler cancelled"
+    );
+    assert!(!to_client.is_connected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn items_for_a_method_that_takes_none_fail_that_call_only() {
+    let (to_client, mut tx, mut rx) = scripted(methods("server", None));
+    let m = method_id("hang");
+    tx.send_parts(Dir::ToCallee, Kind::Request, m, 1, &[&0u32.to_le_bytes()])
+        .await
+        .unwrap();
+    tx.send(Dir::ToCallee, Kind::StreamItem, m, 1, b"x")
+        .await
+        .unwrap();
+    let (h, payload) = rx.recv().await.expect("the refusal");
+    assert_eq!((h.kind, h.call_id), (Kind::Error, 1));
+    let e = RpcError::decode(&payload);
+    assert_eq!(e.code, Code::BadRequest, "{e}");
+    // Items and credit for calls that are over (or never were) are ignored, and the
+    // connection goes on.
+    tx.send(Dir::ToCallee, Kind::StreamItem, m, 1, b"x")
+        .await
+        .unwrap();
+    tx.send(Dir::ToCallee, Kind::StreamEnd, m, 99, b"")
+        .await
+        .unwrap();
+    tx.send(Dir::ToCaller, Kind::Credit, m, 99, &32u32.to_le_bytes())
+        .await
+        .unwrap();
+    let d = method_id("double");
+    tx.send_parts(
+        Dir::ToCallee,
+        Kind::Request,
+        d,
+        2,
+        &[&0u32.to_le_bytes(), &crate::rpc::encode(&5u64).unwrap()],
+    )
+    .await
+    .unwrap();
+    let (h, payload) = rx.recv().await.expect("the answer");
+    assert_eq!((h.kind, h.call_id), (Kind::Response, 2));
+    let got: (String, u64) = crate::rpc::decode(&payload).unwrap();
+    assert_eq!(got, ("server".to_string(), 10));
+    assert!(to_client.is_connected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn items_sent_while_the_request_waits_for_a_permit_are_kept_within_the_window() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (_to_client, to_server) = pair(stream_methods(Some(seen_tx)), Methods::new(false));
+    // Every permit of the server (max_in_flight 8) taken by a call that waits.
+    let mut holders = Vec::new();
+    for _ in 0..8 {
+        holders.push(
+            to_server
+                .call_client_stream("wait_cancel", CallOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let summing = tokio::spawn({
+        let (peer, sent) = (to_server.clone(), sent.clone());
+        async move {
+            let mut call = peer
+                .call_client_stream("sum", CallOptions::default())
+                .await
+                .unwrap();
+            for i in 0..500u64 {
+                call.send(&i).await.expect("sent");
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            call.finish::<(u64, u64)>().await
+        }
+    });
+    // Paused clock: returns once every task waits. The queued call took a window of items.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 64);
+    assert!(!summing.is_finished());
+    // A permit frees: the call starts with the items it had sent, then takes the rest.
+    holders.pop();
+    assert_eq!(seen.recv().await, Some("client stream"));
+    let got = summing.await.unwrap().expect("answered");
+    assert_eq!(got, (500, checksum(0..500)));
+}
+
 /// During a drain the connection is still read: a streaming handler longer than the credit
 /// window gets the caller's credit, and its callback to the client gets its answer; a call
 /// started after the drain began is refused; the end comes once both handlers are done.
@@ -574,6 +993,117 @@ async fn a_peer_that_never_reads_does_not_hold_the_end_of_the_connection() {
         .await
         .expect("the connection ended although its peer reads nothing")
         .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_item_over_the_size_limit_fails_only_its_call() {
+    let (to_client, mut tx, mut rx) = scripted(stream_methods(None));
+    let m = method_id("sum");
+    tx.send_parts(Dir::ToCallee, Kind::Request, m, 1, &[&0u32.to_le_bytes()])
+        .await
+        .unwrap();
+    // Over the 1 MiB limit of the test's ends.
+    tx.send(
+        Dir::ToCallee,
+        Kind::StreamItem,
+        m,
+        1,
+        &vec![0u8; (1 << 20) + 1],
+    )
+    .await
+    .unwrap();
+    let (h, payload) = rx.recv().await.expect("the call's outcome");
+    assert_eq!((h.kind, h.call_id), (Kind::Error, 1));
+    let e = RpcError::decode(&payload);
+    assert_eq!(e.code, Code::TooLarge, "{e}");
+    // The connection goes on: another client stream is summed.
+    tx.send_parts(Dir::ToCallee, Kind::Request, m, 2, &[&0u32.to_le_bytes()])
+        .await
+        .unwrap();
+    for n in [5u64, 6] {
+        let item = crate::rpc::encode(&n).unwrap();
+        tx.send(Dir::ToCallee, Kind::StreamItem, m, 2, &item)
+            .await
+            .unwrap();
+    }
+    tx.send(Dir::ToCallee, Kind::StreamEnd, m, 2, b"")
+        .await
+        .unwrap();
+    let (h, payload) = rx.recv().await.expect("the answer");
+    assert_eq!((h.kind, h.call_id), (Kind::Response, 2));
+    let got: (u64, u64) = crate::rpc::decode(&payload).unwrap();
+    assert_eq!(got, (2, checksum([5, 6])));
+    assert!(to_client.is_connected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_waiting_for_credit_fails_when_the_connection_ends() {
+    // The server streams to a scripted client that reads its items but grants no credit.
+    let (to_client, tx, mut rx) = scripted(Methods::new(false));
+    let sending = tokio::spawn(async move {
+        let mut call = to_client
+            .call_client_stream("sink", CallOptions::default())
+            .await?;
+        for i in 0..1_000u64 {
+            call.send(&i).await?;
+        }
+        Ok::<_, RpcError>(())
+    });
+    let (h, _) = rx.recv().await.expect("the request");
+    assert_eq!((h.kind, Dir::to_callee(h.flags)), (Kind::Request, true));
+    for n in 0..64u64 {
+        let (h, payload) = rx.recv().await.expect("an item");
+        assert_eq!((h.kind, Dir::to_callee(h.flags)), (Kind::StreamItem, true));
+        assert_eq!(crate::rpc::decode::<u64>(&payload).unwrap(), n);
+    }
+    // A window sent: the next send waits for credit. Paused clock: returns once idle.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(!sending.is_finished());
+    drop((tx, rx));
+    let e = sending.await.unwrap().unwrap_err();
+    assert_eq!(e.code, Code::PeerGone, "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_readers_dropped_while_waiting_lose_no_item() {
+    // Both readers poll `next` once at a time and drop it when it would wait: the handler
+    // reading the caller's items, and the caller reading the handler's echoes.
+    let mut m = Methods::new(false);
+    m.bidi(
+        "impatient_echo",
+        |_ctx, mut items: Items<u64>, sink| async move {
+            loop {
+                match tokio::time::timeout(Duration::ZERO, items.next()).await {
+                    Err(_) => tokio::task::yield_now().await,
+                    Ok(None) => return Ok(()),
+                    Ok(Some(n)) => sink.send(&(3 * n? + 1)).await?,
+                }
+            }
+        },
+    );
+    let (_to_client, to_server) = pair(m, Methods::new(false));
+    let (mut tx, mut rx) = to_server
+        .call_bidi("impatient_echo", CallOptions::default())
+        .await
+        .unwrap()
+        .split();
+    const N: u64 = 5_000;
+    let sending = tokio::spawn(async move {
+        for i in 0..N {
+            tx.send(&i).await.expect("sent");
+        }
+        tx.finish().await.expect("finished");
+    });
+    let mut back = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::ZERO, rx.next::<u64>()).await {
+            Err(_) => tokio::task::yield_now().await,
+            Ok(None) => break,
+            Ok(Some(item)) => back.push(item.expect("an echo")),
+        }
+    }
+    sending.await.unwrap();
+    assert_eq!(checksum(back), checksum((0..N).map(|i| 3 * i + 1)));
 }
 
 /// A caller configured like this end keeps at most `2 × max_in_flight` calls open: as many
