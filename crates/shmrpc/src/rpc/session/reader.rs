@@ -285,6 +285,9 @@ impl Connection {
         // at once instead of holding the end up.
         self.peer.out.fail_all(end);
         self.incoming.finish(graceful).await;
+        // Over for good (also after a drain): the notification task stops, even inside a
+        // handler that never returns, and queued notifications are dropped.
+        self.link.ended.cancel();
         self.host.obs.connection(-1.0, self.link.info.peer_pid);
         self.host.registry.remove(self.link.info.id);
     }
