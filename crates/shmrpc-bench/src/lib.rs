@@ -1707,8 +1707,28 @@ mod tests {
     #[test]
     fn rpc_cases_are_selected_by_their_prefix_alone() {
         let plan = Plan::new(&args(&["rpc."])).unwrap();
-        assert_eq!(plan.cases.len(), 11);
+        assert_eq!(plan.cases.len(), 17);
         assert!(plan.cases.iter().all(|c| c.id.starts_with("rpc.")));
+        // Each measurement of the symmetric and streaming calls comes with its baseline
+        // when selected by its own prefix, so that its ratio is of one run.
+        for (only, ids) in [
+            (
+                "rpc.callback",
+                ["rpc.callback.shmrpc", "rpc.callback.baseline.forward"],
+            ),
+            (
+                "rpc.bidi",
+                ["rpc.bidi.shmrpc", "rpc.bidi.baseline.pipelined"],
+            ),
+            (
+                "rpc.hol",
+                ["rpc.hol.shmrpc.loaded", "rpc.hol.baseline.idle"],
+            ),
+        ] {
+            let plan = Plan::new(&args(&[only])).unwrap();
+            let got: Vec<&str> = plan.cases.iter().map(|c| c.id.as_str()).collect();
+            assert_eq!(got, ids, "--only {only}");
+        }
         assert!(plan.idle, "the idle case is an rpc. case too");
         let plan = Plan::new(&args(&["rtt."])).unwrap();
         assert!(!plan.idle);
@@ -1746,6 +1766,16 @@ mod tests {
         assert!(ids.contains(&"stream.floor.copy.1048576"));
         assert!(ids.contains(&"rpc.pipelined.shmrpc.256"));
         assert!(ids.contains(&"rpc.pipelined.baseline.uds.256"));
+        for id in [
+            "rpc.callback.shmrpc",
+            "rpc.callback.baseline.forward",
+            "rpc.bidi.shmrpc",
+            "rpc.bidi.baseline.pipelined",
+            "rpc.hol.shmrpc.loaded",
+            "rpc.hol.baseline.idle",
+        ] {
+            assert!(ids.contains(&id), "{id}");
+        }
         // Every channel case has a channel the run opens.
         let all = Chan::all();
         for c in &plan.cases {
