@@ -1,21 +1,25 @@
-//! An editor and its AI engine, as two processes.
+//! An editor and its AI engine, as two processes, on one connection both ways.
 //!
-//! The engine serves a streaming `chat` method that yields tokens over time, a unary
-//! `stats` method, and two language-server-style requests with typed (serde) parameters:
-//! `textDocument/completion` and `textDocument/hover`. The editor asks for a chat answer,
-//! shows tokens as they arrive, meanwhile asks for completions and a hover on the same
-//! connection, and abandons the chat halfway (the user typed on), which cancels the
-//! engine's handler.
+//! - The editor streams a chat conversation to the engine, message by message, and reads
+//!   the engine's tokens as they come: one bidirectional call (`chat`).
+//! - In the middle of its answer the engine wants to run a tool: it calls the editor back
+//!   (`approveTool`, a method the editor serves on the same connection) and waits for the
+//!   user's decision before it goes on.
+//! - Meanwhile the editor asks for completions and a hover (typed, language-server-style
+//!   requests) on the same connection: their latency during the chat is printed beside the
+//!   same requests on the idle connection.
+//! - The user types on: the editor abandons the chat halfway, which cancels the engine's
+//!   handler.
 //!
 //! Run: `cargo run --release -p shmrpc --example editor_engine`
 //! (it starts the engine as a child process of itself).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError, Server};
+use shmrpc::{CallOptions, Client, Code, Items, RpcError, Server};
 
 /// A place in a document, as language servers count it (zero-based).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -44,6 +48,30 @@ struct Hover {
     contents: String,
 }
 
+/// How much harm a tool run could do.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+enum Risk {
+    Low,
+    High,
+}
+
+/// What the engine asks the editor before it runs a tool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ToolApproval {
+    command: String,
+    risk: Risk,
+}
+
+/// The conversation the editor sends, one message at a time.
+const CONVERSATION: [&str; 3] = [
+    "explain fn main ( ) { }",
+    "now add a test for it",
+    "and make the test run on every platform we ship to please",
+];
+
+/// Tokens of the last message the editor reads before the user types on.
+const READ_OF_LAST: usize = 4;
+
 #[derive(Default)]
 struct EngineStats {
     cancelled: AtomicU64,
@@ -56,22 +84,52 @@ async fn engine(name: &str) -> Result<(), RpcError> {
     let stop = Arc::new(tokio::sync::Notify::new());
     let stop2 = stop.clone();
     let server = Server::builder()
-        .streaming("chat", move |ctx, prompt: String, sink| {
+        .bidi("chat", move |ctx, mut messages: Items<String>, sink| {
             let stats = s2.clone();
             async move {
-                for (i, word) in prompt.split_whitespace().cycle().take(1000).enumerate() {
-                    tokio::select! {
-                        _ = ctx.cancelled() => {
-                            stats.cancelled.fetch_add(1, Ordering::SeqCst);
-                            return Err(RpcError::new(Code::Cancelled, "editor moved on"));
+                let mut turn = 0;
+                loop {
+                    // The next message of the conversation, or the editor giving up.
+                    let message = tokio::select! {
+                        m = messages.next() => m,
+                        () = ctx.cancelled() => None,
+                    };
+                    let message = match message {
+                        Some(Ok(m)) => m,
+                        // The editor finished the conversation.
+                        None if !ctx.is_cancelled() => return Ok(()),
+                        // Cancelled (dropped by the editor).
+                        _ => break,
+                    };
+                    turn += 1;
+                    for (i, word) in message.split_whitespace().enumerate() {
+                        tokio::select! {
+                            () = ctx.cancelled() => break,
+                            // "Thinking" between tokens.
+                            () = tokio::time::sleep(Duration::from_millis(2)) => {}
                         }
-                        // "Thinking" between tokens.
-                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                        sink.send(&format!("{turn}.{i}:{word}")).await?;
+                        stats.tokens.fetch_add(1, Ordering::SeqCst);
                     }
-                    sink.send(&format!("{i}:{word}")).await?;
-                    stats.tokens.fetch_add(1, Ordering::SeqCst);
+                    if turn == 2 {
+                        // The answer needs a tool run: ask the editor first, on the same
+                        // connection, while its chat call is open.
+                        let ask = ToolApproval {
+                            command: "cargo test".into(),
+                            risk: Risk::Low,
+                        };
+                        let opts = CallOptions::timeout(Duration::from_secs(10));
+                        let approved: bool = ctx.peer().call("approveTool", &ask, opts).await?;
+                        let verdict = if approved { "approved" } else { "denied" };
+                        sink.send(&format!("{turn}.tool:cargo test {verdict}"))
+                            .await?;
+                    }
+                    if ctx.is_cancelled() {
+                        break;
+                    }
                 }
-                Ok(())
+                stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                Err(RpcError::new(Code::Cancelled, "editor moved on"))
             }
         })
         .unary(
@@ -126,45 +184,142 @@ async fn engine(name: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
-async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::connect(name, ClientConfig::default()).await?;
-    let mut stream = client
-        .call_stream(
-            "chat",
-            &"fn main ( ) { }".to_string(),
-            CallOptions::default(),
-        )
-        .await?;
-    // Meanwhile, language-server-style requests on the same connection (another task).
-    let lsp = client.clone();
-    let requests = tokio::spawn(async move {
-        let at = TextDocumentPosition {
-            uri: "file:///src/main.rs".into(),
-            position: Position {
-                line: 3,
-                character: 7,
-            },
-        };
-        let opts = CallOptions::timeout(Duration::from_secs(5));
-        let (items, hover) = tokio::join!(
-            lsp.call::<_, Vec<CompletionItem>>("textDocument/completion", &at, opts),
-            lsp.call::<_, Hover>("textDocument/hover", &at, opts),
-        );
-        Ok::<_, RpcError>((items?, hover?))
-    });
-    for expect in 0..20 {
-        let token: String = stream.next().await.ok_or("stream ended early")??;
-        let index: u32 = token.split(':').next().unwrap_or("").parse()?;
-        assert_eq!(index, expect, "tokens out of order");
+/// A completion request at 3:7, as the editor sends one per keystroke.
+async fn complete(client: &Client) -> Result<Vec<CompletionItem>, RpcError> {
+    let at = TextDocumentPosition {
+        uri: "file:///src/main.rs".into(),
+        position: Position {
+            line: 3,
+            character: 7,
+        },
+    };
+    let opts = CallOptions::timeout(Duration::from_secs(5));
+    client.call("textDocument/completion", &at, opts).await
+}
+
+/// Median and largest of some durations, in microseconds.
+fn p50_max(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    (
+        v.get(v.len() / 2).copied().map_or(0.0, us),
+        v.last().copied().map_or(0.0, us),
+    )
+}
+
+/// Reads the engine's tokens of one turn: `words` tokens in order (and the tool verdict
+/// line on the turn that runs a tool).
+async fn read_turn(
+    rx: &mut shmrpc::CallStream,
+    turn: usize,
+    words: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for expect in 0..words {
+        let token: String = rx.next().await.ok_or("chat ended early")??;
+        let (at, _word) = token.split_once(':').ok_or("token without position")?;
+        if at != format!("{turn}.{expect}") {
+            return Err(format!("token {token:?} out of order (expected {turn}.{expect})").into());
+        }
         println!("editor <- {token}");
     }
-    println!("editor: user typed on; abandoning the completion");
-    drop(stream);
-    let (items, hover) = requests.await??;
+    Ok(())
+}
+
+async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let approvals = Arc::new(AtomicU64::new(0));
+    let a2 = approvals.clone();
+    let client = Client::builder()
+        .unary("approveTool", move |_ctx, ask: ToolApproval| {
+            let approvals = a2.clone();
+            async move {
+                // Here a real editor shows a dialog; this user approves low-risk runs.
+                let ok = matches!(ask.risk, Risk::Low);
+                println!(
+                    "editor: the engine asks to run `{}` (risk {:?}): {}",
+                    ask.command,
+                    ask.risk,
+                    if ok { "approved" } else { "denied" }
+                );
+                approvals.fetch_add(1, Ordering::SeqCst);
+                Ok(ok)
+            }
+        })
+        .connect(name)
+        .await?;
+
+    // Completion latency on the idle connection, for comparison.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        complete(&client).await?;
+        idle.push(t.elapsed());
+    }
+
+    let (mut tx, mut rx) = client
+        .call_bidi("chat", CallOptions::default())
+        .await?
+        .split();
+    // Meanwhile, language-server-style requests on the same connection (another task),
+    // one per "keystroke" until the chat is over.
+    let chatting = Arc::new(AtomicBool::new(true));
+    let lsp = tokio::spawn({
+        let (client, chatting) = (client.clone(), chatting.clone());
+        async move {
+            let mut during = Vec::new();
+            let mut items = Vec::new();
+            while chatting.load(Ordering::SeqCst) || during.is_empty() {
+                let t = Instant::now();
+                items = complete(&client).await?;
+                during.push(t.elapsed());
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            let at = TextDocumentPosition {
+                uri: "file:///src/main.rs".into(),
+                position: Position {
+                    line: 3,
+                    character: 7,
+                },
+            };
+            let opts = CallOptions::timeout(Duration::from_secs(5));
+            let hover: Hover = client.call("textDocument/hover", &at, opts).await?;
+            Ok::<_, RpcError>((items, hover, during))
+        }
+    });
+
+    for (i, message) in CONVERSATION.iter().enumerate() {
+        let turn = i + 1;
+        println!("editor -> {message}");
+        tx.send(&message.to_string()).await?;
+        let words = message.split_whitespace().count();
+        if turn < CONVERSATION.len() {
+            read_turn(&mut rx, turn, words).await?;
+        } else {
+            read_turn(&mut rx, turn, READ_OF_LAST.min(words)).await?;
+        }
+        if turn == 2 {
+            let verdict: String = rx.next().await.ok_or("no tool verdict")??;
+            println!("editor <- {verdict}");
+        }
+    }
+    println!("editor: user typed on; abandoning the chat");
+    drop((tx, rx));
+    chatting.store(false, Ordering::SeqCst);
+    let (items, hover, during) = lsp.await??;
     let labels: Vec<&str> = items.iter().map(|i| i.label.as_str()).collect();
     let detail = items.first().map_or("", |i| i.detail.as_str());
     println!("editor: completion at 3:7 -> {labels:?} ({detail})");
     println!("editor: hover at 3:7 -> {}", hover.contents);
+    let ((idle50, idle_max), (busy50, busy_max)) = (p50_max(idle), p50_max(during.clone()));
+    println!(
+        "editor: completion latency p50 {idle50:.1} µs idle, {busy50:.1} µs during the chat \
+         ({:.2}x; max {idle_max:.0} / {busy_max:.0} µs; {} requests during the chat)",
+        busy50 / idle50.max(f64::MIN_POSITIVE),
+        during.len()
+    );
+    println!(
+        "editor: approved {} tool run(s)",
+        approvals.load(Ordering::SeqCst)
+    );
     for _ in 0..100 {
         let (cancelled, tokens): (u64, u64) = client
             .call("stats", &(), CallOptions::timeout(Duration::from_secs(5)))

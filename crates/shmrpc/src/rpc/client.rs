@@ -497,6 +497,16 @@ impl Client {
             .cloned()
     }
 
+    /// [`conn`](Self::conn) for a call: the live connection without a future, or the
+    /// (re)connection in a boxed one. A call's future is moved on every call, so it is kept
+    /// small: dialling's state (a TCP connect, a blocking task) would be most of it.
+    async fn conn_now(&self, until: Option<Instant>) -> Result<Peer, RpcError> {
+        match self.live() {
+            Some(c) => Ok(c),
+            None => Ok(Box::pin(self.conn(until)).await?),
+        }
+    }
+
     /// The live connection, reconnecting (with back-off) if it is gone, until `until` or
     /// `reconnect_for` from now, whichever is first. Each caller measures its own give-up
     /// time from when it asked, not from when it got the lock.
@@ -618,11 +628,11 @@ impl Client {
     ) -> Result<Vec<u8>, RpcError> {
         check_size(body, self.inner.cfg.max_message)?;
         let until = opts.timeout.map(|d| Instant::now() + d);
-        within(opts.timeout, async {
+        within(opts.timeout, || async move {
             // A connection can die (or start draining) between `conn` and the call's
             // registration: then take the next one.
             loop {
-                let peer = self.conn(until).await.map_err(RpcError::from)?;
+                let peer = self.conn_now(until).await?;
                 if let Some(r) = peer.out.call_raw(method, body, opts.timeout).await? {
                     return Ok(r);
                 }
@@ -674,9 +684,9 @@ impl Client {
     ) -> Result<CallStream, RpcError> {
         check_size(body, self.inner.cfg.max_message)?;
         let until = opts.timeout.map(|d| Instant::now() + d);
-        within(opts.timeout, async {
+        within(opts.timeout, || async move {
             loop {
-                let peer = self.conn(until).await.map_err(RpcError::from)?;
+                let peer = self.conn_now(until).await?;
                 let keep: Arc<dyn std::any::Any + Send + Sync> = self.inner.clone();
                 let started = peer
                     .out
@@ -770,9 +780,9 @@ impl Client {
         opts: CallOptions,
     ) -> Result<(ItemSender, CallStream), RpcError> {
         let until = opts.timeout.map(|d| Instant::now() + d);
-        within(opts.timeout, async {
+        within(opts.timeout, || async move {
             loop {
-                let peer = self.conn(until).await.map_err(RpcError::from)?;
+                let peer = self.conn_now(until).await?;
                 let keep: Arc<dyn std::any::Any + Send + Sync> = self.inner.clone();
                 let started = peer
                     .out

@@ -123,15 +123,30 @@ impl Link {
         call_id: u64,
         payload: &[u8],
     ) -> Result<bool, TransportError> {
+        self.try_send_parts(dir, kind, method, call_id, &[payload])
+    }
+
+    /// [`try_send`](Self::try_send) for a message given in pieces. Also the fast path of a
+    /// call's request: a send that goes at once needs no future (the waiting
+    /// [`send_parts`](Self::send_parts) is kept for when it would wait).
+    pub(crate) fn try_send_parts(
+        &self,
+        dir: Dir,
+        kind: Kind,
+        method: u32,
+        call_id: u64,
+        parts: &[&[u8]],
+    ) -> Result<bool, TransportError> {
         let Ok(mut tx) = self.tx.try_lock() else {
             return Ok(false);
         };
-        let r = tx.try_send_parts(dir, kind, method, call_id, &[payload]);
+        let r = tx.try_send_parts(dir, kind, method, call_id, parts);
         match &r {
             Err(_) => self.broken.cancel(),
             Ok(true) => {
-                self.obs.sent(payload.len());
-                self.info.sent(payload.len());
+                let n = parts.iter().map(|p| p.len()).sum();
+                self.obs.sent(n);
+                self.info.sent(n);
             }
             Ok(false) => {}
         }

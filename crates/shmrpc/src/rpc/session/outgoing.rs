@@ -9,7 +9,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::{Link, STREAM_WINDOW};
 use crate::frame::Kind;
@@ -197,7 +197,12 @@ impl Outgoing {
     /// Registers a call under a new id if the connection still takes calls, once a slot
     /// is free.
     async fn register(&self, waiter: Waiter, credit: Option<Arc<SendCredit>>) -> Option<u64> {
-        let slot = self.slots.clone().acquire_owned().await.ok()?;
+        // A free slot (the common case) is taken without a future.
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(TryAcquireError::Closed) => return None,
+            Err(TryAcquireError::NoPermits) => self.slots.clone().acquire_owned().await.ok()?,
+        };
         let mut pending = self.pending.lock().expect("poisoned");
         // Acquire: pairs with the Release stores in `fail_all` and `stop_new_calls`.
         if !self.alive.load(Ordering::Acquire) {
@@ -309,16 +314,17 @@ impl Outgoing {
         };
         let guard = CancelOnDrop::new(self.clone(), id, method);
         let ms = timeout.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
-        let sent = self
-            .link
-            .send_parts(
-                Dir::ToCallee,
-                Kind::Request,
-                method,
-                id,
-                &[&ms.to_le_bytes(), body],
-            )
-            .await;
+        let parts: &[&[u8]] = &[&ms.to_le_bytes(), body];
+        let (dir, kind) = (Dir::ToCallee, Kind::Request);
+        // A request that goes at once (the common case) is written without a future; one
+        // that must wait (for the ring or the sending half) waits in a boxed future, so that
+        // every call's future stays small: it is moved on each call, and a large one cost
+        // more copying than the rest of the call's work.
+        let sent = match self.link.try_send_parts(dir, kind, method, id, parts) {
+            Ok(true) => Ok(()),
+            Ok(false) => Box::pin(self.link.send_parts(dir, kind, method, id, parts)).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = sent {
             guard.done(); // nothing to cancel: the request is not out (dropping forgets it)
             let e = RpcError::from(e);
@@ -351,8 +357,9 @@ impl Outgoing {
             }
         })
         .await;
-        // The callee answered (or the connection is gone): nothing to cancel.
-        guard.done();
+        // The callee answered (or the connection is gone): nothing to cancel, and the entry
+        // is gone already.
+        guard.answered();
         r
     }
 
@@ -460,25 +467,35 @@ pub(crate) fn check_size(body: &[u8], max_message: usize) -> Result<(), RpcError
 /// Runs a call within its timeout, if it has one: the deadline covers the whole call
 /// ((re)connecting and sending too). When it fires, the call's future is dropped, which
 /// cancels it.
-pub(crate) async fn within<T>(
+///
+/// Takes the call as a function that makes its future, made where it is awaited: a future
+/// passed in would be held twice in this one's state (as the argument, and where it is
+/// awaited), and copied from one to the other on every call.
+pub(crate) async fn within<T, F>(
     timeout: Option<Duration>,
-    call: impl std::future::Future<Output = Result<T, RpcError>>,
-) -> Result<T, RpcError> {
+    call: impl FnOnce() -> F,
+) -> Result<T, RpcError>
+where
+    F: std::future::Future<Output = Result<T, RpcError>>,
+{
     match timeout {
-        Some(d) => tokio::time::timeout(d, call)
+        Some(d) => tokio::time::timeout(d, call())
             .await
             .unwrap_or_else(|_| Err(RpcError::new(Code::DeadlineExceeded, "deadline exceeded"))),
-        None => call.await,
+        None => call().await,
     }
 }
 
 /// Sends `Cancel` for a call that is dropped before it finished.
+/// Also removes the call's entry (freeing its slot), unless it is known to be gone.
 struct CancelOnDrop {
     out: Arc<Outgoing>,
     id: u64,
     method: u32,
     /// Cleared once the call is done (no `Cancel` then). Shared by a call's two halves.
     armed: AtomicBool,
+    /// The call's entry may still be in the table.
+    listed: AtomicBool,
 }
 
 impl CancelOnDrop {
@@ -488,9 +505,11 @@ impl CancelOnDrop {
             id,
             method,
             armed: AtomicBool::new(true),
+            listed: AtomicBool::new(true),
         }
     }
 
+    /// The call is over: nothing to cancel.
     fn done(&self) {
         // Relaxed: read only when the guard is dropped, by whoever holds it last (the
         // `Arc`'s drop orders it after this store).
@@ -500,11 +519,22 @@ impl CancelOnDrop {
     fn is_armed(&self) -> bool {
         self.armed.load(Ordering::Relaxed)
     }
+
+    /// The call is over and its entry was removed with its answer: nothing to cancel or
+    /// remove (which spares the table's lock).
+    fn answered(&self) {
+        // Relaxed: as in `done`.
+        self.armed.store(false, Ordering::Relaxed);
+        self.listed.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.out.forget(self.id);
+        // Relaxed: as in `done`.
+        if self.listed.load(Ordering::Relaxed) {
+            self.out.forget(self.id);
+        }
         if self.is_armed() && !self.out.link.broken.is_cancelled() {
             let (out, id, method) = (self.out.clone(), self.id, self.method);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {

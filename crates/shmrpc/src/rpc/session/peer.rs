@@ -102,7 +102,7 @@ impl Peer {
         opts: CallOptions,
     ) -> Result<Vec<u8>, RpcError> {
         self.out.check_size(body)?;
-        within(opts.timeout, async {
+        within(opts.timeout, || async move {
             self.out
                 .call_raw(method, body, opts.timeout)
                 .await?
@@ -136,7 +136,7 @@ impl Peer {
         opts: CallOptions,
     ) -> Result<CallStream, RpcError> {
         self.out.check_size(body)?;
-        within(opts.timeout, async {
+        within(opts.timeout, || async move {
             self.out
                 .call_stream_raw(method, body, opts.timeout, None)
                 .await?
@@ -188,7 +188,7 @@ impl Peer {
         method: &str,
         opts: CallOptions,
     ) -> Result<(ItemSender, CallStream), RpcError> {
-        within(opts.timeout, async {
+        within(opts.timeout, || async move {
             self.out
                 .call_sending(method, opts.timeout, None)
                 .await?

@@ -89,6 +89,11 @@ impl Connection {
         let heartbeat = tokio::time::sleep(hb);
         tokio::pin!(heartbeat);
         let broken = self.link.broken.clone();
+        // Both waits live as long as the loop: made afresh for each frame, each would join
+        // and leave its notifier's waiter list (a lock each way) on every frame.
+        let shut_wait = shut.cancelled();
+        let broken_wait = broken.cancelled();
+        tokio::pin!(shut_wait, broken_wait);
         // The drain began (the goodbye is sent), and whether it ran every call to its end.
         let (mut drained, mut graceful) = (false, false);
         let end = loop {
@@ -125,14 +130,14 @@ impl Connection {
                     graceful = true;
                     Flow::Stop(RpcError::new(Code::ShuttingDown, "this end is shutting down"))
                 }
-                () = shut.cancelled(), if has_shut => {
+                () = &mut shut_wait, if has_shut => {
                     // Every handle of the client is gone: tell the server (if the ring has
                     // room: the end of the connection tells it anyway), and end.
                     let _ = self.link.try_send(Dir::Conn, Kind::Goodbye, 0, 0, &[]);
                     Flow::Stop(RpcError::new(Code::PeerGone, "the client was dropped"))
                 }
                 // A send failed: the peer is gone or broke the ring.
-                () = broken.cancelled() => Flow::Stop(RpcError::new(
+                () = &mut broken_wait => Flow::Stop(RpcError::new(
                     Code::PeerGone,
                     "the connection broke (a send failed)",
                 )),
