@@ -190,6 +190,26 @@ pub(crate) enum Transport {
     /// An RPC server that restarts; the client calls as soon as the server is down
     /// (`early`: its reconnect back-off is part of the figure) or once it is up again.
     RpcRestart { early: bool },
+    /// One spin-then-park shmrpc connection whose client serves the echo too (the RPC
+    /// cases that use the symmetric and streaming calls, and their baselines).
+    RpcSym { what: Sym },
+}
+
+/// What an [`Transport::RpcSym`] case does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sym {
+    /// The server calls the client back, one call after another.
+    Callback,
+    /// The client calls the server, one call after another (the callbacks' baseline).
+    Forward,
+    /// A bidirectional echo stream.
+    Bidi,
+    /// Pipelined unary calls (the bidi echo's baseline).
+    Pipelined,
+    /// Unary calls of [`rpc::HOL_SIZE`] while a client stream is in flight.
+    HolLoaded,
+    /// The same calls on an idle connection.
+    HolIdle,
 }
 
 /// One measured combination.
@@ -884,6 +904,68 @@ fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
         Transport::RpcRestart { early: false },
         (restarts, 0),
     );
+    let sym = |id: &str, label: &str, workload, what, size, (n, warm): (u64, u64)| Case {
+        id: format!("rpc.{id}"),
+        label: label.to_owned(),
+        mode: "spin-then-park",
+        system: "shmrpc-rpc",
+        series: None,
+        workload,
+        size,
+        transport: Transport::RpcSym { what },
+        total: n + warm,
+        warm,
+    };
+    cases.extend([
+        sym(
+            "callback.shmrpc",
+            "shmrpc RPC callback: server calls client, 64 B echo",
+            Workload::Call,
+            Sym::Callback,
+            rpc::SIZE,
+            fast,
+        ),
+        sym(
+            "callback.baseline.forward",
+            "baseline: client calls server, same connection kind, 64 B echo",
+            Workload::Call,
+            Sym::Forward,
+            rpc::SIZE,
+            fast,
+        ),
+        sym(
+            "bidi.shmrpc",
+            "shmrpc RPC bidi echo, 64 B items, sender and reader tasks",
+            Workload::Pipelined,
+            Sym::Bidi,
+            rpc::SIZE,
+            (n, 0),
+        ),
+        sym(
+            "bidi.baseline.pipelined",
+            "baseline: pipelined unary calls, 1 connection, 64 B",
+            Workload::Pipelined,
+            Sym::Pipelined,
+            rpc::SIZE,
+            (n, 0),
+        ),
+        sym(
+            "hol.shmrpc.loaded",
+            "shmrpc RPC 100 B calls while a 10 MiB client stream is in flight",
+            Workload::Call,
+            Sym::HolLoaded,
+            rpc::HOL_SIZE,
+            slow,
+        ),
+        sym(
+            "hol.baseline.idle",
+            "baseline: the same calls on an idle connection",
+            Workload::Call,
+            Sym::HolIdle,
+            rpc::HOL_SIZE,
+            slow,
+        ),
+    ]);
 }
 
 /// Everything the lead process holds during a run.
@@ -967,7 +1049,10 @@ impl Lead {
             Transport::Copy { slots } => Cmd::CopySink { size, slots, total },
             Transport::Link { link } if stream => Cmd::LinkSink { link, size, total },
             Transport::Link { link } => Cmd::LinkEcho { link, size, total },
-            Transport::Rpc { .. } | Transport::Uds { .. } | Transport::RpcRestart { .. } => {
+            Transport::Rpc { .. }
+            | Transport::Uds { .. }
+            | Transport::RpcRestart { .. }
+            | Transport::RpcSym { .. } => {
                 return Err(BenchError::Inconsistent(format!(
                     "{}: an RPC transport in a channel workload",
                     case.id
@@ -1021,7 +1106,13 @@ impl Lead {
                 total,
                 size,
             ),
-            (Transport::Rpc { .. } | Transport::Uds { .. } | Transport::RpcRestart { .. }, _) => {
+            (
+                Transport::Rpc { .. }
+                | Transport::Uds { .. }
+                | Transport::RpcRestart { .. }
+                | Transport::RpcSym { .. },
+                _,
+            ) => {
                 return Err(BenchError::Inconsistent(format!(
                     "{}: an RPC transport in a channel workload",
                     case.id
@@ -1061,6 +1152,9 @@ impl Lead {
                 kind: rpc::ServerKind::Uds,
             },
             Transport::RpcRestart { .. } => Cmd::RpcRestart { count: total },
+            Transport::RpcSym { .. } => Cmd::RpcServe {
+                kind: rpc::ServerKind::SpinThenPark,
+            },
             _ => {
                 return Err(BenchError::Inconsistent(format!(
                     "{}: not an RPC transport",
@@ -1125,6 +1219,37 @@ impl Lead {
                 }
                 self.rt.block_on(async move { drop(client) });
                 Measurement::Latency(Latency::from_nanos(&mut samples))
+            }
+            (Transport::RpcSym { what }, _) => {
+                let client = self.rt.block_on(rpc::connect_symmetric(&name))?;
+                let lat = |mut s: Vec<u64>| Measurement::Latency(Latency::from_nanos(&mut s));
+                let m = match what {
+                    Sym::Callback => {
+                        lat(self.rt.block_on(rpc::rpc_callback(&client, total, warm))?)
+                    }
+                    Sym::Forward => lat(self.rt.block_on(rpc::rpc_unary(&client, total, warm))?),
+                    Sym::HolLoaded | Sym::HolIdle => lat(self.rt.block_on(rpc::rpc_hol(
+                        &client,
+                        total,
+                        warm,
+                        what == Sym::HolLoaded,
+                    ))?),
+                    Sym::Bidi | Sym::Pipelined => {
+                        let (p0, l0) = (self.peer_cpu()?, idle::process_cpu_ns());
+                        let (dt, n) = self.rt.block_on(async {
+                            if what == Sym::Bidi {
+                                rpc::rpc_bidi(&client, total).await
+                            } else {
+                                rpc::rpc_pipelined(std::slice::from_ref(&client), total).await
+                            }
+                        })?;
+                        let lead_ns = idle::process_cpu_ns().saturating_sub(l0);
+                        let peer_ns = self.peer_cpu()?.saturating_sub(p0);
+                        with_cpu(rate(dt, n, rpc::SIZE), lead_ns, peer_ns)
+                    }
+                };
+                self.rt.block_on(async move { drop(client) });
+                m
             }
             _ => {
                 return Err(BenchError::Inconsistent(format!(
@@ -1582,8 +1707,28 @@ mod tests {
     #[test]
     fn rpc_cases_are_selected_by_their_prefix_alone() {
         let plan = Plan::new(&args(&["rpc."])).unwrap();
-        assert_eq!(plan.cases.len(), 11);
+        assert_eq!(plan.cases.len(), 17);
         assert!(plan.cases.iter().all(|c| c.id.starts_with("rpc.")));
+        // Each measurement of the symmetric and streaming calls comes with its baseline
+        // when selected by its own prefix, so that its ratio is of one run.
+        for (only, ids) in [
+            (
+                "rpc.callback",
+                ["rpc.callback.shmrpc", "rpc.callback.baseline.forward"],
+            ),
+            (
+                "rpc.bidi",
+                ["rpc.bidi.shmrpc", "rpc.bidi.baseline.pipelined"],
+            ),
+            (
+                "rpc.hol",
+                ["rpc.hol.shmrpc.loaded", "rpc.hol.baseline.idle"],
+            ),
+        ] {
+            let plan = Plan::new(&args(&[only])).unwrap();
+            let got: Vec<&str> = plan.cases.iter().map(|c| c.id.as_str()).collect();
+            assert_eq!(got, ids, "--only {only}");
+        }
         assert!(plan.idle, "the idle case is an rpc. case too");
         let plan = Plan::new(&args(&["rtt."])).unwrap();
         assert!(!plan.idle);
@@ -1621,6 +1766,16 @@ mod tests {
         assert!(ids.contains(&"stream.floor.copy.1048576"));
         assert!(ids.contains(&"rpc.pipelined.shmrpc.256"));
         assert!(ids.contains(&"rpc.pipelined.baseline.uds.256"));
+        for id in [
+            "rpc.callback.shmrpc",
+            "rpc.callback.baseline.forward",
+            "rpc.bidi.shmrpc",
+            "rpc.bidi.baseline.pipelined",
+            "rpc.hol.shmrpc.loaded",
+            "rpc.hol.baseline.idle",
+        ] {
+            assert!(ids.contains(&id), "{id}");
+        }
         // Every channel case has a channel the run opens.
         let all = Chan::all();
         for c in &plan.cases {

@@ -137,6 +137,11 @@ const RATIOS: &[RatioSpec] = &[
     ratio("stream_1k_vs_batched_spsc", "1 KiB stream / batched SPSC baseline", "stream.shmrpc.1024", "stream.baseline.spsc.1024", Metric::MsgRate, None),
     ratio("rpc_unary_stp_vs_uds_p99", "64 B RPC call, spin-then-park / tokio Unix socket", "rpc.unary.shmrpc.spin_then_park", "rpc.unary.baseline.uds", Metric::P99, None),
     ratio("rpc_unary_park_vs_uds_p99", "64 B RPC call, park / tokio Unix socket", "rpc.unary.shmrpc.park", "rpc.unary.baseline.uds", Metric::P99, None),
+    ratio("rpc_callback_vs_forward", "64 B RPC call, server → client callback / client → server", "rpc.callback.shmrpc", "rpc.callback.baseline.forward", Metric::P50, None),
+    ratio("rpc_callback_vs_forward_p99", "64 B RPC call, server → client callback / client → server", "rpc.callback.shmrpc", "rpc.callback.baseline.forward", Metric::P99, None),
+    ratio("rpc_bidi_vs_pipelined", "64 B bidi echo items / pipelined unary calls, 1 connection", "rpc.bidi.shmrpc", "rpc.bidi.baseline.pipelined", Metric::MsgRate, None),
+    ratio("rpc_hol_loaded_vs_idle", "100 B RPC call, 10 MiB client stream in flight / idle connection", "rpc.hol.shmrpc.loaded", "rpc.hol.baseline.idle", Metric::P50, None),
+    ratio("rpc_hol_loaded_vs_idle_p99", "100 B RPC call, 10 MiB client stream in flight / idle connection", "rpc.hol.shmrpc.loaded", "rpc.hol.baseline.idle", Metric::P99, None),
 ];
 
 /// A server restart: the slowest reconnect, in milliseconds.
@@ -902,6 +907,7 @@ impl Runs<'_> {
                 row.group = Group::RpcPipelined;
                 let conns = match c.transport {
                     Transport::Rpc { conns, .. } | Transport::Uds { conns } => conns,
+                    Transport::RpcSym { .. } => 1,
                     _ => 0,
                 };
                 row.cells = vec![

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use shmrpc::channel::{ChannelConfig, WaitStrategy};
 use shmrpc::lowlevel::frame::{self, FrameHeader, Kind, FLAG_TO_CALLEE, FRAME_HEADER_LEN};
 use shmrpc::method_id;
-use shmrpc::{CallOptions, Client, ClientConfig, ServerBuilder, ServerConfig};
+use shmrpc::{
+    CallOptions, Client, ClientBuilder, ClientConfig, Peer, RpcError, ServerBuilder, ServerConfig,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -40,6 +42,23 @@ pub const RESTART_GAP: Duration = Duration::from_millis(50);
 const DEADLINE_PREFIX: usize = 4;
 /// Bound on one case's work on the lead side (a hung peer is an error, not a hang).
 const CASE_LIMIT: Duration = Duration::from_secs(90);
+/// The method whose handler calls its caller back ([`METHOD`] on the client) a number of
+/// times, one after another, and answers with the time of each callback.
+pub const CALLBACK_METHOD: &str = "bench.callback";
+/// Callbacks per call of [`CALLBACK_METHOD`] (its answer: 8 bytes per callback).
+pub const CALLBACK_BATCH: u64 = 1000;
+/// The bidirectional echo method: every item comes back as it is.
+pub const BIDI_METHOD: &str = "bench.bidi";
+/// The client-streaming sink method: it reads every item and answers with their bytes.
+pub const SINK_METHOD: &str = "bench.sink";
+/// Payload bytes of the unary calls of the head-of-line cases.
+pub const HOL_SIZE: usize = 100;
+/// Item size of the client stream in flight during the loaded head-of-line case.
+pub const HOL_ITEM: usize = 64 << 10;
+/// Items per client stream (10 MiB), streamed again and again while the calls run.
+pub const HOL_ITEMS: usize = 160;
+/// Bound on one call (or item) of the new RPC cases, so that a hung peer is an error.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// Which server the peer runs for a case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +224,22 @@ async fn serve(
             );
             let server = ServerBuilder::new(cfg)
                 .unary_raw(METHOD, |_ctx, req| async move { Ok(req) })
+                .unary_raw(CALLBACK_METHOD, |ctx, req| async move {
+                    callbacks(ctx.peer(), &req).await
+                })
+                .bidi_raw(BIDI_METHOD, |_ctx, mut items, sink| async move {
+                    while let Some(item) = items.next_raw().await {
+                        sink.send_raw(&item?).await?;
+                    }
+                    Ok(())
+                })
+                .client_streaming_raw(SINK_METHOD, |_ctx, mut items| async move {
+                    let mut bytes = 0u64;
+                    while let Some(item) = items.next_raw().await {
+                        bytes += item?.len() as u64;
+                    }
+                    Ok(bytes.to_le_bytes().to_vec())
+                })
                 .bind(name)
                 .map_err(BenchError::shmrpc(format!("binding the RPC server {name}")))?;
             let _ = ready.send(mono_ns());
@@ -224,6 +259,33 @@ async fn serve(
             Ok(())
         }
     }
+}
+
+/// The server's side of a callback call: `req` is the number of callbacks (u64 LE, at
+/// most [`CALLBACK_BATCH`]); each is a [`METHOD`] echo of [`SIZE`] bytes through `peer`,
+/// checked; the answer is the time of each (u64 LE nanoseconds).
+async fn callbacks(peer: &Peer, req: &[u8]) -> std::result::Result<Vec<u8>, RpcError> {
+    let n = req
+        .try_into()
+        .map(u64::from_le_bytes)
+        .ok()
+        .filter(|&n| n <= CALLBACK_BATCH)
+        .ok_or_else(|| RpcError::handler("the request is not a callback count"))?;
+    let mut out = Vec::with_capacity(n as usize * 8);
+    let mut msg = [0x33u8; SIZE];
+    for i in 0..n {
+        stamp(&mut msg, i);
+        let t0 = Instant::now();
+        let r = peer
+            .call_raw(METHOD, &msg, CallOptions::timeout(CALL_LIMIT))
+            .await?;
+        let dt = t0.elapsed();
+        if r.len() != SIZE || !stamped(&r, i) {
+            return Err(RpcError::handler(format!("callback {i} came back wrong")));
+        }
+        out.extend_from_slice(&(dt.as_nanos() as u64).to_le_bytes());
+    }
+    Ok(out)
 }
 
 /// The length of the first frame in `b`, if all of it is there.
@@ -341,6 +403,166 @@ pub async fn rpc_unary(client: &Client, total: u64, warm: u64) -> Result<Vec<u64
                 samples.push(dt.as_nanos() as u64);
             }
         }
+        Ok(samples)
+    })
+    .await
+}
+
+/// Connects one client that serves [`METHOD`] itself (the echo the server calls back).
+pub async fn connect_symmetric(name: &str) -> Result<Client> {
+    ClientBuilder::new(client_config(false))
+        .unary_raw(METHOD, |_ctx, req| async move { Ok(req) })
+        .connect(name)
+        .await
+        .map_err(BenchError::shmrpc(format!("connecting to {name}")))
+}
+
+/// Server-to-client callbacks: the server's handler calls the client's [`METHOD`] one
+/// after another ([`CALLBACK_BATCH`] per call) and times each; the last `total - warm`.
+pub async fn rpc_callback(client: &Client, total: u64, warm: u64) -> Result<Vec<u64>> {
+    limited("rpc callback", async {
+        let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
+        let mut done = 0u64;
+        while done < total {
+            let n = CALLBACK_BATCH.min(total - done);
+            let r = client
+                .call_raw(
+                    CALLBACK_METHOD,
+                    &n.to_le_bytes(),
+                    CallOptions::timeout(CASE_LIMIT),
+                )
+                .await
+                .map_err(BenchError::rpc(format!("callbacks {done}..{}", done + n)))?;
+            if r.len() != n as usize * 8 {
+                return Err(BenchError::WrongData(format!(
+                    "{} bytes of callback times for {n} callbacks",
+                    r.len()
+                )));
+            }
+            for (i, t) in r.chunks_exact(8).enumerate() {
+                if done + i as u64 >= warm {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(t);
+                    samples.push(u64::from_le_bytes(b));
+                }
+            }
+            done += n;
+        }
+        Ok(samples)
+    })
+    .await
+}
+
+/// A bidirectional echo of `total` items of [`SIZE`] bytes: a sender task sends them
+/// all (as fast as the call's credit lets it), this task reads the echoes and checks
+/// them; the time from the call's start to the last echo.
+pub async fn rpc_bidi(client: &Client, total: u64) -> Result<(Duration, u64)> {
+    limited("rpc bidi echo", async {
+        let t0 = Instant::now();
+        let call = client
+            .call_bidi(BIDI_METHOD, CallOptions::timeout(CASE_LIMIT))
+            .await
+            .map_err(BenchError::rpc("starting the bidi call"))?;
+        let (mut tx, mut rx) = call.split();
+        let sender = tokio::spawn(async move {
+            let mut msg = [0x44u8; SIZE];
+            for i in 0..total {
+                stamp(&mut msg, i);
+                tx.send_raw(&msg)
+                    .await
+                    .map_err(BenchError::rpc(format!("sending item {i}")))?;
+            }
+            tx.finish().await.map_err(BenchError::rpc("finishing"))
+        });
+        let mut got = 0u64;
+        while let Some(item) = rx.next_raw().await {
+            let item = item.map_err(BenchError::rpc(format!("echo {got}")))?;
+            if item.len() != SIZE || !stamped(&item, got) {
+                return Err(BenchError::WrongData(format!("echo {got} came back wrong")));
+            }
+            got += 1;
+        }
+        let dt = t0.elapsed();
+        sender.await.map_err(|e| BenchError::Task {
+            what: "the bidi sender task",
+            source: Some(e),
+        })??;
+        if got != total {
+            return Err(BenchError::WrongData(format!(
+                "{got} echoes of {total} items"
+            )));
+        }
+        Ok((dt, got))
+    })
+    .await
+}
+
+/// Unary calls of [`HOL_SIZE`] bytes one after another, the time of each of the last
+/// `total - warm`; with `loaded`, while another task streams [`HOL_ITEMS`] items of
+/// [`HOL_ITEM`] bytes to [`SINK_METHOD`] again and again on the same connection.
+pub async fn rpc_hol(client: &Client, total: u64, warm: u64, loaded: bool) -> Result<Vec<u64>> {
+    limited("rpc head-of-line", async {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let loader = loaded.then(|| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let item = vec![0x55u8; HOL_ITEM];
+                // At least one whole stream, then until the calls are done.
+                loop {
+                    let mut call = client
+                        .call_client_stream(SINK_METHOD, CallOptions::timeout(CASE_LIMIT))
+                        .await
+                        .map_err(BenchError::rpc("starting a client stream"))?;
+                    for i in 0..HOL_ITEMS {
+                        call.send_raw(&item)
+                            .await
+                            .map_err(BenchError::rpc(format!("streaming item {i}")))?;
+                    }
+                    let r = call
+                        .finish_raw()
+                        .await
+                        .map_err(BenchError::rpc("finishing a client stream"))?;
+                    if r != ((HOL_ITEMS * HOL_ITEM) as u64).to_le_bytes() {
+                        return Err(BenchError::WrongData(
+                            "the sink counted other bytes".to_owned(),
+                        ));
+                    }
+                    if *stopped.borrow() {
+                        break;
+                    }
+                }
+                Ok::<(), BenchError>(())
+            })
+        });
+        let mut samples = Vec::with_capacity(total.saturating_sub(warm) as usize);
+        let mut msg = [0x66u8; HOL_SIZE];
+        let r = async {
+            for i in 0..total {
+                stamp(&mut msg, i);
+                let t0 = Instant::now();
+                let r = client
+                    .call_raw(METHOD, &msg, CallOptions::timeout(CALL_LIMIT))
+                    .await
+                    .map_err(BenchError::rpc(format!("call {i}")))?;
+                let dt = t0.elapsed();
+                if r.len() != HOL_SIZE || !stamped(&r, i) {
+                    return Err(BenchError::WrongData(format!("answer {i} came back wrong")));
+                }
+                if i >= warm {
+                    samples.push(dt.as_nanos() as u64);
+                }
+            }
+            Ok::<(), BenchError>(())
+        }
+        .await;
+        let _ = stop.send(true);
+        if let Some(l) = loader {
+            l.await.map_err(|e| BenchError::Task {
+                what: "the client-stream task",
+                source: Some(e),
+            })??;
+        }
+        r?;
         Ok(samples)
     })
     .await
@@ -576,6 +798,16 @@ mod tests {
             let streams = uds_connect(&uds, 2).await.unwrap();
             let (_, n) = uds_pipelined(streams, 1000).await.unwrap();
             assert_eq!(n, 1000);
+            // The symmetric and streaming cases: every sample comes back, every item
+            // is echoed, and the loaded calls run beside whole client streams.
+            let sym = connect_symmetric(&name).await.unwrap();
+            let total = CALLBACK_BATCH + 5;
+            let cb = rpc_callback(&sym, total, 3).await.unwrap();
+            assert_eq!(cb.len() as u64, total - 3);
+            assert!(cb.iter().all(|&t| t > 0));
+            assert_eq!(rpc_bidi(&sym, 500).await.unwrap().1, 500);
+            assert_eq!(rpc_hol(&sym, 300, 10, true).await.unwrap().len(), 290);
+            assert_eq!(rpc_hol(&sym, 50, 10, false).await.unwrap().len(), 40);
         });
         srv.stop().unwrap();
         base.stop().unwrap();

@@ -368,6 +368,33 @@ fn bench_quick_prints_the_table_and_writes_json() {
             assert!(number(r, "cpu_ns_per_msg") > 0.0, "{id}: CPU per call");
         }
     }
+    // The symmetric and streaming calls, each beside its baseline, with their ratios.
+    for (id, size) in [
+        ("rpc.callback.shmrpc", 64.0),
+        ("rpc.callback.baseline.forward", 64.0),
+        ("rpc.hol.shmrpc.loaded", 100.0),
+        ("rpc.hol.baseline.idle", 100.0),
+    ] {
+        let r = row(id);
+        assert_eq!(r["group"], "rpc.unary", "{id}");
+        let (p50, p99) = (number(r, "p50_us"), number(r, "p99_us"));
+        assert!(p50 > 0.0 && p99 >= p50, "{id}: p50 {p50} p99 {p99}");
+        assert_eq!(number(r, "size"), size, "{id}");
+    }
+    for id in ["rpc.bidi.shmrpc", "rpc.bidi.baseline.pipelined"] {
+        let r = row(id);
+        assert_eq!(r["group"], "rpc.pipelined", "{id}");
+        assert!(number(r, "calls_per_s") > 0.0, "{id}");
+    }
+    for id in [
+        "rpc_callback_vs_forward",
+        "rpc_callback_vs_forward_p99",
+        "rpc_bidi_vs_pipelined",
+        "rpc_hol_loaded_vs_idle",
+        "rpc_hol_loaded_vs_idle_p99",
+    ] {
+        assert!(number(row(id), "ratio") > 0.0, "{id}");
+    }
     for id in ["rpc.reconnect.shmrpc", "rpc.reconnect.shmrpc.after_bind"] {
         let r = row(id);
         assert_eq!(r["group"], "rpc.restart", "{id}");

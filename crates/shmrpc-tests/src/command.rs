@@ -231,6 +231,16 @@ pub enum PeerCommand {
     /// notifications `server_note` (`u64` 0, 1, ...) while reading `calls` of the server's
     /// `client_note` and prints `notes count=<n> sum=<checksum> in_order=<bool>`; leaves on
     /// `exit` or end of stdin.
+    ///
+    /// Held calls, for cancel and kill tests: it serves `client_hang_stream` (one `0u64`
+    /// item, then open until cancelled), `client_hold_sum` (client-streaming, open after
+    /// its first item until cancelled) and `client_hold_echo` (bidirectional, echoes its
+    /// first item and stays open until cancelled), each printing `holding what=<shape>` once
+    /// open and `cancelled what=<shape>` when cancelled. On `hold-calls` it opens the
+    /// server's `server_hold_sum` and `server_hold_echo` with one item each (the echo read
+    /// back), prints `holding-calls`, and on `drop` drops them and prints `dropped`. On
+    /// `open-all` it opens `server_hang` (unary), `server_hang_stream` (first item read)
+    /// and those two, leaves them open and prints `opened`.
     RpcServingClient {
         /// Where the server is.
         dial: RpcDial,
@@ -402,7 +412,7 @@ usage: peer <role> <arguments>
              [max-in-flight=<n>] [handshake-timeout-ms=<ms>]
   rpc-clients <name> <clients> <calls>             (stdin: \"check\", \"exit\")
   rpc-caller <name> <calls>
-  rpc-serving-client <shm:NAME|tcp:ADDR> <calls> (stdin: \"go\", \"exit\")
+  rpc-serving-client <shm:NAME|tcp:ADDR> <calls> (stdin: \"go\", \"streams\", \"hold-calls\", \"drop\", \"open-all\", \"exit\")
   rpc-garbage <name>
   rpc-foreign <name> <server-socket-path>          (run as another user)
   rpc-bad-server <name> <frame-version|hello-version>

@@ -18,6 +18,12 @@
 //! Over shared memory and over TCP alike, streams both ways: the server streams items to the client's
 //! client-streaming and bidirectional methods through its `Peer`, while the client streams
 //! to the server's; each stream is checked by its count and checksum.
+//!
+//! Cancels and kills with calls of every shape open: dropping a client-streaming or
+//! bidirectional call cancels its handler in the other process, both ways; a serving
+//! client killed with SIGKILL fails each of the server's open calls into it (unary, server
+//! stream, client stream, both halves of a bidi) with `PeerGone` and cancels each handler of
+//! its own open calls on the server.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -283,6 +289,293 @@ fn client_and_bidi_streams_both_ways_over_tcp() {
         handle.shutdown();
         rt.block_on(within("serve returns", WAIT, serving))
             .expect("serve");
+    });
+}
+
+/// What the test server's held handlers report: `(shape, event)`, event `started` or
+/// `cancelled`.
+type Reports = std::sync::mpsc::Receiver<(&'static str, &'static str)>;
+
+/// The stream server plus handlers held open until cancelled, each reporting when it runs
+/// (after its first item, for those that take items) and when its call is cancelled:
+/// `server_hang` (unary), `server_hang_stream`, `server_hold_sum` (client-streaming) and
+/// `server_hold_echo` (bidirectional, its first item echoed).
+fn hold_server() -> (shmrpc::ServerBuilder, Reports) {
+    use std::sync::{Arc, Mutex};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Arc::new(Mutex::new(tx));
+    let report = move |shape: &'static str, event: &'static str| {
+        let _ = tx.lock().expect("reports").send((shape, event));
+    };
+    let (r1, r2, r3, r4) = (report.clone(), report.clone(), report.clone(), report);
+    let builder = stream_server()
+        .unary_raw("server_hang", move |ctx, _body| {
+            let report = r1.clone();
+            async move {
+                report("unary", "started");
+                ctx.cancelled().await;
+                report("unary", "cancelled");
+                Ok(Vec::new())
+            }
+        })
+        .streaming("server_hang_stream", move |ctx, (): (), sink| {
+            let report = r2.clone();
+            async move {
+                sink.send(&0u64).await?;
+                report("server_stream", "started");
+                ctx.cancelled().await;
+                report("server_stream", "cancelled");
+                Ok(())
+            }
+        })
+        .client_streaming("server_hold_sum", move |ctx, mut items| {
+            let report = r3.clone();
+            async move {
+                let _first: Option<u64> = items.next().await.transpose()?;
+                report("client_stream", "started");
+                ctx.cancelled().await;
+                report("client_stream", "cancelled");
+                Ok(0u64)
+            }
+        })
+        .bidi("server_hold_echo", move |ctx, mut items, sink| {
+            let report = r4.clone();
+            async move {
+                let first: u64 = items.next().await.transpose()?.unwrap_or(0);
+                sink.send(&first).await?;
+                report("bidi", "started");
+                ctx.cancelled().await;
+                report("bidi", "cancelled");
+                Ok(())
+            }
+        });
+    (builder, rx)
+}
+
+/// Waits (bounded) until the server's handlers reported exactly `want`, in any order.
+fn expect_reports(reports: &Reports, want: &[(&'static str, &'static str)]) {
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        match reports.recv_timeout(WAIT) {
+            Ok(r) => got.push(r),
+            Err(e) => panic!("server reports {got:?}, still waiting for {want:?}: {e}"),
+        }
+    }
+    let mut want = want.to_vec();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "server reports");
+}
+
+/// Starts the hold server on a fresh name and the serving client against it.
+fn hold_setup(
+    names: &mut TestNames,
+    word: &str,
+) -> (
+    tokio::runtime::Runtime,
+    ServerHandle,
+    tokio::task::JoinHandle<()>,
+    Reports,
+    PeerProcess,
+    Peer,
+) {
+    let name = names.name(word);
+    let rt = rpc_runtime();
+    let (builder, reports) = hold_server();
+    let server = rt.block_on(async { builder.bind(&name) }).expect("bind");
+    let handle = server.handle();
+    let serving = rt.spawn(server.serve());
+    let mut client: PeerProcess = spawn_peer!(PeerCommand::RpcServingClient {
+        dial: RpcDial::Shm(name),
+        calls: 1
+    });
+    client.expect("ready", WAIT);
+    let peer = rt.block_on(the_peer(&handle));
+    (rt, handle, serving, reports, client, peer)
+}
+
+/// Dropping a client-streaming call or a bidirectional call cancels its handler on the
+/// other process, both ways: the server's calls into the client's methods (through its
+/// `Peer`), and the client's into the server's.
+#[test]
+fn dropped_client_streams_and_bidi_calls_cancel_the_other_sides_handler() {
+    with_watchdog(Duration::from_secs(300), || {
+        let mut names = TestNames::new();
+        let (rt, handle, serving, reports, mut client, peer) = hold_setup(&mut names, "rpc-cancel");
+
+        // Server -> client: a client stream, held after one item, then dropped.
+        let call = rt.block_on(async {
+            let mut call = peer
+                .call_client_stream("client_hold_sum", CallOptions::default())
+                .await
+                .expect("client stream");
+            call.send(&9u64).await.expect("item");
+            call
+        });
+        client.expect("holding what=client_stream first=Some(9)", WAIT);
+        rt.block_on(async { drop(call) });
+        client.expect("cancelled what=client_stream", WAIT);
+
+        // Server -> client: a bidirectional call, its first item echoed, then both halves
+        // dropped.
+        let call = rt.block_on(async {
+            let (mut tx, mut rx) = peer
+                .call_bidi("client_hold_echo", CallOptions::default())
+                .await
+                .expect("bidi call")
+                .split();
+            tx.send(&5u64).await.expect("item");
+            assert_eq!(rx.next::<u64>().await.expect("echo").expect("echo"), 5);
+            (tx, rx)
+        });
+        client.expect("holding what=bidi", WAIT);
+        rt.block_on(async { drop(call) });
+        client.expect("cancelled what=bidi", WAIT);
+
+        // Client -> server: both shapes held, then dropped by the client.
+        client.send("hold-calls");
+        expect_reports(
+            &reports,
+            &[("client_stream", "started"), ("bidi", "started")],
+        );
+        client.expect("holding-calls", WAIT);
+        client.send("drop");
+        client.expect("dropped", WAIT);
+        expect_reports(
+            &reports,
+            &[("client_stream", "cancelled"), ("bidi", "cancelled")],
+        );
+
+        // The connection is still good both ways.
+        let sum: (u64, u64) = rt.block_on(async {
+            let mut call = peer
+                .call_client_stream("client_sum", CallOptions::timeout(WAIT))
+                .await
+                .expect("client stream");
+            call.send(&3u64).await.expect("item");
+            call.finish().await.expect("sum")
+        });
+        assert_eq!(sum, (1, sequence_checksum([3])));
+
+        client.send("exit");
+        assert!(
+            client.wait_exit(WAIT).success(),
+            "the client leaves cleanly"
+        );
+        handle.shutdown();
+        rt.block_on(within("serve returns", WAIT, serving))
+            .expect("serve");
+        drop(rt);
+        names.assert_clean_with_locks();
+    });
+}
+
+/// A serving client killed with SIGKILL while calls of every shape are open both ways:
+/// each of the server's calls into it (unary, server stream, client stream, bidi) fails
+/// with `PeerGone`, and each of the server's handlers for the client's calls is cancelled,
+/// all within a bounded wait.
+#[test]
+fn a_killed_peer_fails_every_open_call_and_stream_both_ways() {
+    with_watchdog(Duration::from_secs(300), || {
+        let mut names = TestNames::new();
+        let (rt, handle, serving, reports, mut client, peer) = hold_setup(&mut names, "rpc-kill");
+
+        // Server -> client, one of each shape, each known to run before the next.
+        let unary = rt.spawn({
+            let p = peer.clone();
+            async move { p.call_raw("hang", b"", CallOptions::default()).await }
+        });
+        client.expect("hanging", WAIT);
+        let mut stream = rt.block_on(async {
+            let mut s = peer
+                .call_stream("client_hang_stream", &(), CallOptions::default())
+                .await
+                .expect("server stream");
+            assert_eq!(s.next::<u64>().await.expect("item").expect("item"), 0);
+            s
+        });
+        client.expect("holding what=server_stream", WAIT);
+        let cstream = rt.block_on(async {
+            let mut c = peer
+                .call_client_stream("client_hold_sum", CallOptions::default())
+                .await
+                .expect("client stream");
+            c.send(&1u64).await.expect("item");
+            c
+        });
+        client.expect("holding what=client_stream", WAIT);
+        let (mut tx, mut rx) = rt.block_on(async {
+            let (mut tx, mut rx) = peer
+                .call_bidi("client_hold_echo", CallOptions::default())
+                .await
+                .expect("bidi call")
+                .split();
+            tx.send(&4u64).await.expect("item");
+            assert_eq!(rx.next::<u64>().await.expect("echo").expect("echo"), 4);
+            (tx, rx)
+        });
+        client.expect("holding what=bidi", WAIT);
+
+        // Client -> server, one of each shape.
+        client.send("open-all");
+        expect_reports(
+            &reports,
+            &[
+                ("unary", "started"),
+                ("server_stream", "started"),
+                ("client_stream", "started"),
+                ("bidi", "started"),
+            ],
+        );
+        client.expect("opened", WAIT);
+
+        client.kill();
+
+        // Every call into the dead client fails with PeerGone.
+        let codes = rt.block_on(within("the open calls fail", WAIT, async {
+            let unary = unary.await.expect("unary task").map(drop);
+            let stream = stream.next_raw().await.expect("an end").map(drop);
+            let cstream = cstream.finish::<u64>().await.map(drop);
+            let rx = rx.next_raw().await.expect("an end").map(drop);
+            // The sending half finds the call over too, once the receiving half did.
+            let tx = match tx.send(&5u64).await {
+                Ok(()) => tx.finish().await,
+                Err(e) => Err(e),
+            };
+            [unary, stream, cstream, rx]
+                .map(|r| r.map_err(|e| e.code))
+                .into_iter()
+                .chain([tx.map_err(|e| e.code)])
+                .collect::<Vec<_>>()
+        }));
+        let gone = Err(Code::PeerGone);
+        assert_eq!(
+            codes, [gone; 5],
+            "unary, server stream, client stream, bidi receiver, bidi sender"
+        );
+
+        // Every handler of the dead client's calls is cancelled.
+        expect_reports(
+            &reports,
+            &[
+                ("unary", "cancelled"),
+                ("server_stream", "cancelled"),
+                ("client_stream", "cancelled"),
+                ("bidi", "cancelled"),
+            ],
+        );
+        rt.block_on(within("the server forgets the dead client", WAIT, async {
+            while !handle.peers().is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }));
+        assert!(!peer.is_connected());
+
+        handle.shutdown();
+        rt.block_on(within("serve returns", WAIT, serving))
+            .expect("serve");
+        drop(rt);
+        names.assert_clean_with_locks();
     });
 }
 

@@ -70,11 +70,12 @@ pub(crate) use lowlevel::{frame, ring};
 
 #[cfg(not(shmrpc_loom))]
 pub use rpc::{
-    Bidi, BidiCall, BindError, BlockingClient, CallContext, CallOptions, CallStream, Client,
-    ClientBuilder, ClientConfig, ClientStreamCall, ClientStreaming, Code, ConfigError,
-    ConnectError, ItemSender, ItemSink, ItemStream, Items, Notification, NotifyContext, Peer,
-    RpcError, Server, ServerBuilder, ServerConfig, ServerHandle, Sink, Streaming,
-    TypedClientStream, TypedSender, TypedStream, Unary,
+    Bidi, BidiCall, BindError, BlockingCallStream, BlockingClient, BlockingClientStream,
+    BlockingItemSender, CallContext, CallOptions, CallStream, Client, ClientBuilder, ClientConfig,
+    ClientStreamCall, ClientStreaming, Code, ConfigError, ConnectError, ItemSender, ItemSink,
+    ItemStream, Items, Notification, NotifyContext, Peer, RpcError, Server, ServerBuilder,
+    ServerConfig, ServerHandle, Sink, Streaming, TypedClientStream, TypedSender, TypedStream,
+    Unary,
 };
 // The codec both ends use for typed calls, and the method id carried in frames.
 #[cfg(not(shmrpc_loom))]

@@ -1,9 +1,12 @@
 //! A client for code without an async runtime.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::runtime::Runtime;
 
+use super::{decode, encode, CallStream, ClientStreamCall, ItemSender};
 use super::{CallOptions, Client, ClientConfig};
 use super::{ConnectError, RpcError};
 
@@ -36,7 +39,8 @@ use super::{ConnectError, RpcError};
 /// ```
 #[derive(Debug)]
 pub struct BlockingClient {
-    rt: tokio::runtime::Runtime,
+    /// Shared with the handles of open calls, which run their steps on it too.
+    rt: Arc<Runtime>,
     client: Client,
 }
 
@@ -53,7 +57,10 @@ impl BlockingClient {
             .build()
             .map_err(ConnectError::Runtime)?;
         let client = rt.block_on(Client::connect(name, cfg))?;
-        Ok(Self { rt, client })
+        Ok(Self {
+            rt: Arc::new(rt),
+            client,
+        })
     }
 
     /// A unary call with raw bytes.
@@ -105,5 +112,387 @@ impl BlockingClient {
             }
             Ok(items)
         })
+    }
+    /// A streaming call whose items are read one at a time as they come, from this thread
+    /// or another: the returned [`BlockingCallStream`] is an [`Iterator`] of raw items.
+    /// Dropping it before the end cancels the call on the server.
+    ///
+    /// # Errors
+    /// As [`Client::call_stream_raw`] for starting the call.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let stream = client.call_stream_raw("range", &shmrpc::encode(&3u32)?, None)?;
+    /// for item in stream {
+    ///     let n: u32 = shmrpc::decode(&item?)?;
+    ///     println!("{n}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn call_stream_raw(
+        &self,
+        method: &str,
+        body: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<BlockingCallStream, RpcError> {
+        let stream = self.rt.block_on(self.client.call_stream_raw(
+            method,
+            body,
+            CallOptions { timeout },
+        ))?;
+        Ok(BlockingCallStream::new(self.rt.clone(), stream))
+    }
+
+    /// Calls a client-streaming method: send items with
+    /// [`BlockingClientStream::send`], then [`finish`](BlockingClientStream::finish) for
+    /// the one response. Dropping the handle before the response cancels the call on the
+    /// server. The deadline covers the whole call.
+    ///
+    /// # Errors
+    /// As [`Client::call_client_stream`] for starting the call.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let mut call = client.call_client_stream("sum", None)?;
+    /// for n in 1..=10u64 {
+    ///     call.send(&n)?; // blocks only while the server is a window behind
+    /// }
+    /// let total: u64 = call.finish()?;
+    /// assert_eq!(total, 55);
+    /// # Ok(()) }
+    /// ```
+    pub fn call_client_stream(
+        &self,
+        method: &str,
+        timeout: Option<Duration>,
+    ) -> Result<BlockingClientStream, RpcError> {
+        let call = self.rt.block_on(
+            self.client
+                .call_client_stream(method, CallOptions { timeout }),
+        )?;
+        Ok(BlockingClientStream {
+            rt: self.rt.clone(),
+            call: Some(call),
+        })
+    }
+
+    /// Calls a bidirectional method: items go both ways at once, through the sending half
+    /// ([`BlockingItemSender`]) and the receiving half ([`BlockingCallStream`]), which can
+    /// be used from two threads. Dropping both halves before the end cancels the call on
+    /// the server; dropping only the sender ends its stream. The deadline covers the whole
+    /// call.
+    ///
+    /// # Errors
+    /// As [`Client::call_bidi`] for starting the call.
+    ///
+    /// # Examples
+    ///
+    /// An echo: one thread sends, this one reads the answers.
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let (mut sender, receiver) = client.call_bidi("echo", None)?;
+    /// let writer = std::thread::spawn(move || -> Result<(), shmrpc::RpcError> {
+    ///     for n in 0..100u32 {
+    ///         sender.send(&n)?;
+    ///     }
+    ///     sender.finish()
+    /// });
+    /// let mut got = Vec::new();
+    /// for item in receiver {
+    ///     got.push(shmrpc::decode::<u32>(&item?)?);
+    /// }
+    /// writer.join().expect("writer panicked")?;
+    /// assert_eq!(got, (0..100).collect::<Vec<_>>());
+    /// # Ok(()) }
+    /// ```
+    pub fn call_bidi(
+        &self,
+        method: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(BlockingItemSender, BlockingCallStream), RpcError> {
+        let (sender, receiver) = self
+            .rt
+            .block_on(self.client.call_bidi(method, CallOptions { timeout }))?
+            .split();
+        Ok((
+            BlockingItemSender {
+                rt: self.rt.clone(),
+                sender: Some(sender),
+            },
+            BlockingCallStream::new(self.rt.clone(), receiver),
+        ))
+    }
+}
+
+/// The handles' drops run inside the runtime: a call dropped unfinished sends its
+/// `Cancel` (or its stream's end) from a task spawned there.
+fn drop_within<T>(rt: &Runtime, value: &mut Option<T>) {
+    let _entered = rt.enter();
+    drop(value.take());
+}
+
+/// A blocking client-streaming call (from [`BlockingClient::call_client_stream`]).
+/// Dropping it before [`finish`](Self::finish) cancels the call on the server.
+#[derive(Debug)]
+pub struct BlockingClientStream {
+    rt: Arc<Runtime>,
+    /// `None` only while dropping or finishing.
+    call: Option<ClientStreamCall>,
+}
+
+impl BlockingClientStream {
+    fn call(&mut self) -> &mut ClientStreamCall {
+        self.call
+            .as_mut()
+            .expect("a client stream is open until finished")
+    }
+
+    /// Sends one raw item, blocking while the server has no room for it.
+    ///
+    /// # Errors
+    /// As [`ClientStreamCall::send_raw`]: after an error that ended the call,
+    /// [`finish_raw`](Self::finish_raw) gives the server's outcome.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let mut call = client.call_client_stream("store", None)?;
+    /// call.send_raw(b"chunk")?;
+    /// let _receipt = call.finish_raw()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send_raw(&mut self, item: &[u8]) -> Result<(), RpcError> {
+        let rt = self.rt.clone();
+        rt.block_on(self.call().send_raw(item))
+    }
+
+    /// Sends one item encoded with the default codec.
+    ///
+    /// # Errors
+    /// As [`send_raw`](Self::send_raw), or `BadRequest` if it cannot be encoded.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let mut call = client.call_client_stream("sum", None)?;
+    /// call.send(&7u64)?;
+    /// assert_eq!(call.finish::<u64>()?, 7);
+    /// # Ok(()) }
+    /// ```
+    pub fn send<T: Serialize>(&mut self, item: &T) -> Result<(), RpcError> {
+        self.send_raw(&encode(item)?)
+    }
+
+    /// Ends the stream and blocks for the server's raw response.
+    ///
+    /// # Errors
+    /// As [`ClientStreamCall::finish_raw`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let call = client.call_client_stream("store", None)?;
+    /// let receipt: Vec<u8> = call.finish_raw()?; // no items at all
+    /// # Ok(()) }
+    /// ```
+    pub fn finish_raw(mut self) -> Result<Vec<u8>, RpcError> {
+        let call = self.call.take().expect("a client stream is finished once");
+        // The call is dropped inside `block_on` (at the end of `finish_raw`), so a
+        // deadline that ends it still sends its `Cancel`.
+        self.rt.block_on(call.finish_raw())
+    }
+
+    /// Ends the stream and blocks for the server's response, decoded with the default
+    /// codec.
+    ///
+    /// # Errors
+    /// As [`finish_raw`](Self::finish_raw), or `BadRequest` for an undecodable response.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let mut call = client.call_client_stream("sum", None)?;
+    /// call.send(&1u64)?;
+    /// call.send(&2u64)?;
+    /// assert_eq!(call.finish::<u64>()?, 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn finish<T: DeserializeOwned>(self) -> Result<T, RpcError> {
+        decode(&self.finish_raw()?)
+    }
+
+    /// Cancels the call now (same as dropping it).
+    pub fn cancel(self) {}
+}
+
+impl Drop for BlockingClientStream {
+    fn drop(&mut self) {
+        drop_within(&self.rt, &mut self.call);
+    }
+}
+
+/// The sending half of a blocking bidirectional call (from
+/// [`BlockingClient::call_bidi`]). Dropping it unfinished ends its stream, as
+/// [`finish`](Self::finish).
+#[derive(Debug)]
+pub struct BlockingItemSender {
+    rt: Arc<Runtime>,
+    /// `None` only while dropping.
+    sender: Option<ItemSender>,
+}
+
+impl BlockingItemSender {
+    fn sender(&mut self) -> &mut ItemSender {
+        self.sender
+            .as_mut()
+            .expect("a sender is open until dropped")
+    }
+
+    /// Sends one raw item, blocking while the server has no room for it.
+    ///
+    /// # Errors
+    /// As [`ItemSender::send_raw`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let (mut sender, _receiver) = client.call_bidi("echo", None)?;
+    /// sender.send_raw(b"ping")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send_raw(&mut self, item: &[u8]) -> Result<(), RpcError> {
+        let rt = self.rt.clone();
+        rt.block_on(self.sender().send_raw(item))
+    }
+
+    /// Sends one item encoded with the default codec.
+    ///
+    /// # Errors
+    /// As [`send_raw`](Self::send_raw), or `BadRequest` if it cannot be encoded.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let (mut sender, _receiver) = client.call_bidi("echo", None)?;
+    /// sender.send(&42u32)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn send<T: Serialize>(&mut self, item: &T) -> Result<(), RpcError> {
+        self.send_raw(&encode(item)?)
+    }
+
+    /// Ends the stream: the server reads the end after the last item; its items still
+    /// come through the receiving half.
+    ///
+    /// # Errors
+    /// As [`ItemSender::finish`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let (mut sender, receiver) = client.call_bidi("echo", None)?;
+    /// sender.send(&1u32)?;
+    /// sender.finish()?;
+    /// assert_eq!(receiver.count(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn finish(&mut self) -> Result<(), RpcError> {
+        let rt = self.rt.clone();
+        rt.block_on(self.sender().finish())
+    }
+}
+
+impl Drop for BlockingItemSender {
+    fn drop(&mut self) {
+        drop_within(&self.rt, &mut self.sender);
+    }
+}
+
+/// The items of a blocking streaming call, read as they come: an [`Iterator`] of raw
+/// items that ends at the end of the stream (after an error, if one came). Dropping it
+/// before the end cancels the call (for a bidirectional call: once the sender is dropped
+/// too).
+#[derive(Debug)]
+pub struct BlockingCallStream {
+    rt: Arc<Runtime>,
+    /// `None` only while dropping.
+    stream: Option<CallStream>,
+}
+
+impl BlockingCallStream {
+    fn new(rt: Arc<Runtime>, stream: CallStream) -> Self {
+        Self {
+            rt,
+            stream: Some(stream),
+        }
+    }
+
+    /// Blocks for the next raw item; `None` at the end of the stream.
+    ///
+    /// # Errors
+    /// As [`CallStream::next_raw`]: the server's error, `DeadlineExceeded` or `PeerGone`;
+    /// the stream is over after one.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let mut stream = client.call_stream_raw("range", &shmrpc::encode(&3u32)?, None)?;
+    /// while let Some(item) = stream.next_raw() {
+    ///     println!("{} bytes", item?.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn next_raw(&mut self) -> Option<Result<Vec<u8>, RpcError>> {
+        let stream = self.stream.as_mut()?;
+        self.rt.block_on(stream.next_raw())
+    }
+
+    /// Blocks for the next item decoded with the default codec.
+    ///
+    /// # Errors
+    /// As [`next_raw`](Self::next_raw), or `BadRequest` for an undecodable item.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// let mut stream = client.call_stream_raw("range", &shmrpc::encode(&3u32)?, None)?;
+    /// while let Some(n) = stream.next_item::<u32>().transpose()? {
+    ///     println!("{n}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn next_item<T: DeserializeOwned>(&mut self) -> Option<Result<T, RpcError>> {
+        Some(self.next_raw()?.and_then(|b| decode(&b)))
+    }
+
+    /// Cancels the call now (same as dropping the stream).
+    pub fn cancel(self) {}
+}
+
+impl Iterator for BlockingCallStream {
+    type Item = Result<Vec<u8>, RpcError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_raw()
+    }
+}
+
+impl Drop for BlockingCallStream {
+    fn drop(&mut self) {
+        drop_within(&self.rt, &mut self.stream);
     }
 }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use blocking::BlockingClient;
+pub use blocking::{BlockingCallStream, BlockingClient, BlockingClientStream, BlockingItemSender};
 pub use client::{Client, ClientBuilder, ClientConfig};
 pub use config::{ConfigError, ServerConfig};
 pub use error::{BindError, ConnectError};

@@ -400,6 +400,31 @@ pub(crate) fn rpc_serving_client(dial: &RpcDial, calls: u64) {
                     sink.send(&(3 * n + 1)).await?;
                 }
                 Ok(())
+            })
+            // Streams held open until cancelled, each saying `holding what=..` once it
+            // runs (after its first item, echoed for the bidirectional one) and
+            // `cancelled what=..` when its caller cancels it.
+            .streaming("client_hang_stream", |ctx, (): (), sink| async move {
+                sink.send(&0u64).await?;
+                say("holding what=server_stream");
+                ctx.cancelled().await;
+                say("cancelled what=server_stream");
+                Ok(())
+            })
+            .client_streaming("client_hold_sum", |ctx, mut items| async move {
+                let first: Option<u64> = items.next().await.transpose()?;
+                say(format!("holding what=client_stream first={first:?}"));
+                ctx.cancelled().await;
+                say("cancelled what=client_stream");
+                Ok(0u64)
+            })
+            .bidi("client_hold_echo", |ctx, mut items, sink| async move {
+                let first: u64 = items.next().await.transpose()?.unwrap_or(0);
+                sink.send(&first).await?;
+                say("holding what=bidi");
+                ctx.cancelled().await;
+                say("cancelled what=bidi");
+                Ok(())
             });
         let client = match dial {
             RpcDial::Shm(name) => builder.connect(name).await,
@@ -443,6 +468,27 @@ pub(crate) fn rpc_serving_client(dial: &RpcDial, calls: u64) {
                 ));
                 continue;
             }
+            if line == "hold-calls" {
+                // A client stream and a bidirectional call on the server, held until
+                // "drop" (then dropped, which cancels them).
+                let held = hold_streams(&client).await;
+                say("holding-calls");
+                while let Some(line) = lines.recv().await {
+                    if line == "drop" {
+                        break;
+                    }
+                }
+                drop(held);
+                say("dropped");
+                continue;
+            }
+            if line == "open-all" {
+                // One call of each shape on the server, left open (this end is to be
+                // killed with them).
+                open_all(&client).await;
+                say("opened");
+                continue;
+            }
             if line != "go" {
                 continue;
             }
@@ -466,6 +512,54 @@ pub(crate) fn rpc_serving_client(dial: &RpcDial, calls: u64) {
             }
             say(format!("calls ok={ok} bad={bad}"));
         }
+    });
+}
+
+/// Opens `server_hold_sum` and `server_hold_echo` on the server with one item each (the
+/// echo read back, so that handler is known to run) and returns them open.
+async fn hold_streams(client: &Client) -> (shmrpc::ClientStreamCall, shmrpc::BidiCall) {
+    let opts = CallOptions::default();
+    let mut sum = client
+        .call_client_stream("server_hold_sum", opts)
+        .await
+        .unwrap_or_else(|e| fail(format!("client stream: {e}")));
+    sum.send(&1u64)
+        .await
+        .unwrap_or_else(|e| fail(format!("client stream item: {e}")));
+    let mut bidi = client
+        .call_bidi("server_hold_echo", opts)
+        .await
+        .unwrap_or_else(|e| fail(format!("bidi call: {e}")));
+    bidi.sender
+        .send(&2u64)
+        .await
+        .unwrap_or_else(|e| fail(format!("bidi item: {e}")));
+    match bidi.receiver.next::<u64>().await {
+        Some(Ok(2)) => {}
+        other => fail(format!("bidi echo: {other:?}")),
+    }
+    (sum, bidi)
+}
+
+/// Opens one call of each shape on the server and leaves them open in tasks: a unary
+/// `server_hang`, a `server_hang_stream` (its first item read), and the two of
+/// [`hold_streams`].
+async fn open_all(client: &Client) {
+    let c = client.clone();
+    tokio::spawn(async move { c.call_raw("server_hang", b"", CallOptions::default()).await });
+    let mut stream = client
+        .call_stream::<()>("server_hang_stream", &(), CallOptions::default())
+        .await
+        .unwrap_or_else(|e| fail(format!("server stream: {e}")));
+    match stream.next::<u64>().await {
+        Some(Ok(0)) => {}
+        other => fail(format!("server stream item: {other:?}")),
+    }
+    let held = hold_streams(client).await;
+    tokio::spawn(async move {
+        let _held = held;
+        let _ = stream.next_raw().await;
+        std::future::pending::<()>().await;
     });
 }
 

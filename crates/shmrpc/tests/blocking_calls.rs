@@ -1,0 +1,224 @@
+//! The blocking client's streaming shapes (client stream, bidi, server stream read item by
+//! item) against an in-process server running on its own runtime threads.
+#![cfg(not(shmrpc_loom))]
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shmrpc::{BlockingClient, ClientConfig, Code, RpcError, Server, ServerHandle};
+
+/// Bounds every wait on the server's reports; never reached when things work.
+const BOUND: Duration = Duration::from_secs(60);
+const TIMEOUT: Option<Duration> = Some(Duration::from_secs(60));
+
+fn name(what: &str) -> String {
+    format!("blocking-{what}-{}", std::process::id())
+}
+
+/// Order-sensitive: a lost, repeated or reordered item changes it.
+fn fold(acc: u64, x: u64) -> u64 {
+    (acc ^ x).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+fn checksum(items: impl IntoIterator<Item = u64>) -> u64 {
+    items.into_iter().fold(0xcbf2_9ce4_8422_2325, fold)
+}
+
+/// What the server's handlers report to the test.
+#[derive(Debug, PartialEq)]
+enum Report {
+    Started(&'static str),
+    Cancelled(&'static str),
+}
+
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    handle: ServerHandle,
+    serving: tokio::task::JoinHandle<()>,
+    reports: mpsc::Receiver<Report>,
+    client: BlockingClient,
+}
+
+fn start(what: &str) -> Fixture {
+    let name = name(what);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, reports) = mpsc::channel();
+    let tx = Arc::new(Mutex::new(tx));
+    let report = move |r: Report| {
+        let _ = tx.lock().unwrap().send(r);
+    };
+    let (r1, r2) = (report.clone(), report);
+    let server = rt
+        .block_on(async {
+            Server::builder()
+                .client_streaming("sum", |_ctx, mut items: shmrpc::Items<u64>| async move {
+                    let mut acc = checksum([]);
+                    let mut n = 0u64;
+                    while let Some(x) = items.next().await {
+                        acc = fold(acc, x?);
+                        n += 1;
+                    }
+                    Ok((n, acc))
+                })
+                .bidi(
+                    "echo",
+                    |_ctx, mut items: shmrpc::Items<u64>, sink| async move {
+                        while let Some(x) = items.next().await {
+                            sink.send(&x?).await?;
+                        }
+                        Ok(())
+                    },
+                )
+                .client_streaming("hold", move |ctx, mut items: shmrpc::Items<u64>| {
+                    let report = r1.clone();
+                    async move {
+                        let _first = items.next().await;
+                        report(Report::Started("hold"));
+                        ctx.cancelled().await;
+                        report(Report::Cancelled("hold"));
+                        Err::<u64, _>(RpcError::new(Code::Cancelled, "cancelled"))
+                    }
+                })
+                .bidi(
+                    "hold-bidi",
+                    move |ctx, mut items: shmrpc::Items<u64>, sink| {
+                        let report = r2.clone();
+                        async move {
+                            let first = items.next().await.transpose()?.unwrap_or(0);
+                            sink.send(&first).await?;
+                            report(Report::Started("hold-bidi"));
+                            ctx.cancelled().await;
+                            report(Report::Cancelled("hold-bidi"));
+                            Err(RpcError::new(Code::Cancelled, "cancelled"))
+                        }
+                    },
+                )
+                .streaming("range", |_ctx, n: u64, sink| async move {
+                    for i in 0..n {
+                        sink.send(&i).await?;
+                    }
+                    Ok(())
+                })
+                .bind(&name)
+        })
+        .unwrap();
+    let handle = server.handle();
+    let serving = rt.spawn(async move {
+        let _ = server.serve().await;
+    });
+    let client = BlockingClient::connect(&name, ClientConfig::default()).unwrap();
+    Fixture {
+        rt,
+        handle,
+        serving,
+        reports,
+        client,
+    }
+}
+
+impl Fixture {
+    fn stop(self) {
+        drop(self.client);
+        self.handle.shutdown();
+        self.rt.block_on(self.serving).unwrap();
+    }
+
+    fn expect(&self, want: Report) {
+        let got = self.reports.recv_timeout(BOUND).expect("server report");
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn blocking_client_stream_checksum_matches_the_servers() {
+    let f = start("cstream");
+    let items: Vec<u64> = (0..1000u64).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+    let mut call = f.client.call_client_stream("sum", TIMEOUT).unwrap();
+    for x in &items {
+        call.send(x).unwrap();
+    }
+    let (n, sum): (u64, u64) = call.finish().unwrap();
+    assert_eq!(
+        (n, sum),
+        (items.len() as u64, checksum(items.iter().copied()))
+    );
+
+    // No items at all: the server still answers once the stream ends.
+    let call = f.client.call_client_stream("sum", TIMEOUT).unwrap();
+    let (n, sum): (u64, u64) = call.finish().unwrap();
+    assert_eq!((n, sum), (0, checksum([])));
+    f.stop();
+}
+
+#[test]
+fn blocking_bidi_echo_with_sender_and_receiver_on_two_threads() {
+    let f = start("bidi");
+    let items: Vec<u64> = (0..5000u64).map(|i| i ^ (i << 17)).collect();
+    let (mut sender, receiver) = f.client.call_bidi("echo", TIMEOUT).unwrap();
+    let to_send = items.clone();
+    let writer = std::thread::spawn(move || -> Result<(), RpcError> {
+        for x in &to_send {
+            sender.send(x)?;
+        }
+        sender.finish()
+    });
+    let reader = std::thread::spawn(move || -> Result<Vec<u64>, RpcError> {
+        receiver
+            .map(|b| b.and_then(|b| shmrpc::decode::<u64>(&b)))
+            .collect()
+    });
+    writer.join().unwrap().unwrap();
+    let got = reader.join().unwrap().unwrap();
+    assert_eq!(got.len(), items.len());
+    assert_eq!(checksum(got), checksum(items));
+    f.stop();
+}
+
+#[test]
+fn blocking_server_stream_reads_item_by_item() {
+    let f = start("sstream");
+    let body = shmrpc::encode(&100u64).unwrap();
+    let mut stream = f.client.call_stream_raw("range", &body, TIMEOUT).unwrap();
+    let mut got = Vec::new();
+    while let Some(x) = stream.next_item::<u64>() {
+        got.push(x.unwrap());
+    }
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+    assert!(stream.next_raw().is_none(), "the stream stays over");
+    drop(stream);
+    f.stop();
+}
+
+#[test]
+fn dropping_a_blocking_client_stream_cancels_its_handler() {
+    let f = start("cstream-cancel");
+    let mut call = f.client.call_client_stream("hold", None).unwrap();
+    call.send(&1u64).unwrap();
+    f.expect(Report::Started("hold"));
+    drop(call);
+    f.expect(Report::Cancelled("hold"));
+    // The connection is fine afterwards.
+    let mut call = f.client.call_client_stream("sum", TIMEOUT).unwrap();
+    call.send(&5u64).unwrap();
+    assert_eq!(call.finish::<(u64, u64)>().unwrap().0, 1);
+    f.stop();
+}
+
+#[test]
+fn dropping_both_halves_of_a_blocking_bidi_cancels_its_handler() {
+    let f = start("bidi-cancel");
+    let (mut sender, mut receiver) = f.client.call_bidi("hold-bidi", None).unwrap();
+    sender.send(&7u64).unwrap();
+    assert_eq!(receiver.next_item::<u64>().unwrap().unwrap(), 7);
+    f.expect(Report::Started("hold-bidi"));
+    // From two other threads, as a thread-based user would.
+    std::thread::spawn(move || drop(sender)).join().unwrap();
+    std::thread::spawn(move || drop(receiver)).join().unwrap();
+    f.expect(Report::Cancelled("hold-bidi"));
+    f.stop();
+}
