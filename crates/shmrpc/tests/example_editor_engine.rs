@@ -52,13 +52,14 @@ fn the_editor_engine_example_streams_in_order_and_the_engine_sees_the_cancel() {
     expect.extend((0..4).map(|i| format!("3.{i}")));
     assert_eq!(tokens, expect, "{out}");
     // The engine asked in the middle of its answer, and went on with the editor's verdict.
+    // (The editor prints the question from its handler, beside the task that prints the
+    // tokens: only the verdict's place after it is causal.)
     let asked = out
         .find("editor: the engine asks to run `cargo test` (risk Low): approved")
         .expect(&out);
     let verdict = out
         .find("editor <- 2.tool:cargo test approved")
         .expect(&out);
-    assert!(out.find("editor <- 2.5:").expect(&out) < asked, "{out}");
     assert!(asked < verdict, "{out}");
     assert!(out.contains("editor: approved 1 tool run(s)"), "{out}");
     // 17 tokens were read; the engine may have sent a few more before the cancel arrived.
