@@ -4,7 +4,8 @@
 //!   the engine's tokens as they come: one bidirectional call (`chat`).
 //! - In the middle of its answer the engine wants to run a tool: it calls the editor back
 //!   (`approveTool`, a method the editor serves on the same connection) and waits for the
-//!   user's decision before it goes on.
+//!   user's decision before it goes on; then it pushes the run's diagnostics to the editor
+//!   as notifications (no answer awaited; bounded, in order).
 //! - Meanwhile the editor asks for completions and a hover (typed, language-server-style
 //!   requests) on the same connection: their latency during the chat is printed beside the
 //!   same requests on the idle connection.
@@ -61,6 +62,21 @@ struct ToolApproval {
     command: String,
     risk: Risk,
 }
+
+/// A problem the engine found, pushed to the editor as a notification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Diagnostic {
+    uri: String,
+    line: u32,
+    message: String,
+}
+
+/// The diagnostics the engine's tool run finds.
+const FINDINGS: [(u32, &str); 3] = [
+    (3, "unused variable `x`"),
+    (7, "this test has no assertion"),
+    (9, "missing documentation"),
+];
 
 /// The conversation the editor sends, one message at a time.
 const CONVERSATION: [&str; 3] = [
@@ -121,6 +137,19 @@ async fn engine(name: &str) -> Result<(), RpcError> {
                         let opts = CallOptions::timeout(Duration::from_secs(10));
                         let approved: bool = ctx.peer().call("approveTool", &ask, opts).await?;
                         let verdict = if approved { "approved" } else { "denied" };
+                        if approved {
+                            // What the run found goes to the editor as it is found.
+                            for (line, message) in FINDINGS {
+                                let d = Diagnostic {
+                                    uri: "file:///src/main.rs".into(),
+                                    line,
+                                    message: message.into(),
+                                };
+                                ctx.peer()
+                                    .notify("textDocument/publishDiagnostics", &d)
+                                    .await?;
+                            }
+                        }
                         sink.send(&format!("{turn}.tool:cargo test {verdict}"))
                             .await?;
                     }
@@ -227,6 +256,8 @@ async fn read_turn(
 
 async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let approvals = Arc::new(AtomicU64::new(0));
+    // Diagnostics shown so far (they come on their own, not as answers to anything).
+    let (seen, mut shown) = tokio::sync::watch::channel(0usize);
     let a2 = approvals.clone();
     let client = Client::builder()
         .unary("approveTool", move |_ctx, ask: ToolApproval| {
@@ -242,6 +273,16 @@ async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
                 );
                 approvals.fetch_add(1, Ordering::SeqCst);
                 Ok(ok)
+            }
+        })
+        .on_notify("textDocument/publishDiagnostics", {
+            let seen = seen.clone();
+            move |_ctx, d: Diagnostic| {
+                let seen = seen.clone();
+                async move {
+                    println!("editor: diagnostic {}:{}: {}", d.uri, d.line, d.message);
+                    seen.send_modify(|n| *n += 1);
+                }
             }
         })
         .connect(name)
@@ -320,6 +361,14 @@ async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
         "editor: approved {} tool run(s)",
         approvals.load(Ordering::SeqCst)
     );
+    // The engine pushed the run's diagnostics before its verdict; their handler runs apart
+    // from this task, so wait (bounded) until all are shown.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        shown.wait_for(|n| *n >= FINDINGS.len()),
+    )
+    .await
+    .map_err(|_| "not every diagnostic arrived")??;
     for _ in 0..100 {
         let (cancelled, tokens): (u64, u64) = client
             .call("stats", &(), CallOptions::timeout(Duration::from_secs(5)))

@@ -62,6 +62,22 @@ fn the_editor_engine_example_streams_in_order_and_the_engine_sees_the_cancel() {
         .expect(&out);
     assert!(asked < verdict, "{out}");
     assert!(out.contains("editor: approved 1 tool run(s)"), "{out}");
+    // The run's diagnostics, pushed as notifications, arrive in order, after the approval.
+    let diagnostics: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("editor: diagnostic file:///src/main.rs:"))
+        .collect();
+    assert_eq!(
+        diagnostics,
+        [
+            "3: unused variable `x`",
+            "7: this test has no assertion",
+            "9: missing documentation"
+        ],
+        "{out}"
+    );
+    let first = out.find("editor: diagnostic ").expect(&out);
+    assert!(asked < first, "{out}");
     // 17 tokens were read; the engine may have sent a few more before the cancel arrived.
     let saw = out
         .lines()
