@@ -5,14 +5,14 @@ use std::collections::VecDeque;
 
 use shmrpc::lowlevel::frame::{
     decode, decode_header, encode, encode_into, encode_parts_into, fragments, FrameError,
-    FrameHeader, Kind, Reassembler, ReassemblyError, FLAG_MORE, FRAME_HEADER_LEN, FRAME_MAGIC,
-    FRAME_VERSION,
+    FrameHeader, Kind, Reassembler, ReassemblyError, FLAG_MORE, FLAG_TO_CALLEE, FRAME_HEADER_LEN,
+    FRAME_MAGIC, FRAME_VERSION,
 };
 
 use crate::{Cursor, Writer};
 
 /// Every kind, in wire order (wire value = index + 1).
-pub const KINDS: [Kind; 10] = [
+pub const KINDS: [Kind; 12] = [
     Kind::Request,
     Kind::Response,
     Kind::StreamItem,
@@ -23,7 +23,17 @@ pub const KINDS: [Kind; 10] = [
     Kind::Pong,
     Kind::Goodbye,
     Kind::Credit,
+    Kind::Notify,
+    Kind::NotifyCredit,
 ];
+
+/// The flags the format defines: more fragments follow; travels to the call's callee.
+const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE;
+
+/// `KINDS` has at most 256 entries: a wire byte picks one.
+fn kind_of(wire: u8) -> Kind {
+    KINDS[usize::from(wire) % KINDS.len()]
+}
 
 fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
@@ -46,9 +56,9 @@ pub fn check_decode(bytes: &[u8]) {
         Err(FrameError::BadMagic(b[0..4].try_into().unwrap()))
     } else if b[4] != FRAME_VERSION {
         Err(FrameError::Version { found: b[4] })
-    } else if !(1..=10).contains(&b[5]) {
+    } else if !(1..=KINDS.len()).contains(&usize::from(b[5])) {
         Err(FrameError::UnknownKind(b[5]))
-    } else if u16::from_le_bytes([b[6], b[7]]) & !FLAG_MORE != 0 {
+    } else if u16::from_le_bytes([b[6], b[7]]) & !KNOWN_FLAGS != 0 {
         Err(FrameError::UnknownFlags(u16::from_le_bytes([b[6], b[7]])))
     } else if b[28..32] != [0; 4] {
         Err(FrameError::Reserved)
@@ -147,7 +157,7 @@ pub fn frame_decode(data: &[u8]) {
 pub enum Step {
     /// One frame, pushed as it is.
     Frame {
-        /// Wire kind (taken modulo 10).
+        /// Wire kind (taken modulo the number of kinds).
         kind: u8,
         /// Flags (unknown bits allowed: the decoder must refuse them).
         flags: u16,
@@ -161,7 +171,7 @@ pub enum Step {
     /// A whole message, cut by `fragments` into pieces of `frag` bytes (raised if that
     /// would make more than 64), pushed in order.
     Message {
-        /// Wire kind (taken modulo 10).
+        /// Wire kind (taken modulo the number of kinds).
         kind: u8,
         /// Method id.
         method: u8,
@@ -247,7 +257,8 @@ pub fn decode_reassemble(data: &[u8]) -> (u16, Vec<Step>) {
 #[derive(Debug)]
 struct Model {
     max: usize,
-    current: Option<(u64, Kind, u32, Vec<u8>)>,
+    /// The message being joined: call, kind, method, direction flags, bytes so far.
+    current: Option<(u64, Kind, u32, u16, Vec<u8>)>,
     discarding: Option<u64>,
 }
 
@@ -269,11 +280,15 @@ impl Model {
             call_id: h.call_id,
             method: h.method,
             kind: h.kind,
+            flags: h.flags & !FLAG_MORE,
         };
+        let dir = h.flags & !FLAG_MORE;
         let mut buf = match self.current.take() {
             None => Vec::new(),
-            Some((call, kind, method, buf)) => {
-                if (call, kind, method) != (h.call_id, h.kind, h.method) {
+            Some((call, kind, method, d, buf)) => {
+                // A fragment of another message (another call, kind, method or
+                // direction) in the middle of one.
+                if (call, kind, method, d) != (h.call_id, h.kind, h.method, dir) {
                     return Err(ReassemblyError::Interleaved {
                         expected: call,
                         got: h.call_id,
@@ -290,7 +305,7 @@ impl Model {
         }
         buf.extend_from_slice(p);
         if more {
-            self.current = Some((h.call_id, h.kind, h.method, buf));
+            self.current = Some((h.call_id, h.kind, h.method, dir, buf));
             return Ok(None);
         }
         Ok(Some((
@@ -325,7 +340,7 @@ fn round_trip(h: &FrameHeader, payload: &[u8], split: usize) -> Option<Vec<u8>> 
         len: payload.len() as u32,
         ..*h
     };
-    if h.flags & !FLAG_MORE != 0 {
+    if h.flags & !KNOWN_FLAGS != 0 {
         // encode_into writes any flags; the decoder refuses unknown ones.
         assert_eq!(decode(&out), Err(FrameError::UnknownFlags(h.flags)));
         return None;
@@ -361,7 +376,7 @@ pub fn frame_reassemble(data: &[u8]) {
                 payload,
             } => {
                 let h = FrameHeader {
-                    kind: KINDS[usize::from(kind % 10)],
+                    kind: kind_of(kind),
                     flags,
                     method: method.into(),
                     call_id: call_id.into(),
@@ -393,7 +408,7 @@ pub fn frame_reassemble(data: &[u8]) {
                     joined.extend_from_slice(part);
                     count += 1;
                     let h = FrameHeader {
-                        kind: KINDS[usize::from(kind % 10)],
+                        kind: kind_of(kind),
                         flags,
                         method: method.into(),
                         call_id: call_id.into(),
