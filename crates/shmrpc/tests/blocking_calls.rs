@@ -1,10 +1,12 @@
 //! The blocking client's streaming shapes (client stream, bidi, server stream read item by
-//! item) against an in-process server running on its own runtime threads.
+//! item) and its notifications, against an in-process server running on its own runtime
+//! threads.
 #![cfg(not(shmrpc_loom))]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shmrpc::{BlockingClient, ClientConfig, Code, RpcError, Server, ServerHandle};
 
@@ -30,6 +32,8 @@ fn checksum(items: impl IntoIterator<Item = u64>) -> u64 {
 enum Report {
     Started(&'static str),
     Cancelled(&'static str),
+    /// The `seq` notification handler ran with this number.
+    Note(u64),
 }
 
 struct Fixture {
@@ -37,7 +41,8 @@ struct Fixture {
     handle: ServerHandle,
     serving: tokio::task::JoinHandle<()>,
     reports: mpsc::Receiver<Report>,
-    client: BlockingClient,
+    /// Shared with the test's threads.
+    client: Arc<BlockingClient>,
 }
 
 fn start(what: &str) -> Fixture {
@@ -52,10 +57,16 @@ fn start(what: &str) -> Fixture {
     let report = move |r: Report| {
         let _ = tx.lock().unwrap().send(r);
     };
-    let (r1, r2) = (report.clone(), report);
+    let (r1, r2, r3) = (report.clone(), report.clone(), report);
     let server = rt
         .block_on(async {
             Server::builder()
+                .on_notify("seq", move |_ctx, n: u64| {
+                    r3(Report::Note(n));
+                    async {}
+                })
+                // Never returns: it holds the notification credit it was given.
+                .on_notify("stuck", |_ctx, _n: u64| std::future::pending::<()>())
                 .client_streaming("sum", |_ctx, mut items: shmrpc::Items<u64>| async move {
                     let mut acc = checksum([]);
                     let mut n = 0u64;
@@ -111,7 +122,7 @@ fn start(what: &str) -> Fixture {
     let serving = rt.spawn(async move {
         let _ = server.serve().await;
     });
-    let client = BlockingClient::connect(&name, ClientConfig::default()).unwrap();
+    let client = Arc::new(BlockingClient::connect(&name, ClientConfig::default()).unwrap());
     Fixture {
         rt,
         handle,
@@ -221,4 +232,103 @@ fn dropping_both_halves_of_a_blocking_bidi_cancels_its_handler() {
     std::thread::spawn(move || drop(receiver)).join().unwrap();
     f.expect(Report::Cancelled("hold-bidi"));
     f.stop();
+}
+
+/// The notification window of a connection (documented: 64 notifications a sender may
+/// have sent and not yet had handled).
+const NOTIFY_WINDOW: u64 = 64;
+
+#[test]
+fn blocking_notifications_reach_the_servers_handler_in_order_and_complete() {
+    const N: u64 = 1000;
+    const SEQ: shmrpc::Notification<u64> = shmrpc::Notification::new("seq");
+    let f = start("notify");
+    // Typed, raw and by descriptor: one sequence, many windows long.
+    for n in 0..N {
+        match n % 3 {
+            0 => f.client.notify("seq", &n).unwrap(),
+            1 => f
+                .client
+                .notify_raw("seq", &shmrpc::encode(&n).unwrap())
+                .unwrap(),
+            _ => f.client.send_notification(SEQ, &n).unwrap(),
+        }
+    }
+    let mut got = Vec::new();
+    while (got.len() as u64) < N {
+        match f.reports.recv_timeout(BOUND) {
+            Ok(Report::Note(n)) => got.push(n),
+            Ok(other) => panic!("unexpected report {other:?}"),
+            Err(e) => panic!("{} of {N} notifications handled: {e}", got.len()),
+        }
+    }
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "all, once each, in order");
+    assert_eq!(checksum(got), checksum(0..N));
+    // Nothing more was handled than was sent.
+    assert!(f.reports.try_recv().is_err());
+    f.stop();
+}
+
+/// A blocking notify waiting for credit (the server's handler never finishes, so the
+/// window is spent) fails with `PeerGone` when the server goes; a notify after that fails
+/// too (there is no server to dial) instead of hanging.
+#[test]
+fn a_blocking_notify_fails_when_the_server_is_gone() {
+    let f = start("notify-gone");
+    let sent = Arc::new(AtomicU64::new(0));
+    let (client, count) = (f.client.clone(), sent.clone());
+    let notifier = std::thread::spawn(move || -> RpcError {
+        for n in 0.. {
+            if let Err(e) = client.notify("stuck", &n) {
+                return e;
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        unreachable!("the window ends the loop")
+    });
+    // The window is spent and the next notify waits for credit that never comes.
+    let until = Instant::now() + BOUND;
+    while sent.load(Ordering::Relaxed) < NOTIFY_WINDOW {
+        assert!(Instant::now() < until, "the window was never spent");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        !notifier.is_finished(),
+        "a notify beyond the window waits for credit"
+    );
+
+    // The server goes: its connection ends, and with it the waiting notify.
+    f.handle.shutdown();
+    f.rt.block_on(async {
+        tokio::time::timeout(BOUND, f.serving)
+            .await
+            .expect("serve returns")
+    })
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(notifier.join());
+    });
+    let e = rx
+        .recv_timeout(BOUND)
+        .expect("the waiting notify returns once the server is gone")
+        .expect("notifier thread");
+    assert_eq!(e.code, Code::PeerGone, "{e}");
+    assert_eq!(
+        sent.load(Ordering::Relaxed),
+        NOTIFY_WINDOW,
+        "no notification beyond the window was sent"
+    );
+
+    // A new notify: nothing to dial, so an error (bounded by the client's reconnect time).
+    let (tx, rx) = mpsc::channel();
+    let client = f.client.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.notify("seq", &1u64));
+    });
+    let e = rx
+        .recv_timeout(BOUND)
+        .expect("a notify to a gone server returns")
+        .expect_err("no server to notify");
+    assert!(matches!(e.code, Code::Unavailable | Code::PeerGone), "{e}");
 }

@@ -91,6 +91,46 @@ impl BlockingClient {
             .block_on(self.client.call(method, req, CallOptions { timeout }))
     }
 
+    /// Sends the notification `name` with raw bytes to the server: a one-way message,
+    /// answered by nothing, handled by the server's [`on_notify`](super::ServerBuilder::on_notify)
+    /// handlers in the order this client sent them. As [`Client::notify_raw`]: it blocks
+    /// only while this end has no notification credit (the server's handlers are a window
+    /// of 64 behind on this connection), and never resends on another connection.
+    ///
+    /// # Errors
+    /// As [`Client::notify_raw`]: `TooLarge` (nothing sent); `PeerGone` if the
+    /// connection ends, also while this call waits for credit; `Unavailable` if no
+    /// connection can be dialled (the server is gone).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// client.notify_raw("log", b"started")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn notify_raw(&self, name: &str, body: &[u8]) -> Result<(), RpcError> {
+        self.rt.block_on(self.client.notify_raw(name, body))
+    }
+
+    /// Sends a typed notification (default codec): see [`notify_raw`](Self::notify_raw).
+    ///
+    /// # Errors
+    /// As [`notify_raw`](Self::notify_raw), or `BadRequest` if `body` does not encode.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn f(client: shmrpc::BlockingClient) -> Result<(), shmrpc::RpcError> {
+    /// for line in 0..100u64 {
+    ///     client.notify("progress", &line)?; // blocks only while the server is 64 behind
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn notify<T: Serialize>(&self, name: &str, body: &T) -> Result<(), RpcError> {
+        self.notify_raw(name, &encode(body)?)
+    }
+
     /// A streaming call, collected: every item, in order.
     ///
     /// # Errors

@@ -202,8 +202,9 @@ descriptor!(ClientStreaming);
 descriptor!(Bidi);
 
 /// A notification: its name and body type `T`. One-way, answered by nothing; either end
-/// sends it ([`Client::send_notification`], [`Peer::send_notification`]) to the other,
-/// which handles it ([`ServerBuilder::notify_method`], [`ClientBuilder::notify_method`]).
+/// sends it ([`Client::send_notification`], [`Peer::send_notification`],
+/// [`BlockingClient::send_notification`]) to the other, which handles it
+/// ([`ServerBuilder::notify_method`], [`ClientBuilder::notify_method`]).
 ///
 /// Declare it once as a `const` shared by both ends, as a [`Unary`].
 pub struct Notification<T> {
@@ -672,5 +673,17 @@ impl BlockingClient {
             .iter()
             .map(|b| super::decode(b))
             .collect()
+    }
+
+    /// Sends a typed notification (see [`notify`](Self::notify)).
+    ///
+    /// # Errors
+    /// As [`notify`](Self::notify).
+    pub fn send_notification<T: Serialize>(
+        &self,
+        notification: Notification<T>,
+        body: &T,
+    ) -> Result<(), RpcError> {
+        self.notify(notification.name(), body)
     }
 }
