@@ -15,15 +15,15 @@
 //! while the client sends as many to the server; each side checks their count, order and
 //! checksum.
 //!
-//! Over shared memory and over TCP alike, streams both ways: the server streams items to the client's
-//! client-streaming and bidirectional methods through its `Peer`, while the client streams
-//! to the server's; each stream is checked by its count and checksum.
+//! Over shared memory and over TCP alike, streams both ways: the server streams items to
+//! the client's client-streaming and bidirectional methods through its `Peer`, while the
+//! client streams to the server's; each stream is checked by its count and checksum.
 //!
-//! Cancels and kills with calls of every shape open: dropping a client-streaming or
-//! bidirectional call cancels its handler in the other process, both ways; a serving
-//! client killed with SIGKILL fails each of the server's open calls into it (unary, server
-//! stream, client stream, both halves of a bidi) with `PeerGone` and cancels each handler of
-//! its own open calls on the server.
+//! Over shared memory and over TCP alike, cancels and kills with calls of every shape
+//! open: dropping a client-streaming or bidirectional call cancels its handler in the
+//! other process, both ways; a serving client killed with SIGKILL fails each of the
+//! server's open calls into it (unary, server stream, client stream, both halves of a
+//! bidi) with `PeerGone` and cancels each handler of its own open calls on the server.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -367,10 +367,45 @@ fn expect_reports(reports: &Reports, want: &[(&'static str, &'static str)]) {
     assert_eq!(got, want, "server reports");
 }
 
-/// Starts the hold server on a fresh name and the serving client against it.
+/// The transport a test's connection runs over.
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    /// Shared memory, the server bound to a fresh name.
+    Shm,
+    /// TCP on loopback, the server bound to port 0.
+    Tcp,
+}
+
+/// Binds `builder` over `transport` (a fresh name from `names` for shared memory) and
+/// returns the server and how a client reaches it.
+fn bind(
+    rt: &tokio::runtime::Runtime,
+    builder: shmrpc::ServerBuilder,
+    transport: Transport,
+    names: &mut TestNames,
+    word: &str,
+) -> (Server, RpcDial) {
+    match transport {
+        Transport::Shm => {
+            let name = names.name(word);
+            let server = rt.block_on(async { builder.bind(&name) }).expect("bind");
+            (server, RpcDial::Shm(name))
+        }
+        Transport::Tcp => {
+            let server = rt
+                .block_on(builder.bind_tcp("127.0.0.1:0".parse().unwrap()))
+                .expect("bind_tcp");
+            let addr = server.local_addr().expect("a TCP server has an address");
+            (server, RpcDial::Tcp(addr))
+        }
+    }
+}
+
+/// Starts the hold server over `transport` and the serving client against it.
 fn hold_setup(
     names: &mut TestNames,
     word: &str,
+    transport: Transport,
 ) -> (
     tokio::runtime::Runtime,
     ServerHandle,
@@ -379,29 +414,31 @@ fn hold_setup(
     PeerProcess,
     Peer,
 ) {
-    let name = names.name(word);
     let rt = rpc_runtime();
     let (builder, reports) = hold_server();
-    let server = rt.block_on(async { builder.bind(&name) }).expect("bind");
+    let (server, dial) = bind(&rt, builder, transport, names, word);
     let handle = server.handle();
     let serving = rt.spawn(server.serve());
-    let mut client: PeerProcess = spawn_peer!(PeerCommand::RpcServingClient {
-        dial: RpcDial::Shm(name),
-        calls: 1
-    });
+    let mut client: PeerProcess = spawn_peer!(PeerCommand::RpcServingClient { dial, calls: 1 });
     client.expect("ready", WAIT);
     let peer = rt.block_on(the_peer(&handle));
+    // The connection runs over the transport asked for (only shared memory knows the pid).
+    assert_eq!(
+        peer.pid().is_some(),
+        matches!(transport, Transport::Shm),
+        "{transport:?}"
+    );
     (rt, handle, serving, reports, client, peer)
 }
 
 /// Dropping a client-streaming call or a bidirectional call cancels its handler on the
 /// other process, both ways: the server's calls into the client's methods (through its
-/// `Peer`), and the client's into the server's.
-#[test]
-fn dropped_client_streams_and_bidi_calls_cancel_the_other_sides_handler() {
-    with_watchdog(Duration::from_secs(300), || {
+/// `Peer`), and the client's into the server's. Over `transport`.
+fn dropped_calls_cancel_the_other_sides_handler(transport: Transport) {
+    with_watchdog(Duration::from_secs(300), move || {
         let mut names = TestNames::new();
-        let (rt, handle, serving, reports, mut client, peer) = hold_setup(&mut names, "rpc-cancel");
+        let (rt, handle, serving, reports, mut client, peer) =
+            hold_setup(&mut names, "rpc-cancel", transport);
 
         // Server -> client: a client stream, held after one item, then dropped.
         let call = rt.block_on(async {
@@ -470,15 +507,25 @@ fn dropped_client_streams_and_bidi_calls_cancel_the_other_sides_handler() {
     });
 }
 
+#[test]
+fn dropped_client_streams_and_bidi_calls_cancel_the_other_sides_handler_over_shared_memory() {
+    dropped_calls_cancel_the_other_sides_handler(Transport::Shm);
+}
+
+#[test]
+fn dropped_client_streams_and_bidi_calls_cancel_the_other_sides_handler_over_tcp() {
+    dropped_calls_cancel_the_other_sides_handler(Transport::Tcp);
+}
+
 /// A serving client killed with SIGKILL while calls of every shape are open both ways:
 /// each of the server's calls into it (unary, server stream, client stream, bidi) fails
 /// with `PeerGone`, and each of the server's handlers for the client's calls is cancelled,
-/// all within a bounded wait.
-#[test]
-fn a_killed_peer_fails_every_open_call_and_stream_both_ways() {
-    with_watchdog(Duration::from_secs(300), || {
+/// all within a bounded wait. Over `transport`.
+fn a_killed_peer_fails_every_open_call(transport: Transport) {
+    with_watchdog(Duration::from_secs(300), move || {
         let mut names = TestNames::new();
-        let (rt, handle, serving, reports, mut client, peer) = hold_setup(&mut names, "rpc-kill");
+        let (rt, handle, serving, reports, mut client, peer) =
+            hold_setup(&mut names, "rpc-kill", transport);
 
         // Server -> client, one of each shape, each known to run before the next.
         let unary = rt.spawn({
@@ -577,6 +624,16 @@ fn a_killed_peer_fails_every_open_call_and_stream_both_ways() {
         drop(rt);
         names.assert_clean_with_locks();
     });
+}
+
+#[test]
+fn a_killed_peer_fails_every_open_call_and_stream_both_ways_over_shared_memory() {
+    a_killed_peer_fails_every_open_call(Transport::Shm);
+}
+
+#[test]
+fn a_killed_peer_fails_every_open_call_and_stream_both_ways_over_tcp() {
+    a_killed_peer_fails_every_open_call(Transport::Tcp);
 }
 
 /// Notifications each way.
