@@ -15,9 +15,11 @@
 //! while the client sends as many to the server; each side checks their count, order and
 //! checksum.
 //!
-//! Over shared memory and over TCP alike, streams both ways: the server streams items to
-//! the client's client-streaming and bidirectional methods through its `Peer`, while the
-//! client streams to the server's; each stream is checked by its count and checksum.
+//! Over shared memory and over TCP alike, streams both ways: the server streams 100,000
+//! items to the client's client-streaming and bidirectional methods through its `Peer`,
+//! while the client streams as many to the server's; each stream is checked by its count
+//! and checksum. A reader that stops reading stalls only its own stream: other calls and
+//! streams on the same connection complete meanwhile, both ways.
 //!
 //! Over shared memory and over TCP alike, cancels and kills with calls of every shape
 //! open: dropping a client-streaming or bidirectional call cancels its handler in the
@@ -26,6 +28,8 @@
 //! bidi) with `PeerGone` and cancels each handler of its own open calls on the server.
 #![forbid(unsafe_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shmrpc::{CallOptions, Code, Peer, Server, ServerHandle};
@@ -195,7 +199,7 @@ fn stream_server() -> shmrpc::ServerBuilder {
 }
 
 /// Items in each stream: many windows of credit.
-const ITEMS: u64 = 20_000;
+const ITEMS: u64 = 100_000;
 
 /// Client streams and bidirectional streams between two processes, both ways: the server
 /// streams to the client's methods through its `Peer`, the client to the server's; every
@@ -301,7 +305,7 @@ type Reports = std::sync::mpsc::Receiver<(&'static str, &'static str)>;
 /// `server_hang` (unary), `server_hang_stream`, `server_hold_sum` (client-streaming) and
 /// `server_hold_echo` (bidirectional, its first item echoed).
 fn hold_server() -> (shmrpc::ServerBuilder, Reports) {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = Arc::new(Mutex::new(tx));
     let report = move |shape: &'static str, event: &'static str| {
@@ -634,6 +638,114 @@ fn a_killed_peer_fails_every_open_call_and_stream_both_ways_over_shared_memory()
 #[test]
 fn a_killed_peer_fails_every_open_call_and_stream_both_ways_over_tcp() {
     a_killed_peer_fails_every_open_call(Transport::Tcp);
+}
+
+/// A stream's credit window in items: a sender waits once it is this far ahead of its
+/// reader (documented in the README and docs/architecture.md).
+const STREAM_WINDOW: u64 = 64;
+
+/// Items streamed beside a stalled stream: many windows, so its credit must flow.
+const BESIDE: u64 = 10 * STREAM_WINDOW;
+
+/// A reader that stops reading stalls only its own stream. The server streams into the
+/// client's `client_hold_sum`, whose handler reads the first item and no more, until the
+/// sender has spent its window and waits. Meanwhile, on the same connection, a unary call
+/// and a client stream many windows long from the server, and a call from the client, all
+/// complete; the stalled stream is still where its window ended. Over `transport`.
+fn a_stalled_reader_stalls_only_its_own_stream(transport: Transport) {
+    with_watchdog(Duration::from_secs(300), move || {
+        let mut names = TestNames::new();
+        let (rt, handle, serving, _reports, mut client, peer) =
+            hold_setup(&mut names, "rpc-stall", transport);
+
+        // Server -> client: a client stream whose reader stops after its first item; the
+        // sender counts the items that went.
+        let sent = Arc::new(AtomicU64::new(0));
+        let stalled = rt.spawn({
+            let (p, sent) = (peer.clone(), sent.clone());
+            async move {
+                let mut call = p
+                    .call_client_stream("client_hold_sum", CallOptions::default())
+                    .await
+                    .expect("client stream");
+                for i in 0..ITEMS {
+                    call.send(&i).await.expect("item sent");
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                call
+            }
+        });
+        client.expect("holding what=client_stream first=Some(0)", WAIT);
+        rt.block_on(within(
+            "the stalled stream spends its window",
+            WAIT,
+            async {
+                while sent.load(Ordering::Relaxed) < STREAM_WINDOW {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            },
+        ));
+
+        // Beside it, on the same connection: the server's calls into the client ...
+        let (answer, sum) = rt.block_on(within("calls beside a stalled stream", WAIT, async {
+            let opts = CallOptions::timeout(WAIT);
+            let answer: (String, u64) = peer
+                .call("client_double", &20u64, opts)
+                .await
+                .expect("unary call");
+            let mut call = peer
+                .call_client_stream("client_sum", opts)
+                .await
+                .expect("client stream");
+            for i in 0..BESIDE {
+                call.send(&i).await.expect("item sent");
+            }
+            let sum: (u64, u64) = call.finish().await.expect("the client's sum");
+            (answer, sum)
+        }));
+        assert_eq!(answer, ("client".to_string(), 41), "unary call");
+        assert_eq!(sum, (BESIDE, sequence_checksum(0..BESIDE)), "client stream");
+        // ... and the client's call into the server.
+        client.send("go");
+        let done = client.expect("calls ", WAIT);
+        assert_eq!(field_parse::<u64>(&done, "ok"), 1, "{done}");
+        assert_eq!(field_parse::<u64>(&done, "bad"), 0, "{done}");
+
+        // The stalled stream went no further than its window: its reader still reads none.
+        assert!(!stalled.is_finished(), "the stalled stream's sender waits");
+        assert_eq!(
+            sent.load(Ordering::Relaxed),
+            STREAM_WINDOW,
+            "items sent to a reader that read one"
+        );
+
+        // Dropped, it is cancelled on the client.
+        stalled.abort();
+        let aborted = rt.block_on(stalled).expect_err("the sender never finished");
+        assert!(aborted.is_cancelled(), "{aborted}");
+        client.expect("cancelled what=client_stream", WAIT);
+
+        client.send("exit");
+        assert!(
+            client.wait_exit(WAIT).success(),
+            "the client leaves cleanly"
+        );
+        handle.shutdown();
+        rt.block_on(within("serve returns", WAIT, serving))
+            .expect("serve");
+        drop(rt);
+        names.assert_clean_with_locks();
+    });
+}
+
+#[test]
+fn a_stalled_reader_stalls_only_its_own_stream_over_shared_memory() {
+    a_stalled_reader_stalls_only_its_own_stream(Transport::Shm);
+}
+
+#[test]
+fn a_stalled_reader_stalls_only_its_own_stream_over_tcp() {
+    a_stalled_reader_stalls_only_its_own_stream(Transport::Tcp);
 }
 
 /// Notifications each way.
