@@ -11,11 +11,13 @@
 //! - No call hangs when the server dies under load; a call's deadline bounds its wait for a
 //!   reconnect; calls waiting for a reconnect give up within the reconnect period.
 //! - A stopped (SIGSTOP) client or server is given up by the other side's heartbeats.
+//! - A `BlockingClient` notify waiting for credit (the server's handler holds the window)
+//!   fails with `PeerGone` when the server is killed, and a notify after that fails too.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
-use shmrpc::{CallOptions, Client, ClientConfig, Code, RpcError};
+use shmrpc::{BlockingClient, CallOptions, Client, ClientConfig, Code, RpcError};
 use shmrpc_tests::{
     field_parse, rpc_runtime, rpc_stats, rpc_wait_stats, spawn_peer, with_watchdog, within,
     ChatRequest, PeerCommand, PeerProcess, RpcTarget, TestNames,
@@ -480,6 +482,83 @@ fn calls_waiting_for_a_reconnect_give_up_within_the_reconnect_period() {
         drop(client);
         drop(rt);
         stop_server(start_server(&name));
+        names.assert_clean_with_locks();
+    });
+}
+
+/// The notification window of a connection (documented: 64 notifications a sender may
+/// have sent and not yet had handled).
+const NOTIFY_WINDOW: u64 = 64;
+
+#[test]
+fn a_blocking_notify_waiting_for_credit_fails_when_the_server_is_killed() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{mpsc, Arc};
+    with_watchdog(Duration::from_secs(60), || {
+        let mut names = TestNames::new();
+        let name = names.name("rpc-kill-notified");
+        let mut server = start_server(&name);
+        // Gives up redialling a dead server after a second.
+        let cfg = ClientConfig::default().with_reconnect_for(Duration::from_secs(1));
+        let client = Arc::new(BlockingClient::connect(&name, cfg).expect("connect"));
+        // Notifies `stuck` (whose handler never returns) until a notify fails.
+        let sent = Arc::new(AtomicU64::new(0));
+        let (c, count) = (client.clone(), sent.clone());
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            let e = loop {
+                if let Err(e) = c.notify_raw("stuck", b"") {
+                    break e;
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+            };
+            let _ = done_tx.send(e);
+        });
+        // The window is spent; the next notify waits for credit that never comes.
+        let until = Instant::now() + WAIT;
+        while sent.load(Ordering::SeqCst) < NOTIFY_WINDOW {
+            assert!(Instant::now() < until, "the window was never spent");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            done.try_recv().is_err(),
+            "a notify beyond the window waits for credit"
+        );
+
+        server.kill();
+        let e = done
+            .recv_timeout(PROMPT)
+            .expect("the waiting notify returns once the server is killed");
+        assert_eq!(e.code, Code::PeerGone, "{e}");
+        assert_eq!(
+            sent.load(Ordering::SeqCst),
+            NOTIFY_WINDOW,
+            "sent within the window"
+        );
+
+        // A notify after the death: no server to dial, an error within the reconnect
+        // period (not a hang).
+        let (tx, rx) = mpsc::channel();
+        let c = client.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(c.notify_raw("stuck", b""));
+        });
+        let e = rx
+            .recv_timeout(WAIT)
+            .expect("a notify to a dead server returns")
+            .expect_err("no server to notify");
+        assert!(matches!(e.code, Code::Unavailable | Code::PeerGone), "{e}");
+
+        // A server restarted on the name (which clears the killed one's files) is
+        // notified again by the same client, with a fresh window.
+        let server = start_server(&name);
+        for _ in 0..NOTIFY_WINDOW {
+            client
+                .notify_raw("stuck", b"")
+                .expect("notified after the restart");
+        }
+        drop(client);
+        stop_server(server);
         names.assert_clean_with_locks();
     });
 }

@@ -104,7 +104,9 @@ fn stats_line(c: &RpcCounters) -> String {
 /// - `blob` (u32 -> raw): that many bytes;
 /// - `stats` (() -> String): counters, memory and descriptors of this process;
 /// - `once` (raw): a [`once_request`]; checks its checksum (a mismatch counts as `torn`)
-///   and that its token was never seen before (else `dupes`), answers [`transform`].
+///   and that its token was never seen before (else `dupes`), answers [`transform`];
+/// - `stuck` (notification): its handler never returns, so the notification credit of
+///   the connection, once spent, stays spent.
 fn rpc_routes(cfg: ServerConfig, c: Arc<RpcCounters>) -> ServerBuilder {
     let (c1, c2, c3, c4, c5, c6, c7) = (
         c.clone(),
@@ -116,6 +118,7 @@ fn rpc_routes(cfg: ServerConfig, c: Arc<RpcCounters>) -> ServerBuilder {
         c.clone(),
     );
     ServerBuilder::new(cfg)
+        .on_notify_raw("stuck", |_ctx, _body| std::future::pending::<()>())
         .unary_raw("echo", move |_ctx, req| {
             c1.calls.fetch_add(1, Ordering::Relaxed);
             async move { Ok(req) }
