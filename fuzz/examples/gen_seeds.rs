@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use shmrpc::lowlevel::frame::{encode, FrameHeader, Kind, FLAG_MORE};
+use shmrpc::lowlevel::frame::{encode, FrameHeader, Kind, FLAG_CONTINUES, FLAG_MORE};
 use shmrpc_fuzz::frame::{encode_reassemble, Step};
 use shmrpc_fuzz::hello::hello_bytes;
 use shmrpc_fuzz::ring::{Op, Pre, RingInput};
@@ -123,10 +123,11 @@ fn main() {
             1000,
             &[
                 one(0, FLAG_MORE, 1, 1, b"first half "),
-                one(0, 0, 1, 2, b"stray"),
-                one(0, 0, 1, 1, b"second half"),
+                one(0, 0, 1, 2, b"whole, between the fragments"),
+                one(0, FLAG_CONTINUES, 1, 1, b"second half"),
                 one(3, FLAG_MORE, 4, 9, b"a"),
-                one(4, 0, 4, 9, b"b"),
+                one(4, FLAG_CONTINUES, 4, 9, b"another kind"),
+                one(0, FLAG_CONTINUES, 1, 5, b"stray"),
             ],
         ),
         fr,

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 
 use shmrpc::lowlevel::frame::{
     decode, decode_header, encode, encode_into, encode_parts_into, fragments, FrameError,
-    FrameHeader, Kind, Reassembler, ReassemblyError, FLAG_MORE, FLAG_TO_CALLEE, FRAME_HEADER_LEN,
-    FRAME_MAGIC, FRAME_VERSION,
+    FrameHeader, Kind, Reassembler, ReassemblyError, FLAG_CONTINUES, FLAG_MORE, FLAG_TO_CALLEE,
+    FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION,
 };
 
 use crate::{Cursor, Writer};
@@ -27,8 +27,11 @@ pub const KINDS: [Kind; 12] = [
     Kind::NotifyCredit,
 ];
 
-/// The flags the format defines: more fragments follow; travels to the call's callee.
-const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE;
+/// The flags the format defines: more fragments follow; travels to the call's callee;
+/// continues the message in progress.
+const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE | FLAG_CONTINUES;
+/// The flags that place a frame among its message's fragments.
+const FRAGMENT: u16 = FLAG_MORE | FLAG_CONTINUES;
 
 /// `KINDS` has at most 256 entries: a wire byte picks one.
 fn kind_of(wire: u8) -> Kind {
@@ -250,67 +253,86 @@ pub fn decode_reassemble(data: &[u8]) -> (u16, Vec<Step>) {
     (max, steps)
 }
 
-/// The documented reassembly rules (`frame::Reassembler`), written out independently: a
-/// message is the concatenation of its fragments; a message above `max` fails with
-/// `TooLarge` and its remaining fragments are skipped; a fragment of another call, kind or
-/// method in the middle of a message fails with `Interleaved` and drops the partial one.
+/// The documented reassembly rules (`frame::Reassembler`, docs/protocol.md), written out
+/// independently: a frame with neither fragment flag is a whole message, delivered at once
+/// even between the fragments of another; a fragmented message starts with "more" alone,
+/// goes on with "more" and "continues", ends with "continues" alone, and is the
+/// concatenation of its fragments. A message above `max` fails with `TooLarge` and its
+/// remaining fragments are skipped. A second fragmented message starting, or a fragment
+/// continuing another call, kind, method or direction, while one is in progress (or being
+/// skipped) fails with `Interleaved` and drops it; a continuation with nothing in progress
+/// fails with `Stray`.
 #[derive(Debug)]
 struct Model {
     max: usize,
-    /// The message being joined: call, kind, method, direction flags, bytes so far.
-    current: Option<(u64, Kind, u32, u16, Vec<u8>)>,
-    discarding: Option<u64>,
+    /// The message being joined: its key, and its bytes so far.
+    current: Option<(Key, Vec<u8>)>,
+    /// A refused message whose fragments are being skipped.
+    discarding: Option<Key>,
 }
+
+/// Call, kind, method, and the flags but the fragment ones.
+type Key = (u64, Kind, u32, u16);
 
 type ModelResult = Result<Option<(FrameHeader, Vec<u8>)>, ReassemblyError>;
 
 impl Model {
     fn push(&mut self, h: &FrameHeader, p: &[u8]) -> ModelResult {
         let more = h.flags & FLAG_MORE != 0;
-        if let Some(id) = self.discarding.take() {
-            if id == h.call_id {
-                if more {
-                    self.discarding = Some(id);
-                }
-                return Ok(None);
-            }
-        }
+        let cont = h.flags & FLAG_CONTINUES != 0;
+        let key: Key = (h.call_id, h.kind, h.method, h.flags & !FRAGMENT);
         let too_large = ReassemblyError::TooLarge {
             max: self.max,
             call_id: h.call_id,
             method: h.method,
             kind: h.kind,
-            flags: h.flags & !FLAG_MORE,
+            flags: h.flags & !FRAGMENT,
         };
-        let dir = h.flags & !FLAG_MORE;
-        let mut buf = match self.current.take() {
-            None => Vec::new(),
-            Some((call, kind, method, d, buf)) => {
-                // A fragment of another message (another call, kind, method or
-                // direction) in the middle of one.
-                if (call, kind, method, d) != (h.call_id, h.kind, h.method, dir) {
-                    return Err(ReassemblyError::Interleaved {
-                        expected: call,
-                        got: h.call_id,
-                    });
-                }
-                buf
+        if !more && !cont {
+            if p.len() > self.max {
+                return Err(too_large);
             }
-        };
+            let whole = FrameHeader {
+                len: p.len() as u32,
+                ..*h
+            };
+            return Ok(Some((whole, p.to_vec())));
+        }
+        if cont && self.discarding == Some(key) {
+            if !more {
+                self.discarding = None;
+            }
+            return Ok(None);
+        }
+        let in_progress = self.current.as_ref().map(|(k, _)| *k).or(self.discarding);
+        match in_progress {
+            None if cont => return Err(ReassemblyError::Stray { got: h.call_id }),
+            Some(other) if !cont || other != key => {
+                self.current = None;
+                self.discarding = None;
+                return Err(ReassemblyError::Interleaved {
+                    expected: other.0,
+                    got: h.call_id,
+                });
+            }
+            _ => {}
+        }
+        let mut buf = self.current.take().map(|(_, b)| b).unwrap_or_default();
         if buf.len() + p.len() > self.max {
             if more {
-                self.discarding = Some(h.call_id);
+                self.discarding = Some(key);
             }
             return Err(too_large);
         }
         buf.extend_from_slice(p);
         if more {
-            self.current = Some((h.call_id, h.kind, h.method, dir, buf));
+            self.current = Some((key, buf));
             return Ok(None);
         }
         Ok(Some((
             FrameHeader {
                 len: buf.len() as u32,
+                flags: h.flags & !FRAGMENT,
                 ..*h
             },
             buf,
@@ -404,7 +426,9 @@ pub fn frame_reassemble(data: &[u8]) {
                 let mut count = 0;
                 for (i, (flags, part)) in fragments(&msg, frag).enumerate() {
                     assert!(part.len() <= frag.max(1));
-                    assert_eq!(flags, if i + 1 < n { FLAG_MORE } else { 0 });
+                    let more = if i + 1 < n { FLAG_MORE } else { 0 };
+                    let cont = if i > 0 { FLAG_CONTINUES } else { 0 };
+                    assert_eq!(flags, more | cont);
                     joined.extend_from_slice(part);
                     count += 1;
                     let h = FrameHeader {

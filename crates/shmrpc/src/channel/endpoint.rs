@@ -410,6 +410,42 @@ impl Sender {
         }
     }
 
+    /// Waits until a `len`-byte message would fit with `spare` bytes still free after it,
+    /// or the ring was closed, without sending anything (the next send reports a close).
+    /// A sender of bulk data leaves room for others' short messages this way. Cancel-safe.
+    ///
+    /// # Errors
+    /// [`SendError::PeerGone`] if the peer died meanwhile.
+    pub(crate) async fn wait_room_async(
+        &mut self,
+        len: usize,
+        spare: usize,
+    ) -> Result<(), SendError> {
+        loop {
+            if self.producer.room_to_spare(len, spare) {
+                return Ok(());
+            }
+            if let Bell::Plain(_) = self.bell {
+                self.bell.registered().map_err(SendError::Io)?;
+            }
+            let (p, peer) = (&self.producer, &self.peer);
+            wait_async(
+                p.wait_word(),
+                &mut self.bell,
+                &mut self.spinner,
+                None,
+                || p.room_to_spare(len, spare),
+                peer,
+            )
+            .await?;
+        }
+    }
+
+    /// The ring's capacity in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.producer.capacity()
+    }
+
     /// Reserves room for a `len`-byte message to be written in place (zero-copy), waiting
     /// per the wait strategy. Commit the grant with a tag to send it.
     ///

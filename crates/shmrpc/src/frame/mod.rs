@@ -7,7 +7,8 @@
 //! 0   magic      "SRPC"
 //! 4   version    u8  (FRAME_VERSION)
 //! 5   kind       u8  (Kind)
-//! 6   flags      u16 (bit 0: more fragments follow; bit 1: from the call's caller to its callee)
+//! 6   flags      u16 (bit 0: more fragments follow; bit 1: from the call's caller to its
+//!                     callee; bit 2: continues the message in progress)
 //! 8   method     u32 (method id, per connection)
 //! 12  len        u32 payload bytes after the header
 //! 16  call_id    u64
@@ -25,8 +26,9 @@ use thiserror::Error;
 /// First four bytes of every frame.
 pub const FRAME_MAGIC: [u8; 4] = *b"SRPC";
 /// Version of the frame format. Version 2 added [`FLAG_TO_CALLEE`]: either end of a
-/// connection may call the other.
-pub const FRAME_VERSION: u8 = 2;
+/// connection may call the other. Version 3 added [`FLAG_CONTINUES`]: whole messages may
+/// travel between the fragments of a long one.
+pub const FRAME_VERSION: u8 = 3;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 32;
 /// Flag: more fragments of this message follow.
@@ -37,7 +39,14 @@ pub const FLAG_MORE: u16 = 1;
 /// each numbers its own calls, so a call is named by this bit and its id together.
 /// Connection frames (`Ping`, `Pong`, `Goodbye`) belong to no call and never carry it.
 pub const FLAG_TO_CALLEE: u16 = 2;
-const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE;
+/// Flag: the frame continues the fragmented message in progress (set on every fragment
+/// but the first). A frame without it starts a message: a whole one (without
+/// [`FLAG_MORE`]) may come between two fragments of another, so that a long message
+/// never holds up a short one for longer than one fragment.
+pub const FLAG_CONTINUES: u16 = 4;
+const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE | FLAG_CONTINUES;
+/// The flags that name a message's place among fragments, not the message.
+const FRAGMENT_FLAGS: u16 = FLAG_MORE | FLAG_CONTINUES;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,10 +135,10 @@ pub struct FrameHeader {
 ///
 /// let h = FrameHeader { kind: Kind::Pong, flags: 0, method: 0, call_id: 1, len: 0 };
 /// let mut bytes = encode(&h, b"").unwrap();
-/// bytes[4] = 3; // a future version
+/// bytes[4] = 4; // a future version
 /// let err = decode(&bytes).unwrap_err();
-/// assert_eq!(err, FrameError::Version { found: 3 });
-/// assert_eq!(err.to_string(), "the peer speaks protocol version 3, this end speaks version 2");
+/// assert_eq!(err, FrameError::Version { found: 4 });
+/// assert_eq!(err.to_string(), "the peer speaks protocol version 4, this end speaks version 3");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -380,12 +389,21 @@ pub enum ReassemblyError {
         /// Its flags (which way it travels: [`FLAG_TO_CALLEE`]).
         flags: u16,
     },
-    /// A fragment of another call or kind arrived in the middle of a message.
+    /// A fragment of another message arrived in the middle of a fragmented one: one that
+    /// continues a different call, kind or direction, or the first fragment of a second
+    /// fragmented message (whole messages may come between fragments, fragmented ones may
+    /// not).
     #[error("fragment of call {got} arrived while call {expected} was incomplete")]
     Interleaved {
         /// The call being assembled.
         expected: u64,
         /// The call of the stray fragment.
+        got: u64,
+    },
+    /// A fragment that continues a message arrived with no message in progress.
+    #[error("fragment continuing call {got} arrived with no message in progress")]
+    Stray {
+        /// The call it claims to continue.
         got: u64,
     },
 }
@@ -394,9 +412,10 @@ pub enum ReassemblyError {
 /// payload, borrowed when it came in one frame.
 pub type Whole<'a> = (FrameHeader, std::borrow::Cow<'a, [u8]>);
 
-/// Joins fragments (frames with [`FLAG_MORE`]) of one direction of a connection back into
-/// messages, bounded by a maximum size. Senders never interleave the fragments of two
-/// messages on one ring, so one buffer suffices.
+/// Joins fragments (frames with [`FLAG_MORE`] or [`FLAG_CONTINUES`]) of one direction of a
+/// connection back into messages, bounded by a maximum size. A sender has at most one
+/// fragmented message in progress per direction (whole messages may come between its
+/// fragments), so one buffer suffices.
 ///
 /// # Examples
 ///
@@ -420,10 +439,31 @@ pub type Whole<'a> = (FrameHeader, std::borrow::Cow<'a, [u8]>);
 pub struct Reassembler {
     max: usize,
     buf: Vec<u8>,
-    /// The message being assembled: call, kind, method and direction flags.
-    current: Option<(u64, Kind, u32, u16)>,
-    /// A refused message whose remaining fragments are being skipped.
-    discarding: Option<u64>,
+    /// The fragmented message being assembled.
+    current: Option<MessageKey>,
+    /// A refused fragmented message whose remaining fragments are being skipped.
+    discarding: Option<MessageKey>,
+}
+
+/// What names a fragmented message: every one of its fragments carries the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MessageKey {
+    call_id: u64,
+    kind: Kind,
+    method: u32,
+    /// The flags without the fragment bits (today: the direction).
+    flags: u16,
+}
+
+impl MessageKey {
+    fn of(h: &FrameHeader) -> Self {
+        Self {
+            call_id: h.call_id,
+            kind: h.kind,
+            method: h.method,
+            flags: h.flags & !FRAGMENT_FLAGS,
+        }
+    }
 }
 
 impl Reassembler {
@@ -448,22 +488,29 @@ impl Reassembler {
     }
 
     /// Feeds one decoded frame. Returns the whole message once its last fragment arrived
-    /// (the header of the last fragment, and the joined payload), `None` while incomplete.
+    /// (the header of the last fragment, without the fragment flags, and the joined
+    /// payload), `None` while incomplete. A whole message (a frame without fragment flags)
+    /// comes back at once, also between two fragments of another message.
     ///
     /// # Errors
-    /// See [`ReassemblyError`]; the partial message is dropped.
+    /// See [`ReassemblyError`]. After `TooLarge` the refused message's remaining fragments
+    /// are skipped and the connection may go on; after the others the partial message is
+    /// dropped (the sender broke the protocol).
     ///
     /// # Examples
     ///
     /// ```
-    /// use shmrpc::lowlevel::frame::{FrameHeader, Kind, Reassembler, FLAG_MORE};
+    /// use shmrpc::lowlevel::frame::{FrameHeader, Kind, Reassembler, FLAG_CONTINUES, FLAG_MORE};
     ///
     /// let mut r = Reassembler::new(1024);
     /// let first = FrameHeader { kind: Kind::Request, flags: FLAG_MORE, method: 1, call_id: 8, len: 3 };
-    /// let last = FrameHeader { flags: 0, ..first };
+    /// let last = FrameHeader { flags: FLAG_CONTINUES, ..first };
     /// assert!(r.push(&first, b"abc").unwrap().is_none());
+    /// // A short message of another call between the two fragments comes back at once.
+    /// let short = FrameHeader { flags: 0, call_id: 9, ..first };
+    /// assert_eq!(&r.push(&short, b"hi").unwrap().unwrap().1[..], b"hi");
     /// let (h, body) = r.push(&last, b"def").unwrap().unwrap();
-    /// assert_eq!((h.len, &body[..]), (6, &b"abcdef"[..]));
+    /// assert_eq!((h.len, h.flags, &body[..]), (6, 0, &b"abcdef"[..]));
     /// ```
     pub fn push<'a>(
         &'a mut self,
@@ -471,62 +518,68 @@ impl Reassembler {
         payload: &'a [u8],
     ) -> Result<Option<Whole<'a>>, ReassemblyError> {
         let more = h.flags & FLAG_MORE != 0;
-        if let Some(id) = self.discarding {
-            if id == h.call_id {
-                if !more {
-                    self.discarding = None;
-                }
-                return Ok(None);
+        let continues = h.flags & FLAG_CONTINUES != 0;
+        let key = MessageKey::of(h);
+        if !more && !continues {
+            // A whole message: it stands alone, whatever is in progress.
+            if payload.len() > self.max {
+                return Err(self.too_large(h, None));
             }
-            self.discarding = None;
+            let mut whole = *h;
+            whole.len = payload.len() as u32;
+            return Ok(Some((whole, std::borrow::Cow::Borrowed(payload))));
         }
-        let too_large = |me: &mut Self| {
-            me.reset();
-            if more {
-                me.discarding = Some(h.call_id);
+        if continues && self.discarding == Some(key) {
+            if !more {
+                self.discarding = None;
             }
-            ReassemblyError::TooLarge {
-                max: me.max,
-                call_id: h.call_id,
-                method: h.method,
-                kind: h.kind,
-                flags: h.flags & !FLAG_MORE,
-            }
-        };
-        match self.current {
-            None if !more => {
-                if payload.len() > self.max {
-                    return Err(too_large(self));
-                }
-                Ok(Some((*h, std::borrow::Cow::Borrowed(payload))))
-            }
-            Some((call, kind, method, dir))
-                if call != h.call_id
-                    || kind != h.kind
-                    || method != h.method
-                    || dir != h.flags & !FLAG_MORE =>
-            {
-                self.reset();
-                Err(ReassemblyError::Interleaved {
-                    expected: call,
-                    got: h.call_id,
-                })
-            }
-            _ => {
-                if self.buf.len() + payload.len() > self.max {
-                    return Err(too_large(self));
-                }
-                self.current = Some((h.call_id, h.kind, h.method, h.flags & !FLAG_MORE));
-                self.buf.extend_from_slice(payload);
-                if more {
-                    return Ok(None);
-                }
-                self.current = None;
-                let mut whole = *h;
-                whole.len = self.buf.len() as u32;
-                let msg = std::mem::take(&mut self.buf);
-                Ok(Some((whole, std::borrow::Cow::Owned(msg))))
-            }
+            return Ok(None);
+        }
+        match (continues, self.current.or(self.discarding)) {
+            // The first fragment of a message while another is in progress (or still
+            // being skipped), or a fragment that continues another message.
+            (false, Some(other)) => return Err(self.interleaved(other, h)),
+            (true, Some(other)) if other != key => return Err(self.interleaved(other, h)),
+            (true, None) => return Err(ReassemblyError::Stray { got: h.call_id }),
+            _ => {}
+        }
+        if self.buf.len() + payload.len() > self.max {
+            let skip = more.then_some(key);
+            return Err(self.too_large(h, skip));
+        }
+        self.buf.extend_from_slice(payload);
+        if more {
+            self.current = Some(key);
+            return Ok(None);
+        }
+        self.current = None;
+        let mut whole = *h;
+        whole.flags &= !FRAGMENT_FLAGS;
+        whole.len = self.buf.len() as u32;
+        let msg = std::mem::take(&mut self.buf);
+        Ok(Some((whole, std::borrow::Cow::Owned(msg))))
+    }
+
+    /// Refuses `h`'s message: drops what was assembled of it, and skips its remaining
+    /// fragments (`skip`) so that the connection can go on.
+    fn too_large(&mut self, h: &FrameHeader, skip: Option<MessageKey>) -> ReassemblyError {
+        self.reset();
+        self.discarding = skip;
+        ReassemblyError::TooLarge {
+            max: self.max,
+            call_id: h.call_id,
+            method: h.method,
+            kind: h.kind,
+            flags: h.flags & !FRAGMENT_FLAGS,
+        }
+    }
+
+    fn interleaved(&mut self, other: MessageKey, h: &FrameHeader) -> ReassemblyError {
+        self.reset();
+        self.discarding = None;
+        ReassemblyError::Interleaved {
+            expected: other.call_id,
+            got: h.call_id,
         }
     }
 
@@ -537,15 +590,19 @@ impl Reassembler {
 }
 
 /// Splits `payload` into fragment payloads of at most `max_fragment` bytes, each paired
-/// with its flags (`FLAG_MORE` on all but the last). An empty payload is one empty fragment.
+/// with its flags: [`FLAG_MORE`] on all but the last, [`FLAG_CONTINUES`] on all but the
+/// first. A payload that fits one fragment is one frame without either flag (an empty
+/// payload too).
 ///
 /// # Examples
 ///
 /// ```
-/// use shmrpc::lowlevel::frame::{fragments, FLAG_MORE};
+/// use shmrpc::lowlevel::frame::{fragments, FLAG_CONTINUES, FLAG_MORE};
 ///
 /// let parts: Vec<_> = fragments(b"abcde", 2).collect();
-/// assert_eq!(parts, [(FLAG_MORE, &b"ab"[..]), (FLAG_MORE, &b"cd"[..]), (0, &b"e"[..])]);
+/// let mid = FLAG_MORE | FLAG_CONTINUES;
+/// assert_eq!(parts, [(FLAG_MORE, &b"ab"[..]), (mid, &b"cd"[..]), (FLAG_CONTINUES, &b"e"[..])]);
+/// assert_eq!(fragments(b"abc", 3).collect::<Vec<_>>(), [(0, &b"abc"[..])]);
 /// assert_eq!(fragments(b"", 2).count(), 1);
 /// ```
 pub fn fragments(payload: &[u8], max_fragment: usize) -> impl Iterator<Item = (u16, &[u8])> {
@@ -554,8 +611,9 @@ pub fn fragments(payload: &[u8], max_fragment: usize) -> impl Iterator<Item = (u
     (0..n).map(move |i| {
         let start = i * max_fragment;
         let end = (start + max_fragment).min(payload.len());
-        let flags = if i + 1 < n { FLAG_MORE } else { 0 };
-        (flags, &payload[start..end])
+        let more = if i + 1 < n { FLAG_MORE } else { 0 };
+        let continues = if i > 0 { FLAG_CONTINUES } else { 0 };
+        (more | continues, &payload[start..end])
     })
 }
 
@@ -672,21 +730,100 @@ mod tests {
     }
 
     #[test]
-    fn interleaved_fragments_are_refused() {
+    fn whole_messages_pass_between_fragments_and_fragmented_ones_never_interleave() {
         let mut r = Reassembler::new(1 << 20);
         let first = FrameHeader {
             flags: FLAG_MORE,
-            ..hdr(Kind::Request, 1)
+            ..hdr(Kind::StreamItem, 1)
         };
         assert_eq!(r.push(&first, b"a").unwrap(), None);
-        let other = hdr(Kind::Request, 2);
+        // A whole message of another call comes back at once, the long one goes on.
+        let short = hdr(Kind::Request, 2);
+        let (h, body) = r.push(&short, b"b").unwrap().expect("whole");
+        assert_eq!((h.call_id, &body[..]), (2, &b"b"[..]));
+        // Even one of the same call and kind (its flags say it stands alone).
         assert_eq!(
-            r.push(&other, b"b"),
+            &r.push(&hdr(Kind::StreamItem, 1), b"c").unwrap().unwrap().1[..],
+            b"c"
+        );
+        let last = FrameHeader {
+            flags: FLAG_CONTINUES,
+            ..first
+        };
+        let (h, body) = r.push(&last, b"d").unwrap().expect("complete");
+        assert_eq!((h.call_id, h.flags, &body[..]), (1, 0, &b"ad"[..]));
+
+        // A second fragmented message may not start before the first ended.
+        assert_eq!(r.push(&first, b"a").unwrap(), None);
+        let second = FrameHeader {
+            flags: FLAG_MORE,
+            ..hdr(Kind::StreamItem, 3)
+        };
+        assert_eq!(
+            r.push(&second, b"x"),
             Err(ReassemblyError::Interleaved {
                 expected: 1,
-                got: 2
+                got: 3
             })
         );
+        // Nor may a fragment continue another call's message.
+        assert_eq!(r.push(&first, b"a").unwrap(), None);
+        let stray = FrameHeader {
+            flags: FLAG_CONTINUES,
+            ..hdr(Kind::StreamItem, 4)
+        };
+        assert_eq!(
+            r.push(&stray, b"x"),
+            Err(ReassemblyError::Interleaved {
+                expected: 1,
+                got: 4
+            })
+        );
+        // Or one in the other direction.
+        assert_eq!(r.push(&first, b"a").unwrap(), None);
+        let other_way = FrameHeader {
+            flags: FLAG_CONTINUES | FLAG_TO_CALLEE,
+            ..hdr(Kind::StreamItem, 1)
+        };
+        assert!(matches!(
+            r.push(&other_way, b"x"),
+            Err(ReassemblyError::Interleaved { .. })
+        ));
+        // A continuation with nothing in progress is refused too.
+        assert_eq!(r.push(&stray, b"x"), Err(ReassemblyError::Stray { got: 4 }));
+    }
+
+    #[test]
+    fn a_refused_message_is_skipped_while_whole_ones_pass() {
+        let msg = vec![1u8; 10_000];
+        let mut r = Reassembler::new(5_000);
+        let mut frames = fragments(&msg, 3000).map(|(flags, part)| {
+            (
+                FrameHeader {
+                    flags,
+                    ..hdr(Kind::Request, 5)
+                },
+                part,
+            )
+        });
+        let (h, p) = frames.next().unwrap();
+        assert_eq!(r.push(&h, p).unwrap(), None);
+        let (h, p) = frames.next().unwrap();
+        assert!(matches!(
+            r.push(&h, p),
+            Err(ReassemblyError::TooLarge { call_id: 5, .. })
+        ));
+        for (h, p) in frames {
+            // A whole message between the skipped fragments still comes through.
+            assert!(r.push(&hdr(Kind::Cancel, 6), b"").unwrap().is_some());
+            assert_eq!(r.push(&h, p).unwrap(), None, "skipped");
+        }
+        // Skipping ended with the refused message's last fragment.
+        let again = FrameHeader {
+            flags: FLAG_MORE,
+            ..hdr(Kind::Request, 7)
+        };
+        assert_eq!(r.push(&again, b"x").unwrap(), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::{Code, RpcError};
 use crate::channel::{self, RecvError, SendError};
 use crate::frame::{self, FrameError, FrameHeader, Kind, Reassembler, ReassemblyError};
 use crate::frame::{FLAG_TO_CALLEE, FRAME_HEADER_LEN};
+use crate::ring::{record_size, RECORD_HEADER};
 
 /// Largest frame on a TCP connection (larger messages are fragmented).
 const TCP_MAX_FRAGMENT: usize = 1 << 20;
@@ -169,17 +170,42 @@ pub(crate) enum FrameTx {
     Mem(mpsc::Sender<MemFrame>),
 }
 
+/// Longest message sent as one frame on TCP: a longer one goes as fragments of this size,
+/// and other messages may go between them.
+const TCP_SHORT: usize = 64 << 10;
+
+/// Longest message sent as one frame on a shared-memory ring of `capacity` bytes: an
+/// eighth of the ring (at least a kilobyte, on rings of 4 KiB and more), less the ring's
+/// record header and the frame header.
+fn shm_short(capacity: usize) -> usize {
+    let record = (capacity / 8).max((capacity / 4).min(1024));
+    record
+        .saturating_sub(RECORD_HEADER + FRAME_HEADER_LEN)
+        .max(16)
+}
+
+fn send_error(e: SendError) -> TransportError {
+    match e {
+        SendError::Corrupt(_) => TransportError::Protocol(Cause::Send(e)),
+        e => TransportError::Gone(Cause::Send(e)),
+    }
+}
+
 impl FrameTx {
-    fn max_fragment(&self) -> usize {
+    /// The longest message sent as one frame. A longer one goes as fragments of at most
+    /// this size, and whole messages may go between them (frame version 3), so that a
+    /// short message waits behind at most one fragment of a long one, not all of it.
+    pub(crate) fn short_limit(&self) -> usize {
         match self {
-            FrameTx::Shm(s, _) => s.max_message() - FRAME_HEADER_LEN,
-            FrameTx::Tcp(..) => TCP_MAX_FRAGMENT,
+            FrameTx::Shm(s, _) => shm_short(s.capacity()),
+            FrameTx::Tcp(..) => TCP_SHORT,
             FrameTx::Mem(_) => usize::MAX,
         }
     }
 
-    /// Sends one message, fragmented to fit, as consecutive frames (callers serialise
-    /// whole messages, so fragments of two messages never interleave).
+    /// Sends one message, fragmented to fit, as consecutive frames. (The connection's
+    /// [`Link`](super::session::Link) sends long messages a fragment at a time instead,
+    /// letting short ones go between.)
     #[cfg(test)]
     pub(crate) async fn send(
         &mut self,
@@ -193,10 +219,34 @@ impl FrameTx {
             .await
     }
 
-    /// Sends one message only if it can go at once, without waiting: `Ok(true)` if it was
-    /// sent, `Ok(false)` if it would have to wait (full ring or queue, a message of several
-    /// fragments, or a TCP stream), in which case nothing was sent. Errors are left to the
-    /// waiting [`send_parts`](Self::send_parts), which reports them.
+    /// [`send`](Self::send) for a payload in pieces.
+    #[cfg(test)]
+    pub(crate) async fn send_parts(
+        &mut self,
+        dir: Dir,
+        kind: Kind,
+        method: u32,
+        call_id: u64,
+        parts: &[&[u8]],
+    ) -> Result<(), TransportError> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total <= self.short_limit() {
+            let h = header(dir, kind, method, call_id, 0);
+            return self.send_frame(h, parts).await;
+        }
+        let payload = parts.concat();
+        for (flags, part) in frame::fragments(&payload, self.short_limit()) {
+            let h = header(dir, kind, method, call_id, flags);
+            self.send_frame(h, &[part]).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one short message (at most [`short_limit`](Self::short_limit) bytes) only if
+    /// it can go at once, without waiting: `Ok(true)` if it was sent, `Ok(false)` if it
+    /// would have to wait (full ring or queue, or a TCP stream), in which case nothing was
+    /// sent. Errors are left to the waiting [`send_frame`](Self::send_frame), which
+    /// reports them.
     pub(crate) fn try_send_parts(
         &mut self,
         dir: Dir,
@@ -206,13 +256,8 @@ impl FrameTx {
         parts: &[&[u8]],
     ) -> Result<bool, TransportError> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let header = FrameHeader {
-            kind,
-            flags: dir.flags(),
-            method,
-            call_id,
-            len: total as u32,
-        };
+        let mut header = header(dir, kind, method, call_id, 0);
+        header.len = total as u32;
         match self {
             FrameTx::Mem(q) => match q.try_send((header, parts.concat())) {
                 Ok(()) => Ok(true),
@@ -221,7 +266,7 @@ impl FrameTx {
                     Err(TransportError::Gone(Cause::Closed))
                 }
             },
-            FrameTx::Shm(s, _) if total <= s.max_message() - FRAME_HEADER_LEN => {
+            FrameTx::Shm(s, _) if total <= shm_short(s.capacity()) => {
                 match s.producer().try_reserve(FRAME_HEADER_LEN + total) {
                     Ok(mut grant) => {
                         frame::encode_parts_into(&mut grant, &header, parts)
@@ -232,88 +277,85 @@ impl FrameTx {
                     Err(_) => Ok(false),
                 }
             }
-            // Fragments must go out together (a later one may find no room), and a TCP
-            // write may go out in part: both wait.
+            // A long message goes a fragment at a time, and a TCP write may go out in
+            // part: both wait.
             FrameTx::Shm(..) | FrameTx::Tcp(..) => Ok(false),
         }
     }
 
-    /// [`send`](Self::send) for a payload in pieces (a request's deadline prefix and its
-    /// body). A message that fits one frame and finds room in the ring is written straight
-    /// into it, with no intermediate buffer.
-    pub(crate) async fn send_parts(
+    /// Waits until one fragment of a long message, of `len` payload bytes, may go: on
+    /// shared memory, until the ring has room for it and half the ring besides. A long
+    /// message thus never fills the ring, and a short one sent between two of its
+    /// fragments finds room at once, behind at most half a ring of it. (On TCP the
+    /// kernel's buffer decides.) Cancel-safe: nothing is sent.
+    pub(crate) async fn wait_room_for_fragment(
         &mut self,
-        dir: Dir,
-        kind: Kind,
-        method: u32,
-        call_id: u64,
+        len: usize,
+    ) -> Result<(), TransportError> {
+        if let FrameTx::Shm(s, _) = self {
+            // Half the ring, or less on a tiny ring: a record that does not fit before the
+            // ring's end needs padding first (less than one record), and the ring must
+            // hold both and the spare room, or the wait would never end.
+            let (cap, rec) = (s.capacity(), record_size(FRAME_HEADER_LEN + len));
+            let spare = (cap / 2).min(cap.saturating_sub(2 * rec));
+            s.wait_room_async(FRAME_HEADER_LEN + len, spare)
+                .await
+                .map_err(send_error)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one frame with header `h` (its `len` is taken from `parts`): a whole short
+    /// message, or one fragment of a long one, waiting for room. Written straight into
+    /// the ring when it has room, with no intermediate buffer.
+    pub(crate) async fn send_frame(
+        &mut self,
+        mut h: FrameHeader,
         parts: &[&[u8]],
     ) -> Result<(), TransportError> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if let FrameTx::Mem(q) = self {
-            let h = FrameHeader {
-                kind,
-                flags: dir.flags(),
-                method,
-                call_id,
-                len: total as u32,
-            };
-            return q
+        h.len = total as u32;
+        match self {
+            FrameTx::Mem(q) => q
                 .send((h, parts.concat()))
                 .await
-                .map_err(|_| TransportError::Gone(Cause::Closed));
-        }
-        let max = self.max_fragment();
-        let header = |more: u16, len| FrameHeader {
-            kind,
-            flags: more | dir.flags(),
-            method,
-            call_id,
-            len,
-        };
-        if let FrameTx::Shm(s, _) = self {
-            if total <= max {
+                .map_err(|_| TransportError::Gone(Cause::Closed)),
+            FrameTx::Shm(s, buf) => {
                 if let Ok(mut grant) = s.producer().try_reserve(FRAME_HEADER_LEN + total) {
-                    frame::encode_parts_into(&mut grant, &header(0, total as u32), parts)
-                        .map_err(frame_error)?;
+                    frame::encode_parts_into(&mut grant, &h, parts).map_err(frame_error)?;
                     grant.commit(0);
                     return Ok(());
                 }
-                // Full (or closed, or broken): the general path waits, or reports why.
+                // Full (or closed, or broken): wait, or report why.
+                buf.resize(FRAME_HEADER_LEN + total, 0);
+                frame::encode_parts_into(buf, &h, parts).map_err(frame_error)?;
+                s.send_tagged_async(0, buf, None).await.map_err(send_error)
+            }
+            FrameTx::Tcp(w, buf) => {
+                buf.resize(FRAME_HEADER_LEN + total, 0);
+                frame::encode_parts_into(buf, &h, parts).map_err(frame_error)?;
+                w.write_all(buf)
+                    .await
+                    .map_err(|e| TransportError::Gone(Cause::Io(e)))
             }
         }
-        let joined;
-        let payload = match parts {
-            [one] => *one,
-            _ => {
-                joined = parts.concat();
-                &joined
-            }
-        };
-        for (flags, part) in frame::fragments(payload, max) {
-            let h = header(flags, part.len() as u32);
-            match self {
-                FrameTx::Shm(s, buf) => {
-                    buf.resize(FRAME_HEADER_LEN + part.len(), 0);
-                    frame::encode_into(buf, &h, part).map_err(frame_error)?;
-                    s.send_tagged_async(0, buf, None)
-                        .await
-                        .map_err(|e| match e {
-                            SendError::Corrupt(_) => TransportError::Protocol(Cause::Send(e)),
-                            e => TransportError::Gone(Cause::Send(e)),
-                        })?;
-                }
-                FrameTx::Tcp(w, buf) => {
-                    buf.resize(FRAME_HEADER_LEN + part.len(), 0);
-                    frame::encode_into(buf, &h, part).map_err(frame_error)?;
-                    w.write_all(buf)
-                        .await
-                        .map_err(|e| TransportError::Gone(Cause::Io(e)))?;
-                }
-                FrameTx::Mem(_) => unreachable!("sent whole above"),
-            }
-        }
-        Ok(())
+    }
+}
+
+/// The header of a frame of a message (its `len` is set when the frame is encoded).
+pub(crate) fn header(
+    dir: Dir,
+    kind: Kind,
+    method: u32,
+    call_id: u64,
+    fragment: u16,
+) -> FrameHeader {
+    FrameHeader {
+        kind,
+        flags: fragment | dir.flags(),
+        method,
+        call_id,
+        len: 0,
     }
 }
 

@@ -297,7 +297,7 @@ fn outcome_frame(
 /// Sends a finished call's answer from its task (which may wait for room: the reader reads
 /// on meanwhile). Returns the error's code if the call failed.
 async fn send_outcome(
-    tx: &Link,
+    tx: &Arc<Link>,
     method: u32,
     call_id: u64,
     outcome: Result<Option<Vec<u8>>, RpcError>,

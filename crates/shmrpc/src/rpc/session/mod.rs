@@ -30,13 +30,13 @@ mod sink;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex, MutexGuard, Notify, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use super::inspect::{ConnInfo, Registry};
 use super::obs::ServerObs;
-use super::transport::{Cause, Dir, FrameRx, FrameTx, TransportError};
-use crate::frame::Kind;
+use super::transport::{self, Cause, Dir, FrameRx, FrameTx, TransportError};
+use crate::frame::{Kind, FLAG_CONTINUES, FLAG_MORE};
 
 pub use context::CallContext;
 pub(crate) use context::CallToken;
@@ -90,8 +90,23 @@ pub(crate) struct Ends {
 /// A connection's sending half, shared by its reader, its incoming calls and its outgoing
 /// calls. A failed send (the peer is gone, or broke the ring: a `read_pos` that lies) marks
 /// the connection broken, which ends it: its reader stops, its calls fail.
+///
+/// A short message (at most [`FrameTx::short_limit`] bytes) goes as one frame. A long one
+/// goes a fragment at a time, each waiting for the ring to have half its room free
+/// besides ([`FrameTx::wait_room_for_fragment`]) and giving way to short messages that
+/// wait meanwhile. So a bulk transfer never holds a short call back for more than half a
+/// ring and one fragment, however long its messages: a token stream or a file upload
+/// does not delay a completion request on the same connection.
 pub(crate) struct Link {
-    tx: tokio::sync::Mutex<FrameTx>,
+    tx: Mutex<FrameTx>,
+    /// Held by a long message from its first fragment to its last: fragments of two long
+    /// messages never interleave (the receiver has one reassembly buffer per direction).
+    long: Arc<Mutex<()>>,
+    /// A short message waits for `tx`: a long message waiting for room between two of its
+    /// fragments lets go of `tx` so that the short one goes first.
+    short_waiting: Notify,
+    /// [`FrameTx::short_limit`].
+    short_limit: usize,
     pub(crate) broken: CallToken,
     /// The connection is over: sends still waiting (for room in a ring the peer no longer
     /// reads, say) give up, so that winding the connection down never waits on the peer.
@@ -100,10 +115,32 @@ pub(crate) struct Link {
     pub(crate) info: Arc<ConnInfo>,
 }
 
+/// Who a long message's frames belong to (each fragment's header but its flags).
+#[derive(Clone, Copy)]
+struct Route {
+    dir: Dir,
+    kind: Kind,
+    method: u32,
+    call_id: u64,
+}
+
 impl Link {
+    fn new(tx: FrameTx, obs: Arc<ServerObs>, info: Arc<ConnInfo>) -> Self {
+        Self {
+            short_limit: tx.short_limit(),
+            tx: Mutex::new(tx),
+            long: Arc::new(Mutex::new(())),
+            short_waiting: Notify::new(),
+            broken: CallToken::default(),
+            ended: CallToken::default(),
+            obs,
+            info,
+        }
+    }
+
     /// Sends one message.
     pub(crate) async fn send(
-        &self,
+        self: &Arc<Self>,
         dir: Dir,
         kind: Kind,
         method: u32,
@@ -114,9 +151,9 @@ impl Link {
             .await
     }
 
-    /// Sends one message only if it can go at once (no other message is being sent and
-    /// the ring has room): `Ok(true)` if it was sent, `Ok(false)` if it would wait (then
-    /// nothing was sent). For the reader, which must never wait on a send
+    /// Sends one message only if it can go at once (it is short, no other message is
+    /// being sent and the ring has room): `Ok(true)` if it was sent, `Ok(false)` if it
+    /// would wait (then nothing was sent). For the reader, which must never wait on a send
     /// ([`dispatch::ConnState::reply`]).
     pub(crate) fn try_send(
         &self,
@@ -146,11 +183,7 @@ impl Link {
         let r = tx.try_send_parts(dir, kind, method, call_id, parts);
         match &r {
             Err(_) => self.broken.cancel(),
-            Ok(true) => {
-                let n = parts.iter().map(|p| p.len()).sum();
-                self.obs.sent(n);
-                self.info.sent(n);
-            }
+            Ok(true) => self.count(parts),
             Ok(false) => {}
         }
         r
@@ -188,21 +221,42 @@ impl Link {
         });
     }
 
-    /// Sends one message given in pieces.
+    /// Sends one message given in pieces: a short one as one frame, a long one a fragment
+    /// at a time, letting short messages go between its fragments.
+    ///
+    /// Dropped while a long message is half sent, it sends the rest from a task (a copy of
+    /// it): the receiver must see every fragment of a message it began to read, or it could
+    /// not tell the next long message from the rest of this one.
     pub(crate) async fn send_parts(
-        &self,
+        self: &Arc<Self>,
         dir: Dir,
         kind: Kind,
         method: u32,
         call_id: u64,
         parts: &[&[u8]],
     ) -> Result<(), TransportError> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let route = Route {
+            dir,
+            kind,
+            method,
+            call_id,
+        };
         let send = async {
-            self.tx
-                .lock()
-                .await
-                .send_parts(dir, kind, method, call_id, parts)
-                .await
+            if total <= self.short_limit {
+                let h = transport::header(dir, kind, method, call_id, 0);
+                self.lock_for_short().await.send_frame(h, parts).await
+            } else {
+                let joined;
+                let payload = match parts {
+                    [one] => *one,
+                    _ => {
+                        joined = parts.concat();
+                        &joined
+                    }
+                };
+                self.send_long(route, payload).await
+            }
         };
         // Biased: a send that goes at once (the common case) never looks at `ended`.
         let r = tokio::select! {
@@ -212,13 +266,124 @@ impl Link {
         };
         match &r {
             Err(_) => self.broken.cancel(),
-            Ok(()) => {
-                let n = parts.iter().map(|p| p.len()).sum();
-                self.obs.sent(n);
-                self.info.sent(n);
-            }
+            Ok(()) => self.count(parts),
         }
         r
+    }
+
+    /// Counts a message sent.
+    fn count(&self, parts: &[&[u8]]) {
+        let n = parts.iter().map(|p| p.len()).sum();
+        self.obs.sent(n);
+        self.info.sent(n);
+    }
+
+    /// The sending half, for one short message. A long message may hold it while it waits
+    /// for room between two fragments: it is told to let this one go first.
+    async fn lock_for_short(&self) -> MutexGuard<'_, FrameTx> {
+        if let Ok(tx) = self.tx.try_lock() {
+            return tx;
+        }
+        self.short_waiting.notify_one();
+        self.tx.lock().await
+    }
+
+    /// Sends a long message a fragment at a time (see [`Link`]).
+    async fn send_long(
+        self: &Arc<Self>,
+        route: Route,
+        payload: &[u8],
+    ) -> Result<(), TransportError> {
+        let mut sending = LongSend {
+            link: self,
+            long: Some(self.long.clone().lock_owned().await),
+            route,
+            payload,
+            sent: 0,
+        };
+        let r = self.send_fragments(route, payload, &mut sending.sent).await;
+        // Sent whole, or failed (the connection is broken: nothing more will be read).
+        sending.sent = payload.len();
+        r
+    }
+
+    /// Sends `payload[*sent..]` as fragments of a long message whose first `*sent` bytes
+    /// are out, advancing `*sent` as each fragment goes.
+    async fn send_fragments(
+        &self,
+        route: Route,
+        payload: &[u8],
+        sent: &mut usize,
+    ) -> Result<(), TransportError> {
+        while *sent < payload.len() {
+            let part = &payload[*sent..payload.len().min(*sent + self.short_limit)];
+            let more = if *sent + part.len() < payload.len() {
+                FLAG_MORE
+            } else {
+                0
+            };
+            let continues = if *sent > 0 { FLAG_CONTINUES } else { 0 };
+            let Route {
+                dir,
+                kind,
+                method,
+                call_id,
+            } = route;
+            let h = transport::header(dir, kind, method, call_id, more | continues);
+            loop {
+                let mut tx = self.tx.lock().await;
+                // Biased: a short message that waits goes first, also when there is room.
+                let room = tokio::select! {
+                    biased;
+                    () = self.short_waiting.notified() => false,
+                    r = tx.wait_room_for_fragment(part.len()) => { r?; true }
+                };
+                if room {
+                    tx.send_frame(h, &[part]).await?;
+                    break;
+                }
+                // Let go of `tx`: the short message, queued on it before this end asks
+                // again, takes it first (the lock is fair).
+            }
+            *sent += part.len();
+        }
+        Ok(())
+    }
+}
+
+/// A long message being sent. Dropped half sent (its send was abandoned), it sends the
+/// rest from a task, still holding the long-message lock, so that the receiver's
+/// reassembly stays in step; the rest gives up when the connection ends.
+struct LongSend<'a> {
+    link: &'a Arc<Link>,
+    long: Option<OwnedMutexGuard<()>>,
+    route: Route,
+    payload: &'a [u8],
+    /// Bytes of `payload` out.
+    sent: usize,
+}
+
+impl Drop for LongSend<'_> {
+    fn drop(&mut self) {
+        if self.sent == 0 || self.sent >= self.payload.len() {
+            return; // nothing out yet, or all of it: the next message may go
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.link.broken.cancel();
+            return;
+        };
+        let (link, long, route) = (self.link.clone(), self.long.take(), self.route);
+        let (rest, sent) = (self.payload.to_vec(), self.sent);
+        rt.spawn(async move {
+            let _long = long;
+            let mut sent = sent;
+            tokio::select! {
+                r = link.send_fragments(route, &rest, &mut sent) => if r.is_err() {
+                    link.broken.cancel();
+                },
+                () = link.ended.cancelled() => {}
+            }
+        });
     }
 }
 
@@ -233,13 +398,7 @@ pub(crate) fn open(
     info: Arc<ConnInfo>,
     ends: Ends,
 ) -> (Peer, impl std::future::Future<Output = ()> + Send + 'static) {
-    let link = Arc::new(Link {
-        tx: tokio::sync::Mutex::new(tx),
-        broken: CallToken::default(),
-        ended: CallToken::default(),
-        obs: host.obs.clone(),
-        info,
-    });
+    let link = Arc::new(Link::new(tx, host.obs.clone(), info));
     // As many open calls as the peer runs and queues, if it is configured like this end.
     let max_open = host.max_in_flight.max(1) * 2;
     let peer = Peer::new(Arc::new(outgoing::Outgoing::new(
@@ -251,5 +410,7 @@ pub(crate) fn open(
     (peer, conn.run(rx, ends))
 }
 
+#[cfg(test)]
+mod link_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,98 @@
+//! The sending half over a real shared-memory ring: short messages go between the
+//! fragments of a long one, and a long message abandoned half sent is finished before the
+//! next one starts. The reading end is the test itself, which reads only when it chooses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Link;
+use crate::channel::{self, ChannelConfig};
+use crate::frame::Kind;
+use crate::rpc::inspect::ConnInfo;
+use crate::rpc::obs::ServerObs;
+use crate::rpc::transport::{Dir, FrameRx, FrameTx};
+
+/// Bound for what must happen without the test reading (it hangs if the feature breaks).
+const BOUND: Duration = Duration::from_secs(20);
+
+/// A link over a 16 KiB ring and the frames' reading end.
+fn link() -> (Arc<Link>, FrameRx) {
+    let (a, b) = channel::pair(&ChannelConfig::default().with_capacity(16 * 1024)).unwrap();
+    let (tx, _) = a.split();
+    let (_, rx) = b.split();
+    let link = Link::new(
+        FrameTx::Shm(tx, Vec::new()),
+        Arc::new(ServerObs::new(false)),
+        Arc::new(ConnInfo::new(1, None, "shm", None)),
+    );
+    (Arc::new(link), FrameRx::shm(rx, 1 << 20))
+}
+
+/// A message many rings long, different for each `seed`.
+fn long(seed: u8) -> Vec<u8> {
+    (0..256 * 1024u32).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+fn send(link: &Arc<Link>, call_id: u64, body: Vec<u8>) -> tokio::task::JoinHandle<()> {
+    let link = link.clone();
+    tokio::spawn(async move {
+        link.send(Dir::ToCallee, Kind::Request, 1, call_id, &body)
+            .await
+            .unwrap();
+    })
+}
+
+/// Waits, bounded, until a frame is in the ring (the long message began to go out).
+async fn first_frame_out(rx: &mut FrameRx) {
+    tokio::time::timeout(BOUND, async {
+        while !rx.has_frame() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the long message never began");
+}
+
+#[tokio::test]
+async fn a_short_message_goes_between_the_fragments_of_a_long_one() {
+    let (link, mut rx) = link();
+    let body = long(0);
+    let sending = send(&link, 7, body.clone());
+    first_frame_out(&mut rx).await;
+    // Nothing reads: the long message, sixteen rings long, stops at half a ring. The short
+    // one still goes, into the room the long one leaves.
+    let short = send(&link, 8, b"completion request".to_vec());
+    tokio::time::timeout(BOUND, short)
+        .await
+        .expect("the short message waited behind the long one")
+        .unwrap();
+    let (h, payload) = rx.recv().await.unwrap();
+    assert_eq!((h.call_id, &payload[..]), (8, &b"completion request"[..]));
+    let (h, payload) = rx.recv().await.unwrap();
+    assert_eq!((h.call_id, h.len as usize), (7, body.len()));
+    assert!(payload == body, "the long message came back changed");
+    sending.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_long_message_abandoned_half_sent_is_finished_before_the_next() {
+    let (link, mut rx) = link();
+    let (first, second) = (long(1), long(2));
+    let abandoned = send(&link, 7, first.clone());
+    first_frame_out(&mut rx).await;
+    abandoned.abort(); // its send future is dropped with the message half out
+    assert!(abandoned.await.unwrap_err().is_cancelled());
+    let next = send(&link, 9, second.clone());
+    // The receiver gets both, whole and in order: the rest of the first was sent before
+    // the second began (else it would refuse the second's first fragment).
+    for (id, body) in [(7, &first), (9, &second)] {
+        let (h, payload) = tokio::time::timeout(BOUND, rx.recv())
+            .await
+            .expect("a message never came")
+            .unwrap();
+        assert_eq!(h.call_id, id);
+        assert!(&payload == body, "message {id} came back changed");
+    }
+    next.await.unwrap();
+    assert!(!link.broken.is_cancelled());
+}
