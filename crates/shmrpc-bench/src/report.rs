@@ -16,7 +16,7 @@ use crate::machine::Machine;
 use crate::peers::{self, PeersFile};
 use crate::stats::{fmt_size, Latency};
 use crate::svg::{chart, Kind, Panel, Series, Unit};
-use crate::{chan, idle, link, raw, rpc, Case, Measurement, Plan, Transport, Workload, SIZES};
+use crate::{chan, idle, link, raw, rpc, Case, Measurement, Plan, Sym, Transport, Workload, SIZES};
 
 /// The `schema` of the JSON document.
 pub const SCHEMA: &str = "shmrpc-bench/2";
@@ -161,6 +161,8 @@ enum Group {
     Stream,
     RpcUnary,
     RpcPipelined,
+    /// Calls and streams both ways on one connection (callbacks, bidi, a bulk stream).
+    RpcBothWays,
     RpcRestart,
     Idle,
     Peers,
@@ -176,6 +178,7 @@ impl Group {
             Group::Stream => "stream".into(),
             Group::RpcUnary => "rpc.unary".into(),
             Group::RpcPipelined => "rpc.pipelined".into(),
+            Group::RpcBothWays => "rpc.both_ways".into(),
             Group::RpcRestart => "rpc.restart".into(),
             Group::Idle => "idle".into(),
             Group::Peers => "peers".into(),
@@ -527,6 +530,9 @@ impl Report {
                 fmt_size(rpc::SIZE),
                 rpc::PIPELINE
             ),
+            Group::RpcBothWays => {
+                "RPC: both ways on one connection (callbacks, bidi streams, short calls beside a bulk stream), two processes".into()
+            }
             Group::RpcRestart => "RPC: a server restart".into(),
             Group::Idle => "RPC: idle connections, the server in a process of its own".into(),
             Group::Peers => match &self.info.peers {
@@ -834,10 +840,10 @@ impl Runs<'_> {
         };
         let rate = |unit: &'static str| {
             let mps = med(reps.iter().filter_map(Measurement::msgs_per_s));
-            let key = if unit == "msg/s" {
-                "msgs_per_s"
-            } else {
-                "calls_per_s"
+            let key = match unit {
+                "msg/s" => "msgs_per_s",
+                "items/s" => "items_per_s",
+                _ => "calls_per_s",
             };
             cell(key, unit, Fmt::Rate(unit), mps)
         };
@@ -893,7 +899,11 @@ impl Runs<'_> {
                 row.per_rep = reps.iter().filter_map(Measurement::msgs_per_s).collect();
             }
             Workload::Call => {
-                row.group = Group::RpcUnary;
+                row.group = if matches!(c.transport, Transport::RpcSym { .. }) {
+                    Group::RpcBothWays
+                } else {
+                    Group::RpcUnary
+                };
                 row.cells = latency(l);
                 row.cells.push(cell(
                     "p50_vs_uds",
@@ -904,14 +914,19 @@ impl Runs<'_> {
                 row.per_rep = reps.iter().filter_map(Measurement::p50).collect();
             }
             Workload::Pipelined => {
-                row.group = Group::RpcPipelined;
+                let bidi = matches!(c.transport, Transport::RpcSym { what: Sym::Bidi });
+                row.group = if matches!(c.transport, Transport::RpcSym { .. }) {
+                    Group::RpcBothWays
+                } else {
+                    Group::RpcPipelined
+                };
                 let conns = match c.transport {
                     Transport::Rpc { conns, .. } | Transport::Uds { conns } => conns,
                     Transport::RpcSym { .. } => 1,
                     _ => 0,
                 };
                 row.cells = vec![
-                    rate("calls/s"),
+                    rate(if bidi { "items/s" } else { "calls/s" }),
                     cell("connections", "", Fmt::Count, Some(conns as f64)),
                 ];
                 row.cells.extend(cpu("CPU/call"));

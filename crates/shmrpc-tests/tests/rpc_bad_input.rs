@@ -3,8 +3,8 @@
 //!
 //! - a client process sending garbage frames on a raw channel (random bytes, a short frame,
 //!   wrong magic, version, kind, flags or reserved bytes, a header lying about the length,
-//!   a bad CRC, a frame only a server may send, interleaved fragments): each of its
-//!   connections is closed by the server;
+//!   a bad CRC, a frame only a server may send, interleaved fragments, a stray
+//!   continuation): each of its connections is closed by the server;
 //! - an unknown method gets `UnknownMethod`; an oversized request `TooLarge` on the client
 //!   side, without reaching the server; an oversized response `TooLarge`;
 //! - a client process running as another user cannot connect and gets a clear error;
@@ -134,7 +134,7 @@ fn garbage_frames_close_only_the_senders_connection() {
             rt.block_on(good_call(&client, seq));
             seq += 1;
         }
-        assert_eq!(kinds, 12, "every kind of garbage reported");
+        assert_eq!(kinds, 13, "every kind of garbage reported");
         garbler.assert_exits_ok(WAIT);
         let during = bg.finish(&rt);
         rt.block_on(async {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, RecvError};
 use shmrpc::lowlevel::frame::{
-    self, FrameHeader, Kind, FLAG_MORE, FLAG_TO_CALLEE, FRAME_HEADER_LEN, FRAME_VERSION,
+    self, FrameHeader, Kind, FLAG_CONTINUES, FLAG_MORE, FLAG_TO_CALLEE, FRAME_HEADER_LEN,
+    FRAME_VERSION,
 };
 use shmrpc::method_id;
 use shmrpc::{Client, ClientConfig};
@@ -113,17 +114,27 @@ fn garbage(kind: &str) -> Vec<Vec<u8>> {
             7,
             b"x",
         )],
-        // A fragment of one call, then a frame of another.
-        "interleaved" => vec![
-            frame_bytes(
-                Kind::Request,
-                FLAG_MORE | FLAG_TO_CALLEE,
-                method_id("echo"),
-                8,
-                &[0u8; 64],
-            ),
-            echo_request(9, b"in the middle"),
-        ],
+        // The first fragment of one call's request, then the first fragment of another's
+        // (a whole message may come between fragments, a second fragmented one may not).
+        "interleaved" => [8, 9]
+            .map(|id| {
+                frame_bytes(
+                    Kind::Request,
+                    FLAG_MORE | FLAG_TO_CALLEE,
+                    method_id("echo"),
+                    id,
+                    &[0u8; 64],
+                )
+            })
+            .to_vec(),
+        // A fragment that continues a message never begun.
+        "stray" => vec![frame_bytes(
+            Kind::Request,
+            FLAG_CONTINUES | FLAG_TO_CALLEE,
+            method_id("echo"),
+            8,
+            &[0u8; 64],
+        )],
         _ => fail(format!("unknown garbage {kind}")),
     }
 }
@@ -145,6 +156,7 @@ pub(crate) fn rpc_garbage(name: &str) {
         "crc",
         "response",
         "interleaved",
+        "stray",
     ] {
         let mut ep = channel::connect(name, &ChannelConfig::default())
             .unwrap_or_else(|e| fail(format!("connect: {e}")));

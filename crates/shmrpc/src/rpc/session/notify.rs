@@ -16,6 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 
@@ -99,7 +100,8 @@ impl Inbox {
             let ctx = NotifyContext {
                 peer: self.peer.clone(),
             };
-            tokio::spawn(handle(rx, ctx, self.credit.clone(), self.link.clone()));
+            let (credit, link) = (self.credit.clone(), self.link.clone());
+            tokio::spawn(handle(rx, ctx, credit, link, self.host.cancel_grace));
             tx
         });
         // Never full (see above); a closed queue means the connection is ending.
@@ -136,34 +138,37 @@ fn give_back(credit: &Semaphore, link: &Arc<Link>, n: u32) {
 }
 
 /// The handling task of one connection: each notification in turn, credit returned as
-/// they finish. Ends when the reader drops its queue (after the last queued notification
-/// is handled) or at once when the connection ends abruptly.
+/// they finish. When the connection ends (a drain, the peer leaving or dying), what it
+/// delivered is still handled, in order (the sender counted it delivered), within one
+/// `grace` period, as a cancelled call's handler gets: a handler that never returns holds
+/// nothing for long beyond the connection. The task ends after the last notification,
+/// once the reader dropped its queue (which never holds more than the window).
 async fn handle(
     mut rx: mpsc::Receiver<(NotifyHandler, Vec<u8>)>,
     ctx: NotifyContext,
     credit: Arc<Semaphore>,
     link: Arc<Link>,
+    grace: Duration,
 ) {
     let ended = link.ended.clone();
-    let mut done = 0u32;
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = ended.cancelled() => return,
-            m = rx.recv() => m,
-        };
-        let Some((handler, body)) = next else { return };
-        let run = CatchPanic(handler(ctx.clone(), body));
-        tokio::select! {
-            biased;
-            () = ended.cancelled() => return,
-            () = run => {}
+    let work = async {
+        let mut done = 0u32;
+        while let Some((handler, body)) = rx.recv().await {
+            CatchPanic(handler(ctx.clone(), body)).await;
+            done += 1;
+            // Credit matters only while the peer may still send.
+            if !link.ended.is_cancelled() && (done >= NOTIFY_GRANT || rx.is_empty()) {
+                give_back(&credit, &link, std::mem::take(&mut done));
+            }
         }
-        done += 1;
-        if done >= NOTIFY_GRANT || rx.is_empty() {
-            give_back(&credit, &link, std::mem::take(&mut done));
-        }
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        () = &mut work => return,
+        () = ended.cancelled() => {}
     }
+    let _ = tokio::time::timeout(grace, work).await;
 }
 
 /// A notification handler with its panics caught: a panic drops only that notification.

@@ -15,12 +15,17 @@ use crate::rpc::{method_id, Code, RpcError};
 
 /// Settings of both ends (no heartbeats: the paused clock would reach one).
 fn host(methods: Methods) -> Arc<Host> {
+    host_graced(methods, Duration::from_millis(100))
+}
+
+/// [`host`] with another grace period for handlers after a cancel or the connection's end.
+fn host_graced(methods: Methods, cancel_grace: Duration) -> Arc<Host> {
     Arc::new(Host {
         methods,
         max_in_flight: 8,
         max_message: 1 << 20,
         heartbeat: Duration::from_secs(3600),
-        cancel_grace: Duration::from_millis(100),
+        cancel_grace,
         obs: Arc::new(ServerObs::new(false)),
         registry: Registry::default(),
     })
@@ -1330,4 +1335,77 @@ async fn a_notification_without_the_to_callee_bit_is_a_protocol_error() {
         .unwrap();
     let e = callback.await.unwrap().unwrap_err();
     assert_eq!(e.code, Code::Protocol, "{e}");
+}
+
+/// A server end (serving `methods`, draining when `drain` says so, with `grace` for its
+/// handlers after the end) and a client end, in memory; the server's run in a task.
+fn draining_pair(
+    methods: Methods,
+    grace: Duration,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+    Peer,
+) {
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    let ((stx, srx), (ctx, crx)) = mem_pair(64, 1 << 20);
+    let info = || Arc::new(ConnInfo::new(1, None, "mem", None));
+    let ends = Ends {
+        draining: Some(draining),
+        shut: None,
+    };
+    let server = host_graced(methods, grace);
+    let (_to_client, run) = open(server, Role::Server, stx, srx, info(), ends);
+    let serving = tokio::spawn(run);
+    let client = host(Methods::new(false));
+    let (to_server, run) = open(client, Role::Client, ctx, crx, info(), Ends::default());
+    tokio::spawn(run);
+    (drain, serving, to_server)
+}
+
+#[tokio::test(start_paused = true)]
+async fn notifications_queued_when_the_connection_drains_are_still_handled() {
+    const N: u64 = 10;
+    let (s_tx, mut s_seen) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let methods = notify_methods("server", s_tx, gate.clone());
+    // A grace far beyond anything the paused clock reaches in this test.
+    let (drain, serving, to_server) = draining_pair(methods, Duration::from_secs(1 << 20));
+    for n in 0..N {
+        to_server.notify("gated", &n).await.expect("sent");
+    }
+    // Paused clock: this returns once every task is idle: the server received all ten,
+    // its first handler waits at the gate, nine wait in its queue.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drain.send_replace(true);
+    serving.await.expect("the server's end finishes");
+    // The connection is over; the notifications it delivered are still handled, in order.
+    gate.add_permits(N as usize);
+    let want = (0..N).fold(0u64, |s, n| s.wrapping_mul(31).wrapping_add(n));
+    assert_eq!(in_order(&mut s_seen, N).await, want);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_notification_handler_that_never_returns_is_dropped_a_grace_after_the_end() {
+    let (held_tx, held) = tokio::sync::oneshot::channel::<()>();
+    let held_tx = Arc::new(std::sync::Mutex::new(Some(held_tx)));
+    let mut methods = Methods::new(false);
+    methods.on_notify_raw("stuck", move |_ctx, _body| {
+        let held = held_tx.lock().unwrap().take();
+        async move {
+            let _held = held; // dropped with the handler
+            std::future::pending::<()>().await;
+        }
+    });
+    let (drain, serving, to_server) = draining_pair(methods, Duration::from_millis(100));
+    to_server.notify_raw("stuck", b"").await.expect("sent");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drain.send_replace(true);
+    serving.await.expect("the server's end finishes");
+    // The clock is paused: the wait below passes the grace at once, not the bound.
+    let dropped = tokio::time::timeout(Duration::from_secs(3600), held).await;
+    assert!(
+        matches!(dropped, Ok(Err(_))),
+        "the handler outlived the grace"
+    );
 }
