@@ -82,17 +82,44 @@ async fn a_long_message_abandoned_half_sent_is_finished_before_the_next() {
     first_frame_out(&mut rx).await;
     abandoned.abort(); // its send future is dropped with the message half out
     assert!(abandoned.await.unwrap_err().is_cancelled());
-    let next = send(&link, 9, second.clone());
-    // The receiver gets both, whole and in order: the rest of the first was sent before
-    // the second began (else it would refuse the second's first fragment).
-    for (id, body) in [(7, &first), (9, &second)] {
+    // Then: another long message, a short one of the abandoned message's call (say, its
+    // cancel), and a short one of another call.
+    let next = [
+        send(&link, 9, second.clone()),
+        send(&link, 7, b"after the first".to_vec()),
+        send(&link, 10, b"any time".to_vec()),
+    ];
+    let mut got = Vec::new();
+    for _ in 0..4 {
         let (h, payload) = tokio::time::timeout(BOUND, rx.recv())
             .await
             .expect("a message never came")
             .unwrap();
-        assert_eq!(h.call_id, id);
-        assert!(&payload == body, "message {id} came back changed");
+        got.push((h.call_id, payload));
     }
-    next.await.unwrap();
+    for task in next {
+        task.await.unwrap();
+    }
+    // The receiver got the first whole (the rest was sent before the second began, else
+    // it would have refused the second's first fragment) ...
+    let at = |id: u64, len: usize| {
+        got.iter()
+            .position(|(c, p)| *c == id && p.len() == len)
+            .unwrap_or_else(|| panic!("no message of call {id} of {len} bytes"))
+    };
+    assert!(
+        got[at(7, first.len())].1 == first,
+        "the first came back changed"
+    );
+    assert!(
+        got[at(9, second.len())].1 == second,
+        "the second came back changed"
+    );
+    // ... and the short message of its call only after it.
+    assert!(
+        at(7, first.len()) < at(7, 15),
+        "a later message of the call overtook it"
+    );
+    at(10, 8);
     assert!(!link.broken.is_cancelled());
 }

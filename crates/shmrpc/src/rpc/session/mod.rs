@@ -107,12 +107,24 @@ pub(crate) struct Link {
     short_waiting: Notify,
     /// [`FrameTx::short_limit`].
     short_limit: usize,
+    /// Long messages abandoned half sent whose rest a task is sending ([`LongSend`]): a
+    /// later short message of the same call waits for it (a `Cancel` must not overtake the
+    /// request it cancels, nor an item the one before it). Almost always empty.
+    tails: std::sync::Mutex<Vec<Tail>>,
     pub(crate) broken: CallToken,
     /// The connection is over: sends still waiting (for room in a ring the peer no longer
     /// reads, say) give up, so that winding the connection down never waits on the peer.
     pub(crate) ended: CallToken,
     pub(crate) obs: Arc<ServerObs>,
     pub(crate) info: Arc<ConnInfo>,
+}
+
+/// The rest of an abandoned long message, in flight: its call, and the token cancelled
+/// once it is out (or the connection ended).
+struct Tail {
+    dir: Dir,
+    call_id: u64,
+    done: CancellationToken,
 }
 
 /// Who a long message's frames belong to (each fragment's header but its flags).
@@ -131,6 +143,7 @@ impl Link {
             tx: Mutex::new(tx),
             long: Arc::new(Mutex::new(())),
             short_waiting: Notify::new(),
+            tails: std::sync::Mutex::new(Vec::new()),
             broken: CallToken::default(),
             ended: CallToken::default(),
             obs,
@@ -177,6 +190,9 @@ impl Link {
         call_id: u64,
         parts: &[&[u8]],
     ) -> Result<bool, TransportError> {
+        if self.tail_of(dir, call_id).is_some() {
+            return Ok(false); // it must wait for the rest of its call's long message
+        }
         let Ok(mut tx) = self.tx.try_lock() else {
             return Ok(false);
         };
@@ -243,6 +259,9 @@ impl Link {
             call_id,
         };
         let send = async {
+            if let Some(tail) = self.tail_of(dir, call_id) {
+                tail.cancelled().await;
+            }
             if total <= self.short_limit {
                 let h = transport::header(dir, kind, method, call_id, 0);
                 self.lock_for_short().await.send_frame(h, parts).await
@@ -276,6 +295,15 @@ impl Link {
         let n = parts.iter().map(|p| p.len()).sum();
         self.obs.sent(n);
         self.info.sent(n);
+    }
+
+    /// The token of the abandoned long message of this call still being sent, if any.
+    fn tail_of(&self, dir: Dir, call_id: u64) -> Option<CancellationToken> {
+        let tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+        tails
+            .iter()
+            .find(|t| t.dir == dir && t.call_id == call_id)
+            .map(|t| t.done.clone())
     }
 
     /// The sending half, for one short message. A long message may hold it while it waits
@@ -374,6 +402,16 @@ impl Drop for LongSend<'_> {
         };
         let (link, long, route) = (self.link.clone(), self.long.take(), self.route);
         let (rest, sent) = (self.payload.to_vec(), self.sent);
+        let done = CancellationToken::new();
+        let tail = Tail {
+            dir: route.dir,
+            call_id: route.call_id,
+            done: done.clone(),
+        };
+        link.tails
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tail);
         rt.spawn(async move {
             let _long = long;
             let mut sent = sent;
@@ -383,6 +421,10 @@ impl Drop for LongSend<'_> {
                 },
                 () = link.ended.cancelled() => {}
             }
+            let mut tails = link.tails.lock().unwrap_or_else(|e| e.into_inner());
+            tails.retain(|t| !(t.dir == route.dir && t.call_id == route.call_id));
+            drop(tails);
+            done.cancel();
         });
     }
 }
