@@ -410,19 +410,16 @@ impl Sender {
         }
     }
 
-    /// Waits until a `len`-byte message would fit with `spare` bytes still free after it,
+    /// Waits until a `len`-byte message would fit (with the padding before it, if any),
     /// or the ring was closed, without sending anything (the next send reports a close).
-    /// A sender of bulk data leaves room for others' short messages this way. Cancel-safe.
+    /// Cancel-safe: a sender of bulk data waits here, free to give way to others' short
+    /// messages, rather than in a send it must finish.
     ///
     /// # Errors
     /// [`SendError::PeerGone`] if the peer died meanwhile.
-    pub(crate) async fn wait_room_async(
-        &mut self,
-        len: usize,
-        spare: usize,
-    ) -> Result<(), SendError> {
+    pub(crate) async fn wait_room_async(&mut self, len: usize) -> Result<(), SendError> {
         loop {
-            if self.producer.room_to_spare(len, spare) {
+            if self.producer.record_fits_or_closed(len) {
                 return Ok(());
             }
             if let Bell::Plain(_) = self.bell {
@@ -434,7 +431,7 @@ impl Sender {
                 &mut self.bell,
                 &mut self.spinner,
                 None,
-                || p.room_to_spare(len, spare),
+                || p.record_fits_or_closed(len),
                 peer,
             )
             .await?;

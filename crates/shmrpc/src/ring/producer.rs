@@ -230,22 +230,18 @@ impl Producer {
         self.write.wrapping_add(need).wrapping_sub(read) <= self.cap || self.is_closed()
     }
 
-    /// Whether a record of `len` payload bytes (and the padding before it, if it does not
-    /// fit before the ring's end) would fit now with `spare` bytes still free after it, or
-    /// the ring was closed. A bulk writer waits for this to leave room for other records.
-    /// Loads `read_pos` without validating or caching it: a corrupt value counts as "ready"
-    /// one way or the other, and the reserve that follows reports it.
-    pub(crate) fn room_to_spare(&self, len: usize, spare: usize) -> bool {
+    /// Whether a record of `len` payload bytes, and the padding before it if it does not
+    /// fit before the ring's end, would both fit now, or the ring was closed. (Unlike
+    /// [`space_or_closed`](Self::space_or_closed), which is ready once the padding fits.)
+    /// Loads `read_pos` without validating or caching it: a corrupt value counts as
+    /// "ready" one way or the other, and the reserve that follows reports it.
+    pub(crate) fn record_fits_or_closed(&self, len: usize) -> bool {
         let rec = record_size(len) as u64;
         let to_end = self.cap - (self.write & self.mask);
         let need = if rec <= to_end { rec } else { to_end + rec };
         // Acquire: pairs with the consumer's Release store in `release_to`.
         let read = self.mem.header().read_pos.0.load(Ordering::Acquire);
-        self.write
-            .wrapping_add(need + spare as u64)
-            .wrapping_sub(read)
-            <= self.cap
-            || self.is_closed()
+        self.write.wrapping_add(need).wrapping_sub(read) <= self.cap || self.is_closed()
     }
 
     #[cold]

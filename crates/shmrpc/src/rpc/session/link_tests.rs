@@ -28,7 +28,7 @@ fn link() -> (Arc<Link>, FrameRx) {
     (Arc::new(link), FrameRx::shm(rx, 1 << 20))
 }
 
-/// A message many rings long, different for each `seed`.
+/// A message sixteen rings long, different for each `seed`.
 fn long(seed: u8) -> Vec<u8> {
     (0..256 * 1024u32).map(|i| (i % 251) as u8 ^ seed).collect()
 }
@@ -59,15 +59,17 @@ async fn a_short_message_goes_between_the_fragments_of_a_long_one() {
     let body = long(0);
     let sending = send(&link, 7, body.clone());
     first_frame_out(&mut rx).await;
-    // Nothing reads: the long message, sixteen rings long, stops at half a ring. The short
-    // one still goes, into the room the long one leaves.
+    // The long message is thirty-two fragments; the ring holds two, and nothing reads yet.
     let short = send(&link, 8, b"completion request".to_vec());
-    tokio::time::timeout(BOUND, short)
+    // Reading, the short one comes out before the long one is complete: it went between
+    // two of its fragments (were long messages sent whole, it would come after).
+    let (h, payload) = tokio::time::timeout(BOUND, rx.recv())
         .await
-        .expect("the short message waited behind the long one")
+        .expect("nothing came")
         .unwrap();
-    let (h, payload) = rx.recv().await.unwrap();
-    assert_eq!((h.call_id, &payload[..]), (8, &b"completion request"[..]));
+    assert_eq!(h.call_id, 8, "the long message came first");
+    assert_eq!(&payload[..], b"completion request");
+    short.await.unwrap();
     let (h, payload) = rx.recv().await.unwrap();
     assert_eq!((h.call_id, h.len as usize), (7, body.len()));
     assert!(payload == body, "the long message came back changed");

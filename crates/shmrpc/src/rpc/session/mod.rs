@@ -91,12 +91,12 @@ pub(crate) struct Ends {
 /// calls. A failed send (the peer is gone, or broke the ring: a `read_pos` that lies) marks
 /// the connection broken, which ends it: its reader stops, its calls fail.
 ///
-/// A short message (at most [`FrameTx::short_limit`] bytes) goes as one frame. A long one
-/// goes a fragment at a time, each waiting for the ring to have half its room free
-/// besides ([`FrameTx::wait_room_for_fragment`]) and giving way to short messages that
-/// wait meanwhile. So a bulk transfer never holds a short call back for more than half a
-/// ring and one fragment, however long its messages: a token stream or a file upload
-/// does not delay a completion request on the same connection.
+/// A short message (at most [`FrameTx::short_limit`] bytes, half the ring) goes as one
+/// frame. A long one goes a fragment at a time, each waiting for room
+/// ([`FrameTx::wait_room_for_fragment`]) while giving way to short messages that wait
+/// meanwhile. So a bulk transfer holds a short call back by at most what is already in the
+/// ring (two fragments), however long its messages: a file upload does not hold a
+/// completion request on the same connection behind the rest of the upload.
 pub(crate) struct Link {
     tx: Mutex<FrameTx>,
     /// Held by a long message from its first fragment to its last: fragments of two long
