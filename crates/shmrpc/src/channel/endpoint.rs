@@ -394,20 +394,33 @@ impl Sender {
                 Err(ReserveError::Full) => {}
                 Err(e) => return Err(convert_reserve(e)),
             }
-            if let Bell::Plain(_) = self.bell {
-                self.bell.registered().map_err(SendError::Io)?;
-            }
-            let (p, peer) = (&self.producer, &self.peer);
-            wait_async(
-                p.wait_word(),
-                &mut self.bell,
-                &mut self.spinner,
-                deadline,
-                || p.space_or_closed(msg.len()),
-                peer,
-            )
-            .await?;
+            self.sleep_until(deadline, |p| p.space_or_closed(msg.len()))
+                .await?;
         }
+    }
+
+    /// Waits, per the wait strategy, until `ready` holds for the producer (the consumer
+    /// wakes it as it frees room), `deadline` passes, or the peer dies. Cancel-safe.
+    async fn sleep_until(
+        &mut self,
+        deadline: Option<Instant>,
+        ready: impl Fn(&Producer) -> bool,
+    ) -> Result<(), SendError> {
+        if let Bell::Plain(_) = self.bell {
+            self.bell.registered().map_err(SendError::Io)?;
+        }
+        let (p, peer) = (&self.producer, &self.peer);
+        let ready = || ready(p);
+        wait_async(
+            p.wait_word(),
+            &mut self.bell,
+            &mut self.spinner,
+            deadline,
+            ready,
+            peer,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Waits until a `len`-byte message would fit (with the padding before it, if any),
@@ -422,19 +435,8 @@ impl Sender {
             if self.producer.record_fits_or_closed(len) {
                 return Ok(());
             }
-            if let Bell::Plain(_) = self.bell {
-                self.bell.registered().map_err(SendError::Io)?;
-            }
-            let (p, peer) = (&self.producer, &self.peer);
-            wait_async(
-                p.wait_word(),
-                &mut self.bell,
-                &mut self.spinner,
-                None,
-                || p.record_fits_or_closed(len),
-                peer,
-            )
-            .await?;
+            self.sleep_until(None, |p| p.record_fits_or_closed(len))
+                .await?;
         }
     }
 
