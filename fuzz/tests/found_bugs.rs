@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+use shmrpc::lowlevel::frame::{
+    FrameHeader, Kind, Reassembler, ReassemblyError, FLAG_CONTINUES, FLAG_MORE,
+};
 use shmrpc::lowlevel::ring::{self, ring_size, PeekError, ReserveError};
 use shmrpc::lowlevel::sys::Segment;
 
@@ -50,4 +53,39 @@ fn positions_near_u64_max_neither_panic_nor_break_the_ring() {
         assert_eq!((g.tag(), &*g), (i, &payload[..]));
     }
     assert_eq!(c.try_peek().err(), Some(PeekError::Empty));
+}
+
+/// Found by `frame_reassemble`
+/// (artifacts-found/frame_reassemble/too_large_whole_between_fragments): a whole message
+/// over the maximum, arriving between two fragments of another (which frame version 3
+/// allows), reset the reassembler, dropping the message in progress. Wanted: the whole
+/// one is refused, the one in progress goes on.
+#[test]
+fn a_whole_message_too_large_between_fragments_leaves_the_long_one_alone() {
+    let mut r = Reassembler::new(8);
+    let h = |flags, call_id| FrameHeader {
+        kind: Kind::StreamItem,
+        flags,
+        method: 1,
+        call_id,
+        len: 0,
+    };
+    assert_eq!(r.push(&h(FLAG_MORE, 0), b"abc").unwrap(), None);
+    assert!(matches!(
+        r.push(&h(0, 5), b"far too long"),
+        Err(ReassemblyError::TooLarge { call_id: 5, .. })
+    ));
+    // Another fragmented message may still not start ...
+    assert!(matches!(
+        r.push(&h(FLAG_MORE, 1), b"x"),
+        Err(ReassemblyError::Interleaved {
+            expected: 0,
+            got: 1
+        })
+    ));
+    // ... and, that refused too, a message in progress is whole when its last part comes.
+    assert_eq!(r.push(&h(FLAG_MORE, 0), b"abc").unwrap(), None);
+    assert!(r.push(&h(0, 6), b"whole").unwrap().is_some());
+    let (got, body) = r.push(&h(FLAG_CONTINUES, 0), b"def").unwrap().unwrap();
+    assert_eq!((got.call_id, &body[..]), (0, &b"abcdef"[..]));
 }

@@ -521,9 +521,9 @@ impl Reassembler {
         let continues = h.flags & FLAG_CONTINUES != 0;
         let key = MessageKey::of(h);
         if !more && !continues {
-            // A whole message: it stands alone, whatever is in progress.
+            // A whole message: it stands alone, and leaves what is in progress alone.
             if payload.len() > self.max {
-                return Err(self.too_large(h, None));
+                return Err(self.refusal(h));
             }
             let mut whole = *h;
             whole.len = payload.len() as u32;
@@ -560,11 +560,16 @@ impl Reassembler {
         Ok(Some((whole, std::borrow::Cow::Owned(msg))))
     }
 
-    /// Refuses `h`'s message: drops what was assembled of it, and skips its remaining
-    /// fragments (`skip`) so that the connection can go on.
+    /// Refuses `h`'s fragmented message: drops what was assembled of it, and skips its
+    /// remaining fragments (`skip`) so that the connection can go on.
     fn too_large(&mut self, h: &FrameHeader, skip: Option<MessageKey>) -> ReassemblyError {
         self.reset();
         self.discarding = skip;
+        self.refusal(h)
+    }
+
+    /// The `TooLarge` refusal of `h`'s message.
+    fn refusal(&self, h: &FrameHeader) -> ReassemblyError {
         ReassemblyError::TooLarge {
             max: self.max,
             call_id: h.call_id,
