@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 
 use shmrpc::lowlevel::frame::{
     decode, decode_header, encode, encode_into, encode_parts_into, fragments, FrameError,
-    FrameHeader, Kind, Reassembler, ReassemblyError, FLAG_CONTINUES, FLAG_MORE, FLAG_TO_CALLEE,
-    FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION,
+    FrameHeader, Kind, Reassembler, ReassemblyError, FLAG_COMPRESSED, FLAG_CONTINUES, FLAG_MORE,
+    FLAG_TO_CALLEE, FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION,
 };
 
 use crate::{Cursor, Writer};
@@ -29,7 +29,7 @@ pub const KINDS: [Kind; 12] = [
 
 /// The flags the format defines: more fragments follow; travels to the call's callee;
 /// continues the message in progress.
-const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE | FLAG_CONTINUES;
+const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE | FLAG_CONTINUES | FLAG_COMPRESSED;
 /// The flags that place a frame among its message's fragments.
 const FRAGMENT: u16 = FLAG_MORE | FLAG_CONTINUES;
 

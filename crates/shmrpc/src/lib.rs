@@ -77,6 +77,12 @@ pub use rpc::{
     ServerConfig, ServerHandle, Sink, Streaming, TypedClientStream, TypedSender, TypedStream,
     Unary,
 };
+// The remote transport: TLS, tokens, compression, and where plaintext is allowed.
+#[cfg(not(shmrpc_loom))]
+pub use rpc::{
+    check_connect, check_listen, is_loopback, ClientTls, Compression, HandshakeError,
+    InsecureError, ServerTls, TcpClientConfig, TcpServerConfig, TlsError, Token, TokenError,
+};
 // The codec both ends use for typed calls, and the method id carried in frames.
 #[cfg(not(shmrpc_loom))]
 pub use rpc::inspect;

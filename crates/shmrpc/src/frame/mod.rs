@@ -8,7 +8,8 @@
 //! 4   version    u8  (FRAME_VERSION)
 //! 5   kind       u8  (Kind)
 //! 6   flags      u16 (bit 0: more fragments follow; bit 1: from the call's caller to its
-//!                     callee; bit 2: continues the message in progress)
+//!                     callee; bit 2: continues the message in progress; bit 3: the
+//!                     payload is compressed, on a TCP connection that negotiated it)
 //! 8   method     u32 (method id, per connection)
 //! 12  len        u32 payload bytes after the header
 //! 16  call_id    u64
@@ -44,7 +45,11 @@ pub const FLAG_TO_CALLEE: u16 = 2;
 /// [`FLAG_MORE`]) may come between two fragments of another, so that a long message
 /// never holds up a short one for longer than one fragment.
 pub const FLAG_CONTINUES: u16 = 4;
-const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE | FLAG_CONTINUES;
+/// Flag: the payload is compressed (lz4 block, prefixed by its expanded length as `u32`).
+/// Only on a TCP connection whose handshake negotiated it; the transport expands the
+/// payload, within the fragment limit, before reassembly, and refuses it anywhere else.
+pub const FLAG_COMPRESSED: u16 = 8;
+const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE | FLAG_CONTINUES | FLAG_COMPRESSED;
 /// The flags that name a message's place among fragments, not the message.
 const FRAGMENT_FLAGS: u16 = FLAG_MORE | FLAG_CONTINUES;
 

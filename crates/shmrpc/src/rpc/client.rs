@@ -11,13 +11,15 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::inspect::{ConnInfo, Registry};
+use super::net::hello::{self, ClientSide, Conn, HandshakeError};
+use super::net::{check_connect, TcpClientConfig};
 use super::obs::ServerObs;
 use super::session::outgoing::{check_size, within};
 use super::session::{
     self, BidiCall, CallContext, ClientStreamCall, Ends, Host, ItemSender, ItemSink, ItemStream,
     Items, Methods, NotifyContext, Peer, Role,
 };
-use super::transport::{FrameRx, FrameTx};
+use super::transport::{FrameRx, FrameTx, NetRx, NetTx};
 use super::{decode, encode, CallOptions, CallStream, ConnectError, RpcError};
 use crate::channel::{self, ChannelConfig};
 
@@ -58,6 +60,9 @@ pub struct ClientConfig {
     /// How long a cancelled handler of this client may run on before it is dropped
     /// (default 200 ms).
     pub cancel_grace: Duration,
+    /// How [`connect_tcp`](Client::connect_tcp) connects: TLS, token, compression. The
+    /// default is plaintext, to loopback addresses only.
+    pub tcp: TcpClientConfig,
 }
 
 impl Default for ClientConfig {
@@ -71,6 +76,7 @@ impl Default for ClientConfig {
             max_backoff: Duration::from_millis(100),
             max_in_flight: 256,
             cancel_grace: Duration::from_millis(200),
+            tcp: TcpClientConfig::default(),
         }
     }
 }
@@ -131,6 +137,13 @@ impl ClientConfig {
     #[must_use]
     pub fn with_cancel_grace(mut self, cancel_grace: Duration) -> Self {
         self.cancel_grace = cancel_grace;
+        self
+    }
+
+    /// This config with another `tcp` (how TCP connections are made).
+    #[must_use]
+    pub fn with_tcp(mut self, tcp: TcpClientConfig) -> Self {
+        self.tcp = tcp;
         self
     }
 }
@@ -604,18 +617,13 @@ impl Client {
                 )
             }
             Target::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(|source| ConnectError::Tcp {
-                        addr: *addr,
-                        source,
-                    })?;
-                let _ = s.set_nodelay(true);
-                let (r, w) = s.into_split();
+                let conn = dial_tcp(*addr, &cfg.tcp).await?;
+                let above = conn.lz4.then_some(cfg.tcp.compress_above);
+                let rx = NetRx::new(conn.read, cfg.max_message, conn.lz4, cfg.tcp.frame_timeout);
                 (
-                    FrameTx::Tcp(w, Vec::new()),
-                    FrameRx::tcp(r, cfg.max_message),
-                    ConnInfo::new(id, None, "tcp", None),
+                    FrameTx::Tcp(NetTx::new(conn.write, above)),
+                    FrameRx::Tcp(rx),
+                    ConnInfo::new(id, None, conn.transport, None),
                 )
             }
         };
@@ -851,3 +859,39 @@ impl Client {
 #[cfg(test)]
 #[path = "client_tests.rs"]
 mod tests;
+
+/// Connects to `addr` and runs the connection handshake (TLS, token), within
+/// `cfg.handshake_timeout`.
+async fn dial_tcp(addr: SocketAddr, cfg: &TcpClientConfig) -> Result<Conn, ConnectError> {
+    check_connect(&addr, cfg).map_err(|source| ConnectError::Insecure { addr, source })?;
+    let tls = match &cfg.tls {
+        Some(t) => {
+            let (c, name) = t
+                .build()
+                .map_err(|source| ConnectError::Tls { addr, source })?;
+            Some((tokio_rustls::TlsConnector::from(c), name))
+        }
+        None => None,
+    };
+    let side = ClientSide {
+        tls,
+        token: cfg.token.clone(),
+        compression: cfg.compression,
+    };
+    let limit = cfg.handshake_timeout;
+    let handshake = async {
+        let s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|source| ConnectError::Tcp { addr, source })?;
+        hello::connect(s, &side)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })
+    };
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Handshake {
+            addr,
+            source: HandshakeError::Timeout(limit),
+        }),
+    }
+}

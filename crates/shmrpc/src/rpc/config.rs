@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use super::net::TcpServerConfig;
 use crate::channel::{ChannelConfig, WaitStrategy};
 use crate::ring::{MAX_CAPACITY, MIN_CAPACITY};
 
@@ -53,6 +54,9 @@ pub struct ServerConfig {
     /// and a recorder installed by the application; off by default, and then a call costs
     /// nothing for them.
     pub metrics: bool,
+    /// How [`bind_tcp`](super::ServerBuilder::bind_tcp) takes connections: TLS, token,
+    /// compression, connection limits. The default serves plaintext, on loopback only.
+    pub tcp: TcpServerConfig,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
             max_handshakes: 64,
             handshake_timeout: crate::channel::HANDSHAKE_TIMEOUT,
             metrics: false,
+            tcp: TcpServerConfig::default(),
         }
     }
 }
@@ -126,6 +131,13 @@ impl ServerConfig {
     #[must_use]
     pub fn with_metrics(mut self, metrics: bool) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// This config with another `tcp` (how TCP connections are taken).
+    #[must_use]
+    pub fn with_tcp(mut self, tcp: TcpServerConfig) -> Self {
+        self.tcp = tcp;
         self
     }
 }

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use thiserror::Error;
 
+use super::net::hello::HandshakeError;
+use super::net::{InsecureError, TlsError};
 use super::{Code, RpcError};
 use crate::channel;
 
@@ -50,6 +52,34 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    /// Connecting to this address with this configuration is not allowed: see
+    /// [`check_connect`](crate::check_connect).
+    #[error("refusing to connect to {addr}")]
+    Insecure {
+        /// The server's address.
+        addr: SocketAddr,
+        /// The rule broken.
+        #[source]
+        source: InsecureError,
+    },
+    /// The client's TLS configuration cannot be used.
+    #[error("the TLS configuration for {addr}")]
+    Tls {
+        /// The server's address.
+        addr: SocketAddr,
+        /// What is wrong with it.
+        #[source]
+        source: TlsError,
+    },
+    /// The connection handshake (TLS, token) failed or was refused by the server.
+    #[error("the handshake with {addr} failed")]
+    Handshake {
+        /// The server's address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: HandshakeError,
+    },
     /// The client's runtime could not start, or its connecting task failed.
     #[error("starting the client's runtime")]
     Runtime(#[source] io::Error),
@@ -78,6 +108,25 @@ pub enum BindError {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// Listening on this address with this configuration would expose the server: see
+    /// [`check_listen`](crate::check_listen).
+    #[error("refusing to listen on {addr}")]
+    Insecure {
+        /// The address.
+        addr: SocketAddr,
+        /// The rule broken.
+        #[source]
+        source: InsecureError,
+    },
+    /// The TLS configuration cannot be used.
+    #[error("the TLS configuration for {addr}")]
+    Tls {
+        /// The address.
+        addr: SocketAddr,
+        /// What is wrong with it.
+        #[source]
+        source: TlsError,
     },
 }
 

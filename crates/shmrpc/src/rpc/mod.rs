@@ -27,6 +27,7 @@ mod config;
 mod error;
 pub mod inspect;
 mod method;
+pub(crate) mod net;
 pub(crate) mod obs;
 mod server;
 mod session;
@@ -46,6 +47,11 @@ pub use error::{BindError, ConnectError};
 pub use method::{
     Bidi, ClientStreaming, Notification, Sink, Streaming, TypedClientStream, TypedSender,
     TypedStream, Unary,
+};
+pub use net::hello::HandshakeError;
+pub use net::{
+    check_connect, check_listen, is_loopback, ClientTls, Compression, InsecureError, ServerTls,
+    TcpClientConfig, TcpServerConfig, TlsError, Token, TokenError,
 };
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use session::{

@@ -223,16 +223,13 @@ impl ServerObs {
 
     /// A client's handshake failed (it is dropped; the server goes on).
     #[inline]
-    pub(crate) fn handshake_failed(&self, error: &crate::channel::AcceptError) {
+    pub(crate) fn handshake_failed(&self, error: &dyn std::error::Error) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.m {
             m.handshake_failures.increment(1);
         }
         #[cfg(feature = "tracing")]
-        tracing::warn!(
-            error = error as &dyn std::error::Error,
-            "client handshake failed"
-        );
+        tracing::warn!(error, "client handshake failed");
         // Unused in some feature sets.
         let _ = error;
     }

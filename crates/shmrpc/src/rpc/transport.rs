@@ -1,15 +1,18 @@
 //! Frames over a connection: a shared-memory channel, a TCP stream, or (for unit tests of
 //! the server and the client) a pair of in-memory queues.
 
+use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::net::hello::{BoxRead, BoxWrite};
 use super::{Code, RpcError};
 use crate::channel::{self, RecvError, SendError};
 use crate::frame::{self, FrameError, FrameHeader, Kind, Reassembler, ReassemblyError};
-use crate::frame::{FLAG_TO_CALLEE, FRAME_HEADER_LEN};
+use crate::frame::{FLAG_COMPRESSED, FLAG_TO_CALLEE, FRAME_HEADER_LEN};
 use crate::ring::RECORD_HEADER;
 
 /// Largest frame on a TCP connection (larger messages are fragmented).
@@ -90,6 +93,13 @@ pub(crate) enum Cause {
     /// A TCP frame header announcing more than a fragment may hold.
     #[error("frame of {0} bytes exceeds the {TCP_MAX_FRAGMENT}-byte fragment limit")]
     Oversized(u32),
+    /// A frame began and did not arrive whole in time (a slow or stalled sender).
+    #[error("a frame begun was not complete within {0:?}")]
+    SlowFrame(Duration),
+    /// A compressed frame that does not decompress, claims to expand past the fragment
+    /// limit, or came on a connection that did not negotiate compression.
+    #[error("bad compressed frame: {0}")]
+    Compression(&'static str),
     /// The peer closed its end (TCP end of stream, or the in-memory peer dropped).
     #[error("connection closed")]
     Closed,
@@ -164,7 +174,7 @@ pub(crate) fn mem_pair(
 #[derive(Debug)]
 pub(crate) enum FrameTx {
     Shm(channel::Sender, Vec<u8>),
-    Tcp(OwnedWriteHalf, Vec<u8>),
+    Tcp(NetTx),
     /// Whole messages into an in-memory queue (no fragments, no encoding).
     #[cfg_attr(not(test), allow(dead_code))]
     Mem(mpsc::Sender<MemFrame>),
@@ -325,13 +335,7 @@ impl FrameTx {
                 frame::encode_parts_into(buf, &h, parts).map_err(frame_error)?;
                 s.send_tagged_async(0, buf, None).await.map_err(send_error)
             }
-            FrameTx::Tcp(w, buf) => {
-                buf.resize(FRAME_HEADER_LEN + total, 0);
-                frame::encode_parts_into(buf, &h, parts).map_err(frame_error)?;
-                w.write_all(buf)
-                    .await
-                    .map_err(|e| TransportError::Gone(Cause::Io(e)))
-            }
+            FrameTx::Tcp(net) => net.send_frame(h, parts).await,
         }
     }
 }
@@ -357,8 +361,7 @@ pub(crate) fn header(
 #[derive(Debug)]
 pub(crate) enum FrameRx {
     Shm(channel::Receiver, Reassembler),
-    /// Read half, reassembler, frame buffer, bytes of the current frame already read.
-    Tcp(OwnedReadHalf, Reassembler, Vec<u8>, usize),
+    Tcp(NetRx),
     /// Whole messages from an in-memory queue, and the largest accepted.
     #[cfg_attr(not(test), allow(dead_code))]
     Mem(mpsc::Receiver<MemFrame>, usize),
@@ -367,10 +370,6 @@ pub(crate) enum FrameRx {
 impl FrameRx {
     pub(crate) fn shm(rx: channel::Receiver, max_message: usize) -> Self {
         FrameRx::Shm(rx, Reassembler::new(max_message))
-    }
-
-    pub(crate) fn tcp(r: OwnedReadHalf, max_message: usize) -> Self {
-        FrameRx::Tcp(r, Reassembler::new(max_message), Vec::new(), 0)
     }
 
     /// Whether a frame is there to be read now (always `false` for TCP, which would need
@@ -420,45 +419,16 @@ impl FrameRx {
                         e => TransportError::Gone(Cause::Recv(e)),
                     })?;
                     let (h, payload) = frame::decode(&msg).map_err(frame_error)?;
+                    if h.flags & FLAG_COMPRESSED != 0 {
+                        return Err(TransportError::Protocol(Cause::Compression(
+                            "compressed frame on shared memory",
+                        )));
+                    }
                     re.push(&h, payload)
                         .map_err(reassembly)?
                         .map(|(h, p)| (h, p.into_owned()))
                 }
-                FrameRx::Tcp(r, re, buf, filled) => {
-                    // Cancel-safe: callers race `recv` against timers, so the bytes of a
-                    // frame read so far stay in `buf` (and `filled`) until it is complete;
-                    // each `read` either completes or takes nothing.
-                    let total = loop {
-                        if *filled >= FRAME_HEADER_LEN {
-                            let h = frame::decode_header(&buf[..FRAME_HEADER_LEN])
-                                .map_err(frame_error)?;
-                            if h.len as usize > TCP_MAX_FRAGMENT {
-                                return Err(TransportError::Protocol(Cause::Oversized(h.len)));
-                            }
-                            let total = FRAME_HEADER_LEN + h.len as usize;
-                            if *filled == total {
-                                break total;
-                            }
-                            buf.resize(total, 0);
-                        } else {
-                            buf.resize(FRAME_HEADER_LEN, 0);
-                        }
-                        let end = buf.len();
-                        let n = r
-                            .read(&mut buf[*filled..end])
-                            .await
-                            .map_err(|e| TransportError::Gone(Cause::Io(e)))?;
-                        if n == 0 {
-                            return Err(TransportError::Gone(Cause::Closed));
-                        }
-                        *filled += n;
-                    };
-                    *filled = 0;
-                    let (h, payload) = frame::decode(&buf[..total]).map_err(frame_error)?;
-                    re.push(&h, payload)
-                        .map_err(reassembly)?
-                        .map(|(h, p)| (h, p.into_owned()))
-                }
+                FrameRx::Tcp(net) => net.recv().await?,
                 FrameRx::Mem(q, max) => {
                     let (h, payload) = q.recv().await.ok_or(TransportError::Gone(Cause::Closed))?;
                     if payload.len() > *max {
@@ -483,5 +453,197 @@ impl FrameRx {
                 return Ok(w);
             }
         }
+    }
+}
+
+/// The sending half of a TCP connection (plain or TLS) after its handshake.
+pub(crate) struct NetTx {
+    w: BoxWrite,
+    buf: Vec<u8>,
+    /// Compress payloads above this many bytes (when the connection negotiated it).
+    compress_above: Option<usize>,
+}
+
+impl std::fmt::Debug for NetTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetTx")
+            .field("compress_above", &self.compress_above)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetTx {
+    pub(crate) fn new(w: BoxWrite, compress_above: Option<usize>) -> Self {
+        Self {
+            w,
+            buf: Vec::new(),
+            compress_above,
+        }
+    }
+
+    async fn send_frame(
+        &mut self,
+        mut h: FrameHeader,
+        parts: &[&[u8]],
+    ) -> Result<(), TransportError> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let packed = match self.compress_above {
+            Some(above) if total > above => compress(parts, total),
+            _ => None,
+        };
+        let buf = &mut self.buf;
+        match &packed {
+            Some(p) => {
+                h.flags |= FLAG_COMPRESSED;
+                h.len = p.len() as u32;
+                buf.resize(FRAME_HEADER_LEN + p.len(), 0);
+                frame::encode_parts_into(buf, &h, &[p]).map_err(frame_error)?;
+            }
+            None => {
+                h.len = total as u32;
+                buf.resize(FRAME_HEADER_LEN + total, 0);
+                frame::encode_parts_into(buf, &h, parts).map_err(frame_error)?;
+            }
+        }
+        let gone = |e| TransportError::Gone(Cause::Io(e));
+        self.w.write_all(buf).await.map_err(gone)?;
+        // TLS holds written records until flushed; for plain TCP this is a no-op.
+        self.w.flush().await.map_err(gone)
+    }
+}
+
+/// The payload lz4-compressed, prefixed by its length (u32 LE), if that is smaller.
+fn compress(parts: &[&[u8]], total: usize) -> Option<Vec<u8>> {
+    let raw = parts.concat();
+    let packed = lz4_flex::block::compress(&raw);
+    (packed.len() + 4 < total).then(|| {
+        let mut out = Vec::with_capacity(4 + packed.len());
+        out.extend_from_slice(&(total as u32).to_le_bytes());
+        out.extend_from_slice(&packed);
+        out
+    })
+}
+
+/// A compressed frame's payload, expanded: at most [`TCP_MAX_FRAGMENT`] bytes whatever it
+/// claims, so a small frame cannot expand into gigabytes.
+fn decompress(payload: &[u8]) -> Result<Vec<u8>, TransportError> {
+    let bad = |why| TransportError::Protocol(Cause::Compression(why));
+    let (len, packed) = payload
+        .split_first_chunk::<4>()
+        .ok_or(bad("shorter than its length prefix"))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > TCP_MAX_FRAGMENT {
+        return Err(bad("claims to expand past the fragment limit"));
+    }
+    let mut out = vec![0u8; len];
+    match lz4_flex::block::decompress_into(packed, &mut out) {
+        Ok(n) if n == len => Ok(out),
+        Ok(_) => Err(bad("expands to another length than it claims")),
+        Err(_) => Err(bad("not valid lz4, or larger than it claims")),
+    }
+}
+
+/// The receiving half of a TCP connection (plain or TLS) after its handshake.
+pub(crate) struct NetRx {
+    r: BoxRead,
+    re: Reassembler,
+    /// The frame being read, and how many of its bytes are in.
+    buf: Vec<u8>,
+    filled: usize,
+    /// Whether the connection negotiated compression.
+    lz4: bool,
+    /// How long a frame may take once begun, and when the current one began.
+    frame_timeout: Duration,
+    began: Option<Instant>,
+}
+
+impl std::fmt::Debug for NetRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetRx")
+            .field("filled", &self.filled)
+            .field("lz4", &self.lz4)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetRx {
+    pub(crate) fn new(r: BoxRead, max_message: usize, lz4: bool, frame_timeout: Duration) -> Self {
+        Self {
+            r,
+            re: Reassembler::new(max_message),
+            buf: Vec::new(),
+            filled: 0,
+            lz4,
+            frame_timeout,
+            began: None,
+        }
+    }
+
+    /// Reads one frame and passes it to the reassembler: a whole message, or `None` for
+    /// a fragment that does not complete one. Cancel-safe: callers race it against
+    /// timers, so the bytes of a frame read so far stay in `buf` (and `filled`) until it
+    /// is complete; each `read` either completes or takes nothing.
+    async fn recv(&mut self) -> Result<Option<(FrameHeader, Vec<u8>)>, TransportError> {
+        let total = loop {
+            if self.filled >= FRAME_HEADER_LEN {
+                let h = frame::decode_header(&self.buf[..FRAME_HEADER_LEN]).map_err(frame_error)?;
+                if h.len as usize > TCP_MAX_FRAGMENT {
+                    return Err(TransportError::Protocol(Cause::Oversized(h.len)));
+                }
+                let total = FRAME_HEADER_LEN + h.len as usize;
+                if self.filled == total {
+                    break total;
+                }
+                self.buf.resize(total, 0);
+            } else {
+                self.buf.resize(FRAME_HEADER_LEN, 0);
+            }
+            let end = self.buf.len();
+            let read = self.r.read(&mut self.buf[self.filled..end]);
+            // Between frames a connection may be quiet as long as it likes (heartbeats
+            // find a dead peer); inside one, only for `frame_timeout`.
+            let n = match self.began {
+                None => read.await,
+                Some(t) => match tokio::time::timeout_at(t + self.frame_timeout, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(TransportError::Protocol(Cause::SlowFrame(
+                            self.frame_timeout,
+                        )))
+                    }
+                },
+            }
+            .map_err(|e| TransportError::Gone(Cause::Io(e)))?;
+            if n == 0 {
+                return Err(TransportError::Gone(Cause::Closed));
+            }
+            if self.filled == 0 {
+                self.began = Some(Instant::now());
+            }
+            self.filled += n;
+        };
+        self.filled = 0;
+        self.began = None;
+        let (mut h, payload) = frame::decode(&self.buf[..total]).map_err(frame_error)?;
+        if h.flags & FLAG_COMPRESSED == 0 {
+            return Ok(self
+                .re
+                .push(&h, payload)
+                .map_err(reassembly)?
+                .map(|(h, p)| (h, p.into_owned())));
+        }
+        if !self.lz4 {
+            return Err(TransportError::Protocol(Cause::Compression(
+                "compression was not negotiated",
+            )));
+        }
+        let raw = decompress(payload)?;
+        h.flags &= !FLAG_COMPRESSED;
+        h.len = raw.len() as u32;
+        Ok(self
+            .re
+            .push(&h, &raw)
+            .map_err(reassembly)?
+            .map(|(h, p)| (h, p.into_owned())))
     }
 }

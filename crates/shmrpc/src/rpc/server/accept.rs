@@ -1,18 +1,80 @@
-//! Taking connections: a shared-memory handshake (each in a task of its own, a bounded
-//! number at once) or a TCP accept.
+//! Taking connections: a shared-memory handshake or a TCP connection handshake (TLS and
+//! hello, see `rpc::net`), each in a task of its own, a bounded number at once.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Server, Shared};
 use crate::channel::{Endpoint, Listener, PendingClient};
 use crate::rpc::inspect::ConnInfo;
+use crate::rpc::net::hello::{self, HandshakeError, ServerSide};
+use crate::rpc::net::TcpServerConfig;
 use crate::rpc::session::{self, Ends, Role};
-use crate::rpc::transport::{FrameRx, FrameTx};
+use crate::rpc::transport::{FrameRx, FrameTx, NetRx, NetTx};
 
 pub(super) enum Acceptor {
     Shm(Arc<Listener>),
-    Tcp(tokio::net::TcpListener),
+    Tcp(tokio::net::TcpListener, Arc<NetAccept>),
+}
+
+/// What a TCP listener requires of a connection, and the connections it holds now.
+pub(super) struct NetAccept {
+    side: Arc<ServerSide>,
+    cfg: TcpServerConfig,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// One TCP connection's place within the limits, given back when it is dropped.
+struct Slot {
+    net: Arc<NetAccept>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.net.held.lock().expect("poisoned");
+        held.total -= 1;
+        if let Some(n) = held.per_address.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.per_address.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl NetAccept {
+    pub(super) fn new(side: ServerSide, cfg: TcpServerConfig) -> Self {
+        Self {
+            side: Arc::new(side),
+            cfg,
+            held: Mutex::default(),
+        }
+    }
+
+    /// A place for a connection from `ip`, unless the server, or that address, holds as
+    /// many as allowed.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut held = self.held.lock().expect("poisoned");
+        let n = held.per_address.get(&ip).copied().unwrap_or(0);
+        if held.total >= self.cfg.max_connections || n >= self.cfg.max_per_address {
+            return None;
+        }
+        held.total += 1;
+        held.per_address.insert(ip, n + 1);
+        Some(Slot {
+            net: self.clone(),
+            ip,
+        })
+    }
 }
 
 impl Server {
@@ -51,18 +113,53 @@ impl Server {
                     }
                 });
             }
-            Acceptor::Tcp(l) => {
-                let Ok((s, _)) = l.accept().await else {
+            Acceptor::Tcp(l, net) => {
+                let permit = self
+                    .shared
+                    .handshakes
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                let Ok((s, from)) = l.accept().await else {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     return;
                 };
-                let _ = s.set_nodelay(true);
-                let (r, w) = s.into_split();
-                let id = self.shared.registry().next_id();
-                let info = Arc::new(ConnInfo::new(id, None, "tcp", None));
-                let max = self.shared.cfg.max_message;
-                let (tx, rx) = (FrameTx::Tcp(w, Vec::new()), FrameRx::tcp(r, max));
-                serve(&self.shared, tx, rx, info);
+                let Some(slot) = net.take(from.ip()) else {
+                    // Over a limit: closed at once, before any byte is read.
+                    self.shared.registry().handshake_started();
+                    self.shared.registry().handshake_ended(false);
+                    return;
+                };
+                let (shared, net) = (self.shared.clone(), net.clone());
+                shared.registry().handshake_started();
+                tokio::spawn(async move {
+                    let limit = shared.cfg.handshake_timeout;
+                    let done = match tokio::time::timeout(limit, hello::accept(s, net.side.clone()))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(HandshakeError::Timeout(limit)),
+                    };
+                    drop(permit);
+                    shared.registry().handshake_ended(done.is_ok());
+                    match done {
+                        Ok(conn) => {
+                            if *shared.draining.borrow() {
+                                return;
+                            }
+                            let id = shared.registry().next_id();
+                            let info = Arc::new(ConnInfo::new(id, None, conn.transport, None));
+                            let cfg = &net.cfg;
+                            let above = conn.lz4.then_some(cfg.compress_above);
+                            let tx = FrameTx::Tcp(NetTx::new(conn.write, above));
+                            let max = shared.cfg.max_message;
+                            let rx = NetRx::new(conn.read, max, conn.lz4, cfg.frame_timeout);
+                            serve(&shared, tx, FrameRx::Tcp(rx), info, Some(slot));
+                        }
+                        Err(e) => shared.obs().handshake_failed(&e),
+                    }
+                });
             }
         }
     }
@@ -95,11 +192,11 @@ fn start_shm(shared: &Arc<Shared>, mut endpoint: Endpoint) {
     let (tx, rx) = endpoint.split();
     let max = shared.cfg.max_message;
     let (tx, rx) = (FrameTx::Shm(tx, Vec::new()), FrameRx::shm(rx, max));
-    serve(shared, tx, rx, info);
+    serve(shared, tx, rx, info, None);
 }
 
 /// Serves an accepted connection: its client is a peer (to call) until it ends.
-fn serve(shared: &Arc<Shared>, tx: FrameTx, rx: FrameRx, info: Arc<ConnInfo>) {
+fn serve(shared: &Arc<Shared>, tx: FrameTx, rx: FrameRx, info: Arc<ConnInfo>, slot: Option<Slot>) {
     let ends = Ends {
         draining: Some(shared.draining.subscribe()),
         shut: None,
@@ -111,5 +208,6 @@ fn serve(shared: &Arc<Shared>, tx: FrameTx, rx: FrameRx, info: Arc<ConnInfo>) {
     shared.conns.spawn(async move {
         run.await;
         peers.lock().expect("poisoned").remove(&id);
+        drop(slot);
     });
 }

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::accept::Acceptor;
+use super::accept::{Acceptor, NetAccept};
 use super::Server;
 use crate::channel::Listener;
+use crate::rpc::net::check_listen;
+use crate::rpc::net::hello::ServerSide;
 use crate::rpc::session::{CallContext, ItemSink, ItemStream, Items, Methods, NotifyContext};
 use crate::rpc::{BindError, RpcError, ServerConfig};
 
@@ -256,9 +258,14 @@ impl ServerBuilder {
     }
 
     /// Listens on a TCP address (for peers on other hosts); same frames, same handlers.
+    /// Each connection is served only after its handshake (TLS, token, see
+    /// [`TcpServerConfig`](crate::TcpServerConfig), in [`ServerConfig::tcp`]) succeeds.
     ///
     /// # Errors
-    /// [`BindError::Tcp`], with the OS error as its source.
+    /// [`BindError::Insecure`] for a non-loopback address without authentication, or in
+    /// plaintext without the opt-in ([`check_listen`](crate::check_listen));
+    /// [`BindError::Tls`] for a TLS configuration that cannot be used; [`BindError::Tcp`],
+    /// with the OS error as its source.
     ///
     /// # Examples
     ///
@@ -285,10 +292,26 @@ impl ServerBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn bind_tcp(self, addr: SocketAddr) -> Result<Server, BindError> {
+        let tcp = self.cfg.tcp.clone();
+        check_listen(&addr, &tcp).map_err(|source| BindError::Insecure { addr, source })?;
+        let tls = match &tcp.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                t.build()
+                    .map_err(|source| BindError::Tls { addr, source })?,
+            )),
+            None => None,
+        };
+        let side = ServerSide {
+            tls,
+            token: tcp.token.clone(),
+            compression: tcp.compression,
+        };
+        raise_fd_limit();
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| BindError::Tcp { addr, source })?;
-        Ok(Server::new(self, Acceptor::Tcp(l)))
+        let net = Arc::new(NetAccept::new(side, tcp));
+        Ok(Server::new(self, Acceptor::Tcp(l, net)))
     }
 }
 

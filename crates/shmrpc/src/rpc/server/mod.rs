@@ -241,7 +241,7 @@ impl Server {
     /// The local TCP address, for a TCP server.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match &self.acceptor {
-            Acceptor::Tcp(l) => l.local_addr().ok(),
+            Acceptor::Tcp(l, _) => l.local_addr().ok(),
             Acceptor::Shm(_) => None,
         }
     }
