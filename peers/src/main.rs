@@ -16,6 +16,7 @@
 mod control;
 mod pattern;
 mod report;
+mod rpc;
 mod sys;
 mod watchdog;
 
@@ -107,7 +108,8 @@ struct Opts {
 }
 
 const USAGE: &str = "\
-shmrpc-peers: shmrpc beside iceoryx2, shmipc, ipc-channel and a Unix socket, two processes
+shmrpc-peers: shmrpc beside iceoryx2, shmipc, ipc-channel and a Unix socket, and its RPC
+layer beside tarpc and tonic, two processes
 
 USAGE: shmrpc-peers [--quick] [--json FILE] [--only PREFIX[,PREFIX...]] [--rounds N]
                     [--target-ms MS] [--no-pin]
@@ -117,7 +119,9 @@ USAGE: shmrpc-peers [--quick] [--json FILE] [--only PREFIX[,PREFIX...]] [--round
   --only PREFIXES  only cases whose id (peer.<workload>.<system>.<mode>.<size>) starts with
                    one of these (the leading \"peer.\" may be left out); the baselines
                    (shmrpc spin-then-park and the Unix socket) of the same workloads and
-                   sizes always run too
+                   sizes always run too; \"rpc\" (or \"rpc.<case>.<system>\", cases
+                   unary64, unary4k, pipe64, conns16, stream32) selects RPC cases, whose
+                   baseline is shmrpc's RPC layer
   --rounds N       measured rounds (default 9, quick 2)
   --target-ms MS   about how long one run of one case takes (default 200, quick 10)
   --no-pin         do not pin the two processes to two CPUs
@@ -240,9 +244,15 @@ fn child_main(args: &[String]) -> Result<()> {
     };
     let mut ctl = control::control();
     let mut sides: Vec<Option<Box<dyn sys::Child>>> = Variant::ALL.iter().map(|_| None).collect();
+    let mut rpc_state = rpc::ChildState::new();
     while let Some(line) = ctl.next_command()? {
         let words: Vec<&str> = line.splitn(3, ' ').collect();
-        let r = child_command(&env, &ctl, &mut sides, &words);
+        let r = if words.first().is_some_and(|w| w.starts_with("rpc")) {
+            let _w = watchdog::arm(format!("rpc command {line:?}"), SETUP_LIMIT);
+            rpc::child_command(&mut rpc_state, &env, &ctl, &words).map(|()| true)
+        } else {
+            child_command(&env, &ctl, &mut sides, &words)
+        };
         match r {
             Ok(true) => {}
             Ok(false) => break,
@@ -251,6 +261,7 @@ fn child_main(args: &[String]) -> Result<()> {
     }
     // Orderly drop of whatever is left (the lead normally closed everything).
     drop(sides);
+    drop(rpc_state);
     Ok(())
 }
 
@@ -511,6 +522,8 @@ pub struct Run {
     pub cleanup: Vec<String>,
     pub elapsed: Duration,
     pub command: String,
+    /// The RPC frameworks' cases, if any ran.
+    pub rpc: Option<rpc::RpcRun>,
 }
 
 fn selected(o: &Opts, c: &Case) -> bool {
@@ -602,14 +615,28 @@ fn run(o: &Opts, env: &RunEnv, cpus: Option<(usize, usize)>) -> Result<Run> {
 
     let mut seed = 1u64 << 32;
     let mut disabled = Vec::new();
-    let measured = run_rounds(
-        o,
-        &mut peer,
-        &mut leads,
-        &mut disabled,
-        &mut cases,
-        &mut seed,
-    );
+    let mut measured = if cases.is_empty() {
+        Ok(())
+    } else {
+        run_rounds(
+            o,
+            &mut peer,
+            &mut leads,
+            &mut disabled,
+            &mut cases,
+            &mut seed,
+        )
+    };
+    // The RPC frameworks, after the raw-channel cases, with the same child.
+    let mut rpc = None;
+    if measured.is_ok() && rpc::any_selected(&o.only) {
+        match rpc::run(
+            &o.only, o.quick, o.rounds, o.target, &mut peer, env, &mut seed,
+        ) {
+            Ok(r) => rpc = Some(r),
+            Err(e) => measured = Err(e.context("RPC cases")),
+        }
+    }
 
     // Teardown: the lead's side first, then the child's. After a failure the child may be
     // stuck in a case: kill it instead, and drop the lead's sides without a handshake.
@@ -661,6 +688,7 @@ fn run(o: &Opts, env: &RunEnv, cpus: Option<(usize, usize)>) -> Result<Run> {
     }
     measured?;
     Ok(Run {
+        rpc,
         cases,
         pinned: cpus,
         rounds: o.rounds,

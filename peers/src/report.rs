@@ -163,6 +163,26 @@ pub fn print(run: &Run) {
         run.elapsed.as_secs_f64()
     );
     println!("command: {}", run.command);
+    if !run.cases.is_empty() {
+        print_raw(run);
+    }
+    if let Some(r) = &run.rpc {
+        crate::rpc::print(r);
+    }
+    println!();
+    if run.cleanup.is_empty() {
+        println!(
+            "cleanup: nothing left behind (checked /dev/shm, /tmp, shmrpc's runtime directory)"
+        );
+    } else {
+        for l in &run.cleanup {
+            println!("cleanup: {l}");
+        }
+    }
+}
+
+/// The raw-channel tables.
+fn print_raw(run: &Run) {
     println!(
         "ratios: medians of per-round ratios to shmrpc spin-then-park (stp), shmrpc park (park) \
          and the Unix socket (sock);"
@@ -255,16 +275,6 @@ pub fn print(run: &Run) {
             }
         }
     }
-    println!();
-    if run.cleanup.is_empty() {
-        println!(
-            "cleanup: nothing left behind (checked /dev/shm, /tmp, shmrpc's runtime directory)"
-        );
-    } else {
-        for l in &run.cleanup {
-            println!("cleanup: {l}");
-        }
-    }
 }
 
 /// The JSON document (`kind: shmrpc-peers`, version 1).
@@ -336,6 +346,7 @@ pub fn json(run: &Run) -> String {
         "pinned": run.pinned.map(|(a, b)| vec![a, b]),
         "cases": out_cases,
         "ratios": out_ratios,
+        "rpc": run.rpc.as_ref().map(crate::rpc::json),
         "cleanup": run.cleanup,
     });
     serde_json::to_string_pretty(&doc).expect("JSON") + "\n"
