@@ -857,3 +857,123 @@ async fn a_server_with_a_certificate_from_another_ca_is_not_trusted() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The same flood against a server in a process of its own
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_flood_against_a_server_process_leaves_it_serving_with_no_descriptor_held() {
+    use shmrpc_tests::{field, field_parse, rpc_runtime, rpc_stats, spawn_peer, with_watchdog};
+    use shmrpc_tests::{PeerCommand, RpcTarget};
+    with_watchdog(Duration::from_secs(180), || {
+        let _cpu = shmrpc_tests::heavy();
+        more_files();
+        // A plaintext loopback server, default limits; a client that never finishes its
+        // hello is closed after 500 ms.
+        let mut server = spawn_peer!(PeerCommand::RpcServer {
+            target: RpcTarget::Tcp,
+            cap: 65536,
+            heartbeat_ms: 2000,
+            max_message: 16 << 20,
+            max_in_flight: None,
+            handshake_timeout_ms: Some(500),
+        });
+        let ready = server.expect("ready", EVENTUALLY);
+        let addr: SocketAddr = field(&ready, "addr").expect("addr=").parse().unwrap();
+        let rt = rpc_runtime();
+        rt.block_on(async {
+            let client = connected(addr, TcpClientConfig::default()).await;
+            let fds = |s: &str| field_parse::<u64>(s, "fds");
+            let base = fds(&rpc_stats(&client).await);
+            // The honest client's `echo` calls, all along (the server counts them).
+            let stop = Arc::new(AtomicBool::new(false));
+            let calling = tokio::spawn({
+                let (client, stop) = (client.clone(), stop.clone());
+                async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let r = client
+                            .call_raw("echo", b"still here", CallOptions::timeout(EVENTUALLY))
+                            .await
+                            .expect("an honest call failed during the flood");
+                        assert_eq!(r, b"still here");
+                        n += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    n
+                }
+            });
+            let gate = Arc::new(tokio::sync::Semaphore::new(200));
+            let mut tasks = tokio::task::JoinSet::new();
+            // 1,000 attempts, not 10,000: a server that authenticates nobody reads the
+            // whole of /proc/net/tcp for each connection (to learn its owner's uid), and the
+            // table grows with the flood's sockets in TIME_WAIT, so each accept costs more
+            // than the one before (10,000 take about 90 s on two cores). The 10,000-attempt
+            // flood is the in-process test, against a server with a token.
+            for i in 0..1_000u64 {
+                let permit = gate.clone().acquire_owned().await.unwrap();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let Ok(mut s) = TcpStream::connect(addr).await else {
+                        return;
+                    };
+                    match i % 4 {
+                        0 => {}
+                        1 => {
+                            let _ = s.write_all(&garbage(i, 64)).await;
+                        }
+                        // Half a hello, and the connection left open: the server must
+                        // close it (handshake timeout) for the descriptors to come back.
+                        2 => {
+                            let _ = s.write_all(b"SRPCTCP\0\x01").await;
+                            if i % 100 == 2 {
+                                tokio::spawn(async move {
+                                    closed(&mut s, "half a hello, left open").await;
+                                });
+                            }
+                        }
+                        _ => {
+                            let _ = s.write_all(&request(0, b"no hello")).await;
+                        }
+                    }
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap();
+            }
+            // Every abuser's descriptor is closed again (bounded wait, not a deadline).
+            let settled = tokio::time::timeout(EVENTUALLY, async {
+                loop {
+                    let s = rpc_stats(&client).await;
+                    if fds(&s) <= base {
+                        return s;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the server still holds descriptors beyond {base}"));
+            stop.store(true, Ordering::SeqCst);
+            let honest_calls = calling.await.unwrap();
+            // A new client gets in after the flood.
+            let fresh = connected(addr, TcpClientConfig::default()).await;
+            let r = fresh
+                .call_raw("echo", b"after", CallOptions::timeout(EVENTUALLY))
+                .await
+                .unwrap();
+            assert_eq!(r, b"after");
+            let stats = rpc_stats(&client).await;
+            assert_eq!(
+                field_parse::<u64>(&stats, "calls"),
+                honest_calls + 1,
+                "a handler ran for an abuser: {stats} (settled at {settled})"
+            );
+        });
+        drop(rt);
+        server.send("exit");
+        server.expect("done", EVENTUALLY);
+        server.assert_exits_ok(EVENTUALLY);
+    });
+}
