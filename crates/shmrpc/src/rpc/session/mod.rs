@@ -61,6 +61,9 @@ pub(crate) struct Host {
     pub(crate) heartbeat: Duration,
     /// How long a cancelled handler may run on before it is dropped.
     pub(crate) cancel_grace: Duration,
+    /// A server's connection with no call open either way and nothing but heartbeats
+    /// from the peer for this long is closed (TCP servers only; `None`: never).
+    pub(crate) idle_timeout: Option<Duration>,
     /// Metrics (inert unless enabled).
     pub(crate) obs: Arc<ServerObs>,
     /// Live connections, for the built-in inspection method.
