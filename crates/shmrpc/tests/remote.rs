@@ -383,3 +383,54 @@ async fn a_refused_client_is_told_why_and_does_not_retry() {
     assert_eq!(runs.load(Ordering::SeqCst), 0);
     handle.shutdown();
 }
+
+/// A non-loopback address of this machine, if it has one (a UDP "connect" picks the
+/// interface without sending anything).
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn plaintext_or_unauthenticated_listening_off_loopback_is_refused() {
+    use shmrpc::{BindError, InsecureError};
+    // The wildcard address reaches the network too.
+    let mut addrs: Vec<SocketAddr> = vec!["0.0.0.0:0".parse().unwrap()];
+    match non_loopback_ip() {
+        Some(ip) => addrs.push(SocketAddr::new(ip, 0)),
+        None => eprintln!("no non-loopback address here: only the wildcard is tried"),
+    }
+    let pki = Pki::new();
+    let (cert, key) = pki.issue(&["localhost"]);
+    for addr in addrs {
+        let bind = |tcp: TcpServerConfig| {
+            shmrpc::ServerBuilder::new(ServerConfig::default().with_tcp(tcp)).bind_tcp(addr)
+        };
+        let Err(BindError::Insecure { source, .. }) = bind(TcpServerConfig::default()).await else {
+            panic!("an open server bound {addr}");
+        };
+        assert!(
+            matches!(source, InsecureError::Unauthenticated(_)),
+            "{source}"
+        );
+        let token_only = TcpServerConfig::default().with_token(Token::generate().unwrap());
+        let Err(BindError::Insecure { source, .. }) = bind(token_only.clone()).await else {
+            panic!("a plaintext server bound {addr}");
+        };
+        assert!(matches!(source, InsecureError::Plaintext(_)), "{source}");
+        // With the opt-in, or with TLS and a client CA, it binds.
+        let opted = bind(token_only.with_insecure_plaintext(true)).await;
+        assert!(opted.is_ok(), "{:?}", opted.err());
+        let tls = ServerTls::from_pem(cert.clone(), key.clone()).with_client_ca_pem(pki.ca.clone());
+        let secured = bind(TcpServerConfig::default().with_tls(tls)).await;
+        assert!(secured.is_ok(), "{:?}", secured.err());
+        // A client will not speak plaintext to a non-loopback address either.
+        let to = SocketAddr::new(addr.ip(), 9);
+        let cfg = ClientConfig::default().with_reconnect_for(std::time::Duration::ZERO);
+        let Err(ConnectError::Insecure { .. }) = Client::connect_tcp(to, cfg).await else {
+            panic!("a client spoke plaintext to {to}");
+        };
+    }
+}
