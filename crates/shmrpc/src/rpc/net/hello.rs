@@ -79,7 +79,8 @@ pub enum HandshakeError {
     /// The client has a token and the server did not ask for it, or proved it wrong.
     #[error("the server could not prove it knows the token")]
     ServerProof,
-    /// The server refused the connection, for the reason it gave.
+    /// The server refused the connection, for the reason it gave (on the server: the
+    /// reason it gave).
     #[error("the server refused the connection: {0}")]
     Refused(String),
     /// The peer sent something the handshake does not allow.
@@ -127,6 +128,25 @@ pub(crate) struct ServerSide {
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) token: Option<Token>,
     pub(crate) compression: Compression,
+    /// For a server that authenticates nobody (loopback only): the uids whose connections
+    /// it serves, as a shared-memory server checks `SO_PEERCRED` (its own and the
+    /// configured `allowed_uids`). `None` when clients authenticate.
+    pub(crate) uids: Option<Vec<u32>>,
+}
+
+/// Whether the loopback peer of `tcp` may connect: `None` if so, else why not.
+fn refusal(tcp: &TcpStream, uids: &[u32]) -> Option<String> {
+    let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
+        return Some("the connection's addresses are unknown".into());
+    };
+    // The client's socket, seen from here: its local address is our peer's.
+    match crate::sys::proc::tcp_socket_uid(peer, local) {
+        Some(uid) if uids.contains(&uid) => None,
+        Some(uid) => Some(format!(
+            "uid {uid} is not allowed on this unauthenticated server"
+        )),
+        None => Some(format!("the owner of {peer} is unknown")),
+    }
 }
 
 /// What a client presents and checks.
@@ -171,6 +191,7 @@ async fn read_refusal<S: AsyncRead + Unpin>(s: &mut S) -> HandshakeError {
 async fn server_hello<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     side: &ServerSide,
+    refused: Option<String>,
 ) -> Result<bool, HandshakeError> {
     let mut hello = [0u8; 8 + 2 + NONCE];
     s.read_exact(&mut hello).await.map_err(io_err)?;
@@ -192,6 +213,10 @@ async fn server_hello<S: AsyncRead + AsyncWrite + Unpin>(
     if flags & !(WANTS_LZ4 | HAS_TOKEN) != 0 {
         refuse(s, &head, "unknown hello flags").await;
         return Err(HandshakeError::Malformed);
+    }
+    if let Some(why) = refused {
+        refuse(s, &head, &why).await;
+        return Err(HandshakeError::Refused(why));
     }
     let c_nonce: [u8; NONCE] = hello[10..].try_into().expect("32 bytes");
     let lz4 = flags & WANTS_LZ4 != 0 && side.compression == Compression::Lz4;
@@ -303,10 +328,11 @@ fn split<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(s: S) -> (BoxRead, 
 /// Why the client was refused (it has been told, where the protocol allows).
 pub(crate) async fn accept(tcp: TcpStream, side: Arc<ServerSide>) -> Result<Conn, HandshakeError> {
     let _ = tcp.set_nodelay(true);
+    let refused = side.uids.as_deref().and_then(|u| refusal(&tcp, u));
     match &side.tls {
         Some(acceptor) => {
             let mut s = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
-            let lz4 = server_hello(&mut s, &side).await?;
+            let lz4 = server_hello(&mut s, &side, refused).await?;
             let (read, write) = split(s);
             Ok(Conn {
                 read,
@@ -317,7 +343,7 @@ pub(crate) async fn accept(tcp: TcpStream, side: Arc<ServerSide>) -> Result<Conn
         }
         None => {
             let mut s = tcp;
-            let lz4 = server_hello(&mut s, &side).await?;
+            let lz4 = server_hello(&mut s, &side, refused).await?;
             let (r, w) = s.into_split();
             Ok(Conn {
                 read: Box::new(r),

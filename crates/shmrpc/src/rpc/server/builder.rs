@@ -301,10 +301,18 @@ impl ServerBuilder {
             )),
             None => None,
         };
+        // Nobody authenticates (loopback only, by `check_listen`): serve the uids a
+        // shared-memory server would.
+        let uids = (!tcp.authenticates()).then(|| {
+            let mut u = self.cfg.channel.allowed_uids.clone();
+            u.push(rustix::process::geteuid().as_raw());
+            u
+        });
         let side = ServerSide {
             tls,
             token: tcp.token.clone(),
             compression: tcp.compression,
+            uids,
         };
         raise_fd_limit();
         let l = tokio::net::TcpListener::bind(addr)
