@@ -274,3 +274,186 @@ fn an_unauthenticated_loopback_server_refuses_other_uids() {
     assert_eq!(runs.load(Ordering::SeqCst), 0);
     handle.shutdown();
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_but_never_one_with_a_call_open() {
+    use std::time::Duration;
+    let released = Arc::new(tokio::sync::Notify::new());
+    let r2 = released.clone();
+    let tcp = TcpServerConfig::default().with_idle_timeout(Some(Duration::from_millis(100)));
+    let cfg = ServerConfig::default()
+        .with_heartbeat(Duration::from_millis(20))
+        .with_tcp(tcp);
+    let server = shmrpc::ServerBuilder::new(cfg)
+        .unary_raw("echo", |_ctx, req| async move { Ok(req) })
+        .unary_raw("wait", move |_ctx, req| {
+            let r = r2.clone();
+            async move {
+                r.notified().await;
+                Ok(req)
+            }
+        })
+        .bind_tcp("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let handle = server.handle();
+    tokio::spawn(server.serve());
+    let client = Client::connect_tcp(addr, ClientConfig::default())
+        .await
+        .unwrap();
+
+    // A call open far longer than the idle timeout keeps its connection.
+    let call = {
+        let c = client.clone();
+        tokio::spawn(async move { c.call_raw("wait", b"w", CallOptions::default()).await })
+    };
+    let first = loop {
+        if let [p] = handle.peers().as_slice() {
+            break p.conn_id();
+        }
+        tokio::task::yield_now().await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    released.notify_one();
+    assert_eq!(call.await.unwrap().unwrap(), b"w");
+    assert!(
+        handle.peers().iter().any(|p| p.conn_id() == first),
+        "the connection with a call open was closed"
+    );
+
+    // Then, idle, it is closed (eventually: bounded generously, not timed).
+    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+        while handle.peers().iter().any(|p| p.conn_id() == first) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "an idle connection stayed open");
+    // The client's next call takes a new connection.
+    let back = client
+        .call_raw("echo", b"again", CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(back, b"again");
+    assert!(handle.peers().iter().all(|p| p.conn_id() != first));
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn a_refused_client_is_told_why_and_does_not_retry() {
+    let token = Token::generate().unwrap();
+    let tcp = TcpServerConfig::default().with_token(token.clone());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (addr, handle) = start(ServerConfig::default().with_tcp(tcp), runs.clone()).await;
+    // Default settings: a client retries a failed connect for 5 s, but not a refusal.
+    let wrong = ClientConfig::default()
+        .with_tcp(TcpClientConfig::default().with_token(Token::generate().unwrap()));
+    let Err(e) = Client::connect_tcp(addr, wrong).await else {
+        panic!("a wrong token was accepted");
+    };
+    assert!(e.is_final(), "{e:?}");
+    match &e {
+        ConnectError::Handshake {
+            source: HandshakeError::Refused(why),
+            ..
+        } => assert_eq!(why, "wrong token"),
+        e => panic!("{e:?}"),
+    }
+    let none = ClientConfig::default();
+    let Err(e) = Client::connect_tcp(addr, none).await else {
+        panic!("no token was accepted");
+    };
+    assert!(
+        matches!(
+            &e,
+            ConnectError::Handshake { source: HandshakeError::Refused(why), .. } if why == "a token is required"
+        ),
+        "{e:?}"
+    );
+
+    let good = ClientConfig::default().with_tcp(TcpClientConfig::default().with_token(token));
+    let client = Client::connect_tcp(addr, good).await.unwrap();
+    let report: ServerReport = client
+        .call(INSPECT_METHOD, &(), CallOptions::default())
+        .await
+        .unwrap();
+    // One failure per refused client: neither tried again.
+    assert_eq!(report.handshake_failures, 2);
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    handle.shutdown();
+}
+
+/// A non-loopback address of this machine, if it has one (a UDP "connect" picks the
+/// interface without sending anything).
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn plaintext_or_unauthenticated_listening_off_loopback_is_refused() {
+    use shmrpc::{BindError, InsecureError};
+    // The wildcard address reaches the network too.
+    let mut addrs: Vec<SocketAddr> = vec!["0.0.0.0:0".parse().unwrap()];
+    match non_loopback_ip() {
+        Some(ip) => addrs.push(SocketAddr::new(ip, 0)),
+        None => eprintln!("no non-loopback address here: only the wildcard is tried"),
+    }
+    let pki = Pki::new();
+    let (cert, key) = pki.issue(&["localhost"]);
+    for addr in addrs {
+        let bind = |tcp: TcpServerConfig| {
+            shmrpc::ServerBuilder::new(ServerConfig::default().with_tcp(tcp)).bind_tcp(addr)
+        };
+        let Err(BindError::Insecure { source, .. }) = bind(TcpServerConfig::default()).await else {
+            panic!("an open server bound {addr}");
+        };
+        assert!(
+            matches!(source, InsecureError::Unauthenticated(_)),
+            "{source}"
+        );
+        let token_only = TcpServerConfig::default().with_token(Token::generate().unwrap());
+        let Err(BindError::Insecure { source, .. }) = bind(token_only.clone()).await else {
+            panic!("a plaintext server bound {addr}");
+        };
+        assert!(matches!(source, InsecureError::Plaintext(_)), "{source}");
+        // With the opt-in, or with TLS and a client CA, it binds.
+        let opted = bind(token_only.with_insecure_plaintext(true)).await;
+        assert!(opted.is_ok(), "{:?}", opted.err());
+        let tls = ServerTls::from_pem(cert.clone(), key.clone()).with_client_ca_pem(pki.ca.clone());
+        let secured = bind(TcpServerConfig::default().with_tls(tls)).await;
+        assert!(secured.is_ok(), "{:?}", secured.err());
+        // A client will not speak plaintext to a non-loopback address either.
+        let to = SocketAddr::new(addr.ip(), 9);
+        let cfg = ClientConfig::default().with_reconnect_for(std::time::Duration::ZERO);
+        let Err(ConnectError::Insecure { .. }) = Client::connect_tcp(to, cfg).await else {
+            panic!("a client spoke plaintext to {to}");
+        };
+    }
+}
+
+#[test]
+fn a_blocking_client_calls_over_tls() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue(&["localhost"]);
+    let token = Token::generate().unwrap();
+    let tcp = TcpServerConfig::default()
+        .with_tls(ServerTls::from_pem(cert, key))
+        .with_token(token.clone());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (addr, handle) = rt.block_on(start(ServerConfig::default().with_tcp(tcp), runs.clone()));
+    let tls = ClientTls::from_ca_pem(pki.ca.clone(), "localhost");
+    let cfg = client_cfg(TcpClientConfig::default().with_tls(tls).with_token(token));
+    let client = shmrpc::BlockingClient::connect_tcp(addr, cfg).unwrap();
+    assert_eq!(
+        client.call_raw("echo", b"blocking", None).unwrap(),
+        b"blocking"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    drop(client);
+    handle.shutdown();
+}

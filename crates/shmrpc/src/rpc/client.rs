@@ -408,6 +408,7 @@ impl ClientBuilder {
             max_message: cfg.max_message,
             heartbeat: cfg.heartbeat,
             cancel_grace: cfg.cancel_grace,
+            idle_timeout: None,
             obs: Arc::new(ServerObs::new(false)),
             registry: Registry::default(),
         });
@@ -576,7 +577,7 @@ impl Client {
                     *self.inner.current.lock().expect("poisoned") = Some(c);
                     return Ok(peer);
                 }
-                Err(e) if Instant::now() + backoff >= give_up => return Err(e),
+                Err(e) if e.is_final() || Instant::now() + backoff >= give_up => return Err(e),
                 Err(_) => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.inner.cfg.max_backoff);

@@ -130,6 +130,26 @@ pub enum BindError {
     },
 }
 
+impl ConnectError {
+    /// Whether trying again cannot help: a configuration this end refuses, or a server
+    /// that refused this client's credentials (certificate, token, uid) or speaks another
+    /// version. A client stops retrying at such an error instead of for
+    /// [`reconnect_for`](super::ClientConfig::reconnect_for).
+    pub fn is_final(&self) -> bool {
+        match self {
+            ConnectError::Insecure { .. } | ConnectError::Tls { .. } => true,
+            ConnectError::Handshake { source, .. } => match source {
+                // A connection lost or slow on the way may do better next time; a TLS
+                // failure is final when rustls refused something (a certificate, ...).
+                HandshakeError::Io(_) | HandshakeError::Timeout(_) => false,
+                HandshakeError::Tls(e) => e.kind() == io::ErrorKind::InvalidData,
+                _ => true,
+            },
+            ConnectError::Shm { .. } | ConnectError::Tcp { .. } | ConnectError::Runtime(_) => false,
+        }
+    }
+}
+
 /// For callers that handle every failure as an [`RpcError`]: code `Unavailable`, the
 /// connect error as source.
 impl From<ConnectError> for RpcError {

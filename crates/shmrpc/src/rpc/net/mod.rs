@@ -239,6 +239,11 @@ pub struct TcpServerConfig {
     /// Once a frame's first byte arrives, the rest must arrive within this (a
     /// byte-at-a-time sender holds a connection no longer). Default 10 s.
     pub frame_timeout: Duration,
+    /// A connection with no call open either way, and nothing but heartbeats from the
+    /// client, for this long is closed, with a `Goodbye` (the client's next call takes a
+    /// new connection; the server's calls to it fail `PeerGone`). Checked once per
+    /// heartbeat period. `None` (the default): never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for TcpServerConfig {
@@ -252,12 +257,20 @@ impl Default for TcpServerConfig {
             max_connections: 1024,
             max_per_address: 64,
             frame_timeout: Duration::from_secs(10),
+            idle_timeout: None,
         }
     }
 }
 
 /// Setters, one per field.
 impl TcpServerConfig {
+    /// This config with another `idle_timeout`.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
     /// This config with TLS.
     #[must_use]
     pub fn with_tls(mut self, tls: ServerTls) -> Self {

@@ -39,7 +39,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(b: ServerBuilder) -> Arc<Self> {
+    /// `idle_timeout`: of each connection (`None`: never closed for idling).
+    fn new(b: ServerBuilder, idle_timeout: Option<std::time::Duration>) -> Arc<Self> {
         let (draining, _) = watch::channel(false);
         let obs = Arc::new(ServerObs::new(b.cfg.metrics));
         let handshakes = Arc::new(Semaphore::new(b.cfg.max_handshakes.max(1)));
@@ -49,6 +50,7 @@ impl Shared {
             max_message: b.cfg.max_message,
             heartbeat: b.cfg.heartbeat,
             cancel_grace: b.cfg.cancel_grace,
+            idle_timeout,
             obs,
             registry: Registry::default(),
         });
@@ -219,8 +221,12 @@ impl ServerHandle {
 
 impl Server {
     fn new(b: ServerBuilder, acceptor: Acceptor) -> Self {
+        let idle = match acceptor {
+            Acceptor::Tcp(..) => b.cfg.tcp.idle_timeout,
+            Acceptor::Shm(_) => None,
+        };
         Self {
-            shared: Shared::new(b),
+            shared: Shared::new(b, idle),
             acceptor,
         }
     }

@@ -30,7 +30,7 @@ fn config() -> ServerConfig {
 }
 
 fn serve(b: ServerBuilder) -> Peer {
-    let shared = Shared::new(b);
+    let shared = Shared::new(b, None);
     let ((stx, srx), (ctx, crx)) = mem_pair(256, shared.cfg.max_message);
     let info = Arc::new(ConnInfo::new(1, None, "mem", None));
     let host = shared.host.clone();

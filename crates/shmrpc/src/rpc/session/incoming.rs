@@ -255,6 +255,13 @@ impl Incoming {
         self.st.in_flight.close();
     }
 
+    /// Whether no call of the peer runs or waits here: every running call holds one of
+    /// the `limit` permits until its answer is sent. (Deferred connection frames, a `Pong`
+    /// say, are not calls: `in_flight` would count them.)
+    pub(super) fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.limit.available_permits() == self.max_waiting
+    }
+
     /// After [`on_drain`](Self::on_drain): completes once no call runs and nothing waits to
     /// be sent. Cancel-safe.
     pub(super) async fn idle(&self) {

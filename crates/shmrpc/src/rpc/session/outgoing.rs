@@ -153,6 +153,11 @@ impl Outgoing {
         }
     }
 
+    /// Whether no call of this end is open.
+    pub(super) fn is_idle(&self) -> bool {
+        self.pending.lock().expect("poisoned").is_empty()
+    }
+
     /// The largest message this end sends.
     pub(super) fn max_message(&self) -> usize {
         self.max_message

@@ -47,6 +47,10 @@ pub(super) struct Connection {
     /// The peer's notifications.
     inbox: Inbox,
     silence: Silence,
+    /// Frames from the peer other than heartbeats (for the idle timeout), and their count
+    /// when the current idle stretch began.
+    busy: u64,
+    idle_since: (u64, tokio::time::Instant),
     /// An answer just woke a caller waiting for it.
     woke: bool,
 }
@@ -73,6 +77,8 @@ impl Connection {
             incoming: Incoming::new(st),
             inbox,
             silence: Silence::default(),
+            busy: 0,
+            idle_since: (0, tokio::time::Instant::now()),
             woke: false,
         }
     }
@@ -191,6 +197,9 @@ impl Connection {
     /// A whole message from the peer, routed by its direction.
     fn on_frame(&mut self, h: FrameHeader, payload: Vec<u8>) -> Flow {
         self.silence.heard();
+        if !matches!(h.kind, Kind::Ping | Kind::Pong) {
+            self.busy += 1;
+        }
         self.link.info.received(payload.len());
         let to_callee = Dir::to_callee(h.flags);
         match (h.kind, to_callee) {
@@ -274,7 +283,34 @@ impl Connection {
                 .st
                 .reply(Dir::Conn, Kind::Ping, 0, 0, Vec::new(), None);
         }
+        if let Some(limit) = self.host.idle_timeout {
+            return self.check_idle(limit);
+        }
         Flow::Continue
+    }
+
+    /// Ends the connection if it has been idle for `limit`: no call open either way, and
+    /// nothing but heartbeats from the peer since the last check that found it busy. The
+    /// peer is told with a `Goodbye` (a client then takes a new connection for its next
+    /// call). Checked once per heartbeat period, so it ends within one period after.
+    fn check_idle(&mut self, limit: std::time::Duration) -> Flow {
+        let now = tokio::time::Instant::now();
+        let quiet =
+            self.busy == self.idle_since.0 && self.incoming.is_idle() && self.peer.out.is_idle();
+        if !quiet {
+            self.idle_since = (self.busy, now);
+            return Flow::Continue;
+        }
+        if now.duration_since(self.idle_since.1) < limit {
+            return Flow::Continue;
+        }
+        self.incoming
+            .st
+            .reply(Dir::Conn, Kind::Goodbye, 0, 0, Vec::new(), None);
+        Flow::Stop(RpcError::new(
+            Code::PeerGone,
+            format!("the connection was idle for {limit:?}"),
+        ))
     }
 
     /// The connection ended (`end` says why): fail the calls this end started, then end

@@ -26,6 +26,7 @@ fn host_graced(methods: Methods, cancel_grace: Duration) -> Arc<Host> {
         max_message: 1 << 20,
         heartbeat: Duration::from_secs(3600),
         cancel_grace,
+        idle_timeout: None,
         obs: Arc::new(ServerObs::new(false)),
         registry: Registry::default(),
     })
