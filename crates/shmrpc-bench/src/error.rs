@@ -92,9 +92,10 @@ pub enum BenchError {
     Shmrpc {
         /// What was being done.
         what: String,
-        /// The library's error.
+        /// The library's error (boxed: the TCP transport's errors made it the largest
+        /// variant by far, and every bench function returns this type).
         #[source]
-        source: ShmrpcError,
+        source: Box<ShmrpcError>,
     },
     /// An RPC call (or connecting to the RPC server) failed.
     #[error("{what}")]
@@ -175,7 +176,7 @@ impl BenchError {
     pub(crate) fn shmrpc<E: Into<ShmrpcError>>(what: impl Into<String>) -> impl FnOnce(E) -> Self {
         move |e| Self::Shmrpc {
             what: what.into(),
-            source: e.into(),
+            source: Box::new(e.into()),
         }
     }
 
