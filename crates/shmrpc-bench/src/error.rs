@@ -92,8 +92,8 @@ pub enum BenchError {
     Shmrpc {
         /// What was being done.
         what: String,
-        /// The library's error (boxed: the remote transport's bind and connect errors
-        /// are large, and every `Result` of the benchmark carries this one).
+        /// The library's error (boxed: the TCP transport's errors made it the largest
+        /// variant by far, and every bench function returns this type).
         #[source]
         source: Box<ShmrpcError>,
     },
