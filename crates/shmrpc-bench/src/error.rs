@@ -130,6 +130,24 @@ pub enum BenchError {
     /// A transport delivered wrong, missing or extra data (every message is checked).
     #[error("{0}")]
     WrongData(String),
+    /// Making, writing or reading the run's token failed.
+    #[error("{what} the token")]
+    Token {
+        /// "making", "writing" or "reading".
+        what: &'static str,
+        /// The library's error.
+        #[source]
+        source: shmrpc::TokenError,
+    },
+    /// Making the run's TLS certificates failed.
+    #[error("making {what}")]
+    Certificate {
+        /// What was being made.
+        what: &'static str,
+        /// The generator's error.
+        #[source]
+        source: rcgen::Error,
+    },
     /// A thread or task of the benchmark panicked or was cancelled.
     #[error("{what} panicked or was cancelled")]
     Task {
