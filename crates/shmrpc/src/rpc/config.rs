@@ -224,6 +224,7 @@ struct TcpFile {
     max_connections: Option<u64>,
     max_per_address: Option<u64>,
     frame_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 /// A size: a number of bytes, or text such as `"4 MiB"`.
@@ -465,6 +466,14 @@ fn tcp(t: &TcpFile, base: Option<&Path>) -> Result<TcpServerConfig, ConfigError>
             Duration::from_secs(3600),
         )?;
     }
+    if let Some(d) = &t.idle_timeout {
+        c.idle_timeout = Some(duration(
+            "tcp.idle_timeout",
+            d,
+            Duration::from_millis(100),
+            Duration::from_secs(24 * 3600),
+        )?);
+    }
     Ok(c)
 }
 
@@ -517,6 +526,7 @@ impl ServerConfig {
     /// max_connections = 1024      # TCP connections at once
     /// max_per_address = 64        # the same, per peer IP address
     /// frame_timeout = "10s"       # a frame begun must arrive whole within this
+    /// idle_timeout = "5m"         # close a connection idle this long (default: never)
     /// ```
     ///
     /// # Errors
@@ -832,7 +842,7 @@ mod tests {
             "[tcp]\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n\
              token_file = \"token\"\ninsecure_plaintext = true\ncompression = \"lz4\"\n\
              compress_above = \"4 KiB\"\nmax_connections = 10\nmax_per_address = 2\n\
-             frame_timeout = \"1500ms\"\n",
+             frame_timeout = \"1500ms\"\nidle_timeout = \"2m\"\n",
         );
         let c = ServerConfig::from_toml_file(&path).unwrap().tcp;
         assert!(c.tls.as_ref().is_some_and(ServerTls::verifies_clients));
@@ -843,6 +853,7 @@ mod tests {
         assert_eq!(c.max_connections, 10);
         assert_eq!(c.max_per_address, 2);
         assert_eq!(c.frame_timeout, Duration::from_millis(1500));
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(120)));
         assert!(c.authenticates());
 
         // Absolute paths from text; TLS without a client CA; compression off by name.
@@ -859,6 +870,7 @@ mod tests {
         // No [tcp] table: the defaults.
         let c = ServerConfig::from_toml("").unwrap().tcp;
         assert!(c.tls.is_none() && c.token.is_none() && !c.insecure_plaintext);
+        assert_eq!(c.idle_timeout, None);
     }
 
     #[test]
@@ -936,6 +948,10 @@ mod tests {
             (
                 "[tcp]\nframe_timeout = \"2ms\"".into(),
                 &["`tcp.frame_timeout`", "from 10ms"],
+            ),
+            (
+                "[tcp]\nidle_timeout = \"10ms\"".into(),
+                &["`tcp.idle_timeout`", "from 100ms"],
             ),
             (
                 "[tcp]\ninsecure_plaintext = \"yes\"".into(),
