@@ -92,9 +92,10 @@ pub enum BenchError {
     Shmrpc {
         /// What was being done.
         what: String,
-        /// The library's error.
+        /// The library's error (boxed: the TCP transport's errors made it the largest
+        /// variant by far, and every bench function returns this type).
         #[source]
-        source: ShmrpcError,
+        source: Box<ShmrpcError>,
     },
     /// An RPC call (or connecting to the RPC server) failed.
     #[error("{what}")]
@@ -129,6 +130,24 @@ pub enum BenchError {
     /// A transport delivered wrong, missing or extra data (every message is checked).
     #[error("{0}")]
     WrongData(String),
+    /// Making, writing or reading the run's token failed.
+    #[error("{what} the token")]
+    Token {
+        /// "making", "writing" or "reading".
+        what: &'static str,
+        /// The library's error.
+        #[source]
+        source: shmrpc::TokenError,
+    },
+    /// Making the run's TLS certificates failed.
+    #[error("making {what}")]
+    Certificate {
+        /// What was being made.
+        what: &'static str,
+        /// The generator's error.
+        #[source]
+        source: rcgen::Error,
+    },
     /// A thread or task of the benchmark panicked or was cancelled.
     #[error("{what} panicked or was cancelled")]
     Task {
@@ -175,7 +194,7 @@ impl BenchError {
     pub(crate) fn shmrpc<E: Into<ShmrpcError>>(what: impl Into<String>) -> impl FnOnce(E) -> Self {
         move |e| Self::Shmrpc {
             what: what.into(),
-            source: e.into(),
+            source: Box::new(e.into()),
         }
     }
 

@@ -290,7 +290,7 @@ pub fn socket_path(name: &str) -> PathBuf {
 /// serving on its own thread until "quit" (or the end of the control pipe).
 pub fn serve(name: &str) -> Result<()> {
     let unused = std::env::temp_dir().join(format!("shmrpc-idle-{}.unused", std::process::id()));
-    let mut server = rpc::Running::start(rpc::ServerKind::SpinThenPark, name, &unused)?;
+    let mut server = rpc::Running::start(rpc::ServerKind::SpinThenPark, name, &unused, None)?;
     let mut ctl = Control::new("");
     ctl.say("ready").map_err(BenchError::io(CONTROL_PIPE))?;
     match ctl

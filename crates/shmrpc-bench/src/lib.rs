@@ -31,6 +31,7 @@ mod peers;
 pub mod pin;
 mod protocol;
 mod raw;
+mod remote;
 mod report;
 mod rpc;
 pub mod stats;
@@ -50,6 +51,7 @@ use error::Result;
 use link::Link;
 use machine::Machine;
 use protocol::{Chan, Cmd, Mode, RingKind};
+use remote::{Net, Payload, Pki, PkiDir};
 use stats::{fmt_size, Latency};
 
 pub use error::{BenchError, OptionsError, PeersFileError, ShmrpcError};
@@ -131,6 +133,9 @@ pub struct PeerOptions {
     pub tcp_port: Option<u16>,
     /// Run only an idle RPC server of this name (the idle-connections case).
     pub idle_server: Option<String>,
+    /// The directory of the run's TLS certificates and token (read at the start; the lead
+    /// removes it once the peer is ready).
+    pub tls_dir: Option<PathBuf>,
     /// CPU to pin to.
     pub cpu: Option<usize>,
 }
@@ -162,6 +167,8 @@ pub(crate) enum Workload {
     Pipelined,
     /// A server restart: from its bind to a client's first successful call.
     Reconnect,
+    /// A client stream of large items, one way; items and bytes per second.
+    Bulk,
 }
 
 /// Over what a case moves its messages.
@@ -193,6 +200,9 @@ pub(crate) enum Transport {
     /// One spin-then-park shmrpc connection whose client serves the echo too (the RPC
     /// cases that use the symmetric and streaming calls, and their baselines).
     RpcSym { what: Sym },
+    /// One shmrpc connection over shared memory or TCP (plain, lz4 or TLS); `bulk`: the
+    /// payload of a bulk stream.
+    Remote { net: Net, bulk: Option<Payload> },
 }
 
 /// What an [`Transport::RpcSym`] case does.
@@ -396,6 +406,7 @@ impl Plan {
         rtt_cases(&mut cases, div, args.rtt_big_ring);
         stream_cases(&mut cases, div, args, copy_slots);
         rpc_cases(&mut cases, args.quick);
+        remote_cases(&mut cases, args.quick);
         let mut idle = true;
         if !args.only.is_empty() {
             cases.retain(|c| args.only.iter().any(|o| selects(&c.id, o)));
@@ -968,6 +979,90 @@ fn rpc_cases(cases: &mut Vec<Case>, quick: bool) {
     ]);
 }
 
+/// The remote-transport cases: 64 B unary and pipelined calls over shared memory, TCP
+/// and TLS, then 1 MiB client streams over TCP with and without lz4.
+fn remote_cases(cases: &mut Vec<Case>, quick: bool) {
+    let div = if quick { 10 } else { 1 };
+    let mut add = |id: String,
+                   label: String,
+                   workload,
+                   net: Net,
+                   bulk: Option<Payload>,
+                   (n, warm): (u64, u64)| {
+        cases.push(Case {
+            id: format!("rpc.remote.{id}"),
+            label,
+            mode: match net {
+                Net::Shm => "shm-spin-then-park",
+                Net::Tcp => "tcp",
+                Net::TcpLz4 => "tcp-lz4",
+                Net::Tls => "tls",
+            },
+            system: "shmrpc-rpc",
+            series: None,
+            workload,
+            size: if bulk.is_some() {
+                remote::BULK_ITEM
+            } else {
+                rpc::SIZE
+            },
+            transport: Transport::Remote { net, bulk },
+            total: n + warm,
+            warm,
+        });
+    };
+    let over = |net: Net| match net {
+        Net::Shm => "shared memory (spin-then-park)",
+        Net::Tcp => "TCP loopback",
+        Net::TcpLz4 => "TCP loopback, lz4",
+        Net::Tls => "TLS 1.3 loopback, client certificate + token",
+    };
+    let nets = [Net::Shm, Net::Tcp, Net::Tls];
+    for net in nets {
+        add(
+            format!("unary.{}", net.id()),
+            format!("unary call, {}", over(net)),
+            Workload::Call,
+            net,
+            None,
+            (10_000 / div, 1_000 / div),
+        );
+    }
+    for net in nets {
+        add(
+            format!("pipelined.{}", net.id()),
+            format!(
+                "pipelined calls, 1 connection, {} caller tasks, {}",
+                rpc::PIPELINE,
+                over(net)
+            ),
+            Workload::Pipelined,
+            net,
+            None,
+            (100_000 / div, 0),
+        );
+    }
+    for p in [Payload::Text, Payload::Random] {
+        for net in [Net::Tcp, Net::TcpLz4] {
+            add(
+                format!("bulk.{}.{}", p.id(), net.id()),
+                format!(
+                    "1 MiB items, client stream, {} payload, {}",
+                    match p {
+                        Payload::Text => "JSON-like",
+                        Payload::Random => "random",
+                    },
+                    over(net)
+                ),
+                Workload::Bulk,
+                net,
+                Some(p),
+                (128 / div, 0),
+            );
+        }
+    }
+}
+
 /// Everything the lead process holds during a run.
 struct Lead {
     seg: Segment,
@@ -981,6 +1076,8 @@ struct Lead {
     rpc_name: String,
     /// Socket file of the Unix-socket baseline of the RPC cases.
     uds: PathBuf,
+    /// The TLS client's certificates and token, if a TLS case runs.
+    pki: Option<Pki>,
 }
 
 /// Kills the peer if a case takes longer than [`CASE_LIMIT`], so that a lead blocked in
@@ -1024,6 +1121,9 @@ impl Lead {
     /// Runs one case: resets the baseline words, tells the peer, leads, collects.
     fn run_case(&mut self, case: &Case) -> Result<Measurement> {
         let _guard = CaseGuard::arm(self.peer.kill_handle());
+        if let Transport::Remote { net, bulk } = case.transport {
+            return self.run_remote_case(case, net, bulk);
+        }
         if matches!(
             case.workload,
             Workload::Call | Workload::Pipelined | Workload::Reconnect
@@ -1052,7 +1152,8 @@ impl Lead {
             Transport::Rpc { .. }
             | Transport::Uds { .. }
             | Transport::RpcRestart { .. }
-            | Transport::RpcSym { .. } => {
+            | Transport::RpcSym { .. }
+            | Transport::Remote { .. } => {
                 return Err(BenchError::Inconsistent(format!(
                     "{}: an RPC transport in a channel workload",
                     case.id
@@ -1110,7 +1211,8 @@ impl Lead {
                 Transport::Rpc { .. }
                 | Transport::Uds { .. }
                 | Transport::RpcRestart { .. }
-                | Transport::RpcSym { .. },
+                | Transport::RpcSym { .. }
+                | Transport::Remote { .. },
                 _,
             ) => {
                 return Err(BenchError::Inconsistent(format!(
@@ -1263,6 +1365,61 @@ impl Lead {
         parse_done(&case.id, &answer)?;
         Ok(m)
     }
+
+    /// Runs one remote-transport case: the peer binds a server for `net` (a TCP one on
+    /// 127.0.0.1:0, answering "ready <port>"), one client calls it, the peer stops it.
+    fn run_remote_case(
+        &mut self,
+        case: &Case,
+        net: Net,
+        bulk: Option<Payload>,
+    ) -> Result<Measurement> {
+        let (total, warm) = (case.total, case.warm);
+        self.peer
+            .send(&Cmd::RpcServe { kind: net.server() }.to_string())?;
+        let ready = rest(&self.peer.expect("ready", PEER_TIMEOUT)?, "ready");
+        let port = match ready.as_str() {
+            "" => None,
+            p => Some(p.parse::<u16>().map_err(|_| {
+                BenchError::protocol("\"ready <port>\"", Some(&format!("ready {ready}")))
+            })?),
+        };
+        let client = self.rt.block_on(remote::connect(
+            net,
+            &self.rpc_name,
+            port,
+            self.pki.as_ref(),
+        ))?;
+        let m = match (case.workload, bulk) {
+            (Workload::Call, None) => {
+                let mut s = self.rt.block_on(rpc::rpc_unary(&client, total, warm))?;
+                Measurement::Latency(Latency::from_nanos(&mut s))
+            }
+            (Workload::Pipelined, None) | (Workload::Bulk, Some(_)) => {
+                let (p0, l0) = (self.peer_cpu()?, idle::process_cpu_ns());
+                let (dt, n) = self.rt.block_on(async {
+                    match bulk {
+                        Some(p) => remote::bulk(&client, p, total).await,
+                        None => rpc::rpc_pipelined(std::slice::from_ref(&client), total).await,
+                    }
+                })?;
+                let lead_ns = idle::process_cpu_ns().saturating_sub(l0);
+                let peer_ns = self.peer_cpu()?.saturating_sub(p0);
+                with_cpu(rate(dt, n, case.size), lead_ns, peer_ns)
+            }
+            _ => {
+                return Err(BenchError::Inconsistent(format!(
+                    "{}: not a remote-transport workload",
+                    case.id
+                )))
+            }
+        };
+        self.rt.block_on(async move { drop(client) });
+        self.peer.send("rpc-stop")?;
+        let answer = rest(&self.peer.expect("done", PEER_TIMEOUT)?, "done");
+        parse_done(&case.id, &answer)?;
+        Ok(m)
+    }
 }
 
 fn with_cpu(m: Measurement, lead_ns: u64, peer_ns: u64) -> Measurement {
@@ -1281,10 +1438,19 @@ fn with_cpu(m: Measurement, lead_ns: u64, peer_ns: u64) -> Measurement {
 
 /// The peer's side of an RPC case: runs the server until "rpc-stop", restarting it on
 /// each "restart" line and answering "cpu" lines with its CPU time.
-fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> Result<u64> {
+fn peer_rpc(
+    ctl: &mut Control,
+    prefix: &str,
+    kind: rpc::ServerKind,
+    pki: Option<&Pki>,
+) -> Result<u64> {
     let (name, uds) = (format!("{prefix}-rpc"), rpc::uds_path(prefix));
-    let mut server = rpc::Running::start(kind, &name, &uds)?;
-    ctl.say("ready").map_err(BenchError::io(CONTROL_PIPE))?;
+    let mut server = rpc::Running::start(kind, &name, &uds, pki)?;
+    let ready = match server.port {
+        Some(port) => format!("ready {port}"),
+        None => "ready".to_owned(),
+    };
+    ctl.say(&ready).map_err(BenchError::io(CONTROL_PIPE))?;
     loop {
         let line = ctl.next_command().map_err(BenchError::io(CONTROL_PIPE))?;
         let say = |s: &str| ctl.say(s).map_err(BenchError::io(CONTROL_PIPE));
@@ -1295,7 +1461,7 @@ fn peer_rpc(ctl: &mut Control, prefix: &str, kind: rpc::ServerKind) -> Result<u6
                 server.stop()?;
                 say("down")?;
                 std::thread::sleep(rpc::RESTART_GAP);
-                server = rpc::Running::start(kind, &name, &uds)?;
+                server = rpc::Running::start(kind, &name, &uds, pki)?;
                 say(&format!("up {}", server.bound_at))?;
             }
             other => {
@@ -1428,6 +1594,25 @@ pub fn run(args: &BenchOptions) -> Result<Report> {
     if let Some((_, theirs)) = cpus {
         peer_args.extend(["--cpu".to_owned(), theirs.to_string()]);
     }
+    // The TLS cases' certificates and token: made here, read by the peer at its start
+    // from a directory of their own, which is removed (by the guard) once it is ready.
+    let tls_dir = std::env::temp_dir().join(format!("shmrpc-{prefix}-tls"));
+    let needs_tls = plan
+        .cases
+        .iter()
+        .any(|c| matches!(c.transport, Transport::Remote { net: Net::Tls, .. }));
+    let (pki, pki_dir) = if needs_tls {
+        let pki = Pki::generate()?;
+        let guard = PkiDir(tls_dir.clone());
+        if let Err(e) = pki.write(&tls_dir) {
+            remove_sockets();
+            return Err(e);
+        }
+        peer_args.extend(["--tls-dir".to_owned(), tls_dir.display().to_string()]);
+        (Some(pki), Some(guard))
+    } else {
+        (None, None)
+    };
     let mut peer = match spawn_self(&peer_args) {
         Ok(p) => p,
         Err(e) => {
@@ -1474,8 +1659,9 @@ pub fn run(args: &BenchOptions) -> Result<Report> {
         .map_err(BenchError::io("tokio runtime"))?;
     let links = accepted.finish(&rt)?;
     peer.expect("ready", PEER_TIMEOUT)?;
-    // The peer has mapped the segment: its name is no longer needed.
+    // The peer has mapped the segment and read the certificates: neither file is needed.
     Segment::unlink(&seg_name).map_err(BenchError::io("unlinking the baseline segment"))?;
+    drop(pki_dir);
 
     let mut lead = Lead {
         seg,
@@ -1487,6 +1673,7 @@ pub fn run(args: &BenchOptions) -> Result<Report> {
         read_bytes: plan.read_bytes,
         rpc_name: format!("{prefix}-rpc"),
         uds: rpc::uds_path(&prefix),
+        pki,
     };
 
     println!("shmrpc bench: two processes, the shmrpc channel beside raw baselines");
@@ -1576,7 +1763,14 @@ pub fn run(args: &BenchOptions) -> Result<Report> {
         .collect();
     let leftovers: Vec<PathBuf> = sockets
         .iter()
-        .chain([&seg_path, &uds, &rpc_socket, &idle_socket, &link_path])
+        .chain([
+            &seg_path,
+            &uds,
+            &rpc_socket,
+            &idle_socket,
+            &link_path,
+            &tls_dir,
+        ])
         .chain(&locks)
         .filter(|p| !p.as_os_str().is_empty() && p.exists())
         .cloned()
@@ -1629,6 +1823,7 @@ pub fn peer(args: &PeerOptions) -> Result<()> {
         return Err(OptionsError::PeerSockets.into());
     };
     let mut links = link::connect(sock, port, &rt)?;
+    let pki = args.tls_dir.as_deref().map(Pki::load).transpose()?;
     idle::raise_fd_limit();
     let mut ctl = Control::new("");
     ctl.say("ready").map_err(BenchError::io(CONTROL_PIPE))?;
@@ -1669,9 +1864,9 @@ pub fn peer(args: &PeerOptions) -> Result<()> {
                 links.rtt_echo(&rt, link, size, total).map(|()| 0)?
             }
             Cmd::LinkSink { link, size, total } => links.stream_sink(&rt, link, size, total)?,
-            Cmd::RpcServe { kind } => peer_rpc(&mut ctl, &args.prefix, kind)?,
+            Cmd::RpcServe { kind } => peer_rpc(&mut ctl, &args.prefix, kind, pki.as_ref())?,
             Cmd::RpcRestart { .. } => {
-                peer_rpc(&mut ctl, &args.prefix, rpc::ServerKind::SpinThenPark)?
+                peer_rpc(&mut ctl, &args.prefix, rpc::ServerKind::SpinThenPark, None)?
             }
         };
         let cpu = idle::process_cpu_ns().saturating_sub(cpu0);
@@ -1707,7 +1902,7 @@ mod tests {
     #[test]
     fn rpc_cases_are_selected_by_their_prefix_alone() {
         let plan = Plan::new(&args(&["rpc."])).unwrap();
-        assert_eq!(plan.cases.len(), 17);
+        assert_eq!(plan.cases.len(), 27);
         assert!(plan.cases.iter().all(|c| c.id.starts_with("rpc.")));
         // Each measurement of the symmetric and streaming calls comes with its baseline
         // when selected by its own prefix, so that its ratio is of one run.
@@ -1730,6 +1925,23 @@ mod tests {
             assert_eq!(got, ids, "--only {only}");
         }
         assert!(plan.idle, "the idle case is an rpc. case too");
+        // The remote group comes whole with its own prefix: every row with the rows its
+        // ratios divide by, and nothing else.
+        let remote = Plan::new(&args(&["rpc.remote"])).unwrap();
+        let got: Vec<&str> = remote.cases.iter().map(|c| c.id.as_str()).collect();
+        let mut want = Vec::new();
+        for w in ["unary", "pipelined"] {
+            for n in ["shm", "tcp", "tls"] {
+                want.push(format!("rpc.remote.{w}.{n}"));
+            }
+        }
+        for p in ["text", "random"] {
+            for n in ["tcp", "tcp_lz4"] {
+                want.push(format!("rpc.remote.bulk.{p}.{n}"));
+            }
+        }
+        assert_eq!(got, want);
+        assert!(!remote.idle);
         let plan = Plan::new(&args(&["rtt."])).unwrap();
         assert!(!plan.idle);
     }

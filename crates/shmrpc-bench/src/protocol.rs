@@ -419,6 +419,12 @@ mod tests {
             Cmd::RpcServe {
                 kind: ServerKind::Uds,
             },
+            Cmd::RpcServe {
+                kind: ServerKind::TcpLz4,
+            },
+            Cmd::RpcServe {
+                kind: ServerKind::Tls,
+            },
             Cmd::RpcRestart { count: 3 },
             Cmd::Quit,
         ];

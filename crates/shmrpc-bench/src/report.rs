@@ -142,6 +142,16 @@ const RATIOS: &[RatioSpec] = &[
     ratio("rpc_bidi_vs_pipelined", "64 B bidi echo items / pipelined unary calls, 1 connection", "rpc.bidi.shmrpc", "rpc.bidi.baseline.pipelined", Metric::MsgRate, None),
     ratio("rpc_hol_loaded_vs_idle", "100 B RPC call, 10 MiB client stream in flight / idle connection", "rpc.hol.shmrpc.loaded", "rpc.hol.baseline.idle", Metric::P50, None),
     ratio("rpc_hol_loaded_vs_idle_p99", "100 B RPC call, 10 MiB client stream in flight / idle connection", "rpc.hol.shmrpc.loaded", "rpc.hol.baseline.idle", Metric::P99, None),
+    ratio("rpc_remote_unary_tls_vs_tcp", "64 B RPC call, TLS loopback / TCP loopback", "rpc.remote.unary.tls", "rpc.remote.unary.tcp", Metric::P50, None),
+    ratio("rpc_remote_unary_tls_vs_tcp_p99", "64 B RPC call, TLS loopback / TCP loopback", "rpc.remote.unary.tls", "rpc.remote.unary.tcp", Metric::P99, None),
+    ratio("rpc_remote_unary_tls_vs_shm", "64 B RPC call, TLS loopback / shared memory", "rpc.remote.unary.tls", "rpc.remote.unary.shm", Metric::P50, None),
+    ratio("rpc_remote_unary_tls_vs_shm_p99", "64 B RPC call, TLS loopback / shared memory", "rpc.remote.unary.tls", "rpc.remote.unary.shm", Metric::P99, None),
+    ratio("rpc_remote_unary_tcp_vs_shm", "64 B RPC call, TCP loopback / shared memory", "rpc.remote.unary.tcp", "rpc.remote.unary.shm", Metric::P50, None),
+    ratio("rpc_remote_pipelined_tls_vs_tcp", "RPC pipelined, 1 connection, TLS loopback / TCP loopback", "rpc.remote.pipelined.tls", "rpc.remote.pipelined.tcp", Metric::MsgRate, None),
+    ratio("rpc_remote_pipelined_tls_vs_shm", "RPC pipelined, 1 connection, TLS loopback / shared memory", "rpc.remote.pipelined.tls", "rpc.remote.pipelined.shm", Metric::MsgRate, None),
+    ratio("rpc_remote_pipelined_tcp_vs_shm", "RPC pipelined, 1 connection, TCP loopback / shared memory", "rpc.remote.pipelined.tcp", "rpc.remote.pipelined.shm", Metric::MsgRate, None),
+    ratio("rpc_remote_bulk_text_lz4_vs_plain", "1 MiB stream over TCP, JSON-like payload, lz4 / uncompressed", "rpc.remote.bulk.text.tcp_lz4", "rpc.remote.bulk.text.tcp", Metric::MsgRate, None),
+    ratio("rpc_remote_bulk_random_lz4_vs_plain", "1 MiB stream over TCP, random payload, lz4 / uncompressed", "rpc.remote.bulk.random.tcp_lz4", "rpc.remote.bulk.random.tcp", Metric::MsgRate, None),
 ];
 
 /// A server restart: the slowest reconnect, in milliseconds.
@@ -163,6 +173,8 @@ enum Group {
     RpcPipelined,
     /// Calls and streams both ways on one connection (callbacks, bidi, a bulk stream).
     RpcBothWays,
+    /// The same calls over shared memory, TCP and TLS; large streams with and without lz4.
+    RpcRemote,
     RpcRestart,
     Idle,
     Peers,
@@ -179,6 +191,7 @@ impl Group {
             Group::RpcUnary => "rpc.unary".into(),
             Group::RpcPipelined => "rpc.pipelined".into(),
             Group::RpcBothWays => "rpc.both_ways".into(),
+            Group::RpcRemote => "rpc.remote".into(),
             Group::RpcRestart => "rpc.restart".into(),
             Group::Idle => "idle".into(),
             Group::Peers => "peers".into(),
@@ -202,6 +215,10 @@ impl Group {
                 "(CPU/msg: CPU time of both processes over the interval, per message; ÷: msg/s over the batched SPSC (64 B, 1 KiB) or bare copy (64 KiB, 1 MiB) floor and over the blocking Unix socket)"
                     .into(),
             ),
+            Group::RpcRemote => Some(
+                "(TLS: 1.3, mutual (client certificate), token proven both ways; ÷shm, ÷TCP: p50 or calls/s over the shared-memory or plain TCP row of the same workload; MiB/s: payload, one way, checked by the server; ÷plain: lz4 over the same stream uncompressed)"
+                    .into(),
+            ),
             Group::RpcRestart => Some(format!(
                 "(from the server's bind to the client's first successful call; the server is down {} ms)",
                 rpc::RESTART_GAP.as_millis()
@@ -223,6 +240,8 @@ enum Fmt {
     /// Per second, with this unit.
     Rate(&'static str),
     GBps,
+    /// Mebibytes (2^20 bytes) per second.
+    MiBps,
     Ratio,
     Percent,
     MB,
@@ -243,6 +262,7 @@ impl Fmt {
             Fmt::Nanos => format!("{v:.0} ns"),
             Fmt::Rate(unit) => fmt_rate(v, unit),
             Fmt::GBps => format!("{v:.2} GB/s"),
+            Fmt::MiBps => format!("{v:.0} MiB/s"),
             Fmt::Ratio if v >= 100.0 => format!("{v:.0}×"),
             Fmt::Ratio if v >= 10.0 => format!("{v:.1}×"),
             Fmt::Ratio => format!("{v:.2}×"),
@@ -533,6 +553,10 @@ impl Report {
             Group::RpcBothWays => {
                 "RPC: both ways on one connection (callbacks, bidi streams, short calls beside a bulk stream), two processes".into()
             }
+            Group::RpcRemote => format!(
+                "RPC: remote transport, {} calls over shared memory, TCP and TLS loopback, and 1 MiB streams over TCP with and without lz4, two processes",
+                fmt_size(rpc::SIZE)
+            ),
             Group::RpcRestart => "RPC: a server restart".into(),
             Group::Idle => "RPC: idle connections, the server in a process of its own".into(),
             Group::Peers => match &self.info.peers {
@@ -819,6 +843,7 @@ impl Runs<'_> {
             Workload::Call => "call",
             Workload::Pipelined => "pipelined",
             Workload::Reconnect => "reconnect",
+            Workload::Bulk => "bulk",
         };
         row.case = Some(CaseInfo {
             system: c.system.to_owned(),
@@ -866,6 +891,68 @@ impl Runs<'_> {
                 ),
             ]
         };
+        if let Transport::Remote { bulk, .. } = c.transport {
+            row.group = Group::RpcRemote;
+            let vs = |key: &str, head: &'static str, den: &str, metric: Metric| {
+                cell(key, head, Fmt::Ratio, self.ratio(&c.id, den, metric))
+            };
+            match (c.workload, bulk) {
+                (Workload::Bulk, Some(p)) => {
+                    let bps = med(reps.iter().filter_map(Measurement::bytes_per_s));
+                    row.cells = vec![
+                        cell("size", "size", Fmt::Size, Some(c.size as f64)),
+                        cell(
+                            "mib_per_s",
+                            "MiB/s",
+                            Fmt::MiBps,
+                            bps.map(|b| b / f64::from(1 << 20)),
+                        ),
+                        cell(
+                            "msgs_per_s",
+                            "",
+                            Fmt::Rate("msg/s"),
+                            med(reps.iter().filter_map(Measurement::msgs_per_s)),
+                        ),
+                        cell("messages_per_rep", "", Fmt::Count, Some(c.total as f64)),
+                    ];
+                    row.cells.extend(cpu("CPU/MiB"));
+                    row.cells.push(vs(
+                        "mib_per_s_vs_plain",
+                        "÷plain",
+                        &format!("rpc.remote.bulk.{}.tcp", p.id()),
+                        Metric::MsgRate,
+                    ));
+                    row.per_rep = reps.iter().filter_map(Measurement::msgs_per_s).collect();
+                }
+                (Workload::Pipelined, _) => {
+                    row.cells = vec![
+                        rate("calls/s"),
+                        cell("connections", "", Fmt::Count, Some(1.0)),
+                    ];
+                    row.cells.extend(cpu("CPU/call"));
+                    for (key, head, den) in [
+                        ("calls_per_s_vs_shm", "÷shm", "rpc.remote.pipelined.shm"),
+                        ("calls_per_s_vs_tcp", "÷TCP", "rpc.remote.pipelined.tcp"),
+                    ] {
+                        row.cells.push(vs(key, head, den, Metric::MsgRate));
+                    }
+                    row.per_rep = reps.iter().filter_map(Measurement::msgs_per_s).collect();
+                }
+                _ => {
+                    row.cells = latency(l);
+                    for (key, head, den, metric) in [
+                        ("p50_vs_shm", "÷shm", "rpc.remote.unary.shm", Metric::P50),
+                        ("p50_vs_tcp", "÷TCP", "rpc.remote.unary.tcp", Metric::P50),
+                        ("p99_vs_shm", "", "rpc.remote.unary.shm", Metric::P99),
+                        ("p99_vs_tcp", "", "rpc.remote.unary.tcp", Metric::P99),
+                    ] {
+                        row.cells.push(vs(key, head, den, metric));
+                    }
+                    row.per_rep = reps.iter().filter_map(Measurement::p50).collect();
+                }
+            }
+            return row;
+        }
         match c.workload {
             Workload::RoundTrip => {
                 row.group = Group::RoundTrip(c.size);
@@ -942,6 +1029,8 @@ impl Runs<'_> {
                 ));
                 row.per_rep = reps.iter().filter_map(Measurement::msgs_per_s).collect();
             }
+            // Every bulk case is a remote one (above).
+            Workload::Bulk => {}
             Workload::Reconnect => {
                 row.group = Group::RpcRestart;
                 let slowest = reps

@@ -8,6 +8,7 @@
 //! lead on its current-thread runtime. One server per case: it is bound when the case
 //! starts and shut down when it ends.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::mpsc;
@@ -17,12 +18,14 @@ use shmrpc::channel::{ChannelConfig, WaitStrategy};
 use shmrpc::lowlevel::frame::{self, FrameHeader, Kind, FLAG_TO_CALLEE, FRAME_HEADER_LEN};
 use shmrpc::method_id;
 use shmrpc::{
-    CallOptions, Client, ClientBuilder, ClientConfig, Peer, RpcError, ServerBuilder, ServerConfig,
+    CallOptions, Client, ClientBuilder, ClientConfig, Peer, RpcError, Server, ServerBuilder,
+    ServerConfig, TcpServerConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::raw::{stamp, stamped};
+use super::remote::{self, Payload, Pki};
 use crate::error::{BenchError, Result};
 
 /// The echo method every RPC case calls.
@@ -69,7 +72,23 @@ pub enum ServerKind {
     Park,
     /// The Unix-socket echo server.
     Uds,
+    /// shmrpc server on TCP loopback, plaintext.
+    Tcp,
+    /// shmrpc server on TCP loopback, plaintext, lz4 accepted.
+    TcpLz4,
+    /// shmrpc server on TCP loopback, TLS with client certificates and a token.
+    Tls,
 }
+
+/// Every server kind.
+const KINDS: [ServerKind; 6] = [
+    ServerKind::SpinThenPark,
+    ServerKind::Park,
+    ServerKind::Uds,
+    ServerKind::Tcp,
+    ServerKind::TcpLz4,
+    ServerKind::Tls,
+];
 
 impl ServerKind {
     /// Short name, used in commands.
@@ -78,6 +97,9 @@ impl ServerKind {
             ServerKind::SpinThenPark => "stp",
             ServerKind::Park => "park",
             ServerKind::Uds => "uds",
+            ServerKind::Tcp => "tcp",
+            ServerKind::TcpLz4 => "tcp-lz4",
+            ServerKind::Tls => "tls",
         }
     }
 }
@@ -85,7 +107,7 @@ impl ServerKind {
 impl FromStr for ServerKind {
     type Err = BenchError;
     fn from_str(s: &str) -> Result<Self> {
-        [ServerKind::SpinThenPark, ServerKind::Park, ServerKind::Uds]
+        KINDS
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| BenchError::protocol("a server kind", Some(s)))
@@ -129,20 +151,24 @@ pub struct Running {
     thread: Option<std::thread::JoinHandle<Result<()>>>,
     /// CLOCK_MONOTONIC when the server was bound (listening).
     pub bound_at: u64,
+    /// The port of a TCP server (on 127.0.0.1).
+    pub port: Option<u16>,
 }
 
 impl Running {
-    /// Binds `kind` on `name` (shmrpc) or `uds` (baseline) and serves until stopped.
-    pub fn start(kind: ServerKind, name: &str, uds: &Path) -> Result<Self> {
+    /// Binds `kind` on `name` (shmrpc), `uds` (baseline) or 127.0.0.1:0 (TCP; `pki` has
+    /// the TLS server's certificates) and serves until stopped.
+    pub fn start(kind: ServerKind, name: &str, uds: &Path, pki: Option<&Pki>) -> Result<Self> {
+        let tcp = remote::server_tcp(kind, pki)?;
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = mpsc::channel::<u64>();
+        let (ready_tx, ready_rx) = mpsc::channel::<(u64, Option<u16>)>();
         let (name, uds) = (name.to_owned(), uds.to_owned());
         let thread = std::thread::spawn(move || -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(BenchError::io("tokio runtime"))?;
-            let r = rt.block_on(serve(kind, &name, &uds, ready_tx, stop_rx));
+            let r = rt.block_on(serve(kind, &name, &uds, tcp, ready_tx, stop_rx));
             rt.shutdown_timeout(Duration::from_secs(1));
             if kind == ServerKind::Uds {
                 let _ = std::fs::remove_file(&uds);
@@ -153,10 +179,12 @@ impl Running {
             stop: Some(stop),
             thread: Some(thread),
             bound_at: 0,
+            port: None,
         };
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(t) => {
+            Ok((t, port)) => {
                 me.bound_at = t;
+                me.port = port;
                 Ok(me)
             }
             Err(_) => Err(me.stop().err().unwrap_or_else(|| BenchError::TimedOut {
@@ -187,19 +215,60 @@ impl Drop for Running {
     }
 }
 
+/// The echo server's methods: every case's, on every kind of connection.
+fn methods(cfg: ServerConfig) -> ServerBuilder {
+    ServerBuilder::new(cfg)
+        .unary_raw(METHOD, |_ctx, req| async move { Ok(req) })
+        .unary_raw(CALLBACK_METHOD, |ctx, req| async move {
+            callbacks(ctx.peer(), &req).await
+        })
+        .bidi_raw(BIDI_METHOD, |_ctx, mut items, sink| async move {
+            while let Some(item) = items.next_raw().await {
+                sink.send_raw(&item?).await?;
+            }
+            Ok(())
+        })
+        .client_streaming_raw(SINK_METHOD, |_ctx, mut items| async move {
+            let mut bytes = 0u64;
+            while let Some(item) = items.next_raw().await {
+                bytes += item?.len() as u64;
+            }
+            Ok(bytes.to_le_bytes().to_vec())
+        })
+        .client_streaming_raw(remote::CHECK_TEXT_METHOD, |_ctx, items| {
+            remote::check_items(Payload::Text, items)
+        })
+        .client_streaming_raw(remote::CHECK_RANDOM_METHOD, |_ctx, items| {
+            remote::check_items(Payload::Random, items)
+        })
+}
+
 async fn serve(
     kind: ServerKind,
     name: &str,
     uds: &Path,
-    ready: mpsc::Sender<u64>,
+    tcp: Option<TcpServerConfig>,
+    ready: mpsc::Sender<(u64, Option<u16>)>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<()> {
+    if let Some(tcp) = tcp {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let server = methods(ServerConfig::default().with_tcp(tcp))
+            .bind_tcp(addr)
+            .await
+            .map_err(BenchError::shmrpc(format!(
+                "binding the {} server",
+                kind.as_str()
+            )))?;
+        let _ = ready.send((mono_ns(), server.local_addr().map(|a| a.port())));
+        return run_until(server, stop).await;
+    }
     match kind {
         ServerKind::Uds => {
             let _ = std::fs::remove_file(uds);
             let l = UnixListener::bind(uds)
                 .map_err(BenchError::io(format!("binding {}", uds.display())))?;
-            let _ = ready.send(mono_ns());
+            let _ = ready.send((mono_ns(), None));
             let mut conns = tokio::task::JoinSet::new();
             tokio::pin!(stop);
             loop {
@@ -215,50 +284,38 @@ async fn serve(
             conns.abort_all();
             Ok(())
         }
-        ServerKind::SpinThenPark | ServerKind::Park => {
+        _ => {
             let wait = wait_of(kind == ServerKind::Park);
             let cfg = ServerConfig::default().with_channel(
                 ChannelConfig::default()
                     .with_capacity(64 << 10)
                     .with_wait(wait),
             );
-            let server = ServerBuilder::new(cfg)
-                .unary_raw(METHOD, |_ctx, req| async move { Ok(req) })
-                .unary_raw(CALLBACK_METHOD, |ctx, req| async move {
-                    callbacks(ctx.peer(), &req).await
-                })
-                .bidi_raw(BIDI_METHOD, |_ctx, mut items, sink| async move {
-                    while let Some(item) = items.next_raw().await {
-                        sink.send_raw(&item?).await?;
-                    }
-                    Ok(())
-                })
-                .client_streaming_raw(SINK_METHOD, |_ctx, mut items| async move {
-                    let mut bytes = 0u64;
-                    while let Some(item) = items.next_raw().await {
-                        bytes += item?.len() as u64;
-                    }
-                    Ok(bytes.to_le_bytes().to_vec())
-                })
+            let server = methods(cfg)
                 .bind(name)
                 .map_err(BenchError::shmrpc(format!("binding the RPC server {name}")))?;
-            let _ = ready.send(mono_ns());
-            let handle = server.handle();
-            let serving = tokio::spawn(server.serve());
-            let _ = stop.await;
-            handle.shutdown();
-            if tokio::time::timeout(Duration::from_secs(5), serving)
-                .await
-                .is_err()
-            {
-                return Err(BenchError::TimedOut {
-                    what: "shutting the RPC server down".to_owned(),
-                    limit: Duration::from_secs(5),
-                });
-            }
-            Ok(())
+            let _ = ready.send((mono_ns(), None));
+            run_until(server, stop).await
         }
     }
+}
+
+/// Serves until `stop`, then shuts the server down gracefully.
+async fn run_until(server: Server, stop: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
+    let handle = server.handle();
+    let serving = tokio::spawn(server.serve());
+    let _ = stop.await;
+    handle.shutdown();
+    if tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .is_err()
+    {
+        return Err(BenchError::TimedOut {
+            what: "shutting the RPC server down".to_owned(),
+            limit: Duration::from_secs(5),
+        });
+    }
+    Ok(())
 }
 
 /// The server's side of a callback call: `req` is the number of callbacks (u64 LE, at
@@ -371,7 +428,10 @@ pub async fn connect(name: &str, park: bool, n: usize) -> Result<Vec<Client>> {
     Ok(v)
 }
 
-async fn limited<T>(what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+pub(crate) async fn limited<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     tokio::time::timeout(CASE_LIMIT, f)
         .await
         .map_err(|_| BenchError::TimedOut {
@@ -785,8 +845,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let mut srv = Running::start(ServerKind::SpinThenPark, &name, &uds).unwrap();
-        let mut base = Running::start(ServerKind::Uds, &name, &uds).unwrap();
+        let mut srv = Running::start(ServerKind::SpinThenPark, &name, &uds, None).unwrap();
+        let mut base = Running::start(ServerKind::Uds, &name, &uds, None).unwrap();
         rt.block_on(async {
             let clients = connect(&name, false, 2).await.unwrap();
             assert_eq!(rpc_unary(&clients[0], 50, 10).await.unwrap().len(), 40);

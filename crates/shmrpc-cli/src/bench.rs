@@ -76,6 +76,9 @@ pub struct PeerArgs {
     /// Run only an idle RPC server of this name (the 1000-idle-connections case).
     #[arg(long)]
     pub idle_server: Option<String>,
+    /// The directory of the run's TLS certificates and token (the TLS cases).
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
     /// CPU to pin to.
     #[arg(long)]
     pub cpu: Option<usize>,
@@ -121,6 +124,7 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
         sock: args.sock.clone(),
         tcp_port: args.tcp_port,
         idle_server: args.idle_server.clone(),
+        tls_dir: args.tls_dir.clone(),
         cpu: args.cpu,
     })?)
 }

@@ -62,6 +62,9 @@ enum Command {
     /// A live server's connections: peers, traffic, handlers running, ring positions,
     /// occupancy and waiting flags.
     Inspect(ops::inspect::InspectArgs),
+    /// A private CA, server and client certificates signed by it and a token, for `serve
+    /// --tcp` and `call --tcp` over mutual TLS.
+    Keygen(ops::keygen::KeygenArgs),
     /// The soak's server process (started by `shmrpc soak`).
     #[command(hide = true)]
     SoakServer {
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Ls(args) => ops::ls::run(&args),
         Command::Cleanup(args) => ops::cleanup::run(&args),
         Command::Inspect(args) => ops::inspect::run(&args),
+        Command::Keygen(args) => ops::keygen::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -198,6 +198,7 @@ fn bench_quick_prints_the_table_and_writes_json() {
             "RPC: pipelined 64 B calls",
             "256 connections",
             "RPC: a server restart",
+            "RPC: remote transport",
             "RPC: idle connections",
             "server, 1000 idle connections",
             "Peers (from",
@@ -395,6 +396,36 @@ fn bench_quick_prints_the_table_and_writes_json() {
         "rpc_bidi_vs_pipelined",
         "rpc_hol_loaded_vs_idle",
         "rpc_hol_loaded_vs_idle_p99",
+    ] {
+        assert!(number(row(id), "ratio") > 0.0, "{id}");
+    }
+    // The remote transport: the same calls over shared memory, TCP and TLS, and 1 MiB
+    // streams over TCP with and without lz4, with their ratios.
+    for net in ["shm", "tcp", "tls"] {
+        let id = format!("rpc.remote.unary.{net}");
+        let r = row(&id);
+        assert_eq!(r["group"], "rpc.remote", "{id}");
+        let (p50, p99) = (number(r, "p50_us"), number(r, "p99_us"));
+        assert!(p50 > 0.0 && p99 >= p50, "{id}: p50 {p50} p99 {p99}");
+        let id = format!("rpc.remote.pipelined.{net}");
+        assert_eq!(row(&id)["group"], "rpc.remote", "{id}");
+        assert!(number(row(&id), "calls_per_s") > 0.0, "{id}");
+    }
+    for payload in ["text", "random"] {
+        for net in ["tcp", "tcp_lz4"] {
+            let id = format!("rpc.remote.bulk.{payload}.{net}");
+            let r = row(&id);
+            assert_eq!(r["group"], "rpc.remote", "{id}");
+            assert_eq!(number(r, "size"), (1u64 << 20) as f64, "{id}");
+            assert!(number(r, "mib_per_s") > 0.0, "{id}");
+        }
+    }
+    for id in [
+        "rpc_remote_unary_tls_vs_tcp",
+        "rpc_remote_unary_tls_vs_shm",
+        "rpc_remote_pipelined_tls_vs_tcp",
+        "rpc_remote_bulk_text_lz4_vs_plain",
+        "rpc_remote_bulk_random_lz4_vs_plain",
     ] {
         assert!(number(row(id), "ratio") > 0.0, "{id}");
     }

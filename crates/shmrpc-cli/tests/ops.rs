@@ -282,10 +282,32 @@ fn entry<'a>(ls: &'a Value, kind: &str, name: &str) -> Option<&'a Value> {
 fn every_subcommand_has_help() {
     let dir = RuntimeDir::new("help");
     for (sub, needles) in [
-        ("serve", &["--tcp", "echo", "chat", "--format"][..]),
-        ("call", &["--stream", "--timeout", "--tcp", "--format"][..]),
+        (
+            "serve",
+            &[
+                "--tcp",
+                "echo",
+                "chat",
+                "--format",
+                "--cert",
+                "--client-ca",
+                "--token-file",
+            ][..],
+        ),
+        (
+            "call",
+            &[
+                "--stream",
+                "--timeout",
+                "--tcp",
+                "--format",
+                "--ca",
+                "--server-name",
+            ][..],
+        ),
         ("ls", &["--format", "STATE"][..]),
         ("cleanup", &["--dry-run", "--format"][..]),
+        ("keygen", &["--out", "--name", "--days", "token"][..]),
     ] {
         let run = dir.run(&[sub, "--help"]);
         assert!(run.ok(), "{sub} --help: {}", run.describe());
@@ -930,4 +952,263 @@ fn inspect_shows_a_live_connection_its_traffic_and_rings() {
     server.signal(Signal::TERM);
     let (status, _) = server.wait();
     assert!(status.success(), "{}", server.stderr());
+}
+
+/// The mode bits of a file.
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+}
+
+/// `shmrpc keygen --out DIR/sub`, checked to succeed; the directory written.
+fn keygen(dir: &RuntimeDir, sub: &str) -> PathBuf {
+    let out = dir.0.join(sub);
+    let r = dir.run(&["keygen", "--out", out.to_str().unwrap()]);
+    assert!(r.ok(), "{}", r.describe());
+    out
+}
+
+fn arg(dir: &Path, file: &str) -> String {
+    dir.join(file).to_str().unwrap().to_owned()
+}
+
+/// `keygen`, then a server over mutual TLS with a token, and calls with the right and
+/// the wrong credentials.
+#[test]
+fn keygen_then_serve_and_call_over_mutual_tls_with_a_token() {
+    let dir = RuntimeDir::new("tls");
+    let keys = dir.0.join("keys");
+    let r = dir.run(&["keygen", "--out", keys.to_str().unwrap()]);
+    assert!(r.ok(), "{}", r.describe());
+    // It says how to use what it wrote.
+    assert!(
+        r.stdout
+            .contains(&format!("--client-ca {}", arg(&keys, "ca.pem")))
+            && r.stdout.contains("shmrpc serve --tcp")
+            && r.stdout.contains("shmrpc call --tcp")
+            && r.stdout.contains("--server-name localhost"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(mode(&keys), 0o700);
+    for secret in ["token", "ca.key", "server.key", "client.key"] {
+        assert_eq!(mode(&keys.join(secret)), 0o600, "{secret}");
+    }
+    let token_before = std::fs::read(keys.join("token")).unwrap();
+
+    // A second run into the same directory is refused and changes nothing.
+    let again = dir.run(&["keygen", "--out", keys.to_str().unwrap()]);
+    assert!(!again.ok(), "{}", again.describe());
+    assert!(
+        again.stderr.contains("refusing to overwrite") && again.stderr.contains("token"),
+        "{}",
+        again.describe()
+    );
+    assert_eq!(std::fs::read(keys.join("token")).unwrap(), token_before);
+
+    let other = keygen(&dir, "other");
+    let (mut server, ready) = dir.serve(&[
+        "--tcp",
+        "127.0.0.1:0",
+        "--cert",
+        &arg(&keys, "server.pem"),
+        "--key",
+        &arg(&keys, "server.key"),
+        "--client-ca",
+        &arg(&keys, "ca.pem"),
+        "--token-file",
+        &arg(&keys, "token"),
+        "--compress",
+        "lz4",
+        "--format",
+        "json",
+    ]);
+    let ready: Value = serde_json::from_str(&ready).expect("the ready line is JSON");
+    assert_eq!(
+        (&ready["tls"], &ready["token"]),
+        (&Value::Bool(true), &Value::Bool(true))
+    );
+    let addr = ready["tcp"].as_str().expect("address").to_owned();
+
+    let call = |ca: &Path, cert: Option<&Path>, token: Option<&Path>| {
+        let mut a = vec![
+            "call".to_owned(),
+            "--tcp".into(),
+            addr.clone(),
+            "--ca".into(),
+            arg(ca, "ca.pem"),
+            "--server-name".into(),
+            "localhost".into(),
+            "--compress".into(),
+            "lz4".into(),
+        ];
+        if let Some(c) = cert {
+            a.extend([
+                "--cert".into(),
+                arg(c, "client.pem"),
+                "--key".into(),
+                arg(c, "client.key"),
+            ]);
+        }
+        if let Some(t) = token {
+            a.extend(["--token-file".into(), arg(t, "token")]);
+        }
+        a.extend(["add".into(), r#"{"a": 40, "b": 2}"#.into()]);
+        dir.run(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let r = call(&keys, Some(&keys), Some(&keys));
+    assert!(r.ok(), "{}", r.describe());
+    assert_eq!(r.lines(), ["42"]);
+
+    // Another token: refused, and the message names the flag and the reason.
+    let r = call(&keys, Some(&keys), Some(&other));
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(
+        r.stderr.contains("--token-file") && r.stderr.contains("wrong token"),
+        "{}",
+        r.describe()
+    );
+    // No token at all.
+    let r = call(&keys, Some(&keys), None);
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(
+        r.stderr.contains("requires a token") && r.stderr.contains("--token-file"),
+        "{}",
+        r.describe()
+    );
+    // No client certificate for a server with a client CA.
+    let r = call(&keys, None, Some(&keys));
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(
+        r.stderr.contains("client certificate") && r.stderr.contains("--cert"),
+        "{}",
+        r.describe()
+    );
+    // A client certificate from another CA.
+    let r = call(&keys, Some(&other), Some(&keys));
+    assert!(!r.ok(), "{}", r.describe());
+    // A CA that did not sign the server's certificate.
+    let r = call(&other, Some(&keys), Some(&keys));
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(
+        r.stderr.contains("TLS handshake failed"),
+        "{}",
+        r.describe()
+    );
+    // Plaintext against the TLS server.
+    let r = dir.run(&["call", "--tcp", &addr, "add", r#"{"a": 1, "b": 2}"#]);
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(r.stderr.contains("--ca"), "{}", r.describe());
+
+    server.signal(Signal::TERM);
+    let (status, _) = server.wait();
+    assert!(status.success(), "{status:?}: {}", server.stderr());
+}
+
+/// `serve --config` with a `[tcp]` table (paths relative to the file); errors name the
+/// key or the flag to fix.
+#[test]
+fn serve_takes_tcp_settings_from_its_config_and_flags_and_names_what_is_wrong() {
+    let dir = RuntimeDir::new("tcp-config");
+    let keys = keygen(&dir, "keys");
+    let cfg = dir.0.join("server.toml");
+    std::fs::write(
+        &cfg,
+        "[tcp]\ncert = \"keys/server.pem\"\nkey = \"keys/server.key\"\ntoken_file = \"keys/token\"\n",
+    )
+    .unwrap();
+    let (mut server, ready) = dir.serve(&[
+        "--tcp",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let ready: Value = serde_json::from_str(&ready).expect("the ready line is JSON");
+    assert_eq!(
+        (&ready["tls"], &ready["token"]),
+        (&Value::Bool(true), &Value::Bool(true))
+    );
+    let addr = ready["tcp"].as_str().expect("address").to_owned();
+    // No client CA in the file: no client certificate needed.
+    let r = dir.run(&[
+        "call",
+        "--tcp",
+        &addr,
+        "--ca",
+        &arg(&keys, "ca.pem"),
+        "--server-name",
+        "127.0.0.1",
+        "--token-file",
+        &arg(&keys, "token"),
+        "echo",
+        "\"remote\"",
+    ]);
+    assert!(r.ok(), "{}", r.describe());
+    assert_eq!(r.lines(), ["\"remote\""]);
+    server.signal(Signal::TERM);
+    let (status, _) = server.wait();
+    assert!(status.success(), "{status:?}: {}", server.stderr());
+
+    // A file the configuration names that is not there.
+    std::fs::write(
+        &cfg,
+        "[tcp]\ncert = \"keys/nope.pem\"\nkey = \"keys/server.key\"\n",
+    )
+    .unwrap();
+    let r = dir.run(&[
+        "serve",
+        "--tcp",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(
+        r.stderr.contains("`tcp.cert`") && r.stderr.contains("nope.pem"),
+        "{}",
+        r.describe()
+    );
+    // Flags: a key that is no key, a missing token file, a flag without --tcp.
+    let r = dir.run(&[
+        "serve",
+        "--tcp",
+        "127.0.0.1:0",
+        "--cert",
+        &arg(&keys, "server.pem"),
+        "--key",
+        &arg(&keys, "server.pem"),
+    ]);
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(r.stderr.contains("check --key"), "{}", r.describe());
+    let r = dir.run(&[
+        "serve",
+        "--tcp",
+        "127.0.0.1:0",
+        "--token-file",
+        &arg(&keys, "nope"),
+    ]);
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(r.stderr.contains("--token-file"), "{}", r.describe());
+    let r = dir.run(&[
+        "serve",
+        &name("no-tcp"),
+        "--token-file",
+        &arg(&keys, "token"),
+    ]);
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(
+        r.stderr.contains("--token-file applies only with --tcp"),
+        "{}",
+        r.describe()
+    );
+    // A non-loopback address without authentication is refused before listening.
+    let r = dir.run(&["serve", "--tcp", "0.0.0.0:0"]);
+    assert!(!r.ok(), "{}", r.describe());
+    assert!(
+        r.stderr.contains("without authentication"),
+        "{}",
+        r.describe()
+    );
 }

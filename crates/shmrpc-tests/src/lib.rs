@@ -6,6 +6,7 @@
 //! this library, so a message built by one process is checked by the same code in the other.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 mod command;
 mod install;
 pub use command::{

@@ -14,13 +14,23 @@
 //!
 //! Run: `cargo run --release -p shmrpc --example editor_engine`
 //! (it starts the engine as a child process of itself).
+//!
+//! With `--tls`, the same conversation runs over TCP instead, as between two hosts: TLS 1.3
+//! with certificates both ways (mutual TLS) and a token. The editor makes a CA, the
+//! engine's and its own certificate, and a token, in memory (rcgen), and hands the engine
+//! what it needs on its standard input; the engine listens on 127.0.0.1, a port the OS
+//! picks, and says which. Real deployments load these from files
+//! (`ServerTls::from_pem_files`, `ClientTls::from_ca_file`, `Token::load`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shmrpc::{CallOptions, Client, Code, Items, RpcError, Server};
+use shmrpc::{
+    CallOptions, Client, ClientBuilder, ClientConfig, ClientTls, Code, Items, RpcError,
+    ServerBuilder, ServerConfig, ServerTls, TcpClientConfig, TcpServerConfig, Token,
+};
 
 /// A place in a document, as language servers count it (zero-based).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -94,12 +104,128 @@ struct EngineStats {
     tokens: AtomicU64,
 }
 
-async fn engine(name: &str) -> Result<(), RpcError> {
+/// Where the engine listens.
+enum Listen {
+    /// Shared memory, under this name.
+    Shm(String),
+    /// TCP on 127.0.0.1 (any port), with mutual TLS and a token.
+    Tls(EngineSecrets),
+}
+
+/// Where the editor connects.
+enum Dial {
+    Shm(String),
+    Tls(std::net::SocketAddr, EditorSecrets),
+}
+
+/// What the engine needs for TLS: the CA its clients' certificates must be signed by, its
+/// own certificate and key, and the token.
+struct EngineSecrets {
+    ca: String,
+    cert: String,
+    key: String,
+    token: Token,
+}
+
+/// What the editor needs: the CA the engine's certificate must be signed by, its own
+/// certificate and key, and the token.
+struct EditorSecrets {
+    ca: String,
+    cert: String,
+    key: String,
+    token: Token,
+}
+
+/// A CA, and the engine's ("localhost") and the editor's certificates signed by it.
+fn make_secrets() -> Result<(EngineSecrets, EditorSecrets), Box<dyn std::error::Error>> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "editor-engine example CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_pem = ca.self_signed(&ca_key)?.pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |name: &str, usage| -> Result<(String, String), rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![name.to_string()])?;
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![usage];
+        Ok((p.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
+    };
+    let (engine_cert, engine_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (editor_cert, editor_key) = leaf("editor.example", ExtendedKeyUsagePurpose::ClientAuth)?;
+    let token = Token::generate()?;
+    Ok((
+        EngineSecrets {
+            ca: ca_pem.clone(),
+            cert: engine_cert,
+            key: engine_key,
+            token: token.clone(),
+        },
+        EditorSecrets {
+            ca: ca_pem,
+            cert: editor_cert,
+            key: editor_key,
+            token,
+        },
+    ))
+}
+
+impl EngineSecrets {
+    /// Length-prefixed fields, for the engine's standard input (never its command line
+    /// or environment, which other processes of the user may read).
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let token = self.token.to_hex();
+        for field in [&self.ca, &self.cert, &self.key, &token] {
+            out.extend_from_slice(format!("{}\n", field.len()).as_bytes());
+            out.extend_from_slice(field.as_bytes());
+        }
+        out
+    }
+
+    fn from_bytes(mut s: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        let mut field = || -> Result<String, Box<dyn std::error::Error>> {
+            let (len, rest) = s.split_once('\n').ok_or("truncated secrets")?;
+            let len: usize = len.parse()?;
+            let value = rest.get(..len).ok_or("truncated secrets")?.to_string();
+            s = &rest[len..];
+            Ok(value)
+        };
+        Ok(Self {
+            ca: field()?,
+            cert: field()?,
+            key: field()?,
+            token: Token::from_hex(&field()?)?,
+        })
+    }
+}
+
+async fn engine(listen: Listen) -> Result<(), Box<dyn std::error::Error>> {
     let stats = Arc::new(EngineStats::default());
     let s2 = stats.clone();
     let stop = Arc::new(tokio::sync::Notify::new());
     let stop2 = stop.clone();
-    let server = Server::builder()
+    let cfg = match &listen {
+        Listen::Shm(_) => ServerConfig::default(),
+        Listen::Tls(secrets) => ServerConfig::default().with_tcp(
+            TcpServerConfig::default()
+                .with_tls(
+                    ServerTls::from_pem(secrets.cert.clone(), secrets.key.clone())
+                        .with_client_ca_pem(secrets.ca.clone()),
+                )
+                .with_token(secrets.token.clone()),
+        ),
+    };
+    let routes = ServerBuilder::new(cfg)
         .bidi("chat", move |ctx, mut messages: Items<String>, sink| {
             let stats = s2.clone();
             async move {
@@ -200,15 +326,22 @@ async fn engine(name: &str) -> Result<(), RpcError> {
                 stop.notify_one();
                 Ok(())
             }
-        })
-        .bind(name)?;
+        });
+    let server = match &listen {
+        Listen::Shm(name) => routes.bind(name)?,
+        Listen::Tls(_) => routes.bind_tcp("127.0.0.1:0".parse()?).await?,
+    };
     // A graceful shutdown: finish calls in flight, then remove the socket on the way out.
     let handle = server.handle();
     tokio::spawn(async move {
         stop.notified().await;
         handle.shutdown();
     });
-    println!("ready");
+    // Where the editor finds the engine: the shared-memory name it chose, or the port.
+    match server.local_addr() {
+        Some(addr) => println!("ready {addr}"),
+        None => println!("ready"),
+    }
     server.serve().await;
     Ok(())
 }
@@ -254,12 +387,23 @@ async fn read_turn(
     Ok(())
 }
 
-async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn editor(dial: Dial) -> Result<(), Box<dyn std::error::Error>> {
     let approvals = Arc::new(AtomicU64::new(0));
     // Diagnostics shown so far (they come on their own, not as answers to anything).
     let (seen, mut shown) = tokio::sync::watch::channel(0usize);
     let a2 = approvals.clone();
-    let client = Client::builder()
+    let cfg = match &dial {
+        Dial::Shm(_) => ClientConfig::default(),
+        Dial::Tls(_, secrets) => ClientConfig::default().with_tcp(
+            TcpClientConfig::default()
+                .with_tls(
+                    ClientTls::from_ca_pem(secrets.ca.clone(), "localhost")
+                        .with_client_cert_pem(secrets.cert.clone(), secrets.key.clone()),
+                )
+                .with_token(secrets.token.clone()),
+        ),
+    };
+    let builder = ClientBuilder::new(cfg)
         .unary("approveTool", move |_ctx, ask: ToolApproval| {
             let approvals = a2.clone();
             async move {
@@ -284,9 +428,25 @@ async fn editor(name: &str) -> Result<(), Box<dyn std::error::Error>> {
                     seen.send_modify(|n| *n += 1);
                 }
             }
-        })
-        .connect(name)
+        });
+    let client = match &dial {
+        Dial::Shm(name) => builder.connect(name).await?,
+        Dial::Tls(addr, _) => builder.connect_tcp(*addr).await?,
+    };
+    // How the engine sees this connection (every server answers the inspect method).
+    let report: shmrpc::inspect::ServerReport = client
+        .call(
+            shmrpc::inspect::INSPECT_METHOD,
+            &(),
+            CallOptions::timeout(Duration::from_secs(5)),
+        )
         .await?;
+    let transports: Vec<&str> = report
+        .connections
+        .iter()
+        .map(|c| c.transport.as_str())
+        .collect();
+    println!("editor: the engine serves this connection over {transports:?}");
 
     // Completion latency on the idle connection, for comparison.
     let mut idle = Vec::new();
@@ -388,19 +548,48 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let name = format!("editor-engine-{}", std::process::id());
     match args.get(1).map(String::as_str) {
-        Some("engine") => Ok(engine(&args[2]).await?),
-        _ => {
+        Some("engine") => engine(Listen::Shm(args[2].clone())).await,
+        Some("engine-tls") => {
+            let mut secrets = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut secrets)?;
+            engine(Listen::Tls(EngineSecrets::from_bytes(&secrets)?)).await
+        }
+        mode => {
+            let tls = mode == Some("--tls");
+            let secrets = if tls { Some(make_secrets()?) } else { None };
             let mut child = std::process::Command::new(std::env::current_exe()?)
-                .args(["engine", &name])
+                .args(if tls {
+                    vec!["engine-tls".to_string()]
+                } else {
+                    vec!["engine".to_string(), name.clone()]
+                })
+                .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .spawn()?;
+            let mut stdin = child.stdin.take().ok_or("no stdin")?;
+            if let Some((engine_secrets, _)) = &secrets {
+                std::io::Write::write_all(&mut stdin, &engine_secrets.to_bytes())?;
+            }
+            drop(stdin);
             // Wait for "ready" so the first connect finds the engine.
             let mut line = String::new();
             std::io::BufRead::read_line(
                 &mut std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?),
                 &mut line,
             )?;
-            let result = editor(&name).await;
+            let dial = match secrets {
+                Some((_, editor_secrets)) => {
+                    let addr = line
+                        .trim()
+                        .strip_prefix("ready ")
+                        .ok_or("the engine did not say where it listens")?
+                        .parse()?;
+                    println!("editor: connecting to the engine at {addr} over TLS (mutual, with a token)");
+                    Dial::Tls(addr, editor_secrets)
+                }
+                None => Dial::Shm(name),
+            };
+            let result = editor(dial).await;
             let status = child.wait()?;
             result?;
             if !status.success() {

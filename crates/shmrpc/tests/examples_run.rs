@@ -1,6 +1,7 @@
-//! Runs the small examples (`hello`, `chat_cancel`, `blocking_client`, `tcp_remote`) as a
-//! user would: each starts its own server process, must exit 0 by itself, print what it
-//! demonstrates, and leave no segment or socket file behind.
+//! Runs the small examples (`hello`, `chat_cancel`, `blocking_client`, `tcp_remote`, and
+//! `editor_engine` over shared memory and over mutual TLS) as a user would: each starts its
+//! own server process, must exit 0 by itself, print what it demonstrates, and leave no
+//! segment or socket file behind.
 #![cfg(not(shmrpc_loom))]
 
 use std::path::PathBuf;
@@ -11,6 +12,11 @@ use shmrpc::lowlevel::sys::names;
 /// Runs `examples/<name>` with a 60 s watchdog; returns its stdout (which also holds its
 /// server child's output) and the pid it ran as (its names include it).
 fn run(name: &str) -> (String, u32) {
+    run_with(name, &[])
+}
+
+/// [`run`] with arguments.
+fn run_with(name: &str, args: &[&str]) -> (String, u32) {
     // Integration tests live in target/<profile>/deps; examples in target/<profile>/examples.
     let exe = std::env::current_exe().unwrap();
     let example = exe
@@ -25,6 +31,7 @@ fn run(name: &str) -> (String, u32) {
         example.display()
     );
     let mut child = std::process::Command::new(&example)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -114,6 +121,10 @@ fn editor_engine_answers_language_server_requests_during_the_chat() {
     // The chat and the cancel are checked by tests/example_editor_engine.rs.
     let (out, pid) = run("editor_engine");
     assert!(
+        out.contains(r#"editor: the engine serves this connection over ["shm"]"#),
+        "{out}"
+    );
+    assert!(
         out.contains(
             r#"editor: completion at 3:7 -> ["println!", "print!", "panic!"] (macro, 3:7)"#
         ),
@@ -123,5 +134,33 @@ fn editor_engine_answers_language_server_requests_during_the_chat() {
         out.contains("editor: hover at 3:7 -> file:///src/main.rs:3:7: fn main()"),
         "{out}"
     );
+    assert_clean(&format!("editor-engine-{pid}"));
+}
+
+#[test]
+fn editor_engine_runs_over_mutual_tls_between_two_processes() {
+    let (out, pid) = run_with("editor_engine", &["--tls"]);
+    assert!(
+        out.contains("over TLS (mutual, with a token)"),
+        "not over TLS:\n{out}"
+    );
+    // The engine's own report of the connection: the only one, over TLS.
+    assert!(
+        out.contains(r#"editor: the engine serves this connection over ["tls"]"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            r#"editor: completion at 3:7 -> ["println!", "print!", "panic!"] (macro, 3:7)"#
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("editor: the engine asks to run `cargo test` (risk Low): approved"),
+        "{out}"
+    );
+    assert!(out.contains("engine saw the cancel after"), "{out}");
+    assert!(out.trim_end().ends_with("done"), "{out}");
+    // Over TCP the engine makes no segment or socket file at all.
     assert_clean(&format!("editor-engine-{pid}"));
 }

@@ -434,3 +434,26 @@ async fn plaintext_or_unauthenticated_listening_off_loopback_is_refused() {
         };
     }
 }
+
+#[test]
+fn a_blocking_client_calls_over_tls() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue(&["localhost"]);
+    let token = Token::generate().unwrap();
+    let tcp = TcpServerConfig::default()
+        .with_tls(ServerTls::from_pem(cert, key))
+        .with_token(token.clone());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (addr, handle) = rt.block_on(start(ServerConfig::default().with_tcp(tcp), runs.clone()));
+    let tls = ClientTls::from_ca_pem(pki.ca.clone(), "localhost");
+    let cfg = client_cfg(TcpClientConfig::default().with_tls(tls).with_token(token));
+    let client = shmrpc::BlockingClient::connect_tcp(addr, cfg).unwrap();
+    assert_eq!(
+        client.call_raw("echo", b"blocking", None).unwrap(),
+        b"blocking"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    drop(client);
+    handle.shutdown();
+}

@@ -23,7 +23,9 @@ not JSON; 2 for a usage error.
 Examples:
   shmrpc call demo add '{\"a\": 1, \"b\": 2}'
   shmrpc call demo chat '{\"prompt\": \"hello there\"}' --stream
-  echo '[1, 2]' | shmrpc call demo echo - --format json"
+  echo '[1, 2]' | shmrpc call demo echo - --format json
+  shmrpc call --tcp 127.0.0.1:7000 --ca ca.pem --server-name localhost \\
+      --cert client.pem --key client.key --token-file token echo '\"hi\"'"
 )]
 pub struct CallArgs {
     /// NAME METHOD [JSON] (with --tcp: METHOD [JSON]). JSON is the request body (default
@@ -49,6 +51,9 @@ pub struct CallArgs {
     /// (one line per item with --stream).
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// TLS, token and compression for --tcp.
+    #[command(flatten)]
+    pub remote: super::remote::ClientTcpArgs,
 }
 
 /// Where the call goes.
@@ -70,11 +75,18 @@ impl std::fmt::Display for Target {
 pub fn run(args: &CallArgs) -> anyhow::Result<()> {
     let (target, method, body) = split_args(args)?;
     let body = read_body(body.as_deref(), args.raw)?;
+    let tcp = match &target {
+        Target::Tcp(addr) => args.remote.config(*addr)?,
+        Target::Name(_) => match args.remote.any_set() {
+            Some(flag) => bail!("{flag} applies only with --tcp ADDR"),
+            None => shmrpc::TcpClientConfig::default(),
+        },
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    match rt.block_on(call(args, &target, &method, &body)) {
+    match rt.block_on(call(args, tcp, &target, &method, &body)) {
         Ok(()) => Ok(()),
         Err(e) => {
             if args.format == Format::Json {
@@ -90,7 +102,8 @@ pub fn run(args: &CallArgs) -> anyhow::Result<()> {
                 Code::Protocol => {
                     format!(" (hint: is {method:?} a streaming method? then add --stream)")
                 }
-                _ => String::new(),
+                _ => super::remote::client_hint(&e, &args.remote)
+                    .map_or(String::new(), |h| format!(" ({h})")),
             };
             Err(anyhow::Error::new(e).context(format!("call {method} on {target} failed{hint}")))
         }
@@ -136,11 +149,19 @@ fn read_body(arg: Option<&str>, raw: bool) -> anyhow::Result<Vec<u8>> {
     Ok(text.into_bytes())
 }
 
-async fn call(args: &CallArgs, target: &Target, method: &str, body: &[u8]) -> Result<(), RpcError> {
-    let cfg = ClientConfig::default().with_reconnect_for(
-        args.timeout
-            .map_or(args.connect_timeout, |t| args.connect_timeout.min(t)),
-    );
+async fn call(
+    args: &CallArgs,
+    tcp: shmrpc::TcpClientConfig,
+    target: &Target,
+    method: &str,
+    body: &[u8],
+) -> Result<(), RpcError> {
+    let cfg = ClientConfig::default()
+        .with_reconnect_for(
+            args.timeout
+                .map_or(args.connect_timeout, |t| args.connect_timeout.min(t)),
+        )
+        .with_tcp(tcp);
     let client = match target {
         Target::Name(n) => Client::connect(n, cfg).await?,
         Target::Tcp(a) => Client::connect_tcp(*a, cfg).await?,

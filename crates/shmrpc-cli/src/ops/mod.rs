@@ -1,11 +1,14 @@
 //! The operator's subcommands: `serve` (a demo server), `call` (one call from the shell),
-//! `ls` (this user's servers and segments) and `cleanup` (leftovers of dead processes).
+//! `ls` (this user's servers and segments), `cleanup` (leftovers of dead processes) and
+//! `keygen` (certificates and a token for the TCP transport).
 
 pub mod call;
 pub mod cleanup;
 pub mod inspect;
+pub mod keygen;
 pub mod ls;
 mod metrics;
+mod remote;
 mod scan;
 pub mod serve;
 

@@ -47,7 +47,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
     /// Server settings from a TOML file (ring_size, max_in_flight, max_message, heartbeat,
-    /// cancel_grace, wait, spin, allowed_uids, metrics); checked before serving.
+    /// cancel_grace, wait, spin, allowed_uids, metrics, and a [tcp] table: cert, key,
+    /// client_ca, token_file, insecure_plaintext, compression, ...); checked before serving.
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9464; port 0
@@ -58,6 +59,9 @@ pub struct ServeArgs {
     /// changed with RUST_LOG, default `shmrpc=debug`).
     #[arg(long)]
     pub trace: bool,
+    /// TLS, token and compression for --tcp (over the `[tcp]` table of --config).
+    #[command(flatten)]
+    pub remote: super::remote::ServerTcpArgs,
 }
 
 /// Runs the demo server until SIGINT/SIGTERM.
@@ -80,6 +84,12 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("bad configuration file {}", path.display()))?,
         None => ServerConfig::default(),
     };
+    if let (None, Some(flag)) = (args.tcp, args.remote.any_set()) {
+        anyhow::bail!("{flag} applies only with --tcp ADDR");
+    }
+    cfg.tcp = args.remote.apply(cfg.tcp)?;
+    let tls = cfg.tcp.tls.is_some();
+    let token = cfg.tcp.token.is_some();
     if args.trace {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("shmrpc=debug"));
@@ -100,18 +110,27 @@ async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let pid = std::process::id();
     let (server, ready) = match (&args.name, args.tcp) {
         (_, Some(addr)) => {
-            let server = builder
-                .bind_tcp(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
+            let server = match builder.bind_tcp(addr).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let hint =
+                        super::remote::server_hint(&e).map_or(String::new(), |h| format!(" ({h})"));
+                    return Err(
+                        anyhow::Error::new(e).context(format!("cannot listen on {addr}{hint}"))
+                    );
+                }
+            };
             let local = server.local_addr().unwrap_or(addr);
             let ready = match args.format {
                 Format::Text => format!(
-                    "serving tcp {local} (pid {pid}){}",
+                    "serving tcp {local} ({}{}, pid {pid}){}",
+                    if tls { "tls" } else { "plaintext" },
+                    if token { ", token" } else { "" },
                     metrics_note(metrics_addr)
                 ),
                 Format::Json => json!({
                     "event": "ready", "tcp": local.to_string(), "pid": pid,
+                    "tls": tls, "token": token,
                     "methods": METHODS, "metrics": metrics_addr.map(|a| a.to_string()),
                 })
                 .to_string(),

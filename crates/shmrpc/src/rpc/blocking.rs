@@ -51,12 +51,31 @@ impl BlockingClient {
     /// [`ConnectError::Runtime`] if the runtime cannot start; otherwise as
     /// [`Client::connect`].
     pub fn connect(name: &str, cfg: ClientConfig) -> Result<Self, ConnectError> {
+        Self::start(Client::connect(name, cfg))
+    }
+
+    /// Connects to a server over TCP (TLS, token and compression as `cfg.tcp` says).
+    ///
+    /// # Errors
+    /// [`ConnectError::Runtime`] if the runtime cannot start; otherwise as
+    /// [`Client::connect_tcp`].
+    pub fn connect_tcp(
+        addr: std::net::SocketAddr,
+        cfg: ClientConfig,
+    ) -> Result<Self, ConnectError> {
+        Self::start(Client::connect_tcp(addr, cfg))
+    }
+
+    /// Runs `connect` on the client's own runtime.
+    fn start(
+        connect: impl std::future::Future<Output = Result<Client, ConnectError>>,
+    ) -> Result<Self, ConnectError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(ConnectError::Runtime)?;
-        let client = rt.block_on(Client::connect(name, cfg))?;
+        let client = rt.block_on(connect)?;
         Ok(Self {
             rt: Arc::new(rt),
             client,

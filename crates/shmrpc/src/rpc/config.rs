@@ -1,12 +1,14 @@
 //! A server's settings, also from a TOML file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::net::TcpServerConfig;
+use super::net::{Compression, ServerTls, TcpServerConfig, Token};
 use crate::channel::{ChannelConfig, WaitStrategy};
 use crate::ring::{MAX_CAPACITY, MIN_CAPACITY};
 
@@ -174,6 +176,20 @@ pub enum ConfigError {
         /// What is allowed.
         allowed: String,
     },
+    /// A file named by a key (a certificate, a key, a token) could not be read or used.
+    #[error("`{key}` = {path:?}: {problem}")]
+    File {
+        /// The key.
+        key: &'static str,
+        /// The file, as resolved (relative paths against the configuration file's
+        /// directory).
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: &'static str,
+        /// The underlying error (the OS's, the token's, the TLS library's), if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
 }
 
 /// The file's shape; everything optional.
@@ -191,6 +207,24 @@ struct File {
     max_handshakes: Option<u64>,
     handshake_timeout: Option<String>,
     metrics: Option<bool>,
+    tcp: Option<TcpFile>,
+}
+
+/// The `[tcp]` table: how TCP connections are taken.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    insecure_plaintext: Option<bool>,
+    compression: Option<String>,
+    compress_above: Option<Size>,
+    max_connections: Option<u64>,
+    max_per_address: Option<u64>,
+    frame_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 /// A size: a number of bytes, or text such as `"4 MiB"`.
@@ -268,6 +302,181 @@ fn size(key: &'static str, s: &Size, min: u64, max: u64) -> Result<u64, ConfigEr
     Ok(bytes)
 }
 
+/// `p` as written, or against `base` (the configuration file's directory) when relative.
+fn resolve(base: Option<&Path>, p: &Path) -> PathBuf {
+    match base {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p.to_owned(),
+    }
+}
+
+fn file_error(
+    key: &'static str,
+    path: &Path,
+    problem: &'static str,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+) -> ConfigError {
+    ConfigError::File {
+        key,
+        path: path.to_owned(),
+        problem,
+        source,
+    }
+}
+
+fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| file_error(key, path, "cannot be read", Some(Box::new(e))))
+}
+
+/// Whether `pem` holds at least one certificate and nothing unreadable.
+fn has_certificates(pem: &[u8]) -> bool {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .is_ok_and(|v| !v.is_empty())
+}
+
+/// The `[tcp]` table, every file read and checked now (not at bind time), so that a
+/// mistake is reported with the key that made it.
+fn tcp(t: &TcpFile, base: Option<&Path>) -> Result<TcpServerConfig, ConfigError> {
+    let mut c = TcpServerConfig::default();
+    match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => {
+            let cert_path = resolve(base, cert);
+            let key_path = resolve(base, key);
+            let cert_pem = read_file("tcp.cert", &cert_path)?;
+            if !has_certificates(&cert_pem) {
+                return Err(file_error(
+                    "tcp.cert",
+                    &cert_path,
+                    "holds no PEM certificate",
+                    None,
+                ));
+            }
+            let key_pem = read_file("tcp.key", &key_path)?;
+            if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+                return Err(file_error(
+                    "tcp.key",
+                    &key_path,
+                    "holds no PEM private key",
+                    None,
+                ));
+            }
+            let mut tls = ServerTls::from_pem(cert_pem, key_pem);
+            tls.build().map_err(|e| {
+                file_error(
+                    "tcp.key",
+                    &key_path,
+                    "cannot serve with the certificate of `tcp.cert`",
+                    Some(Box::new(e)),
+                )
+            })?;
+            if let Some(ca) = &t.client_ca {
+                let ca_path = resolve(base, ca);
+                let ca_pem = read_file("tcp.client_ca", &ca_path)?;
+                if !has_certificates(&ca_pem) {
+                    return Err(file_error(
+                        "tcp.client_ca",
+                        &ca_path,
+                        "holds no PEM certificate",
+                        None,
+                    ));
+                }
+                tls = tls.with_client_ca_pem(ca_pem);
+                tls.build().map_err(|e| {
+                    file_error(
+                        "tcp.client_ca",
+                        &ca_path,
+                        "cannot verify client certificates",
+                        Some(Box::new(e)),
+                    )
+                })?;
+            }
+            c.tls = Some(tls);
+        }
+        (Some(_), None) => {
+            return Err(out_of_range(
+                "tcp.key",
+                "missing",
+                "set with `tcp.cert` (both or neither)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(out_of_range(
+                "tcp.cert",
+                "missing",
+                "set with `tcp.key` (both or neither)",
+            ))
+        }
+        (None, None) => {
+            if t.client_ca.is_some() {
+                return Err(out_of_range(
+                    "tcp.client_ca",
+                    "set",
+                    "set only with `tcp.cert` and `tcp.key` (client certificates need TLS)",
+                ));
+            }
+        }
+    }
+    if let Some(p) = &t.token_file {
+        let path = resolve(base, p);
+        c.token = Some(Token::load(&path).map_err(|e| {
+            file_error(
+                "tcp.token_file",
+                &path,
+                "is not a usable token file",
+                Some(Box::new(e)),
+            )
+        })?);
+    }
+    if let Some(b) = t.insecure_plaintext {
+        c.insecure_plaintext = b;
+    }
+    match t.compression.as_deref() {
+        None => {}
+        Some("none") => c.compression = Compression::None,
+        Some("lz4") => c.compression = Compression::Lz4,
+        Some(other) => {
+            return Err(out_of_range(
+                "tcp.compression",
+                format!("{other:?}"),
+                "one of \"none\", \"lz4\"",
+            ))
+        }
+    }
+    if let Some(s) = &t.compress_above {
+        c.compress_above = size("tcp.compress_above", s, 0, 1 << 30)? as usize;
+    }
+    if let Some(n) = t.max_connections {
+        if !(1..=1_000_000).contains(&n) {
+            return Err(out_of_range("tcp.max_connections", n, "from 1 to 1000000"));
+        }
+        c.max_connections = n as usize;
+    }
+    if let Some(n) = t.max_per_address {
+        if !(1..=1_000_000).contains(&n) {
+            return Err(out_of_range("tcp.max_per_address", n, "from 1 to 1000000"));
+        }
+        c.max_per_address = n as usize;
+    }
+    if let Some(d) = &t.frame_timeout {
+        c.frame_timeout = duration(
+            "tcp.frame_timeout",
+            d,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        )?;
+    }
+    if let Some(d) = &t.idle_timeout {
+        c.idle_timeout = Some(duration(
+            "tcp.idle_timeout",
+            d,
+            Duration::from_millis(100),
+            Duration::from_secs(24 * 3600),
+        )?);
+    }
+    Ok(c)
+}
+
 impl ServerConfig {
     /// Settings from TOML text.
     ///
@@ -299,10 +508,39 @@ impl ServerConfig {
     /// # Ok::<(), shmrpc::ConfigError>(())
     /// ```
     ///
+    /// The `[tcp]` table sets [`ServerConfig::tcp`], how
+    /// [`bind_tcp`](super::ServerBuilder::bind_tcp) takes connections. Its files are read
+    /// and checked here, not when the server binds; relative paths are taken from the
+    /// current directory (from the file's directory with
+    /// [`from_toml_file`](Self::from_toml_file)).
+    ///
+    /// ```toml
+    /// [tcp]
+    /// cert = "server.pem"         # TLS: certificate chain (PEM), with `key`
+    /// key = "server.key"          # its private key (PEM)
+    /// client_ca = "ca.pem"        # mutual TLS: client certificates must be signed by it
+    /// token_file = "token"        # clients must prove this token (mode 0600, hex)
+    /// insecure_plaintext = false  # allow plaintext on a non-loopback address
+    /// compression = "lz4"         # or "none"
+    /// compress_above = "1 KiB"    # compress larger frames (when negotiated)
+    /// max_connections = 1024      # TCP connections at once
+    /// max_per_address = 64        # the same, per peer IP address
+    /// frame_timeout = "10s"       # a frame begun must arrive whole within this
+    /// idle_timeout = "5m"         # close a connection idle this long (default: never)
+    /// ```
+    ///
     /// # Errors
     /// [`ConfigError::Syntax`] for bad TOML, an unknown key or a wrong type (with the line);
-    /// [`ConfigError::OutOfRange`] naming the key and the allowed range.
+    /// [`ConfigError::OutOfRange`] naming the key and the allowed range;
+    /// [`ConfigError::File`] naming the key of a file that cannot be read or holds no usable
+    /// certificate, key or token.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml_in(text, None)
+    }
+
+    /// [`from_toml`](Self::from_toml), relative paths in `[tcp]` resolved against `base`
+    /// (none: the current directory).
+    fn from_toml_in(text: &str, base: Option<&Path>) -> Result<Self, ConfigError> {
         let f: File =
             toml::from_str(text).map_err(|source| ConfigError::Syntax { file: None, source })?;
         let mut cfg = ServerConfig::default();
@@ -398,6 +636,9 @@ impl ServerConfig {
         if let Some(m) = f.metrics {
             cfg.metrics = m;
         }
+        if let Some(t) = &f.tcp {
+            cfg.tcp = tcp(t, base)?;
+        }
         // The largest message must fit the reassembly of at least one ring's worth.
         if cfg.max_message < cfg.channel.capacity / 2 {
             return Err(out_of_range(
@@ -412,7 +653,9 @@ impl ServerConfig {
         Ok(cfg)
     }
 
-    /// Settings from a TOML file (see [`from_toml`](Self::from_toml)).
+    /// Settings from a TOML file (see [`from_toml`](Self::from_toml)). Relative paths in
+    /// its `[tcp]` table are taken from the file's directory, so a configuration and its
+    /// certificates can move together.
     ///
     /// # Errors
     /// [`ConfigError::Read`] if the file cannot be read; otherwise as `from_toml`, with
@@ -442,7 +685,7 @@ impl ServerConfig {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| match e {
+        Self::from_toml_in(&text, path.parent()).map_err(|e| match e {
             ConfigError::Syntax { source, .. } => ConfigError::Syntax {
                 file: Some(path.display().to_string()),
                 source,
@@ -537,5 +780,212 @@ mod tests {
         assert!(e.contains("`handshake_timeout`"), "{e}");
         let e = err("max_in_flight = \"many\"");
         assert!(e.contains("max_in_flight"), "{e}");
+    }
+
+    /// A directory of its own for one test, removed when it ends.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(word: &str) -> Self {
+            let p =
+                std::env::temp_dir().join(format!("shmrpc-config-{}-{word}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A directory with `server.pem`, `server.key`, `ca.pem` (another self-signed
+    /// certificate: enough for the verifier to be built) and `token` (mode 0600).
+    fn tls_files(word: &str) -> (TempDir, Token) {
+        let d = TempDir::new(word);
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        d.write("server.pem", &server.cert.pem());
+        d.write("server.key", &server.signing_key.serialize_pem());
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).unwrap();
+        d.write("ca.pem", &ca.cert.pem());
+        let token = Token::generate().unwrap();
+        token.write_new(d.0.join("token")).unwrap();
+        (d, token)
+    }
+
+    /// The error of `text` read as the file `config.toml` in `d`, with its sources.
+    fn file_err(d: &TempDir, text: &str) -> String {
+        let path = d.write("config.toml", text);
+        let e = ServerConfig::from_toml_file(&path).unwrap_err();
+        let mut s = e.to_string();
+        let mut next = std::error::Error::source(&e);
+        while let Some(c) = next {
+            s = format!("{s}: {c}");
+            next = c.source();
+        }
+        s
+    }
+
+    #[test]
+    fn every_tcp_key_is_read_with_paths_from_the_files_directory() {
+        let (d, token) = tls_files("tcp-keys");
+        let path = d.write(
+            "config.toml",
+            "[tcp]\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n\
+             token_file = \"token\"\ninsecure_plaintext = true\ncompression = \"lz4\"\n\
+             compress_above = \"4 KiB\"\nmax_connections = 10\nmax_per_address = 2\n\
+             frame_timeout = \"1500ms\"\nidle_timeout = \"2m\"\n",
+        );
+        let c = ServerConfig::from_toml_file(&path).unwrap().tcp;
+        assert!(c.tls.as_ref().is_some_and(ServerTls::verifies_clients));
+        assert_eq!(c.token, Some(token));
+        assert!(c.insecure_plaintext);
+        assert_eq!(c.compression, Compression::Lz4);
+        assert_eq!(c.compress_above, 4096);
+        assert_eq!(c.max_connections, 10);
+        assert_eq!(c.max_per_address, 2);
+        assert_eq!(c.frame_timeout, Duration::from_millis(1500));
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(120)));
+        assert!(c.authenticates());
+
+        // Absolute paths from text; TLS without a client CA; compression off by name.
+        let text = format!(
+            "[tcp]\ncert = {:?}\nkey = {:?}\ncompression = \"none\"\n",
+            d.0.join("server.pem"),
+            d.0.join("server.key")
+        );
+        let c = ServerConfig::from_toml(&text).unwrap().tcp;
+        assert!(c.tls.is_some_and(|t| !t.verifies_clients()));
+        assert_eq!(c.compression, Compression::None);
+        assert!(c.token.is_none());
+
+        // No [tcp] table: the defaults.
+        let c = ServerConfig::from_toml("").unwrap().tcp;
+        assert!(c.tls.is_none() && c.token.is_none() && !c.insecure_plaintext);
+        assert_eq!(c.idle_timeout, None);
+    }
+
+    #[test]
+    fn tcp_errors_name_the_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let (d, _) = tls_files("tcp-errors");
+        let tls = "[tcp]\ncert = \"server.pem\"\nkey = \"server.key\"\n";
+        let bad = d.write("bad-token", "not a token\n");
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cases: Vec<(String, &[&str])> = vec![
+            (
+                "[tcp]\ncert = \"nope.pem\"\nkey = \"server.key\"".into(),
+                &["`tcp.cert`", "nope.pem", "cannot be read", "No such file"],
+            ),
+            (
+                "[tcp]\ncert = \"server.pem\"\nkey = \"nope.key\"".into(),
+                &["`tcp.key`", "nope.key", "cannot be read"],
+            ),
+            (
+                "[tcp]\ncert = \"server.key\"\nkey = \"server.key\"".into(),
+                &["`tcp.cert`", "holds no PEM certificate"],
+            ),
+            (
+                "[tcp]\ncert = \"server.pem\"\nkey = \"server.pem\"".into(),
+                &["`tcp.key`", "holds no PEM private key"],
+            ),
+            (
+                "[tcp]\ncert = \"server.pem\"".into(),
+                &["`tcp.key`", "both or neither"],
+            ),
+            (
+                "[tcp]\nkey = \"server.key\"".into(),
+                &["`tcp.cert`", "both or neither"],
+            ),
+            (
+                "[tcp]\nclient_ca = \"ca.pem\"".into(),
+                &["`tcp.client_ca`", "need TLS"],
+            ),
+            (
+                format!("{tls}client_ca = \"server.key\""),
+                &["`tcp.client_ca`", "holds no PEM certificate"],
+            ),
+            (
+                format!("{tls}client_ca = \"nope.pem\""),
+                &["`tcp.client_ca`", "cannot be read"],
+            ),
+            (
+                "[tcp]\ntoken_file = \"nope\"".into(),
+                &["`tcp.token_file`", "nope"],
+            ),
+            (
+                "[tcp]\ntoken_file = \"bad-token\"".into(),
+                &["`tcp.token_file`", "hex digits"],
+            ),
+            (
+                "[tcp]\ncompression = \"zstd\"".into(),
+                &["`tcp.compression`", "\"lz4\""],
+            ),
+            (
+                "[tcp]\ncompress_above = \"3 furlongs\"".into(),
+                &["`tcp.compress_above`"],
+            ),
+            (
+                "[tcp]\nmax_connections = 0".into(),
+                &["`tcp.max_connections`", "from 1"],
+            ),
+            (
+                "[tcp]\nmax_per_address = 0".into(),
+                &["`tcp.max_per_address`", "from 1"],
+            ),
+            (
+                "[tcp]\nframe_timeout = \"10\"".into(),
+                &["`tcp.frame_timeout`", "like \"250ms\""],
+            ),
+            (
+                "[tcp]\nframe_timeout = \"2ms\"".into(),
+                &["`tcp.frame_timeout`", "from 10ms"],
+            ),
+            (
+                "[tcp]\nidle_timeout = \"10ms\"".into(),
+                &["`tcp.idle_timeout`", "from 100ms"],
+            ),
+            (
+                "[tcp]\ninsecure_plaintext = \"yes\"".into(),
+                &["insecure_plaintext"],
+            ),
+            (
+                "[tcp]\ncertificate = \"server.pem\"".into(),
+                &["unknown field", "certificate"],
+            ),
+        ];
+        for (text, needles) in cases {
+            let e = file_err(&d, &text);
+            for n in needles {
+                assert!(e.contains(n), "{text:?} gave {e:?}, lacking {n:?}");
+            }
+        }
+
+        // A key that is not the certificate's.
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        d.write("other.key", &other.signing_key.serialize_pem());
+        let e = file_err(&d, "[tcp]\ncert = \"server.pem\"\nkey = \"other.key\"");
+        assert!(
+            e.contains("`tcp.key`") && e.contains("certificate of `tcp.cert`"),
+            "{e}"
+        );
+
+        // A token file others may read.
+        let loose = d.0.join("loose-token");
+        Token::generate().unwrap().write_new(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = file_err(&d, "[tcp]\ntoken_file = \"loose-token\"");
+        assert!(
+            e.contains("`tcp.token_file`") && e.contains("chmod 600"),
+            "{e}"
+        );
     }
 }

@@ -223,7 +223,7 @@ impl ServerObs {
 
     /// A client's handshake failed (it is dropped; the server goes on).
     #[inline]
-    pub(crate) fn handshake_failed(&self, error: &dyn std::error::Error) {
+    pub(crate) fn handshake_failed(&self, error: &(dyn std::error::Error + 'static)) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.m {
             m.handshake_failures.increment(1);

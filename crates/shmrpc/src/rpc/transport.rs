@@ -647,3 +647,54 @@ impl NetRx {
             .map(|(h, p)| (h, p.into_owned())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_compression_error(r: Result<Vec<u8>, TransportError>) -> bool {
+        matches!(r, Err(TransportError::Protocol(Cause::Compression(_))))
+    }
+
+    #[test]
+    fn compressed_payloads_expand_only_within_the_fragment_limit() {
+        let text = b"diagnostic: unused variable `x`\n".repeat(2000);
+        let packed = compress(&[&text[..10], &text[10..]], text.len()).expect("it shrinks");
+        assert!(packed.len() < text.len() / 10);
+        assert_eq!(decompress(&packed).unwrap(), text);
+
+        // Incompressible bytes are not sent compressed.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(compress(&[&noise], noise.len()).is_none());
+
+        // A bomb: a few bytes that claim a gigabyte are refused before any allocation.
+        let mut bomb = (1u32 << 30).to_le_bytes().to_vec();
+        bomb.extend_from_slice(&packed[4..]);
+        assert!(is_compression_error(decompress(&bomb)));
+        // Just over the limit, just as much.
+        let mut over = ((TCP_MAX_FRAGMENT + 1) as u32).to_le_bytes().to_vec();
+        over.extend_from_slice(&packed[4..]);
+        assert!(is_compression_error(decompress(&over)));
+        // A claim smaller than what the block expands to: refused, no overrun.
+        let mut short = ((text.len() / 2) as u32).to_le_bytes().to_vec();
+        short.extend_from_slice(&packed[4..]);
+        assert!(is_compression_error(decompress(&short)));
+        // A claim larger than what it expands to.
+        let mut long = ((text.len() + 1) as u32).to_le_bytes().to_vec();
+        long.extend_from_slice(&packed[4..]);
+        assert!(is_compression_error(decompress(&long)));
+        // Truncated, or no prefix at all.
+        assert!(is_compression_error(decompress(
+            &packed[..packed.len() / 2]
+        )));
+        assert!(is_compression_error(decompress(&[1, 2])));
+    }
+}

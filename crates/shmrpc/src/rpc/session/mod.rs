@@ -27,6 +27,7 @@ mod peer;
 mod reader;
 mod sink;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +115,9 @@ pub(crate) struct Link {
     /// later short message of the same call waits for it (a `Cancel` must not overtake the
     /// request it cancels, nor an item the one before it). Almost always empty.
     tails: std::sync::Mutex<Vec<Tail>>,
+    /// How many `tails` there are, so that a send looks at the list (a lock) only when it
+    /// is not empty: every message asks.
+    tail_count: AtomicUsize,
     pub(crate) broken: CallToken,
     /// The connection is over: sends still waiting (for room in a ring the peer no longer
     /// reads, say) give up, so that winding the connection down never waits on the peer.
@@ -147,6 +151,7 @@ impl Link {
             long: Arc::new(Mutex::new(())),
             short_waiting: Notify::new(),
             tails: std::sync::Mutex::new(Vec::new()),
+            tail_count: AtomicUsize::new(0),
             broken: CallToken::default(),
             ended: CallToken::default(),
             obs,
@@ -302,6 +307,12 @@ impl Link {
 
     /// The token of the abandoned long message of this call still being sent, if any.
     fn tail_of(&self, dir: Dir, call_id: u64) -> Option<CancellationToken> {
+        // Acquire: pairs with the Release increment in `LongSend::drop`, which comes
+        // before any later send of the same call (the dropping task sends it, or wakes
+        // whoever does); a tail pushed concurrently by another call is none of ours.
+        if self.tail_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
         tails
             .iter()
@@ -411,10 +422,11 @@ impl Drop for LongSend<'_> {
             call_id: route.call_id,
             done: done.clone(),
         };
-        link.tails
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tail);
+        let mut tails = link.tails.lock().unwrap_or_else(|e| e.into_inner());
+        tails.push(tail);
+        // Release: pairs with the Acquire load in `tail_of`.
+        link.tail_count.fetch_add(1, Ordering::Release);
+        drop(tails);
         rt.spawn(async move {
             let _long = long;
             let mut sent = sent;
@@ -426,6 +438,9 @@ impl Drop for LongSend<'_> {
             }
             let mut tails = link.tails.lock().unwrap_or_else(|e| e.into_inner());
             tails.retain(|t| !(t.dir == route.dir && t.call_id == route.call_id));
+            // Release: pairs with the Acquire load in `tail_of` (the rest is out: a send
+            // that sees the count fall may go).
+            link.tail_count.fetch_sub(1, Ordering::Release);
             drop(tails);
             done.cancel();
         });
