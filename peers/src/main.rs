@@ -574,7 +574,7 @@ fn run(o: &Opts, env: &RunEnv, cpus: Option<(usize, usize)>) -> Result<Run> {
         *c = Some(peer.kill_handle());
     }
     eprintln!(
-        "shmrpc-peers: {} cases over {} systems/modes, {} rounds (+1 warm-up); {}",
+        "shmrpc-peers: {} raw-channel cases over {} systems/modes, {} rounds (+1 warm-up); {}",
         cases.len(),
         variants.len(),
         o.rounds,
