@@ -462,7 +462,15 @@ pub(crate) struct NetTx {
     buf: Vec<u8>,
     /// Compress payloads above this many bytes (when the connection negotiated it).
     compress_above: Option<usize>,
+    /// After a payload that did not shrink, the next `skip` go as they are, and `backoff`
+    /// doubles (up to [`MAX_SKIP`]); one that shrinks resets it. Incompressible data
+    /// (media, encrypted, already compressed) then costs an attempt only now and then.
+    skip: u32,
+    backoff: u32,
 }
+
+/// The most frames sent uncompressed, untried, after failed attempts.
+const MAX_SKIP: u32 = 64;
 
 impl std::fmt::Debug for NetTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -478,6 +486,8 @@ impl NetTx {
             w,
             buf: Vec::new(),
             compress_above,
+            skip: 0,
+            backoff: 1,
         }
     }
 
@@ -488,7 +498,7 @@ impl NetTx {
     ) -> Result<(), TransportError> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let packed = match self.compress_above {
-            Some(above) if total > above => compress(parts, total),
+            Some(above) if total > above => self.try_compress(parts, total),
             _ => None,
         };
         let buf = &mut self.buf;
@@ -509,6 +519,24 @@ impl NetTx {
         self.w.write_all(buf).await.map_err(gone)?;
         // TLS holds written records until flushed; for plain TCP this is a no-op.
         self.w.flush().await.map_err(gone)
+    }
+}
+
+impl NetTx {
+    /// [`compress`], unless recent attempts failed (see `skip`).
+    fn try_compress(&mut self, parts: &[&[u8]], total: usize) -> Option<Vec<u8>> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        let packed = compress(parts, total);
+        if packed.is_some() {
+            self.backoff = 1;
+        } else {
+            self.skip = self.backoff;
+            self.backoff = (self.backoff * 2).min(MAX_SKIP);
+        }
+        packed
     }
 }
 
@@ -544,12 +572,16 @@ fn decompress(payload: &[u8]) -> Result<Vec<u8>, TransportError> {
 }
 
 /// The receiving half of a TCP connection (plain or TLS) after its handshake.
+///
+/// Reads in chunks of up to [`NET_READ`] bytes into `buf` and takes frames from it, so
+/// that a burst of small frames costs one read, not two per frame (header, payload).
 pub(crate) struct NetRx {
     r: BoxRead,
     re: Reassembler,
-    /// The frame being read, and how many of its bytes are in.
+    /// Bytes read and not yet taken: `buf[start..end]`.
     buf: Vec<u8>,
-    filled: usize,
+    start: usize,
+    end: usize,
     /// Whether the connection negotiated compression.
     lz4: bool,
     /// How long a frame may take once begun, and when the current one began.
@@ -557,10 +589,13 @@ pub(crate) struct NetRx {
     began: Option<Instant>,
 }
 
+/// The most a single read asks for (more when one frame is larger).
+const NET_READ: usize = 64 << 10;
+
 impl std::fmt::Debug for NetRx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetRx")
-            .field("filled", &self.filled)
+            .field("buffered", &(self.end - self.start))
             .field("lz4", &self.lz4)
             .finish_non_exhaustive()
     }
@@ -572,34 +607,50 @@ impl NetRx {
             r,
             re: Reassembler::new(max_message),
             buf: Vec::new(),
-            filled: 0,
+            start: 0,
+            end: 0,
             lz4,
             frame_timeout,
             began: None,
         }
     }
 
+    /// The length of the whole frame at `buf[start..]`, once its header is in.
+    fn next_frame_len(&self) -> Result<Option<usize>, TransportError> {
+        if self.end - self.start < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let h = frame::decode_header(&self.buf[self.start..self.start + FRAME_HEADER_LEN])
+            .map_err(frame_error)?;
+        if h.len as usize > TCP_MAX_FRAGMENT {
+            return Err(TransportError::Protocol(Cause::Oversized(h.len)));
+        }
+        Ok(Some(FRAME_HEADER_LEN + h.len as usize))
+    }
+
     /// Reads one frame and passes it to the reassembler: a whole message, or `None` for
     /// a fragment that does not complete one. Cancel-safe: callers race it against
-    /// timers, so the bytes of a frame read so far stay in `buf` (and `filled`) until it
-    /// is complete; each `read` either completes or takes nothing.
+    /// timers, so bytes read stay in `buf` until taken; each `read` either completes or
+    /// takes nothing.
     async fn recv(&mut self) -> Result<Option<(FrameHeader, Vec<u8>)>, TransportError> {
         let total = loop {
-            if self.filled >= FRAME_HEADER_LEN {
-                let h = frame::decode_header(&self.buf[..FRAME_HEADER_LEN]).map_err(frame_error)?;
-                if h.len as usize > TCP_MAX_FRAGMENT {
-                    return Err(TransportError::Protocol(Cause::Oversized(h.len)));
-                }
-                let total = FRAME_HEADER_LEN + h.len as usize;
-                if self.filled == total {
-                    break total;
-                }
-                self.buf.resize(total, 0);
-            } else {
-                self.buf.resize(FRAME_HEADER_LEN, 0);
+            let want = match self.next_frame_len()? {
+                Some(total) if self.end - self.start >= total => break total,
+                Some(total) => total,
+                None => FRAME_HEADER_LEN,
+            };
+            // Room for the rest of this frame, and a chunk more: move what is buffered to
+            // the front, grow if one frame needs it.
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
             }
-            let end = self.buf.len();
-            let read = self.r.read(&mut self.buf[self.filled..end]);
+            let size = want.max(NET_READ);
+            if self.buf.len() < size {
+                self.buf.resize(size, 0);
+            }
+            let read = self.r.read(&mut self.buf[self.end..]);
             // Between frames a connection may be quiet as long as it likes (heartbeats
             // find a dead peer); inside one, only for `frame_timeout`.
             let n = match self.began {
@@ -617,14 +668,16 @@ impl NetRx {
             if n == 0 {
                 return Err(TransportError::Gone(Cause::Closed));
             }
-            if self.filled == 0 {
+            if self.end == self.start {
                 self.began = Some(Instant::now());
             }
-            self.filled += n;
+            self.end += n;
         };
-        self.filled = 0;
-        self.began = None;
-        let (mut h, payload) = frame::decode(&self.buf[..total]).map_err(frame_error)?;
+        let at = self.start;
+        self.start += total;
+        // A frame that began in the same read as this one began no earlier than now.
+        self.began = (self.start < self.end).then(Instant::now);
+        let (mut h, payload) = frame::decode(&self.buf[at..at + total]).map_err(frame_error)?;
         if h.flags & FLAG_COMPRESSED == 0 {
             return Ok(self
                 .re
@@ -696,5 +749,41 @@ mod tests {
             &packed[..packed.len() / 2]
         )));
         assert!(is_compression_error(decompress(&[1, 2])));
+    }
+
+    #[test]
+    fn after_payloads_that_do_not_shrink_attempts_back_off_and_resume_on_success() {
+        let mut tx = NetTx::new(Box::new(tokio::io::sink()), Some(0));
+        let text = b"progress: 42% of the index built\n".repeat(100);
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let noise: Vec<u8> = (0..text.len())
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut attempts = 0;
+        for _ in 0..200 {
+            let skipping = tx.skip > 0;
+            assert!(tx.try_compress(&[&noise], noise.len()).is_none());
+            attempts += usize::from(!skipping);
+        }
+        // 1 + 1 + 2 + 4 + ... + 64, then one per 65: far fewer than 200.
+        assert!(
+            (5..=12).contains(&attempts),
+            "{attempts} attempts for 200 frames"
+        );
+        // Compressible data is compressed again once the current skip runs out.
+        let mut sent_plain = 0;
+        while tx.try_compress(&[&text], text.len()).is_none() {
+            sent_plain += 1;
+            assert!(sent_plain <= MAX_SKIP, "compression never resumed");
+        }
+        assert!(
+            tx.try_compress(&[&text], text.len()).is_some(),
+            "backoff not reset"
+        );
     }
 }
