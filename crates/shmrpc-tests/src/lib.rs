@@ -22,6 +22,26 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------
+// The TCP connection handshake, by hand
+// ---------------------------------------------------------------------------------------
+
+/// The client's side of the hello of a plaintext TCP server that asks for no token (see
+/// `docs/protocol.md` §1a), on a raw socket: after it, the socket carries frames. Panics
+/// if the server refuses.
+pub fn plain_tcp_hello(s: &mut std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut hello = b"SRPCTCP\0\x01\x00".to_vec();
+    hello.extend_from_slice(&[9u8; 32]);
+    s.write_all(&hello).expect("send the hello");
+    // Magic, version, status 0, flags, server nonce; then the final status.
+    let mut reply = [0u8; 8 + 1 + 1 + 1 + 32 + 1];
+    s.read_exact(&mut reply).expect("the server's hello");
+    assert_eq!(&reply[..10], b"SRPCTCP\0\x01\x00", "hello refused");
+    assert_eq!(reply[10] & 2, 0, "the server asks for a token");
+    assert_eq!(reply[43], 0, "hello refused");
+}
+
+// ---------------------------------------------------------------------------------------
 // Deterministic randomness and checksums
 // ---------------------------------------------------------------------------------------
 

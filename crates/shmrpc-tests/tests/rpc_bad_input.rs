@@ -475,6 +475,9 @@ fn garbage_over_tcp_closes_only_that_connection() {
         {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(WAIT)).unwrap();
+            // Past the connection handshake, so that the frame reader gets the garbage
+            // (before it, the hello refuses it: `remote_abuse.rs`).
+            shmrpc_tests::plain_tcp_hello(&mut s);
             s.write_all(&bytes).unwrap();
             // Closed: end of file, or a reset if our garbage was still unread.
             let mut buf = [0u8; 64];

@@ -240,6 +240,7 @@ fn rpc_tcp_frame_arriving_slowly_is_still_one_frame() {
         };
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(WAIT)).unwrap();
+        shmrpc_tests::plain_tcp_hello(&mut s);
         let mut payload = vec![0u8; 4];
         payload.extend_from_slice(b"slowly but surely");
         let h = FrameHeader {
