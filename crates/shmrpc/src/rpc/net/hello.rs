@@ -317,9 +317,28 @@ async fn client_hello<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(flags & WANTS_LZ4 != 0)
 }
 
-fn split<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(s: S) -> (BoxRead, BoxWrite) {
-    let (r, w) = tokio::io::split(s);
-    (Box::new(r), Box::new(w))
+impl Conn {
+    /// A TLS stream after its hello: split (the halves share the TLS session).
+    fn tls<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(s: S, lz4: bool) -> Self {
+        let (r, w) = tokio::io::split(s);
+        Conn {
+            read: Box::new(r),
+            write: Box::new(w),
+            lz4,
+            transport: "tls",
+        }
+    }
+
+    /// A plain TCP stream after its hello: its own halves, with no lock between them.
+    fn tcp(s: TcpStream, lz4: bool) -> Self {
+        let (r, w) = s.into_split();
+        Conn {
+            read: Box::new(r),
+            write: Box::new(w),
+            lz4,
+            transport: "tcp",
+        }
+    }
 }
 
 /// Runs the server's side of the handshake on an accepted TCP connection.
@@ -333,24 +352,12 @@ pub(crate) async fn accept(tcp: TcpStream, side: Arc<ServerSide>) -> Result<Conn
         Some(acceptor) => {
             let mut s = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
             let lz4 = server_hello(&mut s, &side, refused).await?;
-            let (read, write) = split(s);
-            Ok(Conn {
-                read,
-                write,
-                lz4,
-                transport: "tls",
-            })
+            Ok(Conn::tls(s, lz4))
         }
         None => {
             let mut s = tcp;
             let lz4 = server_hello(&mut s, &side, refused).await?;
-            let (r, w) = s.into_split();
-            Ok(Conn {
-                read: Box::new(r),
-                write: Box::new(w),
-                lz4,
-                transport: "tcp",
-            })
+            Ok(Conn::tcp(s, lz4))
         }
     }
 }
@@ -368,24 +375,12 @@ pub(crate) async fn connect(tcp: TcpStream, side: &ClientSide) -> Result<Conn, H
                 .await
                 .map_err(HandshakeError::Tls)?;
             let lz4 = client_hello(&mut s, side).await?;
-            let (read, write) = split(s);
-            Ok(Conn {
-                read,
-                write,
-                lz4,
-                transport: "tls",
-            })
+            Ok(Conn::tls(s, lz4))
         }
         None => {
             let mut s = tcp;
             let lz4 = client_hello(&mut s, side).await?;
-            let (r, w) = s.into_split();
-            Ok(Conn {
-                read: Box::new(r),
-                write: Box::new(w),
-                lz4,
-                transport: "tcp",
-            })
+            Ok(Conn::tcp(s, lz4))
         }
     }
 }
