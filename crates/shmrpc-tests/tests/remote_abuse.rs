@@ -781,11 +781,12 @@ async fn wrong_expired_or_missing_credentials_are_refused_with_a_clear_error() {
         let (e, text) = refused(addr, pki.client_tcp(None, Some(&pki.token))).await;
         // TLS 1.3: the client's side of TLS is done before the server judges its
         // certificate, so the server's verdict comes as an alert while the client is
-        // already in the hello.
+        // already in the hello; it is still reported as a TLS failure.
         assert!(
             text.contains("CertificateRequired"),
             "no certificate: {e:?}: {text}"
         );
+        assert!(matches!(e, HandshakeError::Tls(_)), "a TLS refusal: {e:?}");
         // A certificate from another CA.
         let foreign = Ca::new("another CA").issue(&["client.test"], Validity::Valid);
         let (e, text) = refused(addr, pki.client_tcp(Some(&foreign), Some(&pki.token))).await;
@@ -793,6 +794,7 @@ async fn wrong_expired_or_missing_credentials_are_refused_with_a_clear_error() {
             text.contains("UnknownCA"),
             "foreign certificate: {e:?}: {text}"
         );
+        assert!(matches!(e, HandshakeError::Tls(_)), "a TLS refusal: {e:?}");
         // An expired certificate from the right CA.
         let expired = pki.ca.issue(&["client.test"], Validity::Expired);
         let (e, text) = refused(addr, pki.client_tcp(Some(&expired), Some(&pki.token))).await;

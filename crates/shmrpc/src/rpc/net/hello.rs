@@ -134,11 +134,13 @@ pub(crate) struct ServerSide {
     pub(crate) uids: Option<Vec<u32>>,
 }
 
-/// Whether the loopback peer of `tcp` may connect: `None` if so, else why not.
-fn refusal(tcp: &TcpStream, uids: &[u32]) -> Option<String> {
-    let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
-        return Some("the connection's addresses are unknown".into());
-    };
+/// Whether the loopback peer of the connection `local` ↔ `peer` may connect: `None` if
+/// so, else why not. Reads the whole socket table (`/proc/net/tcp`): a blocking call.
+fn refusal(
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    uids: &[u32],
+) -> Option<String> {
     // The client's socket, seen from here: its local address is our peer's.
     match crate::sys::proc::tcp_socket_uid(peer, local) {
         Some(uid) if uids.contains(&uid) => None,
@@ -347,16 +349,38 @@ impl Conn {
 /// Why the client was refused (it has been told, where the protocol allows).
 pub(crate) async fn accept(tcp: TcpStream, side: Arc<ServerSide>) -> Result<Conn, HandshakeError> {
     let _ = tcp.set_nodelay(true);
-    let refused = side.uids.as_deref().and_then(|u| refusal(&tcp, u));
+    let refused = match side.uids.clone() {
+        Some(uids) => {
+            let (Ok(local), Ok(peer)) = (tcp.local_addr(), tcp.peer_addr()) else {
+                return Err(HandshakeError::Refused(
+                    "the connection's addresses are unknown".into(),
+                ));
+            };
+            // Reading the socket table is file i/o: off the runtime's threads.
+            tokio::task::spawn_blocking(move || refusal(local, peer, &uids))
+                .await
+                .map_err(|e| HandshakeError::Io(io::Error::other(e)))?
+        }
+        None => None,
+    };
+    finish_accept(tcp, &side, refused).await
+}
+
+/// [`accept`] once it is known whether the peer's uid is refused.
+async fn finish_accept(
+    tcp: TcpStream,
+    side: &ServerSide,
+    refused: Option<String>,
+) -> Result<Conn, HandshakeError> {
     match &side.tls {
         Some(acceptor) => {
             let mut s = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
-            let lz4 = server_hello(&mut s, &side, refused).await?;
+            let lz4 = server_hello(&mut s, side, refused).await?;
             Ok(Conn::tls(s, lz4))
         }
         None => {
             let mut s = tcp;
-            let lz4 = server_hello(&mut s, &side, refused).await?;
+            let lz4 = server_hello(&mut s, side, refused).await?;
             Ok(Conn::tcp(s, lz4))
         }
     }
@@ -374,7 +398,14 @@ pub(crate) async fn connect(tcp: TcpStream, side: &ClientSide) -> Result<Conn, H
                 .connect(name.clone(), tcp)
                 .await
                 .map_err(HandshakeError::Tls)?;
-            let lz4 = client_hello(&mut s, side).await?;
+            // Under TLS 1.3 the server's verdict on this client's certificate arrives as
+            // an alert while the hello is read: a TLS failure, not a lost connection.
+            let lz4 = client_hello(&mut s, side).await.map_err(|e| match e {
+                HandshakeError::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    HandshakeError::Tls(e)
+                }
+                e => e,
+            })?;
             Ok(Conn::tls(s, lz4))
         }
         None => {
