@@ -225,11 +225,10 @@ pub fn client_hint(
                     Some("the server requires a token: pass --token-file")
                 }
             }
-            HandshakeError::Tls(_) => Some(
-                "check --ca and --server-name; a server with a client CA needs --cert and --key",
-            ),
-            HandshakeError::Io(io) => {
+            // The server's verdict on this client's certificate comes as a TLS alert.
+            HandshakeError::Tls(io) | HandshakeError::Io(io) => {
                 let text = io.to_string();
+                let is_tls = matches!(e.downcast_ref::<HandshakeError>(), Some(HandshakeError::Tls(_)));
                 if text.contains("CertificateRequired") {
                     Some("the server requires a client certificate: pass --cert and --key")
                 } else if text.contains("UnknownCA")
@@ -237,6 +236,8 @@ pub fn client_hint(
                     || text.contains("DecryptError")
                 {
                     Some("the server does not accept the certificate of --cert")
+                } else if is_tls {
+                    Some("check --ca and --server-name; a server with a client CA needs --cert and --key")
                 } else if !tls {
                     Some("does the server use TLS? then pass --ca (and --server-name)")
                 } else {
