@@ -409,24 +409,42 @@ impl FrameRx {
         self.recv().await
     }
 
+    /// The next whole message if it is in the ring now, without waiting; `Ok(None)` if
+    /// it is not (always for TCP and the in-memory queue, where telling would need a
+    /// system call or is for tests only). For the reader, which drains a burst of frames
+    /// before it looks at its other events again. Fragments of a long message that are
+    /// there are taken in, and `Ok(None)` returned if its last one is not there yet.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub(crate) fn try_recv(&mut self) -> Result<Option<(FrameHeader, Vec<u8>)>, TransportError> {
+        let FrameRx::Shm(rx, re) = self else {
+            return Ok(None);
+        };
+        loop {
+            let msg = match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(channel::TryRecvError::Empty) => return Ok(None),
+                Err(channel::TryRecvError::Closed) => {
+                    return Err(TransportError::Gone(Cause::Recv(RecvError::Closed)))
+                }
+                Err(channel::TryRecvError::Corrupt(c)) => {
+                    return Err(recv_error(RecvError::Corrupt(c)))
+                }
+            };
+            if let Some(whole) = shm_frame(&msg, re)? {
+                return Ok(Some(whole));
+            }
+        }
+    }
+
     /// The next whole message. Garbage is a protocol error: the connection is done.
     pub(crate) async fn recv(&mut self) -> Result<(FrameHeader, Vec<u8>), TransportError> {
         loop {
             let whole = match self {
                 FrameRx::Shm(rx, re) => {
-                    let msg = rx.recv_async().await.map_err(|e| match e {
-                        RecvError::Corrupt(_) => TransportError::Protocol(Cause::Recv(e)),
-                        e => TransportError::Gone(Cause::Recv(e)),
-                    })?;
-                    let (h, payload) = frame::decode(&msg).map_err(frame_error)?;
-                    if h.flags & FLAG_COMPRESSED != 0 {
-                        return Err(TransportError::Protocol(Cause::Compression(
-                            "compressed frame on shared memory",
-                        )));
-                    }
-                    re.push(&h, payload)
-                        .map_err(reassembly)?
-                        .map(|(h, p)| (h, p.into_owned()))
+                    let msg = rx.recv_async().await.map_err(recv_error)?;
+                    shm_frame(&msg, re)?
                 }
                 FrameRx::Tcp(net) => net.recv().await?,
                 FrameRx::Mem(q, max) => {
@@ -454,6 +472,33 @@ impl FrameRx {
             }
         }
     }
+}
+
+/// A failed receive from a ring: corruption is the peer's fault (a protocol error), the
+/// rest means it is gone.
+fn recv_error(e: RecvError) -> TransportError {
+    match e {
+        RecvError::Corrupt(_) => TransportError::Protocol(Cause::Recv(e)),
+        e => TransportError::Gone(Cause::Recv(e)),
+    }
+}
+
+/// One record of a ring, a frame: its message if the frame completes one (a whole message
+/// or the last fragment of a long one). Garbage is a protocol error.
+fn shm_frame(
+    msg: &[u8],
+    re: &mut Reassembler,
+) -> Result<Option<(FrameHeader, Vec<u8>)>, TransportError> {
+    let (h, payload) = frame::decode(msg).map_err(frame_error)?;
+    if h.flags & FLAG_COMPRESSED != 0 {
+        return Err(TransportError::Protocol(Cause::Compression(
+            "compressed frame on shared memory",
+        )));
+    }
+    Ok(re
+        .push(&h, payload)
+        .map_err(reassembly)?
+        .map(|(h, p)| (h, p.into_owned())))
 }
 
 /// The sending half of a TCP connection (plain or TLS) after its handshake.

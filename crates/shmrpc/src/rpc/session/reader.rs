@@ -26,6 +26,10 @@ use crate::frame::{FrameHeader, Kind};
 use crate::rpc::transport::{Dir, FrameRx, TransportError};
 use crate::rpc::{Code, RpcError, Silence};
 
+/// The most frames handled one after the other, as they are found in the ring, before
+/// the read loop looks at its other events again ([`Connection::burst`]).
+const BURST: usize = 64;
+
 /// Whether the connection goes on after a frame or an event, or why it ends.
 #[derive(Debug)]
 pub(super) enum Flow {
@@ -153,9 +157,11 @@ impl Connection {
                     "the connection broke (a send failed)",
                 )),
             };
-            match flow {
-                Flow::Continue => {}
-                Flow::Stop(e) => break e,
+            if let Flow::Stop(e) = flow {
+                break e;
+            }
+            if let Flow::Stop(e) = self.burst(&mut rx) {
+                break e;
             }
             if std::mem::take(&mut self.woke) && !rx.has_frame() {
                 // Let the woken caller run now, before this task starts waiting (and
@@ -165,6 +171,29 @@ impl Connection {
             }
         };
         self.finish(graceful, &end).await;
+    }
+
+    /// Handles the frames already in the ring, up to [`BURST`], without a pass through the
+    /// read loop's other events for each: most of them are idle, and polling each of
+    /// them costs more than a small frame's own work. A stream's items, or the answers
+    /// to many pipelined calls, are handed on together, and their callers woken once the
+    /// burst is done. Bounded, so that permits, heartbeats and the end signals are still
+    /// looked at between bursts; and it stops where the loop would not read.
+    fn burst(&mut self, rx: &mut FrameRx) -> Flow {
+        for _ in 0..BURST {
+            if !self.incoming.can_read() {
+                break;
+            }
+            let flow = match rx.try_recv() {
+                Ok(Some((h, payload))) => self.on_frame(h, payload),
+                Ok(None) => break,
+                Err(e) => self.on_recv_error(e),
+            };
+            if let Flow::Stop(_) = flow {
+                return flow;
+            }
+        }
+        Flow::Continue
     }
 
     /// A receive failed: a message over the size limit fails its call only; anything else

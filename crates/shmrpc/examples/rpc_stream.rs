@@ -1,0 +1,83 @@
+//! A server stream of small items: a server and a client, each on its own thread with its
+//! own current-thread runtime and its own CPU, like two processes. Prints items per second
+//! and the time to the first item. Cross-process figures beside tarpc and tonic come from
+//! the peers crate (`cd peers && cargo run --release -- --only rpc`).
+//!
+//! Run: `cargo run --release -p shmrpc --example rpc_stream [-- ITEMS ITEM_BYTES]`
+
+use std::time::{Duration, Instant};
+
+use shmrpc::{CallOptions, Client, ClientConfig, Server};
+
+fn pin(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
+    let items = args.next().transpose()?.unwrap_or(100_000);
+    let size = args.next().transpose()?.unwrap_or(32);
+    let name = format!("rpc-stream-{}", std::process::id());
+    let server = Server::builder()
+        .streaming_raw("items", move |_ctx, req, sink| async move {
+            let n = u64::from_le_bytes(req[..8].try_into().unwrap_or_default());
+            let item = vec![5u8; size];
+            for _ in 0..n {
+                sink.send_raw(&item).await?;
+            }
+            Ok(())
+        })
+        .bind(&name)?;
+    let handle = server.handle();
+    let serving = std::thread::spawn(move || {
+        pin(1);
+        runtime().block_on(server.serve());
+    });
+    pin(0);
+    let rt = runtime();
+    rt.block_on(async {
+        let client = Client::connect(&name, ClientConfig::default()).await?;
+        for round in 0..5 {
+            let t0 = Instant::now();
+            let mut s = client
+                .call_stream_raw(
+                    "items",
+                    &(items as u64).to_le_bytes(),
+                    CallOptions::default(),
+                )
+                .await?;
+            let mut first = None;
+            let mut got = 0usize;
+            while let Some(item) = s.next_raw().await {
+                let item = item?;
+                first.get_or_insert_with(|| t0.elapsed());
+                assert_eq!(item.len(), size);
+                got += 1;
+            }
+            assert_eq!(got, items);
+            let dt = t0.elapsed();
+            println!(
+                "round {round}: {:.0} items/s, first item after {:?}",
+                items as f64 / dt.as_secs_f64(),
+                first.unwrap_or(dt)
+            );
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    handle.shutdown();
+    drop(rt);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !serving.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
