@@ -566,7 +566,11 @@ impl Receiver {
     /// ```
     #[inline]
     pub fn try_recv(&mut self) -> Result<Message<'_>, TryRecvError> {
-        self.consumer.try_peek()
+        let r = self.consumer.try_peek();
+        if let Ok(m) = &r {
+            self.spinner.saw(m.len());
+        }
+        r
     }
 
     /// Receives the next message, waiting per the wait strategy. It never returns
@@ -595,7 +599,7 @@ impl Receiver {
     #[inline]
     pub fn recv(&mut self) -> Result<Message<'_>, RecvError> {
         self.wait_blocking(None)?;
-        self.consumer.try_peek().map_err(convert_peek)
+        self.take()
     }
 
     /// [`recv`](Self::recv), waiting at most `timeout`.
@@ -616,7 +620,7 @@ impl Receiver {
     /// ```
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message<'_>, RecvError> {
         self.wait_blocking(Some(Instant::now() + timeout))?;
-        self.consumer.try_peek().map_err(convert_peek)
+        self.take()
     }
 
     /// Waits (blocking) until up to `max` messages can be read, then hands each to `f` and
@@ -721,7 +725,7 @@ impl Receiver {
     /// ```
     pub async fn recv_async(&mut self) -> Result<Message<'_>, RecvError> {
         self.wait_async(None).await?;
-        self.consumer.try_peek().map_err(convert_peek)
+        self.take()
     }
 
     /// [`recv_async`](Self::recv_async) with a timeout.
@@ -733,7 +737,7 @@ impl Receiver {
         timeout: Duration,
     ) -> Result<Message<'_>, RecvError> {
         self.wait_async(Some(Instant::now() + timeout)).await?;
-        self.consumer.try_peek().map_err(convert_peek)
+        self.take()
     }
 
     /// Waits until a message (or the close) is there, without reading it. Padding records
@@ -766,6 +770,24 @@ impl Receiver {
             )
             .await?;
         }
+    }
+
+    /// The message a wait found (or why none is there), its length told to the spinner:
+    /// after a long message the next wait spins through the peer's copies
+    /// ([`Spinner::saw`](crate::ring::Spinner::saw)).
+    #[inline]
+    fn take(&mut self) -> Result<Message<'_>, RecvError> {
+        let r = self.consumer.try_peek().map_err(convert_peek);
+        if let Ok(m) = &r {
+            self.spinner.saw(m.len());
+        }
+        r
+    }
+
+    /// The spin the next wait starts with (for tests of [`take`](Self::take)).
+    #[cfg(test)]
+    pub(crate) fn spin_budget(&self) -> Option<Duration> {
+        self.spinner.budget()
     }
 
     /// Direct access to the ring's consumer.

@@ -137,3 +137,37 @@ fn a_hello_is_checked_field_by_field() {
         .to_string()
         .contains("31 bytes"));
 }
+
+#[test]
+fn a_long_message_received_lengthens_the_next_spin_by_its_copies() {
+    let spin = Duration::from_micros(50);
+    let cfg = ChannelConfig::default()
+        .with_capacity(4 << 20)
+        .with_wait(WaitStrategy::SpinThenPark { spin });
+    let (a, b) = pair(&cfg).unwrap();
+    let (mut tx, _) = a.split();
+    let (_, mut rx) = b.split();
+    let long = vec![7u8; 1 << 20];
+    // By each way of receiving: a blocking receive, a try, and (below) an async one.
+    tx.send(&long).unwrap();
+    assert_eq!(rx.recv().unwrap().len(), long.len());
+    let after_long = rx.spin_budget().unwrap();
+    assert!(
+        after_long >= spin + Duration::from_micros(200),
+        "after 1 MiB the next wait spins through its copies: {after_long:?}"
+    );
+    tx.send(b"short").unwrap();
+    assert_eq!(&*rx.try_recv().unwrap(), b"short");
+    assert!(
+        rx.spin_budget().unwrap() < spin + Duration::from_micros(1),
+        "a short message adds next to nothing"
+    );
+    tx.send(&long).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let len = rt.block_on(async { rx.recv_async().await.map(|m| m.len()) });
+    assert_eq!(len.unwrap(), long.len());
+    assert_eq!(rx.spin_budget(), Some(after_long));
+}
