@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 
 use super::context::CallToken;
 use super::Link;
@@ -54,14 +54,36 @@ impl ItemSink {
         let Some(credit) = &self.credit else {
             return Err(RpcError::new(Code::Protocol, "items sent for a unary call"));
         };
-        // Wait for the caller's credit (it reads slowly, or not at all), or the cancel.
-        tokio::select! {
-            p = credit.acquire() => {
-                p.map_err(|_| RpcError::new(Code::Cancelled, "call over"))?.forget();
+        match credit.try_acquire() {
+            // The common case, a caller that keeps up: credit at hand, and an item that
+            // goes into the ring at once needs no future at all (no wait on the credit,
+            // the cancel or the sending half's lock).
+            Ok(p) => {
+                p.forget();
+                match self.tx.try_send(
+                    Dir::ToCaller,
+                    Kind::StreamItem,
+                    self.method,
+                    self.call_id,
+                    item,
+                ) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {} // it waits below, its credit taken
+                    Err(e) => return Err(e.into()),
+                }
             }
-            _ = self.token.cancelled() => {
-                return Err(RpcError::new(Code::Cancelled, "call cancelled"));
+            Err(TryAcquireError::Closed) => {
+                return Err(RpcError::new(Code::Cancelled, "call over"));
             }
+            // Wait for the caller's credit (it reads slowly, or not at all), or the cancel.
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                p = credit.acquire() => {
+                    p.map_err(|_| RpcError::new(Code::Cancelled, "call over"))?.forget();
+                }
+                _ = self.token.cancelled() => {
+                    return Err(RpcError::new(Code::Cancelled, "call cancelled"));
+                }
+            },
         }
         self.tx
             .send(
