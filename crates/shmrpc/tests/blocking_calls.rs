@@ -332,3 +332,77 @@ fn a_blocking_notify_fails_when_the_server_is_gone() {
         .expect_err("no server to notify");
     assert!(matches!(e.code, Code::Unavailable | Code::PeerGone), "{e}");
 }
+
+/// A server on its own runtime with `heartbeat`, serving `echo`.
+fn echo_server(what: &str, heartbeat: Duration) -> (tokio::runtime::Runtime, ServerHandle, String) {
+    let name = name(what);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = shmrpc::ServerConfig::default().with_heartbeat(heartbeat);
+    let server = rt
+        .block_on(async {
+            shmrpc::ServerBuilder::new(cfg)
+                .unary_raw("echo", |_ctx, body| async move { Ok(body) })
+                .bind(&name)
+        })
+        .unwrap();
+    let handle = server.handle();
+    rt.spawn(async move {
+        let _ = server.serve().await;
+    });
+    (rt, handle, name)
+}
+
+/// The calling thread drives the client's runtime during a call; between calls a
+/// background thread does. Without it nobody would answer the server's heartbeats while
+/// the client sits idle: the server gives up on a client silent for three periods, and the
+/// next call would go out on a new connection.
+#[test]
+fn an_idle_blocking_client_answers_heartbeats_and_keeps_its_connection() {
+    let hb = Duration::from_millis(300);
+    let (rt, handle, name) = echo_server("idle-hb", hb);
+    let cfg = ClientConfig::default().with_heartbeat(hb);
+    let client = BlockingClient::connect(&name, cfg).unwrap();
+    assert_eq!(client.call_raw("echo", b"one", TIMEOUT).unwrap(), b"one");
+    let before: Vec<u64> = handle.peers().iter().map(|p| p.conn_id()).collect();
+    assert_eq!(before.len(), 1, "one connection");
+    // Ten heartbeat periods with no call: a client that did not answer would be dropped
+    // after three.
+    std::thread::sleep(hb * 10);
+    assert_eq!(client.call_raw("echo", b"two", TIMEOUT).unwrap(), b"two");
+    let after: Vec<u64> = handle.peers().iter().map(|p| p.conn_id()).collect();
+    assert_eq!(after, before, "the same connection served both calls");
+    drop(client);
+    handle.shutdown();
+    drop(rt);
+}
+
+/// Many threads calling through one blocking client at once: one drives the runtime, the
+/// others wait for their own answers, and the driving passes from call to call (and to the
+/// background thread between them) without losing or mixing up an answer.
+#[test]
+fn blocking_calls_from_many_threads_each_get_their_own_answer() {
+    let (rt, handle, name) = echo_server("many-threads", Duration::from_secs(5));
+    let client = Arc::new(BlockingClient::connect(&name, ClientConfig::default()).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..500u64 {
+                    let body = [t.to_le_bytes(), i.to_le_bytes()].concat();
+                    let got = client.call_raw("echo", &body, TIMEOUT).unwrap();
+                    assert_eq!(got, body, "thread {t} call {i}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(client);
+    handle.shutdown();
+    drop(rt);
+}

@@ -1,0 +1,72 @@
+//! Round-trip latency of 64 B unary calls from `BlockingClient` and from the async client,
+//! to a server on its own thread and runtime. Prints p50 and p99 of each.
+//!
+//! Run: `cargo run --release -p shmrpc --example blocking_latency [-- CALLS]`
+
+use std::time::{Duration, Instant};
+
+use shmrpc::{BlockingClient, CallOptions, Client, ClientConfig, Server};
+
+fn pct(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[v.len() * 99 / 100])
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let calls = std::env::args()
+        .nth(1)
+        .map(|a| a.parse::<usize>())
+        .transpose()?
+        .unwrap_or(20_000);
+    let name = format!("blocking-latency-{}", std::process::id());
+    let server = Server::builder()
+        .unary_raw("echo", |_ctx, req| async move { Ok(req) })
+        .bind(&name)?;
+    let handle = server.handle();
+    let serving = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(server.serve());
+    });
+    let body = [7u8; 64];
+    for round in 0..3 {
+        let blocking = BlockingClient::connect(&name, ClientConfig::default())?;
+        let mut lat = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let t = Instant::now();
+            let r = blocking.call_raw("echo", &body, None)?;
+            lat.push(t.elapsed());
+            assert_eq!(r, body);
+        }
+        let (b50, b99) = pct(lat);
+        drop(blocking);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let (a50, a99) = rt.block_on(async {
+            let c = Client::connect(&name, ClientConfig::default()).await?;
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(calls);
+                for _ in 0..calls {
+                    let t = Instant::now();
+                    let r = c.call_raw("echo", &body, CallOptions::default()).await?;
+                    lat.push(t.elapsed());
+                    assert_eq!(r, body);
+                }
+                Ok::<_, shmrpc::RpcError>(pct(lat))
+            })
+            .await?
+            .map_err(Box::<dyn std::error::Error>::from)
+        })?;
+        println!("round {round}: blocking p50 {b50:?} p99 {b99:?}; async p50 {a50:?} p99 {a99:?}");
+    }
+    handle.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !serving.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
