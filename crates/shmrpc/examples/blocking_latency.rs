@@ -1,11 +1,15 @@
 //! Round-trip latency of 64 B unary calls from `BlockingClient` and from the async client,
-//! to a server on its own thread and runtime. Prints p50 and p99 of each.
+//! to a server on its own thread and runtime (pinned to CPU 1; the callers are not pinned:
+//! the blocking client's background thread needs a CPU too). Prints p50 and p99 of each.
 //!
 //! Run: `cargo run --release -p shmrpc --example blocking_latency [-- CALLS]`
 
 use std::time::{Duration, Instant};
 
 use shmrpc::{BlockingClient, CallOptions, Client, ClientConfig, Server};
+
+mod probe;
+use probe::Serving;
 
 fn pct(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
@@ -22,14 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::builder()
         .unary_raw("echo", |_ctx, req| async move { Ok(req) })
         .bind(&name)?;
-    let handle = server.handle();
-    let serving = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(server.serve());
-    });
+    let serving = Serving::start(server);
     let body = [7u8; 64];
     for round in 0..3 {
         let blocking = BlockingClient::connect(&name, ClientConfig::default())?;
@@ -63,10 +60,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
         println!("round {round}: blocking p50 {b50:?} p99 {b99:?}; async p50 {a50:?} p99 {a99:?}");
     }
-    handle.shutdown();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !serving.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    serving.stop();
     Ok(())
 }

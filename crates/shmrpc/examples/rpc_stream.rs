@@ -5,22 +5,12 @@
 //!
 //! Run: `cargo run --release -p shmrpc --example rpc_stream [-- ITEMS ITEM_BYTES]`
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shmrpc::{CallOptions, Client, ClientConfig, Server};
 
-fn pin(cpu: usize) {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
-    let _ = rustix::thread::sched_setaffinity(None, &set);
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+mod probe;
+use probe::{pin, runtime, Serving};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
@@ -37,11 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         })
         .bind(&name)?;
-    let handle = server.handle();
-    let serving = std::thread::spawn(move || {
-        pin(1);
-        runtime().block_on(server.serve());
-    });
+    let serving = Serving::start(server);
     pin(0);
     let rt = runtime();
     rt.block_on(async {
@@ -73,11 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
-    handle.shutdown();
     drop(rt);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !serving.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    serving.stop();
     Ok(())
 }

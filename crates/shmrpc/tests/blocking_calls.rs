@@ -45,13 +45,18 @@ struct Fixture {
     client: Arc<BlockingClient>,
 }
 
-fn start(what: &str) -> Fixture {
-    let name = name(what);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The runtime the test's server runs on, threads of its own.
+fn server_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn start(what: &str) -> Fixture {
+    let name = name(what);
+    let rt = server_runtime();
     let (tx, reports) = mpsc::channel();
     let tx = Arc::new(Mutex::new(tx));
     let report = move |r: Report| {
@@ -336,11 +341,7 @@ fn a_blocking_notify_fails_when_the_server_is_gone() {
 /// A server on its own runtime with `heartbeat`, serving `echo`.
 fn echo_server(what: &str, heartbeat: Duration) -> (tokio::runtime::Runtime, ServerHandle, String) {
     let name = name(what);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = server_runtime();
     let cfg = shmrpc::ServerConfig::default().with_heartbeat(heartbeat);
     let server = rt
         .block_on(async {
