@@ -567,7 +567,7 @@ impl Drop for BlockingCallStream {
 /// connection's reader runs there and wakes the call without a thread wake-up. On a
 /// runtime with a worker thread of its own the answer came through a futex wake-up of the
 /// caller, which was most of a call: 6.0 µs for a 64 B call where the async client took
-/// 2.0 µs (`examples/blocking_latency.rs`), and 2.9 µs this way. (Spinning the caller for
+/// 2.0 µs (`examples/blocking_latency.rs`), and 2.7 µs this way. (Spinning the caller for
 /// that wake-up instead was far worse on two cores: three spinning threads for two cores,
 /// 87 µs.)
 #[derive(Debug)]
@@ -580,8 +580,9 @@ struct Exec {
 /// What the driver thread and the callers agree on.
 #[derive(Debug, Default)]
 struct Idle {
-    /// Calls running (each drives the runtime, or waits for the one that does).
-    callers: Mutex<usize>,
+    /// Calls running (each drives the runtime, or waits for the one that does), and how
+    /// many ever began.
+    callers: Mutex<Callers>,
     /// Signalled when the last call returns, or the client is dropped.
     none: Condvar,
     /// A call wants the runtime: the driver lets go of it.
@@ -626,7 +627,7 @@ impl Drop for Exec {
         // order it.
         self.idle.stop.store(true, Ordering::Relaxed);
         {
-            let _callers = self.idle.callers.lock().unwrap_or_else(|p| p.into_inner());
+            let _callers = self.idle.lock();
             self.idle.none.notify_all();
         }
         self.idle.wanted.notify_one();
@@ -636,14 +637,45 @@ impl Drop for Exec {
     }
 }
 
+/// [`Idle::callers`].
+#[derive(Debug, Default)]
+struct Callers {
+    running: usize,
+    began: u64,
+}
+
+/// How long no call must run or begin before the driver takes the runtime back. Calls
+/// that follow each other closely then never wait for the driver to let go of it (a thread
+/// wake-up each way); heartbeats, a second apart, do not notice the delay.
+const QUIET: Duration = Duration::from_millis(2);
+
 impl Idle {
-    /// The driver thread: drives the runtime whenever no call does.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Callers> {
+        self.callers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The driver thread: drives the runtime whenever no call has run for [`QUIET`].
     fn drive(&self, rt: &Runtime) {
         loop {
             {
-                let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
-                while *callers > 0 && !self.stop.load(Ordering::Relaxed) {
-                    callers = self.none.wait(callers).unwrap_or_else(|p| p.into_inner());
+                let mut callers = self.lock();
+                loop {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if callers.running > 0 {
+                        callers = self.none.wait(callers).unwrap_or_else(|p| p.into_inner());
+                        continue;
+                    }
+                    let began = callers.began;
+                    callers = self
+                        .none
+                        .wait_timeout(callers, QUIET)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    if callers.running == 0 && callers.began == began {
+                        break; // quiet: no call began meanwhile
+                    }
                 }
             }
             if self.stop.load(Ordering::Relaxed) {
@@ -661,7 +693,11 @@ struct Call<'a>(&'a Idle);
 
 impl<'a> Call<'a> {
     fn begin(idle: &'a Idle) -> Self {
-        *idle.callers.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        {
+            let mut callers = idle.lock();
+            callers.running += 1;
+            callers.began += 1;
+        }
         idle.wanted.notify_one();
         Call(idle)
     }
@@ -669,9 +705,9 @@ impl<'a> Call<'a> {
 
 impl Drop for Call<'_> {
     fn drop(&mut self) {
-        let mut callers = self.0.callers.lock().unwrap_or_else(|p| p.into_inner());
-        *callers -= 1;
-        if *callers == 0 {
+        let mut callers = self.0.lock();
+        callers.running -= 1;
+        if callers.running == 0 {
             self.0.none.notify_one();
         }
     }
