@@ -45,7 +45,14 @@ fn build(obs: Arc<Observed>) -> shmrpc::ServerBuilder {
                         }
                         _ = tokio::time::sleep(Duration::from_millis(2)) => {}
                     }
-                    sink.send(&format!("token-{i}")).await?;
+                    // The cancel may also come between the wait above and this send,
+                    // which then fails with it: the handler saw it there.
+                    if let Err(e) = sink.send(&format!("token-{i}")).await {
+                        if e.code == Code::Cancelled {
+                            obs.cancelled.store(true, Ordering::SeqCst);
+                        }
+                        return Err(e);
+                    }
                     obs.streamed.fetch_add(1, Ordering::SeqCst);
                 }
                 Ok(())

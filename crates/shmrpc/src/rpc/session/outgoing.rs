@@ -137,7 +137,16 @@ pub(crate) struct Outgoing {
     /// Notifications this end may still send before the peer handles some
     /// ([`notify`](super::notify)). Closed when the connection ends.
     pub(super) notify_credit: Semaphore,
+    /// The server closed the connection as idle ([`GOODBYE_IDLE`]): it read nothing after
+    /// its goodbye, so a unary call that fails with the connection was never run, and goes
+    /// out again on the next connection.
+    unread: AtomicBool,
 }
+
+/// The payload of the `Goodbye` a server sends when it closes an idle connection: it had
+/// no call open and reads nothing more, so no request still unanswered was run. (A drain's
+/// `Goodbye` is empty: the server answers the calls it read.)
+pub(crate) const GOODBYE_IDLE: u8 = 1;
 
 impl Outgoing {
     /// `max_open`: the calls this end may have open at once on the connection.
@@ -150,7 +159,17 @@ impl Outgoing {
             next_id: AtomicU64::new(1),
             max_message,
             notify_credit: Semaphore::new(super::NOTIFY_WINDOW),
+            unread: AtomicBool::new(false),
         }
+    }
+
+    /// The server closed the connection as idle (its `Goodbye` said [`GOODBYE_IDLE`]): no
+    /// new calls here, and the unary calls still waiting were never read.
+    pub(crate) fn closed_idle(&self) {
+        // Release: pairs with the Acquire load in `answer`, though the `pending` lock
+        // that `fail_all` takes later on the same task orders it already.
+        self.unread.store(true, Ordering::Release);
+        self.stop_new_calls();
     }
 
     /// Whether no call of this end is open.
@@ -312,7 +331,8 @@ impl Outgoing {
     /// Registers a call (with `waiter`) and sends its request; returns its guard, which
     /// cancels the call if dropped before it is done (also while the request is being
     /// sent, so a call abandoned then frees its entry and its slot). `Ok(None)` if this
-    /// connection takes no new calls (the client then tries its next connection).
+    /// connection takes no new calls, or its send failed after the server closed it as
+    /// idle (the client then tries its next connection).
     ///
     /// # Errors
     /// The send failed: the connection is broken (and every call on it fails).
@@ -344,14 +364,20 @@ impl Outgoing {
             guard.done(); // nothing to cancel: the request is not out (dropping forgets it)
             let e = RpcError::from(e);
             self.fail_all(&e);
+            // Acquire: pairs with the Release store in `closed_idle`. The server closed the
+            // connection as idle and read nothing after: the call may go to the next one.
+            if self.unread.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             return Err(e);
         }
         Ok(Some(guard))
     }
 
     /// Waits for the answer of the unary call of `guard`, which was started. Dropped
-    /// before the answer (its deadline passed), it cancels the call.
-    async fn answer(&self, guard: CancelOnDrop) -> Result<Vec<u8>, RpcError> {
+    /// before the answer (its deadline passed), it cancels the call. `Ok(None)`: the server
+    /// closed the connection as idle before it read the request (the call was not run).
+    async fn answer(&self, guard: CancelOnDrop) -> Result<Option<Vec<u8>>, RpcError> {
         let id = guard.id;
         let r = std::future::poll_fn(|cx| {
             let mut pending = self.pending.lock().expect("poisoned");
@@ -375,7 +401,11 @@ impl Outgoing {
         // The callee answered (or the connection is gone): nothing to cancel, and the entry
         // is gone already.
         guard.answered();
-        r
+        match r {
+            // Acquire: pairs with the Release store in `closed_idle`.
+            Err(e) if e.code == Code::PeerGone && self.unread.load(Ordering::Acquire) => Ok(None),
+            r => r.map(Some),
+        }
     }
 
     /// A unary call on this connection: `Ok(None)` if it takes no new calls.
@@ -389,7 +419,7 @@ impl Outgoing {
             .start(method_id(method), body, timeout, Waiter::unary(), None)
             .await?
         {
-            Some(guard) => self.answer(guard).await.map(Some),
+            Some(guard) => self.answer(guard).await,
             None => Ok(None),
         }
     }

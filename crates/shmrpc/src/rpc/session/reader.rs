@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use super::dispatch::{spare_sends, ConnState};
 use super::incoming::Incoming;
 use super::notify::Inbox;
-use super::outgoing::Event;
+use super::outgoing::{Event, GOODBYE_IDLE};
 use super::{Ends, Host, Link, Peer, Role};
 use crate::frame::{FrameHeader, Kind};
 use crate::rpc::transport::{Dir, FrameRx, TransportError};
@@ -277,6 +277,12 @@ impl Connection {
             (Kind::Pong, false) => Flow::Continue,
             (Kind::Goodbye, false) => match self.role {
                 Role::Server => Flow::Stop(RpcError::new(Code::PeerGone, "the client left")),
+                Role::Client if payload.first() == Some(&GOODBYE_IDLE) => {
+                    // The server closes the connection as idle: it read nothing after this,
+                    // so unary calls still waiting go out again on a new connection.
+                    self.peer.out.closed_idle();
+                    Flow::Continue
+                }
                 Role::Client => {
                     // The server drains: calls in flight still get their answers, but new
                     // calls must go to a new connection.
@@ -333,9 +339,10 @@ impl Connection {
         if now.duration_since(self.idle_since.1) < limit {
             return Flow::Continue;
         }
+        // Nothing is read after this: the client may send its unanswered calls again.
         self.incoming
             .st
-            .reply(Dir::Conn, Kind::Goodbye, 0, 0, Vec::new(), None);
+            .reply(Dir::Conn, Kind::Goodbye, 0, 0, vec![GOODBYE_IDLE], None);
         Flow::Stop(RpcError::new(
             Code::PeerGone,
             format!("the connection was idle for {limit:?}"),

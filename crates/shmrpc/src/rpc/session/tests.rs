@@ -146,6 +146,47 @@ fn scripted(server: Methods) -> (Peer, FrameTx, FrameRx) {
     (to_client, ctx, crx)
 }
 
+/// The client's end alone, driven by a scripted server: returns the client's handle on
+/// the server, and the server's end of the transport.
+fn scripted_server() -> (Peer, FrameTx, FrameRx) {
+    let ((stx, srx), (ctx, crx)) = mem_pair(64, 1 << 20);
+    let info = Arc::new(ConnInfo::new(1, None, "mem", None));
+    let client = host(methods("client", None));
+    let (to_server, run) = open(client, Role::Client, ctx, crx, info, Ends::default());
+    tokio::spawn(run);
+    (to_server, stx, srx)
+}
+
+/// A server that closes a connection as idle says so in its goodbye: it read nothing
+/// after it, so a unary call still unanswered was never run and goes out again on the
+/// next connection (`Ok(None)` here, which the client's call loop takes as "next
+/// connection"). After a drain's goodbye the server may have run it: it fails.
+#[tokio::test(start_paused = true)]
+async fn unanswered_calls_go_out_again_after_an_idle_goodbye_but_not_after_a_drain() {
+    for (goodbye, sent_again) in [
+        (&[super::outgoing::GOODBYE_IDLE][..], true),
+        (&[][..], false),
+    ] {
+        let (to_server, mut tx, mut rx) = scripted_server();
+        let out = to_server.out.clone();
+        let call = tokio::spawn(async move { out.call_raw("echo", b"x", None).await });
+        let (h, _) = rx.recv().await.expect("the client's request");
+        assert_eq!(h.kind, Kind::Request);
+        tx.send(Dir::Conn, Kind::Goodbye, 0, 0, goodbye)
+            .await
+            .unwrap();
+        drop((tx, rx));
+        match call.await.unwrap() {
+            Ok(None) => assert!(sent_again, "a call read before a drain was sent again"),
+            Err(e) => {
+                assert!(!sent_again, "an unread call failed: {e}");
+                assert_eq!(e.code, Code::PeerGone, "{e}");
+            }
+            Ok(Some(r)) => panic!("an answer nobody sent: {r:?}"),
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_answer_sent_towards_the_callee_is_a_protocol_error() {
     let (to_client, mut tx, mut rx) = scripted(methods("server", None));
