@@ -10,6 +10,10 @@
 //! - the same suite over TCP on 127.0.0.1;
 //! - over TCP, a frame whose bytes arrive with pauses longer than the server's heartbeat
 //!   period is still one frame (the read must not lose bytes it already consumed);
+//! - inline handlers (`unary_inline_raw`, `unary_inline`) answered into one reused buffer
+//!   (`call_raw_into`) for sizes from empty through fragmented, from 64 tasks at once,
+//!   and their errors and panics answered as errors on a connection that goes on; over
+//!   shared memory (pooled buffers) and TCP;
 //! - a shutdown requested before `serve` runs is not lost (in-process: an API property).
 #![forbid(unsafe_code)]
 
@@ -223,6 +227,116 @@ fn rpc_calls_between_processes_over_tcp() {
         let _cpu = heavy();
         call_suite(true, 1_000)
     });
+}
+
+/// Inline handlers in a server process: every answer checked, with one answer buffer per
+/// caller reused through all sizes (empty, small, past the pool's 16 KiB, past a frame:
+/// reassembled from fragments), from 64 tasks at once; their failures and panics reach
+/// the caller as errors, and the connection goes on answering. The server counts every
+/// handler run, so a lost or doubled one shows.
+fn inline_suite(tcp: bool) {
+    let mut names = TestNames::new();
+    let (mut server, target) = start_server(&mut names, tcp, HEARTBEAT_MS);
+    let rt = rpc_runtime();
+    rt.block_on(within(
+        "the inline suite",
+        Duration::from_secs(120),
+        async {
+            let client = connect(&target).await;
+            let opts = || CallOptions::timeout(Duration::from_secs(30));
+            let sizes = [0usize, 1, 8, 64, 4096, 20_000, 64, 200_000, 0, 100];
+            let mut answer = vec![0xee; 3]; // replaced by the first answer
+            for (seq, &len) in sizes.iter().enumerate() {
+                let mut req = make_request(seq as u64).to_vec();
+                req.resize(len, 0x5a);
+                client
+                    .call_raw_into("inline_transform", &req, &mut answer, opts())
+                    .await
+                    .unwrap_or_else(|e| panic!("inline call of {len} bytes: {e}"));
+                assert!(
+                    answer == transform(&req),
+                    "inline answer of a {len}-byte request"
+                );
+            }
+            let tasks: Vec<_> = (0..64u64)
+                .map(|t| {
+                    let c = client.clone();
+                    tokio::spawn(async move {
+                        let mut answer = Vec::new();
+                        for i in 0..200u64 {
+                            let req = make_request((t + 1) << 32 | i);
+                            c.call_raw_into("inline_transform", &req, &mut answer, opts())
+                                .await
+                                .map_err(|e| format!("task {t} call {i}: {e}"))?;
+                            if answer != transform(&req) {
+                                return Err(format!("task {t} call {i}: wrong answer"));
+                            }
+                        }
+                        Ok::<(), String>(())
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("caller task panicked").unwrap();
+            }
+            for i in 0..20u64 {
+                let s: u64 = client
+                    .call("inline_add", &(i << 40, i + 3), opts())
+                    .await
+                    .unwrap();
+                assert_eq!(s, (i << 40) + i + 3, "inline_add {i}");
+            }
+            let e = client
+                .call_raw("inline_fail", b"abcde", opts())
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (e.code, e.message.as_str()),
+                (Code::HandlerFailed, "refused 5 bytes")
+            );
+            let e = client
+                .call_raw("inline_panic", b"", opts())
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, Code::HandlerFailed, "{e}");
+            assert!(e.message.contains("panicked"), "{e}");
+            // The connection goes on, and an unchanged `out` after a failed call.
+            let before = answer.clone();
+            assert!(client
+                .call_raw_into("inline_fail", b"x", &mut answer, opts())
+                .await
+                .is_err());
+            assert_eq!(answer, before, "a failed call left `out` as it was");
+            let req = make_request(7);
+            client
+                .call_raw_into("inline_transform", &req, &mut answer, opts())
+                .await
+                .unwrap();
+            assert!(answer == transform(&req));
+            let stats = rpc_stats(&client).await;
+            let runs = sizes.len() as u64 + 64 * 200 + 20 + 1;
+            assert_eq!(
+                field_parse::<u64>(&stats, "calls"),
+                runs,
+                "handler runs: {stats}"
+            );
+        },
+    ));
+    drop(rt);
+    server.send("exit");
+    server.expect("done", WAIT);
+    server.assert_exits_ok(WAIT);
+    names.assert_clean_with_locks();
+}
+
+#[test]
+fn inline_handlers_between_processes_over_shared_memory() {
+    with_watchdog(Duration::from_secs(150), || inline_suite(false));
+}
+
+#[test]
+fn inline_handlers_between_processes_over_tcp() {
+    with_watchdog(Duration::from_secs(150), || inline_suite(true));
 }
 
 /// A request frame whose bytes arrive in three parts, with pauses of 1.5 heartbeat periods

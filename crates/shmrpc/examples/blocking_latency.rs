@@ -1,6 +1,8 @@
 //! Round-trip latency of 64 B unary calls from `BlockingClient` and from the async client,
 //! to a server on its own thread and runtime (pinned to CPU 1; the callers are not pinned:
-//! the blocking client's background thread needs a CPU too). Prints p50 and p99 of each.
+//! the blocking client's background thread needs a CPU too). Each client calls an async
+//! handler with `call_raw` and an inline one (`unary_inline_raw`) with `call_raw_into`,
+//! interleaved call by call. Prints p50 and p99 of each.
 //!
 //! Run: `cargo run --release -p shmrpc --example blocking_latency [-- CALLS]`
 
@@ -25,40 +27,60 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = format!("blocking-latency-{}", std::process::id());
     let server = Server::builder()
         .unary_raw("echo", |_ctx, req| async move { Ok(req) })
+        .unary_inline_raw("echo_inline", |_ctx, req, out| {
+            out.extend_from_slice(req);
+            Ok(())
+        })
         .bind(&name)?;
     let serving = Serving::start(server);
     let body = [7u8; 64];
     for round in 0..3 {
         let blocking = BlockingClient::connect(&name, ClientConfig::default())?;
-        let mut lat = Vec::with_capacity(calls);
+        let (mut lat, mut fast) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+        let mut answer = Vec::new();
         for _ in 0..calls {
             let t = Instant::now();
             let r = blocking.call_raw("echo", &body, None)?;
             lat.push(t.elapsed());
             assert_eq!(r, body);
+            let t = Instant::now();
+            blocking.call_raw_into("echo_inline", &body, &mut answer, None)?;
+            fast.push(t.elapsed());
+            assert_eq!(answer, body);
         }
         let (b50, b99) = pct(lat);
+        let (bi50, bi99) = pct(fast);
         drop(blocking);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?;
-        let (a50, a99) = rt.block_on(async {
+        let ((a50, a99), (ai50, ai99)) = rt.block_on(async {
             let c = Client::connect(&name, ClientConfig::default()).await?;
             tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(calls);
+                let (mut lat, mut fast) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+                let mut answer = Vec::new();
+                let opts = CallOptions::default;
                 for _ in 0..calls {
                     let t = Instant::now();
-                    let r = c.call_raw("echo", &body, CallOptions::default()).await?;
+                    let r = c.call_raw("echo", &body, opts()).await?;
                     lat.push(t.elapsed());
                     assert_eq!(r, body);
+                    let t = Instant::now();
+                    c.call_raw_into("echo_inline", &body, &mut answer, opts())
+                        .await?;
+                    fast.push(t.elapsed());
+                    assert_eq!(answer, body);
                 }
-                Ok::<_, shmrpc::RpcError>(pct(lat))
+                Ok::<_, shmrpc::RpcError>((pct(lat), pct(fast)))
             })
             .await?
             .map_err(Box::<dyn std::error::Error>::from)
         })?;
-        println!("round {round}: blocking p50 {b50:?} p99 {b99:?}; async p50 {a50:?} p99 {a99:?}");
+        println!(
+            "round {round}: blocking p50 {b50:?} p99 {b99:?}, inline+into p50 {bi50:?} p99 {bi99:?}; \
+             async p50 {a50:?} p99 {a99:?}, inline+into p50 {ai50:?} p99 {ai99:?}"
+        );
     }
     serving.stop();
     Ok(())

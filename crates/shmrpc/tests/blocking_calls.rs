@@ -338,7 +338,8 @@ fn a_blocking_notify_fails_when_the_server_is_gone() {
     assert!(matches!(e.code, Code::Unavailable | Code::PeerGone), "{e}");
 }
 
-/// A server on its own runtime with `heartbeat`, serving `echo`.
+/// A server on its own runtime with `heartbeat`, serving `echo`, and `echo_inline` from
+/// an inline handler.
 fn echo_server(what: &str, heartbeat: Duration) -> (tokio::runtime::Runtime, ServerHandle, String) {
     let name = name(what);
     let rt = server_runtime();
@@ -347,6 +348,10 @@ fn echo_server(what: &str, heartbeat: Duration) -> (tokio::runtime::Runtime, Ser
         .block_on(async {
             shmrpc::ServerBuilder::new(cfg)
                 .unary_raw("echo", |_ctx, body| async move { Ok(body) })
+                .unary_inline_raw("echo_inline", |_ctx, body, out| {
+                    out.extend_from_slice(body);
+                    Ok(())
+                })
                 .bind(&name)
         })
         .unwrap();
@@ -383,7 +388,8 @@ fn an_idle_blocking_client_answers_heartbeats_and_keeps_its_connection() {
 
 /// Many threads calling through one blocking client at once: one drives the runtime, the
 /// others wait for their own answers, and the driving passes from call to call (and to the
-/// background thread between them) without losing or mixing up an answer.
+/// background thread between them) without losing or mixing up an answer. Half the
+/// threads call an inline handler with `call_raw_into`, each reusing one answer buffer.
 #[test]
 fn blocking_calls_from_many_threads_each_get_their_own_answer() {
     let (rt, handle, name) = echo_server("many-threads", Duration::from_secs(5));
@@ -392,10 +398,17 @@ fn blocking_calls_from_many_threads_each_get_their_own_answer() {
         .map(|t| {
             let client = client.clone();
             std::thread::spawn(move || {
+                let mut answer = Vec::new();
                 for i in 0..500u64 {
                     let body = [t.to_le_bytes(), i.to_le_bytes()].concat();
-                    let got = client.call_raw("echo", &body, TIMEOUT).unwrap();
-                    assert_eq!(got, body, "thread {t} call {i}");
+                    if t % 2 == 0 {
+                        answer = client.call_raw("echo", &body, TIMEOUT).unwrap();
+                    } else {
+                        client
+                            .call_raw_into("echo_inline", &body, &mut answer, TIMEOUT)
+                            .unwrap();
+                    }
+                    assert_eq!(answer, body, "thread {t} call {i}");
                 }
             })
         })

@@ -99,6 +99,24 @@ impl BlockingClient {
             .block_on(self.client.call_raw(method, body, CallOptions { timeout }))
     }
 
+    /// A unary call with raw bytes, its answer put in `out` without a copy or, once warm,
+    /// an allocation: see [`Client::call_raw_into`].
+    ///
+    /// # Errors
+    /// As [`Client::call_raw`]; `out` is left as it was.
+    pub fn call_raw_into(
+        &self,
+        method: &str,
+        body: &[u8],
+        out: &mut Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<(), RpcError> {
+        self.rt.block_on(
+            self.client
+                .call_raw_into(method, body, out, CallOptions { timeout }),
+        )
+    }
+
     /// A unary call with typed request and response.
     ///
     /// # Errors

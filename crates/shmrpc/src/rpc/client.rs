@@ -16,8 +16,8 @@ use super::net::{check_connect, TcpClientConfig};
 use super::obs::ServerObs;
 use super::session::outgoing::{check_size, within};
 use super::session::{
-    self, BidiCall, CallContext, ClientStreamCall, Ends, Host, ItemSender, ItemSink, ItemStream,
-    Items, Methods, NotifyContext, Peer, Role,
+    self, BidiCall, CallContext, ClientStreamCall, Ends, Host, InlineContext, ItemSender, ItemSink,
+    ItemStream, Items, Methods, NotifyContext, Peer, Role,
 };
 use super::transport::{FrameRx, FrameTx, NetRx, NetTx};
 use super::{decode, encode, CallOptions, CallStream, ConnectError, RpcError};
@@ -292,6 +292,53 @@ impl ClientBuilder {
         Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
     {
         self.methods.unary(name, f);
+        self
+    }
+
+    /// A unary method whose handler runs inline, on the connection's reader: see
+    /// [`ServerBuilder::unary_inline_raw`](super::ServerBuilder::unary_inline_raw).
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    ///
+    /// # Examples
+    ///
+    /// The server asks its caller for a setting while answering it:
+    ///
+    /// ```
+    /// use shmrpc::{CallOptions, Client, Server};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let name = format!("doc-client-inline-{}", std::process::id());
+    /// let server = Server::builder()
+    ///     .unary_raw("greet", |ctx, who| async move {
+    ///         let title = ctx.peer().call_raw("title", &who, CallOptions::default()).await?;
+    ///         Ok([&b"hello, "[..], &title, b" ", &who].concat())
+    ///     })
+    ///     .bind(&name)?;
+    /// let handle = server.handle();
+    /// let serving = tokio::spawn(server.serve());
+    ///
+    /// let client = Client::builder()
+    ///     .unary_inline_raw("title", |_ctx, _who, out| {
+    ///         out.extend_from_slice(b"dear");
+    ///         Ok(())
+    ///     })
+    ///     .connect(&name)
+    ///     .await?;
+    /// let greeting = client.call_raw("greet", b"Ada", CallOptions::default()).await?;
+    /// assert_eq!(greeting, b"hello, dear Ada");
+    ///
+    /// drop(client);
+    /// handle.shutdown();
+    /// serving.await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn unary_inline_raw<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(&InlineContext, &[u8], &mut Vec<u8>) -> Result<(), RpcError> + Send + Sync + 'static,
+    {
+        self.methods.unary_inline_raw(name, f);
         self
     }
 
@@ -686,6 +733,41 @@ impl Client {
         body: &[u8],
         opts: CallOptions,
     ) -> Result<Vec<u8>, RpcError> {
+        Ok(self.call_raw_on(method, body, opts).await?.0)
+    }
+
+    /// Calls a unary method with raw bytes, and puts the answer in `out` (whatever was in
+    /// it is dropped). The answer's buffer is swapped in, not copied, and `out`'s old
+    /// buffer goes to the connection, which reads a later answer into it: a caller that
+    /// keeps one `out` makes no allocation per call once warm (against a server whose
+    /// handler does not allocate either, such as an
+    /// [inline](crate::ServerBuilder::unary_inline_raw) one). Nothing else differs from
+    /// [`call_raw`](Self::call_raw).
+    ///
+    /// # Errors
+    /// As [`call_raw`](Self::call_raw); `out` is left as it was.
+    ///
+    /// # Examples
+    /// See [`ServerBuilder::unary_inline_raw`](crate::ServerBuilder::unary_inline_raw).
+    pub async fn call_raw_into(
+        &self,
+        method: &str,
+        body: &[u8],
+        out: &mut Vec<u8>,
+        opts: CallOptions,
+    ) -> Result<(), RpcError> {
+        let (answer, peer) = self.call_raw_on(method, body, opts).await?;
+        peer.out.link.recycle(std::mem::replace(out, answer));
+        Ok(())
+    }
+
+    /// [`call_raw`](Self::call_raw), and the connection that answered.
+    async fn call_raw_on(
+        &self,
+        method: &str,
+        body: &[u8],
+        opts: CallOptions,
+    ) -> Result<(Vec<u8>, Peer), RpcError> {
         check_size(body, self.inner.cfg.max_message)?;
         let until = opts.timeout.map(|d| Instant::now() + d);
         within(opts.timeout, || async move {
@@ -694,7 +776,7 @@ impl Client {
             loop {
                 let peer = self.conn_now(until).await?;
                 if let Some(r) = peer.out.call_raw(method, body, opts.timeout).await? {
-                    return Ok(r);
+                    return Ok((r, peer));
                 }
             }
         })
@@ -728,7 +810,10 @@ impl Client {
         req: &Req,
         opts: CallOptions,
     ) -> Result<Resp, RpcError> {
-        decode(&self.call_raw(method, &encode(req)?, opts).await?)
+        let (answer, peer) = self.call_raw_on(method, &encode(req)?, opts).await?;
+        let resp = decode(&answer);
+        peer.out.link.recycle(answer);
+        resp
     }
 
     /// Calls a server-streaming method with raw bytes. Dropping the stream before its end

@@ -55,8 +55,8 @@ pub use net::{
 };
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use session::{
-    BidiCall, CallContext, CallOptions, CallStream, ClientStreamCall, ItemSender, ItemSink,
-    ItemStream, Items, NotifyContext, Peer,
+    BidiCall, CallContext, CallOptions, CallStream, ClientStreamCall, InlineContext, ItemSender,
+    ItemSink, ItemStream, Items, NotifyContext, Peer,
 };
 
 /// Why a call failed. The numeric values are part of the wire format.

@@ -357,10 +357,64 @@ pub(crate) fn header(
     }
 }
 
+/// How many spare buffers a connection keeps for the messages it reads, and the largest
+/// it keeps: at most 128 KiB per connection, whatever the traffic; a buffer larger than
+/// that is freed.
+const POOL_BUFS: usize = 8;
+const POOL_KEEP: usize = 16 << 10;
+
+/// The buffers one connection reads its messages into, given back when the engine or the
+/// caller is done with them: a unary call whose answer is copied or swapped out
+/// ([`Client::call_raw_into`](crate::Client::call_raw_into)), a handler's request or
+/// response once sent. A warm connection then reads without allocating. Shared by the
+/// reader (which takes) and the callers and handlers (which give); a short lock each way,
+/// uncontended but for a burst of answers.
+#[derive(Debug)]
+pub(crate) struct BufPool {
+    bufs: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl Default for BufPool {
+    fn default() -> Self {
+        Self {
+            bufs: std::sync::Mutex::new(Vec::with_capacity(POOL_BUFS)),
+        }
+    }
+}
+
+impl BufPool {
+    /// An empty buffer for a message of `len` bytes: a spare one if there is one.
+    pub(crate) fn take(&self, len: usize) -> Vec<u8> {
+        let spare = self.bufs.lock().expect("poisoned").pop();
+        let mut v = spare.unwrap_or_default();
+        v.reserve(len);
+        v
+    }
+
+    /// Keeps `v` for a later message, if it is not too large and there is room.
+    pub(crate) fn give(&self, mut v: Vec<u8>) {
+        if v.capacity() == 0 || v.capacity() > POOL_KEEP {
+            return;
+        }
+        let mut bufs = self.bufs.lock().expect("poisoned");
+        if bufs.len() < POOL_BUFS {
+            v.clear();
+            bufs.push(v);
+        }
+    }
+
+    /// How many spare buffers there are (for tests).
+    #[cfg(test)]
+    pub(crate) fn spare(&self) -> usize {
+        self.bufs.lock().expect("poisoned").len()
+    }
+}
+
 /// The receiving half, with reassembly bounded by the maximum message size.
 #[derive(Debug)]
 pub(crate) enum FrameRx {
-    Shm(channel::Receiver, Reassembler),
+    /// A ring, with the buffers its messages are copied into.
+    Shm(channel::Receiver, Reassembler, std::sync::Arc<BufPool>),
     Tcp(NetRx),
     /// Whole messages from an in-memory queue, and the largest accepted.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -369,14 +423,23 @@ pub(crate) enum FrameRx {
 
 impl FrameRx {
     pub(crate) fn shm(rx: channel::Receiver, max_message: usize) -> Self {
-        FrameRx::Shm(rx, Reassembler::new(max_message))
+        FrameRx::Shm(rx, Reassembler::new(max_message), std::sync::Arc::default())
+    }
+
+    /// The buffers this half reads into, for whoever ends up with its messages to give
+    /// back: only a ring's messages are copied into pooled buffers.
+    pub(crate) fn pool(&self) -> Option<std::sync::Arc<BufPool>> {
+        match self {
+            FrameRx::Shm(_, _, pool) => Some(pool.clone()),
+            FrameRx::Tcp(..) | FrameRx::Mem(..) => None,
+        }
     }
 
     /// Whether a frame is there to be read now (always `false` for TCP, which would need
     /// a system call to tell).
     pub(crate) fn has_frame(&mut self) -> bool {
         match self {
-            FrameRx::Shm(rx, _) => rx.consumer().has_event(),
+            FrameRx::Shm(rx, ..) => rx.consumer().has_event(),
             FrameRx::Tcp(..) => false,
             FrameRx::Mem(q, _) => !q.is_empty(),
         }
@@ -389,7 +452,7 @@ impl FrameRx {
     /// end read again, and this end may be waiting for the peer to read its own answers:
     /// both would stop for good. Cancel-safe; reads no message.
     async fn release_padding(&mut self) -> std::convert::Infallible {
-        if let FrameRx::Shm(rx, _) = self {
+        if let FrameRx::Shm(rx, ..) = self {
             // Returns once a message (or the close, or an error) waits: the next `recv`
             // reads or reports it.
             let _ = rx.ready_async().await;
@@ -418,7 +481,7 @@ impl FrameRx {
     /// # Errors
     /// As [`recv`](Self::recv).
     pub(crate) fn try_recv(&mut self) -> Result<Option<(FrameHeader, Vec<u8>)>, TransportError> {
-        let FrameRx::Shm(rx, re) = self else {
+        let FrameRx::Shm(rx, re, pool) = self else {
             return Ok(None);
         };
         loop {
@@ -432,7 +495,7 @@ impl FrameRx {
                     return Err(recv_error(RecvError::Corrupt(c)))
                 }
             };
-            if let Some(whole) = shm_frame(&msg, re)? {
+            if let Some(whole) = shm_frame(&msg, re, pool)? {
                 return Ok(Some(whole));
             }
         }
@@ -442,9 +505,9 @@ impl FrameRx {
     pub(crate) async fn recv(&mut self) -> Result<(FrameHeader, Vec<u8>), TransportError> {
         loop {
             let whole = match self {
-                FrameRx::Shm(rx, re) => {
+                FrameRx::Shm(rx, re, pool) => {
                     let msg = rx.recv_async().await.map_err(recv_error)?;
-                    shm_frame(&msg, re)?
+                    shm_frame(&msg, re, pool)?
                 }
                 FrameRx::Tcp(net) => net.recv().await?,
                 FrameRx::Mem(q, max) => {
@@ -488,6 +551,7 @@ fn recv_error(e: RecvError) -> TransportError {
 fn shm_frame(
     msg: &[u8],
     re: &mut Reassembler,
+    pool: &BufPool,
 ) -> Result<Option<(FrameHeader, Vec<u8>)>, TransportError> {
     let (h, payload) = frame::decode(msg).map_err(frame_error)?;
     if h.flags & FLAG_COMPRESSED != 0 {
@@ -495,10 +559,18 @@ fn shm_frame(
             "compressed frame on shared memory",
         )));
     }
-    Ok(re
-        .push(&h, payload)
-        .map_err(reassembly)?
-        .map(|(h, p)| (h, p.into_owned())))
+    Ok(re.push(&h, payload).map_err(reassembly)?.map(|(h, p)| {
+        let p = match p {
+            std::borrow::Cow::Borrowed(p) => {
+                let mut v = pool.take(p.len());
+                v.extend_from_slice(p);
+                v
+            }
+            // Reassembled from fragments: already a buffer of its own.
+            std::borrow::Cow::Owned(v) => v,
+        };
+        (h, p)
+    }))
 }
 
 /// The sending half of a TCP connection (plain or TLS) after its handshake.
@@ -830,5 +902,33 @@ mod tests {
             tx.try_compress(&[&text], text.len()).is_some(),
             "backoff not reset"
         );
+    }
+
+    /// The pool reuses what it is given, and bounds what it keeps: no empty buffer, none
+    /// over `POOL_KEEP`, at most `POOL_BUFS`.
+    #[test]
+    fn the_buffer_pool_reuses_buffers_and_keeps_a_bounded_few() {
+        let pool = BufPool::default();
+        let mut v = pool.take(100);
+        assert!(v.capacity() >= 100);
+        v.extend_from_slice(b"old contents");
+        let ptr = v.as_ptr();
+        pool.give(v);
+        let again = pool.take(10);
+        assert_eq!(
+            again.as_ptr(),
+            ptr,
+            "the buffer given back is the one taken"
+        );
+        assert!(again.is_empty(), "a reused buffer comes empty");
+        pool.give(Vec::new());
+        pool.give(Vec::with_capacity(POOL_KEEP + 1));
+        assert_eq!(pool.spare(), 0, "empty and oversized buffers are not kept");
+        for _ in 0..POOL_BUFS + 5 {
+            pool.give(Vec::with_capacity(64));
+        }
+        assert_eq!(pool.spare(), POOL_BUFS);
+        // A spare buffer too small for the message grows to fit it.
+        assert!(pool.take(POOL_KEEP).capacity() >= POOL_KEEP);
     }
 }

@@ -106,8 +106,14 @@ fn stats_line(c: &RpcCounters) -> String {
 /// - `once` (raw): a [`once_request`]; checks its checksum (a mismatch counts as `torn`)
 ///   and that its token was never seen before (else `dupes`), answers [`transform`];
 /// - `stuck` (notification): its handler never returns, so the notification credit of
-///   the connection, once spent, stays spent.
+///   the connection, once spent, stays spent;
+/// - `inline_transform` (raw, inline): as `transform`, written into the buffer it is
+///   given, which must come empty;
+/// - `inline_add` ((u64, u64) -> u64, inline);
+/// - `inline_fail` (raw, inline): fails `HandlerFailed` with "refused N bytes";
+/// - `inline_panic` (raw, inline): panics.
 fn rpc_routes(cfg: ServerConfig, c: Arc<RpcCounters>) -> ServerBuilder {
+    let (c8, c9) = (c.clone(), c.clone());
     let (c1, c2, c3, c4, c5, c6, c7) = (
         c.clone(),
         c.clone(),
@@ -118,6 +124,30 @@ fn rpc_routes(cfg: ServerConfig, c: Arc<RpcCounters>) -> ServerBuilder {
         c.clone(),
     );
     ServerBuilder::new(cfg)
+        .unary_inline_raw("inline_transform", move |_ctx, req, out| {
+            c8.calls.fetch_add(1, Ordering::Relaxed);
+            if !out.is_empty() {
+                return Err(RpcError::new(
+                    Code::HandlerFailed,
+                    "response buffer not empty",
+                ));
+            }
+            out.extend_from_slice(&transform(req));
+            Ok(())
+        })
+        .unary_inline("inline_add", move |_ctx, (a, b): (u64, u64)| {
+            c9.calls.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, RpcError>(a.wrapping_add(b))
+        })
+        .unary_inline_raw("inline_fail", |_ctx, req, _out| {
+            Err(RpcError::new(
+                Code::HandlerFailed,
+                format!("refused {} bytes", req.len()),
+            ))
+        })
+        .unary_inline_raw("inline_panic", |_ctx, _req, _out| {
+            panic!("inline_panic was called")
+        })
         .on_notify_raw("stuck", |_ctx, _body| std::future::pending::<()>())
         .unary_raw("echo", move |_ctx, req| {
             c1.calls.fetch_add(1, Ordering::Relaxed);

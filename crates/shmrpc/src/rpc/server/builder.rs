@@ -11,7 +11,9 @@ use super::Server;
 use crate::channel::Listener;
 use crate::rpc::net::check_listen;
 use crate::rpc::net::hello::ServerSide;
-use crate::rpc::session::{CallContext, ItemSink, ItemStream, Items, Methods, NotifyContext};
+use crate::rpc::session::{
+    CallContext, InlineContext, ItemSink, ItemStream, Items, Methods, NotifyContext,
+};
 use crate::rpc::{BindError, RpcError, ServerConfig};
 
 /// Builds a [`Server`]: add methods, then bind.
@@ -133,6 +135,75 @@ impl ServerBuilder {
         Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
     {
         self.methods.unary(name, f);
+        self
+    }
+
+    /// A unary method whose handler runs *inline*: synchronously, on the connection's
+    /// reader, as soon as the request is read, with the response written into the buffer
+    /// it is given. No task is spawned and no future is boxed, and the request and
+    /// response buffers are the connection's own, reused: once a connection is warm, such
+    /// a call allocates nothing on the server (with
+    /// [`Client::call_raw_into`](crate::Client::call_raw_into), nothing on the client
+    /// either).
+    ///
+    /// For small handlers that answer at once (a lookup, a counter, a check). While one
+    /// runs, its connection reads nothing else, so it must not block or run long; it
+    /// cannot be cancelled (it is over before a cancel could be read), and it has no
+    /// [`Peer`](crate::Peer) to call back. A handler that waits belongs in
+    /// [`unary_raw`](Self::unary_raw), whose handlers that answer on their first poll run
+    /// on the reader too. A panic is caught and answered as the call's error
+    /// ([`Code::HandlerFailed`](crate::Code::HandlerFailed)); the connection goes on.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::{CallOptions, Client, ClientConfig, Server};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let name = format!("doc-inline-{}", std::process::id());
+    /// let server = Server::builder()
+    ///     .unary_inline_raw("upper", |_ctx, req, out| {
+    ///         out.extend(req.iter().map(u8::to_ascii_uppercase));
+    ///         Ok(())
+    ///     })
+    ///     .bind(&name)?;
+    /// let handle = server.handle();
+    /// let serving = tokio::spawn(server.serve());
+    ///
+    /// let client = Client::connect(&name, ClientConfig::default()).await?;
+    /// let mut answer = Vec::new(); // reused call after call
+    /// client.call_raw_into("upper", b"quiet", &mut answer, CallOptions::default()).await?;
+    /// assert_eq!(answer, b"QUIET");
+    ///
+    /// drop(client);
+    /// handle.shutdown();
+    /// serving.await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn unary_inline_raw<F>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(&InlineContext, &[u8], &mut Vec<u8>) -> Result<(), RpcError> + Send + Sync + 'static,
+    {
+        self.methods.unary_inline_raw(name, f);
+        self
+    }
+
+    /// [`unary_inline_raw`](Self::unary_inline_raw) with typed request and response
+    /// (default codec). The response is encoded into the connection's reused buffer; the
+    /// request's decoding allocates what its type owns.
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn unary_inline<Req, Resp, F>(mut self, name: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        F: Fn(&InlineContext, Req) -> Result<Resp, RpcError> + Send + Sync + 'static,
+    {
+        self.methods.unary_inline(name, f);
         self
     }
 

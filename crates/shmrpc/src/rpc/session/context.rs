@@ -157,3 +157,31 @@ impl CallContext {
         &self.peer
     }
 }
+
+/// What an inline handler knows of its call: see
+/// [`ServerBuilder::unary_inline_raw`](crate::ServerBuilder::unary_inline_raw). An inline
+/// handler runs to its end on the connection's reader, so it has no cancellation to watch
+/// and no task to call the peer back from.
+#[derive(Debug, Clone)]
+pub struct InlineContext {
+    pub(super) call_id: u64,
+    pub(super) deadline: Option<Instant>,
+    pub(super) peer_pid: Option<u32>,
+}
+
+impl InlineContext {
+    /// The call's id on its connection.
+    pub fn call_id(&self) -> u64 {
+        self.call_id
+    }
+
+    /// When the caller stops waiting, if it set a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The calling process's pid (for shared-memory connections).
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer_pid
+    }
+}

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::context::{CallContext, CallToken};
+use super::context::{CallContext, CallToken, InlineContext};
 use super::items::{ItemQueue, ItemStream};
-use super::methods::{BoxFuture, INSPECT_ID};
+use super::methods::{BoxFuture, InlineHandler, Run, INSPECT_ID};
 use super::sink::{ItemSink, STREAM_WINDOW};
 use super::{Host, Link, Peer};
 use crate::frame::{FrameHeader, Kind};
@@ -82,6 +82,8 @@ impl ConnState {
             self.tx.try_send(dir, kind, method, call_id, &body),
             Ok(false)
         ) {
+            // Sent (or never will be): the reader reads the next message into it.
+            self.tx.recycle(body);
             return;
         }
         // At most one per frame read, and frames are read only while a spare permit is
@@ -149,6 +151,17 @@ impl ConnState {
             self.reply_error(h.method, h.call_id, &e, Some(permit));
             return;
         };
+        let handler = match &route.run {
+            Run::Task(handler) => handler,
+            Run::Inline(f) => {
+                let ctx = InlineContext {
+                    call_id: h.call_id,
+                    deadline: deadline.map(|d| Instant::now() + d),
+                    peer_pid: self.peer.pid(),
+                };
+                return self.run_inline(f, &ctx, h, &route.obs, payload, permit);
+            }
+        };
         // The body is the payload after its prefix: shift it down instead of copying it out.
         payload.drain(..DEADLINE_PREFIX);
         let obs = route.obs.start(&self.host.obs, h.call_id, payload.len());
@@ -188,7 +201,7 @@ impl ConnState {
             unacked: 0,
             done: false,
         });
-        let mut fut = (route.handler)(ctx, payload, sink, stream);
+        let mut fut = handler(ctx, payload, sink, stream);
         // Fast path: most handlers answer without waiting for anything. Poll once here; if
         // the answer is ready, reply at once (if the ring has room; else a task sends it,
         // see `reply`) and skip the task spawn (and its wake-ups) that a handler which
@@ -235,6 +248,38 @@ impl ConnState {
             obs.end(&server_obs, code);
             drop(permit);
         });
+    }
+
+    /// Runs an inline handler on the reader and answers at once. The request's buffer goes
+    /// back to the reader's pool, and the response is written into one from it, so a warm
+    /// connection answers without allocating. A panic is caught and answered as the
+    /// handler's error; the connection goes on.
+    fn run_inline(
+        &self,
+        f: &InlineHandler,
+        ctx: &InlineContext,
+        h: FrameHeader,
+        obs: &crate::rpc::obs::MethodObs,
+        payload: Vec<u8>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let body = &payload[DEADLINE_PREFIX..];
+        let obs = obs.start(&self.host.obs, h.call_id, body.len());
+        let mut out = self.tx.buffer();
+        let ran = {
+            #[cfg(feature = "tracing")]
+            let _in_span = obs.span().entered();
+            catch_unwind(AssertUnwindSafe(|| f(ctx, body, &mut out)))
+        };
+        self.tx.recycle(payload);
+        let outcome = match ran {
+            Ok(Ok(())) => Ok(Some(out)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RpcError::handler("handler panicked")),
+        };
+        let (kind, body, code) = outcome_frame(outcome, self.host.max_message);
+        obs.end(&self.host.obs, code);
+        self.reply(Dir::ToCaller, kind, h.method, h.call_id, body, Some(permit));
     }
 
     /// Cancels every call still running (the connection ended).
@@ -306,6 +351,7 @@ async fn send_outcome(
     let (kind, body, code) = outcome_frame(outcome, max);
     // A failed send marks the connection broken (`Link::send`); nothing else to do here.
     let _ = tx.send(Dir::ToCaller, kind, method, call_id, &body).await;
+    tx.recycle(body);
     code
 }
 

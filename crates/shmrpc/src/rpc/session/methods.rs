@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{CallContext, ItemSink, ItemStream, Items, NotifyContext};
+use super::{CallContext, InlineContext, ItemSink, ItemStream, Items, NotifyContext};
 use crate::rpc::inspect::INSPECT_METHOD;
 use crate::rpc::obs::MethodObs;
 use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError};
@@ -26,6 +26,19 @@ pub(crate) type Handler = Arc<
         + Send
         + Sync,
 >;
+
+/// A handler the reader runs to its end as it reads the request: the request's body in,
+/// the response written into the buffer given (empty, from the connection's pool).
+pub(crate) type InlineHandler =
+    Arc<dyn Fn(&InlineContext, &[u8], &mut Vec<u8>) -> Result<(), RpcError> + Send + Sync>;
+
+/// How a method's handler runs.
+pub(crate) enum Run {
+    /// As a future: answered on the reader if its first poll finishes it, else in a task.
+    Task(Handler),
+    /// On the reader, synchronously ([`Methods::unary_inline_raw`]).
+    Inline(InlineHandler),
+}
 
 /// A notification handler as the engine runs it: raw body in, nothing out.
 pub(crate) type NotifyHandler = Arc<dyn Fn(NotifyContext, Vec<u8>) -> BoxFuture<()> + Send + Sync>;
@@ -62,7 +75,7 @@ impl Shape {
 pub(crate) struct Route {
     pub(crate) name: String,
     pub(crate) shape: Shape,
-    pub(crate) handler: Handler,
+    pub(crate) run: Run,
     pub(crate) obs: MethodObs,
 }
 
@@ -143,6 +156,10 @@ impl Methods {
     /// Registers a handler. Panics on a name taken by the built-in method or sharing an
     /// id with another (programming errors, found at start-up).
     fn add(&mut self, name: &str, shape: Shape, handler: Handler) {
+        self.add_route(name, shape, Run::Task(handler));
+    }
+
+    fn add_route(&mut self, name: &str, shape: Shape, run: Run) {
         let id = method_id(name);
         assert!(
             id != INSPECT_ID,
@@ -162,9 +179,33 @@ impl Methods {
                 obs: MethodObs::new(&name, self.metrics),
                 name,
                 shape,
-                handler,
+                run,
             },
         );
+    }
+
+    /// A unary method whose handler runs on the connection's reader, as soon as the
+    /// request is read: no task, no future, no allocation of the engine's.
+    pub(crate) fn unary_inline_raw<F>(&mut self, name: &str, f: F)
+    where
+        F: Fn(&InlineContext, &[u8], &mut Vec<u8>) -> Result<(), RpcError> + Send + Sync + 'static,
+    {
+        self.add_route(name, Shape::Unary, Run::Inline(Arc::new(f)));
+    }
+
+    /// [`unary_inline_raw`](Self::unary_inline_raw) with typed request and response.
+    pub(crate) fn unary_inline<Req, Resp, F>(&mut self, name: &str, f: F)
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        F: Fn(&InlineContext, Req) -> Result<Resp, RpcError> + Send + Sync + 'static,
+    {
+        self.unary_inline_raw(name, move |ctx, req, out| {
+            let resp = f(ctx, decode(req)?)?;
+            *out = postcard::to_extend(&resp, std::mem::take(out))
+                .map_err(|e| RpcError::with_source(Code::BadRequest, "encoding", e))?;
+            Ok(())
+        });
     }
 
     pub(crate) fn unary_raw<F, Fut>(&mut self, name: &str, f: F)

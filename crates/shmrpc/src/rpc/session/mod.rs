@@ -39,8 +39,8 @@ use super::obs::ServerObs;
 use super::transport::{self, Cause, Dir, FrameRx, FrameTx, TransportError};
 use crate::frame::{Kind, FLAG_CONTINUES, FLAG_MORE};
 
-pub use context::CallContext;
 pub(crate) use context::CallToken;
+pub use context::{CallContext, InlineContext};
 pub use items::{ItemStream, Items};
 pub(crate) use methods::Methods;
 pub use notify::NotifyContext;
@@ -124,6 +124,9 @@ pub(crate) struct Link {
     pub(crate) ended: CallToken,
     pub(crate) obs: Arc<ServerObs>,
     pub(crate) info: Arc<ConnInfo>,
+    /// The buffers this connection's reader copies messages into, if it pools them
+    /// ([`FrameRx::pool`]): a message done with goes back by [`recycle`](Self::recycle).
+    bufs: Option<Arc<transport::BufPool>>,
 }
 
 /// The rest of an abandoned long message, in flight: its call, and the token cancelled
@@ -156,6 +159,21 @@ impl Link {
             ended: CallToken::default(),
             obs,
             info,
+            bufs: None,
+        }
+    }
+
+    /// An empty buffer for a message this end writes (an inline handler's response): a
+    /// spare one of the reader's if there is one.
+    pub(crate) fn buffer(&self) -> Vec<u8> {
+        self.bufs.as_ref().map(|b| b.take(0)).unwrap_or_default()
+    }
+
+    /// Gives a message buffer that is no longer needed to the reader of this connection,
+    /// which reads its next message into it instead of allocating one.
+    pub(crate) fn recycle(&self, buf: Vec<u8>) {
+        if let Some(bufs) = &self.bufs {
+            bufs.give(buf);
         }
     }
 
@@ -458,7 +476,9 @@ pub(crate) fn open(
     info: Arc<ConnInfo>,
     ends: Ends,
 ) -> (Peer, impl std::future::Future<Output = ()> + Send + 'static) {
-    let link = Arc::new(Link::new(tx, host.obs.clone(), info));
+    let mut link = Link::new(tx, host.obs.clone(), info);
+    link.bufs = rx.pool();
+    let link = Arc::new(link);
     // As many open calls as the peer runs and queues, if it is configured like this end.
     let max_open = host.max_in_flight.max(1) * 2;
     let peer = Peer::new(Arc::new(outgoing::Outgoing::new(
