@@ -12,6 +12,8 @@ use shmrpc::{
 const ADD: Unary<(u64, u64), u64> = Unary::new("add");
 const SPLIT: Unary<String, Vec<String>> = Unary::new("split");
 const COUNTDOWN: Streaming<u32, String> = Streaming::new("countdown");
+/// Served by an inline handler.
+const MAX: Unary<Vec<i64>, Option<i64>> = Unary::new("max");
 /// Same name as `ADD`, other types: what a client with a stale copy of the types would send.
 const ADD_AS_TEXT: Unary<String, String> = Unary::new("add");
 
@@ -27,6 +29,12 @@ fn server(name: &str) -> Result<Server, Box<dyn std::error::Error>> {
         })
         .method(SPLIT, |_ctx, text| async move {
             Ok(text.split(' ').map(str::to_owned).collect())
+        })
+        .inline_method(MAX, |_ctx, v| {
+            if v.len() > 1000 {
+                return Err(RpcError::new(Code::TooLarge, "at most 1000 numbers"));
+            }
+            Ok(v.into_iter().max())
         })
         .stream_method(COUNTDOWN, |_ctx, from, sink| async move {
             for i in (1..=from).rev() {
@@ -65,6 +73,13 @@ async fn typed_unary_and_streaming_calls_work_end_to_end() -> Result<(), Box<dyn
         client.invoke(SPLIT, &"a b c".to_string(), opts).await?,
         ["a", "b", "c"]
     );
+    assert_eq!(
+        client.invoke(MAX, &vec![3, -9, 17, 4], opts).await?,
+        Some(17)
+    );
+    assert_eq!(client.invoke(MAX, &vec![], opts).await?, None);
+    let err = client.invoke(MAX, &vec![1; 1001], opts).await.unwrap_err();
+    assert_eq!(err.code, Code::TooLarge, "{err}");
 
     let mut items = client.invoke_stream(COUNTDOWN, &3, opts).await?;
     let mut got = Vec::new();

@@ -342,6 +342,21 @@ impl ClientBuilder {
         self
     }
 
+    /// [`unary_inline_raw`](Self::unary_inline_raw) with typed request and response
+    /// (default codec).
+    ///
+    /// # Panics
+    /// As [`unary_raw`](Self::unary_raw).
+    pub fn unary_inline<Req, Resp, F>(mut self, name: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        F: Fn(&InlineContext, Req) -> Result<Resp, RpcError> + Send + Sync + 'static,
+    {
+        self.methods.unary_inline(name, f);
+        self
+    }
+
     /// A streaming method on raw bytes: the handler sends items through the sink;
     /// returning `Ok` ends the stream.
     ///

@@ -9,7 +9,8 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
     method_id, BlockingClient, CallContext, CallOptions, CallStream, Client, ClientBuilder,
-    ClientStreamCall, ItemSender, ItemSink, Items, NotifyContext, Peer, RpcError, ServerBuilder,
+    ClientStreamCall, InlineContext, ItemSender, ItemSink, Items, NotifyContext, Peer, RpcError,
+    ServerBuilder,
 };
 
 /// A unary method: its name, request type `Req` and response type `Resp`.
@@ -439,6 +440,21 @@ macro_rules! typed_registration {
                 Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
             {
                 self.unary(method.name(), f)
+            }
+
+            /// Registers an inline handler of a typed unary method: a plain function run
+            /// on the connection's reader as the request is read (see
+            /// [`ServerBuilder::unary_inline_raw`] for when that suits).
+            ///
+            /// # Panics
+            /// As [`unary_raw`](Self::unary_raw).
+            pub fn inline_method<Req, Resp, F>(self, method: Unary<Req, Resp>, f: F) -> Self
+            where
+                Req: DeserializeOwned,
+                Resp: Serialize,
+                F: Fn(&InlineContext, Req) -> Result<Resp, RpcError> + Send + Sync + 'static,
+            {
+                self.unary_inline(method.name(), f)
             }
 
             /// Registers the handler of a typed streaming method: it takes the method's

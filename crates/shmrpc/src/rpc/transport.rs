@@ -367,17 +367,19 @@ const POOL_KEEP: usize = 16 << 10;
 /// caller is done with them: a unary call whose answer is copied or swapped out
 /// ([`Client::call_raw_into`](crate::Client::call_raw_into)), a handler's request or
 /// response once sent. A warm connection then reads without allocating. Shared by the
-/// reader (which takes) and the callers and handlers (which give); a short lock each way,
-/// uncontended but for a burst of answers.
+/// reader (which takes) and the callers and handlers (which give), through a bounded
+/// lock-free queue.
 #[derive(Debug)]
 pub(crate) struct BufPool {
-    bufs: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Lock-free: a mutex here cost more than the allocation it saves (two lock round
+    /// trips per message against malloc's thread cache).
+    bufs: crossbeam_queue::ArrayQueue<Vec<u8>>,
 }
 
 impl Default for BufPool {
     fn default() -> Self {
         Self {
-            bufs: std::sync::Mutex::new(Vec::with_capacity(POOL_BUFS)),
+            bufs: crossbeam_queue::ArrayQueue::new(POOL_BUFS),
         }
     }
 }
@@ -385,8 +387,7 @@ impl Default for BufPool {
 impl BufPool {
     /// An empty buffer for a message of `len` bytes: a spare one if there is one.
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
-        let spare = self.bufs.lock().expect("poisoned").pop();
-        let mut v = spare.unwrap_or_default();
+        let mut v = self.bufs.pop().unwrap_or_default();
         v.reserve(len);
         v
     }
@@ -396,17 +397,15 @@ impl BufPool {
         if v.capacity() == 0 || v.capacity() > POOL_KEEP {
             return;
         }
-        let mut bufs = self.bufs.lock().expect("poisoned");
-        if bufs.len() < POOL_BUFS {
-            v.clear();
-            bufs.push(v);
-        }
+        v.clear();
+        // Full: `v` is freed.
+        let _ = self.bufs.push(v);
     }
 
     /// How many spare buffers there are (for tests).
     #[cfg(test)]
     pub(crate) fn spare(&self) -> usize {
-        self.bufs.lock().expect("poisoned").len()
+        self.bufs.len()
     }
 }
 
