@@ -58,6 +58,13 @@ fn calls_errors_bytes_latency_and_connections_are_counted() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Ok(req)
             })
+            .unary_inline_raw("inline_echo", |_ctx, req, out| {
+                out.extend_from_slice(req);
+                Ok(())
+            })
+            .unary_inline_raw("inline_fail", |_ctx, _req, _out| {
+                Err(RpcError::handler("no"))
+            })
             .bind(&name)
             .unwrap()
     });
@@ -78,6 +85,18 @@ fn calls_errors_bytes_latency_and_connections_are_counted() {
             .unwrap();
         let e = c
             .call_raw("fail", b"", CallOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::HandlerFailed);
+        // Inline handlers are counted like the others.
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            c.call_raw_into("inline_echo", &[3u8; 7], &mut out, CallOptions::default())
+                .await
+                .unwrap();
+        }
+        let e = c
+            .call_raw("inline_fail", b"", CallOptions::default())
             .await
             .unwrap_err();
         assert_eq!(e.code, Code::HandlerFailed);
@@ -102,12 +121,20 @@ fn calls_errors_bytes_latency_and_connections_are_counted() {
             1
         );
         assert_eq!(
+            counter(&snap, "shmrpc_calls_total", Some(("method", "inline_echo"))),
+            3
+        );
+        assert_eq!(
+            counter(&snap, "shmrpc_calls_total", Some(("method", "inline_fail"))),
+            1
+        );
+        assert_eq!(
             counter(
                 &snap,
                 "shmrpc_errors_total",
                 Some(("code", "HandlerFailed"))
             ),
-            1
+            2
         );
         assert_eq!(
             counter(
@@ -123,9 +150,9 @@ fn calls_errors_bytes_latency_and_connections_are_counted() {
         );
         assert_eq!(
             counter(&snap, "shmrpc_bytes_received_total", None),
-            10 * 100 + 10
+            10 * 100 + 10 + 3 * 7
         );
-        assert!(counter(&snap, "shmrpc_bytes_sent_total", None) >= 10 * 100 + 10);
+        assert!(counter(&snap, "shmrpc_bytes_sent_total", None) >= 10 * 100 + 10 + 3 * 7);
         match value(
             &snap,
             MetricKind::Histogram,
