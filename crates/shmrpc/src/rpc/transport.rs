@@ -387,6 +387,10 @@ impl Default for BufPool {
 impl BufPool {
     /// An empty buffer for a message of `len` bytes: a spare one if there is one.
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
+        if len > POOL_KEEP {
+            // No spare is large enough, and the buffer will not come back.
+            return Vec::with_capacity(len);
+        }
         let mut v = self.bufs.pop().unwrap_or_default();
         v.reserve(len);
         v
@@ -929,5 +933,9 @@ mod tests {
         assert_eq!(pool.spare(), POOL_BUFS);
         // A spare buffer too small for the message grows to fit it.
         assert!(pool.take(POOL_KEEP).capacity() >= POOL_KEEP);
+        assert_eq!(pool.spare(), POOL_BUFS - 1);
+        // A message larger than any spare takes none.
+        assert!(pool.take(POOL_KEEP + 1).capacity() > POOL_KEEP);
+        assert_eq!(pool.spare(), POOL_BUFS - 1);
     }
 }
