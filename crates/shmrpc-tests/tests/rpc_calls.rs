@@ -71,6 +71,15 @@ fn start_server(names: &mut TestNames, tcp: bool, heartbeat_ms: u64) -> (PeerPro
     }
 }
 
+/// Tells the server process to exit, checks that it shut down cleanly, and that nothing
+/// of its names is left behind.
+fn stop_server(mut server: PeerProcess, names: &TestNames) {
+    server.send("exit");
+    server.expect("done", WAIT);
+    server.assert_exits_ok(WAIT);
+    names.assert_clean_with_locks();
+}
+
 async fn connect(target: &Target) -> Client {
     let cfg = ClientConfig::default();
     let c = match target {
@@ -166,7 +175,7 @@ async fn chat_in_order(client: &Client, seed: u64, n: u32) {
 /// The whole suite against one server process; `per_task` calls for each of 64 callers.
 fn call_suite(tcp: bool, per_task: u64) {
     let mut names = TestNames::new();
-    let (mut server, target) = start_server(&mut names, tcp, HEARTBEAT_MS);
+    let (server, target) = start_server(&mut names, tcp, HEARTBEAT_MS);
     let rt = rpc_runtime();
     let transport = if tcp { "tcp" } else { "shm" };
     rt.block_on(within("the call suite", Duration::from_secs(150), async {
@@ -204,10 +213,7 @@ fn call_suite(tcp: bool, per_task: u64) {
         );
     }));
     drop(rt);
-    server.send("exit");
-    server.expect("done", WAIT);
-    server.assert_exits_ok(WAIT);
-    names.assert_clean_with_locks();
+    stop_server(server, &names);
 }
 
 /// The full count: 64 callers x 10,000 calls on one connection (about 8 s on two
@@ -236,7 +242,7 @@ fn rpc_calls_between_processes_over_tcp() {
 /// handler run, so a lost or doubled one shows.
 fn inline_suite(tcp: bool) {
     let mut names = TestNames::new();
-    let (mut server, target) = start_server(&mut names, tcp, HEARTBEAT_MS);
+    let (server, target) = start_server(&mut names, tcp, HEARTBEAT_MS);
     let rt = rpc_runtime();
     rt.block_on(within(
         "the inline suite",
@@ -323,10 +329,7 @@ fn inline_suite(tcp: bool) {
         },
     ));
     drop(rt);
-    server.send("exit");
-    server.expect("done", WAIT);
-    server.assert_exits_ok(WAIT);
-    names.assert_clean_with_locks();
+    stop_server(server, &names);
 }
 
 #[test]
@@ -348,7 +351,7 @@ fn inline_handlers_between_processes_over_tcp() {
 fn rpc_tcp_frame_arriving_slowly_is_still_one_frame() {
     with_watchdog(Duration::from_secs(30), || {
         let mut names = TestNames::new();
-        let (mut server, target) = start_server(&mut names, true, 200);
+        let (server, target) = start_server(&mut names, true, 200);
         let Target::Tcp(addr) = target else {
             unreachable!()
         };
@@ -414,10 +417,7 @@ fn rpc_tcp_frame_arriving_slowly_is_still_one_frame() {
         assert_eq!((h.kind, h.call_id), (Kind::Response, 42), "{h:?} {body:?}");
         assert_eq!(body, b"slowly but surely");
         drop(s);
-        server.send("exit");
-        server.expect("done", WAIT);
-        server.assert_exits_ok(WAIT);
-        names.assert_clean_with_locks();
+        stop_server(server, &names);
     });
 }
 
@@ -456,7 +456,7 @@ fn a_shutdown_requested_before_serve_runs_is_not_lost() {
 fn a_dropped_client_closes_its_connection_on_both_sides() {
     with_watchdog(Duration::from_secs(60), || {
         let mut names = TestNames::new();
-        let (mut server, target) = start_server(&mut names, false, HEARTBEAT_MS);
+        let (server, target) = start_server(&mut names, false, HEARTBEAT_MS);
         let rt = rpc_runtime();
         rt.block_on(async {
             let probe = connect(&target).await;
@@ -515,9 +515,6 @@ fn a_dropped_client_closes_its_connection_on_both_sides() {
             }
         });
         drop(rt);
-        server.send("exit");
-        server.expect("done", WAIT);
-        server.assert_exits_ok(WAIT);
-        names.assert_clean_with_locks();
+        stop_server(server, &names);
     });
 }
