@@ -275,7 +275,16 @@ pub const fn method_id(name: &str) -> u32 {
 /// # Ok::<(), shmrpc::RpcError>(())
 /// ```
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
-    postcard::to_stdvec(v).map_err(|e| RpcError::with_source(Code::BadRequest, "encoding", e))
+    let mut out = Vec::new();
+    encode_into(v, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode`], appended to `out` (whose allocation it reuses).
+pub(crate) fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), RpcError> {
+    *out = postcard::to_extend(v, std::mem::take(out))
+        .map_err(|e| RpcError::with_source(Code::BadRequest, "encoding", e))?;
+    Ok(())
 }
 
 /// Decodes a value with the default codec.

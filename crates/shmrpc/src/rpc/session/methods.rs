@@ -10,7 +10,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::{CallContext, InlineContext, ItemSink, ItemStream, Items, NotifyContext};
 use crate::rpc::inspect::INSPECT_METHOD;
 use crate::rpc::obs::MethodObs;
-use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError};
+use crate::rpc::{decode, encode, encode_into, method_id, Code, IdMap, RpcError};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -201,10 +201,7 @@ impl Methods {
         F: Fn(&InlineContext, Req) -> Result<Resp, RpcError> + Send + Sync + 'static,
     {
         self.unary_inline_raw(name, move |ctx, req, out| {
-            let resp = f(ctx, decode(req)?)?;
-            *out = postcard::to_extend(&resp, std::mem::take(out))
-                .map_err(|e| RpcError::with_source(Code::BadRequest, "encoding", e))?;
-            Ok(())
+            encode_into(&f(ctx, decode(req)?)?, out)
         });
     }
 

@@ -166,10 +166,17 @@ impl Outgoing {
     /// The server closed the connection as idle (its `Goodbye` said [`GOODBYE_IDLE`]): no
     /// new calls here, and the unary calls still waiting were never read.
     pub(crate) fn closed_idle(&self) {
-        // Release: pairs with the Acquire load in `answer`, though the `pending` lock
+        // Release: pairs with the Acquire load in `never_read`, though the `pending` lock
         // that `fail_all` takes later on the same task orders it already.
         self.unread.store(true, Ordering::Release);
         self.stop_new_calls();
+    }
+
+    /// Whether the server closed the connection as idle, so that a unary call that fails
+    /// with it was never read and may go to the next connection.
+    fn never_read(&self) -> bool {
+        // Acquire: pairs with the Release store in `closed_idle`.
+        self.unread.load(Ordering::Acquire)
     }
 
     /// Whether no call of this end is open.
@@ -364,9 +371,7 @@ impl Outgoing {
             guard.done(); // nothing to cancel: the request is not out (dropping forgets it)
             let e = RpcError::from(e);
             self.fail_all(&e);
-            // Acquire: pairs with the Release store in `closed_idle`. The server closed the
-            // connection as idle and read nothing after: the call may go to the next one.
-            if self.unread.load(Ordering::Acquire) {
+            if self.never_read() {
                 return Ok(None);
             }
             return Err(e);
@@ -402,8 +407,7 @@ impl Outgoing {
         // is gone already.
         guard.answered();
         match r {
-            // Acquire: pairs with the Release store in `closed_idle`.
-            Err(e) if e.code == Code::PeerGone && self.unread.load(Ordering::Acquire) => Ok(None),
+            Err(e) if e.code == Code::PeerGone && self.never_read() => Ok(None),
             r => r.map(Some),
         }
     }
