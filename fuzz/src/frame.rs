@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use shmrpc::lowlevel::frame::{
     decode, decode_header, encode, encode_into, encode_parts_into, fragments, FrameError,
     FrameHeader, Kind, Reassembler, ReassemblyError, FLAG_COMPRESSED, FLAG_CONTINUES, FLAG_MORE,
-    FLAG_TO_CALLEE, FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION,
+    FLAG_TO_CALLEE, FLAG_UNCHECKED, FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION,
 };
 
 use crate::{Cursor, Writer};
@@ -29,7 +29,8 @@ pub const KINDS: [Kind; 12] = [
 
 /// The flags the format defines: more fragments follow; travels to the call's callee;
 /// continues the message in progress.
-const KNOWN_FLAGS: u16 = FLAG_MORE | FLAG_TO_CALLEE | FLAG_CONTINUES | FLAG_COMPRESSED;
+const KNOWN_FLAGS: u16 =
+    FLAG_MORE | FLAG_TO_CALLEE | FLAG_CONTINUES | FLAG_COMPRESSED | FLAG_UNCHECKED;
 /// The flags that place a frame among its message's fragments.
 const FRAGMENT: u16 = FLAG_MORE | FLAG_CONTINUES;
 
@@ -95,7 +96,8 @@ pub fn check_decode(bytes: &[u8]) {
         return;
     }
     // Header and length are right: only the CRC decides, and the canonical encoding of
-    // this header and payload is the one frame that passes.
+    // this header and payload is the one frame that passes (with `FLAG_UNCHECKED`: the
+    // one whose CRC field is zero).
     let canonical = encode(&h, payload).expect("encodable");
     match full {
         Ok((h2, p2)) => {
@@ -120,7 +122,8 @@ pub fn check_decode(bytes: &[u8]) {
 /// - mode bit 0 set: `pos: u16, xor: u8`, then a frame whose header is repaired into a
 ///   valid frame (its length and CRC recomputed) that must decode, and then must be
 ///   refused once any one byte of it is changed (CRC32C catches every burst of up to 32
-///   bits, and the other fields are checked directly).
+///   bits, and the other fields are checked directly). That holds for a frame with a CRC,
+///   so the repair clears [`FLAG_UNCHECKED`]; a frame without one is checked as it came.
 pub fn frame_decode(data: &[u8]) {
     let mut c = Cursor::new(data);
     let mode = c.u8();
@@ -132,7 +135,8 @@ pub fn frame_decode(data: &[u8]) {
     let xor = c.u8().max(1);
     let rest = c.rest();
     check_decode(rest);
-    let Ok(h) = decode_header(rest) else { return };
+    let Ok(mut h) = decode_header(rest) else { return };
+    h.flags &= !FLAG_UNCHECKED;
     let payload = &rest[FRAME_HEADER_LEN..];
     let frame = encode(&h, payload).expect("encodable");
     check_decode(&frame);

@@ -3,13 +3,14 @@
 //!
 //! - a client process sending garbage frames on a raw channel (random bytes, a short frame,
 //!   wrong magic, version, kind, flags or reserved bytes, a header lying about the length,
-//!   a bad CRC, a frame only a server may send, interleaved fragments, a stray
+//!   a bad CRC, a CRC where the flags say there is none, a frame only a server may send, interleaved fragments, a stray
 //!   continuation): each of its connections is closed by the server;
 //! - an unknown method gets `UnknownMethod`; an oversized request `TooLarge` on the client
 //!   side, without reaching the server; an oversized response `TooLarge`;
 //! - a client process running as another user cannot connect and gets a clear error;
 //! - a server speaking another frame or handshake version gets a clear error on the client;
-//! - garbage over TCP closes that connection only.
+//! - garbage over TCP closes that connection only, and so does a frame without a CRC
+//!   (only shared memory may send one); the server's frames on shared memory carry none.
 #![forbid(unsafe_code)]
 
 use std::os::unix::process::CommandExt;
@@ -134,7 +135,7 @@ fn garbage_frames_close_only_the_senders_connection() {
             rt.block_on(good_call(&client, seq));
             seq += 1;
         }
-        assert_eq!(kinds, 13, "every kind of garbage reported");
+        assert_eq!(kinds, 14, "every kind of garbage reported");
         garbler.assert_exits_ok(WAIT);
         let during = bg.finish(&rt);
         rt.block_on(async {
@@ -469,9 +470,29 @@ fn garbage_over_tcp_closes_only_that_connection() {
         )
         .unwrap();
         lying[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-        for (seq, (what, bytes)) in [("random", random), ("lying length", lying)]
-            .into_iter()
-            .enumerate()
+        // A well-formed echo request, but without a CRC: answered on shared memory, refused
+        // over a network.
+        let mut deadline_and_body = 0u32.to_le_bytes().to_vec();
+        deadline_and_body.extend_from_slice(b"no crc");
+        let unchecked = shmrpc::lowlevel::frame::encode(
+            &shmrpc::lowlevel::frame::FrameHeader {
+                kind: shmrpc::lowlevel::frame::Kind::Request,
+                flags: shmrpc::lowlevel::frame::FLAG_TO_CALLEE
+                    | shmrpc::lowlevel::frame::FLAG_UNCHECKED,
+                method: shmrpc::method_id("echo"),
+                call_id: 1,
+                len: 0,
+            },
+            &deadline_and_body,
+        )
+        .unwrap();
+        for (seq, (what, bytes)) in [
+            ("random", random),
+            ("lying length", lying),
+            ("no CRC", unchecked),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             s.set_read_timeout(Some(WAIT)).unwrap();

@@ -1,10 +1,11 @@
-//! Round-trip latency of 64 B unary calls from `BlockingClient` and from the async client,
+//! Round-trip latency of unary calls (64 B by default) from `BlockingClient` and from the async client,
 //! to a server on its own thread and runtime (pinned to CPU 1; the callers are not pinned:
 //! the blocking client's background thread needs a CPU too). Each client calls an async
 //! handler with `call_raw` and an inline one (`unary_inline_raw`) with `call_raw_into`,
 //! interleaved call by call. Prints p50 and p99 of each.
 //!
-//! Run: `cargo run --release -p shmrpc --example blocking_latency [-- CALLS]`
+//! Run: `cargo run --release -p shmrpc --example blocking_latency [-- CALLS [SIZE]]`
+//! (SIZE: bytes each way, default 64).
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|a| a.parse::<usize>())
         .transpose()?
         .unwrap_or(20_000);
+    let size = std::env::args()
+        .nth(2)
+        .map(|a| a.parse::<usize>())
+        .transpose()?
+        .unwrap_or(64);
     let name = format!("blocking-latency-{}", std::process::id());
     let server = Server::builder()
         .unary_raw("echo", |_ctx, req| async move { Ok(req) })
@@ -33,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .bind(&name)?;
     let serving = Serving::start(server);
-    let body = [7u8; 64];
+    let body = vec![7u8; size];
     for round in 0..3 {
         let blocking = BlockingClient::connect(&name, ClientConfig::default())?;
         let (mut lat, mut fast) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
@@ -55,6 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .worker_threads(1)
             .enable_all()
             .build()?;
+        let body = body.clone();
         let ((a50, a99), (ai50, ai99)) = rt.block_on(async {
             let c = Client::connect(&name, ClientConfig::default()).await?;
             tokio::spawn(async move {

@@ -12,7 +12,7 @@ use super::net::hello::{BoxRead, BoxWrite};
 use super::{Code, RpcError};
 use crate::channel::{self, RecvError, SendError};
 use crate::frame::{self, FrameError, FrameHeader, Kind, Reassembler, ReassemblyError};
-use crate::frame::{FLAG_COMPRESSED, FLAG_TO_CALLEE, FRAME_HEADER_LEN};
+use crate::frame::{FLAG_COMPRESSED, FLAG_TO_CALLEE, FLAG_UNCHECKED, FRAME_HEADER_LEN};
 use crate::ring::RECORD_HEADER;
 
 /// Largest frame on a TCP connection (larger messages are fragmented).
@@ -100,6 +100,9 @@ pub(crate) enum Cause {
     /// limit, or came on a connection that did not negotiate compression.
     #[error("bad compressed frame: {0}")]
     Compression(&'static str),
+    /// A frame without a CRC ([`FLAG_UNCHECKED`]) on a TCP connection.
+    #[error("a frame without a CRC came over TCP (only shared memory may send one)")]
+    Unchecked,
     /// The peer closed its end (TCP end of stream, or the in-memory peer dropped).
     #[error("connection closed")]
     Closed,
@@ -277,6 +280,7 @@ impl FrameTx {
                 }
             },
             FrameTx::Shm(s, _) if total <= shm_short(s.capacity()) => {
+                header.flags |= FLAG_UNCHECKED;
                 match s.producer().try_reserve(FRAME_HEADER_LEN + total) {
                     Ok(mut grant) => {
                         frame::encode_parts_into(&mut grant, &header, parts)
@@ -325,6 +329,8 @@ impl FrameTx {
                 .await
                 .map_err(|_| TransportError::Gone(Cause::Closed)),
             FrameTx::Shm(s, buf) => {
+                // No CRC on shared memory (why: `FLAG_UNCHECKED`).
+                h.flags |= FLAG_UNCHECKED;
                 if let Ok(mut grant) = s.producer().try_reserve(FRAME_HEADER_LEN + total) {
                     frame::encode_parts_into(&mut grant, &h, parts).map_err(frame_error)?;
                     grant.commit(0);
@@ -556,7 +562,9 @@ fn shm_frame(
     re: &mut Reassembler,
     pool: &BufPool,
 ) -> Result<Option<(FrameHeader, Vec<u8>)>, TransportError> {
-    let (h, payload) = frame::decode(msg).map_err(frame_error)?;
+    let (mut h, payload) = frame::decode(msg).map_err(frame_error)?;
+    // Checked or not (the sender chooses), the frame is the same message from here on.
+    h.flags &= !FLAG_UNCHECKED;
     if h.flags & FLAG_COMPRESSED != 0 {
         return Err(TransportError::Protocol(Cause::Compression(
             "compressed frame on shared memory",
@@ -798,6 +806,10 @@ impl NetRx {
         // A frame that began in the same read as this one began no earlier than now.
         self.began = (self.start < self.end).then(Instant::now);
         let (mut h, payload) = frame::decode(&self.buf[at..at + total]).map_err(frame_error)?;
+        if h.flags & FLAG_UNCHECKED != 0 {
+            // A network is not shared memory: every frame carries its CRC.
+            return Err(TransportError::Protocol(Cause::Unchecked));
+        }
         if h.flags & FLAG_COMPRESSED == 0 {
             return Ok(self
                 .re

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use shmrpc::channel::{self, ChannelConfig, RecvError};
 use shmrpc::lowlevel::frame::{
-    self, FrameHeader, Kind, FLAG_CONTINUES, FLAG_MORE, FLAG_TO_CALLEE, FRAME_HEADER_LEN,
-    FRAME_VERSION,
+    self, FrameHeader, Kind, FLAG_CONTINUES, FLAG_MORE, FLAG_TO_CALLEE, FLAG_UNCHECKED,
+    FRAME_HEADER_LEN, FRAME_VERSION,
 };
 use shmrpc::method_id;
 use shmrpc::{Client, ClientConfig};
@@ -105,6 +105,11 @@ fn garbage(kind: &str) -> Vec<Vec<u8>> {
             let last = g.len() - 1;
             g[last] ^= 0x20;
         })],
+        // Marked as carrying no CRC (as shared-memory frames are), with one in its field.
+        "unchecked-crc" => vec![edited(&|g| {
+            g[6..8].copy_from_slice(&(FLAG_TO_CALLEE | FLAG_UNCHECKED).to_le_bytes());
+            fix_crc(g);
+        })],
         // Valid frames a client must not send.
         // An answer sent the wrong way: towards a callee.
         "response" => vec![frame_bytes(
@@ -154,6 +159,7 @@ pub(crate) fn rpc_garbage(name: &str) {
         "length-long",
         "length-short",
         "crc",
+        "unchecked-crc",
         "response",
         "interleaved",
         "stray",
@@ -165,7 +171,13 @@ pub(crate) fn rpc_garbage(name: &str) {
             .unwrap_or_else(|e| fail(format!("{kind}: send echo: {e}")));
         let echo = match ep.recv_timeout(Duration::from_secs(10)) {
             Ok(m) => match frame::decode(&m) {
-                Ok((h, p)) if h.kind == Kind::Response && h.call_id == 1 && p == b"hello" => {
+                // The server's frames on shared memory carry no CRC.
+                Ok((h, p))
+                    if h.kind == Kind::Response
+                        && h.call_id == 1
+                        && p == b"hello"
+                        && h.flags & FLAG_UNCHECKED != 0 =>
+                {
                     "ok".to_owned()
                 }
                 Ok((h, p)) => format!("unexpected-{:?}-{}-{}", h.kind, h.call_id, p.len()),
