@@ -149,6 +149,14 @@ pub(crate) struct Outgoing {
 pub(crate) const GOODBYE_IDLE: u8 = 1;
 
 impl Outgoing {
+    /// A count that moves whenever a call starts here (the next call id): the reader's
+    /// cue that a caller it woke has run and called again.
+    pub(crate) fn started(&self) -> u64 {
+        // Relaxed: a hint, nothing is read through it (its partner is the Relaxed
+        // `fetch_add` in `register`).
+        self.next_id.load(Ordering::Relaxed)
+    }
+
     /// `max_open`: the calls this end may have open at once on the connection.
     pub(crate) fn new(link: Arc<Link>, max_message: usize, max_open: usize) -> Self {
         Self {
