@@ -49,6 +49,40 @@ fn requeue() -> impl std::future::Future<Output = ()> {
     })
 }
 
+/// Whether the reader gives way to a caller it woke by [`requeue`] or by tokio's yield:
+/// by requeueing while that lets the caller run first; after a requeue that did not (the
+/// caller waits in a `block_on`, which the runtime polls only once its queue is empty,
+/// or runs on another thread), by the yield, trying a requeue again every
+/// [`RETRY`](Self::RETRY) times. A requeue that does not help costs one more poll of the
+/// read loop (a blocking client's 64 B call: +0.05–0.08 µs when it was tried each time).
+#[derive(Debug)]
+struct GiveWay {
+    /// Yields left before the next requeue is tried (0: requeue).
+    wait: u32,
+}
+
+impl GiveWay {
+    const RETRY: u32 = 64;
+
+    fn new() -> Self {
+        Self { wait: 0 }
+    }
+
+    /// Whether to requeue this time.
+    fn requeue(&mut self) -> bool {
+        if self.wait == 0 {
+            return true;
+        }
+        self.wait -= 1;
+        false
+    }
+
+    /// After a requeue: whether the woken caller ran behind it.
+    fn outcome(&mut self, ran: bool) {
+        self.wait = if ran { 0 } else { Self::RETRY };
+    }
+}
+
 /// Whether the connection goes on after a frame or an event, or why it ends.
 #[derive(Debug)]
 pub(super) enum Flow {
@@ -76,6 +110,8 @@ pub(super) struct Connection {
     idle_since: (u64, tokio::time::Instant),
     /// An answer just woke a caller waiting for it.
     woke: bool,
+    /// How the reader gives way to a caller it woke ([`GiveWay`]).
+    give_way: GiveWay,
 }
 
 impl Connection {
@@ -103,6 +139,7 @@ impl Connection {
             busy: 0,
             idle_since: (0, tokio::time::Instant::now()),
             woke: false,
+            give_way: GiveWay::new(),
         }
     }
 
@@ -194,10 +231,15 @@ impl Connection {
                 // runtime polls only once its queue is empty, or runs elsewhere), by the
                 // runtime's own yield, which lets the queue empty.
                 let started = self.peer.out.started();
-                if single_worker {
+                let requeued = single_worker && self.give_way.requeue();
+                if requeued {
                     requeue().await;
                 }
-                if !single_worker || self.peer.out.started() == started {
+                let ran = self.peer.out.started() != started;
+                if requeued {
+                    self.give_way.outcome(ran);
+                }
+                if !ran {
                     tokio::task::yield_now().await;
                 }
             }
@@ -394,5 +436,30 @@ impl Connection {
         self.link.ended.cancel();
         self.host.obs.connection(-1.0, self.link.info.peer_pid);
         self.host.registry.remove(self.link.info.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GiveWay;
+
+    #[test]
+    fn giving_way_requeues_while_it_helps_and_retries_after_a_miss() {
+        let mut g = GiveWay::new();
+        // Requeue while the woken caller runs behind it.
+        for _ in 0..3 {
+            assert!(g.requeue());
+            g.outcome(true);
+        }
+        // A requeue that did not help: the runtime's yield for the next RETRY times...
+        assert!(g.requeue());
+        g.outcome(false);
+        for _ in 0..GiveWay::RETRY {
+            assert!(!g.requeue());
+        }
+        // ...then a requeue is tried again, and kept once it helps.
+        assert!(g.requeue());
+        g.outcome(true);
+        assert!(g.requeue());
     }
 }
