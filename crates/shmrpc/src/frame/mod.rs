@@ -20,8 +20,9 @@
 //! ```
 //!
 //! Everything is checked on decode, in order: length, magic, version, kind, flags,
-//! reserved, payload length, CRC (or, without one, that its field is zero). A frame that fails any check is a [`FrameError`] naming
-//! what differs; the connection it came from is not to be trusted further.
+//! reserved, payload length, CRC (or, without one, that its field is zero). A frame that
+//! fails any check is a [`FrameError`] naming what differs; the connection it came from is
+//! not to be trusted further.
 #![forbid(unsafe_code)]
 
 use thiserror::Error;
