@@ -3,8 +3,9 @@
 //!
 //! - a client process sending garbage frames on a raw channel (random bytes, a short frame,
 //!   wrong magic, version, kind, flags or reserved bytes, a header lying about the length,
-//!   a bad CRC, a CRC where the flags say there is none, a frame only a server may send, interleaved fragments, a stray
-//!   continuation): each of its connections is closed by the server;
+//!   a bad CRC, a CRC where the flags say there is none, a frame only a server may send,
+//!   interleaved fragments, a stray continuation): each of its connections is closed by
+//!   the server;
 //! - an unknown method gets `UnknownMethod`; an oversized request `TooLarge` on the client
 //!   side, without reaching the server; an oversized response `TooLarge`;
 //! - a client process running as another user cannot connect and gets a clear error;

@@ -280,11 +280,9 @@ impl FrameTx {
                 }
             },
             FrameTx::Shm(s, _) if total <= shm_short(s.capacity()) => {
-                header.flags |= FLAG_UNCHECKED;
                 match s.producer().try_reserve(FRAME_HEADER_LEN + total) {
                     Ok(mut grant) => {
-                        frame::encode_parts_into(&mut grant, &header, parts)
-                            .map_err(frame_error)?;
+                        encode_shm(&mut grant, header, parts)?;
                         grant.commit(0);
                         Ok(true)
                     }
@@ -329,21 +327,25 @@ impl FrameTx {
                 .await
                 .map_err(|_| TransportError::Gone(Cause::Closed)),
             FrameTx::Shm(s, buf) => {
-                // No CRC on shared memory (why: `FLAG_UNCHECKED`).
-                h.flags |= FLAG_UNCHECKED;
                 if let Ok(mut grant) = s.producer().try_reserve(FRAME_HEADER_LEN + total) {
-                    frame::encode_parts_into(&mut grant, &h, parts).map_err(frame_error)?;
+                    encode_shm(&mut grant, h, parts)?;
                     grant.commit(0);
                     return Ok(());
                 }
                 // Full (or closed, or broken): wait, or report why.
                 buf.resize(FRAME_HEADER_LEN + total, 0);
-                frame::encode_parts_into(buf, &h, parts).map_err(frame_error)?;
+                encode_shm(buf, h, parts)?;
                 s.send_tagged_async(0, buf, None).await.map_err(send_error)
             }
             FrameTx::Tcp(net) => net.send_frame(h, parts).await,
         }
     }
+}
+
+/// Writes a frame for a shared-memory ring: without a CRC (why: [`FLAG_UNCHECKED`]).
+fn encode_shm(out: &mut [u8], mut h: FrameHeader, parts: &[&[u8]]) -> Result<(), TransportError> {
+    h.flags |= FLAG_UNCHECKED;
+    frame::encode_parts_into(out, &h, parts).map_err(frame_error)
 }
 
 /// The header of a frame of a message (its `len` is set when the frame is encoded).

@@ -230,13 +230,11 @@ impl Connection {
                 // worker; if it did not run meanwhile (it waits in a `block_on`, which the
                 // runtime polls only once its queue is empty, or runs elsewhere), by the
                 // runtime's own yield, which lets the queue empty.
-                let started = self.peer.out.started();
-                let requeued = single_worker && self.give_way.requeue();
-                if requeued {
+                let mut ran = false;
+                if single_worker && self.give_way.requeue() {
+                    let started = self.peer.out.started();
                     requeue().await;
-                }
-                let ran = self.peer.out.started() != started;
-                if requeued {
+                    ran = self.peer.out.started() != started;
                     self.give_way.outcome(ran);
                 }
                 if !ran {
