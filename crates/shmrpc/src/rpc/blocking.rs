@@ -601,8 +601,11 @@ struct Idle {
     /// Calls running (each drives the runtime, or waits for the one that does), and how
     /// many ever began.
     callers: Mutex<Callers>,
-    /// Signalled when the last call returns, or the client is dropped.
-    none: Condvar,
+    /// Signalled when the client is dropped. Not when a call returns: the driver looks
+    /// again every [`QUIET`] instead. Woken at the end of every call, it was a futex
+    /// wake-up and a thread switched in per call, which on a busy machine now and then
+    /// ran in the caller's place (p99 ≈ 30 µs against a p50 of 2.5 µs).
+    stop_signal: Condvar,
     /// A call wants the runtime: the driver lets go of it.
     wanted: tokio::sync::Notify,
     /// The client is gone: the driver ends.
@@ -646,7 +649,7 @@ impl Drop for Exec {
         self.idle.stop.store(true, Ordering::Relaxed);
         {
             let _callers = self.idle.lock();
-            self.idle.none.notify_all();
+            self.idle.stop_signal.notify_all();
         }
         self.idle.wanted.notify_one();
         if let Some(driver) = self.driver.take() {
@@ -662,7 +665,8 @@ struct Callers {
     began: u64,
 }
 
-/// How long no call must run or begin before the driver takes the runtime back. Calls
+/// How long no call must run or begin before the driver takes the runtime back (it looks
+/// this often, so after one to two of these). Calls
 /// that follow each other closely then never wait for the driver to let go of it (a thread
 /// wake-up each way); heartbeats, a second apart, do not notice the delay.
 const QUIET: Duration = Duration::from_millis(2);
@@ -672,7 +676,8 @@ impl Idle {
         self.callers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The driver thread: drives the runtime whenever no call has run for [`QUIET`].
+    /// The driver thread: drives the runtime whenever no call has run for [`QUIET`]
+    /// (it looks every `QUIET`: between one and two of them after the last call).
     fn drive(&self, rt: &Runtime) {
         loop {
             {
@@ -681,18 +686,14 @@ impl Idle {
                     if self.stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    if callers.running > 0 {
-                        callers = self.none.wait(callers).unwrap_or_else(|p| p.into_inner());
-                        continue;
-                    }
                     let began = callers.began;
                     callers = self
-                        .none
+                        .stop_signal
                         .wait_timeout(callers, QUIET)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                     if callers.running == 0 && callers.began == began {
-                        break; // quiet: no call began meanwhile
+                        break; // quiet: none runs, and none began meanwhile
                     }
                 }
             }
@@ -723,10 +724,6 @@ impl<'a> Call<'a> {
 
 impl Drop for Call<'_> {
     fn drop(&mut self) {
-        let mut callers = self.0.lock();
-        callers.running -= 1;
-        if callers.running == 0 {
-            self.0.none.notify_one();
-        }
+        self.0.lock().running -= 1;
     }
 }
