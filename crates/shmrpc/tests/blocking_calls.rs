@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use shmrpc::{BlockingClient, ClientConfig, Code, RpcError, Server, ServerHandle};
 
+mod support;
+use support::server_runtime;
+
 /// Bounds every wait on the server's reports; never reached when things work.
 const BOUND: Duration = Duration::from_secs(60);
 const TIMEOUT: Option<Duration> = Some(Duration::from_secs(60));
@@ -43,15 +46,6 @@ struct Fixture {
     reports: mpsc::Receiver<Report>,
     /// Shared with the test's threads.
     client: Arc<BlockingClient>,
-}
-
-/// The runtime the test's server runs on, threads of its own.
-fn server_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn start(what: &str) -> Fixture {
@@ -338,30 +332,6 @@ fn a_blocking_notify_fails_when_the_server_is_gone() {
     assert!(matches!(e.code, Code::Unavailable | Code::PeerGone), "{e}");
 }
 
-/// A server on its own runtime with `heartbeat`, serving `echo`, and `echo_inline` from
-/// an inline handler.
-fn echo_server(what: &str, heartbeat: Duration) -> (tokio::runtime::Runtime, ServerHandle, String) {
-    let name = name(what);
-    let rt = server_runtime();
-    let cfg = shmrpc::ServerConfig::default().with_heartbeat(heartbeat);
-    let server = rt
-        .block_on(async {
-            shmrpc::ServerBuilder::new(cfg)
-                .unary_raw("echo", |_ctx, body| async move { Ok(body) })
-                .unary_inline_raw("echo_inline", |_ctx, body, out| {
-                    out.extend_from_slice(body);
-                    Ok(())
-                })
-                .bind(&name)
-        })
-        .unwrap();
-    let handle = server.handle();
-    rt.spawn(async move {
-        let _ = server.serve().await;
-    });
-    (rt, handle, name)
-}
-
 /// The calling thread drives the client's runtime during a call; between calls a
 /// background thread does. Without it nobody would answer the server's heartbeats while
 /// the client sits idle: the server gives up on a client silent for three periods, and the
@@ -369,7 +339,7 @@ fn echo_server(what: &str, heartbeat: Duration) -> (tokio::runtime::Runtime, Ser
 #[test]
 fn an_idle_blocking_client_answers_heartbeats_and_keeps_its_connection() {
     let hb = Duration::from_millis(300);
-    let (rt, handle, name) = echo_server("idle-hb", hb);
+    let (rt, handle, name) = support::echo_server(&name("idle-hb"), hb);
     let cfg = ClientConfig::default().with_heartbeat(hb);
     let client = BlockingClient::connect(&name, cfg).unwrap();
     assert_eq!(client.call_raw("echo", b"one", TIMEOUT).unwrap(), b"one");
@@ -392,7 +362,7 @@ fn an_idle_blocking_client_answers_heartbeats_and_keeps_its_connection() {
 /// threads call an inline handler with `call_raw_into`, each reusing one answer buffer.
 #[test]
 fn blocking_calls_from_many_threads_each_get_their_own_answer() {
-    let (rt, handle, name) = echo_server("many-threads", Duration::from_secs(5));
+    let (rt, handle, name) = support::echo_server(&name("many-threads"), Duration::from_secs(5));
     let client = Arc::new(BlockingClient::connect(&name, ClientConfig::default()).unwrap());
     let threads: Vec<_> = (0..8u64)
         .map(|t| {

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use shmrpc::{BlockingClient, ClientConfig, ServerBuilder, ServerConfig};
+use shmrpc::{BlockingClient, ClientConfig};
+
+mod support;
 
 const TIMEOUT: Option<Duration> = Some(Duration::from_secs(60));
 
@@ -35,31 +37,14 @@ fn switches(tid: &str) -> u64 {
 
 #[test]
 fn back_to_back_blocking_calls_do_not_wake_the_driver_thread_per_call() {
-    let name = format!("blocking-driver-{}", std::process::id());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt
-        .block_on(async {
-            ServerBuilder::new(ServerConfig::default())
-                .unary_inline_raw("echo", |_ctx, body, out| {
-                    out.extend_from_slice(body);
-                    Ok(())
-                })
-                .bind(&name)
-        })
-        .unwrap();
-    let handle = server.handle();
-    rt.spawn(async move {
-        let _ = server.serve().await;
-    });
-
+    let (rt, handle, name) = support::echo_server(
+        &format!("blocking-driver-{}", std::process::id()),
+        Duration::from_secs(5),
+    );
     let client = BlockingClient::connect(&name, ClientConfig::default()).unwrap();
     let mut answer = Vec::new();
     client
-        .call_raw_into("echo", b"warm", &mut answer, TIMEOUT)
+        .call_raw_into("echo_inline", b"warm", &mut answer, TIMEOUT)
         .unwrap();
     // The thread names itself once it runs, which may be later.
     let since = Instant::now();
@@ -76,7 +61,7 @@ fn back_to_back_blocking_calls_do_not_wake_the_driver_thread_per_call() {
     for i in 0..CALLS {
         let body = i.to_le_bytes();
         client
-            .call_raw_into("echo", &body, &mut answer, TIMEOUT)
+            .call_raw_into("echo_inline", &body, &mut answer, TIMEOUT)
             .unwrap();
         assert_eq!(answer, body, "call {i}");
     }
