@@ -1,8 +1,8 @@
 //! Round-trip latency of unary calls (64 B by default) from `BlockingClient` and from the
 //! async client, to a server on its own thread and runtime (pinned to CPU 1; the callers
-//! are not pinned: the blocking client's background thread needs a CPU too). Each client calls an async
-//! handler with `call_raw` and an inline one (`unary_inline_raw`) with `call_raw_into`,
-//! interleaved call by call. Prints p50 and p99 of each.
+//! are not pinned: the blocking client's background thread needs a CPU too). Each client
+//! calls an async handler with `call_raw` and an inline one (`unary_inline_raw`) with
+//! `call_raw_into`, interleaved call by call. Prints p50 and p99 of each.
 //!
 //! Run: `cargo run --release -p shmrpc --example blocking_latency [-- CALLS [SIZE]]`
 //! (SIZE: bytes each way, default 64).

@@ -665,8 +665,10 @@ struct Callers {
     began: u64,
 }
 
-/// How long no call must run or begin before the driver takes the runtime back (it looks
-/// this often, so after one to two of these). Calls
+/// How long no call must run or begin before the driver takes the runtime back. It looks
+/// this often, and the first time it finds quiet the last call's request to let go of
+/// the runtime (`wanted`) is still pending and sends it round once more: it takes the
+/// runtime back two to three of these after the last call. Calls
 /// that follow each other closely then never wait for the driver to let go of it (a thread
 /// wake-up each way); heartbeats, a second apart, do not notice the delay.
 const QUIET: Duration = Duration::from_millis(2);
@@ -677,7 +679,7 @@ impl Idle {
     }
 
     /// The driver thread: drives the runtime whenever no call has run for [`QUIET`]
-    /// (it looks every `QUIET`: between one and two of them after the last call).
+    /// (it looks every `QUIET`; see there how long after the last call).
     fn drive(&self, rt: &Runtime) {
         loop {
             {
@@ -700,8 +702,8 @@ impl Idle {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
-            // Until a call wants the runtime (a call that began meanwhile left a permit:
-            // this returns at once, and the loop waits for the calls to end).
+            // Until a call wants the runtime (a call that began since the driver last held
+            // it left a permit: this returns at once, and the loop looks again).
             rt.block_on(self.wanted.notified());
         }
     }
