@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
-use shmrpc::lowlevel::frame::{encode, FrameHeader, Kind, FLAG_CONTINUES, FLAG_MORE};
+use shmrpc::channel::HANDSHAKE_VERSION;
+use shmrpc::lowlevel::frame::{
+    encode, push_batch_item, FrameHeader, Kind, FLAG_CONTINUES, FLAG_MORE,
+};
 use shmrpc_fuzz::frame::{encode_reassemble, Step};
 use shmrpc_fuzz::hello::hello_bytes;
 use shmrpc_fuzz::ring::{Op, Pre, RingInput};
@@ -34,6 +37,10 @@ fn main() {
 
     // frame_decode: mode byte, then a frame.
     let fd = shmrpc_fuzz::frame::frame_decode;
+    let mut batch = Vec::new();
+    for item in [&b"first"[..], b"", &[0x5a; 32]] {
+        push_batch_item(&mut batch, item).unwrap();
+    }
     let frames = [
         ("request", frame(Kind::Request, 0, 3, 42, b"hello")),
         ("response_empty", frame(Kind::Response, 0, 3, 42, b"")),
@@ -44,6 +51,7 @@ fn main() {
         ("credit", frame(Kind::Credit, 0, 9, 7, &16u32.to_le_bytes())),
         ("ping", frame(Kind::Ping, 0, 0, 1, b"")),
         ("error", frame(Kind::Error, 0, 2, 5, b"\x03\x00not found")),
+        ("stream_items", frame(Kind::StreamItems, 0, 9, 7, &batch)),
     ];
     for (name, f) in &frames {
         add(
@@ -140,35 +148,38 @@ fn main() {
     );
 
     // hello_parse: the 32-byte hello.
+    // The version this build speaks (the "valid" seeds once said 1, which stopped being
+    // valid at version 2).
+    let v = HANDSHAKE_VERSION;
     let hp = shmrpc_fuzz::hello::hello_parse;
     add(
         "hello_parse",
         "valid_16k",
-        hello_bytes(1, 1, 16384, 16384),
+        hello_bytes(v, 1, 16384, 16384),
         hp,
     );
     add(
         "hello_parse",
         "valid_min_max",
-        hello_bytes(1, 1, 128, 1 << 31),
+        hello_bytes(v, 1, 128, 1 << 31),
         hp,
     );
     add(
         "hello_parse",
         "bad_version",
-        hello_bytes(2, 1, 16384, 16384),
+        hello_bytes(v + 1, 1, 16384, 16384),
         hp,
     );
     add(
         "hello_parse",
         "bad_side",
-        hello_bytes(1, 0, 16384, 16384),
+        hello_bytes(v, 0, 16384, 16384),
         hp,
     );
     add(
         "hello_parse",
         "bad_capacity",
-        hello_bytes(1, 1, 3000, 16384),
+        hello_bytes(v, 1, 3000, 16384),
         hp,
     );
 

@@ -4,15 +4,16 @@
 use std::collections::VecDeque;
 
 use shmrpc::lowlevel::frame::{
-    decode, decode_header, encode, encode_into, encode_parts_into, fragments, FrameError,
-    FrameHeader, Kind, Reassembler, ReassemblyError, FLAG_COMPRESSED, FLAG_CONTINUES, FLAG_MORE,
-    FLAG_TO_CALLEE, FLAG_UNCHECKED, FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION,
+    batch_items, decode, decode_header, encode, encode_into, encode_parts_into, fragments,
+    push_batch_item, BatchError, FrameError, FrameHeader, Kind, Reassembler, ReassemblyError,
+    FLAG_COMPRESSED, FLAG_CONTINUES, FLAG_MORE, FLAG_TO_CALLEE, FLAG_UNCHECKED, FRAME_HEADER_LEN,
+    FRAME_MAGIC, FRAME_VERSION,
 };
 
 use crate::{Cursor, Writer};
 
 /// Every kind, in wire order (wire value = index + 1).
-pub const KINDS: [Kind; 12] = [
+pub const KINDS: [Kind; 13] = [
     Kind::Request,
     Kind::Response,
     Kind::StreamItem,
@@ -25,6 +26,7 @@ pub const KINDS: [Kind; 12] = [
     Kind::Credit,
     Kind::Notify,
     Kind::NotifyCredit,
+    Kind::StreamItems,
 ];
 
 /// The flags the format defines: more fragments follow; travels to the call's callee;
@@ -105,6 +107,8 @@ pub fn check_decode(bytes: &[u8]) {
             assert_eq!(p2, payload);
             assert_eq!(p2.as_ptr(), payload.as_ptr(), "payload borrowed in place");
             assert_eq!(canonical, bytes, "an accepted frame re-encodes to itself");
+            // Any accepted payload may be a batch of stream items (`StreamItems`).
+            check_batch(p2);
         }
         Err(FrameError::Crc { found, computed }) => {
             assert_eq!(found, le32(bytes, 24));
@@ -113,6 +117,47 @@ pub fn check_decode(bytes: &[u8]) {
             assert_eq!(computed, le32(&canonical, 24));
         }
         Err(e) => panic!("unexpected {e:?} for a frame with a good header and length"),
+    }
+}
+
+/// `batch_items` against an independent reading of the batch format (docs/protocol.md):
+/// items as a little-endian `u32` length and that many bytes, at least one, filling the
+/// payload exactly; a refusal names the first item that runs past the end. An accepted
+/// batch re-encodes (`push_batch_item`) to exactly its own bytes.
+pub fn check_batch(payload: &[u8]) {
+    let mut want = Vec::new();
+    let mut refused = payload.is_empty().then_some(BatchError::Empty);
+    let mut at = 0;
+    while refused.is_none() && at < payload.len() {
+        let left = payload.len() - at;
+        let len = if left >= 4 {
+            le32(payload, at) as usize
+        } else {
+            usize::MAX
+        };
+        if left < 4 || left - 4 < len {
+            refused = Some(BatchError::Truncated {
+                item: want.len(),
+                at,
+            });
+            break;
+        }
+        want.push(&payload[at + 4..at + 4 + len]);
+        at += 4 + len;
+    }
+    match (batch_items(payload), refused) {
+        (Ok(items), None) => {
+            assert_eq!(items.len(), want.len());
+            let got: Vec<&[u8]> = items.collect();
+            assert_eq!(got, want);
+            let mut again = Vec::new();
+            for item in got {
+                push_batch_item(&mut again, item).expect("short item");
+            }
+            assert_eq!(again, payload, "a batch re-encodes to itself");
+        }
+        (Err(e), Some(r)) => assert_eq!(e, r, "batch {payload:02x?}"),
+        (got, want) => panic!("batch {payload:02x?}: got {got:?}, the format says {want:?}"),
     }
 }
 
@@ -135,7 +180,9 @@ pub fn frame_decode(data: &[u8]) {
     let xor = c.u8().max(1);
     let rest = c.rest();
     check_decode(rest);
-    let Ok(mut h) = decode_header(rest) else { return };
+    let Ok(mut h) = decode_header(rest) else {
+        return;
+    };
     h.flags &= !FLAG_UNCHECKED;
     let payload = &rest[FRAME_HEADER_LEN..];
     let frame = encode(&h, payload).expect("encodable");

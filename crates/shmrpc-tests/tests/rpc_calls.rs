@@ -5,7 +5,8 @@
 //!
 //! - 100 of 100 calls correct, typed and raw;
 //! - 64 tasks calling concurrently on one connection, every response matched to its call;
-//! - a streamed response in order, an unknown method, a bad request;
+//! - a streamed response in order (one item per frame, and a burst sent several to a frame),
+//!   an unknown method, a bad request;
 //! - the server counted exactly the calls made;
 //! - the same suite over TCP on 127.0.0.1;
 //! - over TCP, a frame whose bytes arrive with pauses longer than the server's heartbeat
@@ -172,6 +173,27 @@ async fn chat_in_order(client: &Client, seed: u64, n: u32) {
     );
 }
 
+/// A burst of `n` chat tokens, sent with `send_all` (several to a frame): every token,
+/// in order, then the end.
+async fn burst_in_order(client: &Client, seed: u64, n: u32) {
+    let mut s = client
+        .call_stream("chat_burst", &(seed, n), CallOptions::timeout(WAIT))
+        .await
+        .unwrap();
+    for i in 0..n {
+        let item: (u32, String) = s
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("stream ended after {i} tokens"))
+            .unwrap();
+        assert_eq!(item, (i, chat_token(seed, i)), "token {i}");
+    }
+    assert!(
+        s.next::<(u32, String)>().await.is_none(),
+        "more than {n} tokens"
+    );
+}
+
 /// The whole suite against one server process; `per_task` calls for each of 64 callers.
 fn call_suite(tcp: bool, per_task: u64) {
     let mut names = TestNames::new();
@@ -193,6 +215,7 @@ fn call_suite(tcp: bool, per_task: u64) {
             calls as f64 / took.as_secs_f64()
         );
         chat_in_order(&client, 0xc4a7, 40).await;
+        burst_in_order(&client, 0xb0257, 5_000).await;
         let e = client
             .call_raw("no-such-method", b"x", CallOptions::default())
             .await

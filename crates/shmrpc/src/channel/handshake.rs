@@ -35,8 +35,9 @@ const HELLO_MAGIC: [u8; 8] = *b"SHMRPCH1";
 /// other at connect, naming both versions, instead of exchanging frames neither reads).
 /// Version 2: frames of version 2 (calls in both directions). Version 3: frames of
 /// version 3 (whole messages between the fragments of a long one). Version 4: frames of
-/// version 4 (no CRC on shared memory).
-pub const HANDSHAKE_VERSION: u32 = 4;
+/// version 4 (no CRC on shared memory). Version 5: frames of version 5 (batches of stream
+/// items).
+pub const HANDSHAKE_VERSION: u32 = 5;
 const HELLO_LEN: usize = 32;
 const ACK: [u8; 8] = *b"SHMRPCOK";
 /// How long either side waits for the other's handshake message.

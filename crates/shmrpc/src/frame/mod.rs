@@ -27,13 +27,17 @@
 
 use thiserror::Error;
 
+mod batch;
+pub use batch::{batch_items, push_batch_item, BatchError, BatchItems, BATCH_ITEM_HEADER};
+
 /// First four bytes of every frame.
 pub const FRAME_MAGIC: [u8; 4] = *b"SRPC";
 /// Version of the frame format. Version 2 added [`FLAG_TO_CALLEE`]: either end of a
 /// connection may call the other. Version 3 added [`FLAG_CONTINUES`]: whole messages may
 /// travel between the fragments of a long one. Version 4 added [`FLAG_UNCHECKED`]: frames
-/// on shared memory carry no CRC.
-pub const FRAME_VERSION: u8 = 4;
+/// on shared memory carry no CRC. Version 5 added [`Kind::StreamItems`]: several items of
+/// a stream in one frame.
+pub const FRAME_VERSION: u8 = 5;
 /// Bytes in a frame header.
 pub const FRAME_HEADER_LEN: usize = 32;
 /// Flag: more fragments of this message follow.
@@ -98,6 +102,10 @@ pub enum Kind {
     /// The receiver of notifications handled `count` more (payload: `u32` count): the
     /// notifier may send as many more.
     NotifyCredit = 12,
+    /// Several items of a streamed response (or of a caller's stream) in one frame, each
+    /// behind its length ([`batch`](self::batch_items)): sent where items are ready
+    /// together, so that they share one record, one publish and one wake-up.
+    StreamItems = 13,
 }
 
 impl Kind {
@@ -115,6 +123,7 @@ impl Kind {
             10 => Kind::Credit,
             11 => Kind::Notify,
             12 => Kind::NotifyCredit,
+            13 => Kind::StreamItems,
             _ => return None,
         })
     }
@@ -154,10 +163,10 @@ pub struct FrameHeader {
 ///
 /// let h = FrameHeader { kind: Kind::Pong, flags: 0, method: 0, call_id: 1, len: 0 };
 /// let mut bytes = encode(&h, b"").unwrap();
-/// bytes[4] = 5; // a future version
+/// bytes[4] = 6; // a future version
 /// let err = decode(&bytes).unwrap_err();
-/// assert_eq!(err, FrameError::Version { found: 5 });
-/// assert_eq!(err.to_string(), "the peer speaks protocol version 5, this end speaks version 4");
+/// assert_eq!(err, FrameError::Version { found: 6 });
+/// assert_eq!(err.to_string(), "the peer speaks protocol version 6, this end speaks version 5");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]

@@ -1,5 +1,6 @@
 //! Typed method descriptors (see [`Unary`]).
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -276,6 +277,23 @@ impl<Item: Serialize> Sink<Item> {
     /// As [`ItemSink::send`].
     pub async fn send(&self, item: &Item) -> Result<(), RpcError> {
         self.inner.send(item).await
+    }
+
+    /// Sends items that are ready together, several to a frame where they fit (see
+    /// [`ItemSink::send_all`]).
+    ///
+    /// # Errors
+    /// As [`ItemSink::send_all`].
+    pub async fn send_all<I>(&self, items: I) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        I::Item: Borrow<Item>,
+    {
+        self.inner
+            .send_batched(items, |item, out| {
+                crate::rpc::encode_into(item.borrow(), out)
+            })
+            .await
     }
 
     /// The untyped sink underneath.

@@ -206,6 +206,14 @@ fn rpc_routes(cfg: ServerConfig, c: Arc<RpcCounters>) -> ServerBuilder {
                 Ok(())
             }
         })
+        // The chat's tokens all ready at once: sent several to a frame.
+        .streaming(
+            "chat_burst",
+            |_ctx, (seed, n): (u64, u32), sink| async move {
+                sink.send_all((0..n).map(|i| (i, chat_token(seed, i))))
+                    .await
+            },
+        )
         .unary("blob", |_ctx, n: u32| async move {
             Ok::<_, RpcError>(vec![0xb1u8; n as usize])
         })

@@ -163,6 +163,11 @@ impl Link {
         }
     }
 
+    /// The longest message that goes as one frame ([`FrameTx::short_limit`]).
+    pub(crate) fn short_limit(&self) -> usize {
+        self.short_limit
+    }
+
     /// An empty buffer for a message this end writes (an inline handler's response): a
     /// spare one of the reader's if there is one.
     pub(crate) fn buffer(&self) -> Vec<u8> {

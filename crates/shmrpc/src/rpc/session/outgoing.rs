@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::{Link, STREAM_WINDOW};
-use crate::frame::Kind;
+use crate::frame::{BatchItems, Kind};
 use crate::rpc::transport::Dir;
 use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
 
@@ -336,6 +336,22 @@ impl Outgoing {
             w.wake();
         }
         woke
+    }
+
+    /// The items of a batch (`StreamItems`) for call `call_id`: each goes to the call's
+    /// stream as if it had come in a frame of its own, but with one lookup in the call
+    /// table for them all. As [`deliver`](Self::deliver) otherwise (items for a unary call
+    /// fail it; for a call no longer here they go nowhere).
+    pub(crate) fn deliver_items(&self, call_id: u64, items: BatchItems<'_>) -> bool {
+        let pending = self.pending.lock().expect("poisoned");
+        if let Some(Waiter::Stream(tx)) = pending.get(&call_id).map(|e| &e.waiter) {
+            for item in items {
+                let _ = tx.send(Event::Item(item.to_vec()));
+            }
+            return false;
+        }
+        drop(pending);
+        self.deliver(call_id, Event::Item(Vec::new()))
     }
 
     /// Checks a request's size before anything is sent.

@@ -21,8 +21,9 @@ use super::dispatch::{spare_sends, ConnState};
 use super::incoming::Incoming;
 use super::notify::Inbox;
 use super::outgoing::{Event, GOODBYE_IDLE};
+use super::sink::STREAM_WINDOW;
 use super::{Ends, Host, Link, Peer, Role};
-use crate::frame::{FrameHeader, Kind};
+use crate::frame::{batch_items, BatchItems, FrameHeader, Kind};
 use crate::rpc::transport::{Dir, FrameRx, TransportError};
 use crate::rpc::{Code, RpcError, Silence};
 
@@ -92,6 +93,21 @@ pub(super) enum Flow {
 
 fn violation(what: &str) -> Flow {
     Flow::Stop(RpcError::new(Code::Protocol, what))
+}
+
+/// The items of a `StreamItems` frame, checked whole before any is handed on: a malformed
+/// batch, or one with more items than a stream's credit window (no sender that keeps to
+/// its credit has more at once), ends the connection.
+fn checked_batch(call_id: u64, payload: &[u8]) -> Result<BatchItems<'_>, Flow> {
+    match batch_items(payload) {
+        Ok(items) if items.len() <= STREAM_WINDOW => Ok(items),
+        Ok(items) => Err(violation(&format!(
+            "call {call_id}: a batch of {} stream items, more than the credit window of \
+             {STREAM_WINDOW}",
+            items.len()
+        ))),
+        Err(e) => Err(violation(&format!("call {call_id}: {e}"))),
+    }
 }
 
 /// One connection being served.
@@ -318,6 +334,17 @@ impl Connection {
                 Flow::Continue
             }
             (Kind::StreamItem, true) => self.incoming.on_item(h, Some(payload)),
+            (Kind::StreamItems, true) => match checked_batch(h.call_id, &payload) {
+                Ok(items) => {
+                    for item in items {
+                        if let Flow::Stop(e) = self.incoming.on_item(h, Some(item.to_vec())) {
+                            return Flow::Stop(e);
+                        }
+                    }
+                    Flow::Continue
+                }
+                Err(flow) => flow,
+            },
             // A notification from the peer; credit for this end's notifications.
             (Kind::Notify, true) => self.inbox.on_notify(h, payload),
             (Kind::NotifyCredit, false) => self.peer.out.on_notify_credit(&payload),
@@ -338,6 +365,14 @@ impl Connection {
                 self.woke |= self.peer.out.deliver(h.call_id, ev);
                 Flow::Continue
             }
+            (Kind::StreamItems, false) => match checked_batch(h.call_id, &payload) {
+                Ok(items) => {
+                    self.woke |= self.peer.out.deliver_items(h.call_id, items);
+                    self.link.recycle(payload);
+                    Flow::Continue
+                }
+                Err(flow) => flow,
+            },
             // The connection itself.
             (Kind::Ping, false) => {
                 // A failed send marks the link broken, which ends the loop.

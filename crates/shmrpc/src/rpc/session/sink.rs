@@ -7,14 +7,19 @@ use tokio::sync::{Semaphore, TryAcquireError};
 
 use super::context::CallToken;
 use super::Link;
-use crate::frame::Kind;
+use crate::frame::{Kind, BATCH_ITEM_HEADER};
 use crate::rpc::transport::Dir;
-use crate::rpc::{encode, Code, RpcError};
+use crate::rpc::{encode, encode_into, Code, RpcError};
 
 /// How many stream items a callee may send ahead of what the caller has read. The caller
 /// returns credit as it reads (`Credit` frames), so a caller that stops reading holds back
 /// only its own stream, not the connection.
 pub(crate) const STREAM_WINDOW: usize = 64;
+
+/// The most payload bytes [`ItemSink::send_all`] puts in one batch (less if a frame on
+/// the connection, or a message, may not be that long). With small items the credit
+/// window bounds a batch first (64 items of 32 bytes are 2.3 KiB).
+const BATCH_BYTES: usize = 16 << 10;
 
 /// Where a streaming handler sends its items.
 #[derive(Clone)]
@@ -97,6 +102,205 @@ impl ItemSink {
             .map_err(RpcError::from)
     }
 
+    /// Sends raw items to the caller, in order, several to a frame where they fit: the
+    /// same items, credit and errors as [`send_raw`](Self::send_raw) for each in turn,
+    /// at a fraction of the cost per item when the items are small. Each frame holds as
+    /// many of the items as the caller's credit allows and ≤ 16 KiB fit in (an item too
+    /// long to share a frame goes alone); so the caller reads the first batch while the
+    /// handler fills the next.
+    ///
+    /// Use it where items are ready together (a page of results, a burst of tokens);
+    /// items that come one at a time go out at once with [`send_raw`](Self::send_raw).
+    ///
+    /// # Errors
+    /// As [`send_raw`](Self::send_raw). The items before the one that failed have been
+    /// sent; dropped before it returns, it gives the caller's credit back for the items
+    /// it had not sent.
+    pub async fn send_all_raw<I>(&self, items: I) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        self.send_batched(items, |item, out| {
+            out.extend_from_slice(item.as_ref());
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`send_all_raw`](Self::send_all_raw) for items encoded with the default codec,
+    /// each written straight into its batch.
+    ///
+    /// # Errors
+    /// As [`send_all_raw`](Self::send_all_raw), or `BadRequest` for an item that cannot be
+    /// encoded (the items before it have been sent).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::{CallOptions, Client, ClientConfig, Server};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let name = format!("doc-send-all-{}", std::process::id());
+    /// let server = Server::builder()
+    ///     .streaming("squares", |_ctx, n: u64, sink| async move {
+    ///         // Items ready together go several to a frame.
+    ///         sink.send_all((0..n).map(|i| i * i)).await
+    ///     })
+    ///     .bind(&name)?;
+    /// let handle = server.handle();
+    /// let serving = tokio::spawn(server.serve());
+    ///
+    /// let client = Client::connect(&name, ClientConfig::default()).await?;
+    /// let mut stream = client.call_stream("squares", &1000u64, CallOptions::default()).await?;
+    /// let mut got = Vec::new();
+    /// while let Some(sq) = stream.next::<u64>().await {
+    ///     got.push(sq?);
+    /// }
+    /// assert_eq!(got, (0..1000u64).map(|i| i * i).collect::<Vec<_>>());
+    ///
+    /// drop((stream, client));
+    /// handle.shutdown();
+    /// serving.await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_all<I>(&self, items: I) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        self.send_batched(items, |item, out| encode_into(&item, out))
+            .await
+    }
+
+    /// The batching under [`send_all_raw`](Self::send_all_raw): `write` appends an item's
+    /// bytes to the batch.
+    pub(crate) async fn send_batched<I, W>(&self, items: I, mut write: W) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        W: FnMut(I::Item, &mut Vec<u8>) -> Result<(), RpcError>,
+    {
+        let Some(credit) = &self.credit else {
+            return Err(RpcError::new(Code::Protocol, "items sent for a unary call"));
+        };
+        let limit = BATCH_BYTES.min(self.max_message).min(self.tx.short_limit());
+        let mut batch = Batch {
+            buf: self.tx.buffer(),
+            count: 0,
+            credit,
+        };
+        let mut end = Ok(());
+        for item in items {
+            if self.token.is_cancelled() {
+                end = Err(RpcError::new(Code::Cancelled, "call cancelled"));
+                break;
+            }
+            // Credit first. Without any at hand, the items batched so far go now: the
+            // caller reads them, then grants more.
+            match credit.try_acquire() {
+                Ok(p) => p.forget(),
+                Err(TryAcquireError::Closed) => {
+                    end = Err(RpcError::new(Code::Cancelled, "call over"));
+                    break;
+                }
+                Err(TryAcquireError::NoPermits) => {
+                    if batch.count > 0 {
+                        self.flush_all(&mut batch).await?;
+                    }
+                    tokio::select! {
+                        p = credit.acquire() => match p {
+                            Ok(p) => p.forget(),
+                            Err(_) => {
+                                end = Err(RpcError::new(Code::Cancelled, "call over"));
+                                break;
+                            }
+                        },
+                        () = self.token.cancelled() => {
+                            end = Err(RpcError::new(Code::Cancelled, "call cancelled"));
+                            break;
+                        }
+                    }
+                }
+            }
+            batch.count += 1;
+            // The item goes at the end of the batch, behind its length (filled in once
+            // it is written).
+            let start = batch.buf.len();
+            batch.buf.extend_from_slice(&[0; BATCH_ITEM_HEADER]);
+            let written = write(item, &mut batch.buf);
+            let len = batch.buf.len() - start - BATCH_ITEM_HEADER;
+            let checked = written.and_then(|()| match u32::try_from(len) {
+                Ok(len) if len as usize <= self.max_message => Ok(len),
+                _ => Err(RpcError::new(
+                    Code::TooLarge,
+                    format!("item of {len} bytes"),
+                )),
+            });
+            let len = match checked {
+                Ok(len) => len,
+                Err(e) => {
+                    // Not sent: its credit goes back (the batch's own on drop).
+                    batch.buf.truncate(start);
+                    batch.count -= 1;
+                    credit.add_permits(1);
+                    end = Err(e);
+                    break;
+                }
+            };
+            batch.buf[start..start + BATCH_ITEM_HEADER].copy_from_slice(&len.to_le_bytes());
+            // The items before it go first if it does not fit beside them.
+            if batch.count > 1 && batch.buf.len() > limit {
+                let before = batch.count - 1;
+                self.flush(&mut batch, start, before).await?;
+            }
+        }
+        // What is in the batch passed every check: it goes even if a later item failed,
+        // as `send_raw` in a loop would have sent it.
+        if batch.count > 0 {
+            self.flush_all(&mut batch).await?;
+        }
+        self.tx.recycle(std::mem::take(&mut batch.buf));
+        end
+    }
+
+    /// Sends every item of the batch.
+    async fn flush_all(&self, batch: &mut Batch<'_>) -> Result<(), RpcError> {
+        let (upto, items) = (batch.buf.len(), batch.count);
+        self.flush(batch, upto, items).await
+    }
+
+    /// Sends the first `upto` bytes of the batch, its first `items` items, then keeps
+    /// only what follows them.
+    async fn flush(
+        &self,
+        batch: &mut Batch<'_>,
+        upto: usize,
+        items: usize,
+    ) -> Result<(), RpcError> {
+        let (kind, payload) = match items {
+            // One item goes as a plain item: a batch of one would only add its length.
+            1 => (Kind::StreamItem, &batch.buf[BATCH_ITEM_HEADER..upto]),
+            _ => (Kind::StreamItems, &batch.buf[..upto]),
+        };
+        let sent = match self
+            .tx
+            .try_send(Dir::ToCaller, kind, self.method, self.call_id, payload)
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.tx
+                    .send(Dir::ToCaller, kind, self.method, self.call_id, payload)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        sent.map_err(RpcError::from)?;
+        // Sent: these items' credit is spent for good.
+        batch.count -= items;
+        batch.buf.drain(..upto);
+        Ok(())
+    }
+
     /// Sends one item encoded with the default codec.
     ///
     /// # Errors
@@ -137,5 +341,23 @@ impl ItemSink {
     /// ```
     pub async fn send<T: Serialize>(&self, item: &T) -> Result<(), RpcError> {
         self.send_raw(&encode(item)?).await
+    }
+}
+
+/// The items [`ItemSink::send_all`] has taken credit for and not sent yet, in their
+/// frame's payload. Dropped with items in it (the sending future was dropped, or a send
+/// failed), it gives their credit back: the handler may still send them, or others.
+struct Batch<'a> {
+    buf: Vec<u8>,
+    /// Items in `buf` that hold a credit permit.
+    count: usize,
+    credit: &'a Semaphore,
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if self.count > 0 {
+            self.credit.add_permits(self.count);
+        }
     }
 }

@@ -1451,3 +1451,257 @@ async fn a_notification_handler_that_never_returns_is_dropped_a_grace_after_the_
         "the handler outlived the grace"
     );
 }
+
+/// Methods that stream with `send_all`: `count` sends `0..n` (typed, `u32`); `sized`
+/// sends raw items of the lengths given (item `i` filled with byte `i`).
+fn batch_methods() -> Methods {
+    let mut m = Methods::new(false);
+    m.streaming("count", |_ctx, n: u32, sink| async move {
+        sink.send_all(0..n).await
+    });
+    m.streaming("sized", |_ctx, lens: Vec<u32>, sink| async move {
+        let items: Vec<Vec<u8>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| vec![i as u8; len as usize])
+            .collect();
+        sink.send_all_raw(&items).await
+    });
+    m
+}
+
+/// The items of a stream frame: a batch's, or a plain item's one.
+fn frame_items(h: &crate::frame::FrameHeader, payload: &[u8]) -> Vec<Vec<u8>> {
+    match h.kind {
+        Kind::StreamItems => crate::frame::batch_items(payload)
+            .expect("a well-formed batch")
+            .map(<[u8]>::to_vec)
+            .collect(),
+        Kind::StreamItem => vec![payload.to_vec()],
+        k => panic!("{k:?} where stream items were expected"),
+    }
+}
+
+/// A raw client's request for `method` (no deadline) as call 1.
+async fn raw_request(tx: &mut FrameTx, method: &str, body: &[u8]) {
+    tx.send_parts(
+        Dir::ToCallee,
+        Kind::Request,
+        method_id(method),
+        1,
+        &[&0u32.to_le_bytes(), body],
+    )
+    .await
+    .unwrap();
+}
+
+/// Whether the runtime runs out of work before a frame arrives (paused clock).
+async fn nothing_more(rx: &mut FrameRx) -> bool {
+    tokio::time::timeout(Duration::from_secs(1), rx.recv())
+        .await
+        .is_err()
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_all_puts_the_items_a_credit_allows_in_one_frame() {
+    let (_to_client, mut tx, mut rx) = scripted(batch_methods());
+    raw_request(&mut tx, "count", &crate::rpc::encode(&200u32).unwrap()).await;
+    let mut got = Vec::new();
+    let mut per_frame = Vec::new();
+    let mut take = |h: &crate::frame::FrameHeader, p: &[u8], per_frame: &mut Vec<usize>| {
+        assert_eq!((h.call_id, Dir::to_callee(h.flags)), (1, false));
+        let items = frame_items(h, p);
+        per_frame.push(items.len());
+        for i in items {
+            got.push(crate::rpc::decode::<u32>(&i).unwrap());
+        }
+    };
+    // The whole window in one frame, then nothing until the caller grants more.
+    let (h, p) = rx.recv().await.unwrap();
+    assert_eq!(h.kind, Kind::StreamItems);
+    take(&h, &p, &mut per_frame);
+    assert!(nothing_more(&mut rx).await, "more than the credit");
+    // Credit for ten: ten in one frame; for one: a plain item (a batch of one would only
+    // add its length).
+    for (grant, kind) in [(10u32, Kind::StreamItems), (1, Kind::StreamItem)] {
+        tx.send(
+            Dir::ToCallee,
+            Kind::Credit,
+            h.method,
+            1,
+            &grant.to_le_bytes(),
+        )
+        .await
+        .unwrap();
+        let (h, p) = rx.recv().await.unwrap();
+        assert_eq!(h.kind, kind);
+        take(&h, &p, &mut per_frame);
+        assert!(nothing_more(&mut rx).await, "more than the credit");
+    }
+    assert_eq!(per_frame, [64, 10, 1]);
+    // The rest: a window's grant each time the items stop (a grant is capped at a
+    // window).
+    let end = 'read: loop {
+        tx.send(
+            Dir::ToCallee,
+            Kind::Credit,
+            h.method,
+            1,
+            &64u32.to_le_bytes(),
+        )
+        .await
+        .unwrap();
+        loop {
+            let Ok(frame) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await else {
+                continue 'read;
+            };
+            let (h, p) = frame.unwrap();
+            match h.kind {
+                Kind::StreamItem | Kind::StreamItems => take(&h, &p, &mut per_frame),
+                k => break 'read k,
+            }
+        }
+    };
+    assert_eq!(end, Kind::StreamEnd);
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+    assert!(
+        per_frame.len() < 10,
+        "items went one to a frame: {per_frame:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn send_all_keeps_batches_within_16_kib_and_sends_a_longer_item_alone() {
+    let (_to_client, mut tx, mut rx) = scripted(batch_methods());
+    // 40 items of 1000 bytes (16 fit in 16 KiB with their lengths), one of 20,000 (which
+    // fits no batch), then 3 small ones.
+    let mut lens = vec![1000u32; 40];
+    lens.extend([20_000, 1, 0, 2]);
+    raw_request(&mut tx, "sized", &crate::rpc::encode(&lens).unwrap()).await;
+    let mut got = Vec::new();
+    let mut frames = Vec::new();
+    let end = loop {
+        let (h, p) = rx.recv().await.unwrap();
+        match h.kind {
+            Kind::StreamItem | Kind::StreamItems => {
+                assert!(
+                    p.len() <= 16 << 10 || h.kind == Kind::StreamItem,
+                    "{}",
+                    p.len()
+                );
+                let items = frame_items(&h, &p);
+                frames.push((h.kind, items.len()));
+                got.extend(items);
+            }
+            k => break k,
+        }
+    };
+    assert_eq!(end, Kind::StreamEnd);
+    let (b, s) = (Kind::StreamItems, Kind::StreamItem);
+    assert_eq!(frames, [(b, 16), (b, 16), (b, 8), (s, 1), (b, 3)]);
+    let want: Vec<Vec<u8>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| vec![i as u8; len as usize])
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(start_paused = true)]
+async fn batched_items_reach_a_callers_stream_in_order() {
+    let (_to_client, to_server) = pair(batch_methods(), Methods::new(false));
+    let lens: Vec<u32> = (0..3000u32)
+        .map(|i| (i * 7) % 300)
+        .chain([70_000, 0])
+        .collect();
+    let mut s = to_server
+        .call_stream("sized", &lens, CallOptions::default())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = s.next_raw().await {
+        got.push(item.unwrap());
+    }
+    assert_eq!(got.len(), lens.len());
+    for (i, (item, &len)) in got.iter().zip(&lens).enumerate() {
+        assert_eq!(item, &vec![i as u8; len as usize], "item {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_towards_a_callee_feeds_its_item_stream() {
+    let (_to_client, mut tx, mut rx) = scripted(stream_methods(None));
+    raw_request(&mut tx, "sum", &[]).await;
+    let m = method_id("sum");
+    let mut batch = Vec::new();
+    for n in [5u64, 6, 7] {
+        crate::frame::push_batch_item(&mut batch, &crate::rpc::encode(&n).unwrap()).unwrap();
+    }
+    tx.send(Dir::ToCallee, Kind::StreamItems, m, 1, &batch)
+        .await
+        .unwrap();
+    let eight = crate::rpc::encode(&8u64).unwrap();
+    tx.send(Dir::ToCallee, Kind::StreamItem, m, 1, &eight)
+        .await
+        .unwrap();
+    tx.send(Dir::ToCallee, Kind::StreamEnd, m, 1, &[])
+        .await
+        .unwrap();
+    let (h, p) = rx.recv().await.unwrap();
+    assert_eq!(h.kind, Kind::Response);
+    let (n, sum): (u64, u64) = crate::rpc::decode(&p).unwrap();
+    assert_eq!((n, sum), (4, checksum([5, 6, 7, 8])));
+}
+
+/// A server end whose scripted client sends `batch` for a `sum` call; returns the error
+/// the server's own call to the client ends with (the connection's end).
+async fn callee_refuses(batch: &[u8]) -> RpcError {
+    let (to_client, mut tx, mut rx) = scripted(stream_methods(None));
+    let callback = tokio::spawn({
+        let p = to_client.clone();
+        async move { p.call_raw("anything", b"", CallOptions::default()).await }
+    });
+    let (h, _) = rx.recv().await.expect("the server's request");
+    assert_eq!(h.kind, Kind::Request);
+    raw_request(&mut tx, "sum", &[]).await;
+    tx.send(Dir::ToCallee, Kind::StreamItems, method_id("sum"), 1, batch)
+        .await
+        .unwrap();
+    let e = callback.await.unwrap().unwrap_err();
+    assert!(!to_client.is_connected());
+    e
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_malformed_or_oversized_batch_ends_the_connection() {
+    // An item whose length runs past the frame's end.
+    let mut bad = Vec::new();
+    crate::frame::push_batch_item(&mut bad, b"12345678").unwrap();
+    bad[0] = 9;
+    let e = callee_refuses(&bad).await;
+    assert_eq!(e.code, Code::Protocol, "{e}");
+    assert!(e.message.contains("runs past"), "{e}");
+    // A batch with no item.
+    let e = callee_refuses(&[]).await;
+    assert!(e.message.contains("no item"), "{e}");
+    // More items than a window of credit.
+    let mut many = Vec::new();
+    for _ in 0..65 {
+        crate::frame::push_batch_item(&mut many, b"").unwrap();
+    }
+    let e = callee_refuses(&many).await;
+    assert!(e.message.contains("credit window"), "{e}");
+    // The same bytes as a caller's answer: the call and the connection fail.
+    let (to_server, mut tx, mut rx) = scripted_server();
+    let mut s = to_server
+        .call_stream_raw("stream", b"", CallOptions::default())
+        .await
+        .unwrap();
+    let (h, _) = rx.recv().await.expect("the client's request");
+    tx.send(Dir::ToCaller, Kind::StreamItems, h.method, h.call_id, &bad)
+        .await
+        .unwrap();
+    let e = s.next_raw().await.expect("an error").unwrap_err();
+    assert_eq!(e.code, Code::Protocol, "{e}");
+    assert!(!to_server.is_connected());
+}
