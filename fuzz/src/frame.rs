@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use shmrpc::lowlevel::frame::{
     batch_items, decode, decode_header, encode, encode_into, encode_parts_into, fragments,
     push_batch_item, BatchError, FrameError, FrameHeader, Kind, Reassembler, ReassemblyError,
-    FLAG_COMPRESSED, FLAG_CONTINUES, FLAG_MORE, FLAG_TO_CALLEE, FLAG_UNCHECKED, FRAME_HEADER_LEN,
-    FRAME_MAGIC, FRAME_VERSION,
+    BATCH_MAX_ITEMS, FLAG_COMPRESSED, FLAG_CONTINUES, FLAG_MORE, FLAG_TO_CALLEE, FLAG_UNCHECKED,
+    FRAME_HEADER_LEN, FRAME_MAGIC, FRAME_VERSION,
 };
 
 use crate::{Cursor, Writer};
@@ -122,7 +122,8 @@ pub fn check_decode(bytes: &[u8]) {
 
 /// `batch_items` against an independent reading of the batch format (docs/protocol.md):
 /// items as a little-endian `u32` length and that many bytes, at least one, filling the
-/// payload exactly; a refusal names the first item that runs past the end. An accepted
+/// payload exactly, at most `BATCH_MAX_ITEMS`; a refusal names the first item that runs
+/// past the end, or comes once item `BATCH_MAX_ITEMS + 1` is whole. An accepted
 /// batch re-encodes (`push_batch_item`) to exactly its own bytes.
 pub fn check_batch(payload: &[u8]) {
     let mut want = Vec::new();
@@ -144,6 +145,9 @@ pub fn check_batch(payload: &[u8]) {
         }
         want.push(&payload[at + 4..at + 4 + len]);
         at += 4 + len;
+        if want.len() > BATCH_MAX_ITEMS {
+            refused = Some(BatchError::TooManyItems);
+        }
     }
     match (batch_items(payload), refused) {
         (Ok(items), None) => {

@@ -1,6 +1,8 @@
 //! A server stream of small items: a server and a client, each on its own thread with its
 //! own current-thread runtime and its own CPU, like two processes. Prints items per second
-//! and the time to the first item. Cross-process figures beside tarpc and tonic come from
+//! and the time to the first item, in turn for a handler that sends one item per frame
+//! (`send_raw` in a loop) and one that sends them all at once (`send_all_raw`: several to a
+//! frame), and the ratio of their medians. Cross-process figures beside tarpc and tonic come from
 //! the peers crate (`cd peers && cargo run --release -- --only rpc`).
 //!
 //! Run: `cargo run --release -p shmrpc --example rpc_stream [-- ITEMS ITEM_BYTES]`
@@ -26,37 +28,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         })
+        .streaming_raw("batched", move |_ctx, req, sink| async move {
+            let n = u64::from_le_bytes(req[..8].try_into().unwrap_or_default());
+            let item = vec![5u8; size];
+            sink.send_all_raw((0..n).map(|_| &item)).await
+        })
         .bind(&name)?;
     let serving = Serving::start(server);
     pin(0);
     let rt = runtime();
     rt.block_on(async {
         let client = Client::connect(&name, ClientConfig::default()).await?;
+        let mut rates = [Vec::new(), Vec::new()];
         for round in 0..5 {
-            let t0 = Instant::now();
-            let mut s = client
-                .call_stream_raw(
-                    "items",
-                    &(items as u64).to_le_bytes(),
-                    CallOptions::default(),
-                )
-                .await?;
-            let mut first = None;
-            let mut got = 0usize;
-            while let Some(item) = s.next_raw().await {
-                let item = item?;
-                first.get_or_insert_with(|| t0.elapsed());
-                assert_eq!(item.len(), size);
-                got += 1;
+            for (k, method) in ["items", "batched"].into_iter().enumerate() {
+                let t0 = Instant::now();
+                let mut s = client
+                    .call_stream_raw(
+                        method,
+                        &(items as u64).to_le_bytes(),
+                        CallOptions::default(),
+                    )
+                    .await?;
+                let mut first = None;
+                let mut got = 0usize;
+                while let Some(item) = s.next_raw().await {
+                    let item = item?;
+                    first.get_or_insert_with(|| t0.elapsed());
+                    assert_eq!(item.len(), size);
+                    got += 1;
+                }
+                assert_eq!(got, items);
+                let dt = t0.elapsed();
+                let rate = items as f64 / dt.as_secs_f64();
+                rates[k].push(rate);
+                println!(
+                    "round {round} {method:>7}: {rate:.0} items/s, first item after {:?}",
+                    first.unwrap_or(dt)
+                );
             }
-            assert_eq!(got, items);
-            let dt = t0.elapsed();
-            println!(
-                "round {round}: {:.0} items/s, first item after {:?}",
-                items as f64 / dt.as_secs_f64(),
-                first.unwrap_or(dt)
-            );
         }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (one, all) = (median(&mut rates[0]), median(&mut rates[1]));
+        println!(
+            "median: one per frame {one:.0}, batched {all:.0} items/s: {:.2}x",
+            all / one
+        );
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     drop(rt);

@@ -10,7 +10,9 @@
 //! len u32 (little-endian) | len bytes | len u32 | len bytes | ...
 //! ```
 //!
-//! A batch holds at least one item, and its last item ends exactly at the payload's end.
+//! A batch holds at least one item and at most [`BATCH_MAX_ITEMS`], and its last item
+//! ends exactly at the payload's end. A batch is one frame: it takes one unit of the
+//! stream's credit, however many items it holds.
 //! The payload is validated whole ([`batch_items`]) before any item is handed on, so a
 //! malformed batch delivers nothing.
 //!
@@ -20,6 +22,10 @@ use thiserror::Error;
 
 /// Bytes in front of each item of a batch: its length.
 pub const BATCH_ITEM_HEADER: usize = 4;
+/// The most items in one batch. A receiver holds up to a credit window of frames per
+/// stream; this bounds the items (and their per-item memory) that window can bring, also
+/// when they are empty.
+pub const BATCH_MAX_ITEMS: usize = 512;
 
 /// Why a frame's payload is not a batch of items.
 ///
@@ -49,6 +55,9 @@ pub enum BatchError {
         /// Where its length field starts.
         at: usize,
     },
+    /// More than [`BATCH_MAX_ITEMS`] items.
+    #[error("a batch of more than {BATCH_MAX_ITEMS} stream items")]
+    TooManyItems,
     /// An item longer than a frame can say (more than `u32::MAX` bytes); on encode.
     #[error("an item of {0} bytes does not fit a batch")]
     ItemTooLong(usize),
@@ -85,7 +94,8 @@ pub fn push_batch_item(batch: &mut Vec<u8>, item: &[u8]) -> Result<(), BatchErro
 ///
 /// # Errors
 /// [`BatchError::Empty`] for an empty payload; [`BatchError::Truncated`] naming the first
-/// item that runs past the end.
+/// item that runs past the end; [`BatchError::TooManyItems`] once item
+/// `BATCH_MAX_ITEMS + 1` is found whole.
 pub fn batch_items(payload: &[u8]) -> Result<BatchItems<'_>, BatchError> {
     if payload.is_empty() {
         return Err(BatchError::Empty);
@@ -97,6 +107,9 @@ pub fn batch_items(payload: &[u8]) -> Result<BatchItems<'_>, BatchError> {
         let (_, after) = split_item(rest).ok_or(BatchError::Truncated { item: count, at })?;
         rest = after;
         count += 1;
+        if count > BATCH_MAX_ITEMS {
+            return Err(BatchError::TooManyItems);
+        }
     }
     Ok(BatchItems {
         rest: payload,
@@ -104,8 +117,23 @@ pub fn batch_items(payload: &[u8]) -> Result<BatchItems<'_>, BatchError> {
     })
 }
 
-/// The first item of `bytes` and what follows it; `None` if it runs past the end.
-fn split_item(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+/// The first item of a batch's `bytes` and what follows it; `None` if it runs past the
+/// end (or `bytes` is empty). For a reader that keeps its place in a batch [`batch_items`]
+/// checked.
+///
+/// # Examples
+///
+/// ```
+/// use shmrpc::lowlevel::frame::{push_batch_item, split_item};
+///
+/// let mut batch = Vec::new();
+/// push_batch_item(&mut batch, b"ab").unwrap();
+/// push_batch_item(&mut batch, b"c").unwrap();
+/// let (first, rest) = split_item(&batch).unwrap();
+/// assert_eq!((first, split_item(rest).unwrap()), (&b"ab"[..], (&b"c"[..], &b""[..])));
+/// assert_eq!(split_item(&batch[..3]), None);
+/// ```
+pub fn split_item(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = bytes.split_first_chunk::<BATCH_ITEM_HEADER>()?;
     let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
     rest.split_at_checked(len)
@@ -186,6 +214,17 @@ mod tests {
             BatchError::Truncated { item: 0, at: 0 }
         );
         assert_eq!(batch_items(&[]).unwrap_err(), BatchError::Empty);
+    }
+
+    #[test]
+    fn at_most_batch_max_items() {
+        let mut b = Vec::new();
+        for _ in 0..BATCH_MAX_ITEMS {
+            push_batch_item(&mut b, b"x").unwrap();
+        }
+        assert_eq!(batch_items(&b).unwrap().len(), BATCH_MAX_ITEMS);
+        push_batch_item(&mut b, b"").unwrap();
+        assert_eq!(batch_items(&b).unwrap_err(), BatchError::TooManyItems);
     }
 
     #[test]

@@ -28,7 +28,10 @@
 use thiserror::Error;
 
 mod batch;
-pub use batch::{batch_items, push_batch_item, BatchError, BatchItems, BATCH_ITEM_HEADER};
+pub use batch::{
+    batch_items, push_batch_item, split_item, BatchError, BatchItems, BATCH_ITEM_HEADER,
+    BATCH_MAX_ITEMS,
+};
 
 /// First four bytes of every frame.
 pub const FRAME_MAGIC: [u8; 4] = *b"SRPC";
@@ -103,8 +106,8 @@ pub enum Kind {
     /// notifier may send as many more.
     NotifyCredit = 12,
     /// Several items of a streamed response (or of a caller's stream) in one frame, each
-    /// behind its length ([`batch`](self::batch_items)): sent where items are ready
-    /// together, so that they share one record, one publish and one wake-up.
+    /// behind its length ([`batch_items`]): sent where items are ready together, so that
+    /// they share one record, one publish, one wake-up and one unit of credit.
     StreamItems = 13,
 }
 

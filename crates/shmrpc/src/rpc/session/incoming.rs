@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::dispatch::ConnState;
-use super::items::{ItemQueue, QueueError};
+use super::items::{Arrived, ItemQueue, QueueError};
 use super::reader::Flow;
 use super::sink::STREAM_WINDOW;
 use crate::frame::FrameHeader;
@@ -165,13 +165,13 @@ impl Incoming {
         }
     }
 
-    /// An item of the caller's stream (`None`: its end), for a client-streaming or
+    /// A frame of the caller's stream (its items, or its end), for a client-streaming or
     /// bidirectional call: queued for the handler (also while the request waits for a
     /// permit). For a call that is over (or never was) it is ignored: it crossed the
     /// call's end. For a call whose method takes no items, that call fails (`BadRequest`)
     /// and the connection goes on. Past the caller's credit, or after its end, the caller
     /// broke the protocol: the connection ends.
-    pub(super) fn on_item(&mut self, h: FrameHeader, item: Option<Vec<u8>>) -> Flow {
+    pub(super) fn on_item(&mut self, h: FrameHeader, item: Arrived) -> Flow {
         let refuse = || {
             RpcError::new(
                 Code::BadRequest,

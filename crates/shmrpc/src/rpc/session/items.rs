@@ -1,11 +1,13 @@
 //! Where a handler reads the items its caller streams to it (client-streaming and
 //! bidirectional calls), paced by credit this end grants as the handler reads.
 //!
-//! The reader puts each item in the call's queue ([`ItemQueue::push`]) without waiting: the
-//! queue never holds more than the window, because the caller may send only as many items
-//! as it has credit for. It starts with [`STREAM_WINDOW`] and gets credit back in halves of
-//! the window as the handler reads ([`ItemStream::next_raw`]). An item beyond the credit is
-//! the caller breaking flow control, which ends the connection.
+//! The reader puts each frame's items in the call's queue ([`ItemQueue::push`]) without
+//! waiting: the queue never holds more than the window's frames, because the caller may
+//! send only as many frames (a plain item, or a batch of up to `BATCH_MAX_ITEMS`) as it
+//! has credit for. It starts with [`STREAM_WINDOW`] and gets credit back in halves of the
+//! window as the handler reads ([`ItemStream::next_raw`]: a frame counts once its last
+//! item is read). A frame beyond the credit is the caller breaking flow control, which
+//! ends the connection.
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -31,11 +33,24 @@ pub(super) struct ItemQueue {
 
 #[derive(Debug)]
 struct QueueState {
-    items: VecDeque<Vec<u8>>,
+    /// The items, each with whether it is the last of its frame (the frame's credit comes
+    /// back once it is read).
+    items: VecDeque<(Vec<u8>, bool)>,
     /// The caller sent `StreamEnd`.
     ended: bool,
-    /// Items the caller may still send: its credit as this end counts it.
+    /// Frames the caller may still send: its credit as this end counts it.
     credit: usize,
+}
+
+/// What a frame brought for a call's item stream.
+#[derive(Debug)]
+pub(super) enum Arrived {
+    /// One item (`StreamItem`).
+    One(Vec<u8>),
+    /// A batch's items (`StreamItems`, checked: at least one).
+    Batch(Vec<Vec<u8>>),
+    /// The end of the stream (`StreamEnd`).
+    End,
 }
 
 /// Why the reader refused an item: the caller broke the protocol.
@@ -59,21 +74,26 @@ impl ItemQueue {
         }
     }
 
-    /// An item from the caller (`None`: its end). Never waits.
+    /// A frame from the caller: its items, or its end. Never waits.
     ///
     /// # Errors
     /// The caller sent past its credit or after its end.
-    pub(super) fn push(&self, item: Option<Vec<u8>>) -> Result<(), QueueError> {
+    pub(super) fn push(&self, arrived: Arrived) -> Result<(), QueueError> {
         let mut st = self.state.lock().expect("poisoned");
         if st.ended {
             return Err(QueueError::AfterEnd);
         }
-        match item {
-            Some(item) => {
-                st.credit = st.credit.checked_sub(1).ok_or(QueueError::NoCredit)?;
-                st.items.push_back(item);
+        if !matches!(arrived, Arrived::End) {
+            st.credit = st.credit.checked_sub(1).ok_or(QueueError::NoCredit)?;
+        }
+        match arrived {
+            Arrived::One(item) => st.items.push_back((item, true)),
+            Arrived::Batch(items) => {
+                let last = items.len().saturating_sub(1);
+                st.items
+                    .extend(items.into_iter().enumerate().map(|(i, it)| (it, i == last)));
             }
-            None => st.ended = true,
+            Arrived::End => st.ended = true,
         }
         drop(st);
         // A stored permit if the handler is not waiting yet: no wake-up is lost.
@@ -97,7 +117,7 @@ pub struct ItemStream {
     pub(super) method: u32,
     pub(super) call_id: u64,
     pub(super) token: CallToken,
-    /// Items read since credit was last granted.
+    /// Frames read (to their last item) since credit was last granted.
     pub(super) unacked: u32,
     /// `None` was returned: the stream is over.
     pub(super) done: bool,
@@ -127,7 +147,8 @@ impl ItemStream {
             let item = {
                 let mut st = self.queue.state.lock().expect("poisoned");
                 match st.items.pop_front() {
-                    Some(item) => {
+                    Some((item, false)) => Some((item, None)),
+                    Some((item, true)) => {
                         self.unacked += 1;
                         if self.unacked as usize >= STREAM_WINDOW / 2 {
                             // Counted before the credit goes out: the caller may send the

@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use super::{Link, STREAM_WINDOW};
-use crate::frame::{BatchItems, Kind};
+use crate::frame::{split_item, Kind, BATCH_ITEM_HEADER};
 use crate::rpc::transport::Dir;
 use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
 
@@ -55,6 +55,8 @@ impl CallOptions {
 pub(crate) enum Event {
     Response(Vec<u8>),
     Item(Vec<u8>),
+    /// A batch's payload, checked (`frame::batch_items`): its items, one frame's worth.
+    Items(Vec<u8>),
     End,
     Error(RpcError),
 }
@@ -302,7 +304,7 @@ impl Outgoing {
                 let a = match ev {
                     Event::Response(b) => Ok(b),
                     Event::Error(e) => Err(e),
-                    Event::Item(_) | Event::End => Err(RpcError::new(
+                    Event::Item(_) | Event::Items(_) | Event::End => Err(RpcError::new(
                         Code::Protocol,
                         "stream frames for a unary call",
                     )),
@@ -314,7 +316,7 @@ impl Outgoing {
                 // After the callee's last frame, items the caller still sends go nowhere:
                 // its sends fail with the callee's error, or as over.
                 let last = match &ev {
-                    Event::Item(_) => None,
+                    Event::Item(_) | Event::Items(_) => None,
                     Event::Error(e) => Some(e.clone()),
                     Event::Response(_) | Event::End => Some(RpcError::new(
                         Code::Cancelled,
@@ -336,22 +338,6 @@ impl Outgoing {
             w.wake();
         }
         woke
-    }
-
-    /// The items of a batch (`StreamItems`) for call `call_id`: each goes to the call's
-    /// stream as if it had come in a frame of its own, but with one lookup in the call
-    /// table for them all. As [`deliver`](Self::deliver) otherwise (items for a unary call
-    /// fail it; for a call no longer here they go nowhere).
-    pub(crate) fn deliver_items(&self, call_id: u64, items: BatchItems<'_>) -> bool {
-        let pending = self.pending.lock().expect("poisoned");
-        if let Some(Waiter::Stream(tx)) = pending.get(&call_id).map(|e| &e.waiter) {
-            for item in items {
-                let _ = tx.send(Event::Item(item.to_vec()));
-            }
-            return false;
-        }
-        drop(pending);
-        self.deliver(call_id, Event::Item(Vec::new()))
     }
 
     /// Checks a request's size before anything is sent.
@@ -476,6 +462,8 @@ impl Outgoing {
             deadline: timeout.map(|d| Instant::now() + d),
             finished: false,
             unacked: 0,
+            batch: Vec::new(),
+            at: 0,
         }))
     }
 
@@ -516,6 +504,8 @@ impl Outgoing {
             deadline,
             finished: false,
             unacked: 0,
+            batch: Vec::new(),
+            at: 0,
         };
         Ok(Some((sender, stream)))
     }
@@ -632,8 +622,14 @@ pub struct CallStream {
     guard: Arc<CancelOnDrop>,
     deadline: Option<Instant>,
     finished: bool,
-    /// Items read since credit was last returned to the callee.
+    /// Frames read (items, and batches read to their end) since credit was last returned
+    /// to the callee.
     unacked: u32,
+    /// The rest of the batch being read (empty when none): its items are returned one by
+    /// one before the next event is taken.
+    batch: Vec<u8>,
+    /// Where the batch's next item starts.
+    at: usize,
 }
 
 impl std::fmt::Debug for CallStream {
@@ -654,24 +650,28 @@ impl CallStream {
         if self.finished {
             return None;
         }
+        if let Some(item) = self.next_in_batch() {
+            return Some(item);
+        }
         let ev = match self.next_event().await {
             Ok(ev) => ev,
             Err(e) => return Some(Err(e)),
         };
         let out = match ev {
             Some(Event::Item(b)) => {
-                // Return credit in halves of the window, so the callee never stalls on a
-                // reader that keeps up, and never runs more than a window ahead of one that
-                // does not.
-                self.unacked += 1;
-                if self.unacked as usize >= STREAM_WINDOW / 2 {
-                    let n = std::mem::take(&mut self.unacked);
-                    let g = &self.guard;
-                    // Never awaited: dropping this future after the item came loses
-                    // neither the item's credit nor (being past the last await) the item.
-                    g.out.link.grant(Dir::ToCallee, g.method, g.id, n);
-                }
+                self.frame_read();
                 return Some(Ok(b));
+            }
+            Some(Event::Items(batch)) => {
+                // Never empty (checked on arrival): its first item is returned now.
+                (self.batch, self.at) = (batch, 0);
+                if let Some(item) = self.next_in_batch() {
+                    return Some(item);
+                }
+                Some(Err(RpcError::new(
+                    Code::Protocol,
+                    "an empty batch of items",
+                )))
             }
             Some(Event::End) => None,
             Some(Event::Error(e)) => Some(Err(e)),
@@ -686,6 +686,43 @@ impl CallStream {
         out
     }
 
+    /// The next item of the batch being read, if there is one. The batch was checked on
+    /// arrival, so its items split cleanly; one that did not would end the stream.
+    fn next_in_batch(&mut self) -> Option<Result<Vec<u8>, RpcError>> {
+        let rest = self.batch.get(self.at..).filter(|r| !r.is_empty())?;
+        let Some((item, _)) = split_item(rest) else {
+            self.batch.clear();
+            self.finished = true;
+            self.guard.done();
+            return Some(Err(RpcError::new(
+                Code::Protocol,
+                "a malformed batch of items",
+            )));
+        };
+        let item = item.to_vec();
+        self.at += BATCH_ITEM_HEADER + item.len();
+        if self.at == self.batch.len() {
+            self.batch = Vec::new();
+            self.at = 0;
+            self.frame_read();
+        }
+        Some(Ok(item))
+    }
+
+    /// A frame of items was read to its end: it is one unit of the callee's credit.
+    /// Credit goes back in halves of the window, so the callee never stalls on a reader
+    /// that keeps up, and never runs more than a window ahead of one that does not.
+    fn frame_read(&mut self) {
+        self.unacked += 1;
+        if self.unacked as usize >= STREAM_WINDOW / 2 {
+            let n = std::mem::take(&mut self.unacked);
+            let g = &self.guard;
+            // Never awaited: dropping the caller's future after the item came loses
+            // neither the item's credit nor (being past the last await) the item.
+            g.out.link.grant(Dir::ToCallee, g.method, g.id, n);
+        }
+    }
+
     /// The response of a client-streaming call (after its items).
     async fn response(&mut self) -> Result<Vec<u8>, RpcError> {
         if self.finished {
@@ -697,7 +734,7 @@ impl CallStream {
         match ev {
             Some(Event::Response(b)) => Ok(b),
             Some(Event::Error(e)) => Err(e),
-            Some(Event::Item(_) | Event::End) => Err(RpcError::new(
+            Some(Event::Item(_) | Event::Items(_) | Event::End) => Err(RpcError::new(
                 Code::Protocol,
                 "stream frames for a client-streaming call",
             )),

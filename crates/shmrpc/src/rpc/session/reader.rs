@@ -19,9 +19,9 @@ use tokio::sync::watch;
 
 use super::dispatch::{spare_sends, ConnState};
 use super::incoming::Incoming;
+use super::items::Arrived;
 use super::notify::Inbox;
 use super::outgoing::{Event, GOODBYE_IDLE};
-use super::sink::STREAM_WINDOW;
 use super::{Ends, Host, Link, Peer, Role};
 use crate::frame::{batch_items, BatchItems, FrameHeader, Kind};
 use crate::rpc::transport::{Dir, FrameRx, TransportError};
@@ -96,18 +96,9 @@ fn violation(what: &str) -> Flow {
 }
 
 /// The items of a `StreamItems` frame, checked whole before any is handed on: a malformed
-/// batch, or one with more items than a stream's credit window (no sender that keeps to
-/// its credit has more at once), ends the connection.
+/// batch (or one of more than `BATCH_MAX_ITEMS`) ends the connection.
 fn checked_batch(call_id: u64, payload: &[u8]) -> Result<BatchItems<'_>, Flow> {
-    match batch_items(payload) {
-        Ok(items) if items.len() <= STREAM_WINDOW => Ok(items),
-        Ok(items) => Err(violation(&format!(
-            "call {call_id}: a batch of {} stream items, more than the credit window of \
-             {STREAM_WINDOW}",
-            items.len()
-        ))),
-        Err(e) => Err(violation(&format!("call {call_id}: {e}"))),
-    }
+    batch_items(payload).map_err(|e| violation(&format!("call {call_id}: {e}")))
 }
 
 /// One connection being served.
@@ -333,22 +324,18 @@ impl Connection {
                 self.incoming.on_credit(h, &payload);
                 Flow::Continue
             }
-            (Kind::StreamItem, true) => self.incoming.on_item(h, Some(payload)),
+            (Kind::StreamItem, true) => self.incoming.on_item(h, Arrived::One(payload)),
             (Kind::StreamItems, true) => match checked_batch(h.call_id, &payload) {
                 Ok(items) => {
-                    for item in items {
-                        if let Flow::Stop(e) = self.incoming.on_item(h, Some(item.to_vec())) {
-                            return Flow::Stop(e);
-                        }
-                    }
-                    Flow::Continue
+                    let items = items.map(<[u8]>::to_vec).collect();
+                    self.incoming.on_item(h, Arrived::Batch(items))
                 }
                 Err(flow) => flow,
             },
             // A notification from the peer; credit for this end's notifications.
             (Kind::Notify, true) => self.inbox.on_notify(h, payload),
             (Kind::NotifyCredit, false) => self.peer.out.on_notify_credit(&payload),
-            (Kind::StreamEnd, true) => self.incoming.on_item(h, None),
+            (Kind::StreamEnd, true) => self.incoming.on_item(h, Arrived::End),
             // The peer grants credit for this end's stream to it.
             (Kind::Credit, false) => {
                 self.peer.out.on_credit(h.call_id, &payload);
@@ -366,9 +353,9 @@ impl Connection {
                 Flow::Continue
             }
             (Kind::StreamItems, false) => match checked_batch(h.call_id, &payload) {
-                Ok(items) => {
-                    self.woke |= self.peer.out.deliver_items(h.call_id, items);
-                    self.link.recycle(payload);
+                Ok(_) => {
+                    // Handed on whole: the stream's reader takes the items out one by one.
+                    self.woke |= self.peer.out.deliver(h.call_id, Event::Items(payload));
                     Flow::Continue
                 }
                 Err(flow) => flow,

@@ -7,18 +7,18 @@ use tokio::sync::{Semaphore, TryAcquireError};
 
 use super::context::CallToken;
 use super::Link;
-use crate::frame::{Kind, BATCH_ITEM_HEADER};
+use crate::frame::{Kind, BATCH_ITEM_HEADER, BATCH_MAX_ITEMS};
 use crate::rpc::transport::Dir;
 use crate::rpc::{encode, encode_into, Code, RpcError};
 
-/// How many stream items a callee may send ahead of what the caller has read. The caller
-/// returns credit as it reads (`Credit` frames), so a caller that stops reading holds back
-/// only its own stream, not the connection.
+/// How many frames of stream items (a plain item, or a batch of up to `BATCH_MAX_ITEMS`)
+/// a callee may send ahead of what the caller has read. The caller returns credit as it
+/// reads (`Credit` frames), so a caller that stops reading holds back only its own stream,
+/// not the connection.
 pub(crate) const STREAM_WINDOW: usize = 64;
 
 /// The most payload bytes [`ItemSink::send_all`] puts in one batch (less if a frame on
-/// the connection, or a message, may not be that long). With small items the credit
-/// window bounds a batch first (64 items of 32 bytes are 2.3 KiB).
+/// the connection, or a message, may not be that long): 455 items of 32 bytes.
 const BATCH_BYTES: usize = 16 << 10;
 
 /// Where a streaming handler sends its items.
@@ -102,20 +102,22 @@ impl ItemSink {
             .map_err(RpcError::from)
     }
 
-    /// Sends raw items to the caller, in order, several to a frame where they fit: the
-    /// same items, credit and errors as [`send_raw`](Self::send_raw) for each in turn,
-    /// at a fraction of the cost per item when the items are small. Each frame holds as
-    /// many of the items as the caller's credit allows and ≤ 16 KiB fit in (an item too
-    /// long to share a frame goes alone); so the caller reads the first batch while the
-    /// handler fills the next.
+    /// Sends raw items to the caller, in order, several to a frame: the same items and
+    /// errors as [`send_raw`](Self::send_raw) for each in turn, at a fraction of the cost
+    /// per item when the items are small. A frame holds up to 16 KiB of items (and at most
+    /// 512; an item too long to share a frame goes alone) and takes one unit of the
+    /// caller's credit, as one item sent alone does; it goes as soon as it is full, so
+    /// the caller reads one batch while the handler fills the next.
     ///
-    /// Use it where items are ready together (a page of results, a burst of tokens);
-    /// items that come one at a time go out at once with [`send_raw`](Self::send_raw).
+    /// Use it where items are ready together (a page of results, a burst of tokens, the
+    /// lines of a file): the items are taken from `items` as the frames fill, so a lazy
+    /// iterator is never collected whole. Items that come one at a time go out at once
+    /// with [`send_raw`](Self::send_raw).
     ///
     /// # Errors
     /// As [`send_raw`](Self::send_raw). The items before the one that failed have been
-    /// sent; dropped before it returns, it gives the caller's credit back for the items
-    /// it had not sent.
+    /// sent. Dropped before it returns, it sent the frames before the one it was filling;
+    /// that frame's credit goes back to the stream.
     pub async fn send_all_raw<I>(&self, items: I) -> Result<(), RpcError>
     where
         I: IntoIterator,
@@ -174,7 +176,9 @@ impl ItemSink {
     }
 
     /// The batching under [`send_all_raw`](Self::send_all_raw): `write` appends an item's
-    /// bytes to the batch.
+    /// bytes to the batch. A frame takes one unit of the caller's credit, taken before its
+    /// items are sent; a batch goes when it is full (`BATCH_BYTES`, `BATCH_MAX_ITEMS`) or
+    /// the items run out, and a frame's worth of items never waits for credit.
     pub(crate) async fn send_batched<I, W>(&self, items: I, mut write: W) -> Result<(), RpcError>
     where
         I: IntoIterator,
@@ -187,6 +191,7 @@ impl ItemSink {
         let mut batch = Batch {
             buf: self.tx.buffer(),
             count: 0,
+            permit: false,
             credit,
         };
         let mut end = Ok(());
@@ -195,34 +200,6 @@ impl ItemSink {
                 end = Err(RpcError::new(Code::Cancelled, "call cancelled"));
                 break;
             }
-            // Credit first. Without any at hand, the items batched so far go now: the
-            // caller reads them, then grants more.
-            match credit.try_acquire() {
-                Ok(p) => p.forget(),
-                Err(TryAcquireError::Closed) => {
-                    end = Err(RpcError::new(Code::Cancelled, "call over"));
-                    break;
-                }
-                Err(TryAcquireError::NoPermits) => {
-                    if batch.count > 0 {
-                        self.flush_all(&mut batch).await?;
-                    }
-                    tokio::select! {
-                        p = credit.acquire() => match p {
-                            Ok(p) => p.forget(),
-                            Err(_) => {
-                                end = Err(RpcError::new(Code::Cancelled, "call over"));
-                                break;
-                            }
-                        },
-                        () = self.token.cancelled() => {
-                            end = Err(RpcError::new(Code::Cancelled, "call cancelled"));
-                            break;
-                        }
-                    }
-                }
-            }
-            batch.count += 1;
             // The item goes at the end of the batch, behind its length (filled in once
             // it is written).
             let start = batch.buf.len();
@@ -239,28 +216,62 @@ impl ItemSink {
             let len = match checked {
                 Ok(len) => len,
                 Err(e) => {
-                    // Not sent: its credit goes back (the batch's own on drop).
                     batch.buf.truncate(start);
-                    batch.count -= 1;
-                    credit.add_permits(1);
                     end = Err(e);
                     break;
                 }
             };
             batch.buf[start..start + BATCH_ITEM_HEADER].copy_from_slice(&len.to_le_bytes());
-            // The items before it go first if it does not fit beside them.
+            batch.count += 1;
+            // The items before it go first if it does not fit beside them: it starts the
+            // next frame.
             if batch.count > 1 && batch.buf.len() > limit {
                 let before = batch.count - 1;
                 self.flush(&mut batch, start, before).await?;
             }
+            if !batch.permit {
+                // A frame's credit: at hand, or waited for (nothing else is batched now:
+                // the caller has every frame sent before this one to read).
+                if let Err(e) = self.take_credit(credit).await {
+                    end = Err(e);
+                    batch.buf.clear();
+                    batch.count = 0;
+                    break;
+                }
+                batch.permit = true;
+            }
+            if batch.count == BATCH_MAX_ITEMS || batch.buf.len() >= limit {
+                self.flush_all(&mut batch).await?;
+            }
         }
-        // What is in the batch passed every check: it goes even if a later item failed,
-        // as `send_raw` in a loop would have sent it.
+        // What is in the batch passed every check and holds its credit: it goes even if a
+        // later item failed, as `send_raw` in a loop would have sent it.
         if batch.count > 0 {
             self.flush_all(&mut batch).await?;
         }
         self.tx.recycle(std::mem::take(&mut batch.buf));
         end
+    }
+
+    /// One unit of the caller's credit: at once if it has some, else once it grants more,
+    /// unless the call is cancelled or over first.
+    async fn take_credit(&self, credit: &Semaphore) -> Result<(), RpcError> {
+        match credit.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                Ok(())
+            }
+            Err(TryAcquireError::Closed) => Err(RpcError::new(Code::Cancelled, "call over")),
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                p = credit.acquire() => {
+                    p.map_err(|_| RpcError::new(Code::Cancelled, "call over"))?.forget();
+                    Ok(())
+                }
+                () = self.token.cancelled() => {
+                    Err(RpcError::new(Code::Cancelled, "call cancelled"))
+                }
+            },
+        }
     }
 
     /// Sends every item of the batch.
@@ -295,8 +306,9 @@ impl ItemSink {
             Err(e) => Err(e),
         };
         sent.map_err(RpcError::from)?;
-        // Sent: these items' credit is spent for good.
+        // Sent: the frame's credit is spent for good; what follows starts the next frame.
         batch.count -= items;
+        batch.permit = false;
         batch.buf.drain(..upto);
         Ok(())
     }
@@ -344,20 +356,22 @@ impl ItemSink {
     }
 }
 
-/// The items [`ItemSink::send_all`] has taken credit for and not sent yet, in their
-/// frame's payload. Dropped with items in it (the sending future was dropped, or a send
-/// failed), it gives their credit back: the handler may still send them, or others.
+/// The frame [`ItemSink::send_all`] is filling: its payload so far, and whether it holds
+/// its unit of the caller's credit. Dropped holding it (the sending future was dropped, or
+/// a send failed), it gives the credit back: the handler may still send other items.
 struct Batch<'a> {
     buf: Vec<u8>,
-    /// Items in `buf` that hold a credit permit.
+    /// Items in `buf`.
     count: usize,
+    /// The frame's credit is taken.
+    permit: bool,
     credit: &'a Semaphore,
 }
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
-        if self.count > 0 {
-            self.credit.add_permits(self.count);
+        if self.permit {
+            self.credit.add_permits(1);
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{open, CallOptions, Ends, Host, Items, Methods, Peer, Role};
+use super::{open, CallOptions, Ends, Host, Items, Methods, Peer, Role, STREAM_WINDOW};
 use crate::frame::Kind;
 use crate::rpc::inspect::{ConnInfo, Registry};
 use crate::rpc::obs::ServerObs;
@@ -926,7 +926,7 @@ async fn items_sent_while_the_request_waits_for_a_permit_are_kept_within_the_win
 /// started after the drain began is refused; the end comes once both handlers are done.
 #[tokio::test(start_paused = true)]
 async fn a_drain_reads_on_until_the_calls_in_flight_are_done() {
-    const ITEMS: u64 = 3 * super::STREAM_WINDOW as u64;
+    const ITEMS: u64 = 3 * STREAM_WINDOW as u64;
     let (drain, draining) = tokio::sync::watch::channel(false);
     let ((stx, srx), (ctx, crx)) = mem_pair(64, 1 << 20);
     let info = || Arc::new(ConnInfo::new(1, None, "mem", None));
@@ -1452,13 +1452,23 @@ async fn a_notification_handler_that_never_returns_is_dropped_a_grace_after_the_
     );
 }
 
-/// Methods that stream with `send_all`: `count` sends `0..n` (typed, `u32`); `sized`
-/// sends raw items of the lengths given (item `i` filled with byte `i`).
+/// Methods that stream with `send_all`: `count` sends `0..n` (typed, `u32`) in one call;
+/// `chunks` sends `0..chunks * per` in calls of `per`; `sized` sends raw items of the
+/// lengths given (item `i` filled with byte `i`).
 fn batch_methods() -> Methods {
     let mut m = Methods::new(false);
     m.streaming("count", |_ctx, n: u32, sink| async move {
         sink.send_all(0..n).await
     });
+    m.streaming(
+        "chunks",
+        |_ctx, (chunks, per): (u32, u32), sink| async move {
+            for c in 0..chunks {
+                sink.send_all(c * per..(c + 1) * per).await?;
+            }
+            Ok(())
+        },
+    );
     m.streaming("sized", |_ctx, lens: Vec<u32>, sink| async move {
         let items: Vec<Vec<u8>> = lens
             .iter()
@@ -1502,72 +1512,74 @@ async fn nothing_more(rx: &mut FrameRx) -> bool {
         .is_err()
 }
 
+/// Reads stream frames of call 1 until the stream ends: the items (decoded as `u32`) and
+/// how many came in each frame. Grants a window's credit whenever the frames stop.
+async fn read_counted(tx: &mut FrameTx, rx: &mut FrameRx, got: &mut Vec<u32>) -> Vec<usize> {
+    let mut per_frame = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(frame) => frame.unwrap(),
+            Err(_) => {
+                let w = STREAM_WINDOW as u32;
+                tx.send(Dir::ToCallee, Kind::Credit, 0, 1, &w.to_le_bytes())
+                    .await
+                    .unwrap();
+                continue;
+            }
+        };
+        let (h, p) = frame;
+        assert_eq!((h.call_id, Dir::to_callee(h.flags)), (1, false));
+        if !matches!(h.kind, Kind::StreamItem | Kind::StreamItems) {
+            assert_eq!(h.kind, Kind::StreamEnd);
+            return per_frame;
+        }
+        let items = frame_items(&h, &p);
+        per_frame.push(items.len());
+        got.extend(items.iter().map(|i| crate::rpc::decode::<u32>(i).unwrap()));
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn send_all_puts_the_items_a_credit_allows_in_one_frame() {
+async fn send_all_puts_ready_items_in_one_frame_that_takes_one_unit_of_credit() {
+    // 200 small items in one call: one frame.
     let (_to_client, mut tx, mut rx) = scripted(batch_methods());
     raw_request(&mut tx, "count", &crate::rpc::encode(&200u32).unwrap()).await;
     let mut got = Vec::new();
-    let mut per_frame = Vec::new();
-    let mut take = |h: &crate::frame::FrameHeader, p: &[u8], per_frame: &mut Vec<usize>| {
-        assert_eq!((h.call_id, Dir::to_callee(h.flags)), (1, false));
-        let items = frame_items(h, p);
-        per_frame.push(items.len());
-        for i in items {
-            got.push(crate::rpc::decode::<u32>(&i).unwrap());
-        }
-    };
-    // The whole window in one frame, then nothing until the caller grants more.
-    let (h, p) = rx.recv().await.unwrap();
-    assert_eq!(h.kind, Kind::StreamItems);
-    take(&h, &p, &mut per_frame);
-    assert!(nothing_more(&mut rx).await, "more than the credit");
-    // Credit for ten: ten in one frame; for one: a plain item (a batch of one would only
-    // add its length).
-    for (grant, kind) in [(10u32, Kind::StreamItems), (1, Kind::StreamItem)] {
-        tx.send(
-            Dir::ToCallee,
-            Kind::Credit,
-            h.method,
-            1,
-            &grant.to_le_bytes(),
-        )
-        .await
-        .unwrap();
-        let (h, p) = rx.recv().await.unwrap();
-        assert_eq!(h.kind, kind);
-        take(&h, &p, &mut per_frame);
-        assert!(nothing_more(&mut rx).await, "more than the credit");
-    }
-    assert_eq!(per_frame, [64, 10, 1]);
-    // The rest: a window's grant each time the items stop (a grant is capped at a
-    // window).
-    let end = 'read: loop {
-        tx.send(
-            Dir::ToCallee,
-            Kind::Credit,
-            h.method,
-            1,
-            &64u32.to_le_bytes(),
-        )
-        .await
-        .unwrap();
-        loop {
-            let Ok(frame) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await else {
-                continue 'read;
-            };
-            let (h, p) = frame.unwrap();
-            match h.kind {
-                Kind::StreamItem | Kind::StreamItems => take(&h, &p, &mut per_frame),
-                k => break 'read k,
-            }
-        }
-    };
-    assert_eq!(end, Kind::StreamEnd);
+    assert_eq!(read_counted(&mut tx, &mut rx, &mut got).await, [200]);
     assert_eq!(got, (0..200).collect::<Vec<_>>());
-    assert!(
-        per_frame.len() < 10,
-        "items went one to a frame: {per_frame:?}"
-    );
+
+    // 100 calls of 3 items: a frame each, a unit of credit each.
+    let (_to_client, mut tx, mut rx) = scripted(batch_methods());
+    raw_request(
+        &mut tx,
+        "chunks",
+        &crate::rpc::encode(&(100u32, 3u32)).unwrap(),
+    )
+    .await;
+    let mut frames = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..STREAM_WINDOW {
+        let (h, p) = rx.recv().await.unwrap();
+        assert_eq!(h.kind, Kind::StreamItems);
+        frames.push(frame_items(&h, &p));
+    }
+    assert!(nothing_more(&mut rx).await, "more frames than the credit");
+    // Credit for ten frames: ten frames of three.
+    tx.send(Dir::ToCallee, Kind::Credit, 0, 1, &10u32.to_le_bytes())
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let (h, p) = rx.recv().await.unwrap();
+        frames.push(frame_items(&h, &p));
+    }
+    assert!(nothing_more(&mut rx).await, "more frames than the credit");
+    assert!(frames.iter().all(|f| f.len() == 3));
+    for i in frames.iter().flatten() {
+        got.push(crate::rpc::decode::<u32>(i).unwrap());
+    }
+    let rest = read_counted(&mut tx, &mut rx, &mut got).await;
+    assert_eq!(rest, [3; 26]);
+    assert_eq!(got, (0..300).collect::<Vec<_>>());
 }
 
 #[tokio::test(start_paused = true)]
@@ -1626,6 +1638,16 @@ async fn batched_items_reach_a_callers_stream_in_order() {
     for (i, (item, &len)) in got.iter().zip(&lens).enumerate() {
         assert_eq!(item, &vec![i as u8; len as usize], "item {i}");
     }
+    // 500 frames of two: the caller returns credit by frames read, or this would stall.
+    let mut s = to_server
+        .call_stream("chunks", &(500u32, 2u32), CallOptions::default())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = s.next::<u32>().await {
+        got.push(item.unwrap());
+    }
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
 }
 
 #[tokio::test(start_paused = true)]
@@ -1651,6 +1673,40 @@ async fn a_batch_towards_a_callee_feeds_its_item_stream() {
     assert_eq!(h.kind, Kind::Response);
     let (n, sum): (u64, u64) = crate::rpc::decode(&p).unwrap();
     assert_eq!((n, sum), (4, checksum([5, 6, 7, 8])));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_takes_one_unit_of_a_callers_credit() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (to_client, mut tx, mut rx) = scripted(stream_methods(Some(seen_tx)));
+    let callback = tokio::spawn({
+        let p = to_client.clone();
+        async move { p.call_raw("anything", b"", CallOptions::default()).await }
+    });
+    let (h, _) = rx.recv().await.expect("the server's request");
+    assert_eq!(h.kind, Kind::Request);
+    // `wait_cancel` reads nothing: a window of batches of ten is within the credit...
+    raw_request(&mut tx, "wait_cancel", &[]).await;
+    let m = method_id("wait_cancel");
+    let mut ten = Vec::new();
+    for _ in 0..10 {
+        crate::frame::push_batch_item(&mut ten, b"x").unwrap();
+    }
+    for _ in 0..STREAM_WINDOW {
+        tx.send(Dir::ToCallee, Kind::StreamItems, m, 1, &ten)
+            .await
+            .unwrap();
+    }
+    // (Had each item taken a unit, the seventh batch would have ended the connection.)
+    assert!(nothing_more(&mut rx).await, "the connection ended");
+    assert!(to_client.is_connected());
+    // ... one more frame, a single item, is past it.
+    tx.send(Dir::ToCallee, Kind::StreamItem, m, 1, b"x")
+        .await
+        .unwrap();
+    let e = callback.await.unwrap().unwrap_err();
+    assert!(e.message.contains("credit"), "{e}");
+    assert_eq!(seen.recv().await, Some("client stream"));
 }
 
 /// A server end whose scripted client sends `batch` for a `sum` call; returns the error
@@ -1684,13 +1740,13 @@ async fn a_malformed_or_oversized_batch_ends_the_connection() {
     // A batch with no item.
     let e = callee_refuses(&[]).await;
     assert!(e.message.contains("no item"), "{e}");
-    // More items than a window of credit.
+    // More items than a batch may hold.
     let mut many = Vec::new();
-    for _ in 0..65 {
+    for _ in 0..=crate::frame::BATCH_MAX_ITEMS {
         crate::frame::push_batch_item(&mut many, b"").unwrap();
     }
     let e = callee_refuses(&many).await;
-    assert!(e.message.contains("credit window"), "{e}");
+    assert!(e.message.contains("more than 512"), "{e}");
     // The same bytes as a caller's answer: the call and the connection fail.
     let (to_server, mut tx, mut rx) = scripted_server();
     let mut s = to_server
