@@ -1,8 +1,9 @@
 //! The RPC systems: a server in the child, clients in the lead.
 //!
-//! - **shmrpc**: `Server::builder().unary_raw("echo")/.streaming_raw("items")`, `bind(name)`;
-//!   `Client::connect(name, ClientConfig::default())`, `call_raw`, `call_stream_raw`. One
-//!   `Client` per connection, cloned into every caller task.
+//! - **shmrpc**: `Server::builder().unary_raw("echo")/.streaming_raw("items")` (its items
+//!   sent with `send_all_raw`, several to a frame, as tonic's come from one `stream::iter`),
+//!   `bind(name)`; `Client::connect(name, ClientConfig::default())`, `call_raw`,
+//!   `call_stream_raw`. One `Client` per connection, cloned into every caller task.
 //! - **shmrpc-blocking**: the same server; `BlockingClient::call_raw` from the lead's main
 //!   thread (unary cases only: it is a blocking client, its own runtime inside).
 //! - **tarpc**: a `#[tarpc::service]` with `echo(ByteBuf) -> Result<ByteBuf, String>` over
@@ -229,10 +230,10 @@ pub fn serve(s: RpcSys, env: &RunEnv, rt: &tokio::runtime::Runtime) -> Result<Rp
                 })
                 .streaming_raw("items", |_ctx, req, sink| async move {
                     let (seed0, n) = parse_stream_request(&req).map_err(bad)?;
-                    for i in 0..n {
-                        sink.send_raw(&request(ITEM_SIZE, seed0 + i)).await?;
-                    }
-                    Ok(())
+                    // All ready at once, as tonic's `stream::iter` below: several to a
+                    // frame, made as the frames fill.
+                    sink.send_all_raw((0..n).map(|i| request(ITEM_SIZE, seed0 + i)))
+                        .await
                 })
                 .bind(&shm_name(env, s))
                 .context("shmrpc bind")?;

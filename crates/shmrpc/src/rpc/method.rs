@@ -290,7 +290,7 @@ impl<Item: Serialize> Sink<Item> {
         I::Item: Borrow<Item>,
     {
         self.inner
-            .send_batched(items, |item, out| {
+            .send_all_with(items, |item, out| {
                 crate::rpc::encode_into(item.borrow(), out)
             })
             .await
@@ -354,6 +354,23 @@ impl<Item: Serialize> TypedSender<Item> {
         self.inner.send(item).await
     }
 
+    /// Sends items that are ready together, several to a frame (see
+    /// [`ItemSender::send_all`]).
+    ///
+    /// # Errors
+    /// As [`ItemSender::send_all`].
+    pub async fn send_all<I>(&mut self, items: I) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        I::Item: Borrow<Item>,
+    {
+        self.inner
+            .send_all_with(items, |item, out| {
+                crate::rpc::encode_into(item.borrow(), out)
+            })
+            .await
+    }
+
     /// Ends the stream.
     ///
     /// # Errors
@@ -388,6 +405,24 @@ impl<Req: Serialize, Resp: DeserializeOwned> TypedClientStream<Req, Resp> {
     /// As [`ClientStreamCall::send`].
     pub async fn send(&mut self, item: &Req) -> Result<(), RpcError> {
         self.inner.send(item).await
+    }
+
+    /// Sends items that are ready together, several to a frame (see
+    /// [`ItemSender::send_all`]).
+    ///
+    /// # Errors
+    /// As [`ItemSender::send_all`].
+    pub async fn send_all<I>(&mut self, items: I) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        I::Item: Borrow<Req>,
+    {
+        self.inner
+            .sender_mut()
+            .send_all_with(items, |item, out| {
+                crate::rpc::encode_into(item.borrow(), out)
+            })
+            .await
     }
 
     /// Ends the stream and waits for the response.

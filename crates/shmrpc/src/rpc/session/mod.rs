@@ -16,6 +16,7 @@
 //!   (to this end as callee: incoming; to this end as caller: outgoing), heartbeats, and
 //!   the end of the connection.
 
+mod batching;
 mod context;
 mod dispatch;
 mod incoming;

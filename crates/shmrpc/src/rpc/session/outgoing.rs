@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
+use super::batching::{send_batched, ItemOut};
 use super::{Link, STREAM_WINDOW};
 use crate::frame::{split_item, Kind, BATCH_ITEM_HEADER};
 use crate::rpc::transport::Dir;
-use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
+use crate::rpc::{decode, encode, encode_into, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
 
 /// Per-call options. Built from [`CallOptions::default`] or [`CallOptions::timeout`] and
 /// the `with_*` setters, so that new options do not break callers.
@@ -875,6 +876,52 @@ impl ItemSender {
         self.send_raw(&encode(item)?).await
     }
 
+    /// Sends raw items that are ready together, in order, several to a frame: the same
+    /// items and errors as [`send_raw`](Self::send_raw) for each in turn, at a fraction of
+    /// the cost per item when they are small. A frame holds up to 16 KiB of items (at most
+    /// 512; an item too long to share one goes alone) and takes one unit of the callee's
+    /// credit; it goes as soon as it is full or the items run out. The items are taken
+    /// from `items` as the frames fill.
+    ///
+    /// # Errors
+    /// As [`send_raw`](Self::send_raw); the items before the one that failed have been
+    /// sent.
+    pub async fn send_all_raw<I>(&mut self, items: I) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        send_batched(&*self, items, |item, out| {
+            out.extend_from_slice(item.as_ref());
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`send_all_raw`](Self::send_all_raw) for items encoded with the default codec, each
+    /// written straight into its frame.
+    ///
+    /// # Errors
+    /// As [`send_all_raw`](Self::send_all_raw), or `BadRequest` for an item that cannot be
+    /// encoded (the items before it have been sent).
+    pub async fn send_all<I>(&mut self, items: I) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        send_batched(&*self, items, |item, out| encode_into(&item, out)).await
+    }
+
+    /// [`send_all_raw`](Self::send_all_raw) with `write` appending each item's bytes to
+    /// its frame (the typed senders encode straight into it).
+    pub(crate) async fn send_all_with<I, W>(&mut self, items: I, write: W) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        W: FnMut(I::Item, &mut Vec<u8>) -> Result<(), RpcError>,
+    {
+        send_batched(&*self, items, write).await
+    }
+
     /// Ends the stream: the callee's handler reads the end after the last item. The call
     /// goes on (its response or the callee's items are still to come).
     ///
@@ -931,6 +978,11 @@ impl ClientStreamCall {
         Self { sender, answer }
     }
 
+    /// The sending half, for the typed call's batches.
+    pub(crate) fn sender_mut(&mut self) -> &mut ItemSender {
+        &mut self.sender
+    }
+
     /// Sends one raw item.
     ///
     /// # Errors
@@ -946,6 +998,31 @@ impl ClientStreamCall {
     /// As [`ItemSender::send`].
     pub async fn send<T: Serialize>(&mut self, item: &T) -> Result<(), RpcError> {
         self.sender.send(item).await
+    }
+
+    /// Sends raw items that are ready together, several to a frame.
+    ///
+    /// # Errors
+    /// As [`ItemSender::send_all_raw`].
+    pub async fn send_all_raw<I>(&mut self, items: I) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        self.sender.send_all_raw(items).await
+    }
+
+    /// Sends items that are ready together, encoded with the default codec, several to a
+    /// frame.
+    ///
+    /// # Errors
+    /// As [`ItemSender::send_all`].
+    pub async fn send_all<I>(&mut self, items: I) -> Result<(), RpcError>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        self.sender.send_all(items).await
     }
 
     /// Ends the stream and waits for the callee's raw response (which may have come
@@ -995,5 +1072,41 @@ impl BidiCall {
     /// The sending half and the receiving half.
     pub fn split(self) -> (ItemSender, CallStream) {
         (self.sender, self.receiver)
+    }
+}
+
+impl ItemOut for ItemSender {
+    fn link(&self) -> &Arc<Link> {
+        &self.guard.out.link
+    }
+
+    fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    fn check_open(&self) -> Result<(), RpcError> {
+        if self.finished {
+            return Err(RpcError::new(Code::Cancelled, "the stream was finished"));
+        }
+        Ok(())
+    }
+
+    async fn take_credit(&self) -> Result<(), RpcError> {
+        let credit = match self.deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), self.credit.credit.acquire())
+                .await
+                .map_err(|_| RpcError::new(Code::DeadlineExceeded, "deadline exceeded"))?,
+            None => self.credit.credit.acquire().await,
+        };
+        credit.map_err(|_| self.credit.why())?.forget();
+        Ok(())
+    }
+
+    fn give_back(&self) {
+        self.credit.credit.add_permits(1);
+    }
+
+    fn route(&self) -> (Dir, u32, u64) {
+        (Dir::ToCallee, self.guard.method, self.guard.id)
     }
 }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{Semaphore, TryAcquireError};
 
+use super::batching::{send_batched, ItemOut};
 use super::context::CallToken;
 use super::Link;
-use crate::frame::{Kind, BATCH_ITEM_HEADER, BATCH_MAX_ITEMS};
+use crate::frame::Kind;
 use crate::rpc::transport::Dir;
 use crate::rpc::{encode, encode_into, Code, RpcError};
 
@@ -16,10 +17,6 @@ use crate::rpc::{encode, encode_into, Code, RpcError};
 /// reads (`Credit` frames), so a caller that stops reading holds back only its own stream,
 /// not the connection.
 pub(crate) const STREAM_WINDOW: usize = 64;
-
-/// The most payload bytes [`ItemSink::send_all`] puts in one batch (less if a frame on
-/// the connection, or a message, may not be that long): 455 items of 32 bytes.
-const BATCH_BYTES: usize = 16 << 10;
 
 /// Where a streaming handler sends its items.
 #[derive(Clone)]
@@ -123,7 +120,7 @@ impl ItemSink {
         I: IntoIterator,
         I::Item: AsRef<[u8]>,
     {
-        self.send_batched(items, |item, out| {
+        send_batched(self, items, |item, out| {
             out.extend_from_slice(item.as_ref());
             Ok(())
         })
@@ -171,146 +168,17 @@ impl ItemSink {
         I: IntoIterator,
         I::Item: Serialize,
     {
-        self.send_batched(items, |item, out| encode_into(&item, out))
-            .await
+        send_batched(self, items, |item, out| encode_into(&item, out)).await
     }
 
-    /// The batching under [`send_all_raw`](Self::send_all_raw): `write` appends an item's
-    /// bytes to the batch. A frame takes one unit of the caller's credit, taken before its
-    /// items are sent; a batch goes when it is full (`BATCH_BYTES`, `BATCH_MAX_ITEMS`) or
-    /// the items run out, and a frame's worth of items never waits for credit.
-    pub(crate) async fn send_batched<I, W>(&self, items: I, mut write: W) -> Result<(), RpcError>
+    /// [`send_all_raw`](Self::send_all_raw) with `write` appending each item's bytes to
+    /// its frame (the typed sinks encode straight into it).
+    pub(crate) async fn send_all_with<I, W>(&self, items: I, write: W) -> Result<(), RpcError>
     where
         I: IntoIterator,
         W: FnMut(I::Item, &mut Vec<u8>) -> Result<(), RpcError>,
     {
-        let Some(credit) = &self.credit else {
-            return Err(RpcError::new(Code::Protocol, "items sent for a unary call"));
-        };
-        let limit = BATCH_BYTES.min(self.max_message).min(self.tx.short_limit());
-        let mut batch = Batch {
-            buf: self.tx.buffer(),
-            count: 0,
-            permit: false,
-            credit,
-        };
-        let mut end = Ok(());
-        for item in items {
-            if self.token.is_cancelled() {
-                end = Err(RpcError::new(Code::Cancelled, "call cancelled"));
-                break;
-            }
-            // The item goes at the end of the batch, behind its length (filled in once
-            // it is written).
-            let start = batch.buf.len();
-            batch.buf.extend_from_slice(&[0; BATCH_ITEM_HEADER]);
-            let written = write(item, &mut batch.buf);
-            let len = batch.buf.len() - start - BATCH_ITEM_HEADER;
-            let checked = written.and_then(|()| match u32::try_from(len) {
-                Ok(len) if len as usize <= self.max_message => Ok(len),
-                _ => Err(RpcError::new(
-                    Code::TooLarge,
-                    format!("item of {len} bytes"),
-                )),
-            });
-            let len = match checked {
-                Ok(len) => len,
-                Err(e) => {
-                    batch.buf.truncate(start);
-                    end = Err(e);
-                    break;
-                }
-            };
-            batch.buf[start..start + BATCH_ITEM_HEADER].copy_from_slice(&len.to_le_bytes());
-            batch.count += 1;
-            // The items before it go first if it does not fit beside them: it starts the
-            // next frame.
-            if batch.count > 1 && batch.buf.len() > limit {
-                let before = batch.count - 1;
-                self.flush(&mut batch, start, before).await?;
-            }
-            if !batch.permit {
-                // A frame's credit: at hand, or waited for (nothing else is batched now:
-                // the caller has every frame sent before this one to read).
-                if let Err(e) = self.take_credit(credit).await {
-                    end = Err(e);
-                    batch.buf.clear();
-                    batch.count = 0;
-                    break;
-                }
-                batch.permit = true;
-            }
-            if batch.count == BATCH_MAX_ITEMS || batch.buf.len() >= limit {
-                self.flush_all(&mut batch).await?;
-            }
-        }
-        // What is in the batch passed every check and holds its credit: it goes even if a
-        // later item failed, as `send_raw` in a loop would have sent it.
-        if batch.count > 0 {
-            self.flush_all(&mut batch).await?;
-        }
-        self.tx.recycle(std::mem::take(&mut batch.buf));
-        end
-    }
-
-    /// One unit of the caller's credit: at once if it has some, else once it grants more,
-    /// unless the call is cancelled or over first.
-    async fn take_credit(&self, credit: &Semaphore) -> Result<(), RpcError> {
-        match credit.try_acquire() {
-            Ok(p) => {
-                p.forget();
-                Ok(())
-            }
-            Err(TryAcquireError::Closed) => Err(RpcError::new(Code::Cancelled, "call over")),
-            Err(TryAcquireError::NoPermits) => tokio::select! {
-                p = credit.acquire() => {
-                    p.map_err(|_| RpcError::new(Code::Cancelled, "call over"))?.forget();
-                    Ok(())
-                }
-                () = self.token.cancelled() => {
-                    Err(RpcError::new(Code::Cancelled, "call cancelled"))
-                }
-            },
-        }
-    }
-
-    /// Sends every item of the batch.
-    async fn flush_all(&self, batch: &mut Batch<'_>) -> Result<(), RpcError> {
-        let (upto, items) = (batch.buf.len(), batch.count);
-        self.flush(batch, upto, items).await
-    }
-
-    /// Sends the first `upto` bytes of the batch, its first `items` items, then keeps
-    /// only what follows them.
-    async fn flush(
-        &self,
-        batch: &mut Batch<'_>,
-        upto: usize,
-        items: usize,
-    ) -> Result<(), RpcError> {
-        let (kind, payload) = match items {
-            // One item goes as a plain item: a batch of one would only add its length.
-            1 => (Kind::StreamItem, &batch.buf[BATCH_ITEM_HEADER..upto]),
-            _ => (Kind::StreamItems, &batch.buf[..upto]),
-        };
-        let sent = match self
-            .tx
-            .try_send(Dir::ToCaller, kind, self.method, self.call_id, payload)
-        {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                self.tx
-                    .send(Dir::ToCaller, kind, self.method, self.call_id, payload)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        sent.map_err(RpcError::from)?;
-        // Sent: the frame's credit is spent for good; what follows starts the next frame.
-        batch.count -= items;
-        batch.permit = false;
-        batch.buf.drain(..upto);
-        Ok(())
+        send_batched(self, items, write).await
     }
 
     /// Sends one item encoded with the default codec.
@@ -356,22 +224,52 @@ impl ItemSink {
     }
 }
 
-/// The frame [`ItemSink::send_all`] is filling: its payload so far, and whether it holds
-/// its unit of the caller's credit. Dropped holding it (the sending future was dropped, or
-/// a send failed), it gives the credit back: the handler may still send other items.
-struct Batch<'a> {
-    buf: Vec<u8>,
-    /// Items in `buf`.
-    count: usize,
-    /// The frame's credit is taken.
-    permit: bool,
-    credit: &'a Semaphore,
-}
+impl ItemOut for ItemSink {
+    fn link(&self) -> &Arc<Link> {
+        &self.tx
+    }
 
-impl Drop for Batch<'_> {
-    fn drop(&mut self) {
-        if self.permit {
-            self.credit.add_permits(1);
+    fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    fn check_open(&self) -> Result<(), RpcError> {
+        match (&self.credit, self.token.is_cancelled()) {
+            (None, _) => Err(RpcError::new(Code::Protocol, "items sent for a unary call")),
+            (_, true) => Err(RpcError::new(Code::Cancelled, "call cancelled")),
+            _ => Ok(()),
         }
+    }
+
+    async fn take_credit(&self) -> Result<(), RpcError> {
+        let Some(credit) = &self.credit else {
+            return Err(RpcError::new(Code::Protocol, "items sent for a unary call"));
+        };
+        match credit.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                Ok(())
+            }
+            Err(TryAcquireError::Closed) => Err(RpcError::new(Code::Cancelled, "call over")),
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                p = credit.acquire() => {
+                    p.map_err(|_| RpcError::new(Code::Cancelled, "call over"))?.forget();
+                    Ok(())
+                }
+                () = self.token.cancelled() => {
+                    Err(RpcError::new(Code::Cancelled, "call cancelled"))
+                }
+            },
+        }
+    }
+
+    fn give_back(&self) {
+        if let Some(credit) = &self.credit {
+            credit.add_permits(1);
+        }
+    }
+
+    fn route(&self) -> (Dir, u32, u64) {
+        (Dir::ToCaller, self.method, self.call_id)
     }
 }

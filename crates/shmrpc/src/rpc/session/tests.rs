@@ -1761,3 +1761,68 @@ async fn a_malformed_or_oversized_batch_ends_the_connection() {
     assert_eq!(e.code, Code::Protocol, "{e}");
     assert!(!to_server.is_connected());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_batches_reach_the_handler_in_order() {
+    const N: u64 = 100_000;
+    let (_to_client, to_server) = pair(stream_methods(None), stream_methods(None));
+    let items = || (0..N).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut call = to_server
+        .call_client_stream("sum", CallOptions::default())
+        .await
+        .unwrap();
+    // In runs of 1,000: many frames, more than a window of them.
+    let all: Vec<u64> = items().collect();
+    for run in all.chunks(1000) {
+        call.send_all(run).await.expect("sent");
+    }
+    let got: (u64, u64) = call.finish().await.expect("answered");
+    assert_eq!(got, (N, checksum(items())));
+    // Both ways at once on a bidi call: items sent in batches, echoes read meanwhile.
+    let (mut tx, mut rx) = to_server
+        .call_bidi("echo", CallOptions::default())
+        .await
+        .unwrap()
+        .split();
+    let sending = tokio::spawn(async move {
+        for start in (0..5000u64).step_by(250) {
+            tx.send_all(start..start + 250).await.expect("sent");
+        }
+        tx.finish().await.expect("finished");
+    });
+    let mut back = Vec::new();
+    while let Some(item) = rx.next::<u64>().await {
+        back.push(item.expect("an echo"));
+    }
+    sending.await.unwrap();
+    assert_eq!(back, (0..5000u64).map(|n| 3 * n + 1).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_sends_its_ready_items_in_frames_that_take_one_unit_of_credit() {
+    let (to_server, _tx, mut rx) = scripted_server();
+    let mut call = to_server
+        .call_client_stream("sum", CallOptions::default())
+        .await
+        .unwrap();
+    let (h, _) = rx.recv().await.expect("the client's request");
+    assert_eq!(h.kind, Kind::Request);
+    // 100 runs of four, the server granting nothing: a window of frames, then it waits.
+    let sending = tokio::spawn(async move {
+        for run in 0..100u64 {
+            call.send_all(run * 4..run * 4 + 4).await?;
+        }
+        Ok::<_, RpcError>(call)
+    });
+    let mut got = Vec::new();
+    for _ in 0..STREAM_WINDOW {
+        let (h, p) = rx.recv().await.unwrap();
+        assert_eq!((h.kind, Dir::to_callee(h.flags)), (Kind::StreamItems, true));
+        for item in frame_items(&h, &p) {
+            got.push(crate::rpc::decode::<u64>(&item).unwrap());
+        }
+    }
+    assert!(nothing_more(&mut rx).await, "a frame beyond the credit");
+    assert!(!sending.is_finished());
+    assert_eq!(got, (0..4 * STREAM_WINDOW as u64).collect::<Vec<_>>());
+}

@@ -1,0 +1,168 @@
+//! Sending the items of a stream that are ready together several to a frame
+//! (`StreamItems`), for either end's stream: the callee's ([`ItemSink::send_all`]) and the
+//! caller's ([`ItemSender::send_all`]).
+//!
+//! A frame fills up to [`BATCH_BYTES`] and `BATCH_MAX_ITEMS` and goes as soon as it is full
+//! or the items run out: no timer, nothing waits for items that are not there yet. Each
+//! frame takes one unit of the stream's credit (as an item sent alone does), taken when
+//! its first item is in; so a frame's worth of items never waits for credit, and a reader
+//! that keeps up has a batch to read while the next is filled.
+//!
+//! [`ItemSink::send_all`]: super::ItemSink::send_all
+//! [`ItemSender::send_all`]: super::ItemSender::send_all
+
+use std::sync::Arc;
+
+use super::Link;
+use crate::frame::{Kind, BATCH_ITEM_HEADER, BATCH_MAX_ITEMS};
+use crate::rpc::transport::Dir;
+use crate::rpc::{Code, RpcError};
+
+/// The most payload bytes in one batch (less if a frame on the connection, or a message,
+/// may not be that long): 455 items of 32 bytes.
+pub(super) const BATCH_BYTES: usize = 16 << 10;
+
+/// One end's stream of items, as the batching sees it.
+pub(super) trait ItemOut {
+    /// The connection's sending half.
+    fn link(&self) -> &Arc<Link>;
+    /// The largest item.
+    fn max_message(&self) -> usize;
+    /// Whether items may still go (looked at before each item): the error if not.
+    fn check_open(&self) -> Result<(), RpcError>;
+    /// One unit of the stream's credit: at once if there is some, else once the reader
+    /// grants more, unless the stream or call ends first.
+    async fn take_credit(&self) -> Result<(), RpcError>;
+    /// Returns a unit of credit taken for a frame that was not sent.
+    fn give_back(&self);
+    /// The stream's direction, method and call.
+    fn route(&self) -> (Dir, u32, u64);
+}
+
+/// Sends `items` in order, several to a frame; `write` appends an item's bytes to the
+/// frame's payload. The items before one that fails (its encoding, its size, or the
+/// stream's end) are sent; the error is returned.
+pub(super) async fn send_batched<O, I, W>(out: &O, items: I, mut write: W) -> Result<(), RpcError>
+where
+    O: ItemOut,
+    I: IntoIterator,
+    W: FnMut(I::Item, &mut Vec<u8>) -> Result<(), RpcError>,
+{
+    out.check_open()?;
+    let max = out.max_message();
+    let limit = BATCH_BYTES.min(max).min(out.link().short_limit());
+    let mut batch = Batch {
+        buf: out.link().buffer(),
+        count: 0,
+        permit: false,
+        out,
+    };
+    let mut end = Ok(());
+    for item in items {
+        if let Err(e) = out.check_open() {
+            end = Err(e);
+            break;
+        }
+        // The item goes at the end of the batch, behind its length (filled in once it is
+        // written).
+        let start = batch.buf.len();
+        batch.buf.extend_from_slice(&[0; BATCH_ITEM_HEADER]);
+        let written = write(item, &mut batch.buf);
+        let len = batch.buf.len() - start - BATCH_ITEM_HEADER;
+        let checked = written.and_then(|()| match u32::try_from(len) {
+            Ok(len) if len as usize <= max => Ok(len),
+            _ => Err(RpcError::new(
+                Code::TooLarge,
+                format!("item of {len} bytes exceeds the maximum message size {max}"),
+            )),
+        });
+        let len = match checked {
+            Ok(len) => len,
+            Err(e) => {
+                batch.buf.truncate(start);
+                end = Err(e);
+                break;
+            }
+        };
+        batch.buf[start..start + BATCH_ITEM_HEADER].copy_from_slice(&len.to_le_bytes());
+        batch.count += 1;
+        // The items before it go first if it does not fit beside them: it starts the next
+        // frame.
+        if batch.count > 1 && batch.buf.len() > limit {
+            let before = batch.count - 1;
+            batch.send(start, before).await?;
+        }
+        if !batch.permit {
+            // The frame's credit: at hand, or waited for (nothing else is batched now: the
+            // reader has every frame sent before this one to read).
+            if let Err(e) = out.take_credit().await {
+                batch.buf.clear();
+                batch.count = 0;
+                end = Err(e);
+                break;
+            }
+            batch.permit = true;
+        }
+        if batch.count == BATCH_MAX_ITEMS || batch.buf.len() >= limit {
+            batch.send_all().await?;
+        }
+    }
+    // What is in the batch passed every check and holds its credit: it goes even if a
+    // later item failed, as items sent one by one would have.
+    if batch.count > 0 {
+        batch.send_all().await?;
+    }
+    let buf = std::mem::take(&mut batch.buf);
+    out.link().recycle(buf);
+    end
+}
+
+/// The frame being filled: its payload so far, and whether it holds its unit of credit.
+/// Dropped holding it (the sending future was dropped, or a send failed), it gives the
+/// credit back: the stream may still send other items.
+struct Batch<'a, O: ItemOut> {
+    buf: Vec<u8>,
+    /// Items in `buf`.
+    count: usize,
+    /// The frame's credit is taken.
+    permit: bool,
+    out: &'a O,
+}
+
+impl<O: ItemOut> Batch<'_, O> {
+    /// Sends every item of the batch.
+    async fn send_all(&mut self) -> Result<(), RpcError> {
+        let (upto, items) = (self.buf.len(), self.count);
+        self.send(upto, items).await
+    }
+
+    /// Sends the first `upto` bytes of the batch, its first `items` items, as one frame;
+    /// keeps only what follows them.
+    async fn send(&mut self, upto: usize, items: usize) -> Result<(), RpcError> {
+        let (kind, payload) = match items {
+            // One item goes as a plain item: a batch of one would only add its length.
+            1 => (Kind::StreamItem, &self.buf[BATCH_ITEM_HEADER..upto]),
+            _ => (Kind::StreamItems, &self.buf[..upto]),
+        };
+        let (dir, method, call_id) = self.out.route();
+        let link = self.out.link();
+        match link.try_send(dir, kind, method, call_id, payload) {
+            Ok(true) => {}
+            Ok(false) => link.send(dir, kind, method, call_id, payload).await?,
+            Err(e) => return Err(e.into()),
+        }
+        // Sent: the frame's credit is spent for good; what follows starts the next frame.
+        self.count -= items;
+        self.permit = false;
+        self.buf.drain(..upto);
+        Ok(())
+    }
+}
+
+impl<O: ItemOut> Drop for Batch<'_, O> {
+    fn drop(&mut self) {
+        if self.permit {
+            self.out.give_back();
+        }
+    }
+}
