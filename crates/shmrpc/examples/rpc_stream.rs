@@ -5,7 +5,8 @@
 //! frame), and the ratio of their medians. Cross-process figures beside tarpc and tonic come from
 //! the peers crate (`cd peers && cargo run --release -- --only rpc`).
 //!
-//! Run: `cargo run --release -p shmrpc --example rpc_stream [-- ITEMS ITEM_BYTES]`
+//! Run: `cargo run --release -p shmrpc --example rpc_stream [-- ITEMS ITEM_BYTES [MODE]]`,
+//! MODE `both` (the default), `items` or `batched`.
 
 use std::time::Instant;
 
@@ -15,9 +16,20 @@ mod probe;
 use probe::{pin, runtime, Serving};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
-    let items = args.next().transpose()?.unwrap_or(100_000);
-    let size = args.next().transpose()?.unwrap_or(32);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let items = args
+        .first()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    let size = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(32);
+    // Which handlers: both (the default), or one of them alone (to profile it).
+    let methods: &[&str] = match args.get(2).map(String::as_str) {
+        None | Some("both") => &["items", "batched"],
+        Some("items") => &["items"],
+        Some("batched") => &["batched"],
+        Some(other) => return Err(format!("MODE is both, items or batched, not {other}").into()),
+    };
     let name = format!("rpc-stream-{}", std::process::id());
     let server = Server::builder()
         .streaming_raw("items", move |_ctx, req, sink| async move {
@@ -41,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let client = Client::connect(&name, ClientConfig::default()).await?;
         let mut rates = [Vec::new(), Vec::new()];
         for round in 0..5 {
-            for (k, method) in ["items", "batched"].into_iter().enumerate() {
+            for (k, &method) in methods.iter().enumerate() {
                 let t0 = Instant::now();
                 let mut s = client
                     .call_stream_raw(
@@ -72,11 +84,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let (one, all) = (median(&mut rates[0]), median(&mut rates[1]));
-        println!(
-            "median: one per frame {one:.0}, batched {all:.0} items/s: {:.2}x",
-            all / one
-        );
+        let [one, all] = &mut rates;
+        if !one.is_empty() && !all.is_empty() {
+            let (one, all) = (median(one), median(all));
+            println!(
+                "median: one per frame {one:.0}, batched {all:.0} items/s: {:.2}x",
+                all / one
+            );
+        }
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     drop(rt);

@@ -885,7 +885,8 @@ impl ItemSender {
     ///
     /// # Errors
     /// As [`send_raw`](Self::send_raw); the items before the one that failed have been
-    /// sent.
+    /// sent. Dropped before it returns, it sent the frames before the one it was filling;
+    /// that frame's credit goes back to the stream.
     pub async fn send_all_raw<I>(&mut self, items: I) -> Result<(), RpcError>
     where
         I: IntoIterator,

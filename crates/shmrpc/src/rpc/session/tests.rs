@@ -1826,3 +1826,50 @@ async fn a_caller_sends_its_ready_items_in_frames_that_take_one_unit_of_credit()
     assert!(!sending.is_finished());
     assert_eq!(got, (0..4 * STREAM_WINDOW as u64).collect::<Vec<_>>());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_dropped_before_it_went_gives_its_credit_back() {
+    // The transport holds 64 frames: 15 unanswered requests (with the stream, as many
+    // calls as the client keeps open) and 49 frames of items fill it, and the 50th frame
+    // waits for room, holding its unit of credit.
+    let (to_server, _tx, mut rx) = scripted_server();
+    let mut call = to_server
+        .call_client_stream("sum", CallOptions::default())
+        .await
+        .unwrap();
+    let (h, _) = rx.recv().await.expect("the client's request");
+    assert_eq!(h.kind, Kind::Request);
+    for _ in 0..15 {
+        let out = to_server.out.clone();
+        tokio::spawn(async move { out.call_raw("echo", b"x", None).await });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Items of 10 KiB: one to a frame.
+    let items = vec![vec![7u8; 10 << 10]; 50];
+    let sent = tokio::time::timeout(Duration::from_secs(1), call.send_all_raw(&items)).await;
+    assert!(sent.is_err(), "the 50th frame found room");
+    let mut frames = Vec::new();
+    while let Ok(Some((h, _))) = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+        .await
+        .map(Result::ok)
+    {
+        frames.push(h.kind);
+    }
+    let item_frames = frames.iter().filter(|&&k| k == Kind::StreamItem).count();
+    assert_eq!((frames.len(), item_frames), (64, 49));
+    // 64 - 49 = 15 units are left (14 had the dropped frame kept its own): 15 more items
+    // go, the 16th waits.
+    let sending = tokio::spawn(async move {
+        for n in 0..16u64 {
+            call.send(&n).await?;
+        }
+        Ok::<_, RpcError>(call)
+    });
+    let mut more = 0;
+    while let Ok(Ok((h, _))) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+        assert_eq!(h.kind, Kind::StreamItem);
+        more += 1;
+    }
+    assert_eq!(more, 15);
+    assert!(!sending.is_finished());
+}
