@@ -853,13 +853,7 @@ impl ItemSender {
                 ),
             ));
         }
-        let credit = match self.deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), self.credit.credit.acquire())
-                .await
-                .map_err(|_| RpcError::new(Code::DeadlineExceeded, "deadline exceeded"))?,
-            None => self.credit.credit.acquire().await,
-        };
-        credit.map_err(|_| self.credit.why())?.forget();
+        self.take_credit().await?;
         let g = &self.guard;
         g.out
             .link

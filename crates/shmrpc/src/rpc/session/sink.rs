@@ -74,18 +74,8 @@ impl ItemSink {
                     Err(e) => return Err(e.into()),
                 }
             }
-            Err(TryAcquireError::Closed) => {
-                return Err(RpcError::new(Code::Cancelled, "call over"));
-            }
             // Wait for the caller's credit (it reads slowly, or not at all), or the cancel.
-            Err(TryAcquireError::NoPermits) => tokio::select! {
-                p = credit.acquire() => {
-                    p.map_err(|_| RpcError::new(Code::Cancelled, "call over"))?.forget();
-                }
-                _ = self.token.cancelled() => {
-                    return Err(RpcError::new(Code::Cancelled, "call cancelled"));
-                }
-            },
+            Err(_) => self.take_credit().await?,
         }
         self.tx
             .send(
