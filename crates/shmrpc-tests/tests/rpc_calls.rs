@@ -155,31 +155,25 @@ async fn concurrent_calls(client: &Client, tasks: u64, per_task: u64) -> Duratio
 /// A chat stream of `n` tokens: every token, in order, then the end.
 async fn chat_in_order(client: &Client, seed: u64, n: u32) {
     let req: ChatRequest = (seed, n, 1);
-    let mut s = client
+    let s = client
         .call_stream("chat", &req, CallOptions::timeout(WAIT))
         .await
         .unwrap();
-    for i in 0..n {
-        let item: (u32, String) = s
-            .next()
-            .await
-            .unwrap_or_else(|| panic!("stream ended after {i} tokens"))
-            .unwrap();
-        assert_eq!(item, (i, chat_token(seed, i)), "token {i}");
-    }
-    assert!(
-        s.next::<(u32, String)>().await.is_none(),
-        "more than {n} tokens"
-    );
+    tokens_in_order(s, seed, n).await;
 }
 
 /// A burst of `n` chat tokens, sent with `send_all` (several to a frame): every token,
 /// in order, then the end.
 async fn burst_in_order(client: &Client, seed: u64, n: u32) {
-    let mut s = client
+    let s = client
         .call_stream("chat_burst", &(seed, n), CallOptions::timeout(WAIT))
         .await
         .unwrap();
+    tokens_in_order(s, seed, n).await;
+}
+
+/// Reads the `n` tokens of a chat seeded `seed`, checking each, then the end.
+async fn tokens_in_order(mut s: shmrpc::CallStream, seed: u64, n: u32) {
     for i in 0..n {
         let item: (u32, String) = s
             .next()

@@ -289,11 +289,7 @@ impl<Item: Serialize> Sink<Item> {
         I: IntoIterator,
         I::Item: Borrow<Item>,
     {
-        self.inner
-            .send_all_with(items, |item, out| {
-                crate::rpc::encode_into(item.borrow(), out)
-            })
-            .await
+        self.inner.send_all_with(items, encode_borrowed).await
     }
 
     /// The untyped sink underneath.
@@ -364,11 +360,7 @@ impl<Item: Serialize> TypedSender<Item> {
         I: IntoIterator,
         I::Item: Borrow<Item>,
     {
-        self.inner
-            .send_all_with(items, |item, out| {
-                crate::rpc::encode_into(item.borrow(), out)
-            })
-            .await
+        self.inner.send_all_with(items, encode_borrowed).await
     }
 
     /// Ends the stream.
@@ -419,9 +411,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> TypedClientStream<Req, Resp> {
     {
         self.inner
             .sender_mut()
-            .send_all_with(items, |item, out| {
-                crate::rpc::encode_into(item.borrow(), out)
-            })
+            .send_all_with(items, encode_borrowed)
             .await
     }
 
@@ -755,4 +745,13 @@ impl BlockingClient {
     ) -> Result<(), RpcError> {
         self.notify(notification.name(), body)
     }
+}
+
+/// Appends `item` encoded with the default codec: how the typed senders write each item
+/// of a batch.
+fn encode_borrowed<Item: Serialize, B: Borrow<Item>>(
+    item: B,
+    out: &mut Vec<u8>,
+) -> Result<(), RpcError> {
+    crate::rpc::encode_into(item.borrow(), out)
 }

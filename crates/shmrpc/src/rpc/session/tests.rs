@@ -146,6 +146,21 @@ fn scripted(server: Methods) -> (Peer, FrameTx, FrameRx) {
     (to_client, ctx, crx)
 }
 
+/// A call the server end makes to its scripted client, whose request is read off the
+/// transport and never answered: it ends with the connection's end, and its reason.
+async fn server_calls_the_client(
+    to_client: &Peer,
+    rx: &mut FrameRx,
+) -> tokio::task::JoinHandle<Result<Vec<u8>, RpcError>> {
+    let callback = tokio::spawn({
+        let p = to_client.clone();
+        async move { p.call_raw("anything", b"", CallOptions::default()).await }
+    });
+    let (h, _) = rx.recv().await.expect("the server's request");
+    assert_eq!(h.kind, Kind::Request);
+    callback
+}
+
 /// The client's end alone, driven by a scripted server: returns the client's handle on
 /// the server, and the server's end of the transport.
 fn scripted_server() -> (Peer, FrameTx, FrameRx) {
@@ -616,6 +631,17 @@ async fn a_client_stream_of_100000_items_reaches_the_handler_in_order() {
     }
     let got: (u64, u64) = call.finish().await.expect("answered");
     assert_eq!(got, (N, checksum(items())));
+    // The same items in runs of 1,000 (`send_all`): many frames, more than a window.
+    let mut call = to_server
+        .call_client_stream("sum", CallOptions::default())
+        .await
+        .unwrap();
+    let all: Vec<u64> = items().collect();
+    for run in all.chunks(1000) {
+        call.send_all(run).await.expect("sent");
+    }
+    let got: (u64, u64) = call.finish().await.expect("answered");
+    assert_eq!(got, (N, checksum(items())));
     // The other way: the server calls the client's method.
     let mut call = to_client
         .call_client_stream("sum", CallOptions::default())
@@ -808,12 +834,7 @@ async fn items_beyond_the_credit_end_the_connection() {
     let (to_client, mut tx, mut rx) = scripted(stream_methods(Some(seen_tx)));
     // The server has a call open on the (scripted) client: it fails when the connection
     // ends, with the reason.
-    let callback = tokio::spawn({
-        let p = to_client.clone();
-        async move { p.call_raw("anything", b"", CallOptions::default()).await }
-    });
-    let (h, _) = rx.recv().await.expect("the server's request");
-    assert_eq!(h.kind, Kind::Request);
+    let callback = server_calls_the_client(&to_client, &mut rx).await;
     let m = method_id("wait_cancel");
     tx.send_parts(Dir::ToCallee, Kind::Request, m, 1, &[&0u32.to_le_bytes()])
         .await
@@ -1339,12 +1360,7 @@ async fn notifications_beyond_the_credit_end_the_connection() {
     let (s_tx, _s_seen) = tokio::sync::mpsc::unbounded_channel();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let (to_client, mut tx, mut rx) = scripted(notify_methods("server", s_tx, gate));
-    let callback = tokio::spawn({
-        let p = to_client.clone();
-        async move { p.call_raw("anything", b"", CallOptions::default()).await }
-    });
-    let (h, _) = rx.recv().await.expect("the server's request");
-    assert_eq!(h.kind, Kind::Request);
+    let callback = server_calls_the_client(&to_client, &mut rx).await;
     let m = method_id("gated");
     let body = crate::rpc::encode(&7u64).unwrap();
     // A window of notifications is fine (the handler holds them all) ...
@@ -1366,12 +1382,7 @@ async fn notifications_beyond_the_credit_end_the_connection() {
 #[tokio::test(start_paused = true)]
 async fn a_notification_without_the_to_callee_bit_is_a_protocol_error() {
     let (to_client, mut tx, mut rx) = scripted(methods("server", None));
-    let callback = tokio::spawn({
-        let p = to_client.clone();
-        async move { p.call_raw("anything", b"", CallOptions::default()).await }
-    });
-    let (h, _) = rx.recv().await.expect("the server's request");
-    assert_eq!(h.kind, Kind::Request);
+    let callback = server_calls_the_client(&to_client, &mut rx).await;
     tx.send(Dir::ToCaller, Kind::Notify, method_id("x"), 0, b"")
         .await
         .unwrap();
@@ -1679,12 +1690,7 @@ async fn a_batch_towards_a_callee_feeds_its_item_stream() {
 async fn a_batch_takes_one_unit_of_a_callers_credit() {
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let (to_client, mut tx, mut rx) = scripted(stream_methods(Some(seen_tx)));
-    let callback = tokio::spawn({
-        let p = to_client.clone();
-        async move { p.call_raw("anything", b"", CallOptions::default()).await }
-    });
-    let (h, _) = rx.recv().await.expect("the server's request");
-    assert_eq!(h.kind, Kind::Request);
+    let callback = server_calls_the_client(&to_client, &mut rx).await;
     // `wait_cancel` reads nothing: a window of batches of ten is within the credit...
     raw_request(&mut tx, "wait_cancel", &[]).await;
     let m = method_id("wait_cancel");
@@ -1713,12 +1719,7 @@ async fn a_batch_takes_one_unit_of_a_callers_credit() {
 /// the server's own call to the client ends with (the connection's end).
 async fn callee_refuses(batch: &[u8]) -> RpcError {
     let (to_client, mut tx, mut rx) = scripted(stream_methods(None));
-    let callback = tokio::spawn({
-        let p = to_client.clone();
-        async move { p.call_raw("anything", b"", CallOptions::default()).await }
-    });
-    let (h, _) = rx.recv().await.expect("the server's request");
-    assert_eq!(h.kind, Kind::Request);
+    let callback = server_calls_the_client(&to_client, &mut rx).await;
     raw_request(&mut tx, "sum", &[]).await;
     tx.send(Dir::ToCallee, Kind::StreamItems, method_id("sum"), 1, batch)
         .await
@@ -1763,21 +1764,8 @@ async fn a_malformed_or_oversized_batch_ends_the_connection() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_callers_batches_reach_the_handler_in_order() {
-    const N: u64 = 100_000;
+async fn a_callers_batched_bidi_items_come_back_in_order() {
     let (_to_client, to_server) = pair(stream_methods(None), stream_methods(None));
-    let items = || (0..N).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut call = to_server
-        .call_client_stream("sum", CallOptions::default())
-        .await
-        .unwrap();
-    // In runs of 1,000: many frames, more than a window of them.
-    let all: Vec<u64> = items().collect();
-    for run in all.chunks(1000) {
-        call.send_all(run).await.expect("sent");
-    }
-    let got: (u64, u64) = call.finish().await.expect("answered");
-    assert_eq!(got, (N, checksum(items())));
     // Both ways at once on a bidi call: items sent in batches, echoes read meanwhile.
     let (mut tx, mut rx) = to_server
         .call_bidi("echo", CallOptions::default())
@@ -1798,15 +1786,24 @@ async fn a_callers_batches_reach_the_handler_in_order() {
     assert_eq!(back, (0..5000u64).map(|n| 3 * n + 1).collect::<Vec<_>>());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_caller_sends_its_ready_items_in_frames_that_take_one_unit_of_credit() {
-    let (to_server, _tx, mut rx) = scripted_server();
-    let mut call = to_server
+/// A client-streaming call (`sum`) from a client end to a scripted server, its request
+/// read off the transport: the client's handle, the server's end of the transport, and
+/// the call.
+async fn client_stream_to_a_scripted_server() -> (Peer, (FrameTx, FrameRx), super::ClientStreamCall)
+{
+    let (to_server, tx, mut rx) = scripted_server();
+    let call = to_server
         .call_client_stream("sum", CallOptions::default())
         .await
         .unwrap();
     let (h, _) = rx.recv().await.expect("the client's request");
     assert_eq!(h.kind, Kind::Request);
+    (to_server, (tx, rx), call)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_sends_its_ready_items_in_frames_that_take_one_unit_of_credit() {
+    let (_to_server, (_tx, mut rx), mut call) = client_stream_to_a_scripted_server().await;
     // 100 runs of four, the server granting nothing: a window of frames, then it waits.
     let sending = tokio::spawn(async move {
         for run in 0..100u64 {
@@ -1832,13 +1829,7 @@ async fn a_batch_dropped_before_it_went_gives_its_credit_back() {
     // The transport holds 64 frames: 15 unanswered requests (with the stream, as many
     // calls as the client keeps open) and 49 frames of items fill it, and the 50th frame
     // waits for room, holding its unit of credit.
-    let (to_server, _tx, mut rx) = scripted_server();
-    let mut call = to_server
-        .call_client_stream("sum", CallOptions::default())
-        .await
-        .unwrap();
-    let (h, _) = rx.recv().await.expect("the client's request");
-    assert_eq!(h.kind, Kind::Request);
+    let (to_server, (_tx, mut rx), mut call) = client_stream_to_a_scripted_server().await;
     for _ in 0..15 {
         let out = to_server.out.clone();
         tokio::spawn(async move { out.call_raw("echo", b"x", None).await });
