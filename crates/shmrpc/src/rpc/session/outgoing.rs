@@ -88,6 +88,11 @@ impl Waiter {
 struct Entry {
     waiter: Waiter,
     credit: Option<Arc<SendCredit>>,
+    /// Frames of items the callee may still send this end (a streaming call): a window,
+    /// plus what its reader granted since. A frame beyond it is the callee breaking flow
+    /// control, which ends the connection: the stream's queue is unbounded only because
+    /// this keeps it within a window.
+    allowed: usize,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -266,6 +271,7 @@ impl Outgoing {
             Entry {
                 waiter,
                 credit,
+                allowed: STREAM_WINDOW,
                 _slot: slot,
             },
         );
@@ -295,13 +301,28 @@ impl Outgoing {
         }
     }
 
+    /// This end's reader of call `call_id`'s stream granted the callee `n` more frames
+    /// (counted before the grant goes out: the callee may use it at once).
+    pub(crate) fn granted(&self, call_id: u64, n: u32) {
+        if let Some(e) = self.pending.lock().expect("poisoned").get_mut(&call_id) {
+            e.allowed = e.allowed.saturating_add(n as usize);
+        }
+    }
+
     /// Hands an answer frame's event to its call. Frames for calls not waiting (cancelled,
     /// timed out, or never started) are dropped. Returns whether a waiting task was woken.
-    pub(crate) fn deliver(&self, call_id: u64, ev: Event) -> bool {
+    ///
+    /// # Errors
+    /// A frame of items beyond the credit this end granted: the callee broke flow
+    /// control, and the connection is to end (`Protocol`).
+    pub(crate) fn deliver(&self, call_id: u64, ev: Event) -> Result<bool, RpcError> {
         let mut pending = self.pending.lock().expect("poisoned");
-        let waker = match pending.get_mut(&call_id).map(|e| &mut e.waiter) {
+        let entry = pending
+            .get_mut(&call_id)
+            .map(|e| (&mut e.waiter, &mut e.allowed));
+        let waker = match entry {
             None => None,
-            Some(Waiter::Unary { answer, waker }) => {
+            Some((Waiter::Unary { answer, waker }, _)) => {
                 let a = match ev {
                     Event::Response(b) => Ok(b),
                     Event::Error(e) => Err(e),
@@ -313,7 +334,15 @@ impl Outgoing {
                 answer.get_or_insert(a);
                 waker.take()
             }
-            Some(Waiter::Stream(tx)) => {
+            Some((Waiter::Stream(tx), allowed)) => {
+                if matches!(ev, Event::Item(_) | Event::Items(_)) {
+                    *allowed = allowed.checked_sub(1).ok_or_else(|| {
+                        RpcError::new(
+                            Code::Protocol,
+                            format!("call {call_id}: stream items beyond the credit granted"),
+                        )
+                    })?;
+                }
                 // After the callee's last frame, items the caller still sends go nowhere:
                 // its sends fail with the callee's error, or as over.
                 let last = match &ev {
@@ -338,7 +367,7 @@ impl Outgoing {
         if let Some(w) = waker {
             w.wake();
         }
-        woke
+        Ok(woke)
     }
 
     /// Checks a request's size before anything is sent.
@@ -718,6 +747,7 @@ impl CallStream {
         if self.unacked as usize >= STREAM_WINDOW / 2 {
             let n = std::mem::take(&mut self.unacked);
             let g = &self.guard;
+            g.out.granted(g.id, n);
             // Never awaited: dropping the caller's future after the item came loses
             // neither the item's credit nor (being past the last await) the item.
             g.out.link.grant(Dir::ToCallee, g.method, g.id, n);

@@ -294,7 +294,7 @@ impl Connection {
                 if to_callee {
                     self.incoming.on_too_large(method, call_id, e);
                 } else {
-                    self.woke |= self.peer.out.deliver(call_id, Event::Error(e));
+                    return self.deliver(call_id, Event::Error(e));
                 }
                 Flow::Continue
             }
@@ -349,15 +349,11 @@ impl Connection {
                     Kind::StreamEnd => Event::End,
                     _ => Event::Error(RpcError::decode(&payload)),
                 };
-                self.woke |= self.peer.out.deliver(h.call_id, ev);
-                Flow::Continue
+                self.deliver(h.call_id, ev)
             }
             (Kind::StreamItems, false) => match checked_batch(h.call_id, &payload) {
-                Ok(_) => {
-                    // Handed on whole: the stream's reader takes the items out one by one.
-                    self.woke |= self.peer.out.deliver(h.call_id, Event::Items(payload));
-                    Flow::Continue
-                }
+                // Handed on whole: the stream's reader takes the items out one by one.
+                Ok(_) => self.deliver(h.call_id, Event::Items(payload)),
                 Err(flow) => flow,
             },
             // The connection itself.
@@ -386,6 +382,18 @@ impl Connection {
             },
             (kind, true) => violation(&format!("{kind:?} frame sent towards a callee")),
             (kind, false) => violation(&format!("{kind:?} frame sent towards a caller")),
+        }
+    }
+
+    /// Hands an event to a call this end made; a callee past its stream's credit ends the
+    /// connection.
+    fn deliver(&mut self, call_id: u64, ev: Event) -> Flow {
+        match self.peer.out.deliver(call_id, ev) {
+            Ok(woke) => {
+                self.woke |= woke;
+                Flow::Continue
+            }
+            Err(e) => Flow::Stop(e),
         }
     }
 

@@ -1864,3 +1864,53 @@ async fn a_batch_dropped_before_it_went_gives_its_credit_back() {
     assert_eq!(more, 15);
     assert!(!sending.is_finished());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_callee_past_the_credit_granted_ends_the_connection() {
+    let (to_server, mut tx, mut rx) = scripted_server();
+    let mut s = to_server
+        .call_stream_raw("stream", b"", CallOptions::default())
+        .await
+        .unwrap();
+    let (h, _) = rx.recv().await.expect("the client's request");
+    // A window of frames (batches and single items) is within the credit, read or not...
+    let mut two = Vec::new();
+    for item in [&b"a"[..], b"b"] {
+        crate::frame::push_batch_item(&mut two, item).unwrap();
+    }
+    for i in 0..STREAM_WINDOW {
+        let (kind, payload) = if i % 2 == 0 {
+            (Kind::StreamItems, &two[..])
+        } else {
+            (Kind::StreamItem, &b"c"[..])
+        };
+        tx.send(Dir::ToCaller, kind, h.method, h.call_id, payload)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(to_server.is_connected());
+    // ... one more frame is not: the callee broke flow control.
+    tx.send(Dir::ToCaller, Kind::StreamItem, h.method, h.call_id, b"d")
+        .await
+        .unwrap();
+    // (Read before the client's reader took it, the stream would have granted more.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut got = 0;
+    let e = loop {
+        let next = tokio::time::timeout(Duration::from_secs(60), s.next_raw()).await;
+        match next.unwrap_or_else(|_| panic!("the stream did not end after {got} items")) {
+            Some(Ok(_)) => got += 1,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without an error"),
+        }
+    };
+    assert_eq!(
+        got,
+        3 * STREAM_WINDOW / 2,
+        "the window's items, and no more"
+    );
+    assert_eq!(e.code, Code::Protocol, "{e}");
+    assert!(e.message.contains("beyond the credit"), "{e}");
+    assert!(!to_server.is_connected());
+}
