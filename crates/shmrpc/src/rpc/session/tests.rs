@@ -1666,10 +1666,7 @@ async fn a_batch_towards_a_callee_feeds_its_item_stream() {
     let (_to_client, mut tx, mut rx) = scripted(stream_methods(None));
     raw_request(&mut tx, "sum", &[]).await;
     let m = method_id("sum");
-    let mut batch = Vec::new();
-    for n in [5u64, 6, 7] {
-        crate::frame::push_batch_item(&mut batch, &crate::rpc::encode(&n).unwrap()).unwrap();
-    }
+    let batch = batch_of([5u64, 6, 7].map(|n| crate::rpc::encode(&n).unwrap()));
     tx.send(Dir::ToCallee, Kind::StreamItems, m, 1, &batch)
         .await
         .unwrap();
@@ -1694,10 +1691,7 @@ async fn a_batch_takes_one_unit_of_a_callers_credit() {
     // `wait_cancel` reads nothing: a window of batches of ten is within the credit...
     raw_request(&mut tx, "wait_cancel", &[]).await;
     let m = method_id("wait_cancel");
-    let mut ten = Vec::new();
-    for _ in 0..10 {
-        crate::frame::push_batch_item(&mut ten, b"x").unwrap();
-    }
+    let ten = batch_of([b"x"; 10]);
     for _ in 0..STREAM_WINDOW {
         tx.send(Dir::ToCallee, Kind::StreamItems, m, 1, &ten)
             .await
@@ -1732,8 +1726,7 @@ async fn callee_refuses(batch: &[u8]) -> RpcError {
 #[tokio::test(start_paused = true)]
 async fn a_malformed_or_oversized_batch_ends_the_connection() {
     // An item whose length runs past the frame's end.
-    let mut bad = Vec::new();
-    crate::frame::push_batch_item(&mut bad, b"12345678").unwrap();
+    let mut bad = batch_of([b"12345678"]);
     bad[0] = 9;
     let e = callee_refuses(&bad).await;
     assert_eq!(e.code, Code::Protocol, "{e}");
@@ -1742,19 +1735,11 @@ async fn a_malformed_or_oversized_batch_ends_the_connection() {
     let e = callee_refuses(&[]).await;
     assert!(e.message.contains("no item"), "{e}");
     // More items than a batch may hold.
-    let mut many = Vec::new();
-    for _ in 0..=crate::frame::BATCH_MAX_ITEMS {
-        crate::frame::push_batch_item(&mut many, b"").unwrap();
-    }
+    let many = batch_of(vec![b""; crate::frame::BATCH_MAX_ITEMS + 1]);
     let e = callee_refuses(&many).await;
     assert!(e.message.contains("more than 512"), "{e}");
     // The same bytes as a caller's answer: the call and the connection fail.
-    let (to_server, mut tx, mut rx) = scripted_server();
-    let mut s = to_server
-        .call_stream_raw("stream", b"", CallOptions::default())
-        .await
-        .unwrap();
-    let (h, _) = rx.recv().await.expect("the client's request");
+    let (to_server, (mut tx, _rx), mut s, h) = stream_from_a_scripted_server().await;
     tx.send(Dir::ToCaller, Kind::StreamItems, h.method, h.call_id, &bad)
         .await
         .unwrap();
@@ -1784,6 +1769,33 @@ async fn a_callers_batched_bidi_items_come_back_in_order() {
     }
     sending.await.unwrap();
     assert_eq!(back, (0..5000u64).map(|n| 3 * n + 1).collect::<Vec<_>>());
+}
+
+/// A batch's payload: `items`, each behind its length.
+fn batch_of<T: AsRef<[u8]>>(items: impl IntoIterator<Item = T>) -> Vec<u8> {
+    let mut batch = Vec::new();
+    for item in items {
+        crate::frame::push_batch_item(&mut batch, item.as_ref()).unwrap();
+    }
+    batch
+}
+
+/// A server-streaming call from a client end to a scripted server, its request read off
+/// the transport: the client's handle, the server's end of the transport, the stream and
+/// the request's header (to answer it).
+async fn stream_from_a_scripted_server() -> (
+    Peer,
+    (FrameTx, FrameRx),
+    super::CallStream,
+    crate::frame::FrameHeader,
+) {
+    let (to_server, tx, mut rx) = scripted_server();
+    let s = to_server
+        .call_stream_raw("stream", b"", CallOptions::default())
+        .await
+        .unwrap();
+    let (h, _) = rx.recv().await.expect("the client's request");
+    (to_server, (tx, rx), s, h)
 }
 
 /// A client-streaming call (`sum`) from a client end to a scripted server, its request
@@ -1867,17 +1879,9 @@ async fn a_batch_dropped_before_it_went_gives_its_credit_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_callee_past_the_credit_granted_ends_the_connection() {
-    let (to_server, mut tx, mut rx) = scripted_server();
-    let mut s = to_server
-        .call_stream_raw("stream", b"", CallOptions::default())
-        .await
-        .unwrap();
-    let (h, _) = rx.recv().await.expect("the client's request");
+    let (to_server, (mut tx, _rx), mut s, h) = stream_from_a_scripted_server().await;
     // A window of frames (batches and single items) is within the credit, read or not...
-    let mut two = Vec::new();
-    for item in [&b"a"[..], b"b"] {
-        crate::frame::push_batch_item(&mut two, item).unwrap();
-    }
+    let two = batch_of([b"a", b"b"]);
     for i in 0..STREAM_WINDOW {
         let (kind, payload) = if i % 2 == 0 {
             (Kind::StreamItems, &two[..])
