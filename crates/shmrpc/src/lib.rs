@@ -72,10 +72,10 @@ pub(crate) use lowlevel::{frame, ring};
 pub use rpc::{
     Bidi, BidiCall, BindError, BlockingCallStream, BlockingClient, BlockingClientStream,
     BlockingItemSender, CallContext, CallOptions, CallStream, Client, ClientBuilder, ClientConfig,
-    ClientStreamCall, ClientStreaming, Code, ConfigError, ConnectError, InlineContext, ItemSender,
-    ItemSink, ItemStream, Items, Notification, NotifyContext, Peer, RpcError, Server,
-    ServerBuilder, ServerConfig, ServerHandle, Sink, Streaming, TypedClientStream, TypedSender,
-    TypedStream, Unary,
+    ClientStreamCall, ClientStreaming, Code, ConfigError, ConnectError, InlineContext, ItemBatch,
+    ItemSender, ItemSink, ItemStream, ItemWriter, Items, Notification, NotifyContext, Peer,
+    RpcError, Server, ServerBuilder, ServerConfig, ServerHandle, Sink, Streaming,
+    TypedClientStream, TypedSender, TypedStream, Unary,
 };
 // The remote transport: TLS, tokens, compression, and where plaintext is allowed.
 #[cfg(not(shmrpc_loom))]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::runtime::{EnterGuard, Runtime};
 
-use super::{decode, encode, CallStream, ClientStreamCall, ItemSender};
+use super::{decode, encode, CallStream, ClientStreamCall, ItemBatch, ItemSender};
 use super::{CallOptions, Client, ClientConfig};
 use super::{ConnectError, RpcError};
 
@@ -538,6 +538,16 @@ impl BlockingCallStream {
     pub fn next_raw(&mut self) -> Option<Result<Vec<u8>, RpcError>> {
         let stream = self.stream.as_mut()?;
         self.rt.block_on(stream.next_raw())
+    }
+
+    /// Blocks for the items that arrived together, lent in place; `None` at the end of
+    /// the stream.
+    ///
+    /// # Errors
+    /// As [`CallStream::next_items`].
+    pub fn next_items(&mut self) -> Option<Result<ItemBatch<'_>, RpcError>> {
+        let stream = self.stream.as_mut()?;
+        self.rt.block_on(stream.next_items())
     }
 
     /// Blocks for the next item decoded with the default codec.

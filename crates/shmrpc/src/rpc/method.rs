@@ -10,8 +10,8 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
     method_id, BlockingClient, CallContext, CallOptions, CallStream, Client, ClientBuilder,
-    ClientStreamCall, InlineContext, ItemSender, ItemSink, Items, NotifyContext, Peer, RpcError,
-    ServerBuilder,
+    ClientStreamCall, InlineContext, ItemSender, ItemSink, ItemWriter, Items, NotifyContext, Peer,
+    RpcError, ServerBuilder,
 };
 
 /// A unary method: its name, request type `Req` and response type `Resp`.
@@ -751,7 +751,7 @@ impl BlockingClient {
 /// of a batch.
 fn encode_borrowed<Item: Serialize, B: Borrow<Item>>(
     item: B,
-    out: &mut Vec<u8>,
+    out: &mut ItemWriter<'_>,
 ) -> Result<(), RpcError> {
-    crate::rpc::encode_into(item.borrow(), out)
+    out.encode(item.borrow())
 }

@@ -55,8 +55,8 @@ pub use net::{
 };
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use session::{
-    BidiCall, CallContext, CallOptions, CallStream, ClientStreamCall, InlineContext, ItemSender,
-    ItemSink, ItemStream, Items, NotifyContext, Peer,
+    BidiCall, CallContext, CallOptions, CallStream, ClientStreamCall, InlineContext, ItemBatch,
+    ItemSender, ItemSink, ItemStream, ItemWriter, Items, NotifyContext, Peer,
 };
 
 /// Why a call failed. The numeric values are part of the wire format.
@@ -280,11 +280,22 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RpcError> {
     Ok(out)
 }
 
-/// [`encode`], appended to `out` (whose allocation it reuses).
-pub(crate) fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), RpcError> {
-    *out = postcard::to_extend(v, std::mem::take(out))
-        .map_err(|e| RpcError::with_source(Code::BadRequest, "encoding", e))?;
-    Ok(())
+/// [`encode`], appended to `out` (whose allocation it reuses). What `out` held stays,
+/// even when encoding fails part way (the bytes of the failed value may follow it).
+pub(crate) fn encode_into<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) -> Result<(), RpcError> {
+    postcard::to_extend(v, Append(out))
+        .map(drop)
+        .map_err(|e| RpcError::with_source(Code::BadRequest, "encoding", e))
+}
+
+/// Appends to a borrowed buffer: postcard's writer, which it drops on an error, without
+/// the buffer.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
+    }
 }
 
 /// Decodes a value with the default codec.

@@ -39,6 +39,69 @@ pub(super) trait ItemOut {
     fn route(&self) -> (Dir, u32, u64);
 }
 
+/// Where an item of [`ItemSink::send_all_with`] (or [`ItemSender::send_all_with`]) is
+/// written: straight into the frame being filled, after the items before it. It can only
+/// be appended to, so the items before it stay as they were.
+///
+/// [`ItemSink::send_all_with`]: super::ItemSink::send_all_with
+/// [`ItemSender::send_all_with`]: super::ItemSender::send_all_with
+pub struct ItemWriter<'a> {
+    /// The frame's payload; this item's bytes start at `start`.
+    buf: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl std::fmt::Debug for ItemWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItemWriter")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl ItemWriter<'_> {
+    /// Appends `bytes` to the item.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Appends `len` zero bytes to the item and lends them, to be filled in place.
+    pub fn append_zeroed(&mut self, len: usize) -> &mut [u8] {
+        let at = self.buf.len();
+        self.buf.resize(at + len, 0);
+        &mut self.buf[at..]
+    }
+
+    /// Appends `value` encoded with the default codec (as [`encode`](crate::encode)).
+    ///
+    /// # Errors
+    /// `BadRequest` if it cannot be encoded.
+    pub fn encode<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), RpcError> {
+        crate::rpc::encode_into(value, self.buf)
+    }
+
+    /// The item's length so far.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Whether nothing has been written to the item yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::io::Write for ItemWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Sends `items` in order, several to a frame; `write` appends an item's bytes to the
 /// frame's payload. The items before one that fails (its encoding, its size, or the
 /// stream's end) are sent; the error is returned.
@@ -46,7 +109,7 @@ pub(super) async fn send_batched<O, I, W>(out: &O, items: I, mut write: W) -> Re
 where
     O: ItemOut,
     I: IntoIterator,
-    W: FnMut(I::Item, &mut Vec<u8>) -> Result<(), RpcError>,
+    W: FnMut(I::Item, &mut ItemWriter<'_>) -> Result<(), RpcError>,
 {
     out.check_open()?;
     let max = out.max_message();
@@ -67,8 +130,13 @@ where
         // written).
         let start = batch.buf.len();
         batch.buf.extend_from_slice(&[0; BATCH_ITEM_HEADER]);
-        let written = write(item, &mut batch.buf);
-        let len = batch.buf.len() - start - BATCH_ITEM_HEADER;
+        let mut writer = ItemWriter {
+            buf: &mut batch.buf,
+            start: start + BATCH_ITEM_HEADER,
+        };
+        let written = write(item, &mut writer);
+        // The writer only appends: what was in the batch is still there.
+        let len = writer.len();
         let checked = written.and_then(|()| match u32::try_from(len) {
             Ok(len) if len as usize <= max => Ok(len),
             _ => Err(RpcError::new(

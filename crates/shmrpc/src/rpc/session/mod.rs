@@ -40,13 +40,14 @@ use super::obs::ServerObs;
 use super::transport::{self, Cause, Dir, FrameRx, FrameTx, TransportError};
 use crate::frame::{Kind, FLAG_CONTINUES, FLAG_MORE};
 
+pub use batching::ItemWriter;
 pub(crate) use context::CallToken;
 pub use context::{CallContext, InlineContext};
 pub use items::{ItemStream, Items};
 pub(crate) use methods::Methods;
 pub use notify::NotifyContext;
 pub(crate) use notify::NOTIFY_WINDOW;
-pub use outgoing::{BidiCall, CallOptions, CallStream, ClientStreamCall, ItemSender};
+pub use outgoing::{BidiCall, CallOptions, CallStream, ClientStreamCall, ItemBatch, ItemSender};
 pub use peer::Peer;
 pub use sink::ItemSink;
 pub(crate) use sink::STREAM_WINDOW;

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use super::batching::{send_batched, ItemOut};
+use super::batching::{send_batched, ItemOut, ItemWriter};
 use super::{Link, STREAM_WINDOW};
-use crate::frame::{split_item, Kind, BATCH_ITEM_HEADER};
+use crate::frame::{batch_items, split_item, BatchItems, Kind, BATCH_ITEM_HEADER};
 use crate::rpc::transport::Dir;
-use crate::rpc::{decode, encode, encode_into, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
+use crate::rpc::{decode, encode, method_id, Code, IdMap, RpcError, DEADLINE_PREFIX};
 
 /// Per-call options. Built from [`CallOptions::default`] or [`CallOptions::timeout`] and
 /// the `with_*` setters, so that new options do not break callers.
@@ -655,8 +655,9 @@ pub struct CallStream {
     /// Frames read (items, and batches read to their end) since credit was last returned
     /// to the callee.
     unacked: u32,
-    /// The rest of the batch being read (empty when none): its items are returned one by
-    /// one before the next event is taken.
+    /// The batch being read: its items from `at` on are returned before the next event
+    /// is taken. Read to its end (or an item lent whole by `next_items`), it is kept
+    /// until the next batch, whose buffer replaces it.
     batch: Vec<u8>,
     /// Where the batch's next item starts.
     at: usize,
@@ -687,33 +688,103 @@ impl CallStream {
             Ok(ev) => ev,
             Err(e) => return Some(Err(e)),
         };
-        let out = match ev {
+        match ev {
             Some(Event::Item(b)) => {
                 self.frame_read();
-                return Some(Ok(b));
+                Some(Ok(b))
             }
             Some(Event::Items(batch)) => {
                 // Never empty (checked on arrival): its first item is returned now.
-                (self.batch, self.at) = (batch, 0);
-                if let Some(item) = self.next_in_batch() {
-                    return Some(item);
+                self.take_batch(batch);
+                match self.next_in_batch() {
+                    Some(item) => Some(item),
+                    None => self.end_with(None).map(Err),
                 }
+            }
+            ev => self.end_with(ev).map(Err),
+        }
+    }
+
+    /// The items that arrived together, lent in place: the rest of a batch the callee
+    /// sent with `send_all` (all of it, unless [`next_raw`](Self::next_raw) took some),
+    /// or an item it sent alone. `None` at the end of the stream.
+    ///
+    /// Reading a stream of small items this way copies nothing and allocates nothing per
+    /// item. The items are read (and the callee may send more) once this returns; they
+    /// stay lent until the next read of the stream. Cancel-safe, as
+    /// [`next_raw`](Self::next_raw) is.
+    ///
+    /// # Errors
+    /// As [`next_raw`](Self::next_raw); the stream is over after one.
+    ///
+    /// # Examples
+    ///
+    /// See [`ItemSink::send_all_with`](super::ItemSink::send_all_with).
+    pub async fn next_items(&mut self) -> Option<Result<ItemBatch<'_>, RpcError>> {
+        if self.finished {
+            return None;
+        }
+        if self.at >= self.batch.len() {
+            let ev = match self.next_event().await {
+                Ok(ev) => ev,
+                Err(e) => return Some(Err(e)),
+            };
+            match ev {
+                Some(Event::Item(b)) => {
+                    self.frame_read();
+                    // Lent whole; nothing is left of it to read.
+                    self.take_batch(b);
+                    self.at = self.batch.len();
+                    return Some(Ok(ItemBatch(Lent::One(Some(&self.batch)))));
+                }
+                Some(Event::Items(batch)) => self.take_batch(batch),
+                ev => return self.end_with(ev).map(Err),
+            }
+        }
+        let at = std::mem::replace(&mut self.at, self.batch.len());
+        self.frame_read();
+        // Checked on arrival; a batch that did not split would end the stream.
+        match batch_items(self.batch.get(at..).unwrap_or_default()) {
+            Ok(items) => Some(Ok(ItemBatch(Lent::Batch(items)))),
+            Err(_) => {
+                // (Not `end_with`: the batch stays borrowed on the other arm.)
+                self.finished = true;
+                self.guard.done();
                 Some(Err(RpcError::new(
                     Code::Protocol,
-                    "an empty batch of items",
+                    "a malformed batch of items",
                 )))
             }
-            Some(Event::End) => None,
-            Some(Event::Error(e)) => Some(Err(e)),
-            Some(Event::Response(_)) => Some(Err(RpcError::new(
-                Code::Protocol,
-                "unary response to a streaming call",
-            ))),
-            None => Some(Err(RpcError::new(Code::PeerGone, "connection closed"))),
-        };
+        }
+    }
+
+    /// Makes `buf` the batch being read, its first item next; the one before goes back
+    /// to the connection's reader, which reads a later message into it.
+    fn take_batch(&mut self, buf: Vec<u8>) {
+        let old = std::mem::replace(&mut self.batch, buf);
+        self.at = 0;
+        if old.capacity() > 0 {
+            self.guard.out.link.recycle(old);
+        }
+    }
+
+    /// Ends the stream on an event that is not an item: `None` for its end, else the
+    /// error to return.
+    fn end_with(&mut self, ev: Option<Event>) -> Option<RpcError> {
         self.finished = true;
         self.guard.done();
-        out
+        match ev {
+            Some(Event::End) => None,
+            Some(Event::Error(e)) => Some(e),
+            Some(Event::Response(_)) => Some(RpcError::new(
+                Code::Protocol,
+                "unary response to a streaming call",
+            )),
+            Some(Event::Item(_) | Event::Items(_)) => {
+                Some(RpcError::new(Code::Protocol, "an empty batch of items"))
+            }
+            None => Some(RpcError::new(Code::PeerGone, "connection closed")),
+        }
     }
 
     /// The next item of the batch being read, if there is one. The batch was checked on
@@ -732,8 +803,6 @@ impl CallStream {
         let item = item.to_vec();
         self.at += BATCH_ITEM_HEADER + item.len();
         if self.at == self.batch.len() {
-            self.batch = Vec::new();
-            self.at = 0;
             self.frame_read();
         }
         Some(Ok(item))
@@ -836,6 +905,40 @@ impl CallStream {
     pub fn cancel(self) {}
 }
 
+/// The items of a stream that arrived together, lent in place by
+/// [`CallStream::next_items`]: an iterator of each item's bytes, in order.
+#[derive(Debug)]
+pub struct ItemBatch<'a>(Lent<'a>);
+
+#[derive(Debug)]
+enum Lent<'a> {
+    /// An item sent alone (until it is taken).
+    One(Option<&'a [u8]>),
+    /// The rest of a batch.
+    Batch(BatchItems<'a>),
+}
+
+impl<'a> Iterator for ItemBatch<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match &mut self.0 {
+            Lent::One(item) => item.take(),
+            Lent::Batch(items) => items.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = match &self.0 {
+            Lent::One(item) => usize::from(item.is_some()),
+            Lent::Batch(items) => items.len(),
+        };
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for ItemBatch<'_> {}
+
 /// The sending half of a call that streams items to its callee: the items go in order,
 /// each once the callee has room for it (credit), so a callee that reads slowly holds back
 /// only this call. [`finish`](Self::finish) ends the stream.
@@ -934,15 +1037,19 @@ impl ItemSender {
         I: IntoIterator,
         I::Item: Serialize,
     {
-        send_batched(&*self, items, |item, out| encode_into(&item, out)).await
+        send_batched(&*self, items, |item, out| out.encode(&item)).await
     }
 
-    /// [`send_all_raw`](Self::send_all_raw) with `write` appending each item's bytes to
-    /// its frame (the typed senders encode straight into it).
-    pub(crate) async fn send_all_with<I, W>(&mut self, items: I, write: W) -> Result<(), RpcError>
+    /// [`send_all_raw`](Self::send_all_raw) with each item written in place, as
+    /// [`ItemSink::send_all_with`](super::ItemSink::send_all_with) does.
+    ///
+    /// # Errors
+    /// As [`send_all_raw`](Self::send_all_raw), or the error `write` returned (the items
+    /// before it have been sent).
+    pub async fn send_all_with<I, W>(&mut self, items: I, write: W) -> Result<(), RpcError>
     where
         I: IntoIterator,
-        W: FnMut(I::Item, &mut Vec<u8>) -> Result<(), RpcError>,
+        W: FnMut(I::Item, &mut ItemWriter<'_>) -> Result<(), RpcError>,
     {
         send_batched(&*self, items, write).await
     }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{Semaphore, TryAcquireError};
 
-use super::batching::{send_batched, ItemOut};
+use super::batching::{send_batched, ItemOut, ItemWriter};
 use super::context::CallToken;
 use super::Link;
 use crate::frame::Kind;
 use crate::rpc::transport::Dir;
-use crate::rpc::{encode, encode_into, Code, RpcError};
+use crate::rpc::{encode, Code, RpcError};
 
 /// How many frames of stream items (a plain item, or a batch of up to `BATCH_MAX_ITEMS`)
 /// a callee may send ahead of what the caller has read. The caller returns credit as it
@@ -158,15 +158,58 @@ impl ItemSink {
         I: IntoIterator,
         I::Item: Serialize,
     {
-        send_batched(self, items, |item, out| encode_into(&item, out)).await
+        send_batched(self, items, |item, out| out.encode(&item)).await
     }
 
-    /// [`send_all_raw`](Self::send_all_raw) with `write` appending each item's bytes to
-    /// its frame (the typed sinks encode straight into it).
-    pub(crate) async fn send_all_with<I, W>(&self, items: I, write: W) -> Result<(), RpcError>
+    /// [`send_all_raw`](Self::send_all_raw) with each item written in place: `write`
+    /// appends the bytes of an item of `items` to its frame, so no item is built in a
+    /// buffer of its own first. An error from `write` ends the sending there: the items
+    /// before it go, that item does not, and the error is returned.
+    ///
+    /// # Errors
+    /// As [`send_all_raw`](Self::send_all_raw), or the error `write` returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmrpc::{CallOptions, Client, ClientConfig, Server};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let name = format!("doc-send-all-with-{}", std::process::id());
+    /// let server = Server::builder()
+    ///     .streaming_raw("counters", |_ctx, _req, sink| async move {
+    ///         // Each item is 8 bytes, written straight into its frame.
+    ///         sink.send_all_with(0..1000u64, |i, item| {
+    ///             item.append_zeroed(8).copy_from_slice(&i.to_le_bytes());
+    ///             Ok(())
+    ///         })
+    ///         .await
+    ///     })
+    ///     .bind(&name)?;
+    /// let handle = server.handle();
+    /// let serving = tokio::spawn(server.serve());
+    ///
+    /// let client = Client::connect(&name, ClientConfig::default()).await?;
+    /// let mut stream = client.call_stream_raw("counters", &[], CallOptions::default()).await?;
+    /// let mut next = 0u64;
+    /// // The items that came together, lent in place.
+    /// while let Some(items) = stream.next_items().await {
+    ///     for item in items? {
+    ///         assert_eq!(item, next.to_le_bytes());
+    ///         next += 1;
+    ///     }
+    /// }
+    /// assert_eq!(next, 1000);
+    ///
+    /// drop((stream, client));
+    /// handle.shutdown();
+    /// serving.await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_all_with<I, W>(&self, items: I, write: W) -> Result<(), RpcError>
     where
         I: IntoIterator,
-        W: FnMut(I::Item, &mut Vec<u8>) -> Result<(), RpcError>,
+        W: FnMut(I::Item, &mut ItemWriter<'_>) -> Result<(), RpcError>,
     {
         send_batched(self, items, write).await
     }

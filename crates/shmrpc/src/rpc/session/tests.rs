@@ -1488,7 +1488,40 @@ fn batch_methods() -> Methods {
             .collect();
         sink.send_all_raw(&items).await
     });
+    // Items 0..n of four bytes each, written in place, until `stop` (which fails).
+    m.streaming_raw("written", |_ctx, req, sink| async move {
+        let (n, stop): (u32, u32) = crate::rpc::decode(&req)?;
+        sink.send_all_with(0..n, |i, item| {
+            if i == stop {
+                return Err(RpcError::handler(format!("stopped at {i}")));
+            }
+            std::io::Write::write_all(item, &i.to_le_bytes()[..2]).expect("a frame");
+            item.append_zeroed(2).copy_from_slice(&i.to_le_bytes()[2..]);
+            assert_eq!(item.len(), 4);
+            Ok(())
+        })
+        .await
+    });
+    // Items that encode up to the one marked `None`, which cannot be encoded.
+    m.streaming(
+        "unencodable",
+        |_ctx, marks: Vec<Option<u32>>, sink| async move {
+            sink.send_all(marks.into_iter().map(Unencodable)).await
+        },
+    );
     m
+}
+
+/// An item that is its `u32`, or fails to encode if there is none.
+struct Unencodable(Option<u32>);
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(v) => s.serialize_u32(v),
+            None => Err(serde::ser::Error::custom("not encodable")),
+        }
+    }
 }
 
 /// The items of a stream frame: a batch's, or a plain item's one.
@@ -1659,6 +1692,136 @@ async fn batched_items_reach_a_callers_stream_in_order() {
         got.push(item.unwrap());
     }
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_item_that_cannot_be_encoded_ends_the_batch_after_the_items_before_it() {
+    let (_to_client, to_server) = pair(batch_methods(), Methods::new(false));
+    for marks in [
+        vec![Some(7), Some(8), None, Some(9)],
+        vec![None, Some(1)],
+        vec![Some(7), None],
+    ] {
+        let mut s = to_server
+            .call_stream("unencodable", &marks, CallOptions::default())
+            .await
+            .unwrap();
+        let before: Vec<u32> = marks.iter().map_while(|m| *m).collect();
+        for want in &before {
+            assert_eq!(s.next::<u32>().await.unwrap().unwrap(), *want, "{marks:?}");
+        }
+        let err = s.next::<u32>().await.unwrap().unwrap_err();
+        assert_eq!(err.code, Code::BadRequest, "{marks:?}: {err}");
+        assert!(s.next::<u32>().await.is_none());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn items_written_in_place_arrive_until_the_writer_fails() {
+    let (_to_client, to_server) = pair(batch_methods(), Methods::new(false));
+    for (n, stop) in [(2000u32, u32::MAX), (2000, 1500), (10, 0)] {
+        let req = crate::rpc::encode(&(n, stop)).unwrap();
+        let mut s = to_server
+            .call_stream_raw("written", &req, CallOptions::default())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let end = loop {
+            match s.next_raw().await {
+                Some(Ok(item)) => got.push(u32::from_le_bytes(item.try_into().unwrap())),
+                other => break other,
+            }
+        };
+        assert_eq!(got, (0..n.min(stop)).collect::<Vec<_>>());
+        match end {
+            None => assert_eq!(stop, u32::MAX),
+            Some(Err(e)) => {
+                assert_eq!(e.code, Code::HandlerFailed);
+                assert_eq!(e.message, format!("stopped at {stop}"));
+            }
+            Some(Ok(_)) => unreachable!(),
+        }
+    }
+}
+
+/// Reads a stream with `next_items`: its items, and how many each read lent.
+async fn read_lent(s: &mut super::CallStream) -> (Vec<Vec<u8>>, Vec<usize>, Option<RpcError>) {
+    let (mut items, mut lent) = (Vec::new(), Vec::new());
+    while let Some(batch) = s.next_items().await {
+        match batch {
+            Ok(batch) => {
+                let len = batch.len();
+                items.extend(batch.map(<[u8]>::to_vec));
+                lent.push(len);
+            }
+            Err(e) => return (items, lent, Some(e)),
+        }
+    }
+    (items, lent, None)
+}
+
+#[tokio::test(start_paused = true)]
+async fn next_items_lends_each_batch_whole_and_an_item_sent_alone_by_itself() {
+    let (_to_client, to_server) = pair(batch_methods(), Methods::new(false));
+    // 3,000 short items, then one too long to share a frame, then an empty one.
+    let lens: Vec<u32> = (0..3000u32)
+        .map(|i| (i * 7) % 300)
+        .chain([70_000, 0])
+        .collect();
+    let mut s = to_server
+        .call_stream("sized", &lens, CallOptions::default())
+        .await
+        .unwrap();
+    let (items, lent, end) = read_lent(&mut s).await;
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!(items.len(), lens.len());
+    for (i, (item, &len)) in items.iter().zip(&lens).enumerate() {
+        assert_eq!(item, &vec![i as u8; len as usize], "item {i}");
+    }
+    // As the frames came: batches within 16 KiB, the long item alone, the last alone.
+    assert!(lent.len() < 3000 / 20, "{} reads for 3,000 items", lent.len());
+    assert_eq!(lent[lent.len() - 2..], [1, 1]);
+    assert!(s.next_items().await.is_none());
+
+    // 500 frames of two, read a frame at a time: each read returns credit, or this stalls.
+    let mut s = to_server
+        .call_stream("chunks", &(500u32, 2u32), CallOptions::default())
+        .await
+        .unwrap();
+    let (items, lent, end) = read_lent(&mut s).await;
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!(lent, [2; 500]);
+    let got: Vec<u32> = items.iter().map(|i| crate::rpc::decode(i).unwrap()).collect();
+    assert_eq!(got, (0..1000).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn next_items_lends_what_next_raw_left_of_a_batch_and_then_the_end_or_error() {
+    let (_to_client, to_server) = pair(batch_methods(), Methods::new(false));
+    let mut s = to_server
+        .call_stream("count", &200u32, CallOptions::default())
+        .await
+        .unwrap();
+    let first: u32 = s.next().await.unwrap().unwrap();
+    let second: u32 = s.next().await.unwrap().unwrap();
+    let (items, lent, end) = read_lent(&mut s).await;
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!((first, second, lent), (0, 1, vec![198]));
+    let rest: Vec<u32> = items.iter().map(|i| crate::rpc::decode(i).unwrap()).collect();
+    assert_eq!(rest, (2..200).collect::<Vec<_>>());
+
+    // The items before an item that failed, then its error, then nothing.
+    let marks = vec![Some(7u32), Some(8), None, Some(9)];
+    let mut s = to_server
+        .call_stream("unencodable", &marks, CallOptions::default())
+        .await
+        .unwrap();
+    let (items, _, end) = read_lent(&mut s).await;
+    let got: Vec<u32> = items.iter().map(|i| crate::rpc::decode(i).unwrap()).collect();
+    assert_eq!(got, [7, 8], "{end:?}");
+    assert_eq!(end.map(|e| e.code), Some(Code::BadRequest));
+    assert!(s.next_items().await.is_none());
+    assert!(s.next_raw().await.is_none());
 }
 
 #[tokio::test(start_paused = true)]
