@@ -1,12 +1,14 @@
 //! A server stream of small items: a server and a client, each on its own thread with its
 //! own current-thread runtime and its own CPU, like two processes. Prints items per second
-//! and the time to the first item, in turn for a handler that sends one item per frame
-//! (`send_raw` in a loop) and one that sends them all at once (`send_all_raw`: several to a
-//! frame), and the ratio of their medians. Cross-process figures beside tarpc and tonic come from
-//! the peers crate (`cd peers && cargo run --release -- --only rpc`).
+//! and the time to the first item, in turn for three ways of streaming: one item per frame
+//! (`send_raw` in a loop, read with `next_raw`), all at once (`send_all_raw`: several to a
+//! frame, read with `next_raw`), and all at once written and read in place (`send_all_with`,
+//! read with `next_items`); then each median's ratio to the first. Cross-process figures
+//! beside tarpc and tonic come from the peers crate
+//! (`cd peers && cargo run --release -- --only rpc`).
 //!
 //! Run: `cargo run --release -p shmrpc --example rpc_stream [-- ITEMS ITEM_BYTES [MODE]]`,
-//! MODE `both` (the default), `items` or `batched`.
+//! MODE `all` (the default), `items`, `batched` or `lent`.
 
 use std::time::Instant;
 
@@ -23,12 +25,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(100_000);
     let size = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(32);
-    // Which handlers: both (the default), or one of them alone (to profile it).
+    // Which handlers: all (the default), or one of them alone (to profile it).
     let methods: &[&str] = match args.get(2).map(String::as_str) {
-        None | Some("both") => &["items", "batched"],
+        None | Some("all") => &["items", "batched", "lent"],
         Some("items") => &["items"],
         Some("batched") => &["batched"],
-        Some(other) => return Err(format!("MODE is both, items or batched, not {other}").into()),
+        Some("lent") => &["lent"],
+        Some(other) => {
+            return Err(format!("MODE is all, items, batched or lent, not {other}").into())
+        }
     };
     let name = format!("rpc-stream-{}", std::process::id());
     let server = Server::builder()
@@ -45,13 +50,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let item = vec![5u8; size];
             sink.send_all_raw((0..n).map(|_| &item)).await
         })
+        .streaming_raw("lent", move |_ctx, req, sink| async move {
+            let n = u64::from_le_bytes(req[..8].try_into().unwrap_or_default());
+            sink.send_all_with(0..n, |_, item| {
+                item.append_zeroed(size).fill(5);
+                Ok(())
+            })
+            .await
+        })
         .bind(&name)?;
     let serving = Serving::start(server);
     pin(0);
     let rt = runtime();
     rt.block_on(async {
         let client = Client::connect(&name, ClientConfig::default()).await?;
-        let mut rates = [Vec::new(), Vec::new()];
+        let mut rates = vec![Vec::new(); methods.len()];
         for round in 0..5 {
             for (k, &method) in methods.iter().enumerate() {
                 let t0 = Instant::now();
@@ -64,11 +77,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .await?;
                 let mut first = None;
                 let mut got = 0usize;
-                while let Some(item) = s.next_raw().await {
-                    let item = item?;
-                    first.get_or_insert_with(|| t0.elapsed());
-                    assert_eq!(item.len(), size);
-                    got += 1;
+                if method == "lent" {
+                    while let Some(items) = s.next_items().await {
+                        for item in items? {
+                            first.get_or_insert_with(|| t0.elapsed());
+                            assert_eq!(item.len(), size);
+                            got += 1;
+                        }
+                    }
+                } else {
+                    while let Some(item) = s.next_raw().await {
+                        let item = item?;
+                        first.get_or_insert_with(|| t0.elapsed());
+                        assert_eq!(item.len(), size);
+                        got += 1;
+                    }
                 }
                 assert_eq!(got, items);
                 let dt = t0.elapsed();
@@ -84,12 +107,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let [one, all] = &mut rates;
-        if !one.is_empty() && !all.is_empty() {
-            let (one, all) = (median(one), median(all));
+        let medians: Vec<f64> = rates.iter_mut().map(median).collect();
+        for (method, m) in methods.iter().zip(&medians) {
             println!(
-                "median: one per frame {one:.0}, batched {all:.0} items/s: {:.2}x",
-                all / one
+                "median {method:>7}: {m:.0} items/s, {:.2}x {}",
+                m / medians[0],
+                methods[0]
             );
         }
         Ok::<_, Box<dyn std::error::Error>>(())

@@ -132,12 +132,18 @@ pub fn cpu_ns() -> u64 {
 /// A request of `size` bytes for `seed`.
 pub fn request(size: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; size.max(8)];
-    v[..8].copy_from_slice(&seed.to_le_bytes());
-    pattern::fill(&mut v[8..], seed);
+    fill_request(&mut v, seed);
     v
 }
 
+/// Writes the request for `seed` into `buf` (its whole length, at least 8 bytes).
+pub fn fill_request(buf: &mut [u8], seed: u64) {
+    buf[..8].copy_from_slice(&seed.to_le_bytes());
+    pattern::fill(&mut buf[8..], seed);
+}
+
 /// Checks a request (or a stream item) and returns its seed.
+#[inline]
 pub fn check_request(what: &str, got: &[u8]) -> Result<u64> {
     if got.len() < 8 {
         bail!("{what}: {} bytes, too short", got.len());
@@ -183,6 +189,7 @@ pub fn parse_stream_request(b: &[u8]) -> Result<(u64, u64)> {
 }
 
 /// Checks stream item `i` (seed `seed0 + i`).
+#[inline]
 pub fn check_item(what: &str, got: &[u8], seed: u64) -> Result<()> {
     if got.len() != ITEM_SIZE {
         bail!("{what}: item of {} bytes instead of {ITEM_SIZE}", got.len());

@@ -1,9 +1,9 @@
 //! The RPC systems: a server in the child, clients in the lead.
 //!
 //! - **shmrpc**: `Server::builder().unary_raw("echo")/.streaming_raw("items")` (its items
-//!   sent with `send_all_raw`, several to a frame, as tonic's come from one `stream::iter`),
-//!   `bind(name)`; `Client::connect(name, ClientConfig::default())`, `call_raw`,
-//!   `call_stream_raw`. One `Client` per connection, cloned into every caller task.
+//!   written in place with `send_all_with`, several to a frame, as tonic's come from one
+//!   `stream::iter`), `bind(name)`; `Client::connect(name, ClientConfig::default())`,
+//!   `call_raw`, `call_stream_raw` (its items read in place with `next_items`). One `Client` per connection, cloned into every caller task.
 //! - **shmrpc-blocking**: the same server; `BlockingClient::call_raw` from the lead's main
 //!   thread (unary cases only: it is a blocking client, its own runtime inside).
 //! - **tarpc**: a `#[tarpc::service]` with `echo(ByteBuf) -> Result<ByteBuf, String>` over
@@ -30,8 +30,8 @@ use tokio::task::JoinHandle;
 use tonic::codegen::http;
 
 use super::{
-    check_item, check_reply, check_request, parse_stream_request, reply, request, stream_request,
-    RpcWork, ITEM_SIZE, PIPE_SIZE,
+    check_item, check_reply, check_request, fill_request, parse_stream_request, reply, request,
+    stream_request, RpcWork, ITEM_SIZE, PIPE_SIZE,
 };
 use crate::sys::RunEnv;
 
@@ -231,9 +231,14 @@ pub fn serve(s: RpcSys, env: &RunEnv, rt: &tokio::runtime::Runtime) -> Result<Rp
                 .streaming_raw("items", |_ctx, req, sink| async move {
                     let (seed0, n) = parse_stream_request(&req).map_err(bad)?;
                     // All ready at once, as tonic's `stream::iter` below: several to a
-                    // frame, made as the frames fill.
-                    sink.send_all_raw((0..n).map(|i| request(ITEM_SIZE, seed0 + i)))
-                        .await
+                    // frame, each written in place as the frames fill.
+                    sink.send_all_with(0..n, |i, item| {
+                        let mut bytes = [0u8; ITEM_SIZE];
+                        fill_request(&mut bytes, seed0 + i);
+                        item.extend_from_slice(&bytes);
+                        Ok(())
+                    })
+                    .await
                 })
                 .bind(&shm_name(env, s))
                 .context("shmrpc bind")?;
@@ -508,11 +513,13 @@ impl RpcLead {
                         let mut s = c
                             .call_stream_raw("items", &req, CallOptions::default())
                             .await?;
-                        while let Some(item) = s.next_raw().await {
-                            let item = item?;
-                            first.get_or_insert_with(|| t0.elapsed());
-                            check_item("shmrpc item", &item, seed0 + got)?;
-                            got += 1;
+                        // The items that came together, lent in place.
+                        while let Some(items) = s.next_items().await {
+                            for item in items? {
+                                first.get_or_insert_with(|| t0.elapsed());
+                                check_item("shmrpc item", item, seed0 + got)?;
+                                got += 1;
+                            }
                         }
                     }
                     Caller::Tonic(mut g) => {

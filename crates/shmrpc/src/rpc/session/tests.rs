@@ -1779,7 +1779,11 @@ async fn next_items_lends_each_batch_whole_and_an_item_sent_alone_by_itself() {
         assert_eq!(item, &vec![i as u8; len as usize], "item {i}");
     }
     // As the frames came: batches within 16 KiB, the long item alone, the last alone.
-    assert!(lent.len() < 3000 / 20, "{} reads for 3,000 items", lent.len());
+    assert!(
+        lent.len() < 3000 / 20,
+        "{} reads for 3,000 items",
+        lent.len()
+    );
     assert_eq!(lent[lent.len() - 2..], [1, 1]);
     assert!(s.next_items().await.is_none());
 
@@ -1791,7 +1795,10 @@ async fn next_items_lends_each_batch_whole_and_an_item_sent_alone_by_itself() {
     let (items, lent, end) = read_lent(&mut s).await;
     assert!(end.is_none(), "{end:?}");
     assert_eq!(lent, [2; 500]);
-    let got: Vec<u32> = items.iter().map(|i| crate::rpc::decode(i).unwrap()).collect();
+    let got: Vec<u32> = items
+        .iter()
+        .map(|i| crate::rpc::decode(i).unwrap())
+        .collect();
     assert_eq!(got, (0..1000).collect::<Vec<_>>());
 }
 
@@ -1807,7 +1814,10 @@ async fn next_items_lends_what_next_raw_left_of_a_batch_and_then_the_end_or_erro
     let (items, lent, end) = read_lent(&mut s).await;
     assert!(end.is_none(), "{end:?}");
     assert_eq!((first, second, lent), (0, 1, vec![198]));
-    let rest: Vec<u32> = items.iter().map(|i| crate::rpc::decode(i).unwrap()).collect();
+    let rest: Vec<u32> = items
+        .iter()
+        .map(|i| crate::rpc::decode(i).unwrap())
+        .collect();
     assert_eq!(rest, (2..200).collect::<Vec<_>>());
 
     // The items before an item that failed, then its error, then nothing.
@@ -1817,7 +1827,10 @@ async fn next_items_lends_what_next_raw_left_of_a_batch_and_then_the_end_or_erro
         .await
         .unwrap();
     let (items, _, end) = read_lent(&mut s).await;
-    let got: Vec<u32> = items.iter().map(|i| crate::rpc::decode(i).unwrap()).collect();
+    let got: Vec<u32> = items
+        .iter()
+        .map(|i| crate::rpc::decode(i).unwrap())
+        .collect();
     assert_eq!(got, [7, 8], "{end:?}");
     assert_eq!(end.map(|e| e.code), Some(Code::BadRequest));
     assert!(s.next_items().await.is_none());
