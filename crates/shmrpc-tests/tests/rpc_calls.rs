@@ -172,6 +172,27 @@ async fn burst_in_order(client: &Client, seed: u64, n: u32) {
     tokens_in_order(s, seed, n).await;
 }
 
+/// [`burst_in_order`], the tokens read as they came, several lent at a time
+/// (`next_items`): every token checked, and at least one read lending more than one.
+async fn burst_lent_in_order(client: &Client, seed: u64, n: u32) {
+    let mut s = client
+        .call_stream("chat_burst", &(seed, n), CallOptions::timeout(WAIT))
+        .await
+        .unwrap();
+    let (mut i, mut most) = (0u32, 0usize);
+    while let Some(items) = s.next_items().await {
+        let items = items.unwrap();
+        most = most.max(items.len());
+        for item in items {
+            let token: (u32, String) = shmrpc::decode(item).unwrap();
+            assert_eq!(token, (i, chat_token(seed, i)), "token {i}");
+            i += 1;
+        }
+    }
+    assert_eq!(i, n, "tokens");
+    assert!(most > 1, "each token came alone: {n} tokens sent together");
+}
+
 /// Reads the `n` tokens of a chat seeded `seed`, checking each, then the end.
 async fn tokens_in_order(mut s: shmrpc::CallStream, seed: u64, n: u32) {
     for i in 0..n {
@@ -210,6 +231,7 @@ fn call_suite(tcp: bool, per_task: u64) {
         );
         chat_in_order(&client, 0xc4a7, 40).await;
         burst_in_order(&client, 0xb0257, 5_000).await;
+        burst_lent_in_order(&client, 0x1e27, 5_000).await;
         let e = client
             .call_raw("no-such-method", b"x", CallOptions::default())
             .await

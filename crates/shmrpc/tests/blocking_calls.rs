@@ -114,6 +114,13 @@ fn start(what: &str) -> Fixture {
                     }
                     Ok(())
                 })
+                // 0..n in runs of `run` items, each run sent together.
+                .streaming("runs", |_ctx, (n, run): (u64, u64), sink| async move {
+                    for start in (0..n).step_by(run as usize) {
+                        sink.send_all(start..(start + run).min(n)).await?;
+                    }
+                    Ok(())
+                })
                 .bind(&name)
         })
         .unwrap();
@@ -200,6 +207,27 @@ fn blocking_server_stream_reads_item_by_item() {
     }
     assert_eq!(got, (0..100).collect::<Vec<_>>());
     assert!(stream.next_raw().is_none(), "the stream stays over");
+    drop(stream);
+    f.stop();
+}
+
+#[test]
+fn blocking_server_stream_lends_the_items_that_came_together() {
+    let f = start("sstream-lent");
+    // 100 runs of 7: each run is sent as one frame, and lent as one.
+    let body = shmrpc::encode(&(700u64, 7u64)).unwrap();
+    let mut stream = f.client.call_stream_raw("runs", &body, TIMEOUT).unwrap();
+    let (mut got, mut lent) = (Vec::new(), Vec::new());
+    while let Some(items) = stream.next_items() {
+        let items = items.unwrap();
+        lent.push(items.len());
+        for item in items {
+            got.push(shmrpc::decode::<u64>(item).unwrap());
+        }
+    }
+    assert_eq!(got, (0..700).collect::<Vec<_>>());
+    assert_eq!(lent, [7; 100]);
+    assert!(stream.next_items().is_none(), "the stream stays over");
     drop(stream);
     f.stop();
 }

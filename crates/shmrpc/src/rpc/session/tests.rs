@@ -1927,7 +1927,8 @@ async fn a_malformed_or_oversized_batch_ends_the_connection() {
 #[tokio::test(start_paused = true)]
 async fn a_callers_batched_bidi_items_come_back_in_order() {
     let (_to_client, to_server) = pair(stream_methods(None), stream_methods(None));
-    // Both ways at once on a bidi call: items sent in batches, echoes read meanwhile.
+    // Both ways at once on a bidi call: items sent in batches (encoded by `send_all`, or
+    // written in place by `send_all_with`, in turn), echoes read meanwhile.
     let (mut tx, mut rx) = to_server
         .call_bidi("echo", CallOptions::default())
         .await
@@ -1935,7 +1936,14 @@ async fn a_callers_batched_bidi_items_come_back_in_order() {
         .split();
     let sending = tokio::spawn(async move {
         for start in (0..5000u64).step_by(250) {
-            tx.send_all(start..start + 250).await.expect("sent");
+            let items = start..start + 250;
+            if start % 500 == 0 {
+                tx.send_all(items).await.expect("sent");
+            } else {
+                tx.send_all_with(items, |n, item| item.encode(&n))
+                    .await
+                    .expect("sent");
+            }
         }
         tx.finish().await.expect("finished");
     });
