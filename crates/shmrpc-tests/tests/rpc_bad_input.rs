@@ -132,6 +132,10 @@ fn garbage_frames_close_only_the_senders_connection() {
                 end == "closed" || end == "peer-gone",
                 "the server did not close a connection that sent garbage: {line}"
             );
+            // And it said why first (if its ring to this connection had room, which in
+            // this test it always has).
+            let protocol = (shmrpc::Code::Protocol as u16).to_string();
+            assert_eq!(field(&line, "said"), Some(protocol.as_str()), "{line}");
             // Between two garbage connections, the well-behaved client is served.
             rt.block_on(good_call(&client, seq));
             seq += 1;

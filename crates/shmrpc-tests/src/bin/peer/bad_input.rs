@@ -146,7 +146,8 @@ fn garbage(kind: &str) -> Vec<Vec<u8>> {
 
 /// For each kind of garbage: connects a raw channel to the RPC server, checks that a
 /// well-formed `echo` works on it, sends the garbage, and reports how the connection ended:
-/// `garbage kind=<k> echo=ok end=<closed|peer-gone|timeout|frame>`.
+/// `garbage kind=<k> echo=ok said=<the code of the reason the server gave, or nothing>
+/// end=<closed|peer-gone|timeout|frame>`.
 pub(crate) fn rpc_garbage(name: &str) {
     for kind in [
         "random",
@@ -193,17 +194,31 @@ pub(crate) fn rpc_garbage(name: &str) {
                 ));
             }
         }
-        let end = match ep.recv_timeout(Duration::from_secs(5)) {
-            Ok(m) => match frame::decode(&m) {
-                Ok((h, _)) => format!("frame-{:?}", h.kind),
-                Err(_) => "undecodable-frame".to_owned(),
-            },
-            Err(RecvError::Closed) => "closed".to_owned(),
-            Err(RecvError::PeerGone) => "peer-gone".to_owned(),
-            Err(RecvError::TimedOut) => "timeout".to_owned(),
-            Err(e) => format!("error-{e}").replace(' ', "_"),
+        // The server may first say why it ends the connection (an Error of call 0).
+        let mut said = "nothing".to_owned();
+        let end = loop {
+            break match ep.recv_timeout(Duration::from_secs(5)) {
+                Ok(m) => match frame::decode(&m) {
+                    Ok((h, payload)) if h.kind == Kind::Error && h.call_id == 0 => {
+                        // Its code (u16) leads the payload, the message follows.
+                        said = match payload {
+                            [a, b, ..] => u16::from_le_bytes([*a, *b]).to_string(),
+                            _ => "no-code".to_owned(),
+                        };
+                        continue;
+                    }
+                    Ok((h, _)) => format!("frame-{:?}", h.kind),
+                    Err(_) => "undecodable-frame".to_owned(),
+                },
+                Err(RecvError::Closed) => "closed".to_owned(),
+                Err(RecvError::PeerGone) => "peer-gone".to_owned(),
+                Err(RecvError::TimedOut) => "timeout".to_owned(),
+                Err(e) => format!("error-{e}").replace(' ', "_"),
+            };
         };
-        say(format!("garbage kind={kind} echo={echo} end={end}"));
+        say(format!(
+            "garbage kind={kind} echo={echo} said={said} end={end}"
+        ));
     }
     say("done");
 }

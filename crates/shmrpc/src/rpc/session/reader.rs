@@ -119,6 +119,8 @@ pub(super) struct Connection {
     woke: bool,
     /// How the reader gives way to a caller it woke ([`GiveWay`]).
     give_way: GiveWay,
+    /// The peer ended the connection and said why (an `Error` frame of call 0).
+    peer_said: bool,
 }
 
 impl Connection {
@@ -147,6 +149,7 @@ impl Connection {
             idle_since: (0, tokio::time::Instant::now()),
             woke: false,
             give_way: GiveWay::new(),
+            peer_said: false,
         }
     }
 
@@ -249,6 +252,13 @@ impl Connection {
                 }
             }
         };
+        if end.code == Code::Protocol && !self.peer_said {
+            // This end found the peer breaking the protocol: it is told why (if the ring
+            // has room), so that its calls fail with the reason, not a bare `PeerGone`.
+            let _ = self
+                .link
+                .try_send(Dir::Conn, Kind::Error, 0, 0, &end.encode());
+        }
         self.finish(graceful, &end).await;
     }
 
@@ -340,6 +350,15 @@ impl Connection {
             (Kind::Credit, false) => {
                 self.peer.out.on_credit(h.call_id, &payload);
                 Flow::Continue
+            }
+            // The peer ends the connection, and says why: this end broke the protocol.
+            (Kind::Error, false) if h.call_id == 0 => {
+                self.peer_said = true;
+                let why = RpcError::decode(&payload);
+                Flow::Stop(RpcError::new(
+                    why.code,
+                    format!("the peer ended the connection: {}", why.message),
+                ))
             }
             // The peer answers a call of this end.
             (Kind::Response | Kind::StreamItem | Kind::StreamEnd | Kind::Error, false) => {

@@ -1925,6 +1925,56 @@ async fn a_malformed_or_oversized_batch_ends_the_connection() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_end_that_finds_a_violation_tells_the_peer_why() {
+    // The server finds a batch running past its frame's end: the client's end of the
+    // transport reads an Error of call 0 with the reason, then the end.
+    let (_to_client, mut tx, mut rx) = scripted(stream_methods(None));
+    raw_request(&mut tx, "sum", &[]).await;
+    let mut bad = batch_of([b"12345678"]);
+    bad[0] = 9;
+    tx.send(Dir::ToCallee, Kind::StreamItems, method_id("sum"), 1, &bad)
+        .await
+        .unwrap();
+    let said = loop {
+        let (h, payload) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("an Error frame of call 0 before the end")
+            .expect("transport");
+        if (h.kind, h.call_id) == (Kind::Error, 0) {
+            break RpcError::decode(&payload);
+        }
+    };
+    assert_eq!(said.code, Code::Protocol, "{said}");
+    assert!(
+        said.message.contains("call 1") && said.message.contains("runs past"),
+        "{said}"
+    );
+
+    // Told so, the client fails its open calls with the reason, and tells nothing back.
+    let (to_server, mut tx, mut rx) = scripted_server();
+    let call = tokio::spawn({
+        let p = to_server.clone();
+        async move { p.call_raw("anything", b"x", CallOptions::default()).await }
+    });
+    let (h, _) = rx.recv().await.unwrap();
+    assert_eq!(h.kind, Kind::Request);
+    let why = RpcError::new(Code::Protocol, "call 9: a batch of no item");
+    tx.send(Dir::Conn, Kind::Error, 0, 0, &why.encode())
+        .await
+        .unwrap();
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.code, Code::Protocol, "{e}");
+    assert_eq!(
+        e.message,
+        "the peer ended the connection: call 9: a batch of no item"
+    );
+    assert!(!to_server.is_connected());
+    while let Ok(Ok((h, _))) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+        assert_ne!(h.kind, Kind::Error, "the reason sent back");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_callers_batched_bidi_items_come_back_in_order() {
     let (_to_client, to_server) = pair(stream_methods(None), stream_methods(None));
     // Both ways at once on a bidi call: items sent in batches (encoded by `send_all`, or
