@@ -66,18 +66,23 @@ impl ItemWriter<'_> {
     }
 
     /// Appends `len` zero bytes to the item and lends them, to be filled in place.
+    ///
+    /// # Panics
+    /// If the frame would be longer than `usize::MAX` bytes (as `Vec` does).
     pub fn append_zeroed(&mut self, len: usize) -> &mut [u8] {
         let at = self.buf.len();
-        self.buf.resize(at + len, 0);
+        let end = at.checked_add(len).expect("capacity overflow");
+        self.buf.resize(end, 0);
         &mut self.buf[at..]
     }
 
     /// Appends `value` encoded with the default codec (as [`encode`](crate::encode)).
     ///
     /// # Errors
-    /// `BadRequest` if it cannot be encoded.
+    /// `BadRequest` if it cannot be encoded; the item is then as it was before.
     pub fn encode<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<(), RpcError> {
-        crate::rpc::encode_into(value, self.buf)
+        let before = self.buf.len();
+        crate::rpc::encode_into(value, self.buf).inspect_err(|_| self.buf.truncate(before))
     }
 
     /// The item's length so far.

@@ -698,7 +698,7 @@ impl CallStream {
                 self.take_batch(batch);
                 match self.next_in_batch() {
                     Some(item) => Some(item),
-                    None => self.end_with(None).map(Err),
+                    None => self.end_with(Some(Event::Items(Vec::new()))).map(Err),
                 }
             }
             ev => self.end_with(ev).map(Err),

@@ -14,6 +14,7 @@
 //! is cancelled and sends still waiting give up ([`Link`]'s `ended`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -90,6 +91,13 @@ pub(super) enum Flow {
     Continue,
     Stop(RpcError),
 }
+
+/// How long an end that found a violation waits to tell the peer why, if the reason
+/// cannot go at once.
+const REASON_WAIT: Duration = Duration::from_secs(1);
+
+/// The most bytes of a peer's reason for ending the connection that this end keeps.
+const REASON_MAX: usize = 256;
 
 fn violation(what: &str) -> Flow {
     Flow::Stop(RpcError::new(Code::Protocol, what))
@@ -253,11 +261,18 @@ impl Connection {
             }
         };
         if end.code == Code::Protocol && !self.peer_said {
-            // This end found the peer breaking the protocol: it is told why (if the ring
-            // has room), so that its calls fail with the reason, not a bare `PeerGone`.
-            let _ = self
-                .link
-                .try_send(Dir::Conn, Kind::Error, 0, 0, &end.encode());
+            // This end found the peer breaking the protocol: it is told why, so that its
+            // calls fail with the reason, not a bare `PeerGone`. At once if it can go (on
+            // shared memory, with room in the ring); else (TCP, or a full ring) waited for,
+            // but not for long: a peer that does not read is not waited for.
+            let why = end.encode();
+            if !matches!(
+                self.link.try_send(Dir::Conn, Kind::Error, 0, 0, &why),
+                Ok(true)
+            ) {
+                let send = self.link.send(Dir::Conn, Kind::Error, 0, 0, &why);
+                let _ = tokio::time::timeout(REASON_WAIT, send).await;
+            }
         }
         self.finish(graceful, &end).await;
     }
@@ -351,13 +366,19 @@ impl Connection {
                 self.peer.out.on_credit(h.call_id, &payload);
                 Flow::Continue
             }
-            // The peer ends the connection, and says why: this end broke the protocol.
+            // The peer ends the connection, and says why: this end broke the protocol. Its
+            // words are cut short (they go to every open call) and its code is not taken:
+            // such an end is a violation, whatever the peer says it is.
             (Kind::Error, false) if h.call_id == 0 => {
                 self.peer_said = true;
-                let why = RpcError::decode(&payload);
+                let why = RpcError::decode(&payload).message;
+                let mut cut = why.len().min(REASON_MAX);
+                while !why.is_char_boundary(cut) {
+                    cut -= 1;
+                }
                 Flow::Stop(RpcError::new(
-                    why.code,
-                    format!("the peer ended the connection: {}", why.message),
+                    Code::Protocol,
+                    format!("the peer ended the connection: {}", &why[..cut]),
                 ))
             }
             // The peer answers a call of this end.

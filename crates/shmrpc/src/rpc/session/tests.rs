@@ -1787,9 +1787,14 @@ async fn next_items_lends_each_batch_whole_and_an_item_sent_alone_by_itself() {
     assert_eq!(lent[lent.len() - 2..], [1, 1]);
     assert!(s.next_items().await.is_none());
 
-    // 500 frames of two, read a frame at a time: each read returns credit, or this stalls.
+    // 500 frames of two, read a frame at a time: each read returns credit, or this stalls
+    // (and fails at the deadline).
     let mut s = to_server
-        .call_stream("chunks", &(500u32, 2u32), CallOptions::default())
+        .call_stream(
+            "chunks",
+            &(500u32, 2u32),
+            CallOptions::timeout(Duration::from_secs(600)),
+        )
         .await
         .unwrap();
     let (items, lent, end) = read_lent(&mut s).await;
@@ -1835,6 +1840,46 @@ async fn next_items_lends_what_next_raw_left_of_a_batch_and_then_the_end_or_erro
     assert_eq!(end.map(|e| e.code), Some(Code::BadRequest));
     assert!(s.next_items().await.is_none());
     assert!(s.next_raw().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_frame_read_returns_one_unit_of_credit_however_it_is_read() {
+    // Two windows of frames from a scripted server (each sent once the one before was
+    // read): batches of three and single items in turn, read with next_raw and next_items
+    // mixed (a batch begun with one, finished with the other). Every frame read is one
+    // unit of credit: 128 in all, in grants of 32, and no more.
+    let (_to_server, (mut tx, mut rx), mut s, h) = stream_from_a_scripted_server().await;
+    for _window in 0..2 {
+        for f in 0..STREAM_WINDOW as u32 {
+            let (kind, payload) = match f % 2 {
+                0 => (Kind::StreamItems, batch_of([[3 * f as u8]; 3])),
+                _ => (Kind::StreamItem, vec![f as u8]),
+            };
+            tx.send(Dir::ToCaller, kind, h.method, h.call_id, &payload)
+                .await
+                .unwrap();
+        }
+        for f in 0..STREAM_WINDOW {
+            let lent = match f % 4 {
+                // A batch: one item by next_raw, the rest lent.
+                0 => {
+                    s.next_raw().await.unwrap().unwrap();
+                    s.next_items().await.unwrap().unwrap().len() + 1
+                }
+                // A single item by next_raw.
+                1 => s.next_raw().await.unwrap().map(|_| 1).unwrap(),
+                // A batch or a single item, lent whole.
+                _ => s.next_items().await.unwrap().unwrap().len(),
+            };
+            assert_eq!(lent, if f % 2 == 0 { 3 } else { 1 }, "frame {f}");
+        }
+    }
+    let mut granted = 0;
+    while let Ok(Ok((g, payload))) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+        assert_eq!((g.kind, g.call_id), (Kind::Credit, h.call_id));
+        granted += u32::from_le_bytes(payload[..4].try_into().unwrap());
+    }
+    assert_eq!(granted as usize, 2 * STREAM_WINDOW);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1958,7 +2003,9 @@ async fn an_end_that_finds_a_violation_tells_the_peer_why() {
     });
     let (h, _) = rx.recv().await.unwrap();
     assert_eq!(h.kind, Kind::Request);
-    let why = RpcError::new(Code::Protocol, "call 9: a batch of no item");
+    // A long reason, and a code other than Protocol: kept to 256 bytes (cut at a
+    // character's boundary), and the end is a violation whatever the peer calls it.
+    let why = RpcError::new(Code::PeerGone, "€".repeat(1000));
     tx.send(Dir::Conn, Kind::Error, 0, 0, &why.encode())
         .await
         .unwrap();
@@ -1966,7 +2013,7 @@ async fn an_end_that_finds_a_violation_tells_the_peer_why() {
     assert_eq!(e.code, Code::Protocol, "{e}");
     assert_eq!(
         e.message,
-        "the peer ended the connection: call 9: a batch of no item"
+        format!("the peer ended the connection: {}", "€".repeat(85))
     );
     assert!(!to_server.is_connected());
     while let Ok(Ok((h, _))) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
