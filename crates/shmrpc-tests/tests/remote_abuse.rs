@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shmrpc::lowlevel::frame::{encode, FrameHeader, Kind, FLAG_COMPRESSED, FLAG_TO_CALLEE};
+use shmrpc::lowlevel::frame::{
+    encode, FrameHeader, Kind, FLAG_COMPRESSED, FLAG_TO_CALLEE, FRAME_HEADER_LEN,
+};
 use shmrpc::{
     CallOptions, Client, ClientConfig, ClientTls, Compression, ConnectError, HandshakeError,
     ServerConfig, ServerHandle, ServerTls, TcpClientConfig, TcpServerConfig, Token,
@@ -196,6 +198,32 @@ async fn closed<S: AsyncRead + Unpin>(s: &mut S, what: &str) -> usize {
     .await
     .unwrap_or_else(|_| panic!("{what}: the server never closed the connection"));
     total
+}
+
+/// [`closed`], keeping what came: the frames the server sent before it closed.
+async fn closed_with_frames<S: AsyncRead + Unpin>(
+    s: &mut S,
+    what: &str,
+) -> Vec<(FrameHeader, Vec<u8>)> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(EVENTUALLY, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the server never closed the connection"));
+    let mut frames = Vec::new();
+    let mut rest = &bytes[..];
+    while let Ok((h, payload)) = shmrpc::lowlevel::frame::decode(rest) {
+        frames.push((h, payload.to_vec()));
+        rest = &rest[FRAME_HEADER_LEN + payload.len()..];
+    }
+    frames
 }
 
 /// Some deterministic garbage.
@@ -441,7 +469,15 @@ async fn garbage_after_a_successful_tls_handshake_is_closed() {
             hello(&mut s, false, Some(&pki.token)).await;
             let _ = s.write_all(&garbage(100 + seed, 2048)).await;
             let _ = s.flush().await;
-            closed(&mut s, "garbage instead of frames, over TLS").await;
+            // The server says why before it closes: an Error of call 0, code Protocol.
+            let frames = closed_with_frames(&mut s, "garbage instead of frames, over TLS").await;
+            let why = frames
+                .iter()
+                .find(|(h, _)| (h.kind, h.call_id) == (Kind::Error, 0))
+                .map(|(_, p)| p.clone())
+                .unwrap_or_else(|| panic!("no reason among {frames:?}"));
+            let protocol = (shmrpc::Code::Protocol as u16).to_le_bytes();
+            assert_eq!(why[..2], protocol, "{:?}", String::from_utf8_lossy(&why));
         }
         // A hello proving the wrong token.
         let mut s = pki.raw_tls_session(served.addr).await;

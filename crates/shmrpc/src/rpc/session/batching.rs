@@ -239,3 +239,37 @@ impl<O: ItemOut> Drop for Batch<'_, O> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ItemWriter;
+
+    /// Encodes as a `u64`, then fails: postcard has written part of it by then.
+    struct FailsHalfWay;
+
+    impl serde::Serialize for FailsHalfWay {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{Error, SerializeTuple};
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&300u64)?;
+            Err(S::Error::custom("half way"))
+        }
+    }
+
+    #[test]
+    fn an_item_keeps_what_was_written_before_a_value_that_failed_to_encode() {
+        let mut frame = vec![9u8; 4];
+        let mut item = ItemWriter {
+            buf: &mut frame,
+            start: 4,
+        };
+        item.encode(&7u32).unwrap();
+        assert!(item.encode(&FailsHalfWay).is_err());
+        assert_eq!(item.len(), 1);
+        item.extend_from_slice(b"ab");
+        std::io::Write::write_all(&mut item, b"c").unwrap();
+        item.append_zeroed(2)[1] = 5;
+        assert_eq!((item.len(), item.is_empty()), (6, false));
+        assert_eq!(frame, [9, 9, 9, 9, 7, b'a', b'b', b'c', 0, 5]);
+    }
+}
