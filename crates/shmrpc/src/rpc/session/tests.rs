@@ -1663,17 +1663,24 @@ async fn send_all_keeps_batches_within_16_kib_and_sends_a_longer_item_alone() {
     assert_eq!(got, want);
 }
 
-#[tokio::test(start_paused = true)]
-async fn batched_items_reach_a_callers_stream_in_order() {
-    let (_to_client, to_server) = pair(batch_methods(), Methods::new(false));
+/// A `sized` stream: 3,000 short items, then one too long to share a frame, then an
+/// empty one; their lengths, and the stream.
+async fn sized_stream(to_server: &Peer) -> (Vec<u32>, super::CallStream) {
     let lens: Vec<u32> = (0..3000u32)
         .map(|i| (i * 7) % 300)
         .chain([70_000, 0])
         .collect();
-    let mut s = to_server
+    let s = to_server
         .call_stream("sized", &lens, CallOptions::default())
         .await
         .unwrap();
+    (lens, s)
+}
+
+#[tokio::test(start_paused = true)]
+async fn batched_items_reach_a_callers_stream_in_order() {
+    let (_to_client, to_server) = pair(batch_methods(), Methods::new(false));
+    let (lens, mut s) = sized_stream(&to_server).await;
     let mut got = Vec::new();
     while let Some(item) = s.next_raw().await {
         got.push(item.unwrap());
@@ -1763,15 +1770,7 @@ async fn read_lent(s: &mut super::CallStream) -> (Vec<Vec<u8>>, Vec<usize>, Opti
 #[tokio::test(start_paused = true)]
 async fn next_items_lends_each_batch_whole_and_an_item_sent_alone_by_itself() {
     let (_to_client, to_server) = pair(batch_methods(), Methods::new(false));
-    // 3,000 short items, then one too long to share a frame, then an empty one.
-    let lens: Vec<u32> = (0..3000u32)
-        .map(|i| (i * 7) % 300)
-        .chain([70_000, 0])
-        .collect();
-    let mut s = to_server
-        .call_stream("sized", &lens, CallOptions::default())
-        .await
-        .unwrap();
+    let (lens, mut s) = sized_stream(&to_server).await;
     let (items, lent, end) = read_lent(&mut s).await;
     assert!(end.is_none(), "{end:?}");
     assert_eq!(items.len(), lens.len());
