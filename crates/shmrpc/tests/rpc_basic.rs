@@ -280,12 +280,29 @@ async fn a_server_reports_its_connections_to_the_inspection_method() {
                 .await
                 .unwrap();
         }
+        // A message longer than half the ring goes in fragments, both ways: it is
+        // counted once, whole, when its last fragment is out.
+        let c = Client::connect(&n, ClientConfig::default()).await.unwrap();
+        let long = vec![3u8; 20_000];
+        let back = c
+            .call_raw("echo", &long, CallOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(back, long);
         let r: ServerReport = b
             .call(INSPECT_METHOD, &(), CallOptions::default())
             .await
             .unwrap();
         assert_eq!(r.pid, std::process::id());
-        assert_eq!(r.connections.len(), 2, "{r:?}");
+        assert_eq!(r.connections.len(), 3, "{r:?}");
+        let fragmented = r
+            .connections
+            .iter()
+            .find(|c| c.bytes_in == 4 + 20_000)
+            .unwrap_or_else(|| panic!("the long call's connection: {r:?}"));
+        assert_eq!(fragmented.frames_in, 1, "{fragmented:?}");
+        assert_eq!(fragmented.frames_out, 1, "{fragmented:?}");
+        assert_eq!(fragmented.bytes_out, 20_000, "{fragmented:?}");
         let me = std::process::id();
         let busy = r.connections.iter().max_by_key(|c| c.frames_in).unwrap();
         assert_eq!(busy.peer_pid, Some(me));
@@ -306,7 +323,11 @@ async fn a_server_reports_its_connections_to_the_inspection_method() {
         assert!(from.write_pos >= 10 * 160, "{from:?}");
         assert!(to.read_pos <= to.write_pos && to.queued <= to.capacity);
         // The other connection is the inspecting one: its request is counted.
-        let other = r.connections.iter().find(|c| c.id != busy.id).unwrap();
+        let other = r
+            .connections
+            .iter()
+            .find(|c| c.id != busy.id && c.id != fragmented.id)
+            .unwrap();
         assert_eq!(other.frames_in, 1);
         // Registering the built-in name is refused.
         let refused = std::panic::catch_unwind(|| {

@@ -232,7 +232,8 @@ impl Link {
         let r = tx.try_send_parts(dir, kind, method, call_id, parts);
         match &r {
             Err(_) => self.broken.cancel(),
-            Ok(true) => self.count(parts),
+            // With `tx` held: see `ConnInfo::sent`.
+            Ok(true) => self.count(parts.iter().map(|p| p.len()).sum()),
             Ok(false) => {}
         }
         r
@@ -297,7 +298,10 @@ impl Link {
             }
             if total <= self.short_limit {
                 let h = transport::header(dir, kind, method, call_id, 0);
-                self.lock_for_short().await.send_frame(h, parts).await
+                let mut tx = self.lock_for_short().await;
+                tx.send_frame(h, parts).await?;
+                self.count(total); // with `tx` held: see `ConnInfo::sent`
+                Ok(())
             } else {
                 let joined;
                 let payload = match parts {
@@ -316,16 +320,14 @@ impl Link {
             r = send => r,
             () = self.ended.cancelled() => return Err(TransportError::Gone(Cause::Closed)),
         };
-        match &r {
-            Err(_) => self.broken.cancel(),
-            Ok(()) => self.count(parts),
+        if r.is_err() {
+            self.broken.cancel();
         }
         r
     }
 
-    /// Counts a message sent.
-    fn count(&self, parts: &[&[u8]]) {
-        let n = parts.iter().map(|p| p.len()).sum();
+    /// Counts a message of `n` bytes sent; only with `tx` held (see `ConnInfo::sent`).
+    fn count(&self, n: usize) {
         self.obs.sent(n);
         self.info.sent(n);
     }
@@ -407,6 +409,9 @@ impl Link {
                 };
                 if room {
                     tx.send_frame(h, &[part]).await?;
+                    if more == 0 {
+                        self.count(payload.len()); // with `tx` held: see `ConnInfo::sent`
+                    }
                     break;
                 }
                 // Let go of `tx`: the short message, queued on it before this end asks
