@@ -372,6 +372,7 @@ impl Connection {
             (Kind::Error, false) if h.call_id == 0 => {
                 self.peer_said = true;
                 let why = RpcError::decode(&payload).message;
+                // (`str::floor_char_boundary` does this from Rust 1.91; the MSRV is 1.85.)
                 let mut cut = why.len().min(REASON_MAX);
                 while !why.is_char_boundary(cut) {
                     cut -= 1;
