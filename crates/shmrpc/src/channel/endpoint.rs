@@ -235,9 +235,9 @@ async fn wait_async(
 /// with many) take turns on the thread, and a 200 ns round that one spins in vain is lost
 /// to the others and to the tasks with work: then a round is a single look. (16
 /// connections × 16 calls in flight, two processes, `shmrpc-peers --only
-/// peer.rpc.conns16.shmrpc`: the client's readers spun 15 % of its CPU, and with single
-/// looks 1.32–1.36 → 1.38–1.49 M calls/s.) One wait alone on its thread, the latency case,
-/// spins as before.
+/// peer.rpc.conns16.shmrpc`: the client's readers spun 15 % of its CPU; with single looks,
+/// six alternating pairs, 1.27–1.38 → 1.44–1.50 M calls/s.) One wait alone on its thread,
+/// the latency case, spins as before.
 struct Spinning(Arc<AtomicUsize>);
 
 thread_local! {
