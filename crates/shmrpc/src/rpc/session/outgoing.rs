@@ -83,6 +83,14 @@ impl Waiter {
     }
 }
 
+/// A frame of a stream's items, as it arrived ([`CallStream::next_frame`]).
+enum Arrived {
+    /// An item sent alone.
+    One(Vec<u8>),
+    /// A batch's payload, checked on arrival.
+    Batch(Vec<u8>),
+}
+
 /// A call in the table: what it waits for, its credit if it streams items to the callee,
 /// and its slot (freed with the entry).
 struct Entry {
@@ -684,16 +692,9 @@ impl CallStream {
         if let Some(item) = self.next_in_batch() {
             return Some(item);
         }
-        let ev = match self.next_event().await {
-            Ok(ev) => ev,
-            Err(e) => return Some(Err(e)),
-        };
-        match ev {
-            Some(Event::Item(b)) => {
-                self.frame_read();
-                Some(Ok(b))
-            }
-            Some(Event::Items(batch)) => {
+        match self.next_frame().await {
+            Ok(Arrived::One(b)) => Some(Ok(b)),
+            Ok(Arrived::Batch(batch)) => {
                 // Never empty (checked on arrival): its first item is returned now.
                 self.take_batch(batch);
                 match self.next_in_batch() {
@@ -701,7 +702,7 @@ impl CallStream {
                     None => self.end_with(Some(Event::Items(Vec::new()))).map(Err),
                 }
             }
-            ev => self.end_with(ev).map(Err),
+            Err(e) => e.map(Err),
         }
     }
 
@@ -725,20 +726,15 @@ impl CallStream {
             return None;
         }
         if self.at >= self.batch.len() {
-            let ev = match self.next_event().await {
-                Ok(ev) => ev,
-                Err(e) => return Some(Err(e)),
-            };
-            match ev {
-                Some(Event::Item(b)) => {
-                    self.frame_read();
+            match self.next_frame().await {
+                Ok(Arrived::One(b)) => {
                     // Lent whole; nothing is left of it to read.
                     self.take_batch(b);
                     self.at = self.batch.len();
                     return Some(Ok(ItemBatch(Lent::One(Some(&self.batch)))));
                 }
-                Some(Event::Items(batch)) => self.take_batch(batch),
-                ev => return self.end_with(ev).map(Err),
+                Ok(Arrived::Batch(batch)) => self.take_batch(batch),
+                Err(e) => return e.map(Err),
             }
         }
         let at = std::mem::replace(&mut self.at, self.batch.len());
@@ -755,6 +751,20 @@ impl CallStream {
                     "a malformed batch of items",
                 )))
             }
+        }
+    }
+
+    /// Waits for the stream's next frame of items. An item sent alone is counted as read
+    /// here; a batch is counted by whoever reads it to its end. `Err` when the stream is
+    /// over: `None` at its end, else its error.
+    async fn next_frame(&mut self) -> Result<Arrived, Option<RpcError>> {
+        match self.next_event().await.map_err(Some)? {
+            Some(Event::Item(b)) => {
+                self.frame_read();
+                Ok(Arrived::One(b))
+            }
+            Some(Event::Items(batch)) => Ok(Arrived::Batch(batch)),
+            ev => Err(self.end_with(ev)),
         }
     }
 
