@@ -110,6 +110,11 @@ impl std::io::Write for ItemWriter<'_> {
 /// Sends `items` in order, several to a frame; `write` appends an item's bytes to the
 /// frame's payload. The items before one that fails (its encoding, its size, or the
 /// stream's end) are sent; the error is returned.
+///
+/// A frame is filled by a plain loop ([`Batch::fill`]) and only then sent and given its
+/// credit: in the `async fn` itself, every variable the loop touches would live in the
+/// future's state, a load and a store per use; in a plain function they stay in
+/// registers.
 pub(super) async fn send_batched<O, I, W>(out: &O, items: I, mut write: W) -> Result<(), RpcError>
 where
     O: ItemOut,
@@ -125,69 +130,52 @@ where
         permit: false,
         out,
     };
-    let mut end = Ok(());
-    for item in items {
-        if let Err(e) = out.check_open() {
-            end = Err(e);
-            break;
-        }
-        // The item goes at the end of the batch, behind its length (filled in once it is
-        // written).
-        let start = batch.buf.len();
-        batch.buf.extend_from_slice(&[0; BATCH_ITEM_HEADER]);
-        let mut writer = ItemWriter {
-            buf: &mut batch.buf,
-            start: start + BATCH_ITEM_HEADER,
+    let mut items = items.into_iter();
+    let end = loop {
+        let (upto, count, end) = match batch.fill(&mut items, &mut write, max, limit) {
+            Filled::Full => (batch.buf.len(), batch.count, None),
+            // The last item starts the next frame.
+            Filled::Overflow { start } => (start, batch.count - 1, None),
+            Filled::Done => (batch.buf.len(), batch.count, Some(Ok(()))),
+            Filled::Failed(e) => (batch.buf.len(), batch.count, Some(Err(e))),
         };
-        let written = write(item, &mut writer);
-        // The writer only appends: what was in the batch is still there.
-        let len = writer.len();
-        let checked = written.and_then(|()| match u32::try_from(len) {
-            Ok(len) if len as usize <= max => Ok(len),
-            _ => Err(RpcError::new(
-                Code::TooLarge,
-                format!("item of {len} bytes exceeds the maximum message size {max}"),
-            )),
-        });
-        let len = match checked {
-            Ok(len) => len,
-            Err(e) => {
-                batch.buf.truncate(start);
-                end = Err(e);
-                break;
+        if count > 0 {
+            if !batch.permit {
+                // The frame's credit: at hand, or waited for (the reader has every frame
+                // sent before this one to read). Without it the frame does not go, and the
+                // first failure is the one returned.
+                if let Err(e) = out.take_credit().await {
+                    batch.buf.clear();
+                    batch.count = 0;
+                    break Err(end.and_then(Result::err).unwrap_or(e));
+                }
+                batch.permit = true;
             }
-        };
-        batch.buf[start..start + BATCH_ITEM_HEADER].copy_from_slice(&len.to_le_bytes());
-        batch.count += 1;
-        // The items before it go first if it does not fit beside them: it starts the next
-        // frame.
-        if batch.count > 1 && batch.buf.len() > limit {
-            let before = batch.count - 1;
-            batch.send(start, before).await?;
+            // What the frame holds passed every check: it goes even if a later item
+            // failed, as items sent one by one would have.
+            batch.send(upto, count).await?;
         }
-        if !batch.permit {
-            // The frame's credit: at hand, or waited for (nothing else is batched now: the
-            // reader has every frame sent before this one to read).
-            if let Err(e) = out.take_credit().await {
-                batch.buf.clear();
-                batch.count = 0;
-                end = Err(e);
-                break;
-            }
-            batch.permit = true;
+        if let Some(end) = end {
+            break end;
         }
-        if batch.count == BATCH_MAX_ITEMS || batch.buf.len() >= limit {
-            batch.send_all().await?;
-        }
-    }
-    // What is in the batch passed every check and holds its credit: it goes even if a
-    // later item failed, as items sent one by one would have.
-    if batch.count > 0 {
-        batch.send_all().await?;
-    }
+    };
     let buf = std::mem::take(&mut batch.buf);
     out.link().recycle(buf);
     end
+}
+
+/// Where [`Batch::fill`] stopped.
+enum Filled {
+    /// The frame is full (its item count or its bytes).
+    Full,
+    /// The last item, at `start`, does not fit beside the ones before it: they go as a
+    /// frame, and it starts the next.
+    Overflow { start: usize },
+    /// The items ran out.
+    Done,
+    /// An item failed (its encoding, its size, or the stream ended): it is not in the
+    /// frame, and no item after it is sent.
+    Failed(RpcError),
 }
 
 /// The frame being filled: its payload so far, and whether it holds its unit of credit.
@@ -203,10 +191,21 @@ struct Batch<'a, O: ItemOut> {
 }
 
 impl<O: ItemOut> Batch<'_, O> {
-    /// Sends every item of the batch.
-    async fn send_all(&mut self) -> Result<(), RpcError> {
-        let (upto, items) = (self.buf.len(), self.count);
-        self.send(upto, items).await
+    /// Appends items to the frame until it is full, an item does not fit, the items run
+    /// out or one fails. Waits for nothing.
+    fn fill<It, W>(&mut self, items: &mut It, write: &mut W, max: usize, limit: usize) -> Filled
+    where
+        It: Iterator,
+        W: FnMut(It::Item, &mut ItemWriter<'_>) -> Result<(), RpcError>,
+    {
+        // The buffer and the count as locals for the loop, given back at its end: through
+        // `self` (which lives in the sending future) each item loaded and stored them.
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut count = self.count;
+        let filled = fill_frame(&mut buf, &mut count, self.out, items, write, max, limit);
+        self.buf = buf;
+        self.count = count;
+        filled
     }
 
     /// Sends the first `upto` bytes of the batch, its first `items` items, as one frame;
@@ -230,6 +229,66 @@ impl<O: ItemOut> Batch<'_, O> {
         self.buf.drain(..upto);
         Ok(())
     }
+}
+
+/// [`Batch::fill`]'s loop, over the frame's buffer and item count.
+fn fill_frame<O, It, W>(
+    buf: &mut Vec<u8>,
+    count: &mut usize,
+    out: &O,
+    items: &mut It,
+    write: &mut W,
+    max: usize,
+    limit: usize,
+) -> Filled
+where
+    O: ItemOut,
+    It: Iterator,
+    W: FnMut(It::Item, &mut ItemWriter<'_>) -> Result<(), RpcError>,
+{
+    // An item left over from the last frame may fill this one alone.
+    if *count > 0 && buf.len() >= limit {
+        return Filled::Full;
+    }
+    for item in items {
+        if let Err(e) = out.check_open() {
+            return Filled::Failed(e);
+        }
+        // The item goes at the end of the frame, behind its length (filled in once it is
+        // written).
+        let start = buf.len();
+        buf.extend_from_slice(&[0; BATCH_ITEM_HEADER]);
+        let mut writer = ItemWriter {
+            buf: &mut *buf,
+            start: start + BATCH_ITEM_HEADER,
+        };
+        let written = write(item, &mut writer);
+        // The writer only appends: what was in the frame is still there.
+        let len = writer.len();
+        let checked = written.and_then(|()| match u32::try_from(len) {
+            Ok(len) if len as usize <= max => Ok(len),
+            _ => Err(RpcError::new(
+                Code::TooLarge,
+                format!("item of {len} bytes exceeds the maximum message size {max}"),
+            )),
+        });
+        let len = match checked {
+            Ok(len) => len,
+            Err(e) => {
+                buf.truncate(start);
+                return Filled::Failed(e);
+            }
+        };
+        buf[start..start + BATCH_ITEM_HEADER].copy_from_slice(&len.to_le_bytes());
+        *count += 1;
+        if *count > 1 && buf.len() > limit {
+            return Filled::Overflow { start };
+        }
+        if *count == BATCH_MAX_ITEMS || buf.len() >= limit {
+            return Filled::Full;
+        }
+    }
+    Filled::Done
 }
 
 impl<O: ItemOut> Drop for Batch<'_, O> {
