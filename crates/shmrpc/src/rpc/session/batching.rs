@@ -4,9 +4,9 @@
 //!
 //! A frame fills up to [`BATCH_BYTES`] and `BATCH_MAX_ITEMS` and goes as soon as it is full
 //! or the items run out: no timer, nothing waits for items that are not there yet. Each
-//! frame takes one unit of the stream's credit (as an item sent alone does), taken when
-//! its first item is in; so a frame's worth of items never waits for credit, and a reader
-//! that keeps up has a batch to read while the next is filled.
+//! frame takes one unit of the stream's credit (as an item sent alone does), taken once
+//! it is filled, before it goes: filling waits for nothing, and a reader that keeps up
+//! has a batch to read while the next is filled.
 //!
 //! [`ItemSink::send_all`]: super::ItemSink::send_all
 //! [`ItemSender::send_all`]: super::ItemSender::send_all
