@@ -100,6 +100,9 @@ pub fn batch_items(payload: &[u8]) -> Result<BatchItems<'_>, BatchError> {
     if payload.is_empty() {
         return Err(BatchError::Empty);
     }
+    if let Some(items) = uniform(payload) {
+        return Ok(items);
+    }
     let mut rest = payload;
     let mut count = 0;
     while !rest.is_empty() {
@@ -114,6 +117,34 @@ pub fn batch_items(payload: &[u8]) -> Result<BatchItems<'_>, BatchError> {
     Ok(BatchItems {
         rest: payload,
         left: count,
+        uniform: None,
+    })
+}
+
+/// The items of a batch whose items all have the first one's length (the common case:
+/// a stream of records of one size), checked without following the lengths: each item's
+/// place is known in advance, so the length checks do not wait on one another, and
+/// neither does the walk over the items. `None` if the batch is not such a batch (or has
+/// too many items): then [`batch_items`] follows the lengths one by one, and finds
+/// the same items or names the fault. The two agree: every length field at a multiple of
+/// the stride holds the same length, and the payload is a whole number of strides, so
+/// following the lengths from the start lands on exactly those fields and ends at the
+/// payload's end.
+fn uniform(payload: &[u8]) -> Option<BatchItems<'_>> {
+    let first = payload.first_chunk::<BATCH_ITEM_HEADER>()?;
+    let len = usize::try_from(u32::from_le_bytes(*first)).ok()?;
+    let stride = len.checked_add(BATCH_ITEM_HEADER)?;
+    if payload.len() % stride != 0 {
+        return None;
+    }
+    let count = payload.len() / stride;
+    let same = payload
+        .chunks_exact(stride)
+        .all(|item| item.first_chunk::<BATCH_ITEM_HEADER>() == Some(first));
+    (count <= BATCH_MAX_ITEMS && same).then_some(BatchItems {
+        rest: payload,
+        left: count,
+        uniform: Some(len),
     })
 }
 
@@ -145,6 +176,8 @@ pub struct BatchItems<'a> {
     rest: &'a [u8],
     /// Items not yet returned.
     left: usize,
+    /// Every item's length, if they all have the same.
+    uniform: Option<usize>,
 }
 
 impl<'a> Iterator for BatchItems<'a> {
@@ -152,7 +185,12 @@ impl<'a> Iterator for BatchItems<'a> {
 
     fn next(&mut self) -> Option<&'a [u8]> {
         // Checked by `batch_items`; split again (not trusted to be so) rather than indexed.
-        let (item, rest) = split_item(self.rest)?;
+        // Items of one length are split where they are known to be, without reading their
+        // lengths again: the next item's place does not wait for a load.
+        let (item, rest) = match self.uniform {
+            Some(len) => self.rest.get(BATCH_ITEM_HEADER..)?.split_at_checked(len)?,
+            None => split_item(self.rest)?,
+        };
         self.rest = rest;
         self.left -= 1;
         Some(item)
@@ -225,6 +263,81 @@ mod tests {
         assert_eq!(batch_items(&b).unwrap().len(), BATCH_MAX_ITEMS);
         push_batch_item(&mut b, b"").unwrap();
         assert_eq!(batch_items(&b).unwrap_err(), BatchError::TooManyItems);
+        // One more of the same length: too many too, though the items are all alike.
+        b.truncate(b.len() - BATCH_ITEM_HEADER);
+        push_batch_item(&mut b, b"x").unwrap();
+        assert!(uniform(&b).is_none());
+        assert_eq!(batch_items(&b).unwrap_err(), BatchError::TooManyItems);
+    }
+
+    /// The items of `p` (or why there are none), its lengths followed one by one: the
+    /// batch format read independently of `batch_items`.
+    fn by_hand(p: &[u8]) -> Result<Vec<&[u8]>, BatchError> {
+        if p.is_empty() {
+            return Err(BatchError::Empty);
+        }
+        let (mut at, mut out) = (0, Vec::new());
+        while at < p.len() {
+            let truncated = BatchError::Truncated {
+                item: out.len(),
+                at,
+            };
+            let Some(len) = p.get(at..at + 4) else {
+                return Err(truncated);
+            };
+            let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+            let Some(item) = p.get(at + 4..at + 4 + len) else {
+                return Err(truncated);
+            };
+            out.push(item);
+            at += 4 + len;
+            if out.len() > BATCH_MAX_ITEMS {
+                return Err(BatchError::TooManyItems);
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn items_of_one_length_read_the_same_as_any_others() {
+        // Every batch of 1 to 4 items of 0 to 3 bytes, every cut of it, and every change
+        // of one of its lengths: the same items (or error) as read by hand, whether its
+        // items share one length (checked by strides) or not.
+        let mut uniform_seen = 0;
+        for n in 1..=4u32 {
+            for code in 0..4u32.pow(n) {
+                let lens: Vec<usize> = (0..n).map(|i| (code / 4u32.pow(i) % 4) as usize).collect();
+                let items: Vec<Vec<u8>> = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| vec![i as u8 + 1; l])
+                    .collect();
+                let refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
+                let b = batch(&refs);
+                let same = lens.iter().all(|&l| l == lens[0]);
+                assert_eq!(uniform(&b).is_some(), same, "{lens:?}");
+                uniform_seen += usize::from(same);
+                let mut variants: Vec<Vec<u8>> =
+                    (0..=b.len()).map(|cut| b[..cut].to_vec()).collect();
+                let mut at = 0;
+                for &l in &lens {
+                    for other in [0u32, 1, 2, 3, 7, u32::MAX] {
+                        let mut v = b.clone();
+                        v[at..at + 4].copy_from_slice(&other.to_le_bytes());
+                        variants.push(v);
+                    }
+                    at += 4 + l;
+                }
+                for v in &variants {
+                    let got = batch_items(v).map(|items| {
+                        assert_eq!(items.len(), items.clone().count());
+                        items.collect::<Vec<_>>()
+                    });
+                    assert_eq!(got, by_hand(v), "{lens:?}: {v:?}");
+                }
+            }
+        }
+        assert_eq!(uniform_seen, 4 * 4);
     }
 
     #[test]
