@@ -95,6 +95,57 @@ pub struct RpcRun {
     pub cases: Vec<RpcCase>,
     /// Tokio runtime of each process.
     pub runtime: String,
+    /// The stream case's own work per item, alone ([`item_work`]), once per measured round.
+    pub item_work: Vec<ItemWork>,
+}
+
+/// What the stream case's own code costs per item, with no RPC system at all: the rate at
+/// which one thread writes items (as every server here does) and checks them (as every
+/// client does). Each end of a stream does one of the two, in its own process, so no
+/// system can stream faster than the slower of the two rates.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemWork {
+    /// Items written per second.
+    pub fill: f64,
+    /// Items checked per second.
+    pub check: f64,
+}
+
+/// Measures [`ItemWork`] over `n` items in this thread, a frame's worth at a time (512
+/// items, 16 KiB, which stay in the cache as a frame does): each item written in place with
+/// the servers' `fill_request`, then read back with the clients' `check_item`.
+///
+/// # Errors
+/// An item that does not check (a bug in the pattern code).
+pub fn item_work(n: u64, seed0: u64) -> Result<ItemWork> {
+    const FRAME: u64 = 512;
+    let mut buf = vec![1u8; FRAME as usize * ITEM_SIZE];
+    let (mut fill, mut check) = (Duration::ZERO, Duration::ZERO);
+    let mut at = 0;
+    while at < n {
+        let k = (n - at).min(FRAME);
+        let frame = &mut buf[..k as usize * ITEM_SIZE];
+        let t0 = Instant::now();
+        for (j, item) in frame.chunks_exact_mut(ITEM_SIZE).enumerate() {
+            fill_request(item, seed0 + at + j as u64);
+        }
+        let t1 = Instant::now();
+        // Read as written by someone else: not folded into the loop above.
+        for (j, item) in std::hint::black_box(&*frame)
+            .chunks_exact(ITEM_SIZE)
+            .enumerate()
+        {
+            check_item("item work", item, seed0 + at + j as u64)?;
+        }
+        let t2 = Instant::now();
+        fill += t1 - t0;
+        check += t2 - t1;
+        at += k;
+    }
+    Ok(ItemWork {
+        fill: n as f64 / fill.as_secs_f64(),
+        check: n as f64 / check.as_secs_f64(),
+    })
 }
 
 /// Whether any RPC case is selected by `--only` prefixes (all are when there are none).
@@ -335,6 +386,7 @@ pub fn run(
     }
     let limit = target * 10 + Duration::from_secs(60);
     let stream_n: u64 = if quick { 5_000 } else { 100_000 };
+    let mut item_work = Vec::new();
     for round in 0..=rounds {
         let warm = round == 0;
         let t_round = Instant::now();
@@ -385,6 +437,10 @@ pub fn run(
                     c.rounds.push(Some(r));
                 }
             }
+            if work == RpcWork::Stream && !warm {
+                // Between the systems' runs of the round, so that it sees the same machine.
+                item_work.push(crate::rpc::item_work(stream_n, *seed)?);
+            }
         }
         eprintln!(
             "  rpc {} done in {:.1} s",
@@ -412,6 +468,7 @@ pub fn run(
     Ok(RpcRun {
         cases,
         runtime: RUNTIME.to_owned(),
+        item_work,
     })
 }
 
@@ -685,10 +742,37 @@ pub fn print(run: &RpcRun) {
             }
         }
     }
+    if let Some(w) = item_work_medians(run) {
+        let tonic = run
+            .cases
+            .iter()
+            .find(|c| c.work == RpcWork::Stream && c.sys == RpcSys::Tonic && measured(c))
+            .map(|c| figures(c)[0]);
+        println!(
+            "  the stream's own item work, alone in one thread (no RPC system): writing {} items/s, \
+             checking {} items/s{}",
+            fmt_rate(w.fill),
+            fmt_rate(w.check),
+            tonic.map_or_else(String::new, |t| format!(
+                "; no system streams faster than the slower, {:.1}× tonic's items/s",
+                w.fill.min(w.check) / t
+            ))
+        );
+    }
     println!(
         "  (CPU: CPU time per call of each whole process, CLOCK_PROCESS_CPUTIME_ID around the \
          run; shm/CPU: shmrpc's lead + child CPU per call over the system's)"
     );
+}
+
+/// The medians over rounds of [`ItemWork`]'s two rates.
+fn item_work_medians(run: &RpcRun) -> Option<ItemWork> {
+    let fill: Vec<f64> = run.item_work.iter().map(|w| w.fill).collect();
+    let check: Vec<f64> = run.item_work.iter().map(|w| w.check).collect();
+    Some(ItemWork {
+        fill: median(&fill)?,
+        check: median(&check)?,
+    })
 }
 
 /// The RPC part of the JSON document.
@@ -741,5 +825,9 @@ pub fn json(run: &RpcRun) -> Value {
         "runtime": run.runtime,
         "ratios": "shmrpc's figure over the system's, median of per-round ratios",
         "cases": cases,
+        "stream_item_work": item_work_medians(run).map(|w| json!({
+            "fill_items_per_s": w.fill,
+            "check_items_per_s": w.check,
+        })),
     })
 }
