@@ -386,7 +386,7 @@ pub fn run(
     }
     let limit = target * 10 + Duration::from_secs(60);
     let stream_n: u64 = if quick { 5_000 } else { 100_000 };
-    let mut item_work = Vec::new();
+    let mut work_alone = Vec::new();
     for round in 0..=rounds {
         let warm = round == 0;
         let t_round = Instant::now();
@@ -438,8 +438,8 @@ pub fn run(
                 }
             }
             if work == RpcWork::Stream && !warm {
-                // Between the systems' runs of the round, so that it sees the same machine.
-                item_work.push(crate::rpc::item_work(stream_n, *seed)?);
+                // Right after the round's stream runs, so that it sees the same machine.
+                work_alone.push(item_work(stream_n, *seed)?);
             }
         }
         eprintln!(
@@ -468,7 +468,7 @@ pub fn run(
     Ok(RpcRun {
         cases,
         runtime: RUNTIME.to_owned(),
-        item_work,
+        item_work: work_alone,
     })
 }
 
