@@ -218,6 +218,15 @@ async fn wait_async(
             }
             () = peer.hung_up() => {}
             () = tokio::time::sleep(nap) => {}
+            // Whenever this wait is polled, it looks at the ring too: the doorbell reaches
+            // the task only once the runtime polled its I/O driver, and a poll before that
+            // (by another task, on the task's behalf: an RPC caller waiting alone polls
+            // its connection's read loop itself) would not see the message otherwise.
+            () = std::future::poll_fn(|_| if ready() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }) => {}
         }
         wait::disarm(word);
         if ready() {

@@ -12,6 +12,8 @@
 //! - [`context`]: what a handler knows about its call ([`CallContext`]).
 //! - [`sink`]: where a streaming handler sends its items ([`ItemSink`]).
 //! - [`items`]: where a handler reads the items its caller streams ([`ItemStream`]).
+//! - [`drive`]: who polls the read loop: its own task, or a caller waiting alone for its
+//!   answer ([`Drive`]).
 //! - [`reader`]: the connection's read loop, which routes each frame by its direction
 //!   (to this end as callee: incoming; to this end as caller: outgoing), heartbeats, and
 //!   the end of the connection.
@@ -19,6 +21,7 @@
 mod batching;
 mod context;
 mod dispatch;
+mod drive;
 mod incoming;
 mod items;
 pub(crate) mod methods;
@@ -35,6 +38,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Mutex, MutexGuard, Notify, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
+use self::drive::Drive;
 use super::inspect::{ConnInfo, Registry};
 use super::obs::ServerObs;
 use super::transport::{self, Cause, Dir, FrameRx, FrameTx, TransportError};
@@ -491,15 +495,18 @@ pub(crate) fn open(
     let mut link = Link::new(tx, host.obs.clone(), info);
     link.bufs = rx.pool();
     let link = Arc::new(link);
+    // Only a ring's messages go into pooled buffers: a caller may read them itself.
+    let drive = Arc::new(Drive::new(link.bufs.is_some()));
     // As many open calls as the peer runs and queues, if it is configured like this end.
     let max_open = host.max_in_flight.max(1) * 2;
     let peer = Peer::new(Arc::new(outgoing::Outgoing::new(
         link.clone(),
+        drive.clone(),
         host.max_message,
         max_open,
     )));
     let conn = reader::Connection::new(host, role, link, peer.clone());
-    (peer, conn.run(rx, ends))
+    (peer, drive.start(conn.run(rx, ends)))
 }
 
 #[cfg(test)]

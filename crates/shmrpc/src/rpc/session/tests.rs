@@ -517,6 +517,93 @@ async fn both_ends_flooding_each_other_over_small_rings_never_deadlock() {
     assert_eq!(done, CALLS);
 }
 
+/// The client's end alone on a shared-memory channel, its loop's task started; returns the
+/// client's handle and the raw halves of the server's end, which the test drives.
+async fn scripted_server_over_a_ring() -> (Peer, FrameTx, FrameRx) {
+    use crate::channel::{self, ChannelConfig};
+    let (a, b) = channel::pair(&ChannelConfig::default()).unwrap();
+    let ((stx, srx), (ctx, crx)) = (a.split(), b.split());
+    let (to_server, run) = open(
+        host(methods("client", None)),
+        Role::Client,
+        FrameTx::Shm(ctx, Vec::new()),
+        FrameRx::shm(crx, 1 << 20),
+        Arc::new(ConnInfo::new(1, None, "shm", None)),
+        Ends::default(),
+    );
+    tokio::spawn(run);
+    // The loop's own task polls it once: a caller polls it in its place only after.
+    tokio::task::yield_now().await;
+    (
+        to_server,
+        FrameTx::Shm(stx, Vec::new()),
+        FrameRx::shm(srx, 1 << 20),
+    )
+}
+
+/// Polls `f` once, with this task's context, and does not yield to the runtime: the
+/// connection's read loop cannot run in its own task meanwhile.
+async fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await
+}
+
+/// Answers the next request on the server's raw end with `body`.
+async fn answer_next(stx: &mut FrameTx, srx: &mut FrameRx, body: &[u8]) {
+    let (h, _) = srx.recv().await.expect("a request");
+    assert_eq!(h.kind, Kind::Request);
+    let sent = stx
+        .try_send_parts(Dir::ToCaller, Kind::Response, h.method, h.call_id, &[body])
+        .expect("the ring takes the answer");
+    assert!(sent, "room for the answer");
+}
+
+/// A call alone in flight reads its own answer from the ring: polled once the answer is
+/// there, with no chance for the read loop's own task to run, it returns with it, having
+/// polled the loop itself. Called again and again, each call does.
+#[tokio::test]
+async fn a_call_alone_in_flight_reads_its_own_answer_from_the_ring() {
+    let (to_server, mut stx, mut srx) = scripted_server_over_a_ring().await;
+    for n in 0..20u8 {
+        let body = [n];
+        let mut call = Box::pin(to_server.call_raw("m", &body, CallOptions::default()));
+        // The request goes out; no answer yet (the caller polls the loop, finds none).
+        assert!(poll_once(&mut call).await.is_pending());
+        answer_next(&mut stx, &mut srx, &[n, n]).await;
+        let before = to_server.out.assisted();
+        match poll_once(&mut call).await {
+            std::task::Poll::Ready(Ok(got)) => assert_eq!(got, [n, n], "call {n}'s own answer"),
+            other => panic!("call {n}: its answer was in the ring, and it got {other:?}"),
+        }
+        assert_eq!(
+            to_server.out.assisted(),
+            before + 1,
+            "call {n} read it itself"
+        );
+    }
+}
+
+/// With another call open, a caller does not poll the loop: its answer waits for the
+/// loop's own task (here: until this task lets the runtime run it), and nothing is lost.
+#[tokio::test]
+async fn a_call_with_another_open_leaves_the_reading_to_the_loops_task() {
+    let (to_server, mut stx, mut srx) = scripted_server_over_a_ring().await;
+    let mut first = Box::pin(to_server.call_raw("m", b"1", CallOptions::default()));
+    let mut second = Box::pin(to_server.call_raw("m", b"2", CallOptions::default()));
+    assert!(poll_once(&mut first).await.is_pending());
+    assert!(poll_once(&mut second).await.is_pending());
+    answer_next(&mut stx, &mut srx, b"one").await;
+    assert!(
+        poll_once(&mut first).await.is_pending(),
+        "two calls open: the first does not read the ring itself"
+    );
+    assert_eq!(first.await.expect("answered"), b"one");
+    // The second is alone now, and reads its own answer.
+    answer_next(&mut stx, &mut srx, b"two").await;
+    let before = to_server.out.assisted();
+    assert!(matches!(poll_once(&mut second).await, std::task::Poll::Ready(Ok(v)) if v == b"two"));
+    assert_eq!(to_server.out.assisted(), before + 1);
+}
+
 /// A checksum of a sequence of numbers that depends on their order.
 fn checksum(items: impl IntoIterator<Item = u64>) -> u64 {
     items.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, n| {
