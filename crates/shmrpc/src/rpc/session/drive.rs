@@ -6,23 +6,24 @@
 //! polls its `block_on` future again only after it polled the driver).
 //!
 //! The loop is one future behind a lock. Its own task (the *home* task) polls it as a task
-//! would. A caller alone in flight claims it instead ([`Drive::assist`]) and polls it with
-//! the home task's waker, so every wake-up the loop arranges (its ring's doorbell, its
-//! timers, a yield) still reaches the home task, whoever polled it last: the caller can
-//! stop assisting at any moment and the home task goes on.
+//! would. A caller alone in flight takes the lock instead ([`Helper::assist`]) and polls it
+//! with the home task's waker, so every wake-up the loop arranges (its ring's doorbell,
+//! its timers, a yield) still reaches the home task, whoever polled it last: the caller
+//! can stop at any moment and the home task goes on.
 //!
-//! Nobody waits for the claim. A home task that finds the loop claimed says so (`wanted`)
-//! and returns; whoever lets go of the claim then wakes it. The claim and `wanted` are
-//! `SeqCst`: a home task's store of `wanted` and its second look at the claim, against
-//! the releaser's store of the claim and its swap of `wanted`, cannot both miss (either
-//! the home task's second look finds the claim free, or the releaser sees `wanted`).
+//! Nobody waits for the lock (`try_lock` only). A home task that finds it taken says so
+//! (`wanted`) and returns; whoever lets go of it then wakes the home task. Each side puts
+//! a `SeqCst` fence between its write and its read (the home task: its store of `wanted`,
+//! then its second `try_lock`; the holder, a caller: its unlock, then its load of `wanted`), so the
+//! two cannot both miss: either the second `try_lock` finds the lock free, or the holder
+//! sees `wanted`.
 
 use std::future::Future;
 use std::pin::Pin;
 #[cfg(test)]
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::task::{Context, Poll, Waker};
 
 /// The read loop's future.
@@ -30,18 +31,15 @@ type Loop = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A connection's read loop and who polls it.
 pub(crate) struct Drive {
-    /// Whoever holds it polls the loop.
-    claimed: AtomicBool,
-    /// The home task found the loop claimed and returned without polling it.
-    wanted: AtomicBool,
-    /// The loop; locked only by the holder of the claim, so never waited for.
+    /// The loop (`None` once it ended); whoever holds the lock polls it.
     run: Mutex<Option<Loop>>,
-    /// The home task's waker, stored at each of its polls before it claims the loop (a
-    /// caller assists only once it is there).
+    /// The home task found the loop taken and returned without polling it.
+    wanted: AtomicBool,
+    /// The home task's waker, stored when it first polls and whenever it changes (a caller
+    /// assists only once it is there).
     home: Mutex<Option<Waker>>,
-    /// Whether a caller may assist: the loop reads a ring (on TCP a poll would only find
-    /// the socket not ready, so a caller would spin for nothing).
-    ring: bool,
+    /// Whether a caller may assist (else the home task owns the loop outright).
+    shared: bool,
     /// The runtime of the home task: a caller on another runtime does not assist (the loop
     /// spawns its handlers' tasks on the runtime that polls it).
     runtime: OnceLock<tokio::runtime::Id>,
@@ -53,21 +51,23 @@ pub(crate) struct Drive {
 impl std::fmt::Debug for Drive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Drive")
-            .field("ring", &self.ring)
+            .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
 }
 
 impl Drive {
-    /// A drive with no loop yet ([`start`](Self::start) gives it one). `ring`: whether the
-    /// connection reads a ring, which a caller may then poll while it waits.
-    pub(crate) fn new(ring: bool) -> Self {
+    /// A drive with no loop yet ([`start`](Self::start) gives it one). `shared`: whether a
+    /// caller may poll the loop while it waits. Not on TCP, where a poll would only find the
+    /// socket not ready (a caller would spin for nothing); not at a server, whose calls to
+    /// its clients are rare, and whose loops (one per client on its runtime) then save the
+    /// lock and the fence on each of their polls.
+    pub(crate) fn new(shared: bool) -> Self {
         Self {
-            claimed: AtomicBool::new(false),
-            wanted: AtomicBool::new(false),
             run: Mutex::new(None),
+            wanted: AtomicBool::new(false),
             home: Mutex::new(None),
-            ring,
+            shared,
             runtime: OnceLock::new(),
             #[cfg(test)]
             assisted: AtomicU64::new(0),
@@ -78,8 +78,18 @@ impl Drive {
     /// until it ends (spawn it). Dropped before (its runtime shuts down), it drops the
     /// loop: the loop holds the connection's handles, and they hold the drive.
     pub(crate) fn start(self: Arc<Self>, run: impl Future<Output = ()> + Send + 'static) -> Home {
-        *self.lock() = Some(Box::pin(run));
-        Home(self)
+        let run: Loop = Box::pin(run);
+        let own = if self.shared {
+            *self.lock() = Some(run);
+            None
+        } else {
+            Some(run)
+        };
+        Home {
+            drive: self,
+            waker: None,
+            own,
+        }
     }
 
     /// How many answers a caller read by polling the loop itself.
@@ -97,19 +107,34 @@ impl Drive {
         self.assisted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The loop (`None` once it ended).
+    /// The loop, waited for (only when it is dropped).
     fn lock(&self) -> MutexGuard<'_, Option<Loop>> {
-        match self.run.lock() {
+        self.run
+            .lock()
+            .unwrap_or_else(|p| self.unpoison(p.into_inner()))
+    }
+
+    /// A loop that panicked while polled cannot be polled again: it ends, as the panic of
+    /// its own task would have ended it.
+    fn unpoison<'a>(&self, mut run: MutexGuard<'a, Option<Loop>>) -> MutexGuard<'a, Option<Loop>> {
+        *run = None;
+        self.run.clear_poison();
+        run
+    }
+
+    /// Takes the loop if nobody holds it; the holder lets go by dropping it (also when the
+    /// loop panics in a caller's poll).
+    fn try_hold(&self, by_caller: bool) -> Option<Held<'_>> {
+        let run = match self.run.try_lock() {
             Ok(run) => run,
-            Err(poisoned) => {
-                // The loop panicked while polled: it cannot be polled again, and ends as
-                // the panic of its own task would have ended it.
-                let mut run = poisoned.into_inner();
-                *run = None;
-                self.run.clear_poison();
-                run
-            }
-        }
+            Err(TryLockError::Poisoned(p)) => self.unpoison(p.into_inner()),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(Held {
+            drive: self,
+            run: Some(run),
+            by_caller,
+        })
     }
 
     /// The home task's waker.
@@ -118,129 +143,145 @@ impl Drive {
         self.home.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Claims the loop, if nobody else holds it; the claim is let go when dropped (also
-    /// when the loop panics in a caller's poll).
-    fn try_claim(&self) -> Option<Claim<'_>> {
-        // SeqCst: see the module's comment (with the store in `release`).
-        self.claimed
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
-            .is_ok()
-            .then(|| Claim(self)) // (not `then_some`: a claim not taken must not be dropped)
-    }
-
-    /// Lets go of the claim; wakes the home task if it found the loop claimed meanwhile.
-    fn release(&self) {
-        // SeqCst, both: see the module's comment (with the store of `wanted` and the second
-        // `try_claim` in `poll_home`).
-        self.claimed.store(false, Ordering::SeqCst);
-        if self.wanted.swap(false, Ordering::SeqCst) {
-            if let Some(home) = self.home().clone() {
-                home.wake();
-            }
+    /// For a caller waiting alone: a helper that polls the loop in its place, if the loop
+    /// reads a ring, its home task polled it before, and this caller runs on the home
+    /// task's runtime.
+    pub(crate) fn helper(&self) -> Option<Helper<'_>> {
+        if !self.shared {
+            return None;
         }
-    }
-
-    /// The home task: polls the loop until it ends.
-    fn poll_home(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.runtime.get().is_none() {
-            if let Ok(h) = tokio::runtime::Handle::try_current() {
-                let _ = self.runtime.set(h.id());
-            }
-        }
-        {
-            let mut home = self.home();
-            if !home.as_ref().is_some_and(|h| h.will_wake(cx.waker())) {
-                *home = Some(cx.waker().clone());
-            }
-        }
-        let claim = match self.try_claim() {
-            Some(claim) => claim,
-            None => {
-                // SeqCst: see the module's comment.
-                self.wanted.store(true, Ordering::SeqCst);
-                match self.try_claim() {
-                    Some(claim) => claim,
-                    None => return Poll::Pending, // the holder wakes this task when it lets go
-                }
-            }
-        };
-        let done = poll_loop(&mut self.lock(), cx);
-        drop(claim);
-        if done {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// For a caller waiting alone: polls the loop once in its place, if the loop reads a
-    /// ring, its home task polled it before, this caller runs on the home task's runtime,
-    /// and nobody polls it right now. Returns whether it polled.
-    pub(crate) fn assist(&self) -> bool {
-        if !self.ring {
-            return false;
-        }
-        let Some(home_rt) = self.runtime.get() else {
-            return false;
-        };
+        let home_rt = self.runtime.get()?;
         if !tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == *home_rt) {
-            return false;
+            return None;
         }
-        let Some(home) = self.home().clone() else {
-            return false;
-        };
-        let Some(_claim) = self.try_claim() else {
+        let home = self.home().clone()?;
+        Some(Helper { drive: self, home })
+    }
+}
+
+/// A caller's way to poll the loop in its place ([`Drive::helper`]).
+pub(crate) struct Helper<'a> {
+    drive: &'a Drive,
+    home: Waker,
+}
+
+impl Helper<'_> {
+    /// Polls the loop once, unless somebody polls it right now. Returns whether it polled.
+    pub(crate) fn assist(&self) -> bool {
+        let Some(mut held) = self.drive.try_hold(true) else {
             return false;
         };
         // The loop's wake-ups go to its home task: polled here, it asks for them as if
         // that task polled it.
-        let mut cx = Context::from_waker(&home);
-        if poll_loop(&mut self.lock(), &mut cx) {
+        if held.poll(&mut Context::from_waker(&self.home)) {
             // It ended here: the home task ends at its next poll.
-            home.wake();
+            self.home.wake_by_ref();
         }
         true
     }
 }
 
+/// The loop, held by whoever polls it ([`Drive::try_hold`]).
+struct Held<'a> {
+    drive: &'a Drive,
+    /// `None` only while dropped.
+    run: Option<MutexGuard<'a, Option<Loop>>>,
+    /// Held by a caller, not the home task: only then may the home task wait for it.
+    by_caller: bool,
+}
+
+impl Held<'_> {
+    /// Polls the loop if it still runs; returns whether it has ended.
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(run) = self.run.as_deref_mut() else {
+            return true;
+        };
+        let Some(f) = run.as_mut() else {
+            return true;
+        };
+        if f.as_mut().poll(cx).is_ready() {
+            *run = None;
+            return true;
+        }
+        false
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        drop(self.run.take());
+        if !self.by_caller {
+            return; // the home task lets go: nobody else waits for the loop
+        }
+        // SeqCst: between the unlock and the load of `wanted` (see the module's comment;
+        // its partner is the fence in `Home::poll`).
+        fence(Ordering::SeqCst);
+        // Relaxed, both: ordered by the fences.
+        if self.drive.wanted.load(Ordering::Relaxed)
+            && self.drive.wanted.swap(false, Ordering::Relaxed)
+        {
+            if let Some(home) = self.drive.home().clone() {
+                home.wake();
+            }
+        }
+    }
+}
+
 /// The home task of a [`Drive`]: polls its loop until it ends.
-pub(crate) struct Home(Arc<Drive>);
+pub(crate) struct Home {
+    drive: Arc<Drive>,
+    /// The waker last stored in the drive.
+    waker: Option<Waker>,
+    /// The loop, when no caller may poll it ([`Drive::new`]).
+    own: Option<Loop>,
+}
 
 impl Future for Home {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.poll_home(cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if let Some(run) = this.own.as_mut() {
+            return run.as_mut().poll(cx);
+        }
+        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            if this.drive.runtime.get().is_none() {
+                if let Ok(h) = tokio::runtime::Handle::try_current() {
+                    let _ = this.drive.runtime.set(h.id());
+                }
+            }
+            this.waker = Some(cx.waker().clone());
+            *this.drive.home() = Some(cx.waker().clone());
+        }
+        let drive = &*this.drive;
+        let mut held = match drive.try_hold(false) {
+            Some(held) => held,
+            None => {
+                // Relaxed: ordered by the fence.
+                drive.wanted.store(true, Ordering::Relaxed);
+                // SeqCst: between the store of `wanted` and the second look (see the
+                // module's comment; its partner is the fence in `Held::drop`).
+                fence(Ordering::SeqCst);
+                match drive.try_hold(false) {
+                    Some(held) => held,
+                    None => return Poll::Pending, // the holder wakes this task when it lets go
+                }
+            }
+        };
+        if held.poll(cx) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
 impl Drop for Home {
     fn drop(&mut self) {
         // Waits only for a caller polling the loop right now.
-        let run = self.0.lock().take();
+        let run = self.drive.lock().take();
         drop(run); // outside the lock: the loop's handles may reach the drive
     }
-}
-
-/// A claim on the loop ([`Drive::try_claim`]).
-struct Claim<'a>(&'a Drive);
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
-/// Polls the loop if it still runs; returns whether it has ended.
-fn poll_loop(run: &mut Option<Loop>, cx: &mut Context<'_>) -> bool {
-    let Some(f) = run.as_mut() else {
-        return true;
-    };
-    if f.as_mut().poll(cx).is_ready() {
-        *run = None;
-        return true;
-    }
-    false
 }
 
 #[cfg(test)]
@@ -286,8 +327,8 @@ mod tests {
         assert!(home.as_mut().poll(&mut cx).is_pending());
         assert_eq!(polls.load(Ordering::SeqCst), 1);
 
-        let claim = drive.try_claim().expect("nobody holds the loop");
-        assert!(drive.try_claim().is_none(), "one holder at a time");
+        let claim = drive.try_hold(true).expect("nobody holds the loop");
+        assert!(drive.try_hold(true).is_none(), "one holder at a time");
         assert!(home.as_mut().poll(&mut cx).is_pending());
         assert_eq!(
             polls.load(Ordering::SeqCst),

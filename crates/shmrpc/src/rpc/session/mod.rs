@@ -77,7 +77,8 @@ pub(crate) struct Host {
     pub(crate) registry: Registry,
 }
 
-/// Which end of the connection this is: it decides only what a `Goodbye` means.
+/// Which end of the connection this is: it decides what a `Goodbye` means, and whether a
+/// caller may read its own answer from the ring (a client's may: [`drive`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
     /// The accepting end: a `Goodbye` from the client means it leaves (the connection
@@ -495,8 +496,9 @@ pub(crate) fn open(
     let mut link = Link::new(tx, host.obs.clone(), info);
     link.bufs = rx.pool();
     let link = Arc::new(link);
-    // Only a ring's messages go into pooled buffers: a caller may read them itself.
-    let drive = Arc::new(Drive::new(link.bufs.is_some()));
+    // A client's caller may read its answer from the ring itself (only a ring's messages
+    // go into pooled buffers).
+    let drive = Arc::new(Drive::new(role == Role::Client && link.bufs.is_some()));
     // As many open calls as the peer runs and queues, if it is configured like this end.
     let max_open = host.max_in_flight.max(1) * 2;
     let peer = Peer::new(Arc::new(outgoing::Outgoing::new(

@@ -171,7 +171,7 @@ pub(crate) const GOODBYE_IDLE: u8 = 1;
 /// wake-up before it waits to be woken ([`Outgoing::answer`]). A poll of a loop that
 /// spins on the ring lasts one spin round (200 ns) and of one that parked far less: a
 /// caller spins here for some microseconds at most.
-const ASSISTS: u32 = 64;
+const ASSISTS: u32 = 16;
 
 impl Outgoing {
     /// How many answers a caller read by polling the read loop itself.
@@ -456,7 +456,7 @@ impl Outgoing {
     /// closed the connection as idle before it read the request (the call was not run).
     ///
     /// A call alone in flight on its connection polls the connection's read loop itself
-    /// while it waits ([`Drive::assist`]), up to [`ASSISTS`] times per wake-up: the loop
+    /// while it waits ([`Drive::helper`]), up to [`ASSISTS`] times per wake-up: the loop
     /// spins on the ring (then parks), and the answer is read on this task. Only then,
     /// or when another call is open, does it wait to be woken by the loop's own task.
     async fn answer(&self, guard: CancelOnDrop) -> Result<Option<Vec<u8>>, RpcError> {
@@ -464,6 +464,7 @@ impl Outgoing {
         let r = std::future::poll_fn(|cx| {
             let mut assists = ASSISTS;
             let mut assisted = false;
+            let mut helper = None;
             loop {
                 let mut pending = self.pending.lock().expect("poisoned");
                 let alone = pending.len() == 1;
@@ -482,7 +483,8 @@ impl Outgoing {
                 if alone && assists > 0 {
                     drop(pending);
                     assists -= 1;
-                    if self.drive.assist() {
+                    let helper = helper.get_or_insert_with(|| self.drive.helper());
+                    if helper.as_ref().is_some_and(|h| h.assist()) {
                         assisted = true;
                     } else {
                         assists = 0; // the loop's own task has it: wait for its wake-up
