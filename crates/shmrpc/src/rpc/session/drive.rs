@@ -12,11 +12,12 @@
 //! can stop at any moment and the home task goes on.
 //!
 //! Nobody waits for the lock (`try_lock` only). A home task that finds it taken says so
-//! (`wanted`) and returns; whoever lets go of it then wakes the home task. Each side puts
-//! a `SeqCst` fence between its write and its read (the home task: its store of `wanted`,
-//! then its second `try_lock`; the holder, a caller: its unlock, then its load of `wanted`), so the
-//! two cannot both miss: either the second `try_lock` finds the lock free, or the holder
-//! sees `wanted`.
+//! (`wanted`) and returns; the caller that lets go of it then wakes the home task. Each
+//! side puts a `SeqCst` fence between its write and its read (the home task: its store of
+//! `wanted`, then its second `try_lock`; the caller: its unlock, then its load of
+//! `wanted`), so the two cannot both miss: either the second `try_lock` finds the lock
+//! free, or the caller sees `wanted`. The home task's own unlock needs neither: only the
+//! home task ever waits for the loop.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -60,8 +61,8 @@ impl Drive {
     /// A drive with no loop yet ([`start`](Self::start) gives it one). `shared`: whether a
     /// caller may poll the loop while it waits. Not on TCP, where a poll would only find the
     /// socket not ready (a caller would spin for nothing); not at a server, whose calls to
-    /// its clients are rare, and whose loops (one per client on its runtime) then save the
-    /// lock and the fence on each of their polls.
+    /// its clients are rare, and whose loops (one per client on its runtime) then take no
+    /// lock on each of their polls.
     pub(crate) fn new(shared: bool) -> Self {
         Self {
             run: Mutex::new(None),
@@ -143,8 +144,8 @@ impl Drive {
         self.home.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// For a caller waiting alone: a helper that polls the loop in its place, if the loop
-    /// reads a ring, its home task polled it before, and this caller runs on the home
+    /// For a caller waiting alone: a helper that polls the loop in its place, if callers
+    /// may (`shared`), its home task polled it before, and this caller runs on the home
     /// task's runtime.
     pub(crate) fn helper(&self) -> Option<Helper<'_>> {
         if !self.shared {
@@ -230,7 +231,8 @@ impl Drop for Held<'_> {
 /// The home task of a [`Drive`]: polls its loop until it ends.
 pub(crate) struct Home {
     drive: Arc<Drive>,
-    /// The waker last stored in the drive.
+    /// The waker last stored in the drive, kept here to compare with each poll's waker
+    /// without taking the drive's lock on it.
     waker: Option<Waker>,
     /// The loop, when no caller may poll it ([`Drive::new`]).
     own: Option<Loop>,
@@ -303,9 +305,8 @@ mod tests {
         }
     }
 
-    /// A home task that finds the loop claimed does not wait: it is woken when the claim
-    /// is let go, and then polls the loop; a caller finds the loop claimed while the home
-    /// task polls it.
+    /// A home task that finds the loop held by a caller does not wait: it is woken when
+    /// the caller lets go, and then polls the loop; only one holds the loop at a time.
     #[test]
     fn a_home_task_that_finds_the_loop_claimed_is_woken_when_it_is_let_go() {
         let polls = Arc::new(AtomicUsize::new(0));

@@ -123,7 +123,8 @@ pub(super) struct Connection {
     /// when the current idle stretch began.
     busy: u64,
     idle_since: (u64, tokio::time::Instant),
-    /// An answer just woke a caller waiting for it.
+    /// An answer just went to a unary caller: woken, or polling this loop itself (then the
+    /// loop gives way at once, and the caller returns with it).
     woke: bool,
     /// How the reader gives way to a caller it woke ([`GiveWay`]).
     give_way: GiveWay,
