@@ -9,7 +9,9 @@
 //!   time per call of each process;
 //! - `conns16`: 64 B calls, 16 connections × 16 caller tasks; the same figures;
 //! - `stream32`: one server-streaming call of 100,000 items of 32 B; items per second and
-//!   the time to the first item.
+//!   the time to the first item. Its floor runs beside it (`shmrpc-channel`: the same items
+//!   through a bare `shmrpc::channel` ring, written and checked in place, no RPC), so that
+//!   the report can say how much of the gap to a target is the transport's.
 //!
 //! Payloads: a request of `size` bytes is its seed (8 bytes, little endian) followed by the
 //! pattern of that seed; the server checks it and answers with the seed `^ REPLY` and its
@@ -161,6 +163,10 @@ fn all_cases() -> Vec<RpcCase> {
     let mut v = Vec::new();
     for (work, wname) in WORKS {
         for sys in RpcSys::ALL {
+            if sys == RpcSys::Channel && work != RpcWork::Stream {
+                // The floor of the stream only: no rows of "n/a" elsewhere.
+                continue;
+            }
             v.push(RpcCase {
                 sys,
                 work,
@@ -759,6 +765,17 @@ pub fn print(run: &RpcRun) {
             ))
         );
     }
+    if let Some(f) = stream_floor(run) {
+        println!(
+            "  the stream's floor (shmrpc-channel: the same items written and checked in place in \
+             a bare ring between the two processes, no RPC): {} items/s{}; shmrpc's RPC stream \
+             reaches {} of it",
+            fmt_rate(f.rate),
+            f.over_tonic
+                .map_or_else(String::new, |t| format!(", {t:.1}× tonic's")),
+            fmt_ratio(f.shmrpc_share),
+        );
+    }
     println!(
         "  (CPU: CPU time per call of each whole process, CLOCK_PROCESS_CPUTIME_ID around the \
          run; shm/CPU: shmrpc's lead + child CPU per call over the system's)"
@@ -772,6 +789,30 @@ fn item_work_medians(run: &RpcRun) -> Option<ItemWork> {
     Some(ItemWork {
         fill: median(&fill)?,
         check: median(&check)?,
+    })
+}
+
+/// The stream's floor ([`RpcSys::Channel`]) in a run.
+struct StreamFloor {
+    /// Its items per second (median over rounds).
+    rate: f64,
+    /// Its items/s over tonic's (median of per-round ratios).
+    over_tonic: Option<f64>,
+    /// shmrpc's RPC stream over it (median of per-round ratios).
+    shmrpc_share: Option<f64>,
+}
+
+fn stream_floor(run: &RpcRun) -> Option<StreamFloor> {
+    let case = |s: RpcSys| {
+        run.cases
+            .iter()
+            .find(|c| c.work == RpcWork::Stream && c.sys == s && measured(c))
+    };
+    let floor = case(RpcSys::Channel)?;
+    Some(StreamFloor {
+        rate: figures(floor)[0],
+        over_tonic: case(RpcSys::Tonic).and_then(|t| ratios(floor, t)[0]),
+        shmrpc_share: case(RpcSys::Shmrpc).and_then(|b| ratios(b, floor)[0]),
     })
 }
 
@@ -828,6 +869,12 @@ pub fn json(run: &RpcRun) -> Value {
         "stream_item_work": item_work_medians(run).map(|w| json!({
             "fill_items_per_s": w.fill,
             "check_items_per_s": w.check,
+        })),
+        "stream_floor": stream_floor(run).map(|f| json!({
+            "system": RpcSys::Channel.name(),
+            "items_per_s": f.rate,
+            "over_tonic": f.over_tonic,
+            "shmrpc_over_floor": f.shmrpc_share,
         })),
     })
 }

@@ -17,6 +17,13 @@
 //!   `Server::builder().add_service(..).serve_with_incoming(UnixListenerStream)`; the client
 //!   a `Channel` from `Endpoint::connect_with_connector` dialling the Unix socket, one per
 //!   connection, and `tonic::client::Grpc` over it.
+//! - **shmrpc-channel**: not an RPC system but the stream's floor, the layer below shmrpc's
+//!   RPC with nothing on top: one `shmrpc::channel` connection (a 64 KiB ring each way, as
+//!   the RPC client's), the child writing each frame of up to 512 items (16 KiB, as the RPC
+//!   stream's frames) straight into the ring (`Sender::reserve`, the items filled in place,
+//!   `commit`), the lead checking them in place (`recv`). Same item code as every system,
+//!   no copy and no framing beyond the ring's record: what any stream over this transport,
+//!   between these two processes, could reach.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -50,15 +57,18 @@ pub enum RpcSys {
     Tarpc,
     /// tonic (gRPC, HTTP/2) over a Unix socket, protobuf.
     Tonic,
+    /// shmrpc's bare channel, no RPC: the stream's floor.
+    Channel,
 }
 
 impl RpcSys {
     /// Every system, in table order.
-    pub const ALL: [RpcSys; 4] = [
+    pub const ALL: [RpcSys; 5] = [
         RpcSys::Shmrpc,
         RpcSys::ShmrpcBlocking,
         RpcSys::Tarpc,
         RpcSys::Tonic,
+        RpcSys::Channel,
     ];
 
     /// Name in case ids and the table.
@@ -68,6 +78,7 @@ impl RpcSys {
             RpcSys::ShmrpcBlocking => "shmrpc-blocking",
             RpcSys::Tarpc => "tarpc",
             RpcSys::Tonic => "tonic",
+            RpcSys::Channel => "shmrpc-channel",
         }
     }
 
@@ -82,6 +93,8 @@ impl RpcSys {
             (RpcSys::ShmrpcBlocking, RpcWork::Unary(_)) => None,
             (RpcSys::ShmrpcBlocking, _) => Some("unary round trips only (a blocking client)"),
             (RpcSys::Tarpc, RpcWork::Stream) => Some("tarpc has no streaming calls"),
+            (RpcSys::Channel, RpcWork::Stream) => None,
+            (RpcSys::Channel, _) => Some("the stream's floor only (a bare channel, no RPC)"),
             _ => None,
         }
     }
@@ -93,6 +106,44 @@ fn shm_name(env: &RunEnv, s: RpcSys) -> String {
 
 fn sock_path(env: &RunEnv, s: RpcSys) -> PathBuf {
     env.path(&format!("rpc-{}.sock", s.name()))
+}
+
+/// Items per record of the stream's floor (16 KiB, as shmrpc's RPC stream frames).
+const FLOOR_FRAME: u64 = 512;
+
+/// The floor's channel: a 64 KiB ring each way, as `ClientConfig::default()`'s.
+fn floor_config() -> shmrpc::channel::ChannelConfig {
+    shmrpc::channel::ChannelConfig::default().with_capacity(64 << 10)
+}
+
+/// The floor's server: accepts the lead's one connection, then answers each stream request
+/// (as shmrpc's `items` handler would) until the lead closes.
+fn serve_floor(listener: shmrpc::channel::Listener) -> Result<()> {
+    let ep = listener.accept().context("channel accept")?;
+    // Only one connection: the socket file goes now.
+    drop(listener);
+    let (mut tx, mut rx) = ep.split();
+    loop {
+        let (seed0, n) = match rx.recv() {
+            Ok(m) => parse_stream_request(&m)?,
+            Err(shmrpc::channel::RecvError::Closed | shmrpc::channel::RecvError::PeerGone) => {
+                return Ok(())
+            }
+            Err(e) => return Err(e).context("channel recv"),
+        };
+        let mut at = 0;
+        while at < n {
+            let k = (n - at).min(FLOOR_FRAME);
+            let mut frame = tx
+                .reserve(k as usize * ITEM_SIZE)
+                .context("channel reserve")?;
+            for (j, item) in frame.chunks_exact_mut(ITEM_SIZE).enumerate() {
+                fill_request(item, seed0 + at + j as u64);
+            }
+            frame.commit(0);
+            at += k;
+        }
+    }
 }
 
 fn bad(e: anyhow::Error) -> RpcError {
@@ -281,6 +332,31 @@ pub fn serve(s: RpcSys, env: &RunEnv, rt: &tokio::runtime::Runtime) -> Result<Rp
                 path: Some(path),
             })
         }
+        RpcSys::Channel => {
+            let listener = shmrpc::channel::Listener::bind(&shm_name(env, s), floor_config())
+                .context("channel bind")?;
+            // A thread of its own, not the runtime's (its waits block); the task only
+            // reports the thread's end, so that `close` waits for it.
+            let (done, ended) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name("channel-floor".into())
+                .spawn(move || {
+                    if let Err(e) = serve_floor(listener) {
+                        eprintln!("channel floor server: {e:#}");
+                    }
+                    let _ = done.send(());
+                })
+                .context("spawning the floor's thread")?;
+            let task = tokio::spawn(async move {
+                let _ = ended.await;
+            });
+            Ok(RpcServer {
+                task,
+                // Nothing to tell it: it ends when the lead's connection closes.
+                stop: Some(Box::new(|| {})),
+                path: None,
+            })
+        }
         RpcSys::Tonic => {
             let path = sock_path(env, s);
             let listener = tokio::net::UnixListener::bind(&path)
@@ -358,6 +434,8 @@ pub enum RpcLead {
     Async(Vec<Caller>),
     /// shmrpc's blocking client.
     Blocking(shmrpc::BlockingClient),
+    /// The stream's floor: one bare channel endpoint.
+    Channel(Box<shmrpc::channel::Endpoint>),
 }
 
 /// Connects the lead's clients to the child's server of `s`.
@@ -367,12 +445,18 @@ pub fn connect(s: RpcSys, env: &RunEnv, rt: &tokio::runtime::Runtime) -> Result<
             .context("shmrpc BlockingClient::connect")?;
         return Ok(RpcLead::Blocking(c));
     }
+    if s == RpcSys::Channel {
+        let ep = shmrpc::channel::connect(&shm_name(env, s), &floor_config())
+            .context("shmrpc::channel::connect")?;
+        return Ok(RpcLead::Channel(Box::new(ep)));
+    }
     let name = shm_name(env, s);
     let path = sock_path(env, s);
     let callers = rt.block_on(async move {
         let mut v = Vec::with_capacity(CONNS);
         for _ in 0..CONNS {
             v.push(match s {
+                RpcSys::Channel => bail!("not an RPC system"),
                 RpcSys::Shmrpc | RpcSys::ShmrpcBlocking => Caller::Shmrpc(
                     shmrpc::Client::connect(&name, ClientConfig::default())
                         .await
@@ -436,6 +520,7 @@ impl RpcLead {
                 }
                 Ok(samples)
             }
+            RpcLead::Channel(_) => bail!("the channel floor runs the stream only"),
             RpcLead::Async(callers) => {
                 let mut c = callers[0].clone();
                 rt.block_on(async move {
@@ -501,8 +586,10 @@ impl RpcLead {
         n: u64,
         seed0: u64,
     ) -> Result<(Duration, Duration)> {
-        let RpcLead::Async(callers) = self else {
-            bail!("not an async client");
+        let callers = match self {
+            RpcLead::Async(callers) => callers,
+            RpcLead::Channel(ep) => return stream_floor(ep, n, seed0),
+            RpcLead::Blocking(_) => bail!("not an async client"),
         };
         let c = callers[0].clone();
         rt.block_on(async move {
@@ -562,6 +649,37 @@ impl RpcLead {
                 drop(callers);
             }
             RpcLead::Blocking(c) => drop(c),
+            RpcLead::Channel(ep) => drop(ep),
         }
     }
+}
+
+/// The stream's floor, the lead's side: asks for `n` items and checks each in place in the
+/// ring, as they come. The time to the last and to the first item.
+fn stream_floor(
+    ep: &mut shmrpc::channel::Endpoint,
+    n: u64,
+    seed0: u64,
+) -> Result<(Duration, Duration)> {
+    let req = stream_request(seed0, n);
+    let t0 = Instant::now();
+    ep.send(&req).context("channel send")?;
+    let mut first = None;
+    let mut got = 0u64;
+    while got < n {
+        let m = ep.recv().context("channel recv")?;
+        if m.is_empty() || m.len() % ITEM_SIZE != 0 {
+            bail!("a frame of {} bytes", m.len());
+        }
+        for item in m.chunks_exact(ITEM_SIZE) {
+            first.get_or_insert_with(|| t0.elapsed());
+            check_item("channel item", item, seed0 + got)?;
+            got += 1;
+        }
+    }
+    let dt = t0.elapsed();
+    if got != n {
+        bail!("{got} items of {n}");
+    }
+    Ok((dt, first.unwrap_or(dt)))
 }
