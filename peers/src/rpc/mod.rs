@@ -749,11 +749,7 @@ pub fn print(run: &RpcRun) {
         }
     }
     if let Some(w) = item_work_medians(run) {
-        let tonic = run
-            .cases
-            .iter()
-            .find(|c| c.work == RpcWork::Stream && c.sys == RpcSys::Tonic && measured(c))
-            .map(|c| figures(c)[0]);
+        let tonic = stream_case(run, RpcSys::Tonic).map(|c| figures(c)[0]);
         println!(
             "  the stream's own item work, alone in one thread (no RPC system): writing {} items/s, \
              checking {} items/s{}",
@@ -792,6 +788,13 @@ fn item_work_medians(run: &RpcRun) -> Option<ItemWork> {
     })
 }
 
+/// The stream case of system `s`, if it was measured.
+fn stream_case(run: &RpcRun, s: RpcSys) -> Option<&RpcCase> {
+    run.cases
+        .iter()
+        .find(|c| c.work == RpcWork::Stream && c.sys == s && measured(c))
+}
+
 /// The stream's floor ([`RpcSys::Channel`]) in a run.
 struct StreamFloor {
     /// Its items per second (median over rounds).
@@ -803,11 +806,7 @@ struct StreamFloor {
 }
 
 fn stream_floor(run: &RpcRun) -> Option<StreamFloor> {
-    let case = |s: RpcSys| {
-        run.cases
-            .iter()
-            .find(|c| c.work == RpcWork::Stream && c.sys == s && measured(c))
-    };
+    let case = |s| stream_case(run, s);
     let floor = case(RpcSys::Channel)?;
     Some(StreamFloor {
         rate: figures(floor)[0],
