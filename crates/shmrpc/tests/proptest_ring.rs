@@ -1,9 +1,10 @@
 //! Property tests of the ring's record framing against a simple in-memory model.
 //!
 //! Random sequences of operations — pushes of random sizes (0, exactly the largest payload,
-//! above it), reserves dropped without a commit, single and batched reads, closes from
-//! either end — run against a real ring (in an anonymous shared-memory segment) and against
-//! a `VecDeque` model that does the ring's byte accounting: a record takes
+//! above it), reserves dropped without a commit (some with last lap's stamps forged into
+//! every header slot they cover), single and batched reads, closes from either end — run
+//! against a real ring (in an anonymous shared-memory segment) and against a `VecDeque`
+//! model that does the ring's byte accounting: a record takes
 //! `16 + round_up(len, 16)` bytes, and a record that does not fit before the end of the
 //! data area is preceded by a padding record that fills the rest (written as soon as the
 //! padding alone fits; the consumer releases a padding record as soon as it skips it). A
@@ -55,6 +56,11 @@ enum Op {
     Push { len: usize, tag: u32 },
     /// `try_reserve(len)`, scribble into the grant, drop it without committing.
     ReserveDrop { len: usize },
+    /// `try_reserve(len)`; in every header slot the grant covers, turn what an earlier lap
+    /// left there into the stamp that slot's position has in this lap; drop the grant.
+    /// (Payload bytes may hold anything: the consumer must only ever see published
+    /// records.)
+    ReserveForge { len: usize },
     /// `try_peek` and release.
     Pop,
     /// `try_read_batch(max)`.
@@ -248,6 +254,34 @@ impl Harness {
                 let want = self.m.reserve(len).map(|_| Outcome::Ok);
                 prop_assert_eq!(got, want.unwrap_or_else(|e| e), "reserve of {}", len);
             }
+            Op::ReserveForge { len } => {
+                // Where the grant will start: after padding, if the record must wrap.
+                let (cap, pos) = (self.m.cap, self.p.position());
+                let to_end = cap - pos % cap;
+                let rec = record_size(len) as u64;
+                let start = if rec > to_end { pos + to_end } else { pos };
+                let got = match self.p.try_reserve(len) {
+                    Ok(mut g) => {
+                        // Header slots lie on the 16-byte grid; the payload starts 16 bytes
+                        // past the grant's own header.
+                        for i in (0..len.saturating_sub(7)).step_by(16) {
+                            let slot = start + 16 + i as u64;
+                            if slot < cap {
+                                continue; // the first lap: nothing was there before
+                            }
+                            let word = &mut g[i..i + 8];
+                            let stale = u64::from_le_bytes(word.try_into().unwrap());
+                            // Last lap's stamp, `(slot - cap) ^ key`, becomes `slot ^ key`.
+                            let forged = stale ^ (slot - cap) ^ slot;
+                            word.copy_from_slice(&forged.to_le_bytes());
+                        }
+                        Outcome::Ok
+                    }
+                    Err(e) => reserve_outcome(&e),
+                };
+                let want = self.m.reserve(len).map(|_| Outcome::Ok);
+                prop_assert_eq!(got, want.unwrap_or_else(|e| e), "reserve of {}", len);
+            }
             Op::Pop => {
                 let got = match self.c.try_peek() {
                     Ok(g) => Ok((g.tag(), g.to_vec())),
@@ -320,6 +354,7 @@ fn op_strategy(max: usize) -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => (len_strategy(max), any::<u32>()).prop_map(|(len, tag)| Op::Push { len, tag }),
         2 => len_strategy(max).prop_map(|len| Op::ReserveDrop { len }),
+        2 => len_strategy(max).prop_map(|len| Op::ReserveForge { len }),
         9 => Just(Op::Pop),
         3 => (0usize..6).prop_map(|max| Op::Batch { max }),
     ]
@@ -473,4 +508,50 @@ fn channel_send_after_drain_does_not_stall() {
             .expect("receiver got the message");
     }
     receiver.join().unwrap();
+}
+
+/// The failure `ring_matches_model` once found, made certain. An earlier lap's stamp sits in
+/// a header slot; a later reservation covers the slot and changes only its two low bytes,
+/// and is dropped; the consumer then reaches that slot as the next record's position. Two
+/// positions a lap apart share their high bytes, so when the two new bytes equal those of
+/// `position ^ key` the slot reads as a record that was never written. At random that is
+/// one chance in 65,536 per slot (the proptest met it with 0xEE bytes); here the bytes are
+/// chosen, from the stale stamp the grant shows, to be exactly those. The producer must
+/// clear the slot after each record before the consumer can look at it.
+#[test]
+fn a_stale_stamp_under_new_low_bytes_is_not_a_record() {
+    const CAP: u64 = 256;
+    let (mut p, mut c) = ring::channel(CAP as usize).unwrap();
+    // Lap 1: records at 0 (32 bytes), 32 (16 bytes) and 48 (208 bytes, to the end).
+    for (tag, len) in [(1, 16), (2, 0), (3, 192)] {
+        p.try_push(tag, &payload(tag, len)).unwrap();
+        assert_eq!(c.try_peek().unwrap().tag(), tag);
+    }
+    assert_eq!((p.position(), c.position()), (CAP, CAP));
+    // Lap 2, at offset 0: a reservation whose payload covers the header slot at offset 32,
+    // which still holds the stamp of position 32.
+    {
+        let mut g = p.try_reserve(24).unwrap();
+        let stale = u64::from_le_bytes(g[16..24].try_into().unwrap());
+        // The stamp position CAP + 32 would have: it differs from the stale one in bit 8.
+        let forged = stale ^ 32 ^ (CAP + 32);
+        assert_eq!(stale >> 16, forged >> 16, "a lap apart: same high bytes");
+        g[16..18].copy_from_slice(&forged.to_le_bytes()[..2]);
+    } // the grant is dropped: abandoned
+      // A 32-byte record at offset 0 ends exactly at the doctored slot.
+    p.try_push(4, &payload(4, 16)).unwrap();
+    let r = c.try_peek().unwrap();
+    assert_eq!((r.tag(), r.to_vec()), (4, payload(4, 16)));
+    drop(r);
+    assert_eq!(c.position(), CAP + 32);
+    // Nothing was published at CAP + 32.
+    let got = c.try_peek().map(|r| (r.tag(), r.len()));
+    assert!(
+        matches!(got, Err(PeekError::Empty)),
+        "an abandoned reservation's bytes read as a record: {got:?}"
+    );
+    // And the slot still takes the real record.
+    p.try_push(5, &payload(5, 8)).unwrap();
+    let r = c.try_peek().unwrap();
+    assert_eq!((r.tag(), r.to_vec()), (5, payload(5, 8)));
 }

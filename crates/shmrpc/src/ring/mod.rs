@@ -33,9 +33,17 @@
 //! producer's index on its hot path, and the only cache lines that move per message are the
 //! ones holding the message itself — this is what makes small-message streaming run at tens
 //! of millions of records per second instead of one cache-line round trip per record.
-//! Stamps from an earlier lap, zeroed memory, or old payload bytes cannot match, because
-//! they were written for a different position (and the random key makes an accidental
-//! payload match as unlikely as guessing 64 random bits).
+//!
+//! Whatever the slot at the consumer's position held before must not match. An intact stamp
+//! of an earlier lap encodes another position, and zeroed memory another value (the key is
+//! odd). But a stale stamp whose low bytes a later payload overwrote would match once
+//! those few bytes happen to (two positions a lap apart share their high bytes): one
+//! chance in 65,536 for two bytes, a bug the property test found. So before publishing a
+//! record (or a padding record) the producer also overwrites the next record's slot with a
+//! value that is not its stamp, when that slot lies in released space (otherwise it holds
+//! the intact stamp of the oldest unreleased record). The consumer reaches that slot only
+//! after its Acquire load of the stamp published after the clearing, so it never sees the
+//! old contents.
 //!
 //! The consumer releases space by storing `read_pos` with Release; the producer reads it
 //! with Acquire only when its cached copy says the ring is full.

@@ -159,6 +159,10 @@ impl Producer {
         if !self.has_room(rec)? {
             return Err(ReserveError::Full);
         }
+        // Now rather than at the commit: the store's cache miss overlaps the payload's
+        // writes instead of holding back the stamp's. An abandoned grant leaves a cleared
+        // slot in free space, which is harmless.
+        self.clear_stamp(self.write + rec);
         Ok(WriteGrant {
             off: (self.write & self.mask) as usize,
             len,
@@ -251,6 +255,7 @@ impl Producer {
         self.mem
             .word(off + 8)
             .store(u64::from(len | PAD_FLAG), Ordering::Relaxed);
+        self.clear_stamp(self.write + to_end);
         // Release: pairs with the consumer's Acquire load of the stamp in `try_peek`.
         self.mem
             .word(off)
@@ -266,6 +271,31 @@ impl Producer {
         // The record that follows may not fit yet, and the consumer may be asleep: it
         // must see the padding, skip it and release the space we are about to wait for.
         self.notify();
+    }
+
+    /// Overwrites the header slot at position `next` (where the record after the one being
+    /// reserved will start) with `!(next ^ key)`, which differs from its stamp in every
+    /// byte. Called when the record is reserved, so it precedes the Release store of the
+    /// stamp that ends at `next`: the consumer looks at `next` only after its Acquire load
+    /// of that stamp, so it sees this store (or the real stamp written later), never what
+    /// was in the slot before. The grant's payload ends before `next`, so nothing the
+    /// caller writes into it can undo the clearing.
+    ///
+    /// What was there may be anything: a stamp of an earlier lap with its low bytes
+    /// overwritten by a later record's payload (or by an abandoned reservation) matches
+    /// `next ^ key` as soon as those few bytes happen to, because the high bytes of two
+    /// positions a lap or two apart agree. Only a slot in released space is written: when
+    /// `next` is a full ring away from the consumer's last released position, the slot
+    /// holds the intact stamp of that position (a record boundary the consumer has not
+    /// released), which cannot match.
+    #[inline]
+    fn clear_stamp(&self, next: u64) {
+        if next - self.read_cache < self.cap {
+            // Relaxed: published by the caller's Release store of the stamp before `next`.
+            self.mem
+                .word((next & self.mask) as usize)
+                .store(!(next ^ self.key), Ordering::Relaxed);
+        }
     }
 
     /// A read-only view of this ring's header, for monitoring.
@@ -479,7 +509,8 @@ impl<'a> WriteGrant<'a> {
         let word = u64::from(self.len as u32) | (u64::from(tag) << 32);
         p.mem.word(self.off + 8).store(word, Ordering::Relaxed);
         // Release: pairs with the consumer's Acquire load of the stamp, which makes the
-        // payload and length word above visible before the record is seen.
+        // payload, the length word and the slot cleared after the record (in
+        // `try_reserve`) visible before the record is seen.
         p.mem
             .word(self.off)
             .store(p.write ^ p.key, Ordering::Release);
