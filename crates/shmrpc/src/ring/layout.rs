@@ -42,8 +42,10 @@ pub(crate) struct Meta {
     pub magic: AtomicU32,
     pub version: AtomicU32,
     pub capacity: AtomicU64,
-    /// Random per ring. A record's stamp is `position ^ key`, so neither zeroed memory nor
-    /// stale bytes from an earlier lap (old payload included) can pass for a new record.
+    /// Random per ring, odd. A record's stamp is `position ^ key`: zeroed memory and intact
+    /// stamps of earlier laps cannot pass for a new record, and the producer clears the
+    /// next record's slot before publishing (`Producer::clear_stamp`), so neither can a
+    /// stale stamp partly overwritten by payload.
     pub key: AtomicU64,
 }
 

@@ -38,12 +38,13 @@
 //! of an earlier lap encodes another position, and zeroed memory another value (the key is
 //! odd). But a stale stamp whose low bytes a later payload overwrote would match once
 //! those few bytes happen to (two positions a lap apart share their high bytes): one
-//! chance in 65,536 for two bytes, a bug the property test found. So before publishing a
-//! record (or a padding record) the producer also overwrites the next record's slot with a
-//! value that is not its stamp, when that slot lies in released space (otherwise it holds
-//! the intact stamp of the oldest unreleased record). The consumer reaches that slot only
-//! after its Acquire load of the stamp published after the clearing, so it never sees the
-//! old contents.
+//! chance in 65,536 for two bytes, a bug the property test found. So when it reserves a
+//! record, the producer also overwrites the next record's slot with a value that is not its
+//! stamp, when that slot lies in released space as far as the producer knows. Otherwise it
+//! is the slot of the producer's cached `read_pos`: a header the producer wrote and has not
+//! overwritten since (or, for a record that fills the ring, this record's own header),
+//! which never holds `next ^ key`. The consumer reaches that slot only after its Acquire
+//! load of the stamp published after the clearing, so it never sees the old contents.
 //!
 //! The consumer releases space by storing `read_pos` with Release; the producer reads it
 //! with Acquire only when its cached copy says the ring is full.

@@ -255,7 +255,6 @@ impl Producer {
         self.mem
             .word(off + 8)
             .store(u64::from(len | PAD_FLAG), Ordering::Relaxed);
-        self.clear_stamp(self.write + to_end);
         // Release: pairs with the consumer's Acquire load of the stamp in `try_peek`.
         self.mem
             .word(off)
@@ -276,7 +275,7 @@ impl Producer {
     /// Overwrites the header slot at position `next` (where the record after the one being
     /// reserved will start) with `!(next ^ key)`, which differs from its stamp in every
     /// byte. Called when the record is reserved, so it precedes the Release store of the
-    /// stamp that ends at `next`: the consumer looks at `next` only after its Acquire load
+    /// stamp of the record that ends at `next`: the consumer looks at `next` only after its Acquire load
     /// of that stamp, so it sees this store (or the real stamp written later), never what
     /// was in the slot before. The grant's payload ends before `next`, so nothing the
     /// caller writes into it can undo the clearing.
@@ -285,9 +284,9 @@ impl Producer {
     /// overwritten by a later record's payload (or by an abandoned reservation) matches
     /// `next ^ key` as soon as those few bytes happen to, because the high bytes of two
     /// positions a lap or two apart agree. Only a slot in released space is written: when
-    /// `next` is a full ring away from the consumer's last released position, the slot
-    /// holds the intact stamp of that position (a record boundary the consumer has not
-    /// released), which cannot match.
+    /// `next` is a full ring away from the cached `read_pos`, the slot is that position's:
+    /// a header the producer wrote and has not overwritten since (or, for a record that
+    /// fills the ring, this record's own header), which never holds `next ^ key`.
     #[inline]
     fn clear_stamp(&self, next: u64) {
         if next - self.read_cache < self.cap {
