@@ -275,10 +275,10 @@ impl Producer {
     /// Overwrites the header slot at position `next` (where the record after the one being
     /// reserved will start) with `!(next ^ key)`, which differs from its stamp in every
     /// byte. Called when the record is reserved, so it precedes the Release store of the
-    /// stamp of the record that ends at `next`: the consumer looks at `next` only after its Acquire load
-    /// of that stamp, so it sees this store (or the real stamp written later), never what
-    /// was in the slot before. The grant's payload ends before `next`, so nothing the
-    /// caller writes into it can undo the clearing.
+    /// stamp of the record that ends at `next`: the consumer looks at `next` only after its
+    /// Acquire load of that stamp, so it sees this store (or the real stamp written later),
+    /// never what was in the slot before. The grant's payload ends before `next`, so
+    /// nothing the caller writes into it can undo the clearing.
     ///
     /// What was there may be anything: a stamp of an earlier lap with its low bytes
     /// overwritten by a later record's payload (or by an abandoned reservation) matches
@@ -290,7 +290,8 @@ impl Producer {
     #[inline]
     fn clear_stamp(&self, next: u64) {
         if next - self.read_cache < self.cap {
-            // Relaxed: published by the caller's Release store of the stamp before `next`.
+            // Relaxed: made visible by the Release store of the stamp of the record that
+            // ends at `next` (in `publish`), which the consumer loads with Acquire.
             self.mem
                 .word((next & self.mask) as usize)
                 .store(!(next ^ self.key), Ordering::Relaxed);
