@@ -54,13 +54,11 @@ fn peek_outcome(e: &PeekError) -> Outcome {
 enum Op {
     /// `try_push` of `len` bytes with `tag`.
     Push { len: usize, tag: u32 },
-    /// `try_reserve(len)`, scribble into the grant, drop it without committing.
-    ReserveDrop { len: usize },
-    /// `try_reserve(len)`; in every header slot the grant covers, turn what an earlier lap
-    /// left there into the stamp that slot's position has in this lap; drop the grant.
-    /// (Payload bytes may hold anything: the consumer must only ever see published
-    /// records.)
-    ReserveForge { len: usize },
+    /// `try_reserve(len)`, scribble into the grant, drop it without committing. With
+    /// `forge`, the scribble turns what an earlier lap left in every header slot the grant
+    /// covers into the stamp that slot's position has in this lap (payload bytes may hold
+    /// anything: the consumer must only ever see published records); without, it is 0xEE.
+    ReserveDrop { len: usize, forge: bool },
     /// `try_peek` and release.
     Pop,
     /// `try_read_batch(max)`.
@@ -241,40 +239,24 @@ impl Harness {
                 };
                 prop_assert_eq!(got, self.m.push(tag, len), "push of {} bytes", len);
             }
-            Op::ReserveDrop { len } => {
-                let got = match self.p.try_reserve(len) {
-                    Ok(mut g) => {
-                        prop_assert_eq!(g.len(), len);
-                        g.fill(0xEE);
-                        // `g` goes out of scope here without a commit: abandoned.
-                        Outcome::Ok
-                    }
-                    Err(e) => reserve_outcome(&e),
-                };
-                let want = self.m.reserve(len).map(|_| Outcome::Ok);
-                prop_assert_eq!(got, want.unwrap_or_else(|e| e), "reserve of {}", len);
-            }
-            Op::ReserveForge { len } => {
+            Op::ReserveDrop { len, forge } => {
                 // Where the grant will start: after padding, if the record must wrap.
                 let (cap, pos) = (self.m.cap, self.p.position());
                 let to_end = cap - pos % cap;
-                let rec = record_size(len) as u64;
-                let start = if rec > to_end { pos + to_end } else { pos };
+                let start = if record_size(len) as u64 > to_end {
+                    pos + to_end
+                } else {
+                    pos
+                };
                 let got = match self.p.try_reserve(len) {
                     Ok(mut g) => {
-                        // Header slots lie on the 16-byte grid; the payload starts 16 bytes
-                        // past the grant's own header.
-                        for i in (0..len.saturating_sub(7)).step_by(16) {
-                            let slot = start + 16 + i as u64;
-                            if slot < cap {
-                                continue; // the first lap: nothing was there before
-                            }
-                            let word = &mut g[i..i + 8];
-                            let stale = u64::from_le_bytes(word.try_into().unwrap());
-                            // Last lap's stamp, `(slot - cap) ^ key`, becomes `slot ^ key`.
-                            let forged = stale ^ (slot - cap) ^ slot;
-                            word.copy_from_slice(&forged.to_le_bytes());
+                        prop_assert_eq!(g.len(), len);
+                        if forge {
+                            forge_last_lap_stamps(&mut g, start, cap);
+                        } else {
+                            g.fill(0xEE);
                         }
+                        // `g` goes out of scope here without a commit: abandoned.
                         Outcome::Ok
                     }
                     Err(e) => reserve_outcome(&e),
@@ -336,6 +318,24 @@ impl Harness {
     }
 }
 
+/// Rewrites, in `grant` (whose record starts at position `start`), every 8-byte word that
+/// lies on a header slot so that last lap's stamp there, `(slot - cap) ^ key`, becomes
+/// `slot ^ key`, the stamp a record at that slot would have now. Slots of the first lap held
+/// no stamp and are left alone.
+fn forge_last_lap_stamps(grant: &mut [u8], start: u64, cap: u64) {
+    // Header slots lie on the 16-byte grid; the payload starts 16 bytes past the grant's
+    // own header.
+    for i in (0..grant.len().saturating_sub(7)).step_by(16) {
+        let slot = start + 16 + i as u64;
+        if slot < cap {
+            continue;
+        }
+        let word = &mut grant[i..i + 8];
+        let stale = u64::from_le_bytes(word.try_into().unwrap());
+        word.copy_from_slice(&(stale ^ (slot - cap) ^ slot).to_le_bytes());
+    }
+}
+
 /// Payload lengths for a ring whose largest payload is `max`: mostly small (many records
 /// per lap, so wraps are frequent), some anywhere up to `max`, and the edges: 0, exactly
 /// `max`, just above it, far above it.
@@ -353,8 +353,7 @@ fn len_strategy(max: usize) -> impl Strategy<Value = usize> {
 fn op_strategy(max: usize) -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => (len_strategy(max), any::<u32>()).prop_map(|(len, tag)| Op::Push { len, tag }),
-        2 => len_strategy(max).prop_map(|len| Op::ReserveDrop { len }),
-        2 => len_strategy(max).prop_map(|len| Op::ReserveForge { len }),
+        4 => (len_strategy(max), any::<bool>()).prop_map(|(len, forge)| Op::ReserveDrop { len, forge }),
         9 => Just(Op::Pop),
         3 => (0usize..6).prop_map(|max| Op::Batch { max }),
     ]
@@ -517,7 +516,7 @@ fn channel_send_after_drain_does_not_stall() {
 /// `position ^ key` the slot reads as a record that was never written. At random that is
 /// one chance in 65,536 per slot (the proptest met it with 0xEE bytes); here the bytes are
 /// chosen, from the stale stamp the grant shows, to be exactly those. The producer must
-/// clear the slot after each record before the consumer can look at it.
+/// clear the slot after each record before the consumer can reach it.
 #[test]
 fn a_stale_stamp_under_new_low_bytes_is_not_a_record() {
     const CAP: u64 = 256;
@@ -537,8 +536,9 @@ fn a_stale_stamp_under_new_low_bytes_is_not_a_record() {
         let forged = stale ^ 32 ^ (CAP + 32);
         assert_eq!(stale >> 16, forged >> 16, "a lap apart: same high bytes");
         g[16..18].copy_from_slice(&forged.to_le_bytes()[..2]);
-    } // the grant is dropped: abandoned
-      // A 32-byte record at offset 0 ends exactly at the doctored slot.
+        // The grant is dropped here: abandoned.
+    }
+    // A 32-byte record at offset 0 ends exactly at the doctored slot.
     p.try_push(4, &payload(4, 16)).unwrap();
     let r = c.try_peek().unwrap();
     assert_eq!((r.tag(), r.to_vec()), (4, payload(4, 16)));
