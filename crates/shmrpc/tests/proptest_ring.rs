@@ -2,7 +2,8 @@
 //!
 //! Random sequences of operations — pushes of random sizes (0, exactly the largest payload,
 //! above it), reserves dropped without a commit (some with last lap's stamps forged into
-//! every header slot they cover), single and batched reads, closes from either end — run
+//! every header slot they cover), pushes after which the producer dies before recording
+//! its position and another takes over, single and batched reads, closes from either end — run
 //! against a real ring (in an anonymous shared-memory segment) and against a `VecDeque`
 //! model that does the ring's byte accounting: a record takes
 //! `16 + round_up(len, 16)` bytes, and a record that does not fit before the end of the
@@ -16,7 +17,13 @@
 use std::collections::VecDeque;
 
 use proptest::prelude::*;
-use shmrpc::lowlevel::ring::{self, record_size, Consumer, PeekError, Producer, ReserveError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use shmrpc::lowlevel::ring::{
+    self, record_size, ring_size, Consumer, PeekError, Producer, ReserveError,
+};
+use shmrpc::lowlevel::sys::Segment;
 
 /// What the model says an operation returns (errors compared variant by variant).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +74,12 @@ enum Op {
     CloseProducer,
     /// Consumer closes its end.
     CloseConsumer,
+    /// `try_push`, then the producer dies between publishing the record (its stamp) and
+    /// recording it in `write_pos`: `write_pos` is put back to where it stood before the
+    /// push (before any padding the push wrote, too), the claim is left to a dead
+    /// process, and a new producer takes the ring over. It must continue after the record,
+    /// whatever the consumer has read.
+    PushThenDie { len: usize, tag: u32 },
 }
 
 /// The payload of a record: a pattern derived from its tag and length, so any mix-up of
@@ -214,41 +227,86 @@ impl Model {
 
 /// A ring and its model, driven in lock-step.
 struct Harness {
-    p: Producer,
+    seg: Arc<Segment>,
+    /// Always `Some` between operations: `None` only while one producer dies and another
+    /// takes over.
+    p: Option<Producer>,
     c: Consumer,
     m: Model,
 }
 
+/// Ring offsets of `write_pos` and of the producer's claim word.
+const WRITE_POS: usize = 128;
+const PRODUCER_CLAIM: usize = 400;
+
 impl Harness {
     fn new(cap: usize) -> Self {
-        let (p, c) = ring::channel(cap).expect("ring");
+        let seg = Arc::new(
+            Segment::anonymous(ring_size(cap), 0, |s| {
+                ring::init(s, 0, cap).map_err(|e| e.to_string())
+            })
+            .expect("segment"),
+        );
+        let p = ring::producer(&seg, 0, cap).expect("producer");
+        let c = ring::consumer(&seg, 0, cap).expect("consumer");
         assert_eq!(p.max_payload(), cap - 16);
         Self {
-            p,
+            seg,
+            p: Some(p),
             c,
             m: Model::new(cap),
         }
     }
 
+    fn p(&mut self) -> &mut Producer {
+        self.p.as_mut().expect("a producer between operations")
+    }
+
+    /// The producer dies with `write_pos` at `recorded`; a new one takes over.
+    fn die_and_take_over(&mut self, recorded: u64) {
+        self.p.take().expect("a producer").detach();
+        let word = |off| {
+            // SAFETY: ring header words are only ever accessed atomically.
+            unsafe { self.seg.atomic_u64(off) }.expect("header word")
+        };
+        word(WRITE_POS).store(recorded, Ordering::Release);
+        word(PRODUCER_CLAIM).store(4242 << 32 | 7, Ordering::Release);
+        let cap = self.m.cap as usize;
+        // SAFETY: "process 4242" never touches the ring: its claim was forged just now.
+        let p = unsafe { ring::take_over_producer(&self.seg, 0, cap) }.expect("take over");
+        self.p = Some(p);
+    }
+
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         match *op {
             Op::Push { len, tag } => {
-                let got = match self.p.try_push(tag, &payload(tag, len)) {
+                let got = match self.p().try_push(tag, &payload(tag, len)) {
                     Ok(()) => Outcome::Ok,
                     Err(e) => reserve_outcome(&e),
                 };
                 prop_assert_eq!(got, self.m.push(tag, len), "push of {} bytes", len);
             }
+            Op::PushThenDie { len, tag } => {
+                let recorded = self.p().position();
+                let got = match self.p().try_push(tag, &payload(tag, len)) {
+                    Ok(()) => Outcome::Ok,
+                    Err(e) => reserve_outcome(&e),
+                };
+                prop_assert_eq!(&got, &self.m.push(tag, len), "push of {} bytes", len);
+                if got == Outcome::Ok {
+                    self.die_and_take_over(recorded);
+                }
+            }
             Op::ReserveDrop { len, forge } => {
                 // Where the grant will start: after padding, if the record must wrap.
-                let (cap, pos) = (self.m.cap, self.p.position());
+                let (cap, pos) = (self.m.cap, self.p().position());
                 let to_end = cap - pos % cap;
                 let start = if record_size(len) as u64 > to_end {
                     pos + to_end
                 } else {
                     pos
                 };
-                let got = match self.p.try_reserve(len) {
+                let got = match self.p.as_mut().expect("producer").try_reserve(len) {
                     Ok(mut g) => {
                         prop_assert_eq!(g.len(), len);
                         if forge {
@@ -289,7 +347,7 @@ impl Harness {
                 prop_assert_eq!(got, self.m.batch(max), "batch of up to {}", max);
             }
             Op::CloseProducer => {
-                self.p.close();
+                self.p().close();
                 self.m.producer_closed = true;
             }
             Op::CloseConsumer => {
@@ -297,7 +355,7 @@ impl Harness {
                 self.m.consumer_closed = true;
             }
         }
-        prop_assert_eq!(self.p.position(), self.m.write, "producer position");
+        prop_assert_eq!(self.p().position(), self.m.write, "producer position");
         prop_assert_eq!(self.c.position(), self.m.cursor, "consumer position");
         Ok(())
     }
@@ -354,6 +412,7 @@ fn op_strategy(max: usize) -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => (len_strategy(max), any::<u32>()).prop_map(|(len, tag)| Op::Push { len, tag }),
         4 => (len_strategy(max), any::<bool>()).prop_map(|(len, forge)| Op::ReserveDrop { len, forge }),
+        2 => (len_strategy(max), any::<u32>()).prop_map(|(len, tag)| Op::PushThenDie { len, tag }),
         9 => Just(Op::Pop),
         3 => (0usize..6).prop_map(|max| Op::Batch { max }),
     ]
@@ -424,7 +483,8 @@ proptest! {
         }
         h.drain()?;
         let len = len_pick.index(cap - 16 + 1);
-        push_to_live_consumer(&mut h.p, &mut h.c, len)?;
+        let p = h.p.as_mut().expect("producer");
+        push_to_live_consumer(p, &mut h.c, len)?;
     }
 }
 

@@ -404,6 +404,98 @@ mod tests {
         assert_eq!(claim_word(&seg, CONSUMER_CLAIM), 0);
     }
 
+    /// Ring offset of `write_pos`.
+    const WRITE_POS: usize = 128;
+
+    /// A producer that died between publishing its last records (their stamps) and
+    /// recording them (`write_pos`), then taken over: its records stay, whether the
+    /// consumer read them before the take-over or after, and the new producer continues
+    /// after them. Without the walk in `published_end`, the first case is refused as
+    /// corrupt (`read_pos` past `write_pos`) and in the second the new record overwrites
+    /// the dead producer's last one.
+    #[test]
+    fn take_over_continues_after_records_published_but_not_recorded() {
+        // 3,000 bytes first, so that the unrecorded records include a padding record
+        // (the second of them does not fit before the end), or not.
+        for (filler, read_first) in [(0, false), (0, true), (3000, false), (3000, true)] {
+            let seg = anonymous(1);
+            let mut c = ring::consumer(&seg, 0, CAP).unwrap();
+            let mut p = ring::producer(&seg, 0, CAP).unwrap();
+            let mut got = Vec::new();
+            let read_all = |c: &mut ring::Consumer, got: &mut Vec<(u32, Vec<u8>)>| {
+                c.try_read_batch(100, |tag, b| got.push((tag, b.to_vec())))
+                    .unwrap_or(0)
+            };
+            if filler > 0 {
+                p.try_push(9, &vec![9; filler]).unwrap();
+                read_all(&mut c, &mut got);
+            }
+            p.try_push(1, b"recorded").unwrap();
+            let recorded = p.position();
+            p.try_push(2, &[2; 600]).unwrap();
+            p.try_push(3, &[3; 600]).unwrap();
+            let end = p.position();
+            p.detach();
+            // The death: `write_pos` still names the end of record 1, the claim is a dead
+            // process's.
+            header_word(&seg, WRITE_POS).store(recorded, Ordering::Release);
+            header_word(&seg, PRODUCER_CLAIM).store(4242 << 32 | 7, Ordering::Release);
+            if read_first {
+                read_all(&mut c, &mut got);
+            }
+            // SAFETY: "process 4242" never touches this ring: the claim was forged above.
+            let mut p = unsafe { ring::take_over_producer(&seg, 0, CAP) }
+                .unwrap_or_else(|e| panic!("filler {filler}, read first {read_first}: {e}"));
+            assert_eq!(p.position(), end, "continues after the published records");
+            assert_eq!(header_word(&seg, WRITE_POS).load(Ordering::Acquire), end);
+            p.try_push(4, b"after the take-over").unwrap();
+            while read_all(&mut c, &mut got) > 0 {}
+            let tags: Vec<u32> = got.iter().map(|(t, _)| *t).collect();
+            let want: &[u32] = if filler > 0 {
+                &[9, 1, 2, 3, 4]
+            } else {
+                &[1, 2, 3, 4]
+            };
+            assert_eq!(tags, want, "filler {filler}, read first {read_first}");
+            let last = &got[got.len() - 1].1;
+            assert_eq!(last, b"after the take-over");
+            assert!(got[got.len() - 3].1.iter().all(|&b| b == 2));
+            assert!(got[got.len() - 2].1.iter().all(|&b| b == 3));
+        }
+    }
+
+    /// Stamps forged by the consumer after `write_pos` (it knows the key) cannot move the
+    /// new producer outside the data area or past a ring's worth: a record that would
+    /// cross the end stops the walk, and a chain of forged stamps ends a lap on, where the
+    /// slot it started from holds the stamp of the lap before.
+    #[test]
+    fn forged_stamps_after_write_pos_stay_bounded() {
+        let seg = anonymous(1);
+        // SAFETY: the key word is read-only after init and only accessed atomically.
+        let key = unsafe { seg.atomic_u64(16) }
+            .unwrap()
+            .load(Ordering::Relaxed);
+        // SAFETY: data words are accessed atomically here, with no handle attached.
+        let data =
+            |pos: u64| unsafe { seg.atomic_u64(RING_HEADER_SIZE + (pos as usize % CAP)) }.unwrap();
+        // At 0: a stamp whose length runs past the end.
+        data(0).store(key, Ordering::Release);
+        data(8).store(u64::from(u32::MAX >> 1), Ordering::Release);
+        header_word(&seg, PRODUCER_CLAIM).store(4242 << 32 | 7, Ordering::Release);
+        // SAFETY: as above, "process 4242" is a forgery.
+        let p = unsafe { ring::take_over_producer(&seg, 0, CAP) }.expect("take over");
+        assert_eq!(p.position(), 0, "a record past the end is not one");
+        p.detach();
+        // Every slot stamped as an empty record of its position: a full ring, no more.
+        for pos in (0..CAP as u64).step_by(16) {
+            data(pos + 8).store(0, Ordering::Relaxed);
+            data(pos).store(pos ^ key, Ordering::Release);
+        }
+        let p = ring::producer(&seg, 0, CAP).expect("attach");
+        assert_eq!(p.position(), CAP as u64, "at most a ring's worth");
+        p.detach();
+    }
+
     #[test]
     fn a_refused_attach_leaves_no_claim_behind() {
         let seg = anonymous(1);

@@ -19,7 +19,9 @@
 //! consumer (in any process following the protocol), and a registry in this process refuses
 //! one even if the peer cleared the word. [`AttachError::AlreadyAttached`] names the holder's
 //! pid. After the holder died, [`take_over_producer`] / [`take_over_consumer`] (`unsafe`:
-//! the caller vouches that the holder is gone) attach anyway.
+//! the caller vouches that the holder is gone) attach anyway. A producer starts after every
+//! record published from where `write_pos` says (a dead producer may have stored a
+//! record's stamp but not yet `write_pos`), not on top of them.
 //!
 //! A record is a 16-byte header — `stamp: u64`, `len: u32` (bit 31 = padding), `tag: u32` —
 //! followed by the payload, padded to 16 bytes. A record never crosses the end of the data
@@ -272,15 +274,20 @@ fn validate_meta(mem: &RingMem, expected_capacity: usize) -> Result<(), AttachEr
 
 /// Loads and validates the positions, once the end is claimed (so they are the last
 /// holder's final ones). On error the claim is dropped, releasing the end again.
-fn validate_positions(mem: RingMem, claim: Claim) -> Result<Attached, AttachError> {
+fn validate_positions(mem: RingMem, claim: Claim, end: End) -> Result<Attached, AttachError> {
     let h = mem.header();
     let cap = mem.capacity() as u64;
     let key = h.meta.0.key.load(Ordering::Relaxed);
     // Acquire: pairs with the Release stores of the last producer/consumer attached, so a
     // re-attaching side sees the records and space they published.
     let read = h.read_pos.0.load(Ordering::Acquire);
-    let write = h.write_pos.0.load(Ordering::Acquire);
+    let recorded = h.write_pos.0.load(Ordering::Acquire);
     let align = RECORD_ALIGN as u64;
+    let write = if end == End::Producer && recorded <= MAX_POSITION && recorded % align == 0 {
+        published_end(&mem, key, recorded)
+    } else {
+        recorded
+    };
     if read > write
         || write > MAX_POSITION
         || write - read > cap
@@ -294,6 +301,11 @@ fn validate_positions(mem: RingMem, claim: Claim) -> Result<Attached, AttachErro
         }
         .into());
     }
+    if write != recorded {
+        // Release: as in `publish` (pairs with a later attach's Acquire load above and with
+        // inspectors); the records themselves were published by their stamps.
+        h.write_pos.0.store(write, Ordering::Release);
+    }
     Ok(Attached {
         mem,
         key,
@@ -301,6 +313,43 @@ fn validate_positions(mem: RingMem, claim: Claim) -> Result<Attached, AttachErro
         write,
         claim: Box::new(claim),
     })
+}
+
+/// Where the last producer really stopped: `write_pos`, plus the records published after
+/// it. A producer stores a record's stamp (which publishes it) before `write_pos`; one
+/// that died between the two stores left a record the consumer may have read already (its
+/// `read_pos` then lies past `write_pos`) or may be reading. A producer starting at
+/// `write_pos` would write over that record, under the consumer's feet, or be refused as
+/// corrupt. So the records whose stamps follow on from `write_pos` are skipped.
+///
+/// A slot holds its own position's stamp only if a record was published there: the
+/// producer that reserved the record ending at that position cleared it (see
+/// `Producer::clear_stamp`), and stamps of earlier laps encode other positions. Each
+/// length is loaded once and must keep the record inside the data area; the walk stops at
+/// a ring's worth (a hostile consumer could forge stamps: it then only misplaces its own
+/// reading, and the attach's position check still applies).
+fn published_end(mem: &RingMem, key: u64, write: u64) -> u64 {
+    let cap = mem.capacity() as u64;
+    let mut end = write;
+    loop {
+        let off = end & (cap - 1);
+        // Acquire: pairs with the dead producer's Release store of the stamp (`publish`,
+        // `write_padding`), so its length word is visible.
+        if mem.word(off as usize).load(Ordering::Acquire) != end ^ key {
+            return end;
+        }
+        let len_field = mem.word(off as usize + 8).load(Ordering::Relaxed) as u32;
+        let to_end = cap - off;
+        let rec = if len_field & layout::PAD_FLAG != 0 {
+            to_end
+        } else {
+            record_size(len_field as usize) as u64
+        };
+        if rec > to_end || end + rec - write > cap {
+            return end;
+        }
+        end += rec;
+    }
 }
 
 #[cfg(not(shmrpc_loom))]
@@ -358,7 +407,7 @@ mod in_segment {
         validate_meta(&mem, capacity)?;
         let local = claim::registry::register(file_id(seg)?, offset, ring_size(capacity), end)?;
         let claim = Claim::acquire(mem.clone_view(), end, mode, local)?;
-        validate_positions(mem, claim)
+        validate_positions(mem, claim, end)
     }
 
     /// Writes a fresh ring header of `capacity` data bytes at `offset` in `seg`. Call it
@@ -626,7 +675,7 @@ impl HeapRing {
         let cap = self.mem.capacity();
         validate_meta(&self.mem, cap)?;
         let claim = Claim::acquire(self.mem.clone_view(), end, Mode::Exclusive)?;
-        validate_positions(self.mem.clone_view(), claim)
+        validate_positions(self.mem.clone_view(), claim, end)
     }
 
     /// Attaches the producing end.
