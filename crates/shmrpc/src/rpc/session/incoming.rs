@@ -22,7 +22,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::dispatch::ConnState;
 use super::items::{Arrived, ItemQueue, QueueError};
-use super::reader::Flow;
 use super::sink::STREAM_WINDOW;
 use crate::frame::FrameHeader;
 use crate::rpc::{Code, RpcError};
@@ -169,9 +168,13 @@ impl Incoming {
     /// bidirectional call: queued for the handler (also while the request waits for a
     /// permit). For a call that is over (or never was) it is ignored: it crossed the
     /// call's end. For a call whose method takes no items, that call fails (`BadRequest`)
-    /// and the connection goes on. Past the caller's credit, or after its end, the caller
-    /// broke the protocol: the connection ends.
-    pub(super) fn on_item(&mut self, h: FrameHeader, item: Arrived) -> Flow {
+    /// and the connection goes on. Returns whether the frame was queued for a handler
+    /// (woken if it waited for it).
+    ///
+    /// # Errors
+    /// Past the caller's credit, or after its end, the caller broke the protocol: the
+    /// connection ends.
+    pub(super) fn on_item(&mut self, h: FrameHeader, item: Arrived) -> Result<bool, RpcError> {
         let refuse = || {
             RpcError::new(
                 Code::BadRequest,
@@ -184,17 +187,19 @@ impl Incoming {
                 .get(&h.call_id)
                 .map(|c| (c.token.clone(), c.items.clone()))
         };
-        let queue = match running {
-            Some((_, Some(q))) => q,
+        // A running handler may be waiting for the frame; a request still waiting for
+        // its permit has no handler yet.
+        let (queue, running) = match running {
+            Some((_, Some(q))) => (q, true),
             Some((token, None)) => {
                 // The handler's outcome is this error (`run_handler`).
                 token.cancel_with(refuse());
-                return Flow::Continue;
+                return Ok(false);
             }
             None => match self.waiting.iter().position(|w| w.h.call_id == h.call_id) {
-                None => return Flow::Continue,
+                None => return Ok(false),
                 Some(i) => match &self.waiting[i].items {
-                    Some(q) => q.clone(),
+                    Some(q) => (q.clone(), false),
                     None => {
                         // A missing method is refused as such when its turn comes.
                         if self.st.host.methods.get(h.method).is_some() {
@@ -203,18 +208,18 @@ impl Incoming {
                             self.st
                                 .reply_error(w.h.method, w.h.call_id, &refuse(), None);
                         }
-                        return Flow::Continue;
+                        return Ok(false);
                     }
                 },
             },
         };
         match queue.push(item) {
-            Ok(()) => Flow::Continue,
-            Err(QueueError::NoCredit) => Flow::Stop(RpcError::new(
+            Ok(()) => Ok(running),
+            Err(QueueError::NoCredit) => Err(RpcError::new(
                 Code::Protocol,
                 format!("call {}: stream items beyond the credit granted", h.call_id),
             )),
-            Err(QueueError::AfterEnd) => Flow::Stop(RpcError::new(
+            Err(QueueError::AfterEnd) => Err(RpcError::new(
                 Code::Protocol,
                 format!("call {}: stream frames after the stream's end", h.call_id),
             )),

@@ -339,8 +339,10 @@ impl Outgoing {
     }
 
     /// Hands an answer frame's event to its call. Frames for calls not waiting (cancelled,
-    /// timed out, or never started) are dropped. Returns whether a unary call was answered
-    /// (its task woken, or, polling the loop itself, about to see it).
+    /// timed out, or never started) are dropped. Returns whether a caller was handed
+    /// something to read: a unary call its answer (its task woken, or, polling the loop
+    /// itself, about to see it), or a stream still read its frame (its reader woken by the
+    /// channel if it waited).
     ///
     /// # Errors
     /// A frame of items beyond the credit this end granted: the callee broke flow
@@ -385,13 +387,15 @@ impl Outgoing {
                         "the callee ended the call: it takes no more items",
                     )),
                 };
-                let _ = tx.send(ev);
+                // Fails only if the stream was dropped: nobody to give way to then.
+                let handed = tx.send(ev).is_ok();
                 if let Some(why) = last {
                     if let Some(c) = pending.remove(&call_id).and_then(|e| e.credit) {
                         c.end(why);
                     }
                 }
-                None
+                // The channel woke the stream's reader: no waker of ours to call.
+                handed.then_some(None)
             }
         };
         drop(pending);

@@ -123,8 +123,12 @@ pub(super) struct Connection {
     /// when the current idle stretch began.
     busy: u64,
     idle_since: (u64, tokio::time::Instant),
-    /// An answer just went to a unary caller: woken, or polling this loop itself (then the
-    /// loop gives way at once, and the caller returns with it).
+    /// An answer just went to a unary caller (woken, or polling this loop itself: then the
+    /// loop gives way at once, and the caller returns with it), or frames of a stream to
+    /// its reader (a caller's, or a running handler's). Given way to once the ring is
+    /// empty, before the loop waits for the next frame, a stream's reader reads (and
+    /// returns credit) while the peer writes the next frame; otherwise it ran only once the
+    /// loop's wait let it, and the peer's next frame found a loop waiting, then parked.
     woke: bool,
     /// How the reader gives way to a caller it woke ([`GiveWay`]).
     give_way: GiveWay,
@@ -243,9 +247,9 @@ impl Connection {
                 break e;
             }
             if std::mem::take(&mut self.woke) && !rx.has_frame() {
-                // Let the woken caller run now, before this task starts waiting (and
-                // spinning) for the next frame: with a single caller that is the whole
-                // round trip. Behind it in the run queue if the caller is a task of this
+                // Let the woken caller (or stream reader) run now, before this task starts
+                // waiting (and spinning) for the next frame: with a single caller that is
+                // the whole round trip. Behind it in the run queue if the caller is a task of this
                 // worker; if it did not run meanwhile (it waits in a `block_on`, which the
                 // runtime polls only once its queue is empty, or runs elsewhere), by the
                 // runtime's own yield, which lets the queue empty.
@@ -350,18 +354,18 @@ impl Connection {
                 self.incoming.on_credit(h, &payload);
                 Flow::Continue
             }
-            (Kind::StreamItem, true) => self.incoming.on_item(h, Arrived::One(payload)),
+            (Kind::StreamItem, true) => self.queue_for_handler(h, Arrived::One(payload)),
             (Kind::StreamItems, true) => match checked_batch(h.call_id, &payload) {
                 Ok(items) => {
                     let items = items.map(<[u8]>::to_vec).collect();
-                    self.incoming.on_item(h, Arrived::Batch(items))
+                    self.queue_for_handler(h, Arrived::Batch(items))
                 }
                 Err(flow) => flow,
             },
             // A notification from the peer; credit for this end's notifications.
             (Kind::Notify, true) => self.inbox.on_notify(h, payload),
             (Kind::NotifyCredit, false) => self.peer.out.on_notify_credit(&payload),
-            (Kind::StreamEnd, true) => self.incoming.on_item(h, Arrived::End),
+            (Kind::StreamEnd, true) => self.queue_for_handler(h, Arrived::End),
             // The peer grants credit for this end's stream to it.
             (Kind::Credit, false) => {
                 self.peer.out.on_credit(h.call_id, &payload);
@@ -424,6 +428,18 @@ impl Connection {
             },
             (kind, true) => violation(&format!("{kind:?} frame sent towards a callee")),
             (kind, false) => violation(&format!("{kind:?} frame sent towards a caller")),
+        }
+    }
+
+    /// Hands a frame of the caller's stream to the handler of a call this end serves; a
+    /// caller past its stream's credit ends the connection.
+    fn queue_for_handler(&mut self, h: FrameHeader, arrived: Arrived) -> Flow {
+        match self.incoming.on_item(h, arrived) {
+            Ok(queued) => {
+                self.woke |= queued;
+                Flow::Continue
+            }
+            Err(e) => Flow::Stop(e),
         }
     }
 

@@ -520,8 +520,15 @@ async fn both_ends_flooding_each_other_over_small_rings_never_deadlock() {
 /// The client's end alone on a shared-memory channel, its loop's task started; returns the
 /// client's handle and the raw halves of the server's end, which the test drives.
 async fn scripted_server_over_a_ring() -> (Peer, FrameTx, FrameRx) {
-    use crate::channel::{self, ChannelConfig};
-    let (a, b) = channel::pair(&ChannelConfig::default()).unwrap();
+    scripted_server_over_a_ring_with(crate::channel::ChannelConfig::default()).await
+}
+
+/// As [`scripted_server_over_a_ring`], with the channel configured by `config`.
+async fn scripted_server_over_a_ring_with(
+    config: crate::channel::ChannelConfig,
+) -> (Peer, FrameTx, FrameRx) {
+    use crate::channel;
+    let (a, b) = channel::pair(&config).unwrap();
     let ((stx, srx), (ctx, crx)) = (a.split(), b.split());
     let (to_server, run) = open(
         host(methods("client", None)),
@@ -602,6 +609,129 @@ async fn a_call_with_another_open_leaves_the_reading_to_the_loops_task() {
     let before = to_server.out.assisted();
     assert!(matches!(poll_once(&mut second).await, std::task::Poll::Ready(Ok(v)) if v == b"two"));
     assert_eq!(to_server.out.assisted(), before + 1);
+}
+
+/// Frames of a stream go to its reader before the connection's loop waits for more: on
+/// one worker, once the ring is empty, the loop gives way to the stream's reader (as to a
+/// unary caller it answered) before it waits for the next frame. Otherwise the reader ran
+/// only once the loop was waiting, and the callee's next frame found the loop spinning in
+/// the reader's place or asleep. The ring's waiting word tells which: still 0 when the
+/// stream's reader gets its items. (The loop waits by parking at once here, so that its
+/// wait shows in the word: a spinning wait yields to other tasks between its rounds,
+/// unseen.)
+#[tokio::test]
+async fn a_streams_reader_gets_its_frames_before_the_loop_waits_for_more() {
+    let config = crate::channel::ChannelConfig {
+        wait: crate::ring::WaitStrategy::Park,
+        ..Default::default()
+    };
+    let (to_server, mut stx, mut srx) = scripted_server_over_a_ring_with(config).await;
+    let probe = match &mut stx {
+        FrameTx::Shm(tx, _) => tx.producer().inspector(),
+        _ => unreachable!("a ring"),
+    };
+    let (mut stream, (h, _)) = tokio::join!(
+        async {
+            to_server
+                .call_stream_raw("m", b"", CallOptions::default())
+                .await
+                .expect("started")
+        },
+        async { srx.recv().await.expect("the request") }
+    );
+    assert_eq!(h.kind, Kind::Request);
+    for round in 0..10u8 {
+        for i in 0..3u8 {
+            let sent = stx
+                .try_send_parts(
+                    Dir::ToCaller,
+                    Kind::StreamItem,
+                    h.method,
+                    h.call_id,
+                    &[&[round, i]],
+                )
+                .expect("the ring takes the item");
+            assert!(sent, "room for the item");
+        }
+        assert_eq!(
+            stream.next_raw().await.expect("an item").expect("ok"),
+            [round, 0]
+        );
+        let st = probe.state();
+        assert_eq!(
+            (st.queued, st.consumer_waiting),
+            (0, 0),
+            "round {round}: the loop read the frames, then gave way before it waited"
+        );
+        for i in 1..3u8 {
+            let item = stream.next_raw().await.expect("an item").expect("ok");
+            assert_eq!(item, [round, i]);
+        }
+    }
+}
+
+/// The same on the callee's side: the items of a caller's stream go to the running
+/// handler before the server's loop waits for more. The handler notes the ring's waiting
+/// word as it gets each round's first item.
+#[tokio::test]
+async fn a_handlers_items_reach_it_before_the_loop_waits_for_more() {
+    use crate::channel::{self, ChannelConfig};
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (a, b) = channel::pair(&ChannelConfig {
+        wait: crate::ring::WaitStrategy::Park,
+        ..Default::default()
+    })
+    .unwrap();
+    let ((stx, srx), (ctx, crx)) = (a.split(), b.split());
+    let mut ctx = FrameTx::Shm(ctx, Vec::new());
+    let probe = match &mut ctx {
+        FrameTx::Shm(tx, _) => Arc::new(tx.producer().inspector()),
+        _ => unreachable!("a ring"),
+    };
+    let mut m = Methods::new(false);
+    m.client_streaming_raw("m", move |_ctx, mut items| {
+        let (seen, probe) = (seen_tx.clone(), probe.clone());
+        async move {
+            while let Some(item) = items.next_raw().await {
+                let item = item?;
+                if item[1] == 0 {
+                    let st = probe.state();
+                    let _ = seen.send((item[0], st.queued, st.consumer_waiting));
+                }
+            }
+            Ok(Vec::new())
+        }
+    });
+    let (_to_client, run) = open(
+        host(m),
+        Role::Server,
+        FrameTx::Shm(stx, Vec::new()),
+        FrameRx::shm(srx, 1 << 20),
+        Arc::new(ConnInfo::new(1, None, "shm", None)),
+        Ends::default(),
+    );
+    tokio::spawn(run);
+    let _crx = FrameRx::shm(crx, 1 << 20);
+    raw_request(&mut ctx, "m", b"").await;
+    for round in 0..10u8 {
+        for i in 0..3u8 {
+            let sent = ctx
+                .try_send_parts(
+                    Dir::ToCallee,
+                    Kind::StreamItem,
+                    method_id("m"),
+                    1,
+                    &[&[round, i]],
+                )
+                .expect("the ring takes the item");
+            assert!(sent, "room for the item");
+        }
+        assert_eq!(
+            seen.recv().await.expect("the handler runs"),
+            (round, 0, 0),
+            "round {round}: the loop read the items, then gave way before it waited"
+        );
+    }
 }
 
 /// A checksum of a sequence of numbers that depends on their order.
