@@ -339,15 +339,15 @@ impl Outgoing {
     }
 
     /// Hands an answer frame's event to its call. Frames for calls not waiting (cancelled,
-    /// timed out, or never started) are dropped. Returns whether a caller was handed
-    /// something to read: a unary call its answer (its task woken, or, polling the loop
-    /// itself, about to see it), or a stream still read its frame (its reader woken by the
-    /// channel if it waited).
+    /// timed out, or never started) are dropped. Returns what the call was handed: a unary
+    /// call its answer (its task woken, or, polling the loop itself, about to see it), a
+    /// stream still read its frame (its reader woken by the channel if it waited), or
+    /// nothing.
     ///
     /// # Errors
     /// A frame of items beyond the credit this end granted: the callee broke flow
     /// control, and the connection is to end (`Protocol`).
-    pub(crate) fn deliver(&self, call_id: u64, ev: Event) -> Result<bool, RpcError> {
+    pub(crate) fn deliver(&self, call_id: u64, ev: Event) -> Result<Handed, RpcError> {
         let mut pending = self.pending.lock().expect("poisoned");
         let entry = pending
             .get_mut(&call_id)
@@ -395,7 +395,11 @@ impl Outgoing {
                     }
                 }
                 // The channel woke the stream's reader: no waker of ours to call.
-                handed.then_some(None)
+                return Ok(if handed {
+                    Handed::Frames
+                } else {
+                    Handed::Nothing
+                });
             }
         };
         drop(pending);
@@ -403,7 +407,11 @@ impl Outgoing {
         if let Some(Some(w)) = waker {
             w.wake();
         }
-        Ok(answered)
+        Ok(if answered {
+            Handed::Answer
+        } else {
+            Handed::Nothing
+        })
     }
 
     /// Checks a request's size before anything is sent.
@@ -699,6 +707,17 @@ impl Drop for CancelOnDrop {
             }
         }
     }
+}
+
+/// What [`Outgoing::deliver`] handed to a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handed {
+    /// Nothing: the call is over, or never was.
+    Nothing,
+    /// A unary call's answer.
+    Answer,
+    /// A frame to a stream still read.
+    Frames,
 }
 
 /// The items of a streaming call, in order.

@@ -22,7 +22,7 @@ use super::dispatch::{spare_sends, ConnState};
 use super::incoming::Incoming;
 use super::items::Arrived;
 use super::notify::Inbox;
-use super::outgoing::{Event, GOODBYE_IDLE};
+use super::outgoing::{Event, Handed, GOODBYE_IDLE};
 use super::{Ends, Host, Link, Peer, Role};
 use crate::frame::{batch_items, BatchItems, FrameHeader, Kind};
 use crate::rpc::transport::{Dir, FrameRx, TransportError};
@@ -31,6 +31,11 @@ use crate::rpc::{Code, RpcError, Silence};
 /// The most frames handled one after the other, as they are found in the ring, before
 /// the read loop looks at its other events again ([`Connection::burst`]).
 const BURST: usize = 64;
+
+/// After a send failed, how long the reader reads on for frames the peer sent before its end
+/// ([`Connection::read_what_is_left`]), and how many at most.
+const LEFT_WAIT: Duration = Duration::from_secs(1);
+const LEFT_MAX: usize = 1 << 16;
 
 /// Gives way once to the tasks already queued on this runtime worker, by waking itself:
 /// the task goes to the back of the run queue, behind a caller the reader just woke,
@@ -123,13 +128,14 @@ pub(super) struct Connection {
     /// when the current idle stretch began.
     busy: u64,
     idle_since: (u64, tokio::time::Instant),
-    /// An answer just went to a unary caller (woken, or polling this loop itself: then the
-    /// loop gives way at once, and the caller returns with it), or frames of a stream to
-    /// its reader (a caller's, or a running handler's). Given way to once the ring is
-    /// empty, before the loop waits for the next frame, a stream's reader reads (and
-    /// returns credit) while the peer writes the next frame; otherwise it ran only once the
-    /// loop's wait let it, and the peer's next frame found a loop waiting, then parked.
+    /// An answer just went to a unary caller: woken, or polling this loop itself (then the
+    /// loop gives way at once, and the caller returns with it).
     woke: bool,
+    /// Frames just went to a stream's reader (a caller's, or a running handler's). Given
+    /// way to once the ring is empty, before the loop waits for the next frame, it reads
+    /// (and returns credit) while the peer writes the next frame; otherwise it ran only
+    /// once the loop's wait let it, and the peer's next frame found the loop waiting.
+    fed: bool,
     /// How the reader gives way to a caller it woke ([`GiveWay`]).
     give_way: GiveWay,
     /// The peer ended the connection and said why (an `Error` frame of call 0).
@@ -161,6 +167,7 @@ impl Connection {
             busy: 0,
             idle_since: (0, tokio::time::Instant::now()),
             woke: false,
+            fed: false,
             give_way: GiveWay::new(),
             peer_said: false,
         }
@@ -194,6 +201,8 @@ impl Connection {
             tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() == 1);
         // The drain began (the goodbye is sent), and whether it ran every call to its end.
         let (mut drained, mut graceful) = (false, false);
+        // A send failed.
+        let mut broke = false;
         let end = loop {
             if !drained && *draining.borrow() {
                 // Refuse what waits and whatever comes, tell the client, and read on until
@@ -234,27 +243,40 @@ impl Connection {
                     let _ = self.link.try_send(Dir::Conn, Kind::Goodbye, 0, 0, &[]);
                     Flow::Stop(RpcError::new(Code::PeerGone, "the client was dropped"))
                 }
-                // A send failed: the peer is gone or broke the ring.
-                () = &mut broken_wait => Flow::Stop(RpcError::new(
-                    Code::PeerGone,
-                    "the connection broke (a send failed)",
-                )),
+                // A send failed: the peer is gone or broke the ring, or ended the connection
+                // (a drain) after its last frames, which are still read (below).
+                () = &mut broken_wait => {
+                    broke = true;
+                    Flow::Stop(RpcError::new(
+                        Code::PeerGone,
+                        "the connection broke (a send failed)",
+                    ))
+                }
             };
             if let Flow::Stop(e) = flow {
+                if broke {
+                    self.read_what_is_left(&mut rx).await;
+                }
                 break e;
             }
             if let Flow::Stop(e) = self.burst(&mut rx) {
                 break e;
             }
-            if std::mem::take(&mut self.woke) && !rx.has_frame() {
+            let (woke, fed) = (
+                std::mem::take(&mut self.woke),
+                std::mem::take(&mut self.fed),
+            );
+            if (woke || fed) && !rx.has_frame() {
                 // Let the woken caller (or stream reader) run now, before this task starts
                 // waiting (and spinning) for the next frame: with a single caller that is
-                // the whole round trip. Behind it in the run queue if the caller is a task of this
-                // worker; if it did not run meanwhile (it waits in a `block_on`, which the
-                // runtime polls only once its queue is empty, or runs elsewhere), by the
-                // runtime's own yield, which lets the queue empty.
+                // the whole round trip. Behind it in the run queue if the caller is a task
+                // of this worker; if it did not run meanwhile (it waits in a `block_on`,
+                // which the runtime polls only once its queue is empty, or runs elsewhere),
+                // by the runtime's own yield, which lets the queue empty. A stream's reader
+                // starts no call, so whether a requeue helped is told only for a unary
+                // caller (`GiveWay`): frames for a stream's reader alone get the yield.
                 let mut ran = false;
-                if single_worker && self.give_way.requeue() {
+                if woke && single_worker && self.give_way.requeue() {
                     let started = self.peer.out.started();
                     requeue().await;
                     ran = self.peer.out.started() != started;
@@ -303,6 +325,29 @@ impl Connection {
             }
         }
         Flow::Continue
+    }
+
+    /// After a send failed, hands on the frames the peer sent before its end. A peer that
+    /// ended the connection after its last frames (a drain, once its calls were done)
+    /// fails this end's next send (a stream's credit grant, say), while those frames (that
+    /// stream's last items, its end) may still be unread: they must reach their calls.
+    /// Reads until the peer's side ends, which it does at once after them when the peer
+    /// closed; a peer that is still there (it stopped reading, or broke the ring) gets
+    /// [`LEFT_WAIT`] and [`LEFT_MAX`] frames at most.
+    async fn read_what_is_left(&mut self, rx: &mut FrameRx) {
+        let left = async {
+            for _ in 0..LEFT_MAX {
+                match rx.recv().await {
+                    Ok((h, payload)) => {
+                        if let Flow::Stop(_) = self.on_frame(h, payload) {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LEFT_WAIT, left).await;
     }
 
     /// A receive failed: a message over the size limit fails its call only; anything else
@@ -436,7 +481,7 @@ impl Connection {
     fn queue_for_handler(&mut self, h: FrameHeader, arrived: Arrived) -> Flow {
         match self.incoming.on_item(h, arrived) {
             Ok(queued) => {
-                self.woke |= queued;
+                self.fed |= queued;
                 Flow::Continue
             }
             Err(e) => Flow::Stop(e),
@@ -447,8 +492,9 @@ impl Connection {
     /// connection.
     fn deliver(&mut self, call_id: u64, ev: Event) -> Flow {
         match self.peer.out.deliver(call_id, ev) {
-            Ok(woke) => {
-                self.woke |= woke;
+            Ok(handed) => {
+                self.woke |= handed == Handed::Answer;
+                self.fed |= handed == Handed::Frames;
                 Flow::Continue
             }
             Err(e) => Flow::Stop(e),
