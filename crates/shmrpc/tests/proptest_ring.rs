@@ -75,10 +75,11 @@ enum Op {
     /// Consumer closes its end.
     CloseConsumer,
     /// `try_push`, then the producer dies between publishing the record (its stamp) and
-    /// recording it in `write_pos`: `write_pos` is put back to where it stood before the
-    /// push (before any padding the push wrote, too), the claim is left to a dead
-    /// process, and a new producer takes the ring over. It must continue after the record,
-    /// whatever the consumer has read.
+    /// recording it in `write_pos`: `write_pos` is put back to the record's start (after
+    /// any padding the push wrote, which records its own end), the claim is left to a dead
+    /// process, and a new producer takes the ring over. It must continue after the record.
+    /// (A consumer that reads the record between the death and the take-over is the unit
+    /// test `take_over_continues_after_records_published_but_not_recorded`.)
     PushThenDie { len: usize, tag: u32 },
 }
 
@@ -287,7 +288,14 @@ impl Harness {
                 prop_assert_eq!(got, self.m.push(tag, len), "push of {} bytes", len);
             }
             Op::PushThenDie { len, tag } => {
-                let recorded = self.p().position();
+                // Where the record will start: after padding, if it must wrap.
+                let (cap, pos) = (self.m.cap, self.p().position());
+                let to_end = cap - pos % cap;
+                let recorded = if record_size(len) as u64 > to_end {
+                    pos + to_end
+                } else {
+                    pos
+                };
                 let got = match self.p().try_push(tag, &payload(tag, len)) {
                     Ok(()) => Outcome::Ok,
                     Err(e) => reserve_outcome(&e),

@@ -404,15 +404,16 @@ mod tests {
         assert_eq!(claim_word(&seg, CONSUMER_CLAIM), 0);
     }
 
-    /// Ring offset of `write_pos`.
+    /// Ring offsets of `write_pos` and `read_pos`.
     const WRITE_POS: usize = 128;
+    const READ_POS: usize = 256;
 
     /// A producer that died between publishing its last records (their stamps) and
     /// recording them (`write_pos`), then taken over: its records stay, whether the
-    /// consumer read them before the take-over or after, and the new producer continues
-    /// after them. Without the walk in `published_end`, the first case is refused as
-    /// corrupt (`read_pos` past `write_pos`) and in the second the new record overwrites
-    /// the dead producer's last one.
+    /// consumer read them before the take-over (and attached again) or after, and the new
+    /// producer continues after them. Without the walk in `published_end`, the first case
+    /// is refused as corrupt (`read_pos` past `write_pos`) and in the second the new record
+    /// overwrites the dead producer's last one.
     #[test]
     fn take_over_continues_after_records_published_but_not_recorded() {
         // 3,000 bytes first, so that the unrecorded records include a padding record
@@ -442,6 +443,10 @@ mod tests {
             header_word(&seg, PRODUCER_CLAIM).store(4242 << 32 | 7, Ordering::Release);
             if read_first {
                 read_all(&mut c, &mut got);
+                // A consumer attaching now (its `read_pos` past `write_pos`) is no
+                // corruption either.
+                c.detach();
+                c = ring::consumer(&seg, 0, CAP).expect("the consumer attaches again");
             }
             // SAFETY: "process 4242" never touches this ring: the claim was forged above.
             let mut p = unsafe { ring::take_over_producer(&seg, 0, CAP) }
@@ -467,7 +472,8 @@ mod tests {
     /// Stamps forged by the consumer after `write_pos` (it knows the key) cannot move the
     /// new producer outside the data area or past a ring's worth: a record that would
     /// cross the end stops the walk, and a chain of forged stamps ends a lap on, where the
-    /// slot it started from holds the stamp of the lap before.
+    /// slot it started from holds the stamp of the lap before. (The walk's own bound of a
+    /// ring's worth is for a peer that re-stamps slots while it runs; not built here.)
     #[test]
     fn forged_stamps_after_write_pos_stay_bounded() {
         let seg = anonymous(1);
@@ -478,14 +484,20 @@ mod tests {
         // SAFETY: data words are accessed atomically here, with no handle attached.
         let data =
             |pos: u64| unsafe { seg.atomic_u64(RING_HEADER_SIZE + (pos as usize % CAP)) }.unwrap();
-        // At 0: a stamp whose length runs past the end.
-        data(0).store(key, Ordering::Release);
-        data(8).store(u64::from(u32::MAX >> 1), Ordering::Release);
+        // Both ends at the last slot, where a forged stamp names a record of 16 bytes:
+        // with its header, 16 bytes past the end.
+        let last = CAP as u64 - 16;
+        header_word(&seg, WRITE_POS).store(last, Ordering::Release);
+        header_word(&seg, READ_POS).store(last, Ordering::Release);
+        data(last).store(last ^ key, Ordering::Release);
+        data(last + 8).store(16, Ordering::Release);
         header_word(&seg, PRODUCER_CLAIM).store(4242 << 32 | 7, Ordering::Release);
         // SAFETY: as above, "process 4242" is a forgery.
         let p = unsafe { ring::take_over_producer(&seg, 0, CAP) }.expect("take over");
-        assert_eq!(p.position(), 0, "a record past the end is not one");
+        assert_eq!(p.position(), last, "a record past the end is not one");
         p.detach();
+        header_word(&seg, WRITE_POS).store(0, Ordering::Release);
+        header_word(&seg, READ_POS).store(0, Ordering::Release);
         // Every slot stamped as an empty record of its position: a full ring, no more.
         for pos in (0..CAP as u64).step_by(16) {
             data(pos + 8).store(0, Ordering::Relaxed);

@@ -283,7 +283,9 @@ fn validate_positions(mem: RingMem, claim: Claim, end: End) -> Result<Attached, 
     let read = h.read_pos.0.load(Ordering::Acquire);
     let recorded = h.write_pos.0.load(Ordering::Acquire);
     let align = RECORD_ALIGN as u64;
-    let write = if end == End::Producer && recorded <= MAX_POSITION && recorded % align == 0 {
+    // Both ends: a consumer attaching after it read such a record has `read_pos` past
+    // `write_pos` too. Only the producer records the result (below).
+    let write = if recorded <= MAX_POSITION && recorded % align == 0 {
         published_end(&mem, key, recorded)
     } else {
         recorded
@@ -296,12 +298,12 @@ fn validate_positions(mem: RingMem, claim: Claim, end: End) -> Result<Attached, 
     {
         return Err(CorruptError::Positions {
             read,
-            write,
+            write: recorded,
             capacity: cap,
         }
         .into());
     }
-    if write != recorded {
+    if end == End::Producer && write != recorded {
         // Release: as in `publish` (pairs with a later attach's Acquire load above and with
         // inspectors); the records themselves were published by their stamps.
         h.write_pos.0.store(write, Ordering::Release);
@@ -319,15 +321,20 @@ fn validate_positions(mem: RingMem, claim: Claim, end: End) -> Result<Attached, 
 /// it. A producer stores a record's stamp (which publishes it) before `write_pos`; one
 /// that died between the two stores left a record the consumer may have read already (its
 /// `read_pos` then lies past `write_pos`) or may be reading. A producer starting at
-/// `write_pos` would write over that record, under the consumer's feet, or be refused as
-/// corrupt. So the records whose stamps follow on from `write_pos` are skipped.
+/// `write_pos` would write over that record, under the consumer's feet, and an end
+/// attaching after the consumer read it would be refused as corrupt. So the records whose
+/// stamps follow on from `write_pos` are skipped.
 ///
-/// A slot holds its own position's stamp only if a record was published there: the
-/// producer that reserved the record ending at that position cleared it (see
-/// `Producer::clear_stamp`), and stamps of earlier laps encode other positions. Each
-/// length is loaded once and must keep the record inside the data area; the walk stops at
-/// a ring's worth (a hostile consumer could forge stamps: it then only misplaces its own
-/// reading, and the attach's position check still applies).
+/// A slot holds its own position's stamp only if a record was published there. Stamps of
+/// earlier laps encode other positions; and what a payload may have overwritten, the
+/// producer cleared when it reserved the record ending at that position
+/// (`Producer::clear_stamp`), except where no payload reaches: offset 0 (records never
+/// cross the end), and the slot of the producer's cached `read_pos` when the record
+/// filled the ring up to it, which holds that older record's own stamp. Each length is
+/// loaded once and must keep the record inside the data area. Memory left alone ends the
+/// walk within a lap (the slot it started at holds a stamp of the lap before); the bound of
+/// a ring's worth is for a hostile peer that re-stamps slots while the walk runs: it then
+/// only misplaces its own reading, and the attach's position check still applies.
 fn published_end(mem: &RingMem, key: u64, write: u64) -> u64 {
     let cap = mem.capacity() as u64;
     let mut end = write;
