@@ -263,6 +263,18 @@ impl Harness {
         self.p.as_mut().expect("a producer between operations")
     }
 
+    /// Where a record of `len` payload bytes reserved now would start: after padding, if
+    /// it must wrap.
+    fn record_start(&mut self, len: usize) -> u64 {
+        let (cap, pos) = (self.m.cap, self.p().position());
+        let to_end = cap - pos % cap;
+        if record_size(len) as u64 > to_end {
+            pos + to_end
+        } else {
+            pos
+        }
+    }
+
     /// The producer dies with `write_pos` at `recorded`; a new one takes over.
     fn die_and_take_over(&mut self, recorded: u64) {
         self.p.take().expect("a producer").detach();
@@ -288,14 +300,7 @@ impl Harness {
                 prop_assert_eq!(got, self.m.push(tag, len), "push of {} bytes", len);
             }
             Op::PushThenDie { len, tag } => {
-                // Where the record will start: after padding, if it must wrap.
-                let (cap, pos) = (self.m.cap, self.p().position());
-                let to_end = cap - pos % cap;
-                let recorded = if record_size(len) as u64 > to_end {
-                    pos + to_end
-                } else {
-                    pos
-                };
+                let recorded = self.record_start(len);
                 let got = match self.p().try_push(tag, &payload(tag, len)) {
                     Ok(()) => Outcome::Ok,
                     Err(e) => reserve_outcome(&e),
@@ -306,14 +311,7 @@ impl Harness {
                 }
             }
             Op::ReserveDrop { len, forge } => {
-                // Where the grant will start: after padding, if the record must wrap.
-                let (cap, pos) = (self.m.cap, self.p().position());
-                let to_end = cap - pos % cap;
-                let start = if record_size(len) as u64 > to_end {
-                    pos + to_end
-                } else {
-                    pos
-                };
+                let (cap, start) = (self.m.cap, self.record_start(len));
                 let got = match self.p.as_mut().expect("producer").try_reserve(len) {
                     Ok(mut g) => {
                         prop_assert_eq!(g.len(), len);

@@ -527,14 +527,25 @@ async fn scripted_server_over_a_ring() -> (Peer, FrameTx, FrameRx) {
 async fn scripted_server_over_a_ring_with(
     config: crate::channel::ChannelConfig,
 ) -> (Peer, FrameTx, FrameRx) {
+    one_end_over_a_ring(methods("client", None), Role::Client, config).await
+}
+
+/// One end (`role`, serving `methods`) on a shared-memory channel configured by
+/// `config`, its loop's task started; returns its handle on the peer, and the raw halves
+/// of the other end, which the test drives.
+async fn one_end_over_a_ring(
+    methods: Methods,
+    role: Role,
+    config: crate::channel::ChannelConfig,
+) -> (Peer, FrameTx, FrameRx) {
     use crate::channel;
     let (a, b) = channel::pair(&config).unwrap();
-    let ((stx, srx), (ctx, crx)) = (a.split(), b.split());
-    let (to_server, run) = open(
-        host(methods("client", None)),
-        Role::Client,
-        FrameTx::Shm(ctx, Vec::new()),
-        FrameRx::shm(crx, 1 << 20),
+    let ((peer_tx, peer_rx), (tx, rx)) = (a.split(), b.split());
+    let (to_peer, run) = open(
+        host(methods),
+        role,
+        FrameTx::Shm(tx, Vec::new()),
+        FrameRx::shm(rx, 1 << 20),
         Arc::new(ConnInfo::new(1, None, "shm", None)),
         Ends::default(),
     );
@@ -542,9 +553,9 @@ async fn scripted_server_over_a_ring_with(
     // The loop's own task polls it once: a caller polls it in its place only after.
     tokio::task::yield_now().await;
     (
-        to_server,
-        FrameTx::Shm(stx, Vec::new()),
-        FrameRx::shm(srx, 1 << 20),
+        to_peer,
+        FrameTx::Shm(peer_tx, Vec::new()),
+        FrameRx::shm(peer_rx, 1 << 20),
     )
 }
 
@@ -611,6 +622,17 @@ async fn a_call_with_another_open_leaves_the_reading_to_the_loops_task() {
     assert_eq!(to_server.out.assisted(), before + 1);
 }
 
+/// Writes three stream items of call `call_id`, `[round, 0]` to `[round, 2]`, a frame each,
+/// into the ring at once.
+fn three_items(tx: &mut FrameTx, dir: Dir, method: u32, call_id: u64, round: u8) {
+    for i in 0..3u8 {
+        let sent = tx
+            .try_send_parts(dir, Kind::StreamItem, method, call_id, &[&[round, i]])
+            .expect("the ring takes the item");
+        assert!(sent, "room for the item");
+    }
+}
+
 /// Frames of a stream go to its reader before the connection's loop waits for more: on
 /// one worker, once the ring is empty, the loop gives way to the stream's reader (as to a
 /// unary caller it answered) before it waits for the next frame. Otherwise the reader ran
@@ -641,18 +663,7 @@ async fn a_streams_reader_gets_its_frames_before_the_loop_waits_for_more() {
     );
     assert_eq!(h.kind, Kind::Request);
     for round in 0..10u8 {
-        for i in 0..3u8 {
-            let sent = stx
-                .try_send_parts(
-                    Dir::ToCaller,
-                    Kind::StreamItem,
-                    h.method,
-                    h.call_id,
-                    &[&[round, i]],
-                )
-                .expect("the ring takes the item");
-            assert!(sent, "room for the item");
-        }
+        three_items(&mut stx, Dir::ToCaller, h.method, h.call_id, round);
         assert_eq!(
             stream.next_raw().await.expect("an item").expect("ok"),
             [round, 0]
@@ -675,57 +686,38 @@ async fn a_streams_reader_gets_its_frames_before_the_loop_waits_for_more() {
 /// word as it gets each round's first item.
 #[tokio::test]
 async fn a_handlers_items_reach_it_before_the_loop_waits_for_more() {
-    use crate::channel::{self, ChannelConfig};
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let (a, b) = channel::pair(&ChannelConfig {
-        wait: crate::ring::WaitStrategy::Park,
-        ..Default::default()
-    })
-    .unwrap();
-    let ((stx, srx), (ctx, crx)) = (a.split(), b.split());
-    let mut ctx = FrameTx::Shm(ctx, Vec::new());
-    let probe = match &mut ctx {
-        FrameTx::Shm(tx, _) => Arc::new(tx.producer().inspector()),
-        _ => unreachable!("a ring"),
-    };
+    // The client's ring towards the server, known once the channel is made.
+    let probe = Arc::new(std::sync::OnceLock::new());
     let mut m = Methods::new(false);
-    m.client_streaming_raw("m", move |_ctx, mut items| {
-        let (seen, probe) = (seen_tx.clone(), probe.clone());
-        async move {
-            while let Some(item) = items.next_raw().await {
-                let item = item?;
-                if item[1] == 0 {
-                    let st = probe.state();
-                    let _ = seen.send((item[0], st.queued, st.consumer_waiting));
+    m.client_streaming_raw("m", {
+        let probe = probe.clone();
+        move |_ctx, mut items| {
+            let (seen, probe) = (seen_tx.clone(), probe.clone());
+            async move {
+                while let Some(item) = items.next_raw().await {
+                    let item = item?;
+                    if item[1] == 0 {
+                        let st = probe.get().map(crate::ring::RingProbe::state);
+                        let st = st.expect("the ring is known");
+                        let _ = seen.send((item[0], st.queued, st.consumer_waiting));
+                    }
                 }
+                Ok(Vec::new())
             }
-            Ok(Vec::new())
         }
     });
-    let (_to_client, run) = open(
-        host(m),
-        Role::Server,
-        FrameTx::Shm(stx, Vec::new()),
-        FrameRx::shm(srx, 1 << 20),
-        Arc::new(ConnInfo::new(1, None, "shm", None)),
-        Ends::default(),
-    );
-    tokio::spawn(run);
-    let _crx = FrameRx::shm(crx, 1 << 20);
+    let config = crate::channel::ChannelConfig {
+        wait: crate::ring::WaitStrategy::Park,
+        ..Default::default()
+    };
+    let (_to_client, mut ctx, _crx) = one_end_over_a_ring(m, Role::Server, config).await;
+    if let FrameTx::Shm(tx, _) = &mut ctx {
+        assert!(probe.set(tx.producer().inspector()).is_ok());
+    }
     raw_request(&mut ctx, "m", b"").await;
     for round in 0..10u8 {
-        for i in 0..3u8 {
-            let sent = ctx
-                .try_send_parts(
-                    Dir::ToCallee,
-                    Kind::StreamItem,
-                    method_id("m"),
-                    1,
-                    &[&[round, i]],
-                )
-                .expect("the ring takes the item");
-            assert!(sent, "room for the item");
-        }
+        three_items(&mut ctx, Dir::ToCallee, method_id("m"), 1, round);
         assert_eq!(
             seen.recv().await.expect("the handler runs"),
             (round, 0, 0),
