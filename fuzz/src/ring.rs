@@ -339,13 +339,15 @@ fn segment() -> &'static Arc<Segment> {
 
 /// Whether an end may attach to a ring whose header says this, and with which error:
 /// the documented checks (magic, version, capacity, positions), written out here.
+/// What attaching an end returns: `recorded` is the header's `write_pos`, `write` where the
+/// records published from it end ([`Harness::published_end`]).
 fn expected_attach(
     magic: u32,
     version: u32,
     capacity: u64,
     cap: usize,
     read: u64,
-    write: u64,
+    (recorded, write): (u64, u64),
 ) -> Result<(), String> {
     if magic != RING_MAGIC {
         return Err(format!("{:?}", AttachError::BadMagic(magic)));
@@ -372,7 +374,7 @@ fn expected_attach(
             "{:?}",
             AttachError::Corrupt(CorruptError::Positions {
                 read,
-                write,
+                write: recorded,
                 capacity
             })
         ));
@@ -417,6 +419,39 @@ impl Harness {
         // SAFETY: see above the impl.
         unsafe { self.seg.write_bytes(RING_OFF + off, bytes) }.expect("in bounds");
     }
+    /// The header's `write_pos`, and where an end attaching now takes the records published
+    /// from it to end (the ring's `published_end`): on over every slot that holds its own
+    /// position's stamp (with the key in the header now) and a length that keeps the record
+    /// inside the data area, at most a ring's worth on; nowhere if `write_pos` is out of
+    /// range or off the grid.
+    fn published_end(&self) -> (u64, u64) {
+        let recorded = self.w64(WRITE_POS);
+        if recorded > MAX_POSITION || !recorded.is_multiple_of(16) {
+            return (recorded, recorded);
+        }
+        let (key, cap) = (self.w64(KEY), self.cap as u64);
+        let mut end = recorded;
+        loop {
+            let off = (end % cap) as usize;
+            let header = self.ring_read(RING_HEADER_SIZE + off, 16);
+            let stamp = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+            let len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+            if stamp != end ^ key {
+                return (recorded, end);
+            }
+            let to_end = cap - off as u64;
+            let rec = if len & (1 << 31) != 0 {
+                to_end
+            } else {
+                record_size(len as usize) as u64
+            };
+            if rec > to_end || end + rec - recorded > cap {
+                return (recorded, end);
+            }
+            end += rec;
+        }
+    }
+
     fn w64(&self, off: usize) -> u64 {
         // SAFETY: see above the impl.
         unsafe { self.seg.atomic_u64(RING_OFF + off) }
@@ -480,7 +515,7 @@ impl Harness {
             self.w64(CAPACITY),
             self.cap,
             self.w64(READ_POS),
-            self.w64(WRITE_POS),
+            self.published_end(),
         );
         let read = self.w64(READ_POS);
         match ring::consumer(self.seg, RING_OFF, self.cap) {
@@ -498,19 +533,24 @@ impl Harness {
     }
 
     fn attach_producer(&mut self) {
+        let (recorded, write) = self.published_end();
+        // An honest producer always records where it stopped: nothing to walk over.
+        if self.clean {
+            assert_eq!(write, recorded, "records after write_pos in a clean ring");
+        }
         let want = expected_attach(
             self.w32(MAGIC),
             self.w32(VERSION),
             self.w64(CAPACITY),
             self.cap,
             self.w64(READ_POS),
-            self.w64(WRITE_POS),
+            (recorded, write),
         );
-        let write = self.w64(WRITE_POS);
         match ring::producer(self.seg, RING_OFF, self.cap) {
             Ok(p) => {
                 assert_eq!(want, Ok(()), "producer attached to a bad header");
                 assert_eq!(p.position(), write);
+                assert_eq!(self.w64(WRITE_POS), write, "the walk's end recorded");
                 assert_eq!(p.capacity(), self.cap);
                 assert_eq!(p.max_payload(), self.max_payload());
                 self.prod = Some(p);
