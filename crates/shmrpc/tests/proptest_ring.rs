@@ -15,11 +15,10 @@
 #![cfg(not(shmrpc_loom))]
 
 use std::collections::VecDeque;
-
-use proptest::prelude::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use proptest::prelude::*;
 use shmrpc::lowlevel::ring::{
     self, record_size, ring_size, Consumer, PeekError, Producer, ReserveError,
 };
@@ -275,6 +274,16 @@ impl Harness {
         }
     }
 
+    /// `try_push` of `len` bytes with `tag`, checked against the model; returns the outcome.
+    fn push(&mut self, tag: u32, len: usize) -> Result<Outcome, TestCaseError> {
+        let got = match self.p().try_push(tag, &payload(tag, len)) {
+            Ok(()) => Outcome::Ok,
+            Err(e) => reserve_outcome(&e),
+        };
+        prop_assert_eq!(&got, &self.m.push(tag, len), "push of {} bytes", len);
+        Ok(got)
+    }
+
     /// The producer dies with `write_pos` at `recorded`; a new one takes over.
     fn die_and_take_over(&mut self, recorded: u64) {
         self.p.take().expect("a producer").detach();
@@ -293,26 +302,17 @@ impl Harness {
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {
         match *op {
             Op::Push { len, tag } => {
-                let got = match self.p().try_push(tag, &payload(tag, len)) {
-                    Ok(()) => Outcome::Ok,
-                    Err(e) => reserve_outcome(&e),
-                };
-                prop_assert_eq!(got, self.m.push(tag, len), "push of {} bytes", len);
+                self.push(tag, len)?;
             }
             Op::PushThenDie { len, tag } => {
                 let recorded = self.record_start(len);
-                let got = match self.p().try_push(tag, &payload(tag, len)) {
-                    Ok(()) => Outcome::Ok,
-                    Err(e) => reserve_outcome(&e),
-                };
-                prop_assert_eq!(&got, &self.m.push(tag, len), "push of {} bytes", len);
-                if got == Outcome::Ok {
+                if self.push(tag, len)? == Outcome::Ok {
                     self.die_and_take_over(recorded);
                 }
             }
             Op::ReserveDrop { len, forge } => {
                 let (cap, start) = (self.m.cap, self.record_start(len));
-                let got = match self.p.as_mut().expect("producer").try_reserve(len) {
+                let got = match self.p().try_reserve(len) {
                     Ok(mut g) => {
                         prop_assert_eq!(g.len(), len);
                         if forge {

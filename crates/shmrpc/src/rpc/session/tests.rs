@@ -520,14 +520,17 @@ async fn both_ends_flooding_each_other_over_small_rings_never_deadlock() {
 /// The client's end alone on a shared-memory channel, its loop's task started; returns the
 /// client's handle and the raw halves of the server's end, which the test drives.
 async fn scripted_server_over_a_ring() -> (Peer, FrameTx, FrameRx) {
-    scripted_server_over_a_ring_with(crate::channel::ChannelConfig::default()).await
+    let config = crate::channel::ChannelConfig::default();
+    one_end_over_a_ring(methods("client", None), Role::Client, config).await
 }
 
-/// As [`scripted_server_over_a_ring`], with the channel configured by `config`.
-async fn scripted_server_over_a_ring_with(
-    config: crate::channel::ChannelConfig,
-) -> (Peer, FrameTx, FrameRx) {
-    one_end_over_a_ring(methods("client", None), Role::Client, config).await
+/// A channel whose waits park at once: a wait shows in the ring's waiting word (a spinning
+/// wait yields to other tasks between its rounds, unseen).
+fn parking() -> crate::channel::ChannelConfig {
+    crate::channel::ChannelConfig {
+        wait: crate::ring::WaitStrategy::Park,
+        ..Default::default()
+    }
 }
 
 /// One end (`role`, serving `methods`) on a shared-memory channel configured by
@@ -638,20 +641,15 @@ fn three_items(tx: &mut FrameTx, dir: Dir, method: u32, call_id: u64, round: u8)
 /// unary caller it answered) before it waits for the next frame. Otherwise the reader ran
 /// only once the loop was waiting, and the callee's next frame found the loop spinning in
 /// the reader's place or asleep. The ring's waiting word tells which: still 0 when the
-/// stream's reader gets its items. (The loop waits by parking at once here, so that its
-/// wait shows in the word: a spinning wait yields to other tasks between its rounds,
-/// unseen.)
+/// stream's reader gets its items (the loop's waits park at once here: [`parking`]).
 #[tokio::test]
 async fn a_streams_reader_gets_its_frames_before_the_loop_waits_for_more() {
-    let config = crate::channel::ChannelConfig {
-        wait: crate::ring::WaitStrategy::Park,
-        ..Default::default()
+    let client = methods("client", None);
+    let (to_server, mut stx, mut srx) = one_end_over_a_ring(client, Role::Client, parking()).await;
+    let FrameTx::Shm(tx, _) = &mut stx else {
+        unreachable!("a ring")
     };
-    let (to_server, mut stx, mut srx) = scripted_server_over_a_ring_with(config).await;
-    let probe = match &mut stx {
-        FrameTx::Shm(tx, _) => tx.producer().inspector(),
-        _ => unreachable!("a ring"),
-    };
+    let probe = tx.producer().inspector();
     let (mut stream, (h, _)) = tokio::join!(
         async {
             to_server
@@ -707,14 +705,11 @@ async fn a_handlers_items_reach_it_before_the_loop_waits_for_more() {
             }
         }
     });
-    let config = crate::channel::ChannelConfig {
-        wait: crate::ring::WaitStrategy::Park,
-        ..Default::default()
+    let (_to_client, mut ctx, _crx) = one_end_over_a_ring(m, Role::Server, parking()).await;
+    let FrameTx::Shm(tx, _) = &mut ctx else {
+        unreachable!("a ring")
     };
-    let (_to_client, mut ctx, _crx) = one_end_over_a_ring(m, Role::Server, config).await;
-    if let FrameTx::Shm(tx, _) = &mut ctx {
-        assert!(probe.set(tx.producer().inspector()).is_ok());
-    }
+    assert!(probe.set(tx.producer().inspector()).is_ok());
     raw_request(&mut ctx, "m", b"").await;
     for round in 0..10u8 {
         three_items(&mut ctx, Dir::ToCallee, method_id("m"), 1, round);
@@ -724,6 +719,45 @@ async fn a_handlers_items_reach_it_before_the_loop_waits_for_more() {
             "round {round}: the loop read the items, then gave way before it waited"
         );
     }
+}
+
+/// A server that ends the connection right after its last frames (a drain does, once its
+/// calls are done) fails the client's next send, here the stream's credit grant after 32
+/// frames read; the frames it sent before (the last eight items and the end) are still
+/// read and reach the stream. (Before, the failed send stopped the reader at once, and
+/// whatever it had not read yet was lost: the stream failed with `PeerGone`.)
+#[tokio::test(start_paused = true)]
+async fn frames_sent_before_the_peers_end_reach_their_stream_after_a_send_fails() {
+    let (to_server, mut stx, mut srx) = scripted_server();
+    let (mut stream, (h, _)) = tokio::join!(
+        async {
+            to_server
+                .call_stream_raw("m", b"", CallOptions::default())
+                .await
+                .expect("started")
+        },
+        async { srx.recv().await.expect("the request") }
+    );
+    // The server reads no more: the client's next send fails.
+    drop(srx);
+    let send = |stx: &mut FrameTx, n: u8, kind| {
+        let sent = stx.try_send_parts(Dir::ToCaller, kind, h.method, h.call_id, &[&[n]]);
+        assert!(sent.expect("the client reads"), "room for frame {n}");
+    };
+    for n in 0..32u8 {
+        send(&mut stx, n, Kind::StreamItem);
+        assert_eq!(stream.next_raw().await.expect("an item").expect("ok"), [n]);
+    }
+    // Reading the 32nd item sent the grant, which failed. The last frames come after.
+    for n in 32..40u8 {
+        send(&mut stx, n, Kind::StreamItem);
+    }
+    send(&mut stx, 0, Kind::StreamEnd);
+    for n in 32..40u8 {
+        let item = stream.next_raw().await.expect("an item");
+        assert_eq!(item.expect("sent before the server's end"), [n]);
+    }
+    assert!(stream.next_raw().await.is_none(), "the stream's end");
 }
 
 /// A checksum of a sequence of numbers that depends on their order.
